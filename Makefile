@@ -1,0 +1,33 @@
+# defectssft: `make test` and `make demo` do all the set-up on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Shared libraries PySide6 needs even offscreen (Debian/Ubuntu package names).
+QT_APT_PKGS := libgl1 libegl1 libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3
+
+.PHONY: setup test lint demo format bench-quick clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml deploy/pyproject.toml
+	@bash scripts/install_system_deps.sh $(QT_APT_PKGS)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[gui,dev]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check defectssft deploy gui tests benchmarks
+
+test: $(STAMP) lint
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(BIN)/defectssft demo --workdir demo-project
+
+format: $(STAMP)
+	$(BIN)/ruff format defectssft deploy gui tests benchmarks
+
+clean-demo:
+	rm -rf demo-project

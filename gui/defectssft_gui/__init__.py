@@ -1,0 +1,1 @@
+"""defectssft desktop app (PySide6): a thin layer over the defectssft core."""

@@ -1,0 +1,198 @@
+"""Classification and OK/NG inspection metrics, pure numpy.
+
+Conventions used everywhere in defectssft:
+
+* a *defect score* is ``1 - p(OK)`` when the project has an OK class (else ``1 - max prob``);
+* a part is rejected (NG) when ``score >= threshold``;
+* **escape rate** = defective parts passed as OK / defective parts (the costly error);
+* **overkill rate** = good parts rejected / good parts (the expensive-but-safe error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A reject threshold and the escape/overkill rates it gives on the scored parts."""
+
+    threshold: float
+    escape_rate: float
+    overkill_rate: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _binary_inputs(scores, is_defect) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    d = np.asarray(is_defect, dtype=bool).ravel()
+    if s.shape != d.shape:
+        raise ValueError(f"scores ({s.size}) and labels ({d.size}) differ in length")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or infinity")
+    return s, d
+
+
+def defect_scores(probs: np.ndarray, ok_index: int | None) -> np.ndarray:
+    """Per-image defect score: ``1 - p(ok)`` with an OK class, else ``1 - max prob``."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be [N, C], got shape {p.shape}")
+    if ok_index is None:
+        return 1.0 - p.max(axis=1)
+    return 1.0 - p[:, ok_index]
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """[num_classes, num_classes] counts; rows are the true class, columns the prediction."""
+    t = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(y_pred, dtype=np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError("y_true and y_pred differ in length")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{name} has a class index outside 0..{num_classes - 1}")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (t, p), 1)
+    return cm
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def per_class_prf(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    precision = _safe_div(tp, cm.sum(axis=0))
+    recall = _safe_div(tp, cm.sum(axis=1))
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": cm.sum(axis=1).astype(np.int64),
+    }
+
+
+def accuracy(cm: np.ndarray) -> float:
+    total = float(np.sum(cm))
+    return float(np.trace(cm)) / total if total else 0.0
+
+
+def escape_overkill(scores, is_defect, threshold: float) -> tuple[float, float]:
+    """(escape rate, overkill rate) when parts with ``score >= threshold`` are rejected.
+
+    A rate whose denominator is empty (no defective / no good parts) is 0.
+    """
+    s, d = _binary_inputs(scores, is_defect)
+    rejected = s >= threshold
+    escape = float(np.sum(d & ~rejected)) / max(int(d.sum()), 1)
+    overkill = float(np.sum(~d & rejected)) / max(int((~d).sum()), 1)
+    return escape, overkill
+
+
+def threshold_for_max_escape(scores, is_defect, max_escape: float) -> ThresholdChoice:
+    """The highest reject threshold whose escape rate is <= ``max_escape``.
+
+    The highest such threshold rejects the fewest good parts, so it has the least overkill for
+    the allowed escapes. With ``k = floor(max_escape * n_defective)`` allowed escapes, the
+    threshold is the (k+1)-th lowest defect score: at most k defective parts score below it.
+    """
+    if not 0.0 <= max_escape < 1.0:
+        raise ValueError(f"max_escape must be in [0, 1), got {max_escape}")
+    s, d = _binary_inputs(scores, is_defect)
+    defect_sorted = np.sort(s[d])
+    if defect_sorted.size == 0:
+        raise ValueError("no defective parts among the scored images: escape rate is undefined")
+    allowed = int(np.floor(max_escape * defect_sorted.size + 1e-9))
+    threshold = float(defect_sorted[allowed])
+    escape, overkill = escape_overkill(s, d, threshold)
+    return ThresholdChoice(threshold, escape, overkill)
+
+
+def roc_curve(scores, is_defect) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, thresholds), starting at (0, 0).
+
+    Positive = defective. One point per distinct score, thresholds descending.
+    """
+    s, d = _binary_inputs(scores, is_defect)
+    order = np.argsort(-s, kind="mergesort")
+    s, d = s[order], d[order]
+    distinct = np.r_[np.nonzero(np.diff(s))[0], s.size - 1] if s.size else np.array([], int)
+    tps = np.cumsum(d)[distinct]
+    fps = (distinct + 1) - tps
+    n_pos, n_neg = int(d.sum()), int((~d).sum())
+    tpr = np.r_[0.0, tps / n_pos] if n_pos else np.r_[0.0, np.zeros(len(tps))]
+    fpr = np.r_[0.0, fps / n_neg] if n_neg else np.r_[0.0, np.zeros(len(fps))]
+    thresholds = np.r_[np.inf, s[distinct]]
+    return fpr, tpr, thresholds
+
+
+def roc_auc(scores, is_defect) -> float | None:
+    """Area under the ROC curve (ties count half); None when one of the classes is absent."""
+    s, d = _binary_inputs(scores, is_defect)
+    if d.all() or not d.any():
+        return None
+    fpr, tpr, _ = roc_curve(s, d)
+    return float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+
+
+def average_precision(scores, is_defect) -> float | None:
+    """Average precision = sum over thresholds of (recall step) * precision; None without defects."""
+    s, d = _binary_inputs(scores, is_defect)
+    if not d.any():
+        return None
+    order = np.argsort(-s, kind="mergesort")
+    s, d = s[order], d[order]
+    distinct = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tps = np.cumsum(d)[distinct].astype(np.float64)
+    precision = tps / (distinct + 1)
+    recall = tps / d.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def classification_report(y_true, probs, classes: list[str]) -> dict:
+    """Accuracy, per-class P/R/F1 and the confusion matrix of argmax predictions."""
+    p = np.asarray(probs, dtype=np.float64)
+    y_pred = p.argmax(axis=1) if p.size else np.zeros(0, dtype=np.int64)
+    cm = confusion_matrix(y_true, y_pred, len(classes))
+    prf = per_class_prf(cm)
+    per_class = {
+        name: {k: (int(v[i]) if k == "support" else float(v[i])) for k, v in prf.items()}
+        for i, name in enumerate(classes)
+    }
+    return {
+        "n": int(cm.sum()),
+        "accuracy": accuracy(cm),
+        "macro_f1": float(np.mean(prf["f1"])) if len(classes) else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def inspection_report(scores, is_defect, threshold: float, max_escape: float) -> dict:
+    """OK/NG metrics: AUC, AP, escape/overkill at ``threshold`` and at the max-escape threshold."""
+    s, d = _binary_inputs(scores, is_defect)
+    escape, overkill = escape_overkill(s, d, threshold)
+    out: dict = {
+        "n_defective": int(d.sum()),
+        "n_good": int((~d).sum()),
+        "roc_auc": roc_auc(s, d),
+        "average_precision": average_precision(s, d),
+        "threshold": float(threshold),
+        "escape_rate": escape,
+        "overkill_rate": overkill,
+        "max_escape": float(max_escape),
+        "threshold_for_max_escape": None,
+    }
+    if d.any():
+        out["threshold_for_max_escape"] = threshold_for_max_escape(s, d, max_escape).as_dict()
+    return out

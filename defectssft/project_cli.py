@@ -1,0 +1,270 @@
+"""CLI commands that create and feed a project: init, import, status, classes, split, watch, capture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from defectssft.errors import ProjectError
+from defectssft.project import Project
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    classes = [c.strip() for c in (args.classes or "").split(",") if c.strip()]
+    ok = args.ok_class
+    if ok is None and "ok" in classes:
+        ok = "ok"
+    project = Project.create(args.project, classes=classes, ok_class=ok)
+    if args.bit_depth:
+        project.set_setting("input.bit_depth", args.bit_depth)
+    if args.json:
+        _print_json(project.status())
+    else:
+        print(f"created project {project.root}")
+        print(f"classes: {', '.join(classes) or '(none yet)'}" + (f"  (OK class: {ok})" if ok else ""))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from defectssft.ingest import import_paths
+
+    project = Project.open(args.project)
+    show = sys.stderr.isatty() and not args.json
+
+    def progress(done: int, total: int) -> None:
+        if show and (done % 50 == 0 or done == total):
+            print(f"\r{done}/{total} files", end="" if done < total else "\n", file=sys.stderr)
+
+    summary = import_paths(project, args.paths, label_from=args.label_from, source=args.source,
+                           progress=progress)
+    if args.split:
+        summary_split = project.assign_splits()
+    else:
+        summary_split = None
+    if args.json:
+        out = summary.as_dict()
+        if summary_split is not None:
+            out["split"] = summary_split
+        _print_json(out)
+    else:
+        rate = summary.total / summary.seconds if summary.seconds else 0.0
+        print(f"imported {summary.added} images ({summary.labeled} labeled), "
+              f"{summary.duplicates} duplicates skipped, {summary.quarantined} quarantined "
+              f"in {summary.seconds:.1f} s ({rate:.0f} files/s)")
+        if summary.new_classes:
+            print(f"new classes: {', '.join(summary.new_classes)}")
+        for path, reason in summary.problems[:20]:
+            print(f"  quarantined {path}: {reason}")
+        if len(summary.problems) > 20:
+            print(f"  ... and {len(summary.problems) - 20} more (see `defectssft status --json`)")
+        if summary_split is not None:
+            print(f"split: {summary_split}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    project = Project.open(args.project)
+    st = project.status()
+    if args.json:
+        if args.quarantine:
+            st["quarantine"] = project.quarantined()
+        _print_json(st)
+        return 0
+    print(f"project {st['project']} at {st['path']}")
+    print(f"images: {st['images']}  labeled: {st['labeled']}  unlabeled: {st['unlabeled']}  "
+          f"quarantined: {st['quarantined']}")
+    print("by class:")
+    for name, n in st["by_class"].items():
+        mark = "  (OK class)" if name == st["ok_class"] else ""
+        print(f"  {name:<24} {n:>8}{mark}")
+    print("by split:          labeled  unlabeled")
+    for split, c in st["by_split"].items():
+        print(f"  {split:<16} {c['labeled']:>8} {c['unlabeled']:>10}")
+    print(f"models: {st['models']}  production: {st['production_model'] or '-'}")
+    if args.quarantine:
+        for q in project.quarantined():
+            print(f"  quarantined {q['path']}: {q['reason']}")
+    return 0
+
+
+def cmd_classes(args: argparse.Namespace) -> int:
+    project = Project.open(args.project)
+    if args.action == "add":
+        project.add_class(args.name, description=args.description or "", colour=args.colour,
+                          hotkey=args.hotkey, is_ok=args.ok)
+    elif args.action == "set":
+        fields: dict[str, Any] = {}
+        for key in ("description", "colour", "hotkey"):
+            if getattr(args, key) is not None:
+                fields[key] = getattr(args, key)
+        if args.ok:
+            fields["is_ok"] = True
+        project.update_class(args.name, **fields)
+    rows = [c.__dict__ for c in project.classes()]
+    if args.json:
+        _print_json(rows)
+    else:
+        for c in rows:
+            ok = " OK" if c["is_ok"] else ""
+            print(f"{c['hotkey'] or '-'}  {c['name']:<24} {c['colour'] or '':<8}{ok}  "
+                  f"{c['description']}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    project = Project.open(args.project)
+    if args.val is not None:
+        project.set_setting("split.val_fraction", args.val)
+    if args.test is not None:
+        project.set_setting("split.test_fraction", args.test)
+    moved = project.assign_splits(seed=args.seed)
+    st = project.status()["by_split"]
+    if args.json:
+        _print_json({"assigned": moved, "by_split": st})
+    else:
+        print(f"assigned now: {moved}")
+        print("labeled per split: " + ", ".join(f"{k}={v['labeled']}" for k, v in st.items()))
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return stop
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from defectssft.ingest import HotFolder
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    project = Project.open(args.project)
+
+    def report(path, result) -> None:  # type: ignore[no-untyped-def]
+        line = {"file": str(path), "status": result.status, "image_id": result.image_id,
+                "reason": result.reason}
+        print(json.dumps(line) if args.json else
+              f"{result.status:<11} {path}" + (f": {result.reason}" if result.reason and
+                                                 result.status == "quarantined" else ""),
+              flush=True)
+
+    folder = HotFolder(project, args.folder, settle=args.settle, after=args.after,
+                       on_result=report)
+    stop = _stop_on_signals()
+    if not args.json:
+        print(f"watching {args.folder} -> {project.root} (Ctrl-C to stop)", flush=True)
+    folder.run(stop=stop, poll=args.poll)
+    if not args.json:
+        print(f"stopped: {folder.counts}")
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from defectssft.ingest import capture
+
+    project = Project.open(args.project)
+    stop = _stop_on_signals()
+    counts = capture(project, args.source, every=args.every, max_frames=args.max_frames, stop=stop)
+    if args.json:
+        _print_json(counts)
+    else:
+        print(f"read {counts['frames']} frames: {counts['added']} stored, "
+              f"{counts['duplicate']} duplicates, {counts['quarantined']} bad")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    removed = Project.open(args.project).gc()
+    print(f"removed {removed} orphan image files")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    p = sub.add_parser("init", help="create a project folder")
+    p.add_argument("project", help="folder to create the project in")
+    p.add_argument("--classes", help="comma-separated class names, e.g. ok,scratch,dent")
+    p.add_argument("--ok-class", help="the good-part class (default: 'ok' when present)")
+    p.add_argument("--bit-depth", type=int, choices=range(8, 17), metavar="8..16",
+                   help="sensor bit depth of 16-bit images (e.g. 12); default 16")
+    p.add_argument("--json", action="store_true", help="print the new project's status as JSON")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("import", help="import image files, folders or globs into a project")
+    p.add_argument("project")
+    p.add_argument("paths", nargs="+", help="files, folders (recursive) or glob patterns")
+    p.add_argument("--label-from", metavar="RULE",
+                   help="folder | filename:REGEX (first group is the class) | yolo; "
+                        "default: unlabeled")
+    p.add_argument("--source", default="import", help="source tag stored with each image")
+    p.add_argument("--split", action="store_true",
+                   help="draw the frozen val/test hold-out from the labeled images now")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("status", help="counts by class, split, labeled/unlabeled, quarantined")
+    p.add_argument("project")
+    p.add_argument("--quarantine", action="store_true", help="list quarantined files too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("classes", help="list, add or change classes (the label book)")
+    p.add_argument("project")
+    p.add_argument("action", nargs="?", choices=["list", "add", "set"], default="list")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--description")
+    p.add_argument("--colour")
+    p.add_argument("--hotkey")
+    p.add_argument("--ok", action="store_true", help="make this the OK (good part) class")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_classes_checked)
+
+    p = sub.add_parser("split", help="assign the frozen val/test hold-out to newly labeled images")
+    p.add_argument("project")
+    p.add_argument("--val", type=float, help="validation fraction (saved in the project)")
+    p.add_argument("--test", type=float, help="test fraction (saved in the project)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("watch", help="ingest images as cameras drop them into a hot folder")
+    p.add_argument("project")
+    p.add_argument("folder", help="the hot folder")
+    p.add_argument("--after", choices=["keep", "move", "delete"], default="keep",
+                   help="what to do with a file once ingested (default keep; bad files are "
+                        "moved to _quarantine/ with move/delete)")
+    p.add_argument("--settle", type=float, default=1.0,
+                   help="seconds a file must stay unchanged before it is taken (default 1)")
+    p.add_argument("--poll", type=float, default=0.5, help="rescan interval in seconds")
+    p.add_argument("--json", action="store_true", help="one JSON line per file")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("capture", help="store frames from a camera, stream or video file")
+    p.add_argument("project")
+    p.add_argument("--source", required=True, help="camera index (0), rtsp://... URL or video file")
+    p.add_argument("--every", type=int, default=1, help="keep every N-th frame")
+    p.add_argument("--max-frames", type=int, help="stop after storing this many frames")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("gc", help="remove image files left by an interrupted import")
+    p.add_argument("project")
+    p.set_defaults(func=cmd_gc)
+
+
+def _classes_checked(args: argparse.Namespace) -> int:
+    if args.action in ("add", "set") and not args.name:
+        raise ProjectError(f"`classes {args.action}` needs a class name")
+    return cmd_classes(args)

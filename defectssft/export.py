@@ -1,0 +1,497 @@
+"""Export a trained model to the one-file ONNX contract read by the line runtime.
+
+The graph takes uint8 NHWC RGB at the model size and does the mean/std normalisation itself;
+it outputs ``probs``, ``logits`` and ``defect_score``; preprocessing, classes and thresholds
+travel in ``metadata_props["defectssft"]`` (docs/ARCHITECTURE.md, "ONNX contract").
+
+Every export checks itself before it is kept: onnxruntime runs the written file on real
+project images and its probabilities are compared with torch (fp32/fp16) or with the fp32
+graph (INT8, where the accuracy change is what counts). The file is written under a temporary
+name and renamed only when the check passes, so a good model is never replaced by a broken one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from defectssft.errors import DefectssftError
+
+ONNX_FORMAT = "defectssft-model"
+ONNX_FORMAT_VERSION = 1
+METADATA_KEY = "defectssft"
+OPSET = 17
+PRECISIONS = ("fp32", "fp16", "int8")
+# Largest |prob(onnxruntime) - prob(torch)| accepted, per precision.
+DEFAULT_MAX_PROB_DIFF = {"fp32": 1e-3, "fp16": 2e-2}
+DEFAULT_MAX_INT8_DROP = 0.02  # accuracy points (as a fraction) INT8 may lose vs fp32
+
+
+class ExportError(DefectssftError):
+    """An export that could not be written or that failed its own check."""
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how well the written file matched the reference."""
+
+    path: str
+    precision: str
+    n_checked: int
+    max_prob_diff: float
+    top1_agreement: float
+    reference: str  # what the probabilities were compared with: "torch" or "onnx-fp32"
+    accuracy_reference: float | None = None
+    accuracy_export: float | None = None
+    seconds: float = 0.0
+    size_bytes: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("metadata")
+        return d
+
+    def summary(self) -> str:
+        line = (
+            f"{self.path} ({self.precision}, {self.size_bytes / 1e6:.1f} MB): checked on "
+            f"{self.n_checked} images vs {self.reference}, max |dprob| {self.max_prob_diff:.2e}, "
+            f"top-1 agreement {self.top1_agreement:.1%}"
+        )
+        if self.accuracy_export is not None and self.accuracy_reference is not None:
+            line += (
+                f", accuracy {self.accuracy_export:.1%} vs {self.accuracy_reference:.1%} "
+                f"({(self.accuracy_export - self.accuracy_reference) * 100:+.1f} pt)"
+            )
+        return line
+
+
+class InspectionModel(nn.Module):
+    """uint8 NHWC RGB in -> (probs, logits, defect_score): the exported graph, also used by eval."""
+
+    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 ok_index: int | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1))
+        self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
+        self.ok_index = ok_index
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = image.permute(0, 3, 1, 2).to(torch.float32)
+        x = (x - self.shift) * self.scale
+        logits = self.backbone(x).to(torch.float32)
+        probs = torch.softmax(logits, dim=1)
+        if self.ok_index is None:
+            score = 1.0 - probs.max(dim=1).values
+        else:
+            score = 1.0 - probs[:, self.ok_index]
+        return probs, logits, score
+
+
+def inspection_model(model: nn.Module, meta: dict[str, Any]) -> InspectionModel:
+    """Wrap a backbone loaded from ``model.pt`` with its normalisation and score head."""
+    classes = list(meta["classes"])
+    ok = meta.get("ok_class")
+    ok_index = classes.index(ok) if ok in classes else None
+    return InspectionModel(model, meta["mean"], meta["std"], ok_index).eval()
+
+
+def input_size(meta: dict[str, Any]) -> tuple[int, int, int]:
+    """(height, width, bit_depth) the model expects."""
+    inp = meta.get("input") or {}
+    return int(inp.get("height", 224)), int(inp.get("width", 224)), int(inp.get("bit_depth", 16))
+
+
+def resolve_thresholds(meta: dict[str, Any], metrics: dict[str, Any] | None = None,
+                       threshold: float | None = None, unsure_low: float | None = None,
+                       unsure_high: float | None = None) -> dict[str, float]:
+    """The thresholds the line will use, first match wins: explicit arguments, the model file's
+    own thresholds, the evaluation's threshold for the target escape rate, 0.5."""
+    base = meta.get("thresholds") or {}
+    ng = threshold
+    if ng is None:
+        ng = base.get("ng")
+    if ng is None and metrics:
+        chosen = (metrics.get("inspection") or {}).get("threshold_for_max_escape") or {}
+        ng = chosen.get("threshold")
+    ng = 0.5 if ng is None else float(ng)
+    low = unsure_low if unsure_low is not None else (base.get("unsure_low") if threshold is None else None)
+    high = unsure_high if unsure_high is not None else (base.get("unsure_high") if threshold is None else None)
+    low = ng if low is None else float(low)
+    high = ng if high is None else float(high)
+    if not 0.0 <= low <= ng <= high <= 1.0:
+        raise ExportError(
+            f"thresholds must satisfy 0 <= unsure_low ({low}) <= ng ({ng}) <= unsure_high ({high}) <= 1"
+        )
+    return {"ng": ng, "unsure_low": low, "unsure_high": high}
+
+
+def build_metadata(meta: dict[str, Any], thresholds: dict[str, float], precision: str,
+                   project: str | None = None) -> dict[str, Any]:
+    """The ``metadata_props["defectssft"]`` JSON of the ONNX contract."""
+    height, width, bit_depth = input_size(meta)
+    return {
+        "format": ONNX_FORMAT,
+        "format_version": ONNX_FORMAT_VERSION,
+        "model_version": meta.get("version", ""),
+        "classes": list(meta["classes"]),
+        "ok_class": meta.get("ok_class"),
+        "input": {"height": height, "width": width, "channels": 3, "layout": "NHWC",
+                  "dtype": "uint8", "color": "rgb", "resize": "area", "bit_depth": bit_depth},
+        "normalize": {"mean": [float(v) for v in meta["mean"]],
+                      "std": [float(v) for v in meta["std"]]},
+        "thresholds": thresholds,
+        "data_hash": meta.get("data_hash", ""),
+        "backbone": meta.get("model_name", ""),
+        "precision": precision,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "project": project or "",
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The defectssft metadata JSON of an exported ONNX file (ExportError if absent)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any parse failure: not an ONNX file
+        raise ExportError(f"{path}: not a readable ONNX file") from e
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    raise ExportError(f"{path}: ONNX file without defectssft metadata")
+
+
+# --------------------------------------------------------------------------- graph building
+
+
+def _torch_to_onnx(wrapper: InspectionModel, height: int, width: int):
+    """The fp32 ONNX graph of ``wrapper`` (dynamic batch) as an onnx.ModelProto."""
+    import onnx
+
+    dummy = torch.zeros((1, height, width, 3), dtype=torch.uint8)
+    buf = io.BytesIO()
+    names = ["probs", "logits", "defect_score"]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                wrapper, (dummy,), buf, input_names=["image"], output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in ["image", *names]},
+                opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            )
+        except Exception as e:  # noqa: BLE001 - report the exporter's reason on one line
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"torch.onnx.export failed: {msg}") from e
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _set_metadata(model, metadata: dict[str, Any]) -> None:
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(metadata)
+    model.producer_name = "defectssft"
+    model.doc_string = (
+        f"defectssft {metadata['backbone']} {metadata['model_version']} ({metadata['precision']}): "
+        f"classes {', '.join(metadata['classes'])}"
+    )
+
+
+def _to_fp16(model):
+    from onnxruntime.transformers import float16
+
+    # uint8 input and float32 outputs stay as they are; the arithmetic inside runs in fp16.
+    return float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+
+
+class _Calibration:
+    """Feeds project images to onnxruntime's static INT8 calibration, one image at a time."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._it = iter([{"image": images[i : i + 1]} for i in range(len(images))])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - not used by MinMax calibration
+        pass
+
+
+def _to_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if len(calib) == 0:
+        raise ExportError("INT8 export needs project images to calibrate on; the project has none")
+
+    class Reader(_Calibration, CalibrationDataReader):
+        pass
+
+    work = Path(tempfile.mkdtemp(prefix="defectssft-int8-", dir=out_path.parent))
+    try:
+        pre = work / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            source = pre
+        except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not required
+            source = fp32_path
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(
+                str(source), str(out_path), Reader(calib),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=["Conv", "Gemm", "MatMul", "Add", "Mul", "GlobalAveragePool"],
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+    finally:
+        for f in work.glob("*"):
+            f.unlink(missing_ok=True)
+        work.rmdir()
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def ort_session(path: str | Path, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_ort(session, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """probs [N, C] of an onnxruntime session on uint8 NHWC images."""
+    out = [session.run(["probs"], {"image": images[i : i + batch_size]})[0]
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
+
+
+def run_torch(wrapper: InspectionModel, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """probs [N, C] of the torch graph on uint8 NHWC images."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            out.append(wrapper(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))[0].numpy())
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
+
+
+def _accuracy(probs: np.ndarray, labels: Sequence[int] | None) -> float | None:
+    if labels is None or len(labels) == 0:
+        return None
+    return float(np.mean(probs.argmax(axis=1) == np.asarray(labels)))
+
+
+def _check(path: Path, reference: np.ndarray, images: np.ndarray, labels: Sequence[int] | None,
+           precision: str, ref_name: str, max_prob_diff: float | None,
+           max_int8_drop: float) -> ExportResult:
+    try:
+        probs = run_ort(ort_session(path), images)
+    except Exception as e:  # noqa: BLE001 - onnxruntime cannot load/run what we wrote
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"the exported {precision} graph does not run in onnxruntime: {msg}") from e
+    diff = float(np.max(np.abs(probs - reference))) if len(images) else 0.0
+    agree = float(np.mean(probs.argmax(1) == reference.argmax(1))) if len(images) else 1.0
+    result = ExportResult(
+        path=str(path), precision=precision, n_checked=len(images), max_prob_diff=diff,
+        top1_agreement=agree, reference=ref_name,
+        accuracy_reference=_accuracy(reference, labels), accuracy_export=_accuracy(probs, labels),
+    )
+    if not np.all(np.isfinite(probs)):
+        raise ExportError(f"the exported {precision} graph produces NaN/inf probabilities")
+    if precision == "int8":
+        if result.accuracy_export is not None and result.accuracy_reference is not None:
+            drop = result.accuracy_reference - result.accuracy_export
+            what = f"accuracy drops {drop * 100:.1f} pt"
+        else:
+            drop = 1.0 - agree
+            what = f"top-1 agreement with fp32 is only {agree:.1%}"
+        if drop > max_int8_drop + 1e-9:
+            raise ExportError(
+                f"INT8 export refused: {what} on {len(images)} project images "
+                f"(limit {max_int8_drop * 100:.1f} pt); use fp32 or calibrate on more images"
+            )
+    else:
+        bound = DEFAULT_MAX_PROB_DIFF[precision] if max_prob_diff is None else max_prob_diff
+        if diff > bound:
+            raise ExportError(
+                f"export check failed: onnxruntime differs from torch by {diff:.2e} in probability "
+                f"(limit {bound:.0e}) on {len(images)} project images"
+            )
+    return result
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def export_onnx(
+    model: nn.Module,
+    meta: dict[str, Any],
+    out_path: str | Path,
+    *,
+    check_images: np.ndarray,
+    check_labels: Sequence[int] | None = None,
+    calib_images: np.ndarray | None = None,
+    precision: str = "fp32",
+    thresholds: dict[str, float] | None = None,
+    project: str | None = None,
+    max_prob_diff: float | None = None,
+    max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
+) -> ExportResult:
+    """Write ``out_path`` (one ONNX file) after checking it on ``check_images`` (uint8 NHWC).
+
+    Raises ExportError, leaving any existing ``out_path`` untouched, if the check fails.
+    """
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"{out_path.parent}: cannot create the output folder ({e.strerror})") from e
+    height, width, _ = input_size(meta)
+    images = np.asarray(check_images, dtype=np.uint8)
+    if images.ndim != 4 or images.shape[1:] != (height, width, 3):
+        raise ExportError(f"check images must be [N, {height}, {width}, 3] uint8, got {images.shape}")
+    thresholds = thresholds or resolve_thresholds(meta)
+    metadata = build_metadata(meta, thresholds, precision, project)
+    wrapper = inspection_model(model, meta)
+    reference = run_torch(wrapper, images)
+    graph = _torch_to_onnx(wrapper, height, width)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    fp32_tmp = tmp.with_suffix(".fp32.tmp")
+    try:
+        ref_name = "torch"
+        if precision == "int8":
+            _set_metadata(graph, {**metadata, "precision": "fp32"})
+            onnx.save(graph, str(fp32_tmp))
+            reference = run_ort(ort_session(fp32_tmp), images)
+            ref_name = "onnx-fp32"
+            calib = images if calib_images is None else np.asarray(calib_images, dtype=np.uint8)
+            _to_int8(fp32_tmp, tmp, calib)
+            quantized = onnx.load(str(tmp))
+            _set_metadata(quantized, metadata)
+            onnx.save(quantized, str(tmp))
+        else:
+            if precision == "fp16":
+                graph = _to_fp16(graph)
+            _set_metadata(graph, metadata)
+            onnx.save(graph, str(tmp))
+        result = _check(tmp, reference, images, check_labels, precision, ref_name,
+                        max_prob_diff, max_int8_drop)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; line PCs and other users must read it
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        fp32_tmp.unlink(missing_ok=True)
+    result.path = str(out_path)
+    result.size_bytes = out_path.stat().st_size
+    result.seconds = time.perf_counter() - t0
+    result.metadata = metadata
+    return result
+
+
+def load_images(paths: Sequence[str | Path], height: int, width: int, bit_depth: int) -> np.ndarray:
+    """Project images as one uint8 [N, H, W, 3] array through the shared preprocessing."""
+    from defectssft_line.preprocess import ImageDecodeError, load_for_model
+
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(load_for_model(p, height, width, bit_depth))
+        except ImageDecodeError as e:
+            raise ExportError(f"cannot read project image: {e}") from e
+    if not arrays:
+        return np.zeros((0, height, width, 3), np.uint8)
+    return np.stack(arrays)
+
+
+def _project_images(project, max_check: int, max_calib: int):
+    """(check paths, check labels or None, calibration paths) from a project's frozen splits."""
+    data = project.training_data()
+    labeled = data.test or data.val or data.labeled
+    check = labeled[:max_check]
+    check_paths = [p for p, _ in check]
+    labels: list[int] | None = [c for _, c in check]
+    if not check_paths:
+        check_paths, labels = data.unlabeled[:max_check], None
+    pool = [p for p, _ in data.labeled] + list(data.unlabeled)
+    rng = np.random.default_rng(0)
+    calib = [pool[i] for i in rng.permutation(len(pool))[:max_calib]] if pool else check_paths
+    return check_paths, labels, calib
+
+
+def default_output(model_dir: Path, precision: str) -> Path:
+    return model_dir / ("model.onnx" if precision == "fp32" else f"model.{precision}.onnx")
+
+
+def export_project_model(
+    project,
+    version: str | None = None,
+    out: str | Path | None = None,
+    precision: str = "fp32",
+    threshold: float | None = None,
+    unsure_low: float | None = None,
+    unsure_high: float | None = None,
+    max_check: int = 32,
+    max_calib: int = 64,
+    max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
+) -> ExportResult:
+    """Export a project's model version (default: production, else newest) with its checks."""
+    from defectssft.modeling import load_model_file
+
+    record = project.get_model(version)
+    model_dir = Path(record["path"])
+    model, meta = load_model_file(model_dir / "model.pt")
+    meta.setdefault("version", record["version"])
+    meta["version"] = meta.get("version") or record["version"]
+    thresholds = resolve_thresholds(meta, record.get("metrics"), threshold, unsure_low, unsure_high)
+    height, width, bit_depth = input_size(meta)
+    check_paths, labels, calib_paths = _project_images(project, max_check, max_calib)
+    if not check_paths:
+        raise ExportError(f"{project.root}: no images to check the export on; import some first")
+    check = load_images(check_paths, height, width, bit_depth)
+    calib = load_images(calib_paths, height, width, bit_depth) if precision == "int8" else None
+    result = export_onnx(
+        model, meta, out or default_output(model_dir, precision), check_images=check,
+        check_labels=labels, calib_images=calib, precision=precision, thresholds=thresholds,
+        project=project.name, max_int8_drop=max_int8_drop,
+    )
+    project.update_model_metrics(record["version"], {f"export_{precision}": result.as_dict()})
+    return result

@@ -1,0 +1,301 @@
+"""``defectssft-line``: OK/NG/UNSURE verdicts on a line PC from an exported model.onnx.
+
+    defectssft-line run --model model.onnx --input PATH...     files and folders, then exit
+    defectssft-line run --model model.onnx --watch DIR         hot folder, until stopped
+    defectssft-line run --model model.onnx --camera SRC        OpenCV camera index/URL/file
+    defectssft-line bench --model model.onnx                   latency and images/s
+
+Results go to stdout (or ``--output``) as JSON lines or CSV; a summary goes to stderr.
+The model file is re-checked while running and a newly promoted model is swapped in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from defectssft_line import __version__
+from defectssft_line.hotfolder import HotFolder
+from defectssft_line.hotswap import ModelHolder
+from defectssft_line.model import LineError, LineModel
+from defectssft_line.output import (
+    FORMATS,
+    ResultWriter,
+    record,
+    send_unsure_file,
+    send_unsure_frame,
+)
+from defectssft_line.preprocess import ImageDecodeError, decode_image, is_image_name
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- run
+
+
+class Runner:
+    """Scores images with the current model and writes one record per image."""
+
+    def __init__(self, holder: ModelHolder, writer: ResultWriter, send_unsure: Path | None):
+        self.holder, self.writer, self.send_unsure = holder, writer, send_unsure
+        self.errors = 0
+
+    def score_bytes(self, name: str, data: bytes, source: Path | None = None) -> dict:
+        model = self.holder.current()
+        t0 = time.perf_counter()
+        try:
+            image = decode_image(data, name)
+            pred = model.classify([image])[0]
+        except (ImageDecodeError, ValueError) as e:
+            self.errors += 1
+            rec = record(name, "ERROR", None, None, (time.perf_counter() - t0) * 1000,
+                         model.version, str(e))
+            self.writer.write(rec)
+            return rec
+        rec = record(name, pred.verdict, pred.cls, pred.score, (time.perf_counter() - t0) * 1000,
+                     model.version)
+        if pred.verdict == "UNSURE" and self.send_unsure is not None and source is not None:
+            try:
+                send_unsure_file(source, self.send_unsure)
+            except OSError as e:
+                _log(f"warning: cannot copy {name} to {self.send_unsure}: {e.strerror or e}")
+        self.writer.write(rec)
+        return rec
+
+    def score_file(self, path: Path) -> dict:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            self.errors += 1
+            rec = record(str(path), "ERROR", None, None, 0.0, self.holder.model.version,
+                         f"{path}: cannot read ({e.strerror or e})")
+            self.writer.write(rec)
+            return rec
+        return self.score_bytes(str(path), data, path)
+
+
+def expand_inputs(paths: list[str]) -> list[Path]:
+    """Files as given, folders expanded to their image files (recursively, sorted)."""
+    out: list[Path] = []
+    for text in paths:
+        p = Path(text)
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f.name)))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise LineError(f"input not found: {p}")
+    return out
+
+
+def _run_inputs(runner: Runner, inputs: list[str]) -> int:
+    files = expand_inputs(inputs)
+    if not files:
+        raise LineError(f"no image files in {', '.join(inputs)}")
+    for f in files:
+        runner.score_file(f)
+    return 1 if runner.errors else 0
+
+
+def _run_watch(runner: Runner, args: argparse.Namespace) -> int:
+    try:
+        folder = HotFolder(args.watch, args.processed, args.failed, settle_s=args.settle,
+                           give_up_s=args.give_up, mark=args.mark)
+    except FileNotFoundError as e:
+        raise LineError(str(e)) from e
+    _log(f"watching {folder.folder} (model {runner.holder.model.version or '?'}); Ctrl+C to stop")
+    handled, last_activity = 0, time.monotonic()
+    while True:
+        ready = folder.poll()
+        for path in ready:
+            rec = runner.score_file(path)
+            if rec["verdict"] == "ERROR":
+                folder.failed_file(path, rec["error"] or "unreadable")
+            else:
+                folder.done(path)
+            handled += 1
+            last_activity = time.monotonic()
+            if args.max_files and handled >= args.max_files:
+                return 0
+        if args.idle_exit and time.monotonic() - last_activity >= args.idle_exit:
+            return 0
+        if not ready:
+            runner.holder.current()  # poll for a promoted model while idle
+            time.sleep(args.poll)
+
+
+def _open_camera(source: str):
+    import cv2
+
+    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not cap.isOpened():
+        raise LineError(f"cannot open camera/video source {source!r}")
+    return cap
+
+
+def _run_camera(runner: Runner, args: argparse.Namespace) -> int:
+    cap = _open_camera(args.camera)
+    n = 0
+    try:
+        while not args.max_frames or n < args.max_frames:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            n += 1
+            model = runner.holder.current()
+            name = f"frame{n:06d}.png"
+            t0 = time.perf_counter()
+            pred = model.classify([frame])[0]
+            rec = record(name, pred.verdict, pred.cls, pred.score,
+                         (time.perf_counter() - t0) * 1000, model.version)
+            if pred.verdict == "UNSURE" and runner.send_unsure is not None:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                send_unsure_frame(frame, runner.send_unsure, f"cam-{stamp}-{name}")
+            runner.writer.write(rec)
+    finally:
+        cap.release()
+    if n == 0:
+        raise LineError(f"no frames from camera/video source {args.camera!r}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    def load(path: Path) -> LineModel:
+        return LineModel.load(path, threads=args.threads, threshold=args.threshold,
+                              unsure_low=args.unsure_low, unsure_high=args.unsure_high)
+
+    holder = ModelHolder(args.model, load, poll_s=args.reload_poll, log=_log)
+    m = holder.model
+    _log(f"model {m.version or '?'} ({m.meta.get('backbone', '?')}, {m.meta.get('precision', '?')}) "
+         f"classes {m.classes}; thresholds ng={m.thresholds.ng:.4g} "
+         f"unsure=[{m.thresholds.unsure_low:.4g}, {m.thresholds.unsure_high:.4g})")
+    send_unsure = Path(args.send_unsure) if args.send_unsure else None
+    writer = ResultWriter(args.format, args.output)
+    runner = Runner(holder, writer, send_unsure)
+    try:
+        if args.watch:
+            rc = _run_watch(runner, args)
+        elif args.camera is not None:
+            rc = _run_camera(runner, args)
+        else:
+            rc = _run_inputs(runner, args.input)
+    except KeyboardInterrupt:
+        rc = 0
+    finally:
+        writer.close()
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(writer.counts.items())) or "no images"
+    _log(f"done: {counts}")
+    return rc
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from defectssft_line.bench import default_threads, format_table, run_bench
+
+    LineModel.load(args.model)  # refuse a bad file before timing anything
+    threads = args.threads or default_threads()
+    rows = run_bench(Path(args.model), [Path(p) for p in args.images or []], args.batch,
+                     threads, args.iters, args.warmup)
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(args.model), "rows": rows}, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="defectssft-line", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"defectssft-line {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="verdicts for files, a hot folder or a camera")
+    run.add_argument("--model", required=True, help="exported defectssft model.onnx")
+    src = run.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders")
+    src.add_argument("--watch", metavar="DIR", help="hot folder to score new files from")
+    src.add_argument("--camera", metavar="SRC", help="OpenCV source: index (0), URL or video file")
+    run.add_argument("--format", choices=FORMATS, default="jsonl", help="output format")
+    run.add_argument("--output", metavar="FILE", help="append results here instead of stdout")
+    run.add_argument("--threshold", type=_fraction, help="override the model's NG threshold")
+    run.add_argument("--unsure-low", type=_fraction, help="scores from here to --unsure-high are UNSURE")
+    run.add_argument("--unsure-high", type=_fraction, help="scores at or above this are NG")
+    run.add_argument("--send-unsure", metavar="DIR", help="copy UNSURE images here (a project's watch folder)")
+    run.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads")
+    run.add_argument("--reload-poll", type=float, default=2.0, metavar="S",
+                     help="seconds between checks of the model file for a new version")
+    hot = run.add_argument_group("hot folder (--watch)")
+    hot.add_argument("--processed", metavar="DIR", help="where scored files go (default DIR/processed)")
+    hot.add_argument("--failed", metavar="DIR", help="where unreadable files go (default DIR/failed)")
+    hot.add_argument("--mark", action="store_true", help="leave scored files in place, list them in a ledger")
+    hot.add_argument("--settle", type=float, default=1.0, metavar="S", help="a file must be unchanged this long")
+    hot.add_argument("--give-up", type=float, default=60.0, metavar="S",
+                     help="an incomplete file unchanged this long goes to failed/")
+    hot.add_argument("--poll", type=float, default=0.2, metavar="S", help="seconds between folder scans")
+    hot.add_argument("--max-files", type=int, default=0, help="stop after this many files (0: never)")
+    hot.add_argument("--idle-exit", type=float, default=0.0, metavar="S",
+                     help="stop after this many idle seconds (0: never)")
+    cam = run.add_argument_group("camera (--camera)")
+    cam.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: never)")
+    run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="p50/p95/p99 latency and images/s")
+    bench.add_argument("--model", required=True)
+    bench.add_argument("--images", nargs="*", metavar="PATH", help="real images (default: random pixels)")
+    bench.add_argument("--batch", nargs="+", type=_positive_int, default=[1, 8])
+    bench.add_argument("--threads", nargs="+", type=_positive_int, help="thread counts (default 1..cores)")
+    bench.add_argument("--iters", type=_positive_int, default=50)
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        if getattr(args, "unsure_low", None) is not None and getattr(args, "unsure_high", None) is not None \
+                and args.unsure_low > args.unsure_high:
+            raise LineError("--unsure-low must not be above --unsure-high")
+        return int(args.func(args) or 0)
+    except LineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

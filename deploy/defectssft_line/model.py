@@ -1,0 +1,208 @@
+"""Load an exported defectssft ``model.onnx`` and turn images into OK / NG / UNSURE verdicts.
+
+Loading checks that the file is a defectssft model this runtime understands (metadata,
+format version, input/output signature) and runs it once, so a bad file is refused with one
+clear line at load time, never halfway through a shift. onnxruntime, numpy, OpenCV only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectssft_line import preprocess
+
+FORMAT = "defectssft-model"
+SUPPORTED_FORMAT_VERSION = 1
+METADATA_KEY = "defectssft"
+VERDICTS = ("OK", "NG", "UNSURE")
+
+
+class LineError(Exception):
+    """An error the user can fix (bad model file, bad argument, unreadable folder): one line."""
+
+
+class LineModelError(LineError):
+    """A model file that is missing, corrupt, not a defectssft model, or too new."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Reject at ``score >= unsure_high``, pass at ``score < unsure_low``, UNSURE in between."""
+
+    ng: float
+    unsure_low: float
+    unsure_high: float
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Thresholds:
+        t = meta.get("thresholds") or {}
+        ng = float(t.get("ng", 0.5))
+        return cls(ng, float(t.get("unsure_low", ng)), float(t.get("unsure_high", ng)))
+
+    def override(self, threshold: float | None = None, unsure_low: float | None = None,
+                 unsure_high: float | None = None) -> Thresholds:
+        """``threshold`` replaces the model's (no UNSURE band unless low/high are given too)."""
+        ng = self.ng if threshold is None else threshold
+        low = unsure_low if unsure_low is not None else (self.unsure_low if threshold is None else ng)
+        high = unsure_high if unsure_high is not None else (self.unsure_high if threshold is None else ng)
+        out = Thresholds(float(ng), float(low), float(high))
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        if not 0.0 <= self.unsure_low <= self.unsure_high <= 1.0:
+            raise LineError(
+                f"thresholds must satisfy 0 <= unsure-low ({self.unsure_low}) <= "
+                f"unsure-high ({self.unsure_high}) <= 1"
+            )
+        if not 0.0 <= self.ng <= 1.0:
+            raise LineError(f"threshold must be between 0 and 1, got {self.ng}")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    verdict: str  # OK | NG | UNSURE
+    cls: str  # the OK class for OK, else the most likely defect class
+    score: float  # defect score: 1 - p(OK), or 1 - max prob without an OK class
+    probs: tuple[float, ...]
+
+
+def decide(probs: np.ndarray, score: float, classes: list[str], ok_class: str | None,
+           thr: Thresholds) -> Prediction:
+    """The verdict for one image (rules in docs/ARCHITECTURE.md, "ONNX contract")."""
+    p = np.asarray(probs, dtype=np.float64)
+    if ok_class is not None and ok_class in classes:
+        ok = classes.index(ok_class)
+        defect_probs = p.copy()
+        defect_probs[ok] = -1.0
+        top_defect = classes[int(np.argmax(defect_probs))] if len(classes) > 1 else ok_class
+        if score < thr.unsure_low:
+            verdict, cls = "OK", ok_class
+        elif score >= thr.unsure_high:
+            verdict, cls = "NG", top_defect
+        else:
+            verdict, cls = "UNSURE", top_defect
+    else:
+        cls = classes[int(np.argmax(p))]
+        verdict = "UNSURE" if float(p.max()) < 1.0 - thr.unsure_high else "NG"
+    return Prediction(verdict, cls, float(score), tuple(float(x) for x in p))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def read_metadata(session: Any, path: Path) -> dict[str, Any]:
+    """The defectssft metadata of a loaded session, validated against this runtime."""
+    props = session.get_modelmeta().custom_metadata_map or {}
+    raw = props.get(METADATA_KEY)
+    if raw is None:
+        raise LineModelError(
+            f"{path}: not a defectssft model (no '{METADATA_KEY}' metadata); "
+            "export one with `defectssft export`"
+        )
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise LineModelError(f"{path}: corrupt defectssft metadata ({e.msg})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LineModelError(f"{path}: not a defectssft model (metadata format is not '{FORMAT}')")
+    version = meta.get("format_version")
+    if not isinstance(version, int):
+        raise LineModelError(f"{path}: defectssft metadata without a format_version")
+    if version > SUPPORTED_FORMAT_VERSION:
+        raise LineModelError(
+            f"{path}: model format_version {version} is newer than this runtime supports "
+            f"({SUPPORTED_FORMAT_VERSION}); upgrade defectssft-line"
+        )
+    for key in ("classes", "input"):
+        if key not in meta:
+            raise LineModelError(f"{path}: defectssft metadata lacks '{key}'")
+    if not meta["classes"]:
+        raise LineModelError(f"{path}: defectssft metadata lists no classes")
+    return meta
+
+
+class LineModel:
+    """One loaded, checked model: ``predict`` images, ``decide`` verdicts."""
+
+    def __init__(self, path: Path, session: Any, meta: dict[str, Any],
+                 thresholds: Thresholds) -> None:
+        self.path = path
+        self.session = session
+        self.meta = meta
+        self.classes: list[str] = list(meta["classes"])
+        self.ok_class: str | None = meta.get("ok_class")
+        inp = meta["input"]
+        self.height, self.width = int(inp["height"]), int(inp["width"])
+        self.bit_depth = int(inp.get("bit_depth", 16))
+        self.thresholds = thresholds
+        self.version = str(meta.get("model_version", ""))
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 1, threshold: float | None = None,
+             unsure_low: float | None = None, unsure_high: float | None = None) -> LineModel:
+        """Open, validate and smoke-test ``path``; LineModelError with one line if unusable."""
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise LineModelError(f"model file not found: {path}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, int(threads))
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - truncated, corrupt, not ONNX at all
+            raise LineModelError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from e
+        meta = read_metadata(session, path)
+        thr = Thresholds.from_meta(meta).override(threshold, unsure_low, unsure_high)
+        model = cls(path, session, meta, thr)
+        model._check_signature()
+        return model
+
+    def _check_signature(self) -> None:
+        inputs = self.session.get_inputs()
+        outputs = {o.name for o in self.session.get_outputs()}
+        if len(inputs) != 1 or inputs[0].name != "image" or inputs[0].type != "tensor(uint8)":
+            raise LineModelError(f"{self.path}: expected one uint8 input named 'image'")
+        missing = {"probs", "defect_score"} - outputs
+        if missing:
+            raise LineModelError(f"{self.path}: model lacks output(s) {', '.join(sorted(missing))}")
+        try:
+            probs, scores = self.predict(np.zeros((1, self.height, self.width, 3), np.uint8))
+        except Exception as e:  # noqa: BLE001 - the graph does not run
+            raise LineModelError(f"{self.path}: model does not run ({_first_line(e)})") from e
+        if probs.shape != (1, len(self.classes)) or not np.all(np.isfinite(probs)):
+            raise LineModelError(
+                f"{self.path}: model outputs {probs.shape[-1]} probabilities for "
+                f"{len(self.classes)} classes in its metadata"
+            )
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probs [N, C], defect scores [N]) for uint8 [N, H, W, 3] RGB model inputs."""
+        probs, scores = self.session.run(["probs", "defect_score"], {"image": batch})
+        return probs, scores
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A decoded image (any depth/colour/size) -> this model's HxWx3 RGB uint8 input."""
+        return preprocess.prepare(image, self.height, self.width, self.bit_depth)
+
+    def decide(self, probs: np.ndarray, score: float) -> Prediction:
+        return decide(probs, score, self.classes, self.ok_class, self.thresholds)
+
+    def classify(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Verdicts for decoded images (as read from files or a camera)."""
+        if not images:
+            return []
+        batch = np.stack([self.prepare(im) for im in images])
+        probs, scores = self.predict(batch)
+        return [self.decide(p, float(s)) for p, s in zip(probs, scores, strict=True)]

@@ -1,0 +1,83 @@
+"""Actions and shortcuts as data: one table of defaults, overridable per project, one helper.
+
+Shortcuts live in ``DEFAULT_SHORTCUTS`` (action name -> key sequence, or a list of them); a
+project may override any of them under the setting ``gui.shortcuts``. Class hotkeys (1-9) are
+not here: they belong to the classes (``Project.update_class(name, hotkey=...)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QWidget
+
+from defectssft.project import Project
+
+SHORTCUTS_SETTING = "gui.shortcuts"
+
+# action name -> (menu text, default shortcut(s), tip)
+ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
+    "open": ("&Open project…", "Ctrl+O", "Open or create a project folder"),
+    "import_files": ("Import &files…", "Ctrl+I", "Copy image files into the project"),
+    "import_folder": ("Import f&older…", "Ctrl+Shift+I", "Copy a folder of images into the project"),
+    "watch": ("&Watch hot folder…", "Ctrl+W", "Start or stop ingesting a folder cameras write to"),
+    "quit": ("&Quit", "Ctrl+Q", "Close the window"),
+    "next": ("&Next image", ["D", "Right"], "Show the next image"),
+    "prev": ("&Previous image", ["A", "Left"], "Show the previous image"),
+    "accept": ("&Accept suggestion", "Space", "Label with the model's predicted class"),
+    "clear_label": ("&Clear label", "Backspace", "Remove the label of the selection"),
+    "undo": ("&Undo label", "Ctrl+Z", "Undo the last label change"),
+    "redo": ("&Redo label", "Ctrl+Shift+Z", "Redo the last undone label change"),
+    "next_useful": ("Next most &useful", "N", "Show unlabeled images, most useful first"),
+    "example": ("Mark as label-book &example", "E", "Add the image to its class's examples"),
+    "fit": ("&Fit to window", "F", "Fit the image to the view"),
+    "one_to_one": ("&1:1", "Ctrl+1", "Show the image at its pixel size"),
+    "zoom_in": ("Zoom &in", "+", "Zoom in"),
+    "zoom_out": ("Zoom &out", "-", "Zoom out"),
+    "heatmap": ("&Heat map", "H", "Overlay where the model looked (Grad-CAM)"),
+    "reset_levels": ("&Reset brightness/contrast", "R", "Full range, no window/level"),
+    "predict": ("&Predict unlabeled", "Ctrl+P", "Run the current model over unlabeled images"),
+    "train": ("&Train and export…", "Ctrl+T", "Train a model in a separate process"),
+    "label_book": ("&Label book…", "Ctrl+L", "Classes: names, descriptions, colours, hotkeys"),
+    "settings": ("&Settings…", "Ctrl+,", "Shortcuts and preferences"),
+    "refresh": ("Re&fresh", "F5", "Reload the image list"),
+}
+DEFAULT_SHORTCUTS: dict[str, str | list[str]] = {k: v[1] for k, v in ACTIONS.items()}
+
+
+def as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    return [str(v) for v in value if v]
+
+
+def shortcuts_for(project: Project | None) -> dict[str, list[str]]:
+    """Effective shortcuts: defaults overridden by the project's ``gui.shortcuts`` setting."""
+    merged: dict[str, Any] = dict(DEFAULT_SHORTCUTS)
+    if project is not None:
+        override = project.get_setting(SHORTCUTS_SETTING, {}) or {}
+        if isinstance(override, dict):
+            merged.update({k: v for k, v in override.items() if k in ACTIONS})
+    return {k: as_list(v) for k, v in merged.items()}
+
+
+def new_action(parent: QWidget, text: str, slot: Callable[..., Any] | None = None,
+               shortcuts: list[str] | None = None, tip: str = "", checkable: bool = False,
+               enabled: bool = True) -> QAction:
+    """Make a QAction (labelme's ``new_action``): text, shortcuts, tip, slot, in one call."""
+    action = QAction(text, parent)
+    if shortcuts:
+        action.setShortcuts([QKeySequence(s) for s in shortcuts])
+    if tip:
+        shown = f"{tip} ({', '.join(shortcuts)})" if shortcuts else tip
+        action.setToolTip(shown)
+        action.setStatusTip(tip)
+    action.setCheckable(checkable)
+    action.setEnabled(enabled)
+    if slot is not None:
+        action.triggered.connect(slot)
+    return action

@@ -120,14 +120,14 @@ def resolve_thresholds(meta: dict[str, Any], metrics: dict[str, Any] | None = No
                        threshold: float | None = None, unsure_low: float | None = None,
                        unsure_high: float | None = None) -> dict[str, float]:
     """The thresholds the line will use, first match wins: explicit arguments, the model file's
-    own thresholds, the evaluation's threshold for the target escape rate, 0.5."""
+    own thresholds, the operating threshold stored by ``defectssft evaluate``
+    (``metrics["test"]["operating_point"]``), 0.5."""
     base = meta.get("thresholds") or {}
     ng = threshold
     if ng is None:
         ng = base.get("ng")
     if ng is None and metrics:
-        chosen = (metrics.get("inspection") or {}).get("threshold_for_max_escape") or {}
-        ng = chosen.get("threshold")
+        ng = ((metrics.get("test") or {}).get("operating_point") or {}).get("threshold")
     ng = 0.5 if ng is None else float(ng)
     low = unsure_low if unsure_low is not None else (base.get("unsure_low") if threshold is None else None)
     high = unsure_high if unsure_high is not None else (base.get("unsure_high") if threshold is None else None)

@@ -349,6 +349,18 @@ class Project:
             raise
         con.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def _disk_errors(self, what: str) -> Iterator[None]:
+        """Turn SQLite's 'disk full' / I/O errors into a one-line ProjectError."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            msg = str(e)
+            if "full" in msg or "disk I/O" in msg or "readonly" in msg:
+                raise ProjectError(f"{what}: cannot write to {self.db_path} ({msg}); "
+                                   "free disk space and try again") from e
+            raise
+
     def close(self) -> None:
         con = getattr(self._local, "con", None)
         if con is not None:
@@ -489,10 +501,16 @@ class Project:
         assert info is not None and prepared.data is not None
         dest = self.image_file(sha, info.ext)
         if not dest.exists():
-            _atomic_write(dest, prepared.data)
+            try:
+                _atomic_write(dest, prepared.data)
+            except OSError as e:
+                raise ProjectError(
+                    f"{where}: cannot store the image in {self.images_dir} ({e.strerror or e}); "
+                    "free disk space and import again (images already stored are kept)"
+                ) from e
         now = utcnow()
         try:
-            with self.transaction() as tx:
+            with self._disk_errors(where), self.transaction() as tx:
                 cur = tx.execute(
                     "INSERT INTO images (sha256, ext, width, height, channels, bit_depth, file_size,"
                     " source, original_name, capture_time, ingest_time) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

@@ -309,3 +309,48 @@ def test_gc_removes_orphans_only(project: Project, make_image) -> None:
     assert project.gc() == 1
     assert not orphan.exists()
     assert project.get_image(res.image_id).path.exists()
+
+
+def test_full_disk_stops_cleanly_and_keeps_what_was_stored(project: Project, make_image,
+                                                         monkeypatch, tmp_path: Path) -> None:
+    import errno
+
+    import defectssft.project as store
+    from defectssft.ingest import import_paths
+
+    folder = tmp_path / "batch"
+    for i in range(5):
+        make_image(f"{i}.png", folder=folder)
+    real_write = store._atomic_write
+    calls = {"n": 0}
+
+    def write_until_full(dest: Path, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(dest, data)
+
+    monkeypatch.setattr(store, "_atomic_write", write_until_full)
+    with pytest.raises(ProjectError, match="No space left on device.*free disk space"):
+        import_paths(project, [folder], workers=1)
+    assert project.count_images() == 2
+    assert all(r.path.is_file() for r in project.query_images())
+    assert not list(project.images_dir.rglob("*.tmp"))
+    monkeypatch.setattr(store, "_atomic_write", real_write)  # space freed: import again
+    summary = import_paths(project, [folder], workers=1)
+    assert (summary.added, summary.duplicates) == (3, 2)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import defectssft.project as store
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    dest = tmp_path / "ab" / "x.png"
+    with pytest.raises(OSError):
+        store._atomic_write(dest, b"data")
+    assert not dest.exists() and list(dest.parent.iterdir()) == []

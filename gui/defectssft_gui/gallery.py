@@ -172,7 +172,7 @@ class ImageListModel(QAbstractListModel):
     def _caption(r: Row) -> str:
         if r.reason is not None:
             return "quarantined"
-        label = r.label or "·"
+        label = r.label or "unlabeled"
         if r.pred is not None and r.confidence is not None:
             return f"{label} | {r.pred} {r.confidence:.0%}"
         return label

@@ -264,7 +264,7 @@ def load_weights_into(
 # --------------------------------------------------------------------------- model files
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -305,7 +305,7 @@ def save_model_file(path: str | Path, model: nn.Module | Mapping[str, torch.Tens
     }
     obj.update({k: v for k, v in meta.items() if k != "state_dict"})
     obj["state_dict"] = state
-    _atomic_torch_save(obj, path)
+    atomic_torch_save(obj, path)
     return path
 
 

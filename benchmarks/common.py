@@ -1,0 +1,92 @@
+"""Shared benchmark helpers: fixed dataset splits, running one training, writing results.
+
+Benchmarks build their data lists straight from the dataset folders (no project needed) and
+call ``defectssft.training.loop.train`` exactly as ``defectssft train`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import re
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from defectssft.training.config import resolve_config
+from defectssft.training.data import TrainData
+from defectssft.training.loop import train
+
+DATASETS = Path("/work/shared/datasets")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def neu_files(root: Path = DATASETS / "neu-det") -> dict[str, list[Path]]:
+    """NEU-DET images by class (class = filename prefix before ``_N.jpg``), sorted."""
+    by_class: dict[str, list[Path]] = defaultdict(list)
+    for p in sorted((root / "images").glob("*.jpg")):
+        m = re.match(r"(.+)_\d+\.jpg$", p.name)
+        if m:
+            by_class[m.group(1)].append(p)
+    if not by_class:
+        raise SystemExit(f"no NEU-DET images under {root}/images")
+    return dict(sorted(by_class.items()))
+
+
+def neu_split(k: int, seed: int, test_per_class: int = 110) -> TrainData:
+    """Fixed test split (``test_per_class`` per class, split seed 0, independent of ``seed``);
+    ``k`` labeled per class drawn from the remaining pool with ``seed``; the rest unlabeled."""
+    files = neu_files()
+    classes = list(files)
+    labeled, unlabeled, test = [], [], []
+    for idx, c in enumerate(classes):
+        paths = list(files[c])
+        random.Random(f"neu-test-{c}").shuffle(paths)
+        test += [(str(p), idx) for p in paths[:test_per_class]]
+        pool = paths[test_per_class:]
+        random.Random(f"neu-lab-{c}-{seed}").shuffle(pool)
+        labeled += [(str(p), idx) for p in pool[:k]]
+        unlabeled += [str(p) for p in pool[k:]]
+    return TrainData(classes=classes, labeled=labeled, unlabeled=unlabeled, val=test, test=test,
+                     bit_depth=8)
+
+
+def kolektor_items(root: Path = DATASETS / "kolektorsdd") -> list[tuple[str, int]]:
+    """(path, 1 if defective else 0) for every KolektorSDD image, sorted."""
+    items = []
+    for img in sorted((root / "images").glob("*/*.jpg")):
+        lab = root / "labels" / img.parent.name / (img.stem + ".txt")
+        defective = lab.is_file() and lab.read_text().strip() != ""
+        items.append((str(img), int(defective)))
+    if not items:
+        raise SystemExit(f"no KolektorSDD images under {root}/images")
+    return items
+
+
+def run_one(data: TrainData, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Train once; returns the final validation metrics and wall time."""
+    cfg = resolve_config(overrides=overrides)
+    t0 = time.time()
+    result = train(cfg, data, run_dir, handle_signals=False)
+    return {**result.metrics, "wall_s": time.time() - t0, "steps": result.step}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "host": platform.node(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               **payload}
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(payload, indent=2))
+    return out

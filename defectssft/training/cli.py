@@ -1,0 +1,74 @@
+"""``defectssft train PROJECT``: semi-supervised fine-tuning from the command line.
+
+    defectssft train PROJECT [--config FILE] [--set key=value ...] [--preset quick|overnight]
+                             [--resume [RUN]] [--max-time 8h] [--json-progress]
+
+``--json-progress`` prints one JSON object per line on stdout (events: step, eval, checkpoint,
+done, model) for the GUI, which runs training as a separate process. Multi-GPU:
+``torchrun --nproc_per_node N -m defectssft train PROJECT ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a model on the project's labeled + unlabeled images",
+        description="Semi-supervised fine-tuning; each finished run becomes a model version.",
+    )
+    p.add_argument("project", help="project folder")
+    p.add_argument("--config", metavar="FILE", help="YAML config (sections model/input/ssl/augment/train)")
+    p.add_argument("--set", dest="sets", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one setting, e.g. --set train.steps=500 (repeatable)")
+    p.add_argument("--preset", help="start from a preset: quick (minutes on a CPU) or overnight")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue the newest unfinished run, or RUN (a folder name in PROJECT/runs)")
+    p.add_argument("--max-time", metavar="DURATION", help="time budget, e.g. 8h, 90m; ends cleanly")
+    p.add_argument("--json-progress", action="store_true",
+                   help="print one JSON object per line on stdout instead of a progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train)
+
+
+def _json_line(row: dict[str, Any]) -> None:
+    print(json.dumps(row, default=str), flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from defectssft.training import train_project
+    from defectssft.training.config import dump_yaml, merge, resolve_config, validate
+
+    if args.print_config:
+        cfg = resolve_config(args.preset, args.config, None, args.sets)
+        if args.max_time is not None:
+            cfg = validate(merge(cfg, {"train": {"max_time": args.max_time}}))
+        print(dump_yaml(cfg), end="")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    version = train_project(
+        args.project,
+        progress_callback=_json_line if args.json_progress else None,
+        preset=args.preset,
+        config_file=args.config,
+        sets=args.sets,
+        resume=args.resume,
+        max_time=args.max_time,
+        progress_bar=not args.json_progress and sys.stderr.isatty(),
+    )
+    if version is None:
+        if args.json_progress:
+            _json_line({"event": "stopped"})
+        print("training stopped; checkpoint saved (resume with --resume)", file=sys.stderr)
+        return 130
+    if args.json_progress:
+        _json_line({"event": "model", "version": version})
+    else:
+        print(f"model {version}")
+    return 0

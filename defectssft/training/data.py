@@ -1,0 +1,190 @@
+"""Training data: the labeled/unlabeled/val lists of a project, decoded on the fly.
+
+Images are read with ``defectssft_line.preprocess.load_for_model`` (the line's own decoding,
+16-bit scaling, gray->RGB replication and resize), so a model trains on exactly what the line
+will feed it. Nothing is cached in memory: 100,000 unlabeled stream images cost only their paths.
+
+Sampling is infinite and reproducible: ``SeededSampler`` yields ``(index, seed)`` pairs from
+per-epoch permutations of a fixed seed, and the seed drives the weak augmentation of that
+sample. Resuming at step ``s`` restarts the sampler at position ``s * batch``, which gives the
+same images and the same weak views as an uninterrupted run. Under DDP each rank takes every
+``world``-th position of the same stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from defectssft.errors import DefectssftError
+from defectssft.training.augment import apply_weak
+from defectssft_line.preprocess import ImageDecodeError, load_for_model
+
+log = logging.getLogger(__name__)
+
+
+class DataError(DefectssftError):
+    """Training data that cannot be used (no labels, a class without images, unreadable files)."""
+
+
+@dataclass
+class TrainData:
+    """What a training run consumes; built from a project or directly (benchmarks, tests)."""
+
+    classes: list[str]
+    labeled: list[tuple[str, int]]
+    unlabeled: list[str] = field(default_factory=list)
+    val: list[tuple[str, int]] = field(default_factory=list)
+    test: list[tuple[str, int]] = field(default_factory=list)
+    ok_class: str | None = None
+    data_hash: str = ""
+    bit_depth: int = 16
+
+    def check(self, need_unlabeled: bool) -> None:
+        if len(self.classes) < 2:
+            raise DataError(f"need at least 2 classes to train, the project has {len(self.classes)}")
+        if not self.labeled:
+            raise DataError("no labeled training images: label some images first (defectssft label)")
+        bad = [lab for _, lab in self.labeled + self.val if not 0 <= lab < len(self.classes)]
+        if bad:
+            raise DataError(f"label index {bad[0]} out of range for {len(self.classes)} classes")
+        counts = np.bincount([lab for _, lab in self.labeled], minlength=len(self.classes))
+        empty = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
+        if empty:
+            log.warning("classes without labeled training images: %s", ", ".join(empty))
+        if need_unlabeled and not self.unlabeled:
+            log.warning("no unlabeled images: the semi-supervised term has nothing to learn from")
+
+    def class_counts(self) -> list[int]:
+        return np.bincount([lab for _, lab in self.labeled], minlength=len(self.classes)).tolist()
+
+
+def from_project(project: Any) -> TrainData:
+    """TrainData from a ``defectssft.project.Project`` (human labels of the train split, etc.)."""
+    td = project.training_data()
+    bit_depth = project.get_setting("input.bit_depth", 16)
+    return TrainData(
+        classes=list(td.classes),
+        labeled=[(str(p), int(c)) for p, c in td.labeled],
+        unlabeled=[str(p) for p in td.unlabeled],
+        val=[(str(p), int(c)) for p, c in td.val],
+        test=[(str(p), int(c)) for p, c in td.test],
+        ok_class=td.ok_class,
+        data_hash=td.data_hash,
+        bit_depth=int(bit_depth or 16),
+    )
+
+
+class ImageDataset(Dataset):
+    """Decodes one image per item -> (uint8 tensor [3, H, W], label or -1).
+
+    Items are ``(path, label)``; an index may be an int (evaluation) or ``(int, seed)`` from
+    ``SeededSampler`` (training, weak view seeded per sample). An unreadable image is skipped
+    in favour of the next one with a warning when ``skip_unreadable`` (unlabeled streams);
+    otherwise it raises DataError.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[tuple[str, int]],
+        height: int,
+        width: int,
+        bit_depth: int = 16,
+        transform: A.Compose | None = None,
+        skip_unreadable: bool = False,
+    ) -> None:
+        self.items = list(items)
+        self.height, self.width, self.bit_depth = height, width, bit_depth
+        self.transform = transform
+        self.skip_unreadable = skip_unreadable
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, i: int) -> np.ndarray:
+        path = self.items[i][0]
+        return load_for_model(path, self.height, self.width, self.bit_depth)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, seed = (index, 0) if isinstance(index, int) else index
+        for attempt in range(min(len(self.items), 20)):
+            j = (i + attempt) % len(self.items)
+            try:
+                img = self._load(j)
+                break
+            except ImageDecodeError as e:
+                if not self.skip_unreadable:
+                    raise DataError(str(e)) from e
+                log.warning("skipping unreadable image: %s", e)
+        else:
+            raise DataError(f"no readable image near {self.items[i][0]}")
+        if self.transform is not None:
+            img = apply_weak(self.transform, img, seed)
+        tensor = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+        return tensor, int(self.items[j][1])
+
+
+class SeededSampler(Sampler):
+    """Infinite stream of ``(index, sample_seed)``: epoch ``e`` is a permutation seeded by
+    ``(seed, e)``; positions ``start, start+1, ...`` of the global stream, every ``world``-th one
+    from ``rank``."""
+
+    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
+        if n <= 0:
+            raise ValueError("SeededSampler needs a non-empty dataset")
+        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+
+    def _perm(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        pos = self.start * self.world + self.rank
+        epoch, perm = -1, []
+        while True:
+            e, k = divmod(pos, self.n)
+            if e != epoch:
+                epoch, perm = e, self._perm(e)
+            yield perm[k], (self.seed * 7_919 + pos * 104_729) % (2**31 - 1)
+            pos += self.world
+
+    def __len__(self) -> int:  # infinite; DataLoader only needs it for len(loader)
+        return 2**62
+
+
+def infinite_loader(
+    dataset: ImageDataset, batch_size: int, seed: int, start_batch: int, num_workers: int,
+    rank: int = 0, world: int = 1, pin_memory: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches forever, beginning at batch ``start_batch`` of the seeded stream (exact resume)."""
+    sampler = SeededSampler(len(dataset), seed, start=start_batch * batch_size, rank=rank, world=world)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    return iter(loader)
+
+
+def eval_loader(items: Sequence[tuple[str, int]], height: int, width: int, bit_depth: int,
+                batch_size: int = 64, num_workers: int = 0) -> DataLoader:
+    ds = ImageDataset(items, height, width, bit_depth)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def path_items(paths: Sequence[str | Path]) -> list[tuple[str, int]]:
+    """Unlabeled paths as dataset items (label -1)."""
+    return [(str(p), -1) for p in paths]

@@ -1,0 +1,511 @@
+"""The training loop, one function read top to bottom: ``train(cfg, data, run_dir, ...)``.
+
+setup (seeds, device, DDP) -> model + EMA teacher -> optimizer -> resume -> loaders -> loop:
+  labeled batch + unlabeled batch -> strong view on the device -> pseudo-labels from the weak
+  view (EMA teacher) -> L = L_s + lambda_u * L_u -> step -> EMA -> log / eval / checkpoint.
+
+The run folder holds ``last.pt`` (everything needed for an exact resume), ``best.pt`` (the
+weights at the best validation score), ``metrics.jsonl`` and ``metrics.csv``. A stop request
+(SIGINT/SIGTERM, ``stop_event``) saves ``last.pt`` and returns status "interrupted"; the time
+budget (``train.max_time``) ends the run normally with status "time_budget".
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from defectssft.errors import DefectssftError
+from defectssft.modeling import atomic_torch_save, build_model, default_normalization
+from defectssft.training import ddp
+from defectssft.training import objectives as obj
+from defectssft.training.augment import StrongAugment, to_model_input, weak_transform
+from defectssft.training.data import (
+    ImageDataset,
+    TrainData,
+    eval_loader,
+    infinite_loader,
+    path_items,
+)
+
+log = logging.getLogger("defectssft.training")
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | time_budget | interrupted
+    step: int
+    steps: int
+    run_dir: Path
+    weights: dict[str, torch.Tensor]  # what to ship: best (else final) EMA/student weights
+    metrics: dict[str, float] = field(default_factory=dict)  # validation metrics of `weights`
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str, info: ddp.DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and info.enabled:
+        name = f"cuda:{info.local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DefectssftError("train.device is cuda but no CUDA GPU is available (use train.device=cpu)")
+    return torch.device(name)
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; no autocast on the CPU (it is slower there)."""
+    if setting == "off" or device.type != "cuda":
+        return None
+    if setting == "fp16":
+        return torch.float16
+    if setting == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` then cosine decay to 0 at progress 1."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+def make_optimizer(model: nn.Module, tc: dict[str, Any]) -> torch.optim.Optimizer:
+    """No weight decay on biases and norm layers (1-d parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": tc["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    if tc["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=tc["lr"])
+    return torch.optim.SGD(groups, lr=tc["lr"], momentum=tc["momentum"], nesterov=True)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher = decay * teacher + (1 - decay) * student (float params and buffers; ints copied)."""
+    t_state = teacher.state_dict()
+    for k, v in student.state_dict().items():
+        if v.dtype.is_floating_point:
+            t_state[k].lerp_(v.detach(), 1.0 - decay)
+        else:
+            t_state[k].copy_(v)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Warm-up of the EMA so the teacher follows quickly at first (timm/tf style)."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve via the rank statistic (ties get average ranks)."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, ok_index: int | None) -> dict[str, float]:
+    """accuracy, balanced accuracy, macro-F1, NLL and (with an OK class) defect AUROC."""
+    pred = probs.argmax(1)
+    num_classes = probs.shape[1]
+    recalls, f1s = [], []
+    for c in range(num_classes):
+        tp = float(((pred == c) & (labels == c)).sum())
+        n_true, n_pred = float((labels == c).sum()), float((pred == c).sum())
+        if n_true > 0:
+            recalls.append(tp / n_true)
+            f1s.append(2 * tp / (n_true + n_pred))
+    out = {
+        "accuracy": float((pred == labels).mean()),
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
+        "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
+        "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1)).mean()),
+    }
+    if ok_index is not None:
+        out["auroc"] = _binary_auroc(1.0 - probs[:, ok_index], labels != ok_index)
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Any, mean: list[float], std: list[float], device: torch.device,
+            dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and labels over a loader of (uint8 images, labels)."""
+    was_training = model.training
+    model.eval()
+    probs, labels = [], []
+    for x, y in loader:
+        x = to_model_input(x.to(device, non_blocking=True), mean, std)
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            logits = model(x)
+        probs.append(logits.float().softmax(1).cpu())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def select_score(metrics: dict[str, float], how: str) -> float:
+    if how == "auto":
+        how = "auroc" if not math.isnan(metrics.get("auroc", float("nan"))) else "balanced_accuracy"
+    return metrics.get(how, float("nan"))
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM (main thread only) or by an external ``threading.Event``."""
+
+    def __init__(self, stop_event: Any | None, handle_signals: bool) -> None:
+        self.event = stop_event
+        self.signalled: str | None = None
+        self._previous: dict[int, Any] = {}
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signalled = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint and stopping", self.signalled)
+
+    def is_set(self) -> bool:
+        return self.signalled is not None or bool(self.event is not None and self.event.is_set())
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class MetricsWriter:
+    """Appends one row per log step to metrics.jsonl and metrics.csv (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.jsonl, self.csv, self.enabled = run_dir / "metrics.jsonl", run_dir / "metrics.csv", enabled
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.jsonl.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if row.get("event") == "step":
+            new = not self.csv.exists()
+            with self.csv.open("a", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: dict[str, Any],
+    data: TrainData,
+    run_dir: str | Path,
+    *,
+    progress: ProgressFn | None = None,
+    stop_event: Any | None = None,
+    resume: bool = False,
+    handle_signals: bool = True,
+    progress_bar: bool = False,
+    dist_info: ddp.DistInfo | None = None,
+) -> TrainResult:
+    """Train on ``data`` with the validated config ``cfg``; see the module docstring."""
+    mc, ic, sc, ac, tc = cfg["model"], cfg["input"], cfg["ssl"], cfg["augment"], cfg["train"]
+    info = dist_info or ddp.DistInfo()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    method = sc["method"]
+    use_unlabeled = method != "supervised"
+    data.check(need_unlabeled=use_unlabeled)
+    if use_unlabeled and not data.unlabeled:
+        method, use_unlabeled = "supervised", False
+    num_classes = len(data.classes)
+    height, width = ic["height"], ic["width"]
+    bit_depth = ic["bit_depth"] or data.bit_depth
+
+    # ---- setup: threads, seeds, device
+    if tc["threads"]:
+        torch.set_num_threads(tc["threads"])
+    seed_everything(tc["seed"] + info.rank)
+    device = pick_device(tc["device"], info)
+    autocast_dtype = amp_dtype(tc["amp"], device)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+
+    # ---- model, EMA teacher, optimizer
+    torch.manual_seed(tc["seed"])  # same initial head on every rank
+    model = build_model(mc["name"], num_classes, weights=mc["weights"], drop_rate=mc["drop_rate"]).to(device)
+    mean, std = default_normalization(mc["name"], mc["weights"])
+    teacher = copy.deepcopy(model).eval() if tc["ema_decay"] > 0 else None
+    if teacher is not None:
+        teacher.requires_grad_(False)
+    optimizer = make_optimizer(model, tc)
+    strong = StrongAugment(ac["strong_ops"], ac["strong_magnitude"], (0.02, ac["cutout_max"])).to(device)
+    counts = torch.tensor(data.class_counts(), dtype=torch.float32, device=device)
+    da_target = (counts + 1) / (counts + 1).sum() if sc["dist_align_target"] == "labeled" else torch.full_like(counts, 1 / num_classes)
+    da_mean = torch.full((num_classes,), 1.0 / num_classes, device=device)
+    adaptive = obj.AdaptiveThresholdState.initial(num_classes, device)
+
+    # ---- resume: everything needed to continue exactly where last.pt stopped
+    start_step, best_score, best_metrics, elapsed_before = 0, -math.inf, {}, 0.0
+    restored_rng = None
+    last_path = run_dir / "last.pt"
+    if resume:
+        if not last_path.is_file():
+            raise DefectssftError(f"nothing to resume: {last_path} not found")
+        ck = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        if teacher is not None and ck.get("teacher") is not None:
+            teacher.load_state_dict(ck["teacher"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scaler.load_state_dict(ck["scaler"])
+        da_mean = ck["da_mean"].to(device)
+        adaptive = obj.AdaptiveThresholdState.from_state_dict(ck["adaptive"], device)
+        start_step, best_score, best_metrics = ck["step"], ck["best_score"], ck["best_metrics"]
+        elapsed_before = ck["elapsed_s"]
+        restored_rng = ck["rng"][info.rank] if info.rank < len(ck["rng"]) else None
+        log.info("resumed from %s at step %d", last_path, start_step)
+    train_model: nn.Module = model
+    if info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    # ---- data: infinite seeded streams (positioned at start_step for an exact resume)
+    weak = weak_transform(ac["hflip"], ac["vflip"], ac["shift"])
+    pin = device.type == "cuda"
+    nw = tc["num_workers"]
+    bs_l = tc["batch_size"]
+    bs_u = bs_l * sc["mu"]
+    labeled_ds = ImageDataset(data.labeled, height, width, bit_depth, transform=weak)
+    labeled_it = infinite_loader(labeled_ds, bs_l, tc["seed"], start_step,
+                                 min(nw, 1) if use_unlabeled else nw, info.rank, info.world, pin)
+    unlabeled_it = None
+    if use_unlabeled:
+        unl_ds = ImageDataset(path_items(data.unlabeled), height, width, bit_depth, transform=weak,
+                              skip_unreadable=True)
+        unlabeled_it = infinite_loader(unl_ds, bs_u, tc["seed"] + 1, start_step, nw, info.rank, info.world, pin)
+    val_loader = eval_loader(data.val, height, width, bit_depth, num_workers=0) if data.val else None
+    ok_index = data.classes.index(data.ok_class) if data.ok_class in data.classes else None
+    if restored_rng is not None:  # after the loaders: their creation draws from the global RNG
+        set_rng_state(restored_rng)
+
+    writer = MetricsWriter(run_dir, info.is_main)
+    stopper = StopFlag(stop_event, handle_signals)
+    max_time = tc["max_time"]
+    steps = tc["steps"]
+    t_start = time.monotonic()
+    status = "completed"
+    step = start_step
+    running: dict[str, float] = {}
+    bar = None
+    if progress_bar and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start_step, desc=method, unit="step", dynamic_ncols=True)
+
+    def emit(row: dict[str, Any]) -> None:
+        if not info.is_main:
+            return
+        writer.write(row)
+        if progress is not None:
+            progress(row)
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - t_start
+
+    def evaluate() -> dict[str, float]:
+        net = teacher if teacher is not None else model
+        probs, labels = predict(net, val_loader, mean, std, device, autocast_dtype)
+        return classification_metrics(probs, labels, ok_index)
+
+    def save_checkpoint(at_step: int) -> None:
+        rngs = [rng_state()]
+        if info.enabled:
+            rngs = [None] * info.world
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if not info.is_main:
+            return
+        atomic_torch_save({
+            "model": model.state_dict(), "teacher": teacher.state_dict() if teacher is not None else None,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "da_mean": da_mean.cpu(), "adaptive": adaptive.state_dict(), "step": at_step,
+            "best_score": best_score, "best_metrics": best_metrics, "elapsed_s": elapsed(),
+            "rng": rngs, "config": cfg, "classes": data.classes,
+        }, last_path)
+        emit({"event": "checkpoint", "step": at_step, "path": str(last_path)})
+
+    def save_best(at_step: int, metrics: dict[str, float]) -> None:
+        if info.is_main:
+            net = teacher if teacher is not None else model
+            atomic_torch_save({"weights": net.state_dict(), "step": at_step, "metrics": metrics},
+                               run_dir / "best.pt")
+
+    model.train()
+    t_log, n_img = time.monotonic(), 0
+    try:
+        while step < steps:
+            # -- stop requests and the time budget (agreed across ranks)
+            if ddp.any_true(info, stopper.is_set(), device):
+                status = "interrupted"
+                break
+            if max_time is not None and ddp.any_true(info, elapsed() >= max_time, device):
+                status = "time_budget"
+                break
+            progress_frac = step / steps
+            if max_time:
+                progress_frac = max(progress_frac, elapsed() / max_time)
+            lr = tc["lr"] * lr_factor(progress_frac, step, tc["warmup_steps"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # -- one batch: labeled, and unlabeled weak view (strong view made here, batched)
+            x_l, y_l = next(labeled_it)
+            x_l = to_model_input(x_l.to(device, non_blocking=True), mean, std)
+            y_l = y_l.to(device, non_blocking=True)
+            n_l = x_l.shape[0]
+            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
+                if use_unlabeled:
+                    u_weak_raw = next(unlabeled_it)[0].to(device, non_blocking=True)
+                    u_strong = to_model_input(strong(u_weak_raw), mean, std)
+                    u_weak = to_model_input(u_weak_raw, mean, std)
+                    if sc["pseudo_from"] == "ema" and teacher is not None:
+                        with torch.no_grad():
+                            logits_weak = teacher(u_weak)  # pseudo-labels from the EMA teacher
+                        logits = train_model(torch.cat([x_l, u_strong]))
+                        logits_l, logits_s = logits[:n_l], logits[n_l:]
+                    else:
+                        logits = train_model(torch.cat([x_l, u_weak, u_strong]))
+                        logits_l = logits[:n_l]
+                        logits_weak, logits_s = logits[n_l:].detach().chunk(2)[0], logits[n_l + u_weak.shape[0]:]
+                else:
+                    logits_l = train_model(x_l)
+            loss_s = obj.supervised_loss(logits_l, y_l, tc["label_smoothing"])
+            loss_u = torch.zeros((), device=device)
+            mask_rate = 0.0
+            if use_unlabeled:
+                probs_weak = logits_weak.float().softmax(1).detach()
+                if sc["dist_align"]:
+                    da_mean = obj.update_running_mean(da_mean, ddp.mean_tensor(info, probs_weak), sc["ema_momentum"])
+                    probs_weak = obj.distribution_alignment(probs_weak, da_mean, da_target)
+                if method == "fixmatch":
+                    loss_u, mask = obj.fixmatch_loss(probs_weak, logits_s, sc["threshold"])
+                else:
+                    adaptive = obj.update_adaptive_state(adaptive, probs_weak, sc["ema_momentum"])
+                    if info.enabled:  # identical thresholds on every rank
+                        adaptive = obj.AdaptiveThresholdState(ddp.mean_tensor(info, adaptive.tau),
+                                                              ddp.mean_tensor(info, adaptive.p))
+                    loss_u, mask = obj.freematch_loss(probs_weak, logits_s, adaptive)
+                mask_rate = float(mask.float().mean())
+            loss = obj.total_loss(loss_s, loss_u, sc["lambda_u"])
+            if not torch.isfinite(loss):
+                raise DefectssftError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
+
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc["grad_clip"] > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            if teacher is not None:
+                ema_update(teacher, model, ema_decay_at(step, tc["ema_decay"]))
+            step += 1
+
+            # -- running metrics, logs, eval, checkpoints
+            n_img += n_l + (bs_u if use_unlabeled else 0)
+            for k, v in (("loss", loss.item()), ("loss_s", loss_s.item()), ("loss_u", loss_u.item()), ("mask", mask_rate)):
+                running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+            if step % tc["log_every"] == 0 or step == steps:
+                now = time.monotonic()
+                rate = (step - start_step) / max(1e-9, now - t_start)
+                eta = (steps - step) / max(rate, 1e-9)
+                if max_time:
+                    eta = min(eta, max(0.0, max_time - elapsed()))
+                emit({"event": "step", "step": step, "steps": steps, "lr": lr, **running,
+                      "img_s": n_img / max(1e-9, now - t_log), "elapsed_s": elapsed(), "eta_s": eta})
+                t_log, n_img = now, 0
+            if val_loader is not None and (step % tc["eval_every"] == 0 or step == steps):
+                metrics = evaluate()
+                score = select_score(metrics, tc["select_metric"])
+                is_best = not math.isnan(score) and score > best_score
+                if is_best:
+                    best_score, best_metrics = score, {**metrics, "step": step}
+                    save_best(step, best_metrics)
+                emit({"event": "eval", "step": step, "best": is_best, **metrics})
+            if step % tc["checkpoint_every"] == 0 and step < steps:
+                save_checkpoint(step)
+    finally:
+        stopper.restore()
+        if bar is not None:
+            bar.close()
+
+    save_checkpoint(step)
+    final_net = teacher if teacher is not None else model
+    weights, metrics = final_net.state_dict(), {}
+    if val_loader is not None and status != "interrupted":
+        metrics = evaluate()
+        if best_metrics and (run_dir / "best.pt").is_file() and best_score >= select_score(metrics, tc["select_metric"]):
+            weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["weights"] if info.is_main else weights
+            metrics = {k: v for k, v in best_metrics.items() if k != "step"}
+    weights = {k: v.detach().cpu() for k, v in weights.items()}
+    emit({"event": "done", "status": status, "step": step, "steps": steps, "elapsed_s": elapsed(), **metrics})
+    return TrainResult(status=status, step=step, steps=steps, run_dir=run_dir, weights=weights,
+                       metrics=metrics, mean=mean, std=std, elapsed_s=elapsed())

@@ -1,0 +1,129 @@
+"""Semi-supervised objectives as small pure functions: logits in, (loss, mask) out.
+
+L = L_s + lambda_u * L_u.  Each unlabeled objective takes the logits of the weak view (the
+pseudo-label source, usually from the EMA teacher, no gradient) and of the strong view (the
+student) and returns the unsupervised loss and the per-sample mask of images that counted.
+
+* ``supervised_loss``       cross-entropy on labeled images (the baseline uses only this).
+* ``fixmatch_loss``         fixed confidence threshold tau (Sohn et al. 2020).
+* ``freematch_loss``        self-adaptive global+per-class thresholds (Wang et al. 2023),
+                            state in ``AdaptiveThresholdState``, updated by ``update_adaptive_state``.
+* ``distribution_alignment`` rescales the weak-view probabilities so their running mean matches a
+                            target class distribution (ReMixMatch). On a production stream that is
+                            mostly OK parts, FixMatch's pseudo-labels drift onto the majority class;
+                            alignment counteracts that drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def supervised_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of labeled logits ``[B, C]`` against class indices ``[B]``."""
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
+def _masked_ce(logits_strong: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over ALL unlabeled samples (masked ones count as zero), as in FixMatch."""
+    if logits_strong.numel() == 0:
+        return logits_strong.sum() * 0.0
+    per_sample = F.cross_entropy(logits_strong.float(), pseudo, reduction="none")
+    return (per_sample * mask.float()).mean()
+
+
+def fixmatch_loss(
+    probs_weak: torch.Tensor, logits_strong: torch.Tensor, threshold: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FixMatch: hard pseudo-label = argmax of weak-view probs, kept where its prob >= threshold.
+
+    ``probs_weak`` [U, C] (already softmaxed, possibly aligned; treated as constant),
+    ``logits_strong`` [U, C]. Returns (loss, mask [U] bool).
+    """
+    probs_weak = probs_weak.detach()
+    conf, pseudo = probs_weak.max(dim=1)
+    mask = conf >= threshold
+    return _masked_ce(logits_strong, pseudo, mask), mask
+
+
+@dataclass
+class AdaptiveThresholdState:
+    """FreeMatch's running estimates: global confidence ``tau`` and class-wise mean probs ``p``."""
+
+    tau: torch.Tensor  # scalar
+    p: torch.Tensor  # [C]
+
+    @classmethod
+    def initial(cls, num_classes: int, device: torch.device | str = "cpu") -> AdaptiveThresholdState:
+        # FreeMatch initialises both at 1/C: thresholds start low and rise as the model learns.
+        return cls(
+            tau=torch.tensor(1.0 / num_classes, device=device),
+            p=torch.full((num_classes,), 1.0 / num_classes, device=device),
+        )
+
+    def thresholds(self) -> torch.Tensor:
+        """Per-class thresholds: tau scaled by the max-normalised class-wise confidence."""
+        return self.tau * self.p / self.p.max().clamp_min(1e-12)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"tau": self.tau.detach().cpu(), "p": self.p.detach().cpu()}
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> AdaptiveThresholdState:
+        return cls(tau=sd["tau"].to(device), p=sd["p"].to(device))
+
+
+def update_adaptive_state(
+    state: AdaptiveThresholdState, probs_weak: torch.Tensor, momentum: float = 0.999
+) -> AdaptiveThresholdState:
+    """New state after seeing a batch of weak-view probs (EMA of mean max-prob and mean probs)."""
+    probs_weak = probs_weak.detach().float()
+    if probs_weak.numel() == 0:
+        return state
+    conf = probs_weak.max(dim=1).values.mean()
+    mean_p = probs_weak.mean(dim=0)
+    return AdaptiveThresholdState(
+        tau=momentum * state.tau + (1 - momentum) * conf,
+        p=momentum * state.p + (1 - momentum) * mean_p,
+    )
+
+
+def freematch_loss(
+    probs_weak: torch.Tensor, logits_strong: torch.Tensor, state: AdaptiveThresholdState
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FreeMatch self-adaptive thresholding: keep a sample when its confidence reaches the
+    threshold of its pseudo-class, ``state.thresholds()[pseudo]``. Returns (loss, mask)."""
+    probs_weak = probs_weak.detach()
+    conf, pseudo = probs_weak.max(dim=1)
+    mask = conf >= state.thresholds()[pseudo]
+    return _masked_ce(logits_strong, pseudo, mask), mask
+
+
+def distribution_alignment(
+    probs_weak: torch.Tensor, running_mean: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """ReMixMatch alignment: ``p * target / running_mean``, renormalised per row.
+
+    ``running_mean`` [C] is the model's average prediction on unlabeled data (an EMA),
+    ``target`` [C] the class distribution we expect there (e.g. the labeled frequencies).
+    """
+    aligned = probs_weak * (target / running_mean.clamp_min(1e-6))
+    return aligned / aligned.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def update_running_mean(running_mean: torch.Tensor, probs_weak: torch.Tensor, momentum: float = 0.999) -> torch.Tensor:
+    """EMA of the mean weak-view prediction, the denominator of distribution alignment."""
+    if probs_weak.numel() == 0:
+        return running_mean
+    return momentum * running_mean + (1 - momentum) * probs_weak.detach().float().mean(dim=0)
+
+
+def total_loss(loss_s: torch.Tensor, loss_u: torch.Tensor, lambda_u: float) -> torch.Tensor:
+    """L = L_s + lambda_u * L_u."""
+    return loss_s + lambda_u * loss_u
+
+
+METHODS = ("supervised", "fixmatch", "freematch")

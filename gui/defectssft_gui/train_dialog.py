@@ -283,7 +283,9 @@ class TrainDialog(QDialog):
             self.curves.add_accuracy(step, float(acc))
         if isinstance(ev.get("version"), str):
             self.version = ev["version"]
-        if kind in ("done", "finished", "model", "result"):
+        if kind == "stopped":
+            self.status = "interrupted"
+        if kind in ("done", "model"):
             self.final.update(ev)
             if isinstance(ev.get("status"), str):
                 self.status = ev["status"]

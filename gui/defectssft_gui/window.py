@@ -511,7 +511,9 @@ class MainWindow(QMainWindow):
         self.labelsSaved.emit(change.image_ids)
 
     def show_next_useful(self) -> None:
+        """List unlabeled images most useful first and show the top one."""
         self.set_filter("useful")
+        self.go_to(0)
         self.grid.setFocus()
 
     def mark_example(self) -> None:

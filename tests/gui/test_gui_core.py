@@ -1,0 +1,152 @@
+"""The app's Qt-free logic: ranking for labeling, grid queries, undo/redo, shortcuts, overrides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gui_helpers import CLASSES, add_fake_model
+
+from defectssft.active import rank_for_labeling, uncertainty
+from defectssft.errors import DefectssftError
+from defectssft_gui import queries
+from defectssft_gui.actions import DEFAULT_SHORTCUTS, SHORTCUTS_SETTING, shortcuts_for
+from defectssft_gui.labeling import LabelSession
+from defectssft_gui.train_dialog import parse_overrides
+
+
+# ---------------------------------------------------------------- active ranking
+def test_uncertainty_margin_and_entropy_by_hand():
+    p = np.array([[1.0, 0.0], [0.5, 0.5], [0.7, 0.3]])
+    assert uncertainty(p, "margin").tolist() == pytest.approx([0.0, 1.0, 0.6])
+    ent = uncertainty(p, "entropy")
+    assert ent[0] == pytest.approx(0.0, abs=1e-9) and ent[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown uncertainty"):
+        uncertainty(p, "variance")
+
+
+def test_rank_puts_uncertain_first_and_unpredicted_last():
+    preds = {1: [0.99, 0.01], 2: [0.5, 0.5], 3: [0.7, 0.3]}
+    assert rank_for_labeling(preds, [4, 3, 2, 1], diversity=0.0) == [2, 3, 1, 4]
+    assert rank_for_labeling(preds, [1, 2, 3, 4], k=2, diversity=0.0) == [2, 3]
+
+
+def test_rank_diversity_avoids_near_copies():
+    # Three near-identical confusing images and one different, slightly less uncertain one.
+    preds = {1: [0.5, 0.5, 0.0], 2: [0.5, 0.5, 0.0], 3: [0.51, 0.49, 0.0], 4: [0.0, 0.45, 0.55]}
+    plain = rank_for_labeling(preds, preds, diversity=0.0)
+    diverse = rank_for_labeling(preds, preds, diversity=0.5)
+    assert plain[:3] == [1, 2, 3]
+    assert diverse[:2] == [1, 4]
+    assert sorted(diverse) == [1, 2, 3, 4]
+
+
+def test_rank_rejects_bad_diversity():
+    with pytest.raises(ValueError, match="diversity"):
+        rank_for_labeling({}, [1], diversity=2.0)
+
+
+# ---------------------------------------------------------------- grid queries
+def test_filters_and_sorts(gui_project):
+    p = gui_project
+    ids = p.image_ids()
+    p.set_label(ids[0], "scratch")
+    p.set_label(ids[1], "ok")
+    rows = queries.fetch_rows(p, "all", "capture")
+    assert [r.image_id for r in rows] == ids
+    assert [r.image_id for r in queries.fetch_rows(p, "all", "-capture")] == ids[::-1]
+    assert len(queries.fetch_rows(p, "unlabeled")) == len(ids) - 2
+    assert [r.image_id for r in queries.fetch_rows(p, "class:scratch")] == [ids[0]]
+    # No model yet: nothing predicted, nothing uncertain or misclassified.
+    assert queries.fetch_rows(p, "uncertain") == []
+    probs = add_fake_model(p)
+    version = queries.current_model(p)
+    assert version == "v0001"
+    pred_scratch = queries.fetch_rows(p, "pred:scratch", version=version)
+    assert {r.image_id for r in pred_scratch} == {i for i in ids if i % 3 == 1}
+    mis = queries.fetch_rows(p, "misclassified", version=version)
+    expected = {i for i in ids[:2] if CLASSES[int(np.argmax(probs[i]))] != p.get_image(i).label}
+    assert {r.image_id for r in mis} == expected
+    by_score = queries.fetch_rows(p, "all", "score", version=version)
+    scores = [r.score for r in by_score]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(0.9)  # 1 - p(ok) with p(ok) = 0.1
+
+
+def test_uncertain_and_useful(gui_project):
+    p = gui_project
+    ids = p.image_ids()
+    probs = {i: [0.9, 0.05, 0.05] for i in ids}
+    probs[ids[3]] = [0.45, 0.40, 0.15]
+    probs[ids[5]] = [0.30, 0.35, 0.35]
+    add_fake_model(p, probs=probs)
+    unc = queries.fetch_rows(p, "uncertain", version="v0001", uncertain_margin=0.2)
+    assert {r.image_id for r in unc} == {ids[3], ids[5]}
+    useful = queries.fetch_rows(p, "useful", version="v0001")
+    assert [r.image_id for r in useful][:2] == [ids[5], ids[3]]
+    p.set_label(ids[5], "dent")
+    assert ids[5] not in [r.image_id for r in queries.fetch_rows(p, "useful", version="v0001")]
+
+
+def test_quarantined_rows(gui_project, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xffnot really a jpeg")
+    gui_project.add_image(bad)
+    rows = queries.fetch_rows(gui_project, "quarantined")
+    assert len(rows) == 1 and rows[0].image_id is None and "JPEG" in rows[0].reason
+
+
+@pytest.mark.parametrize("spec,sort,match", [
+    ("class:nosuch", "capture", "unknown class 'nosuch'"),
+    ("weird", "capture", "unknown filter 'weird'"),
+    ("all", "size", "unknown sort 'size'"),
+])
+def test_bad_filter_or_sort_is_one_line(gui_project, spec, sort, match):
+    with pytest.raises(DefectssftError, match=match) as e:
+        queries.fetch_rows(gui_project, spec, sort)
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- undo / redo
+def test_label_session_undo_redo_and_history(gui_project):
+    p = gui_project
+    a, b, c = p.image_ids()[:3]
+    s = LabelSession(p, who="alice")
+    s.apply([a], "scratch")
+    s.apply([a, b, c], "dent")  # bulk: a was scratch, b and c unlabeled
+    assert [p.get_image(i).label for i in (a, b, c)] == ["dent"] * 3
+    assert s.undo() is not None
+    assert [p.get_image(i).label for i in (a, b, c)] == ["scratch", None, None]
+    assert s.redo() is not None
+    assert [p.get_image(i).label for i in (a, b, c)] == ["dent"] * 3
+    s.undo()
+    s.undo()
+    assert p.get_image(a).label is None
+    assert s.undo() is None and not s.can_undo
+    assert all(e.who == "alice" for e in p.label_history(a))
+    assert s.apply([a], None) is None  # already unlabeled: nothing to record
+
+
+def test_label_session_errors(gui_project):
+    s = LabelSession(gui_project)
+    with pytest.raises(DefectssftError, match="unknown class 'nope'"):
+        s.apply([gui_project.image_ids()[0]], "nope")
+    with pytest.raises(DefectssftError, match="no image with id 9999"):
+        s.apply([9999], "ok")
+
+
+# ---------------------------------------------------------------- shortcuts / overrides
+def test_shortcuts_are_data_overridable_per_project(gui_project):
+    assert shortcuts_for(gui_project)["next"] == DEFAULT_SHORTCUTS["next"]
+    gui_project.set_setting(SHORTCUTS_SETTING, {"next": "J", "bogus": "K"})
+    table = shortcuts_for(gui_project)
+    assert table["next"] == ["J"] and "bogus" not in table
+    assert table["undo"] == ["Ctrl+Z"]
+
+
+def test_parse_overrides():
+    assert parse_overrides("train.steps=3, model.name=x") == ["train.steps=3", "model.name=x"]
+    assert parse_overrides("") == []
+    with pytest.raises(ValueError, match="not section.key=value"):
+        parse_overrides("steps=3")
+    with pytest.raises(ValueError, match="not section.key=value"):
+        parse_overrides("train.steps")

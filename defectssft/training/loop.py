@@ -302,7 +302,7 @@ def train(
 
     # ---- resume: everything needed to continue exactly where last.pt stopped
     start_step, best_score, best_metrics, elapsed_before = 0, -math.inf, {}, 0.0
-    restored_rng = None
+    restored_rng, running_before = None, {}
     last_path = run_dir / "last.pt"
     if resume:
         if not last_path.is_file():
@@ -317,6 +317,7 @@ def train(
         adaptive = obj.AdaptiveThresholdState.from_state_dict(ck["adaptive"], device)
         start_step, best_score, best_metrics = ck["step"], ck["best_score"], ck["best_metrics"]
         elapsed_before = ck["elapsed_s"]
+        running_before = dict(ck.get("running", {}))
         restored_rng = ck["rng"][info.rank] if info.rank < len(ck["rng"]) else None
         log.info("resumed from %s at step %d", last_path, start_step)
     train_model: nn.Module = model
@@ -351,7 +352,7 @@ def train(
     t_start = time.monotonic()
     status = "completed"
     step = start_step
-    running: dict[str, float] = {}
+    running: dict[str, float] = running_before  # smoothed losses shown in logs/progress
     bar = None
     if progress_bar and info.is_main:
         from tqdm import tqdm
@@ -385,7 +386,7 @@ def train(
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "da_mean": da_mean.cpu(), "adaptive": adaptive.state_dict(), "step": at_step,
             "best_score": best_score, "best_metrics": best_metrics, "elapsed_s": elapsed(),
-            "rng": rngs, "config": cfg, "classes": data.classes,
+            "rng": rngs, "running": running, "config": cfg, "classes": data.classes,
         }, last_path)
         emit({"event": "checkpoint", "step": at_step, "path": str(last_path)})
 

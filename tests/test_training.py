@@ -1,0 +1,262 @@
+"""The training loop, config validation, resume, stop handling and the ``train`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from defectssft.cli import main as cli_main
+from defectssft.errors import ConfigError, DefectssftError
+from defectssft.training.config import parse_duration, resolve_config
+from defectssft.training.data import DataError, SeededSampler, TrainData
+from defectssft.training.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "model": {"name": "test_resnet", "weights": "none", "drop_rate": 0.1},
+    "input": {"height": 32, "width": 32},
+    "ssl": {"method": "fixmatch", "mu": 2, "threshold": 0.5},
+    "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 100,
+              "checkpoint_every": 2, "log_every": 1, "num_workers": 0, "threads": 1, "lr": 0.01},
+}
+
+
+def _write(path: Path, value: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    img = np.clip(rng.normal(value, 20, (40, 40)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> TrainData:
+    root = tmp_path_factory.mktemp("imgs")
+    lab = [(_write(root / f"l{c}_{i}.png", 60 + 130 * c, i + 10 * c), c) for c in (0, 1) for i in range(6)]
+    unl = [_write(root / f"u{i}.png", 60 + 130 * (i % 2), 100 + i) for i in range(12)]
+    val = [(_write(root / f"v{c}_{i}.png", 60 + 130 * c, 200 + i + 10 * c), c) for c in (0, 1) for i in range(3)]
+    return TrainData(classes=["ok", "dent"], labeled=lab, unlabeled=unl, val=val, ok_class="ok", bit_depth=8)
+
+
+def cfg(**sections) -> dict:
+    merged = {k: dict(v) for k, v in TINY.items()}
+    for section, values in sections.items():
+        merged.setdefault(section, {}).update(values)
+    return resolve_config(overrides=merged)
+
+
+@pytest.mark.parametrize("method,extra", [("supervised", {}), ("fixmatch", {"dist_align": True}),
+                                          ("freematch", {"pseudo_from": "student"})])
+def test_each_method_trains_logs_and_evaluates(tiny_data, tmp_path, method, extra):
+    rows = []
+    result = train(cfg(ssl={"method": method, **extra}, train={"eval_every": 4}), tiny_data,
+                   tmp_path / "run", progress=rows.append, handle_signals=False)
+    assert result.status == "completed" and result.step == 4
+    assert {"accuracy", "balanced_accuracy", "auroc"} <= set(result.metrics)
+    steps = [r for r in rows if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["eta_s"] >= 0 for r in steps)
+    if method != "supervised":
+        assert all(0.0 <= r["mask"] <= 1.0 for r in steps)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert any(json.loads(x)["event"] == "eval" for x in lines)
+    assert (tmp_path / "run" / "metrics.csv").read_text().startswith("event,step")
+    assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "best.pt").is_file()
+
+
+def _stop_after_checkpoint(at_step: int):
+    event = threading.Event()
+
+    def progress(row):
+        if row["event"] == "checkpoint" and row["step"] == at_step:
+            event.set()
+
+    return event, progress
+
+
+def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tiny_data, tmp_path):
+    c = cfg()
+    full = train(c, tiny_data, tmp_path / "full", handle_signals=False)
+    event, progress = _stop_after_checkpoint(2)
+    part = train(c, tiny_data, tmp_path / "part", progress=progress, stop_event=event, handle_signals=False)
+    assert part.status == "interrupted" and part.step == 2
+    resumed = train(c, tiny_data, tmp_path / "part", resume=True, handle_signals=False)
+    assert resumed.status == "completed" and resumed.step == 4
+    for k, v in full.weights.items():
+        assert torch.allclose(v.float(), resumed.weights[k].float(), atol=1e-6), k
+    # the logged losses of steps 3-4 match too
+    def losses(run):
+        rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss_s"] for r in rows if r["event"] == "step"}
+    a, b = losses("full"), losses("part")
+    assert abs(a[3] - b[3]) < 1e-5 and abs(a[4] - b[4]) < 1e-5
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    with pytest.raises(DefectssftError, match="nothing to resume"):
+        train(cfg(), tiny_data, tmp_path / "empty", resume=True, handle_signals=False)
+
+
+def test_time_budget_ends_cleanly_with_a_model(tiny_data, tmp_path):
+    result = train(cfg(train={"max_time": 0.001, "steps": 1000}), tiny_data, tmp_path / "r",
+                   handle_signals=False)
+    assert result.status == "time_budget" and result.step < 1000
+    assert result.weights and (tmp_path / "r" / "last.pt").is_file()
+
+
+def test_no_labeled_images_is_a_data_error(tiny_data, tmp_path):
+    empty = TrainData(classes=["ok", "dent"], labeled=[], unlabeled=tiny_data.unlabeled)
+    with pytest.raises(DataError, match="no labeled training images"):
+        train(cfg(), empty, tmp_path / "r", handle_signals=False)
+
+
+def test_unreadable_labeled_image_is_a_one_line_error(tiny_data, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    data = TrainData(classes=["ok", "dent"], labeled=[(str(broken), 0)] * 4, bit_depth=8)
+    with pytest.raises(DataError, match="broken.png"):
+        train(cfg(ssl={"method": "supervised"}), data, tmp_path / "r", handle_signals=False)
+
+
+def test_sampler_is_positional_and_shards_ranks():
+    full = SeededSampler(10, seed=3)
+    it = iter(full)
+    stream = [next(it) for _ in range(25)]
+    later = iter(SeededSampler(10, seed=3, start=7))
+    assert [next(later) for _ in range(5)] == stream[7:12]
+    r0, r1 = iter(SeededSampler(10, 3, rank=0, world=2)), iter(SeededSampler(10, 3, rank=1, world=2))
+    assert [next(r0) for _ in range(3)] == stream[0:6:2]
+    assert [next(r1) for _ in range(3)] == stream[1:6:2]
+    assert sorted(i for i, _ in stream[:10]) == list(range(10))
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["train.stepz=3"], "unknown key 'train.stepz'"),
+    (["trian.steps=3"], "unknown section 'trian'"),
+    (["train.steps=abc"], "train.steps must be an integer"),
+    (["train.steps=0"], "train.steps must be >= 1"),
+    (["ssl.method=mixmatch"], "ssl.method must be one of"),
+    (["ssl.threshold=1.5"], "ssl.threshold must be between 0.0 and 1.0"),
+    (["ssl.dist_align=maybe"], "ssl.dist_align must be true or false"),
+    (["train.max_time=eight hours"], "invalid duration"),
+    (["train.steps"], "--set expects key=value"),
+    (["steps=3"], "--set key must be section.key"),
+])
+def test_config_errors_are_one_line(sets, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as e:
+        resolve_config(sets=sets)
+    assert "\n" not in str(e.value)
+
+
+def test_config_files_presets_and_durations(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  steps: 7\nssl:\n  method: freematch\n")
+    c = resolve_config(preset="quick", config_file=f, sets=["train.lr=0.1", "train.max_time=1.5h"])
+    assert c["train"]["steps"] == 7 and c["ssl"]["method"] == "freematch"
+    assert c["train"]["lr"] == 0.1 and c["train"]["max_time"] == 5400.0
+    assert c["input"]["height"] == 96  # from the preset
+    assert parse_duration("8h") == 28800 and parse_duration("90m") == 5400 and parse_duration(None) is None
+    assert resolve_config(preset="overnight")["train"]["max_time"] == 8 * 3600
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        resolve_config(preset="fast")
+    with pytest.raises(ConfigError, match="config file not found"):
+        resolve_config(config_file=tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        resolve_config(config_file=bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        resolve_config(config_file=listy)
+
+
+# ----------------------------------------------------------------------------- project + CLI
+
+
+def _tiny_project(root: Path):
+    from defectssft.project import Project
+
+    p = Project.create(root / "proj", classes=["ok", "dent"], ok_class="ok")
+    p.set_setting("input.bit_depth", 8)
+    for c, name in enumerate(["ok", "dent"]):
+        for i in range(8):
+            r = p.add_image(_write(root / "src" / f"{name}{i}.png", 60 + 130 * c, 300 + i + 10 * c))
+            p.set_label(r.image_id, name, who="test", source="human")
+    for i in range(8):
+        p.add_image(_write(root / "src" / f"u{i}.png", 60 + 130 * (i % 2), 400 + i))
+    p.assign_splits(val_fraction=0.25, test_fraction=0.0)
+    return p
+
+
+def _cli_sets(steps: int) -> list[str]:
+    out = []
+    for section, values in TINY.items():
+        for k, v in values.items():
+            out += ["--set", f"{section}.{k}={steps if k == 'steps' else v}"]
+    return out
+
+
+def test_train_command_writes_a_registered_model_version(tmp_path, capsys):
+    from defectssft.modeling import load_model_file
+
+    p = _tiny_project(tmp_path)
+    rc = cli_main(["train", str(p.root), "--json-progress", *_cli_sets(3)])
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and out[-1] == {"event": "model", "version": "v0001"}
+    assert any(r["event"] == "step" for r in out) and any(r["event"] == "done" for r in out)
+    mdir = p.root / "models" / "v0001"
+    assert {"model.pt", "config.yaml", "metrics.jsonl", "train.log"} <= {x.name for x in mdir.iterdir()}
+    model, meta = load_model_file(mdir / "model.pt")
+    assert meta["classes"] == ["ok", "dent"] and meta["ok_class"] == "ok"
+    assert meta["input"] == {"height": 32, "width": 32, "bit_depth": 8} and meta["version"] == "v0001"
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
+    assert yaml.safe_load((mdir / "config.yaml").read_text())["model"]["name"] == "test_resnet"
+    assert p.get_model("v0001")["meta"]["data_hash"] == p.training_data().data_hash
+
+
+def test_train_command_config_error_exits_2(tmp_path, capsys):
+    p = _tiny_project(tmp_path)
+    assert cli_main(["train", str(p.root), "--set", "ssl.method=nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ssl.method must be one of") and "\n" not in err
+    assert cli_main(["train", str(tmp_path / "missing")]) == 2
+    assert cli_main(["train", str(p.root), "--resume"]) == 2
+    assert "no unfinished run" in capsys.readouterr().err
+
+
+def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
+    p = _tiny_project(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "defectssft", "train", str(p.root), "--json-progress", *_cli_sets(100000)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "step":
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert '"event": "stopped"' in out
+    runs = list((p.root / "runs").iterdir())
+    ck = torch.load(runs[0] / "last.pt", map_location="cpu", weights_only=False)
+    assert 1 <= ck["step"] < 100000 and ck["model"]
+    assert not (p.root / "models" / "v0001").exists()
+    rc = cli_main(["train", str(p.root), "--resume", runs[0].name, "--max-time", "0.001s"])
+    assert rc == 0 and (p.root / "models" / "v0001" / "model.pt").is_file()

@@ -39,6 +39,7 @@ class Evaluation:
     image_ids: list[int]
     paths: list[Path]
     report: Path | None = None
+    names: list[str] | None = None  # original file names, for the report
 
 
 def split_hash(image_ids: list[int], labels: list[int]) -> str:
@@ -159,6 +160,7 @@ def evaluate_project_model(project, version: str | None = None,
         )
     ev = evaluate_loaded(model, meta, data.test, data.test_ids, data.val, max_escape)
     ev.metrics["project"] = project.name
+    ev.names = [project.get_image(i).original_name or "" for i in ev.image_ids]
     ev.metrics["data_hash"] = meta.get("data_hash", "")
     if report:
         ev.report = write_evaluation_report(Path(record["path"]) / "eval", ev)
@@ -178,9 +180,10 @@ def write_evaluation_report(folder: Path, ev: Evaluation) -> Path:
     if ok in classes:
         scores = M.defect_scores(ev.probs, classes.index(ok))
         is_defect = ev.labels != classes.index(ok)
+    names = ev.names or [p.name for p in ev.paths]
     items = [
         Item(image_id, path, classes[int(t)], classes[int(np.argmax(p))], float(np.max(p)),
-             None if scores is None else float(scores[k]))
+             None if scores is None else float(scores[k]), names[k] or path.name)
         for k, (image_id, path, t, p) in enumerate(
             zip(ev.image_ids, ev.paths, ev.labels, ev.probs, strict=True))
     ]

@@ -30,6 +30,7 @@ class Item:
     pred: str
     confidence: float
     score: float | None
+    name: str = ""  # the original file name
 
 
 def _pyplot():
@@ -168,7 +169,7 @@ def _markdown(metrics: dict[str, Any], plots: dict[str, str], gallery: list[tupl
         lines += ["| image | true | predicted | confidence | file |", "|---|---|---|---:|---|"]
         for item, rel in gallery:
             lines.append(f"| ![]({rel}) | {item.true} | {item.pred} | {item.confidence:.3f} | "
-                         f"`{item.path.name}` (id {item.image_id}) |")
+                         f"`{item.name or item.path.name}` (id {item.image_id}) |")
     else:
         lines.append("None.")
     return "\n".join(lines) + "\n"

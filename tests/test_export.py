@@ -192,7 +192,9 @@ def test_evaluate_and_export_project_model(tmp_path):
     op = m["operating_point"]
     assert op["chosen_on"] in ("val", "test") and op["escape_rate"] is not None
     report = Path(ev.report)
-    assert report.is_file() and (report.parent / "confusion.png").is_file()
+    assert report.is_file()
+    for plot in ("confusion.png", "scores.png", "roc.png"):
+        assert (report.parent / plot).is_file()
     assert "Misclassified images" in report.read_text()
     assert json.loads((report.parent / "metrics.json").read_text())["version"] == version
     assert len(project.predictions(version)) == m["n"]

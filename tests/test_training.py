@@ -42,7 +42,11 @@ def _write(path: Path, value: int, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> TrainData:
-    root = tmp_path_factory.mktemp("imgs")
+    return tiny_data_at(tmp_path_factory.mktemp("imgs"))
+
+
+def tiny_data_at(root: Path) -> TrainData:
+    """Two classes (dark / bright noise), 6 labeled each, 12 unlabeled, 3 val each; 40x40 PNGs."""
     lab = [(_write(root / f"l{c}_{i}.png", 60 + 130 * c, i + 10 * c), c) for c in (0, 1) for i in range(6)]
     unl = [_write(root / f"u{i}.png", 60 + 130 * (i % 2), 100 + i) for i in range(12)]
     val = [(_write(root / f"v{c}_{i}.png", 60 + 130 * c, 200 + i + 10 * c), c) for c in (0, 1) for i in range(3)]

@@ -74,6 +74,17 @@ def mean_tensor(info: DistInfo, t: torch.Tensor) -> torch.Tensor:
     return t / info.world
 
 
+def average_buffers(info: DistInfo, module: torch.nn.Module) -> None:
+    """Average float buffers (BatchNorm running stats) over ranks: DDP keeps them per rank,
+    and the EMA teacher must be identical everywhere."""
+    if not info.enabled:
+        return
+    for buf in module.buffers():
+        if buf.dtype.is_floating_point:
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(info.world)
+
+
 def broadcast_object(info: DistInfo, obj: Any) -> Any:
     """Rank 0's value of ``obj`` on every rank (e.g. the run folder name)."""
     if not info.enabled:

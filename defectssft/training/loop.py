@@ -464,6 +464,7 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             if teacher is not None:
+                ddp.average_buffers(info, model)
                 ema_update(teacher, model, ema_decay_at(step, tc["ema_decay"]))
             step += 1
 
@@ -503,10 +504,11 @@ def train(
     weights, metrics = final_net.state_dict(), {}
     if val_loader is not None and status != "interrupted":
         metrics = evaluate()
-        if best_metrics and (run_dir / "best.pt").is_file() and best_score >= select_score(metrics, tc["select_metric"]):
-            weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["weights"] if info.is_main else weights
+        if best_metrics and best_score >= select_score(metrics, tc["select_metric"]) and info.is_main:
+            weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["weights"]
             metrics = {k: v for k, v in best_metrics.items() if k != "step"}
     weights = {k: v.detach().cpu() for k, v in weights.items()}
+    weights, metrics = ddp.broadcast_object(info, (weights, metrics))  # rank 0's choice everywhere
     emit({"event": "done", "status": status, "step": step, "steps": steps, "elapsed_s": elapsed(), **metrics})
     return TrainResult(status=status, step=step, steps=steps, run_dir=run_dir, weights=weights,
                        metrics=metrics, mean=mean, std=std, elapsed_s=elapsed())

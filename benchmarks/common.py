@@ -68,12 +68,47 @@ def kolektor_items(root: Path = DATASETS / "kolektorsdd") -> list[tuple[str, int
     return items
 
 
-def run_one(data: TrainData, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Train once; returns the final validation metrics and wall time."""
+# Named method variants: the ssl section each one sets.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "supervised": {"method": "supervised"},
+    "fixmatch": {"method": "fixmatch", "dist_align": False},
+    "fixmatch_da": {"method": "fixmatch", "dist_align": True},
+    "freematch": {"method": "freematch", "dist_align": False},
+    "freematch_da": {"method": "freematch", "dist_align": True},
+}
+
+
+def variant_overrides(variant: str, base: dict[str, Any]) -> dict[str, Any]:
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown method variant {variant!r} (choose from {', '.join(VARIANTS)})")
+    out = {k: dict(v) for k, v in base.items()}
+    out.setdefault("ssl", {}).update(VARIANTS[variant])
+    return out
+
+
+def run_one(data: TrainData, overrides: dict[str, Any], run_dir: Path,
+            test_items: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+    """Train once; the final validation metrics, wall time, and test-set probs if asked."""
     cfg = resolve_config(overrides=overrides)
     t0 = time.time()
     result = train(cfg, data, run_dir, handle_signals=False)
-    return {**result.metrics, "wall_s": time.time() - t0, "steps": result.step}
+    out: dict[str, Any] = {**result.metrics, "wall_s": time.time() - t0, "steps": result.step}
+    if test_items is not None:
+        out["probs"], out["labels"] = predict_items(cfg, result, len(data.classes), test_items, data.bit_depth)
+    return out
+
+
+def predict_items(cfg: dict[str, Any], result: Any, num_classes: int,
+                  items: list[tuple[str, int]], bit_depth: int) -> tuple[Any, Any]:
+    """Softmax probabilities of the trained weights on ``items`` (decoded like the line does)."""
+    from defectssft.modeling import create_backbone
+    from defectssft.training.data import eval_loader
+    from defectssft.training.loop import predict
+
+    model = create_backbone(cfg["model"]["name"], num_classes)
+    model.load_state_dict(result.weights)
+    loader = eval_loader(items, cfg["input"]["height"], cfg["input"]["width"], bit_depth)
+    return predict(model, loader, result.mean, result.std, torch.device("cpu"))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

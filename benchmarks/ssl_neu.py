@@ -17,9 +17,16 @@ import tempfile
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import mean_std, neu_split, run_one, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    mean_std,
+    neu_split,
+    run_one,
+    variant_overrides,
+    write_results,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--methods", nargs="+", default=["supervised", "fixmatch"])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--size", type=int, default=96)
-    ap.add_argument("--set", nargs="*", default=[], help="extra section.key=value for the SSL runs")
+    ap.add_argument("--set", nargs="*", default=[], help="extra section.key=value for every run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default=None, help="results file name (default ssl_neu[_quick])")
     args = ap.parse_args(argv)
@@ -42,19 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def overrides(method: str, args: argparse.Namespace, seed: int) -> dict:
     o: dict = {
         "input": {"height": args.size, "width": args.size},
-        "ssl": {"method": method},
         "train": {"steps": args.steps, "seed": seed, "eval_every": args.steps, "checkpoint_every": 10**9,
                   "log_every": 50, "num_workers": 1, "threads": args.threads,
                   "warmup_steps": max(1, args.steps // 15)},
     }
-    if method != "supervised":
-        for item in args.set:
-            key, value = item.split("=", 1)
-            section, name = key.split(".")
-            import yaml
-
-            o.setdefault(section, {})[name] = yaml.safe_load(value)
-    return o
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, name = key.split(".")
+        o.setdefault(section, {})[name] = yaml.safe_load(value)
+    return variant_overrides(method, o)
 
 
 def main(argv: list[str] | None = None) -> int:

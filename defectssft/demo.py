@@ -15,6 +15,7 @@ Nothing is downloaded: the weights come from the ``efficientnet-lite0-pytorch-mo
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import time
@@ -33,7 +34,7 @@ FULL_CONFIG: dict[str, Any] = {
     "model": {"name": "tf_efficientnet_lite0", "weights": "imagenet"},
     "input": {"height": 96, "width": 96},
     "ssl": {"method": "fixmatch", "mu": 2},
-    "train": {"steps": 120, "batch_size": 12, "warmup_steps": 10, "eval_every": 40,
+    "train": {"steps": 80, "batch_size": 12, "warmup_steps": 10, "eval_every": 40,
               "checkpoint_every": 60, "lr": 0.03, "num_workers": 0, "log_every": 20},
 }
 TINY_CONFIG: dict[str, Any] = {
@@ -71,7 +72,7 @@ def prepare_workdir(workdir: Path, force: bool) -> None:
 
 
 def split_samples(neu: Path) -> dict[str, list[list[Path]]]:
-    """Per class: [labeled, unlabeled, held-out] file lists, deterministic (sorted by number)."""
+    """Per class: [labeled, unlabeled, held-out] file lists (a fixed shuffle per class)."""
     by_class: dict[str, list[tuple[int, Path]]] = defaultdict(list)
     for f in neu.glob("*.jpg"):
         m = re.match(r"^(.*)_(\d+)\.jpg$", f.name)
@@ -82,6 +83,7 @@ def split_samples(neu: Path) -> dict[str, list[list[Path]]]:
     out = {}
     for cls, items in sorted(by_class.items()):
         files = [f for _, f in sorted(items)]
+        random.Random(f"demo-{cls}").shuffle(files)  # spread each role over the whole range
         held = files[-HELD_OUT_PER_CLASS:]
         rest = files[:-HELD_OUT_PER_CLASS]
         out[cls] = [rest[:LABELED_PER_CLASS], rest[LABELED_PER_CLASS:], held]

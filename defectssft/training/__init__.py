@@ -89,6 +89,8 @@ def train_project(
         if resume:
             run_dir = find_run(project.root, resume if isinstance(resume, str) else None)
             cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+            if preset or config_file or config_overrides or sets:
+                log.warning("resuming %s with its saved config; other settings are ignored", run_dir.name)
             if max_time is not None:
                 cfg = validate(merge(cfg, {"train": {"max_time": max_time}}))
         else:

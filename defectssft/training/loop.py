@@ -307,7 +307,12 @@ def train(
     if resume:
         if not last_path.is_file():
             raise DefectssftError(f"nothing to resume: {last_path} not found")
-        ck = torch.load(last_path, map_location=device, weights_only=False)
+        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        if ck.get("classes") != data.classes:
+            raise DefectssftError(
+                f"cannot resume {run_dir.name}: the project's classes changed since it started "
+                f"({ck.get('classes')} -> {data.classes}); start a new run"
+            )
         model.load_state_dict(ck["model"])
         if teacher is not None and ck.get("teacher") is not None:
             teacher.load_state_dict(ck["teacher"])

@@ -264,3 +264,12 @@ def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
     assert not (p.root / "models" / "v0001").exists()
     rc = cli_main(["train", str(p.root), "--resume", runs[0].name, "--max-time", "0.001s"])
     assert rc == 0 and (p.root / "models" / "v0001" / "model.pt").is_file()
+
+
+def test_print_config_and_bad_max_time(tmp_path, capsys):
+    p = _tiny_project(tmp_path)
+    assert cli_main(["train", str(p.root), "--preset", "quick", "--set", "ssl.mu=5", "--print-config"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["ssl"]["mu"] == 5 and shown["input"]["height"] == 96
+    assert cli_main(["train", str(p.root), "--max-time", "soon"]) == 2
+    assert "invalid duration 'soon'" in capsys.readouterr().err

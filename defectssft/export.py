@@ -479,7 +479,6 @@ def export_project_model(
     record = project.get_model(version)
     model_dir = Path(record["path"])
     model, meta = load_model_file(model_dir / "model.pt")
-    meta.setdefault("version", record["version"])
     meta["version"] = meta.get("version") or record["version"]
     thresholds = resolve_thresholds(meta, record.get("metrics"), threshold, unsure_low, unsure_high)
     height, width, bit_depth = input_size(meta)

@@ -72,11 +72,9 @@ class Runner:
             image = decode_image(data, name)
             pred = model.classify([image])[0]
         except (ImageDecodeError, ValueError) as e:
-            self.errors += 1
-            rec = record(name, "ERROR", None, None, (time.perf_counter() - t0) * 1000,
-                         model.version, str(e))
-            self.writer.write(rec)
-            return rec
+            return self._error(name, model.version, t0, str(e))
+        except Exception as e:  # noqa: BLE001 - one odd image must never stop the line
+            return self._error(name, model.version, t0, f"{name}: {type(e).__name__}: {e}")
         rec = record(name, pred.verdict, pred.cls, pred.score, (time.perf_counter() - t0) * 1000,
                      model.version)
         if pred.verdict == "UNSURE" and self.send_unsure is not None and source is not None:
@@ -84,6 +82,13 @@ class Runner:
                 send_unsure_file(source, self.send_unsure)
             except OSError as e:
                 _log(f"warning: cannot copy {name} to {self.send_unsure}: {e.strerror or e}")
+        self.writer.write(rec)
+        return rec
+
+    def _error(self, name: str, version: str, t0: float, message: str) -> dict:
+        self.errors += 1
+        rec = record(name, "ERROR", None, None, (time.perf_counter() - t0) * 1000, version,
+                     message.splitlines()[0] if message else "error")
         self.writer.write(rec)
         return rec
 

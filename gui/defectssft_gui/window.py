@@ -44,6 +44,13 @@ WHO_SETTING = "gui.who"
 PREFETCH_AHEAD = 3
 
 
+def _load_rows(project: Project, spec: str,
+               sort: str) -> tuple[str | None, list[Row], dict[str, Any]]:
+    """Runs on the query thread: the current model, the grid rows and the project counts."""
+    version = queries.current_model(project)
+    return version, queries.fetch_rows(project, spec, sort, version), project.status()
+
+
 class MainWindow(QMainWindow):
     """One project at a time. Signals let tests and the benchmark wait without sleeping."""
 
@@ -61,6 +68,10 @@ class MainWindow(QMainWindow):
         self.last_error = ""
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(2)
+        self.query_pool = QThreadPool(self)  # grid queries never wait behind an import
+        self.query_pool.setMaxThreadCount(1)
+        self._query_gen = 0
+        self._hot_counts: dict[str, int] = {}
         self._tasks: set[Task] = set()
         self.session: LabelSession | None = None
         self.hot: HotFolderThread | None = None
@@ -317,7 +328,7 @@ class MainWindow(QMainWindow):
     def current_filter(self) -> str:
         return str(self.filter_box.currentData() or "all")
 
-    def set_filter(self, spec: str, sort: str | None = None) -> None:
+    def set_filter(self, spec: str, sort: str | None = None, top: bool = False) -> None:
         """Select filter ``spec`` (and ``sort``) and reload; QueryError-like errors are shown."""
         i = self.filter_box.findData(spec)
         if i < 0:
@@ -331,39 +342,51 @@ class MainWindow(QMainWindow):
             self.sort_box.blockSignals(True)
             self.sort_box.setCurrentIndex(j)
             self.sort_box.blockSignals(False)
-        if i == self.filter_box.currentIndex():
-            self.refresh()
-        else:
-            self.filter_box.setCurrentIndex(i)
+        self.filter_box.blockSignals(True)
+        self.filter_box.setCurrentIndex(i)
+        self.filter_box.blockSignals(False)
+        self.refresh(top=top)
 
-    def refresh(self) -> None:
-        """Reload the rows of the current filter, keeping the current image when still listed."""
+    def refresh(self, top: bool = False) -> None:
+        """Reload the rows of the current filter on the query thread; ``rowsLoaded`` when shown.
+
+        The current image stays current when it is still listed (``top``: go to the first row).
+        A newer refresh supersedes one still running.
+        """
         if self.project is None or self.model is None:
             return
-        keep = self.current_row()
-        self.model_version = queries.current_model(self.project)
-        try:
-            rows = queries.fetch_rows(self.project, self.current_filter(),
-                                      str(self.sort_box.currentData() or "-capture"),
-                                      self.model_version)
-        except DefectssftError as e:
-            self.show_error(str(e))
-            return
+        self._query_gen += 1
+        gen = self._query_gen
+        task = Task(_load_rows, self.project, self.current_filter(),
+                    str(self.sort_box.currentData() or "-capture"))
+        self._tasks.add(task)
+
+        def done(result: tuple[str | None, list[Row], dict[str, Any]]) -> None:
+            self._tasks.discard(task)
+            if gen == self._query_gen and self.model is not None:
+                self._show_rows(*result, top=top)
+
+        def failed(msg: str) -> None:
+            self._tasks.discard(task)
+            if gen == self._query_gen:
+                self.show_error(msg)
+
+        start_task(self.query_pool, task, done, failed)
+
+    def _show_rows(self, version: str | None, rows: list[Row], status: dict[str, Any],
+                   top: bool) -> None:
+        assert self.model is not None
+        keep = None if top else self.current_row()
+        self.model_version = version
         self.model.set_rows(rows)
         self.count_label.setText(f"{len(rows)} images")
         target = self.model.row_of(keep.image_id) if keep and keep.image_id is not None else None
         self.go_to(target if target is not None else 0)
-        self._update_status()
-        self.rowsLoaded.emit(len(rows))
-
-    def _update_status(self) -> None:
-        if self.project is None:
-            return
-        st = self.project.status()
-        model = self.model_version or "no model yet"
+        model = version or "no model yet"
         self.statusBar().showMessage(
-            f"{st['images']} images, {st['labeled']} labeled, {st['unlabeled']} unlabeled, "
-            f"{st['quarantined']} quarantined — model: {model}")
+            f"{status['images']} images, {status['labeled']} labeled, {status['unlabeled']} "
+            f"unlabeled, {status['quarantined']} quarantined — model: {model}")
+        self.rowsLoaded.emit(len(rows))
 
     def current_row(self) -> Row | None:
         if self.model is None:
@@ -512,8 +535,7 @@ class MainWindow(QMainWindow):
 
     def show_next_useful(self) -> None:
         """List unlabeled images most useful first and show the top one."""
-        self.set_filter("useful")
-        self.go_to(0)
+        self.set_filter("useful", top=True)
         self.grid.setFocus()
 
     def mark_example(self) -> None:
@@ -777,6 +799,7 @@ class MainWindow(QMainWindow):
         self.predict_proc.terminate()
         self.stop_watch()
         self.pool.waitForDone(10000)
+        self.query_pool.waitForDone(10000)
         self.viewer.cache.close()
         if self.loader is not None:
             self.loader.close()

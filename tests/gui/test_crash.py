@@ -22,6 +22,8 @@ SCRIPT = textwrap.dedent("""
     win = MainWindow(Project.open(sys.argv[1]), quiet=True)
     win.show()
     QTest.qWaitForWindowExposed(win)
+    while win.current_row() is None:  # the grid's rows arrive from the query thread
+        QTest.qWait(10)
     first = win.current_row().image_id
     QTest.keyClick(win.grid, Qt.Key.Key_2)
     second = win.current_row().image_id

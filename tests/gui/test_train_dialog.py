@@ -59,7 +59,8 @@ def test_train_to_completion_then_export(labeled_window, qtbot):
         window.run_predict()
     assert sig.args == [0], window.last_error
     assert len(window.project.predictions("v0001")) == 3  # the unlabeled images
-    window.set_filter("unlabeled")
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.set_filter("unlabeled")
     assert window.current_row().pred in ("ok", "scratch", "dent")
 
 

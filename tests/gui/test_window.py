@@ -78,7 +78,8 @@ def test_filters(window, qtbot):
     with qtbot.waitSignal(window.rowsLoaded) as sig:
         window.set_filter("unlabeled")
     assert sig.args == [10]
-    window.set_filter("all", sort="capture")
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.set_filter("all", sort="capture")
     assert window.model.row(0).image_id == ids[0]
     window.set_filter("nonsense")
     assert window.last_error == "unknown filter 'nonsense'"
@@ -108,7 +109,8 @@ def test_bulk_label_selection(window, qtbot):
 def test_accept_suggestion(window, qtbot):
     p = window.project
     probs = add_fake_model(p)
-    window.refresh()
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.refresh()
     row = window.current_row()
     expected = CLASSES[max(range(3), key=lambda k: probs[row.image_id][k])]
     assert row.pred == expected
@@ -214,7 +216,7 @@ def test_import_through_the_core(window, qtbot, image_files, tmp_path):
     with qtbot.waitSignal(window.importDone, timeout=20000) as sig:
         window.import_paths([str(f) for f in files])
     assert sig.args[0].added == 3
-    assert window.model.total() == 15
+    qtbot.waitUntil(lambda: window.model.total() == 15, timeout=10000)
     window.import_paths([str(tmp_path / "does-not-exist")])
     qtbot.waitUntil(lambda: "no such file or folder" in window.last_error, timeout=10000)
 
@@ -273,7 +275,8 @@ def test_heatmap_with_a_tiny_model(window, qtbot):
         "input": {"height": 64, "width": 64, "bit_depth": 8}, "mean": [0.5] * 3,
         "std": [0.5] * 3, "version": version})
     p.register_model(version, {"classes": CLASSES}, {})
-    window.refresh()
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.refresh()
     with qtbot.waitSignal(window.camReady, timeout=30000):
         press(qtbot, window, Qt.Key.Key_H)
     assert window.viewer.heatmap_visible()

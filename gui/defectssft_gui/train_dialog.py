@@ -124,6 +124,7 @@ class TrainDialog(QDialog):
     runFinished = Signal(str, int)  # status ("completed", "interrupted", "failed", ...), exit code
     modelTrained = Signal(str)  # new model version
     exportFinished = Signal(int, str)  # exit code, path of the ONNX file ("" on failure)
+    evaluationFinished = Signal(int)  # exit code of `defectssft evaluate`
 
     def __init__(self, project_root: str | Path, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -137,6 +138,11 @@ class TrainDialog(QDialog):
         self.export_proc = JsonProcess(self)
         self.export_proc.text.connect(self._on_text)
         self.export_proc.finished.connect(self._on_export_finished)
+        self.eval_proc = JsonProcess(self)
+        self.eval_proc.text.connect(self._on_text)
+        self.eval_proc.finished.connect(self._on_eval_finished)
+        self.auto_evaluate = True  # evaluate on the test split after a completed run
+        self.evaluation = ""
         self.status = ""
         self.version: str | None = None
         self.onnx_path = ""
@@ -149,6 +155,7 @@ class TrainDialog(QDialog):
     def _setup(self) -> None:
         self.preset = QComboBox()
         self.preset.addItems(preset_names())
+        self.preset.setCurrentIndex(max(0, self.preset.findText("quick")))
         self.steps = QSpinBox()
         self.steps.setRange(0, 1_000_000)
         self.steps.setSpecialValueText("preset")
@@ -240,7 +247,7 @@ class TrainDialog(QDialog):
         return args
 
     def start(self) -> bool:
-        if self.proc.running():
+        if self.proc.running() or self.eval_proc.running():
             return False
         try:
             args = self.command_args()
@@ -249,6 +256,7 @@ class TrainDialog(QDialog):
             return False
         self._versions_before = set(self._versions())
         self.status, self.version, self.final, self._cancelled = "", None, {}, False
+        self.evaluation = ""
         self.curves.clear()
         self.progress.setValue(0)
         self.report.setText("")
@@ -312,6 +320,37 @@ class TrainDialog(QDialog):
                 self.modelTrained.emit(self.version)
         self.export_button.setEnabled(self._latest_version() is not None)
         self.runFinished.emit(self.status, code)
+        if self.status == "completed" and self.version and self.auto_evaluate:
+            self.evaluate(self.version)
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self, version: str) -> bool:
+        """``defectssft evaluate PROJECT --model VERSION``: test-split metrics and report."""
+        if self.eval_proc.running():
+            return False
+        self.evaluation = ""
+        self.export_button.setEnabled(False)
+        self.state_label.setText(f"evaluating {version} on the test split…")
+        self.eval_proc.start("defectssft", ["evaluate", str(self.root), "--model", version],
+                             cwd=str(self.root))
+        return True
+
+    def _on_eval_finished(self, code: int, error: str) -> None:
+        if code == 0:
+            lines = []
+            for line in self.eval_proc.lines:
+                if not line.strip():
+                    break  # the comparison table of all versions follows
+                if not line.startswith(("INFO", "WARNING")):
+                    lines.append(line)
+            self.evaluation = "\n".join(lines)
+            self.state_label.setText(f"training {self.status}: model {self.version} evaluated")
+        else:
+            self.evaluation = f"not evaluated: {error or f'exit code {code}'}"
+            self.state_label.setText(f"training {self.status}: model {self.version}")
+        self.report.setText(self._report_text())
+        self.export_button.setEnabled(not self.proc.running())
+        self.evaluationFinished.emit(code)
 
     def _report_text(self) -> str:
         lines = []
@@ -326,6 +365,8 @@ class TrainDialog(QDialog):
             lines.append(f"model {self.version} in {folder}")
             if report is not None:
                 lines.append(f"evaluation report: {report}")
+        if self.evaluation:
+            lines.append(self.evaluation)
         return "\n".join(lines)
 
     # ------------------------------------------------------------ export
@@ -334,7 +375,7 @@ class TrainDialog(QDialog):
         if version is None:
             self._fail("no model to export yet: train one first")
             return False
-        if self.export_proc.running() or self.proc.running():
+        if self.export_proc.running() or self.proc.running() or self.eval_proc.running():
             return False
         self.onnx_path = ""
         self.state_label.setText(f"exporting {version} to ONNX…")
@@ -379,7 +420,7 @@ class TrainDialog(QDialog):
 
     def shutdown(self) -> None:
         """Stop child processes (the window is closing); the trainer saves on SIGTERM."""
-        for proc in (self.proc, self.export_proc):
+        for proc in (self.proc, self.export_proc, self.eval_proc):
             if proc.running():
                 proc.terminate()
                 if not proc.proc.waitForFinished(15000):

@@ -14,10 +14,13 @@ TINY = ("model.name=test_efficientnet model.weights=none input.height=32 input.w
 
 
 @pytest.fixture
-def labeled_window(window):
+def labeled_window(window, image_files, qtbot):
+    """15 labeled images (5 per class: enough for val and test splits) and 3 unlabeled."""
     p = window.project
+    for f in image_files(6, start=50):
+        p.add_image(f)
     ids = p.image_ids()
-    for i, image_id in enumerate(ids[:9]):
+    for i, image_id in enumerate(ids[:15]):
         p.set_label(image_id, ["ok", "scratch", "dent"][i % 3])
     return window
 
@@ -47,6 +50,11 @@ def test_train_to_completion_then_export(labeled_window, qtbot):
     assert len(dlg.curves.loss) >= 4
     assert dlg.progress.value() == 100
     assert "model v0001" in dlg.report.text()
+    with qtbot.waitSignal(dlg.evaluationFinished, timeout=120000) as sig:
+        pass  # evaluation on the test split starts by itself after a completed run
+    assert sig.args == [0], dlg.log.toPlainText()
+    assert "on the test split" in dlg.report.text()
+    assert (window.project.models_dir / "v0001" / "eval").is_dir()
     assert (window.project.models_dir / "v0001" / "model.pt").is_file()
     assert window.model_version == "v0001"  # the window picked up the new model
     with qtbot.waitSignal(dlg.exportFinished, timeout=120000) as sig:
@@ -58,7 +66,9 @@ def test_train_to_completion_then_export(labeled_window, qtbot):
     with qtbot.waitSignal(window.predictionsDone, timeout=120000) as sig:
         window.run_predict()
     assert sig.args == [0], window.last_error
-    assert len(window.project.predictions("v0001")) == 3  # the unlabeled images
+    unlabeled = {r.id for r in window.project.query_images(unlabeled=True)}
+    assert len(unlabeled) == 3
+    assert unlabeled <= set(window.project.predictions("v0001"))
     with qtbot.waitSignal(window.rowsLoaded):
         window.set_filter("unlabeled")
     assert window.current_row().pred in ("ok", "scratch", "dent")
@@ -66,6 +76,7 @@ def test_train_to_completion_then_export(labeled_window, qtbot):
 
 def test_cancel_a_training_run(labeled_window, qtbot):
     dlg = open_dialog(labeled_window, qtbot)
+    dlg.auto_evaluate = False
     dlg.steps.setValue(100000)
     with qtbot.waitSignal(dlg.runFinished, timeout=120000) as sig:
         dlg.start()

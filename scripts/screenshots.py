@@ -83,15 +83,21 @@ def main(argv: list[str] | None = None) -> int:
         # Training dialog: a real (tiny) run through the child process.
         window.open_training()
         dlg = window.train_dialog
-        dlg.resize(760, 700)
+        dlg.resize(760, 760)
         dlg.steps.setValue(args.steps)
         dlg.extra.setText(TINY)
         finished: list[str] = []
+        evaluated: list[int] = []
         dlg.runFinished.connect(lambda status, _code: finished.append(status))
+        dlg.evaluationFinished.connect(evaluated.append)
         dlg.start()
         wait(app, lambda: bool(finished), 600, "training")
         if finished[0] != "completed":
             raise SystemExit(f"error: training {finished[0]}: {dlg.state_label.text()}")
+        wait(app, lambda: bool(evaluated), 300, "the evaluation")
+        for _ in range(5):  # let the layout settle around the report
+            app.processEvents()
+            time.sleep(0.02)
         dlg.grab().save(str(out / "training.png"))
         dlg.close()
 

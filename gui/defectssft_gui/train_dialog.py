@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -205,6 +206,8 @@ class TrainDialog(QDialog):
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(500)
+        self.log.setMaximumHeight(130)
+        self.report.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
@@ -212,7 +215,7 @@ class TrainDialog(QDialog):
         lay.addWidget(self.progress)
         lay.addWidget(self.curves, 1)
         lay.addWidget(self.report)
-        lay.addWidget(self.log, 1)
+        lay.addWidget(self.log)
         self._set_running(False)
         self.export_button.setEnabled(self._latest_version() is not None)
 
@@ -313,7 +316,7 @@ class TrainDialog(QDialog):
             self.status = self.status or ("interrupted" if self._cancelled else "completed")
             self.state_label.setText(f"training {self.status}"
                                      + (f": model {self.version}" if self.version else ""))
-            self.report.setText(self._report_text())
+            self.show_report(self._report_text())
             if self.version:
                 self.progress.setValue(100 if self.status == "completed" else
                                        self.progress.value())
@@ -337,20 +340,21 @@ class TrainDialog(QDialog):
 
     def _on_eval_finished(self, code: int, error: str) -> None:
         if code == 0:
-            lines = []
-            for line in self.eval_proc.lines:
-                if not line.strip():
-                    break  # the comparison table of all versions follows
-                if not line.startswith(("INFO", "WARNING")):
-                    lines.append(line)
-            self.evaluation = "\n".join(lines)
+            # The first line is the summary; per-class lines and the table stay in the log.
+            self.evaluation = next((line for line in self.eval_proc.lines
+                                    if "test split" in line), "evaluated")
             self.state_label.setText(f"training {self.status}: model {self.version} evaluated")
         else:
             self.evaluation = f"not evaluated: {error or f'exit code {code}'}"
             self.state_label.setText(f"training {self.status}: model {self.version}")
-        self.report.setText(self._report_text())
+        self.show_report(self._report_text())
         self.export_button.setEnabled(not self.proc.running())
         self.evaluationFinished.emit(code)
+
+    def show_report(self, text: str) -> None:
+        self.report.setText(text)
+        lines = text.count("\n") + 1 if text else 0
+        self.report.setMinimumHeight(self.report.fontMetrics().lineSpacing() * lines + 4)
 
     def _report_text(self) -> str:
         lines = []

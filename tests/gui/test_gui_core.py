@@ -150,3 +150,35 @@ def test_parse_overrides():
         parse_overrides("steps=3")
     with pytest.raises(ValueError, match="not section.key=value"):
         parse_overrides("train.steps")
+
+
+# ---------------------------------------------------------------- display of 8/16-bit images
+def test_window_level_uses_the_sensor_bit_depth():
+    from defectssft_gui.viewer import to_display, window_lut
+
+    raw = np.array([[0, 2048, 4095, 65535]], dtype=np.uint16)  # a 12-bit camera in 16-bit files
+    img = to_display(raw, bit_depth=12)
+    row = [img.pixelColor(x, 0).red() for x in range(4)]
+    assert row == [0, 128, 255, 255]
+    # A window over the lower half of the range stretches it to full brightness.
+    lut = window_lut(np.dtype(np.uint8), 16, 0.0, 0.5)
+    assert lut[0] == 0 and lut[64] == 128 and lut[128] == 255 and lut[255] == 255
+
+
+def test_thumbnail_of_16bit_colour_image(tmp_path):
+    import cv2
+
+    from defectssft_gui.thumbs import load_thumbnail
+
+    img = np.full((300, 150, 3), 65535, dtype=np.uint16)
+    img[:, :, 0] = 0  # no blue in BGR
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), img)
+    cache = tmp_path / "thumbs"
+    q = load_thumbnail("abc", str(path), cache, size=64, bit_depth=16)
+    assert (q.width(), q.height()) == (32, 64)
+    c = q.pixelColor(10, 10)
+    assert (c.red(), c.green(), c.blue()) == (255, 255, 0)
+    assert (cache / "abc.jpg").is_file()
+    with pytest.raises(ValueError):
+        load_thumbnail("bad", str(tmp_path / "missing.png"), cache)

@@ -338,3 +338,23 @@ def test_app_main_bad_path(tmp_path, capsys):
     assert main(["--create", "ok,ng"]) == 2
     assert main([str(tmp_path / "new"), "--create", "ok,bad name"]) == 2
     assert "invalid class name" in capsys.readouterr().err
+
+
+def test_app_main_opens_a_project_and_quits(gui_project, qapp):
+    from PySide6.QtCore import QTimer
+
+    from defectssft_gui.app import main
+    from defectssft_gui.window import MainWindow
+
+    seen = []
+
+    def check_and_quit():
+        wins = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
+        seen.extend(w.project.root for w in wins if w.project is not None)
+        for w in wins:
+            w.close()
+        qapp.quit()
+
+    QTimer.singleShot(200, check_and_quit)
+    assert main([str(gui_project.root)]) == 0
+    assert gui_project.root in seen

@@ -13,6 +13,7 @@ of a fake model for every image), opens the real main window offscreen and measu
 
     python benchmarks/gui.py            # 20,000 images, 300 presses
     python benchmarks/gui.py --quick    # 5,000 images, 100 presses
+    python benchmarks/gui.py --images 1000 --size 1024 --presses 100 --name gui-1024px
 
 Prints a table and writes benchmarks/results/gui[-quick].json.
 """
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presses", type=int, default=None)
     parser.add_argument("--size", type=int, default=96, help="image side in pixels")
     parser.add_argument("--workdir", default=None, help="keep the project here")
+    parser.add_argument("--name", default=None,
+                        help="results file name (default gui or gui-quick)")
     args = parser.parse_args(argv)
     n = args.images or (5000 if args.quick else 20000)
     presses = args.presses or (100 if args.quick else 300)
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "label_to_next_paced": paced, "label_to_next_back_to_back": burst,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "command": "python benchmarks/gui.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/gui.py " + " ".join(argv if argv is not None
+                                                          else sys.argv[1:]),
     }
     print(f"\nGUI benchmark: {n} images of {args.size}px (project built in {build_s:.1f} s)")
     print(f"{'measure':44s} {'value':>12s}")
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'label -> next image, ' + name + ' median':44s} {r['median_ms']:>9.2f} ms")
         print(f"{'label -> next image, ' + name + ' p95':44s} {r['p95_ms']:>9.2f} ms")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / ("gui-quick.json" if args.quick else "gui.json")
+    out = RESULTS / f"{args.name or ('gui-quick' if args.quick else 'gui')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -37,8 +37,28 @@ def open_or_create(path: str, create: str | None, ok_class: str | None) -> Proje
     return Project.open(path)
 
 
+def qt_problem() -> str | None:
+    """A known-bad PySide6 for this Python, as a one-line reason (None when fine).
+
+    PySide6 6.12.0 on Python < 3.12 drops a reference to None/True/False on every call that
+    returns them; the interpreter aborts after a few thousand calls ("none_dealloc").
+    """
+    import PySide6
+
+    version = tuple(int(x) for x in PySide6.__version__.split(".")[:3] if x.isdigit())
+    if version[:3] == (6, 12, 0) and sys.version_info < (3, 12):
+        return (f"PySide6 {PySide6.__version__} crashes on Python "
+                f"{sys.version_info.major}.{sys.version_info.minor} (reference-count bug); "
+                "install another: pip install 'pyside6-essentials>=6.5,<6.12'")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = qt_problem()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     project = None
     if args.project:
         try:

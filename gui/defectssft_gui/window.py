@@ -442,9 +442,8 @@ class MainWindow(QMainWindow):
             self.info_label.setText(f"{r.path}\nquarantined: {r.reason}")
             self.pred_label.setText("")
             return
-        who = ""
         self.info_label.setText(f"#{r.image_id}  {r.name}  captured {r.capture}\n"
-                                f"label: {r.label or '(none)'}{who}")
+                                f"label: {r.label or '(none)'}")
         if r.pred is not None and r.confidence is not None:
             self.pred_label.setText(
                 f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), defect score "

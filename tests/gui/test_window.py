@@ -358,3 +358,21 @@ def test_app_main_opens_a_project_and_quits(gui_project, qapp):
     QTimer.singleShot(200, check_and_quit)
     assert main([str(gui_project.root)]) == 0
     assert gui_project.root in seen
+
+
+def test_known_bad_pyside_is_refused_with_one_line(monkeypatch, capsys):
+    import sys
+    from collections import namedtuple
+
+    import PySide6
+
+    from defectssft_gui import app
+
+    V = namedtuple("V", "major minor micro releaselevel serial")
+    monkeypatch.setattr(PySide6, "__version__", "6.12.0")
+    monkeypatch.setattr(sys, "version_info", V(3, 11, 7, "final", 0))
+    assert app.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: PySide6 6.12.0 crashes on Python 3.11") and err.count("\n") == 1
+    monkeypatch.setattr(sys, "version_info", V(3, 12, 1, "final", 0))
+    assert app.qt_problem() is None

@@ -3,8 +3,12 @@
 k labeled images per class (k=5, k=10) from a fixed train pool, the rest of the pool unlabeled,
 a fixed test split of 660 images (110 per class). Mean +- std over seeds, wall time per run.
 
-    .venv/bin/python benchmarks/ssl_neu.py --quick      # ~10 min: k=5, 1 seed, fewer steps
-    .venv/bin/python benchmarks/ssl_neu.py              # k=5,10 x 3 seeds x {supervised, fixmatch}
+    .venv/bin/python benchmarks/ssl_neu.py --quick      # ~5 min: k=5, 1 seed, 150 steps at 64 px
+    .venv/bin/python benchmarks/ssl_neu.py              # k=5,10 x 3 seeds x {supervised, freematch}
+    .venv/bin/python benchmarks/ssl_neu.py --ks 5 --seeds 0 --size 64 --steps 200 \
+        --methods supervised fixmatch fixmatch_da freematch --name explore_b   # method choice
+
+Defaults: 96 px, 250 steps of 12 labeled + 36 unlabeled, lite0 ImageNet weights, 1 torch thread.
 
 Writes benchmarks/results/ssl_neu[_quick].json after every run (partial results survive).
 """
@@ -31,25 +35,30 @@ from benchmarks.common import (  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="k=5, one seed, 120 steps at 64 px")
+    ap.add_argument("--quick", action="store_true", help="k=5, one seed, 150 steps at 64 px")
     ap.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=["supervised", "fixmatch"])
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--methods", nargs="+", default=["supervised", "freematch"],
+                    help="variants from benchmarks/common.py VARIANTS")
+    ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--set", nargs="*", default=[], help="extra section.key=value for every run")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=12, help="labeled images per step")
+    ap.add_argument("--mu", type=int, default=3, help="unlabeled images per labeled image")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared 2-core machine 2 threads ran 7x slower)")
     ap.add_argument("--name", default=None, help="results file name (default ssl_neu[_quick])")
     args = ap.parse_args(argv)
     if args.quick:
-        args.ks, args.seeds, args.steps, args.size = [5], [0], 120, 64
+        args.ks, args.seeds, args.steps, args.size = [5], [0], 150, 64
     return args
 
 
 def overrides(method: str, args: argparse.Namespace, seed: int) -> dict:
     o: dict = {
         "input": {"height": args.size, "width": args.size},
-        "train": {"steps": args.steps, "seed": seed, "eval_every": args.steps, "checkpoint_every": 10**9,
+        "ssl": {"mu": args.mu},
+        "train": {"steps": args.steps, "seed": seed, "batch_size": args.batch, "eval_every": args.steps, "checkpoint_every": 10**9,
                   "log_every": 50, "num_workers": 1, "threads": args.threads,
                   "warmup_steps": max(1, args.steps // 15)},
     }

@@ -29,7 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "bit_depth": None,  # None: the project's setting input.bit_depth (default 16)
     },
     "ssl": {
-        "method": "fixmatch",  # supervised | fixmatch | freematch
+        "method": "freematch",  # supervised | fixmatch | freematch (default: benchmarks/ssl_neu.py)
         "threshold": 0.95,  # fixmatch confidence threshold tau
         "lambda_u": 1.0,
         "mu": 3,  # unlabeled images per labeled image in a step

@@ -376,3 +376,19 @@ def test_known_bad_pyside_is_refused_with_one_line(monkeypatch, capsys):
     assert err.startswith("error: PySide6 6.12.0 crashes on Python 3.11") and err.count("\n") == 1
     monkeypatch.setattr(sys, "version_info", V(3, 12, 1, "final", 0))
     assert app.qt_problem() is None
+
+
+def test_rows_reach_the_view_in_batches(window, qtbot, monkeypatch):
+    from defectssft_gui import gallery
+
+    monkeypatch.setattr(gallery, "BATCH", 4)
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.set_filter("all", sort="capture", top=True)
+    m = window.model
+    assert (m.rowCount(), m.total()) == (4, 12)
+    for _ in range(5):
+        press(qtbot, window, Qt.Key.Key_D)
+    assert window.grid.currentIndex().row() == 5
+    assert m.rowCount() >= 6  # batches fetched to reach row 5 (the view may fetch more)
+    window.go_to(11)
+    assert m.rowCount() == 12 and window.current_row().image_id == window.project.image_ids()[-1]

@@ -33,7 +33,7 @@ from defectssft.export import (  # noqa: E402
     run_ort,
     run_torch,
 )
-from defectssft.modeling import build_model, load_model_file  # noqa: E402
+from defectssft.modeling import build_model, load_model_file, save_model_file  # noqa: E402
 
 
 def train_model(size: int, steps: int, run_dir: Path) -> tuple[torch.nn.Module, dict]:
@@ -92,6 +92,8 @@ def main() -> None:
         model, meta = load_model_file(args.model)
     else:
         model, meta = train_model(args.size, steps, work / "run")
+        saved = save_model_file(work / "model.pt", model, meta)
+        print(f"saved the fine-tuned model to {saved} (reuse it with --model)", flush=True)
     h, w = meta["input"]["height"], meta["input"]["width"]
     bit = meta["input"].get("bit_depth", 8)
     data = neu_split(k=1000, seed=0)

@@ -53,18 +53,18 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     score, is_defect = 1.0 - probs[:, 0], labels == 1
     zero_escape = threshold_for_max_escape(score, is_defect, 0.0)
     return {"auroc": roc_auc(score, is_defect), "ap": average_precision(score, is_defect),
-            "overkill_at_zero_escape": zero_escape.overkill}
+            "overkill_at_zero_escape": zero_escape.overkill_rate}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, 150 steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=["supervised", "fixmatch_da"])
+    ap.add_argument("--methods", nargs="+", default=["supervised", "freematch", "freematch_da"])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--height", type=int, default=320)
     ap.add_argument("--width", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
     if args.quick:

@@ -273,3 +273,19 @@ def test_print_config_and_bad_max_time(tmp_path, capsys):
     assert shown["ssl"]["mu"] == 5 and shown["input"]["height"] == 96
     assert cli_main(["train", str(p.root), "--max-time", "soon"]) == 2
     assert "invalid duration 'soon'" in capsys.readouterr().err
+
+
+def test_user_errors_before_training_are_one_line(tiny_data, tmp_path):
+    one_class = TrainData(classes=["ok"], labeled=tiny_data.labeled[:2])
+    with pytest.raises(DataError, match="need at least 2 classes"):
+        train(cfg(), one_class, tmp_path / "a", handle_signals=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(DefectssftError, match="no CUDA GPU"):
+            train(cfg(train={"device": "cuda"}), tiny_data, tmp_path / "b", handle_signals=False)
+
+
+def test_resume_after_the_classes_changed_is_refused(tiny_data, tmp_path):
+    train(cfg(train={"steps": 1}), tiny_data, tmp_path / "r", handle_signals=False)
+    renamed = TrainData(**{**tiny_data.__dict__, "classes": ["good", "dent"]})
+    with pytest.raises(DefectssftError, match="classes changed"):
+        train(cfg(train={"steps": 2}), renamed, tmp_path / "r", resume=True, handle_signals=False)

@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName("defectssft")
     window = MainWindow(project)
     window.show()
+    return run_event_loop(app)
+
+
+def run_event_loop(app) -> int:  # type: ignore[no-untyped-def]
     return int(app.exec())
 
 

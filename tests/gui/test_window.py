@@ -340,24 +340,23 @@ def test_app_main_bad_path(tmp_path, capsys):
     assert "invalid class name" in capsys.readouterr().err
 
 
-def test_app_main_opens_a_project_and_quits(gui_project, qapp):
-    from PySide6.QtCore import QTimer
-
-    from defectssft_gui.app import main
+def test_app_main_opens_a_project(gui_project, qapp, monkeypatch):
+    from defectssft_gui import app
     from defectssft_gui.window import MainWindow
 
-    seen = []
+    shown = []
 
-    def check_and_quit():
-        wins = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
-        seen.extend(w.project.root for w in wins if w.project is not None)
+    def fake_exec(application):  # instead of the event loop: look at the window, close it
+        wins = [w for w in application.topLevelWidgets()
+                if isinstance(w, MainWindow) and w.isVisible()]
+        shown.extend(w.project.root for w in wins if w.project is not None)
         for w in wins:
             w.close()
-        qapp.quit()
+        return 0
 
-    QTimer.singleShot(200, check_and_quit)
-    assert main([str(gui_project.root)]) == 0
-    assert gui_project.root in seen
+    monkeypatch.setattr(app, "run_event_loop", fake_exec)
+    assert app.main([str(gui_project.root)]) == 0
+    assert gui_project.root in shown
 
 
 def test_known_bad_pyside_is_refused_with_one_line(monkeypatch, capsys):
@@ -378,17 +377,17 @@ def test_known_bad_pyside_is_refused_with_one_line(monkeypatch, capsys):
     assert app.qt_problem() is None
 
 
-def test_rows_reach_the_view_in_batches(window, qtbot, monkeypatch):
-    from defectssft_gui import gallery
+def test_rows_reach_the_view_in_batches(gui_project, qapp, monkeypatch):
+    from defectssft_gui import gallery, queries
+    from defectssft_gui.thumbs import ThumbnailLoader
 
     monkeypatch.setattr(gallery, "BATCH", 4)
-    with qtbot.waitSignal(window.rowsLoaded):
-        window.set_filter("all", sort="capture", top=True)
-    m = window.model
+    loader = ThumbnailLoader(None)
+    m = gallery.ImageListModel(loader)
+    m.set_rows(queries.fetch_rows(gui_project, "all", "capture"))
     assert (m.rowCount(), m.total()) == (4, 12)
-    for _ in range(5):
-        press(qtbot, window, Qt.Key.Key_D)
-    assert window.grid.currentIndex().row() == 5
-    assert m.rowCount() >= 6  # batches fetched to reach row 5 (the view may fetch more)
-    window.go_to(11)
-    assert m.rowCount() == 12 and window.current_row().image_id == window.project.image_ids()[-1]
+    m.ensure_shown(5)  # keyboard navigation past the batch
+    assert m.rowCount() == 8
+    m.ensure_shown(11)
+    assert m.rowCount() == 12 and not m.canFetchMore(gallery.QModelIndex())
+    loader.close()

@@ -61,17 +61,24 @@ def train_model(size: int, steps: int, run_dir: Path) -> tuple[torch.nn.Module, 
     return model.eval(), meta
 
 
-def time_calls(fn, x: np.ndarray, iters: int, warmup: int) -> dict:
+def time_interleaved(runtimes: dict, x: np.ndarray, iters: int, warmup: int) -> list[dict]:
+    """Latency of each runtime, calls interleaved (A, B, C, A, B, C, ...) so that load from other
+    processes on a shared machine hits all runtimes alike."""
     for _ in range(warmup):
-        fn(x)
-    t = []
+        for fn in runtimes.values():
+            fn(x)
+    times: dict[str, list[float]] = {name: [] for name in runtimes}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn(x)
-        t.append((time.perf_counter() - t0) * 1000)
-    a = np.asarray(t)
-    return {"median_ms": float(np.median(a)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean())}
+        for name, fn in runtimes.items():
+            t0 = time.perf_counter()
+            fn(x)
+            times[name].append((time.perf_counter() - t0) * 1000)
+    out = []
+    for name, t in times.items():
+        a = np.asarray(t)
+        out.append({"runtime": name, "median_ms": float(np.median(a)),
+                    "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())})
+    return out
 
 
 def main() -> None:
@@ -131,9 +138,8 @@ def main() -> None:
         for name, res in (("ort_fp32", fp32), ("ort_int8", int8)):
             sess = ort_session(res.path, threads)
             runtimes[name] = lambda x, _s=sess: _s.run(["probs"], {"image": x})
-        for name, fn in runtimes.items():
-            r = time_calls(fn, x1, iters, warmup=10)
-            rows.append({"runtime": name, "threads": threads, "batch": 1, **r, "accuracy": acc[name]})
+        for r in time_interleaved(runtimes, x1, iters, warmup=10):
+            rows.append({**r, "threads": threads, "batch": 1, "accuracy": acc[r["runtime"]]})
     torch.set_num_threads(2)
 
     print(f"\n{meta['model_name']} {h}x{w}, batch 1, {iters} runs; accuracy on {len(test_y)} "

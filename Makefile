@@ -18,16 +18,16 @@ $(STAMP): pyproject.toml deploy/pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check defectssft deploy gui tests benchmarks
+	$(BIN)/ruff check defectssft deploy gui tests benchmarks scripts
 
 test: $(STAMP) lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
-	$(BIN)/defectssft demo --workdir demo-project
+	$(BIN)/defectssft demo --workdir demo-project --force
 
 format: $(STAMP)
-	$(BIN)/ruff format defectssft deploy gui tests benchmarks
+	$(BIN)/ruff format defectssft deploy gui tests benchmarks scripts
 
 clean-demo:
 	rm -rf demo-project

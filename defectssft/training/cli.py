@@ -2,6 +2,7 @@
 
     defectssft train PROJECT [--config FILE] [--set key=value ...] [--preset quick|overnight]
                              [--resume [RUN]] [--max-time 8h] [--json-progress]
+                             [--promote-if-better [--overkill-tolerance 0.005]]
 
 ``--json-progress`` prints one JSON object per line on stdout (events: step, eval, checkpoint,
 done, model) for the GUI, which runs training as a separate process. Multi-GPU:
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -34,6 +36,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json-progress", action="store_true",
                    help="print one JSON object per line on stdout instead of a progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--promote-if-better", action="store_true",
+                   help="after training, make the new version production (and export it to "
+                        "PROJECT/exports/production.onnx) only if it is not worse on the frozen "
+                        "test split (see `defectssft promote`)")
+    p.add_argument("--overkill-tolerance", type=float, default=0.005, metavar="RATE",
+                   help="with --promote-if-better: allowed rise of the overkill rate "
+                        "(default 0.005 = 0.5 points)")
     p.set_defaults(func=cmd_train)
 
 
@@ -70,5 +79,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json_progress:
         _json_line({"event": "model", "version": version})
     else:
-        print(f"model {version}")
+        print(f"model {version}", flush=True)
+    if args.promote_if_better and os.environ.get("RANK", "0") == "0":
+        _promote(args, version)
     return 0
+
+
+def _promote(args: argparse.Namespace, version: str) -> None:
+    """Promote ``version`` if it is not worse; a refusal is a normal outcome (exit 0)."""
+    from defectssft.project import Project
+    from defectssft.promote import maybe_promote
+
+    promoted, reason = maybe_promote(Project.open(args.project), version,
+                                     overkill_tolerance=args.overkill_tolerance)
+    if args.json_progress:
+        _json_line({"event": "promotion", "version": version, "promoted": promoted,
+                    "reason": reason})
+    else:
+        print(("promoted: " if promoted else "not promoted: ") + reason, flush=True)

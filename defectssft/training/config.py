@@ -33,7 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "threshold": 0.95,  # fixmatch confidence threshold tau
         "lambda_u": 1.0,
         "mu": 3,  # unlabeled images per labeled image in a step
-        "dist_align": False,  # distribution alignment of pseudo-label probabilities
+        "dist_align": True,  # distribution alignment (benchmarks/ssl_kolektor.py: decisive on imbalanced data)
         "dist_align_target": "labeled",  # labeled | uniform
         "pseudo_from": "ema",  # ema | student: which network labels the weak view
         "ema_momentum": 0.999,  # running estimates of freematch / distribution alignment

@@ -4,7 +4,7 @@ k labeled images per class (k=5, k=10) from a fixed train pool, the rest of the 
 a fixed test split of 660 images (110 per class). Mean +- std over seeds, wall time per run.
 
     .venv/bin/python benchmarks/ssl_neu.py --quick      # ~5 min: k=5, 1 seed, 150 steps at 64 px
-    .venv/bin/python benchmarks/ssl_neu.py              # k=5,10 x 3 seeds x {supervised, freematch}
+    .venv/bin/python benchmarks/ssl_neu.py              # k=5,10 x 3 seeds x {supervised, freematch_da}
     .venv/bin/python benchmarks/ssl_neu.py --ks 5 --seeds 0 --size 64 --steps 200 \
         --methods supervised fixmatch fixmatch_da freematch --name explore_b   # method choice
 
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="k=5, one seed, 150 steps at 64 px")
     ap.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=["supervised", "freematch"],
+    ap.add_argument("--methods", nargs="+", default=["supervised", "freematch_da"],
                     help="variants from benchmarks/common.py VARIANTS")
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--size", type=int, default=96)

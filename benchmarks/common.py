@@ -6,7 +6,9 @@ call ``defectssft.training.loop.train`` exactly as ``defectssft train`` does.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
 import random
 import re
@@ -22,16 +24,21 @@ from defectssft.training.config import resolve_config
 from defectssft.training.data import TrainData
 from defectssft.training.loop import train
 
-DATASETS = Path("/work/shared/datasets")
+# The data sets beside the repository (../shared/datasets); DEFECTSSFT_DATASETS points elsewhere.
+DATASETS = Path(os.environ.get("DEFECTSSFT_DATASETS",
+                               Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def neu_files(root: Path = DATASETS / "neu-det") -> dict[str, list[Path]]:
     """NEU-DET images by class (class = filename prefix before ``_N.jpg``), sorted."""
     by_class: dict[str, list[Path]] = defaultdict(list)
+    seen: set[str] = set()
     for p in sorted((root / "images").glob("*.jpg")):
         m = re.match(r"(.+)_\d+\.jpg$", p.name)
-        if m:
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        if m and digest not in seen:  # one byte-identical pair (patches_101/105): keep one
+            seen.add(digest)
             by_class[m.group(1)].append(p)
     if not by_class:
         raise SystemExit(f"no NEU-DET images under {root}/images")
@@ -58,8 +65,14 @@ def neu_split(k: int, seed: int, test_per_class: int = 110) -> TrainData:
 
 def kolektor_items(root: Path = DATASETS / "kolektorsdd") -> list[tuple[str, int]]:
     """(path, 1 if defective else 0) for every KolektorSDD image, sorted."""
-    items = []
+    items, seen = [], set()
     for img in sorted((root / "images").glob("*/*.jpg")):
+        # The public copy holds 16 byte-identical pairs: keep one, or a copy could sit in the
+        # labeled set and its twin in the test set.
+        digest = hashlib.sha256(img.read_bytes()).hexdigest()
+        if digest in seen:
+            continue
+        seen.add(digest)
         lab = root / "labels" / img.parent.name / (img.stem + ".txt")
         defective = lab.is_file() and lab.read_text().strip() != ""
         items.append((str(img), int(defective)))

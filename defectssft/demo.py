@@ -3,7 +3,7 @@
 1. create a project and import the NEU-DET samples (class from the file name);
    per class a few images keep their labels, the others are imported unlabeled and two are
    held back as "tomorrow's production";
-2. semi-supervised fine-tuning (FixMatch, ImageNet-pretrained EfficientNet-Lite0 at 96 px);
+2. semi-supervised fine-tuning (FreeMatch + distribution alignment, ImageNet-pretrained EfficientNet-Lite0 at 96 px);
 3. evaluation on the frozen test split (report with plots and a misclassification gallery);
 4. promotion: the checked ONNX export becomes ``exports/production.onnx``;
 5. the torch-free line runtime scores the held-back images, as a line PC would.
@@ -33,9 +33,9 @@ HELD_OUT_PER_CLASS = 2
 FULL_CONFIG: dict[str, Any] = {
     "model": {"name": "tf_efficientnet_lite0", "weights": "imagenet"},
     "input": {"height": 96, "width": 96},
-    "ssl": {"method": "fixmatch", "mu": 2},
-    "train": {"steps": 80, "batch_size": 12, "warmup_steps": 10, "eval_every": 40,
-              "checkpoint_every": 60, "lr": 0.03, "num_workers": 0, "log_every": 20},
+    "ssl": {"method": "freematch", "mu": 2},
+    "train": {"steps": 300, "batch_size": 12, "warmup_steps": 20, "eval_every": 100,
+              "checkpoint_every": 100, "lr": 0.03, "num_workers": 0, "log_every": 20},
 }
 TINY_CONFIG: dict[str, Any] = {
     "model": {"name": "test_efficientnet", "weights": "none"},
@@ -120,7 +120,7 @@ def train(project, tiny: bool, epochs: int | None) -> str:
     if epochs is not None:
         cfg["train"]["steps"] = max(1, int(epochs))
     _say(f"[2/5] training {cfg['model']['name']} at {cfg['input']['height']} px, "
-         f"{cfg['train']['steps']} steps of FixMatch (labeled + unlabeled) ...")
+         f"{cfg['train']['steps']} steps of {cfg['ssl']['method']} (labeled + unlabeled) ...")
     t0 = time.perf_counter()
     last = {"t": 0.0}
 

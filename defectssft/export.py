@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
-import os
 import tempfile
 import time
 import warnings
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from defectssft.errors import DefectssftError
+from defectssft.fsutil import atomic_path
 
 ONNX_FORMAT = "defectssft-model"
 ONNX_FORMAT_VERSION = 1
@@ -409,36 +409,30 @@ def export_onnx(
     reference = run_torch(wrapper, images)
     graph = _torch_to_onnx(wrapper, height, width)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    fp32_tmp = tmp.with_suffix(".fp32.tmp")
-    try:
-        ref_name = "torch"
-        if precision == "int8":
-            _set_metadata(graph, {**metadata, "precision": "fp32"})
-            onnx.save(graph, str(fp32_tmp))
-            reference = run_ort(ort_session(fp32_tmp), images)
-            ref_name = "onnx-fp32"
-            calib = images if calib_images is None else np.asarray(calib_images, dtype=np.uint8)
-            _to_int8(fp32_tmp, tmp, calib)
-            quantized = onnx.load(str(tmp))
-            _set_metadata(quantized, metadata)
-            onnx.save(quantized, str(tmp))
-        else:
-            if precision == "fp16":
-                graph = _to_fp16(graph)
-            _set_metadata(graph, metadata)
-            onnx.save(graph, str(tmp))
-        result = _check(tmp, reference, images, check_labels, precision, ref_name,
-                        max_prob_diff, max_int8_drop)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; line PCs and other users must read it
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        fp32_tmp.unlink(missing_ok=True)
+    with atomic_path(out_path) as tmp:
+        fp32_tmp = tmp.with_suffix(".fp32.tmp")
+        try:
+            ref_name = "torch"
+            if precision == "int8":
+                _set_metadata(graph, {**metadata, "precision": "fp32"})
+                onnx.save(graph, str(fp32_tmp))
+                reference = run_ort(ort_session(fp32_tmp), images)
+                ref_name = "onnx-fp32"
+                calib = images if calib_images is None else np.asarray(calib_images, dtype=np.uint8)
+                _to_int8(fp32_tmp, tmp, calib)
+                quantized = onnx.load(str(tmp))
+                _set_metadata(quantized, metadata)
+                onnx.save(quantized, str(tmp))
+            else:
+                if precision == "fp16":
+                    graph = _to_fp16(graph)
+                _set_metadata(graph, metadata)
+                onnx.save(graph, str(tmp))
+            # A failed check raises here: the temporary file goes, a good out_path stays.
+            result = _check(tmp, reference, images, check_labels, precision, ref_name,
+                            max_prob_diff, max_int8_drop)
+        finally:
+            fp32_tmp.unlink(missing_ok=True)
     result.path = str(out_path)
     result.size_bytes = out_path.stat().st_size
     result.seconds = time.perf_counter() - t0

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from defectssft.errors import ConfigError, ModelFileError
+from defectssft.fsutil import atomic_path
 
 MODEL_FORMAT = "defectssft-model"
 MODEL_FORMAT_VERSION = 1
@@ -265,17 +265,8 @@ def load_weights_into(
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model_file(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:

@@ -15,7 +15,6 @@ import os
 import random
 import re
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from defectssft.errors import ProjectError
+from defectssft.fsutil import atomic_path
 from defectssft.imagecheck import ImageInfo, inspect_image_bytes
 
 SCHEMA_VERSION = 1
@@ -919,15 +919,5 @@ class Project:
 
 def _atomic_write(dest: Path, data: bytes) -> None:
     """Write ``data`` to ``dest`` via a temp file + fsync + rename: never a half file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)

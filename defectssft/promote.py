@@ -15,14 +15,13 @@ then mark the version production in the project. If the export fails nothing cha
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from defectssft.errors import DefectssftError
 from defectssft.evaluate import DEFAULT_MAX_ESCAPE, EvaluationError, evaluate_project_model
+from defectssft.fsutil import atomic_path
 
 DEFAULT_OVERKILL_TOLERANCE = 0.005
 _EPS = 1e-12
@@ -60,18 +59,8 @@ def compare(candidate: dict[str, Any], production: dict[str, Any],
 
 
 def _atomic_copy(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def production_path(project) -> Path:

@@ -48,6 +48,10 @@ def setup(device_kind: str = "auto") -> DistInfo:
 
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        # Every rank must be done with the group before any rank tears it down: a rank that
+        # closes its gloo connections while the other still uses them aborts the other
+        # ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 

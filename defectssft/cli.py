@@ -7,17 +7,17 @@ collects them, so ``defectssft --help`` stays fast (heavy imports happen inside 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from defectssft import __version__
+from defectssft import __version__, ops_cli, project_cli
 from defectssft.errors import DefectssftError
+from defectssft.training import cli as training_cli
 
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
-    "defectssft.project_cli",  # init, import, status, label, split, watch, capture
-    "defectssft.training.cli",  # train
-    "defectssft.ops_cli",  # evaluate, export, promote, demo
+    project_cli,  # init, import, status, classes, split, watch, capture, gc
+    training_cli,  # train
+    ops_cli,  # evaluate, export, promote, demo
 )
 
 
@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"defectssft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:  # a command group not built yet in this checkout
-            if e.name is None or not name.startswith(e.name):
-                raise
-            continue
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

@@ -7,6 +7,7 @@ collects them, so ``defectssft --help`` stays fast (heavy imports happen inside 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from defectssft import __version__, ops_cli, project_cli
@@ -40,14 +41,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
+        rc = int(args.func(args) or 0)
     except DefectssftError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
+        rc = 130
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: see exit_process
+        from defectssft.training.ddp import exit_process
+
+        exit_process(rc)
+    return rc
 
 
 if __name__ == "__main__":

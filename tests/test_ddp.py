@@ -36,6 +36,7 @@ SCRIPT = textwrap.dedent("""
                out / f"rank{{info.rank}}.pt")
     version = train_project({project!r}, config_overrides=json.loads({tiny!r}), handle_signals=False)
     (out / f"version{{info.rank}}.txt").write_text(str(version))
+    ddp.exit_process(0)  # as `defectssft train` does under torchrun
 """)
 
 

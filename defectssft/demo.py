@@ -35,7 +35,7 @@ FULL_CONFIG: dict[str, Any] = {
     "input": {"height": 96, "width": 96},
     "ssl": {"method": "freematch", "mu": 2},
     "train": {"steps": 300, "batch_size": 12, "warmup_steps": 20, "eval_every": 100,
-              "checkpoint_every": 100, "lr": 0.03, "num_workers": 0, "log_every": 20},
+              "checkpoint_every": 100, "num_workers": 0, "log_every": 20},
 }
 TINY_CONFIG: dict[str, Any] = {
     "model": {"name": "test_efficientnet", "weights": "none"},

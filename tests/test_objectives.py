@@ -59,6 +59,42 @@ def test_adaptive_state_update_is_an_ema_of_batch_statistics():
     assert abs(new.tau.item() - (0.5 * 0.5 + 0.5 * 0.8)) < 1e-6
     assert torch.allclose(new.p, torch.tensor([0.5 * 0.5 + 0.5 * 0.8, 0.5 * 0.5 + 0.5 * 0.2]))
     assert state.tau.item() == 0.5  # the input state is not modified
+    # pseudo-label histogram: both argmax 0 -> [1, 0]; EMA from uniform
+    assert torch.allclose(new.h, torch.tensor([0.5 * 0.5 + 0.5 * 1.0, 0.5 * 0.5]))
+
+
+def test_adaptive_state_from_an_older_checkpoint_gets_a_uniform_histogram():
+    state = obj.AdaptiveThresholdState.from_state_dict({"tau": torch.tensor(0.7), "p": torch.tensor([0.2, 0.8])})
+    assert torch.allclose(state.h, torch.tensor([0.5, 0.5]))
+    again = obj.AdaptiveThresholdState.from_state_dict(state.state_dict())
+    assert torch.equal(again.h, state.h)
+
+
+def test_fairness_loss_by_hand():
+    # running estimates: p = [0.5, 0.5], h = [0.5, 0.5] -> target [0.5, 0.5]
+    state = obj.AdaptiveThresholdState(tau=torch.tensor(0.9), p=torch.tensor([0.5, 0.5]), h=torch.tensor([0.5, 0.5]))
+    strong = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0], [0.0, 0.0]])
+    mask = torch.tensor([True, True, False])
+    # masked samples: probs [0.75, 0.25] twice -> mean [0.75, 0.25], histogram [1, 0]
+    # mean / hist with the empty class contributing 0 -> [1, 0]; loss = 0.5 log 1 + 0.5 log 1e-12
+    loss = obj.fairness_loss(strong, mask, state)
+    assert abs(loss.item() - 0.5 * math.log(1e-12)) < 1e-4
+    # two classes predicted once each: probs [0.75, 0.25] and [0.25, 0.75] -> mean [.5, .5],
+    # hist [.5, .5] -> normalised [.5, .5]; loss = 2 * 0.5 * log 0.5
+    strong = torch.tensor([[math.log(3.0), 0.0], [0.0, math.log(3.0)]])
+    loss = obj.fairness_loss(strong, torch.tensor([True, True]), state)
+    assert abs(loss.item() - math.log(0.5)) < 1e-6
+
+
+def test_fairness_loss_is_zero_without_masked_samples_and_ignores_unmasked_ones():
+    state = obj.AdaptiveThresholdState.initial(3)
+    logits = torch.zeros(2, 3, requires_grad=True)
+    assert obj.fairness_loss(logits, torch.tensor([False, False]), state).item() == 0.0
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.5], [0.0, 0.0, 3.0]], requires_grad=True)
+    loss = obj.fairness_loss(logits, torch.tensor([True, True, False]), state)
+    loss.backward()
+    assert logits.grad is not None
+    assert logits.grad[:2].abs().sum() > 0 and logits.grad[2].abs().sum() == 0
 
 
 def test_distribution_alignment_moves_pseudo_labels_off_the_majority_class():

@@ -61,7 +61,8 @@ def cfg(**sections) -> dict:
 
 
 @pytest.mark.parametrize("method,extra", [("supervised", {}), ("fixmatch", {"dist_align": True}),
-                                          ("freematch", {"pseudo_from": "student"})])
+                                          ("freematch", {}),
+                                          ("freematch", {"pseudo_from": "ema", "fairness": 0.01})])
 def test_each_method_trains_logs_and_evaluates(tiny_data, tmp_path, method, extra):
     rows = []
     result = train(cfg(ssl={"method": method, **extra}, train={"eval_every": 4}), tiny_data,
@@ -164,6 +165,17 @@ def test_config_errors_are_one_line(sets, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as e:
         resolve_config(sets=sets)
     assert "\n" not in str(e.value)
+
+
+def test_learning_rate_and_weight_decay_follow_the_optimizer_unless_set():
+    c = resolve_config()
+    assert (c["train"]["optimizer"], c["train"]["lr"], c["train"]["weight_decay"]) == ("adamw", 3e-4, 0.01)
+    c = resolve_config(sets=["train.optimizer=sgd"])
+    assert (c["train"]["lr"], c["train"]["weight_decay"]) == (0.03, 5e-4)
+    c = resolve_config(sets=["train.optimizer=sgd", "train.lr=0.1", "train.weight_decay=0"])
+    assert (c["train"]["lr"], c["train"]["weight_decay"]) == (0.1, 0.0)
+    with pytest.raises(ConfigError, match="train.lr must be a number"):
+        resolve_config(sets=["train.lr=fast"])
 
 
 def test_config_files_presets_and_durations(tmp_path):

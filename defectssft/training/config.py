@@ -35,7 +35,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "mu": 3,  # unlabeled images per labeled image in a step
         "dist_align": True,  # distribution alignment (benchmarks/ssl_kolektor.py: decisive on imbalanced data)
         "dist_align_target": "labeled",  # labeled | uniform
-        "pseudo_from": "ema",  # ema | student: which network labels the weak view
+        "fairness": 0.0,  # weight of FreeMatch's self-adaptive fairness term (0 = off)
+        "pseudo_from": "student",  # student | ema: which network labels the weak view (benchmarks/ssl_neu.py)
         "ema_momentum": 0.999,  # running estimates of freematch / distribution alignment
     },
     "augment": {
@@ -49,9 +50,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {
         "steps": 300,
         "batch_size": 16,  # labeled images per step (per process)
-        "optimizer": "sgd",  # sgd | adamw
-        "lr": 0.03,
-        "weight_decay": 5e-4,
+        "optimizer": "adamw",  # adamw | sgd (benchmarks/ssl_neu.py: adamw 3e-4 beat sgd 0.03)
+        "lr": None,  # None: the optimizer's default in OPTIMIZER_DEFAULTS
+        "weight_decay": None,  # None: the optimizer's default in OPTIMIZER_DEFAULTS
         "momentum": 0.9,
         "warmup_steps": 20,
         "grad_clip": 5.0,  # 0 disables
@@ -87,6 +88,7 @@ RANGES = {
     ("input", "bit_depth"): (8, 16),
     ("ssl", "threshold"): (0.0, 1.0),
     ("ssl", "lambda_u"): (0.0, None),
+    ("ssl", "fairness"): (0.0, None),
     ("ssl", "mu"): (0, 64),
     ("ssl", "ema_momentum"): (0.0, 1.0),
     ("augment", "shift"): (0.0, 0.5),
@@ -109,7 +111,12 @@ RANGES = {
     ("train", "threads"): (0, 1024),
 }
 # keys that may be None besides their declared type
-NULLABLE = {("input", "bit_depth"), ("train", "max_time")}
+NULLABLE = {("input", "bit_depth"), ("train", "max_time"), ("train", "lr"), ("train", "weight_decay")}
+# nullable keys whose value, when given, is a number
+FLOAT_KEYS = {("train", "lr"), ("train", "weight_decay")}
+# what train.lr / train.weight_decay mean when left empty, per optimizer (measured in
+# benchmarks/ssl_neu.py, docs/TRAINING.md): fine-tuning an ImageNet backbone from a few labels
+OPTIMIZER_DEFAULTS = {"adamw": {"lr": 3e-4, "weight_decay": 0.01}, "sgd": {"lr": 0.03, "weight_decay": 5e-4}}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 
@@ -222,7 +229,7 @@ def _coerce(section: str, key: str, value: Any) -> Any:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return int(value)
-    if isinstance(default, float):
+    if isinstance(default, float) or (section, key) in FLOAT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
@@ -251,6 +258,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             values[key] = value
     if cfg["ssl"]["method"] != "supervised" and cfg["ssl"]["mu"] < 1:
         raise ConfigError(f"ssl.mu must be >= 1 for ssl.method={cfg['ssl']['method']}")
+    for key, value in OPTIMIZER_DEFAULTS[cfg["train"]["optimizer"]].items():
+        if cfg["train"][key] is None:
+            cfg["train"][key] = value
     if cfg["ssl"]["pseudo_from"] == "ema" and cfg["train"]["ema_decay"] == 0:
         cfg["ssl"]["pseudo_from"] = "student"
     return cfg

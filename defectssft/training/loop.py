@@ -454,8 +454,11 @@ def train(
                     adaptive = obj.update_adaptive_state(adaptive, probs_weak, sc["ema_momentum"])
                     if info.enabled:  # identical thresholds on every rank
                         adaptive = obj.AdaptiveThresholdState(ddp.mean_tensor(info, adaptive.tau),
-                                                              ddp.mean_tensor(info, adaptive.p))
+                                                              ddp.mean_tensor(info, adaptive.p),
+                                                              ddp.mean_tensor(info, adaptive.h))
                     loss_u, mask = obj.freematch_loss(probs_weak, logits_s, adaptive)
+                    if sc["fairness"] > 0:
+                        loss_u = loss_u + sc["fairness"] * obj.fairness_loss(logits_s, mask, adaptive)
                 mask_rate = float(mask.float().mean())
             loss = obj.total_loss(loss_s, loss_u, sc["lambda_u"])
             if not torch.isfinite(loss):

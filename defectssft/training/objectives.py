@@ -8,6 +8,9 @@ student) and returns the unsupervised loss and the per-sample mask of images tha
 * ``fixmatch_loss``         fixed confidence threshold tau (Sohn et al. 2020).
 * ``freematch_loss``        self-adaptive global+per-class thresholds (Wang et al. 2023),
                             state in ``AdaptiveThresholdState``, updated by ``update_adaptive_state``.
+* ``fairness_loss``         FreeMatch's self-adaptive fairness term: keeps the strong-view
+                            predictions of the masked samples spread over the classes the way
+                            the running estimates say they should be (weight ``ssl.fairness``).
 * ``distribution_alignment`` rescales the weak-view probabilities so their running mean matches a
                             target class distribution (ReMixMatch). On a production stream that is
                             mostly OK parts, FixMatch's pseudo-labels drift onto the majority class;
@@ -51,10 +54,16 @@ def fixmatch_loss(
 
 @dataclass
 class AdaptiveThresholdState:
-    """FreeMatch's running estimates: global confidence ``tau`` and class-wise mean probs ``p``."""
+    """FreeMatch's running estimates: global confidence ``tau``, class-wise mean probs ``p`` and
+    the histogram ``h`` of weak-view pseudo-labels (used by the fairness term)."""
 
     tau: torch.Tensor  # scalar
     p: torch.Tensor  # [C]
+    h: torch.Tensor | None = None  # [C]; None = uniform (checkpoints written before it existed)
+
+    def __post_init__(self) -> None:
+        if self.h is None:
+            self.h = torch.full_like(self.p, 1.0 / self.p.numel())
 
     @classmethod
     def initial(cls, num_classes: int, device: torch.device | str = "cpu") -> AdaptiveThresholdState:
@@ -69,25 +78,31 @@ class AdaptiveThresholdState:
         return self.tau * self.p / self.p.max().clamp_min(1e-12)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"tau": self.tau.detach().cpu(), "p": self.p.detach().cpu()}
+        assert self.h is not None
+        return {"tau": self.tau.detach().cpu(), "p": self.p.detach().cpu(), "h": self.h.detach().cpu()}
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> AdaptiveThresholdState:
-        return cls(tau=sd["tau"].to(device), p=sd["p"].to(device))
+        h = sd.get("h")
+        return cls(tau=sd["tau"].to(device), p=sd["p"].to(device), h=None if h is None else h.to(device))
 
 
 def update_adaptive_state(
     state: AdaptiveThresholdState, probs_weak: torch.Tensor, momentum: float = 0.999
 ) -> AdaptiveThresholdState:
-    """New state after seeing a batch of weak-view probs (EMA of mean max-prob and mean probs)."""
+    """New state after seeing a batch of weak-view probs (EMA of the mean max-prob, the mean
+    probs and the pseudo-label histogram)."""
     probs_weak = probs_weak.detach().float()
     if probs_weak.numel() == 0:
         return state
-    conf = probs_weak.max(dim=1).values.mean()
-    mean_p = probs_weak.mean(dim=0)
+    conf, pseudo = probs_weak.max(dim=1)
+    num_classes = probs_weak.shape[1]
+    hist = torch.bincount(pseudo, minlength=num_classes).float() / pseudo.numel()
+    assert state.h is not None
     return AdaptiveThresholdState(
-        tau=momentum * state.tau + (1 - momentum) * conf,
-        p=momentum * state.p + (1 - momentum) * mean_p,
+        tau=momentum * state.tau + (1 - momentum) * conf.mean(),
+        p=momentum * state.p + (1 - momentum) * probs_weak.mean(dim=0),
+        h=momentum * state.h + (1 - momentum) * hist,
     )
 
 
@@ -100,6 +115,33 @@ def freematch_loss(
     conf, pseudo = probs_weak.max(dim=1)
     mask = conf >= state.thresholds()[pseudo]
     return _masked_ce(logits_strong, pseudo, mask), mask
+
+
+def _ratio_normalised(values: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+    """SumNorm(values / hist), classes with an empty histogram contributing 0."""
+    scaled = values * torch.where(hist > 0, 1.0 / hist.clamp_min(1e-12), torch.zeros_like(hist))
+    return scaled / scaled.sum().clamp_min(1e-12)
+
+
+def fairness_loss(
+    logits_strong: torch.Tensor, mask: torch.Tensor, state: AdaptiveThresholdState
+) -> torch.Tensor:
+    """FreeMatch's self-adaptive fairness, ``-H(SumNorm(p/h), SumNorm(p_bar/h_bar))``.
+
+    ``p``/``h``: running mean prediction and pseudo-label histogram on unlabeled data (the state);
+    ``p_bar``/``h_bar``: the same for the strong-view predictions of the masked samples of this
+    batch. Minimising ``sum(target * log(mean))`` (a negative cross-entropy) pushes the batch's
+    confident predictions apart instead of letting them pile onto one class. Returns 0 when no
+    sample is masked in.
+    """
+    if not bool(mask.any()):
+        return logits_strong.sum() * 0.0
+    probs = logits_strong[mask].float().softmax(dim=1)
+    hist = torch.bincount(probs.argmax(dim=1), minlength=probs.shape[1]).float() / probs.shape[0]
+    assert state.h is not None
+    target = _ratio_normalised(state.p.float(), state.h.float()).detach()
+    mean = _ratio_normalised(probs.mean(dim=0), hist.detach())
+    return (target * torch.log(mean + 1e-12)).sum()
 
 
 def distribution_alignment(

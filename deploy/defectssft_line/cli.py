@@ -3,6 +3,7 @@
     defectssft-line run --model model.onnx --input PATH...     files and folders, then exit
     defectssft-line run --model model.onnx --watch DIR         hot folder, until stopped
     defectssft-line run --model model.onnx --camera SRC        OpenCV camera index/URL/file
+                                                              (live sources reconnect)
     defectssft-line bench --model model.onnx                   latency and images/s
 
 Results go to stdout (or ``--output``) as JSON lines or CSV; a summary goes to stderr.
@@ -15,9 +16,20 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from defectssft_line import __version__
+from defectssft_line.camera import (
+    DEFAULT_FIRST_WAIT,
+    DEFAULT_MAX_WAIT,
+    CameraStream,
+    Opener,
+)
 from defectssft_line.hotfolder import HotFolder
 from defectssft_line.hotswap import ModelHolder
 from defectssft_line.model import LineError, LineModel
@@ -35,24 +47,24 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` that parses ``kind`` and checks ``ok``, with a one-line error."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_fraction = _number(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+_positive_float = _number(float, lambda v: v > 0, "> 0")
+_count = _number(int, lambda v: v >= 0, ">= 0")
+_positive_int = _number(int, lambda v: v >= 1, ">= 1")
 
 
 # --------------------------------------------------------------------------- run
@@ -64,6 +76,7 @@ class Runner:
     def __init__(self, holder: ModelHolder, writer: ResultWriter, send_unsure: Path | None):
         self.holder, self.writer, self.send_unsure = holder, writer, send_unsure
         self.errors = 0
+        self.skipped_frames = 0
 
     def score_bytes(self, name: str, data: bytes, source: Path | None = None) -> dict:
         model = self.holder.current()
@@ -89,6 +102,31 @@ class Runner:
         self.errors += 1
         rec = record(name, "ERROR", None, None, (time.perf_counter() - t0) * 1000, version,
                      message.splitlines()[0] if message else "error")
+        self.writer.write(rec)
+        return rec
+
+    def score_frame(self, name: str, frame: np.ndarray) -> dict:
+        """Score one camera frame. A frame that cannot be preprocessed or scored gets an ERROR
+        record and a (rate-limited) warning; the stream goes on."""
+        model = self.holder.current()
+        t0 = time.perf_counter()
+        try:
+            pred = model.classify([frame])[0]
+        except Exception as e:  # noqa: BLE001 - one odd frame must never stop the line
+            self.skipped_frames += 1
+            message = f"{name}: {type(e).__name__}: {e}".splitlines()[0]
+            n = self.skipped_frames
+            if n <= 10 or n % 100 == 0:
+                _log(f"warning: frame skipped ({n} so far): {message}")
+            return self._error(name, model.version, t0, message)
+        rec = record(name, pred.verdict, pred.cls, pred.score, (time.perf_counter() - t0) * 1000,
+                     model.version)
+        if pred.verdict == "UNSURE" and self.send_unsure is not None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            try:
+                send_unsure_frame(frame, self.send_unsure, f"cam-{stamp}-{name}")
+            except OSError as e:
+                _log(f"warning: cannot save {name} to {self.send_unsure}: {e.strerror or e}")
         self.writer.write(rec)
         return rec
 
@@ -154,39 +192,30 @@ def _run_watch(runner: Runner, args: argparse.Namespace) -> int:
             time.sleep(args.poll)
 
 
-def _open_camera(source: str):
-    import cv2
-
-    cap = cv2.VideoCapture(int(source) if source.isdigit() else source)
-    if not cap.isOpened():
-        raise LineError(f"cannot open camera/video source {source!r}")
-    return cap
-
-
-def _run_camera(runner: Runner, args: argparse.Namespace) -> int:
-    cap = _open_camera(args.camera)
+def _run_camera(runner: Runner, args: argparse.Namespace, opener: Opener | None = None,
+                sleep: Callable[[float], None] | None = None) -> int:
+    """Score frames until the source ends (a file), --max-frames, Ctrl+C, or --max-reconnects
+    failed reopen attempts in a row. Exit status 1 when frames were skipped or the source was
+    given up; LineError (status 2) when not a single frame was read."""
+    stream = CameraStream(args.camera, reconnect=args.reconnect, first_wait=args.reconnect_wait,
+                          max_wait=args.reconnect_max_wait, max_attempts=args.max_reconnects,
+                          opener=opener, sleep=sleep, log=_log)
+    mode = "reconnects when lost" if stream.reconnect else "ends when the source ends"
+    _log(f"camera {args.camera} ({stream.kind}, {mode}; model "
+         f"{runner.holder.model.version or '?'}); Ctrl+C to stop")
     n = 0
-    try:
-        while not args.max_frames or n < args.max_frames:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                break
+    with closing(stream.frames()) as frames:
+        for frame in frames:
             n += 1
-            model = runner.holder.current()
-            name = f"frame{n:06d}.png"
-            t0 = time.perf_counter()
-            pred = model.classify([frame])[0]
-            rec = record(name, pred.verdict, pred.cls, pred.score,
-                         (time.perf_counter() - t0) * 1000, model.version)
-            if pred.verdict == "UNSURE" and runner.send_unsure is not None:
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                send_unsure_frame(frame, runner.send_unsure, f"cam-{stamp}-{name}")
-            runner.writer.write(rec)
-    finally:
-        cap.release()
+            runner.score_frame(f"frame{n:06d}.png", frame)
+            if args.max_frames and n >= args.max_frames:
+                break
+    if stream.reconnects or stream.failed_attempts:
+        _log(f"camera {args.camera}: {stream.reconnects} reconnect(s), "
+             f"{stream.failed_attempts} failed attempt(s)")
     if n == 0:
         raise LineError(f"no frames from camera/video source {args.camera!r}")
-    return 0
+    return 1 if stream.gave_up or runner.skipped_frames else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -270,6 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop after this many idle seconds (0: never)")
     cam = run.add_argument_group("camera (--camera)")
     cam.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: never)")
+    cam.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=None,
+                     help="reopen the source when it fails or ends (default: yes for a camera "
+                          "index, /dev/video*, URL or pipeline; no for a video file, which then "
+                          "plays once; --reconnect on a file loops it)")
+    cam.add_argument("--reconnect-wait", type=_positive_float, default=DEFAULT_FIRST_WAIT,
+                     metavar="S", help="first wait before reopening; doubles after each failure "
+                                       f"(default {DEFAULT_FIRST_WAIT:g})")
+    cam.add_argument("--reconnect-max-wait", type=_positive_float, default=DEFAULT_MAX_WAIT,
+                     metavar="S", help=f"cap on the wait between attempts (default {DEFAULT_MAX_WAIT:g})")
+    cam.add_argument("--max-reconnects", type=_count, default=0, metavar="N",
+                     help="give up after N reopen attempts in a row without a frame (0: never)")
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="p50/p95/p99 latency and images/s")

@@ -153,6 +153,11 @@ def evaluate_project_model(project, version: str | None = None,
         )
     model, meta = load_model_file(Path(record["path"]) / "model.pt")
     meta["version"] = meta.get("version") or record["version"]
+    # A class renamed since the model was trained keeps its output: evaluate under today's name.
+    current = project.current_class_names(meta["classes"])
+    if meta.get("ok_class") in meta["classes"]:
+        meta["ok_class"] = current[list(meta["classes"]).index(meta["ok_class"])]
+    meta["classes"] = current
     if list(meta["classes"]) != data.classes:
         raise EvaluationError(
             f"model {record['version']} has classes {meta['classes']} but the project has "

@@ -32,6 +32,10 @@ DEFAULT_MAX_PIXELS = 200_000_000  # 200 MP: bigger files are quarantined, not de
 SPLITS = ("train", "val", "test")
 LABEL_SOURCES = ("human", "imported")
 CLASS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# Settings whose value is a JSON object keyed by class name: rename_class rewrites their keys.
+CLASS_KEYED_SETTINGS = ("labelbook.examples",)
+# Append-only log of class renames: [{"id", "old", "new", "who", "time"}, ...].
+RENAMES_SETTING = "classes.renamed"
 DEFAULT_COLOURS = ("#2ca02c", "#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
                    "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -447,6 +451,68 @@ class Project:
                            (int(value) if key == "is_ok" else value, cid))
         return next(c for c in self.classes() if c.name == name)
 
+    def rename_class(self, old: str, new: str, who: str = "operator") -> ClassInfo:
+        """Rename class ``old`` to ``new`` in one transaction; returns the renamed class.
+
+        Labels, label history, splits, predictions and the OK flag refer to the class by id and
+        follow it. Settings keyed by class name (the label book's examples) are rewritten and the
+        rename is logged (setting ``classes.renamed``, with ``who``). Names are case-sensitive as
+        in ``add_class`` (``Scratch`` -> ``scratch`` is a rename); ``new == old`` changes nothing.
+        ProjectError (one line, nothing changed) for an unknown ``old``, an invalid ``new`` or a
+        ``new`` that another class has.
+
+        Trained models keep the names they were trained with (``model.pt``, ``model.onnx``): a
+        model trained before the rename reports the old name (on the line too) until it is
+        retrained; ``current_class_names`` maps its names to today's (the app, ``evaluate`` and
+        ``promote`` use it, so an older model is still compared on today's test split).
+        """
+        new = validate_class_name(new)
+        with self._disk_errors(f"renaming class {old!r}"), self.transaction() as tx:
+            ids = self._class_ids()
+            if old not in ids:
+                raise ProjectError(f"cannot rename {old!r}: no such class; known classes: "
+                                   f"{', '.join(self.class_names()) or '(none)'}")
+            cid = ids[old]
+            if new == old:
+                return next(c for c in self.classes() if c.id == cid)
+            if tx.execute("SELECT 1 FROM classes WHERE name=?", (new,)).fetchone():
+                raise ProjectError(f"cannot rename {old!r} to {new!r}: class {new!r} already exists")
+            tx.execute("UPDATE classes SET name=? WHERE id=?", (new, cid))
+            for key in CLASS_KEYED_SETTINGS:
+                value = self._setting_tx(tx, key)
+                if isinstance(value, dict) and old in value:
+                    value[new] = value.pop(old)
+                    self._set_setting_tx(tx, key, value)
+            log = self._setting_tx(tx, RENAMES_SETTING)
+            log = log if isinstance(log, list) else []
+            log.append({"id": cid, "old": old, "new": new, "who": who, "time": utcnow()})
+            self._set_setting_tx(tx, RENAMES_SETTING, log)
+        return next(c for c in self.classes() if c.id == cid)
+
+    def class_renames(self) -> list[dict[str, Any]]:
+        """Every class rename so far, oldest first: ``{"id", "old", "new", "who", "time"}``."""
+        log = self.get_setting(RENAMES_SETTING, [])
+        return list(log) if isinstance(log, list) else []
+
+    def current_class_names(self, model_classes: Sequence[str]) -> list[str]:
+        """Today's names for a model's classes (in the model's output order).
+
+        Output ``i`` of a model trained on this project is the ``i``-th class by id, so a name
+        that this class had before a rename is replaced by its current name. Names that match
+        neither (a model from elsewhere, a class list that changed) are kept as they are.
+        """
+        classes = self.classes()
+        former: dict[int, set[str]] = {}
+        for r in self.class_renames():
+            former.setdefault(int(r.get("id", -1)), set()).add(str(r.get("old")))
+        out = []
+        for i, name in enumerate(model_classes):
+            name = str(name)
+            if i < len(classes) and name in former.get(classes[i].id, ()):
+                name = classes[i].name
+            out.append(name)
+        return out
+
     # ----------------------------------------------------------------- images
     def image_file(self, sha256: str, ext: str) -> Path:
         return self.images_dir / sha256[:2] / f"{sha256}{ext}"
@@ -801,8 +867,17 @@ class Project:
 
     def set_setting(self, key: str, value: Any) -> None:
         with self.transaction() as tx:
-            tx.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
-                       "DO UPDATE SET value=excluded.value", (key, json.dumps(value)))
+            self._set_setting_tx(tx, key, value)
+
+    @staticmethod
+    def _setting_tx(tx: sqlite3.Connection, key: str) -> Any:
+        row = tx.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @staticmethod
+    def _set_setting_tx(tx: sqlite3.Connection, key: str, value: Any) -> None:
+        tx.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                   "DO UPDATE SET value=excluded.value", (key, json.dumps(value)))
 
     # ----------------------------------------------------------------- models
     def new_model_dir(self) -> tuple[str, Path]:

@@ -109,6 +109,12 @@ def cmd_classes(args: argparse.Namespace) -> int:
         if args.ok:
             fields["is_ok"] = True
         project.update_class(args.name, **fields)
+    elif args.action == "rename":
+        info = project.rename_class(args.name, args.new_name, who=args.who)
+        if not args.json and info.name != args.name:
+            note = (f"; models trained before report {args.name!r} until retrained"
+                    if project.models() else "")
+            print(f"renamed class {args.name!r} to {info.name!r}{note}")
     rows = [c.__dict__ for c in project.classes()]
     if args.json:
         _print_json(rows)
@@ -220,14 +226,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("classes", help="list, add or change classes (the label book)")
+    p = sub.add_parser(
+        "classes", help="list, add, change or rename classes (the label book)",
+        description="list | add NAME | set NAME | rename OLD NEW. A rename keeps every label, "
+                    "the label history, the splits and the OK flag (they refer to the class, not "
+                    "its name); models trained before report the old name until retrained.")
     p.add_argument("project")
-    p.add_argument("action", nargs="?", choices=["list", "add", "set"], default="list")
-    p.add_argument("name", nargs="?")
+    p.add_argument("action", nargs="?", choices=["list", "add", "set", "rename"], default="list")
+    p.add_argument("name", nargs="?", help="the class (for rename: its current name)")
+    p.add_argument("new_name", nargs="?", metavar="new", help="rename only: the new name")
     p.add_argument("--description")
     p.add_argument("--colour")
     p.add_argument("--hotkey")
     p.add_argument("--ok", action="store_true", help="make this the OK (good part) class")
+    p.add_argument("--who", default="operator", help="rename only: name kept in the rename log")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_classes_checked)
 
@@ -267,4 +279,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
 def _classes_checked(args: argparse.Namespace) -> int:
     if args.action in ("add", "set") and not args.name:
         raise ProjectError(f"`classes {args.action}` needs a class name")
+    if args.action == "rename":
+        if not args.name or not args.new_name:
+            raise ProjectError("`classes rename` needs the current and the new name: "
+                               "classes PROJECT rename OLD NEW")
+        given = [f"--{k}" for k in ("description", "colour", "hotkey", "ok") if getattr(args, k)]
+        if given:
+            raise ProjectError(f"`classes rename` only renames; change {', '.join(given)} "
+                               "with `classes set`")
+    elif args.new_name is not None:
+        raise ProjectError(f"`classes {args.action}` takes one class name, got "
+                           f"{args.name!r} and {args.new_name!r}")
     return cmd_classes(args)

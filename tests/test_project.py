@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -214,6 +215,117 @@ def test_class_management(project: Project) -> None:
     assert keys["scratch"] == "4" and keys["crack"] is None  # a hotkey belongs to one class
     with pytest.raises(ProjectError, match="already exists"):
         project.add_class("crack")
+
+
+def test_rename_class_keeps_labels_history_splits_and_ok(project: Project, make_image) -> None:
+    ids = _labeled_project(project, make_image, per_class=4)
+    a = ids["scratch"][0]
+    project.set_label(a, "dent", who="anna")
+    project.set_label(a, "scratch", who="ben")
+    project.assign_splits(val_fraction=0.25, test_fraction=0.25, seed=3)
+    splits = {r.id: r.split for r in project.query_images()}
+    project.set_setting("labelbook.examples", {"scratch": [a], "dent": [ids["dent"][0]]})
+    project.register_model("v0001", {"classes": ["ok", "scratch", "dent"]}, {})
+    project.save_predictions("v0001", [(a, [0.1, 0.8, 0.1])])
+    before = {c.name: c for c in project.classes()}
+
+    info = project.rename_class("scratch", "scratches", who="carl")
+    info_ok = project.rename_class("ok", "good")
+
+    assert (info.id, info.hotkey, info.colour) == (before["scratch"].id, before["scratch"].hotkey,
+                                                    before["scratch"].colour)
+    assert project.class_names() == ["good", "scratches", "dent"]
+    assert project.ok_class == "good" and info_ok.is_ok
+    assert sorted(r.id for r in project.query_images(label="scratches")) == sorted(ids["scratch"])
+    assert project.get_image(a).label == "scratches"
+    assert [(e.label, e.previous, e.who) for e in project.label_history(a)] == [
+        ("scratches", None, "operator"), ("dent", "scratches", "anna"),
+        ("scratches", "dent", "ben")]
+    assert {r.id: r.split for r in project.query_images()} == splits  # frozen splits untouched
+    assert project.predictions("v0001") == {a: [0.1, 0.8, 0.1]}
+    assert project.get_model("v0001")["meta"]["classes"] == ["ok", "scratch", "dent"]  # its own
+    assert project.get_setting("labelbook.examples") == {"scratches": [a],
+                                                         "dent": [ids["dent"][0]]}
+    assert project.status()["by_class"] == {"good": 4, "scratches": 4, "dent": 4}
+    data = project.training_data()
+    assert data.classes == ["good", "scratches", "dent"] and data.ok_class == "good"
+    assert [(r["old"], r["new"], r["who"]) for r in project.class_renames()] == [
+        ("scratch", "scratches", "carl"), ("ok", "good", "operator")]
+    with pytest.raises(ProjectError, match="unknown class 'scratch'"):
+        project.set_label(a, "scratch")
+    project.set_label(a, "good")
+    assert project.get_image(a).label == "good"
+
+
+def test_rename_class_same_name_and_case(project: Project) -> None:
+    assert project.rename_class("dent", "dent").name == "dent"
+    assert project.class_renames() == []  # no-op: nothing logged
+    assert project.rename_class("dent", " Dent ").name == "Dent"  # a case fix is a rename
+    assert project.class_names() == ["ok", "scratch", "Dent"]
+
+
+@pytest.mark.parametrize("old,new,match", [
+    ("rust", "rusty", "cannot rename 'rust': no such class; known classes: "),
+    ("scratch", "bad name", "invalid class name 'bad name'"),
+    ("scratch", "", "invalid class name ''"),
+    ("scratch", "dent", "cannot rename 'scratch' to 'dent': class 'dent' already exists"),
+])
+def test_rename_class_errors_change_nothing(project: Project, make_image, old, new,
+                                            match) -> None:
+    image_id = project.add_image(make_image("a.png")).image_id
+    project.set_label(image_id, "scratch")
+    before = project.classes()
+    with pytest.raises(ProjectError, match=match) as e:
+        project.rename_class(old, new)
+    assert "\n" not in str(e.value)
+    assert project.classes() == before
+    assert project.get_image(image_id).label == "scratch"
+    assert project.class_renames() == []
+
+
+def test_current_class_names_follow_renames(project: Project) -> None:
+    trained = ["ok", "scratch", "dent"]
+    assert project.current_class_names(trained) == trained
+    project.rename_class("scratch", "scratches")
+    project.add_class("scratch")  # a new class may take the old name
+    assert project.current_class_names(trained) == ["ok", "scratches", "dent"]
+    assert project.current_class_names(project.class_names()) == project.class_names()
+    # Swapping two names through a third one: outputs still mean the same classes.
+    project.rename_class("ok", "tmp")
+    project.rename_class("dent", "ok")
+    project.rename_class("tmp", "dent")
+    assert project.current_class_names(trained) == ["dent", "scratches", "ok"]
+    # Names that are not a former name of that output's class stay as they are.
+    assert project.current_class_names(["a", "b", "c", "d", "e"]) == ["a", "b", "c", "d", "e"]
+
+
+def test_cli_classes_rename(tmp_path: Path, make_image, capsys) -> None:
+    from defectssft.cli import main as cli
+
+    proj = tmp_path / "p"
+    p = Project.create(proj, classes=["ok", "scrach"], ok_class="ok")
+    image_id = p.add_image(make_image("a.png")).image_id
+    p.set_label(image_id, "scrach")
+    assert cli(["classes", str(proj), "rename", "scrach", "scratch"]) == 0
+    out = capsys.readouterr().out
+    assert "renamed class 'scrach' to 'scratch'" in out and "scratch" in out.splitlines()[-1]
+    assert p.class_names() == ["ok", "scratch"] and p.get_image(image_id).label == "scratch"
+    assert cli(["classes", str(proj), "rename", "ok", "good", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["is_ok"]) for r in rows] == [("good", True), ("scratch", False)]
+    for argv, message in [
+        (["rename", "scratch", "good"], "class 'good' already exists"),
+        (["rename", "nope", "x"], "cannot rename 'nope': no such class"),
+        (["rename", "scratch", "a b"], "invalid class name 'a b'"),
+        (["rename", "scratch"], "`classes rename` needs the current and the new name"),
+        (["rename", "scratch", "s2", "--hotkey", "5"], "`classes rename` only renames"),
+        (["add", "x", "y"], "`classes add` takes one class name"),
+    ]:
+        assert cli(["classes", str(proj), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err
+    assert p.class_names() == ["good", "scratch"]
+    assert p.get_image(image_id).label == "scratch"
 
 
 # ---------------------------------------------------------------- splits and training data

@@ -106,3 +106,16 @@ def test_cli_promote(project, capsys):
         main(["promote", str(project.root), v1, "--overkill-tolerance", "-1"])
     assert e.value.code == 2
     assert "must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_a_model_trained_before_a_class_rename_is_still_compared(project):
+    v1 = add_model(project, bias=ALWAYS_NG, thresholds=FIXED)
+    assert maybe_promote(project, v1)[0]
+    project.rename_class("ok", "good")  # the OK class itself: its output and flag must follow
+    v2 = add_model(project, bias=ALWAYS_OK, thresholds=FIXED)  # still the old names inside
+    ok, reason = maybe_promote(project, v2)
+    assert not ok and "escape rate would rise" in reason  # compared, not refused for its names
+    from defectssft.evaluate import evaluate_project_model
+
+    metrics = evaluate_project_model(project, v1, report=False, store=False).metrics
+    assert metrics["classes"][0] == "good" and metrics["ok_class"] == "good"

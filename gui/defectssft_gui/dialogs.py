@@ -1,6 +1,6 @@
 """Dialogs: create a project, the label book (classes and their examples), settings/shortcuts.
 
-Each dialog edits the project through the core (``Project.add_class/update_class``,
+Each dialog edits the project through the core (``Project.add_class/update_class/rename_class``,
 ``set_setting``) and reports a bad value as one line in the dialog instead of saving it.
 """
 
@@ -89,6 +89,7 @@ class LabelBookDialog(QDialog):
     """Per class: name, description, colour, hotkey, OK flag and example images."""
 
     classesChanged = Signal()
+    classRenamed = Signal(str, str)  # old, new: emitted before classesChanged
 
     COLUMNS = ("Name", "Hotkey", "Colour", "OK class", "Description")
 
@@ -101,7 +102,7 @@ class LabelBookDialog(QDialog):
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
-        self.table.currentCellChanged.connect(lambda r, *_: self._show_examples(r))
+        self.table.currentCellChanged.connect(self._row_changed)
         self.examples = QListWidget()
         self.examples.setViewMode(QListWidget.ViewMode.IconMode)
         self.examples.setIconSize(QSize(96, 96))
@@ -111,6 +112,12 @@ class LabelBookDialog(QDialog):
         self.new_name.setPlaceholderText("new class name")
         add = QPushButton("Add class")
         add.clicked.connect(self.add_class)
+        self.rename_edit = QLineEdit()
+        self.rename_edit.setPlaceholderText("new name of the selected class")
+        self.rename_button = QPushButton("Rename class")
+        self.rename_button.setToolTip("Labels, history and predictions keep pointing at the "
+                                      "class; models trained before keep the old name")
+        self.rename_button.clicked.connect(self.rename_class)
         self.error = _error_label()
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save
                                    | QDialogButtonBox.StandardButton.Close)
@@ -119,8 +126,12 @@ class LabelBookDialog(QDialog):
         adder = QHBoxLayout()
         adder.addWidget(self.new_name)
         adder.addWidget(add)
+        renamer = QHBoxLayout()
+        renamer.addWidget(self.rename_edit)
+        renamer.addWidget(self.rename_button)
         lay = QVBoxLayout(self)
         lay.addWidget(self.table, 1)
+        lay.addLayout(renamer)
         lay.addLayout(adder)
         lay.addWidget(self.examples_title)
         lay.addWidget(self.examples)
@@ -148,6 +159,18 @@ class LabelBookDialog(QDialog):
         if classes:
             self.table.setCurrentCell(0, 1)
             self._show_examples(0)
+
+    def _row_changed(self, row: int, _col: int = 0, previous: int = -1, _pcol: int = 0) -> None:
+        if row != previous:
+            item = self.table.item(row, 0) if row >= 0 else None
+            self.rename_edit.setText(item.text() if item is not None else "")
+            self._show_examples(row)
+
+    def select_class(self, class_name: str) -> None:
+        """Make ``class_name`` the selected row (tests, scripts)."""
+        row = next(r for r in range(self.table.rowCount())
+                   if self.table.item(r, 0).text() == class_name)
+        self.table.setCurrentCell(row, 0)
 
     def _pick_colour(self, button: QPushButton) -> None:
         colour = QColorDialog.getColor(QColor(button.text() or "#888888"), self)
@@ -215,6 +238,30 @@ class LabelBookDialog(QDialog):
         self.new_name.clear()
         self.error.setText("")
         self.load()
+        self.classesChanged.emit()
+        return True
+
+    def rename_class(self) -> bool:
+        """Rename the selected class to the name typed (``Project.rename_class``).
+
+        Only the name cell changes, so other edits not yet saved stay in the table.
+        """
+        row = self.table.currentRow()
+        item = self.table.item(row, 0) if row >= 0 else None
+        if item is None:
+            return self._fail("select the class to rename")
+        old = item.text()
+        who = str(self.project.get_setting("gui.who", "operator"))
+        try:
+            info = self.project.rename_class(old, self.rename_edit.text(), who=who)
+        except DefectssftError as e:
+            return self._fail(str(e))
+        self.error.setText("")
+        if info.name == old:
+            return True
+        item.setText(info.name)
+        self._show_examples(row)
+        self.classRenamed.emit(old, info.name)
         self.classesChanged.emit()
         return True
 

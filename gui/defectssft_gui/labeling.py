@@ -74,6 +74,16 @@ class LabelSession:
         self._undo.append(change)
         return change
 
+    def rename_class(self, old: str, new: str) -> None:
+        """Follow a class rename in the undo/redo stacks (they hold class names)."""
+
+        def fix(label: str | None) -> str | None:
+            return new if label == old else label
+
+        for stack in (self._undo, self._redo):
+            stack[:] = [LabelChange(tuple((i, fix(lab)) for i, lab in c.before), fix(c.after))
+                        for c in stack]
+
     @property
     def can_undo(self) -> bool:
         return bool(self._undo)

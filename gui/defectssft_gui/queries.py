@@ -59,7 +59,11 @@ def current_model(project: Project) -> str | None:
 
 
 def model_classes(project: Project, version: str | None) -> list[str]:
-    """Class names in the model's output order (from its record; else the project's)."""
+    """Class names in the model's output order (from its record; else the project's).
+
+    Names of classes renamed since the model was trained are today's names
+    (``Project.current_class_names``), so filters, the OK score and suggestions keep working.
+    """
     if version:
         try:
             meta = project.get_model(version).get("meta", {})
@@ -67,7 +71,7 @@ def model_classes(project: Project, version: str | None) -> list[str]:
             meta = {}
         classes = meta.get("classes")
         if isinstance(classes, list) and classes:
-            return [str(c) for c in classes]
+            return project.current_class_names([str(c) for c in classes])
     return project.class_names()
 
 

@@ -593,6 +593,8 @@ class MainWindow(QMainWindow):
         def done(result: Any) -> None:
             self._tasks.discard(task)
             if self.viewer.path == path and self.actions_by_name["heatmap"].isChecked():
+                if self.project is not None:  # a class renamed since training: today's name
+                    result.classes = self.project.current_class_names(result.classes)
                 self.viewer.set_heatmap(result.heat)
                 self.pred_label.setText(
                     f"model {self.model_version}: {result.predicted} ({result.confidence:.1%}); "
@@ -752,6 +754,7 @@ class MainWindow(QMainWindow):
         if self.project is None:
             return
         dlg = LabelBookDialog(self.project, self)
+        dlg.classRenamed.connect(self._class_renamed)
         dlg.classesChanged.connect(self._classes_changed)
         self.label_book = dlg
         dlg.show()
@@ -769,6 +772,16 @@ class MainWindow(QMainWindow):
     def _classes_changed(self) -> None:
         self.reload_classes()
         self.refresh()
+
+    def _class_renamed(self, old: str, new: str) -> None:
+        """Keep the shown filter and the undo stack on a renamed class (labels follow by id)."""
+        for i in range(self.filter_box.count()):
+            kind, _, name = str(self.filter_box.itemData(i)).partition(":")
+            if kind in ("class", "pred") and name == old:
+                self.filter_box.setItemData(i, f"{kind}:{new}")
+        if self.session is not None:
+            self.session.rename_class(old, new)
+        self.statusBar().showMessage(f"class {old} is now {new}", 5000)
 
     def _settings_saved(self) -> None:
         assert self.project is not None

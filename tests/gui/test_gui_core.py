@@ -72,6 +72,24 @@ def test_filters_and_sorts(gui_project):
     assert scores[0] == pytest.approx(0.9)  # 1 - p(ok) with p(ok) = 0.1
 
 
+def test_predictions_of_a_model_trained_before_a_rename(gui_project):
+    p = gui_project
+    ids = p.image_ids()
+    probs = add_fake_model(p)  # the model's record says ok/scratch/dent
+    p.set_label(ids[1], CLASSES[int(np.argmax(probs[ids[1]]))])
+    p.rename_class("ok", "good")
+    p.rename_class(p.get_image(ids[1]).label, "renamed")
+    names = p.class_names()
+    assert queries.model_classes(p, "v0001") == names
+    rows = queries.fetch_rows(p, "all", "score", version="v0001")
+    assert {r.pred for r in rows} == set(names)  # today's names, not the model's
+    assert rows[0].score == pytest.approx(0.9)  # the OK column is still found after its rename
+    assert ids[1] not in {r.image_id for r in queries.fetch_rows(p, "misclassified",
+                                                                 version="v0001")}
+    pred_renamed = queries.fetch_rows(p, "pred:renamed", version="v0001")
+    assert ids[1] in {r.image_id for r in pred_renamed}
+
+
 def test_uncertain_and_useful(gui_project):
     p = gui_project
     ids = p.image_ids()
@@ -124,6 +142,21 @@ def test_label_session_undo_redo_and_history(gui_project):
     assert s.undo() is None and not s.can_undo
     assert all(e.who == "alice" for e in p.label_history(a))
     assert s.apply([a], None) is None  # already unlabeled: nothing to record
+
+
+def test_label_session_follows_a_class_rename(gui_project):
+    p = gui_project
+    a, b = p.image_ids()[:2]
+    s = LabelSession(p)
+    s.apply([a], "scratch")
+    s.apply([a, b], "dent")
+    s.undo()
+    p.rename_class("scratch", "scratches")
+    s.rename_class("scratch", "scratches")
+    s.redo()  # the stacks hold names: they must follow, or this would be an unknown class
+    assert [p.get_image(i).label for i in (a, b)] == ["dent", "dent"]
+    s.undo()
+    assert [p.get_image(i).label for i in (a, b)] == ["scratches", None]
 
 
 def test_label_session_errors(gui_project):

@@ -200,6 +200,64 @@ def test_label_book_edits_classes_and_hotkeys(window, qtbot):
     assert any("crack" in a.text() for a in window.class_actions)
 
 
+def test_label_book_renames_a_class(window, qtbot):
+    p = window.project
+    ids = p.image_ids()
+    add_fake_model(p)
+    p.set_label(ids[0], "scratch")
+    target = window.current_row().image_id
+    press(qtbot, window, Qt.Key.Key_2)  # scratch, on the undo stack by name
+    p.set_setting("labelbook.examples", {"scratch": [ids[0]]})
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.set_filter("class:scratch")
+    window.open_label_book()
+    dlg = window.label_book
+    qtbot.addWidget(dlg)
+    dlg.select_class("scratch")
+    assert dlg.rename_edit.text() == "scratch"  # selecting a class offers its name to edit
+
+    # Errors: one line in the dialog, nothing renamed.
+    for bad, message in [("dent", "class 'dent' already exists"),
+                         ("bad name!", "invalid class name 'bad name!'")]:
+        dlg.rename_edit.setText(bad)
+        qtbot.mouseClick(dlg.rename_button, Qt.MouseButton.LeftButton)
+        assert message in dlg.error.text() and "\n" not in dlg.error.text()
+    assert p.class_names() == CLASSES
+
+    dlg.rename_edit.setText("scratches")
+    with qtbot.waitSignal(window.rowsLoaded) as sig:
+        qtbot.mouseClick(dlg.rename_button, Qt.MouseButton.LeftButton)
+    assert dlg.error.text() == ""
+    names = [dlg.table.item(r, 0).text() for r in range(dlg.table.rowCount())]
+    assert names == ["ok", "scratches", "dent"]
+    assert dlg.examples_title.text() == "Examples of scratches"
+    assert dlg.example_ids("scratches")[0] == ids[0]
+    assert p.class_names() == ["ok", "scratches", "dent"]
+    assert p.get_image(ids[0]).label == p.get_image(target).label == "scratches"
+    # The window follows: hotkey buttons, class actions, filters (the shown one included).
+    assert "2  scratches" in [window.class_bar.itemAt(i).widget().text()
+                              for i in range(window.class_bar.count())]
+    assert any(a.text() == "Label scratches" for a in window.class_actions)
+    filters = [window.filter_box.itemData(i) for i in range(window.filter_box.count())]
+    assert "class:scratches" in filters and "pred:scratches" in filters
+    assert "class:scratch" not in filters
+    assert window.current_filter() == "class:scratches" and sig.args == [2]
+    assert all(window.model.row(i).label == "scratches" for i in range(2))
+    # Undo after the rename puts back the image's previous label (none).
+    dlg.close()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow)
+    press(qtbot, window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert window.last_error == ""
+    assert p.get_image(target).label is None
+    # The class keeps its hotkey under its new name.
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.set_filter("unlabeled")
+    target = window.current_row().image_id
+    press(qtbot, window, Qt.Key.Key_2)
+    assert p.get_image(target).label == "scratches"
+
+
 def test_mark_example(window, qtbot):
     p = window.project
     press(qtbot, window, Qt.Key.Key_E)

@@ -16,7 +16,7 @@ import random
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -711,21 +711,43 @@ class Project:
 
     def set_labels(self, image_ids: Iterable[int], class_name: str | None,
                    who: str = "operator", source: str = "human") -> int:
-        """Label (or, with None, unlabel) images in one transaction; returns how many changed."""
+        """Label (or, with None, unlabel) images in one transaction; returns how many changed.
+
+        All or nothing: an unknown class or image id raises ProjectError and writes nothing.
+        """
+        return self.set_labels_each({int(i): class_name for i in image_ids}, who=who,
+                                    source=source)
+
+    def set_labels_each(self, labels: Mapping[int, str | None] | Iterable[tuple[int, str | None]],
+                        who: str = "operator", source: str = "human") -> int:
+        """Give each image its own label (None unlabels) in one transaction; returns how many
+        changed.
+
+        Used for bulk changes whose images end with different labels (undo of a bulk label,
+        accept-suggestion over a selection). All or nothing: an unknown class or image id
+        raises ProjectError and nothing is written. Each changed image still gets its own
+        append-only history event (who, time, source); unchanged images get none.
+        """
         if source not in LABEL_SOURCES:
             raise ProjectError(f"unknown label source {source!r}")
-        class_id = self._class_id(class_name) if class_name is not None else None
+        items = labels.items() if isinstance(labels, Mapping) else labels
+        wanted = {int(i): name for i, name in items}
+        class_ids: dict[str | None, int | None] = {None: None}
+        for name in dict.fromkeys(wanted.values()):
+            if name is not None:
+                class_ids[name] = self._class_id(name)
         now = utcnow()
         changed = 0
         with self.transaction() as tx:
-            for image_id in image_ids:
+            for image_id, name in wanted.items():
                 row = tx.execute("SELECT label_class_id FROM images WHERE id=?",
-                                 (int(image_id),)).fetchone()
+                                 (image_id,)).fetchone()
                 if row is None:
-                    raise ProjectError(f"no image with id {image_id}")
+                    raise ProjectError(f"no image with id {image_id}")  # rolls back all
+                class_id = class_ids[name]
                 if row[0] == class_id:
                     continue
-                self._write_label(tx, int(image_id), class_id, row[0], source, who, now)
+                self._write_label(tx, image_id, class_id, row[0], source, who, now)
                 changed += 1
         return changed
 

@@ -198,6 +198,38 @@ def test_labels_history_undo_and_bulk(project: Project, make_image) -> None:
     assert len(project.query_images(unlabeled=True)) == 1
 
 
+def test_set_labels_is_all_or_nothing(project: Project, make_image) -> None:
+    """One transaction: an unknown image or class anywhere in a bulk write changes nothing."""
+    ids = [project.add_image(make_image(f"{i}.png")).image_id for i in range(3)]
+    project.set_label(ids[0], "scratch", who="anna")
+    with pytest.raises(ProjectError, match="no image with id 9999"):
+        project.set_labels([*ids, 9999], "dent")  # the bad id comes last: earlier rows roll back
+    with pytest.raises(ProjectError, match="unknown class 'rust'"):
+        project.set_labels_each({ids[1]: "dent", ids[2]: "rust"})
+    with pytest.raises(ProjectError, match="no image with id 9999"):
+        project.set_labels_each([(ids[1], "dent"), (9999, "ok")])
+    assert [project.get_image(i).label for i in ids] == ["scratch", None, None]
+    assert [len(project.label_history(i)) for i in ids] == [1, 0, 0]
+
+
+def test_set_labels_each_one_transaction_one_event_per_image(project: Project,
+                                                           make_image) -> None:
+    ids = [project.add_image(make_image(f"{i}.png")).image_id for i in range(4)]
+    project.set_label(ids[0], "scratch")
+    changed = project.set_labels_each({ids[0]: None, ids[1]: "dent", ids[2]: "ok",
+                                       ids[3]: None}, who="ben")
+    assert changed == 3  # ids[3] was already unlabeled: no event
+    assert [project.get_image(i).label for i in ids] == [None, "dent", "ok", None]
+    events = [project.label_history(i)[-1] for i in ids[:3]]
+    assert [(e.label, e.previous, e.who, e.source) for e in events] == [
+        (None, "scratch", "ben", "human"), ("dent", None, "ben", "human"),
+        ("ok", None, "ben", "human")]
+    assert len({e.time for e in events}) == 1  # written together
+    assert project.label_history(ids[3]) == []
+    with pytest.raises(ProjectError, match="unknown label source"):
+        project.set_labels_each({ids[1]: "ok"}, source="robot")
+
+
 def test_unknown_class_is_a_clear_error(project: Project, make_image) -> None:
     image_id = project.add_image(make_image("a.png")).image_id
     with pytest.raises(ProjectError, match="unknown class 'rust'"):

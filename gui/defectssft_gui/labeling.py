@@ -1,13 +1,15 @@
 """Labeling with undo/redo (no Qt): every change is written to the project at once.
 
-``LabelSession.apply`` calls ``Project.set_labels`` (one committed transaction), so a crash right
-after a key press loses nothing. Undo and redo are themselves label changes in the project's
-append-only history, so the audit trail shows them too.
+``LabelSession.apply`` / ``apply_each`` call ``Project.set_labels_each`` (one committed
+transaction), so a crash right after a key press loses nothing. A bulk change (many images at
+once, even with different labels) is one undo step, and its undo and redo are one transaction
+each. Undo and redo are themselves label changes in the project's append-only history (one event
+per image), so the audit trail shows them too.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from defectssft.project import Project
@@ -15,10 +17,10 @@ from defectssft.project import Project
 
 @dataclass(frozen=True)
 class LabelChange:
-    """Images given ``after``; ``before`` holds each image's label just before."""
+    """One undo step: ``before`` and ``after`` hold each changed image's label, in order."""
 
     before: tuple[tuple[int, str | None], ...]
-    after: str | None
+    after: tuple[tuple[int, str | None], ...]
 
     @property
     def image_ids(self) -> list[int]:
@@ -37,42 +39,51 @@ class LabelSession:
 
     def apply(self, image_ids: list[int], label: str | None) -> LabelChange | None:
         """Give ``label`` (None clears) to ``image_ids``; returns the change, None if nothing
-        changed. Raises ProjectError for an unknown class or image."""
-        ids = list(dict.fromkeys(int(i) for i in image_ids))
-        if not ids:
+        changed. Raises ProjectError for an unknown class or image (nothing is written)."""
+        return self.apply_each({int(i): label for i in image_ids})
+
+    def apply_each(self, labels: Mapping[int, str | None]) -> LabelChange | None:
+        """Give each image its own label in one transaction and one undo step; returns the
+        change, None if nothing changed. Raises ProjectError (nothing written) for an unknown
+        class or image."""
+        wanted = {int(i): lab for i, lab in labels.items()}
+        if not wanted:
             return None
-        before = self._labels(ids)
-        changed = [(i, before[i]) for i in ids if before[i] != label]
+        before = self._labels(list(wanted))
+        changed = [(i, before[i]) for i in wanted if before[i] != wanted[i]]
         if not changed:
             return None
-        self.project.set_labels([i for i, _ in changed], label, who=self.who, source="human")
-        change = LabelChange(tuple(changed), label)
+        after = tuple((i, wanted[i]) for i, _ in changed)
+        self._write(dict(after))
+        change = LabelChange(tuple(changed), after)
         self._undo.append(change)
         del self._undo[:-self.depth]
         self._redo.clear()
         return change
 
     def undo(self) -> LabelChange | None:
-        """Put back the labels of the last change; returns it (None when there is nothing)."""
+        """Put back the labels of the last change (one transaction); returns it (None when
+        there is nothing)."""
         if not self._undo:
             return None
-        change = self._undo.pop()
-        groups: dict[str | None, list[int]] = defaultdict(list)
-        for image_id, label in change.before:
-            groups[label].append(image_id)
-        with_labels = list(groups.items())
-        for label, ids in with_labels:
-            self.project.set_labels(ids, label, who=self.who, source="human")
+        change = self._undo[-1]
+        self._write(dict(change.before))
+        self._undo.pop()
         self._redo.append(change)
         return change
 
     def redo(self) -> LabelChange | None:
+        """Re-apply the last undone change (one transaction); returns it (None when none)."""
         if not self._redo:
             return None
-        change = self._redo.pop()
-        self.project.set_labels(change.image_ids, change.after, who=self.who, source="human")
+        change = self._redo[-1]
+        self._write(dict(change.after))
+        self._redo.pop()
         self._undo.append(change)
         return change
+
+    def _write(self, labels: dict[int, str | None]) -> None:
+        self.project.set_labels_each(labels, who=self.who, source="human")
 
     def rename_class(self, old: str, new: str) -> None:
         """Follow a class rename in the undo/redo stacks (they hold class names)."""
@@ -81,7 +92,8 @@ class LabelSession:
             return new if label == old else label
 
         for stack in (self._undo, self._redo):
-            stack[:] = [LabelChange(tuple((i, fix(lab)) for i, lab in c.before), fix(c.after))
+            stack[:] = [LabelChange(tuple((i, fix(lab)) for i, lab in c.before),
+                                    tuple((i, fix(lab)) for i, lab in c.after))
                         for c in stack]
 
     @property

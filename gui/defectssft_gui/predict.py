@@ -26,7 +26,11 @@ def predict_images(project: Project, version: str | None = None, only_unlabeled:
                    batch_size: int = 32,
                    progress: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict[str, object]:
-    """Predict with ``version`` (None: production, else newest); returns a small summary."""
+    """Predict with ``version`` (None: production, else newest); returns a small summary.
+
+    Each batch is saved (one transaction) before the next starts; ``should_stop`` is asked
+    before each batch, so a stop loses nothing already computed (``cancelled`` in the summary).
+    """
     import torch
 
     from defectssft.modeling import load_model_file
@@ -63,8 +67,8 @@ def predict_images(project: Project, version: str | None = None, only_unlabeled:
         done = min(len(records), start + batch_size)
         if progress:
             progress(done, len(records))
-    return {"version": version, "predicted": done - skipped, "skipped": skipped,
-            "total": len(records)}
+    return {"version": version, "predicted": done - skipped, "skipped": skipped, "done": done,
+            "total": len(records), "cancelled": done < len(records)}
 
 
 def main(argv: list[str] | None = None) -> int:

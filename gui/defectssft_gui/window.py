@@ -7,6 +7,7 @@ thread or in a child process (``workers``). Every label is committed the moment 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from PySide6.QtWidgets import (
     QListView,
     QMainWindow,
     QMessageBox,
+    QProgressBar,
     QPushButton,
     QSlider,
     QSplitter,
@@ -41,6 +43,7 @@ from defectssft_gui.workers import HotFolderThread, JsonProcess, Task, start_tas
 
 EXAMPLES_SETTING = "labelbook.examples"
 WHO_SETTING = "gui.who"
+PREDICT_BATCH_SETTING = "gui.predict_batch"  # images per batch (and per saved transaction)
 PREFETCH_AHEAD = 3
 
 
@@ -57,6 +60,7 @@ class MainWindow(QMainWindow):
     rowsLoaded = Signal(int)  # number of rows of the current filter
     labelsSaved = Signal(list)  # image ids just written
     predictionsDone = Signal(int)  # exit code of the predict process
+    predictAllDone = Signal(dict)  # predict-all summary (``cancelled``), or {"error": message}
     camReady = Signal(str)  # image path whose heat map is shown
     importDone = Signal(object)  # ImportSummary
     errorShown = Signal(str)
@@ -80,6 +84,8 @@ class MainWindow(QMainWindow):
         self.predict_proc = JsonProcess(self)
         self.predict_proc.finished.connect(self._predict_finished)
         self.predict_proc.event.connect(self._predict_event)
+        self._predict_all: tuple[Task, threading.Event] | None = None  # running predict-all
+        self._after_rows_note = ""  # shown once the next refresh has replaced the status line
         self.model_version: str | None = None
         self.class_actions: list[QAction] = []
         self.actions_by_name: dict[str, QAction] = {}
@@ -177,6 +183,17 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(split)
         self.hot_label = QLabel("")
         self.statusBar().addPermanentWidget(self.hot_label)
+        self.predict_bar = QProgressBar()
+        self.predict_bar.setMaximumWidth(220)
+        self.predict_bar.setFormat("predicting %v/%m")
+        self.predict_bar.setVisible(False)
+        self.predict_cancel_button = QPushButton("Cancel")
+        self.predict_cancel_button.setToolTip("Stop the prediction after its current batch")
+        self.predict_cancel_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.predict_cancel_button.clicked.connect(self.cancel_predict)
+        self.predict_cancel_button.setVisible(False)
+        self.statusBar().addPermanentWidget(self.predict_bar)
+        self.statusBar().addPermanentWidget(self.predict_cancel_button)
 
     def _setup_actions(self) -> None:
         slots = {
@@ -189,6 +206,7 @@ class MainWindow(QMainWindow):
             "one_to_one": self.viewer.one_to_one, "zoom_in": lambda: self.viewer.zoom(1.25),
             "zoom_out": lambda: self.viewer.zoom(0.8), "heatmap": self.toggle_heatmap,
             "reset_levels": self.reset_levels, "predict": self.run_predict,
+            "predict_all": self.predict_all, "cancel_predict": self.cancel_predict,
             "train": self.open_training, "label_book": self.open_label_book,
             "settings": self.open_settings, "refresh": self.refresh,
         }
@@ -208,7 +226,7 @@ class MainWindow(QMainWindow):
                        "next_useful", None, "example", "label_book"],
             "&View": ["fit", "one_to_one", "zoom_in", "zoom_out", None, "heatmap",
                       "reset_levels", "refresh"],
-            "&Model": ["predict", "train"],
+            "&Model": ["predict", "predict_all", "cancel_predict", None, "train"],
             "&Settings": ["settings"],
         }
         for title, names in menus.items():
@@ -260,6 +278,8 @@ class MainWindow(QMainWindow):
 
     def close_project(self) -> None:
         self.stop_watch()
+        if self._predict_all is not None:  # stops after its batch; its result is then ignored
+            self._predict_all[1].set()
         if self.loader is not None:
             self.loader.close()
         if self.project is not None:
@@ -323,6 +343,7 @@ class MainWindow(QMainWindow):
             if name not in ("open", "quit", "settings"):
                 action.setEnabled(has)
         self.actions_by_name["settings"].setEnabled(has)
+        self._sync_predict_ui()
 
     # ================================================================== listing
     def current_filter(self) -> str:
@@ -386,6 +407,9 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(
             f"{status['images']} images, {status['labeled']} labeled, {status['unlabeled']} "
             f"unlabeled, {status['quarantined']} quarantined — model: {model}")
+        if self._after_rows_note:
+            self.statusBar().showMessage(self._after_rows_note, 15000)
+            self._after_rows_note = ""
         self.rowsLoaded.emit(len(rows))
 
     def current_row(self) -> Row | None:
@@ -449,7 +473,7 @@ class MainWindow(QMainWindow):
                 f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), defect score "
                 f"{(r.score or 0):.3f} — press {self._keys('accept')} to accept")
         else:
-            self.pred_label.setText("no prediction (Model → Predict unlabeled)")
+            self.pred_label.setText("no prediction (Model → Predict unlabeled / all images)")
 
     def _keys(self, action: str) -> str:
         seq = self.actions_by_name[action].shortcut()
@@ -468,39 +492,40 @@ class MainWindow(QMainWindow):
         except DefectssftError as e:
             self.show_error(str(e))
             return
-        self._labels_written(ids, label)
+        self._labels_written({i: label for i in ids})
         if len(ids) == 1:
             self.step(1)
 
-    def _labels_written(self, ids: list[int], label: str | None) -> None:
+    def _labels_written(self, labels: dict[int, str | None]) -> None:
+        """Show labels just committed in the grid and the info line; emit ``labelsSaved``."""
         assert self.model is not None
-        self.model.update_labels({i: label for i in ids})
+        self.model.update_labels(labels)
         cur = self.current_row()
-        if cur is not None and cur.image_id in ids:
+        if cur is not None and cur.image_id in labels:
             self._show_info(cur)
-        self.labelsSaved.emit(list(ids))
+        self.labelsSaved.emit(list(labels))
 
     def accept_suggestion(self) -> None:
-        """Give each selected image the model's predicted class."""
+        """Give each selected image the model's predicted class (one transaction, one undo
+        step for the whole selection)."""
         if self.session is None or self.model is None:
             return
         ids = self.selected_ids()
-        by_pred: dict[str, list[int]] = {}
+        preds: dict[int, str | None] = {}
         for image_id in ids:
             row = self.model.row_of(image_id)
             pred = self.model.row(row).pred if row is not None else None
             if pred is not None:
-                by_pred.setdefault(pred, []).append(image_id)
-        if not by_pred:
+                preds[image_id] = pred
+        if not preds:
             self.show_error("no model suggestion for this image (run Model → Predict first)")
             return
         try:
-            for pred, pids in by_pred.items():
-                self.session.apply(pids, pred)
-                self._labels_written(pids, pred)
+            self.session.apply_each(preds)
         except DefectssftError as e:
             self.show_error(str(e))
             return
+        self._labels_written(preds)
         if len(ids) == 1:
             self.step(1)
 
@@ -521,8 +546,7 @@ class MainWindow(QMainWindow):
         if change is None:
             self.statusBar().showMessage(f"nothing to {what}", 3000)
             return
-        labels = dict(change.before) if what == "undo" else {i: change.after
-                                                             for i in change.image_ids}
+        labels = dict(change.before if what == "undo" else change.after)
         self.model.update_labels(labels)
         first = self.model.row_of(change.image_ids[0])
         if first is not None:
@@ -711,11 +735,15 @@ class MainWindow(QMainWindow):
         self._refresh_timer.start()
 
     # ================================================================== model
+    def prediction_running(self) -> bool:
+        """True while Predict unlabeled (child process) or Predict all (pool thread) runs."""
+        return self._predict_all is not None or self.predict_proc.running()
+
     def run_predict(self) -> None:
         """Predict unlabeled images with the current model in a child process."""
         if self.project is None:
             return
-        if self.predict_proc.running():
+        if self.prediction_running():
             self.statusBar().showMessage("prediction already running", 3000)
             return
         if queries.current_model(self.project) is None:
@@ -723,17 +751,103 @@ class MainWindow(QMainWindow):
             return
         self.statusBar().showMessage("predicting…")
         self.predict_proc.start("defectssft_gui.predict", [str(self.project.root)])
+        self._sync_predict_ui()
 
     def _predict_event(self, ev: dict) -> None:
         if ev.get("event") == "progress":
-            self.statusBar().showMessage(f"predicting {ev.get('done')}/{ev.get('total')}…")
+            self._predict_progress(int(ev.get("done", 0)), int(ev.get("total", 0)))
 
     def _predict_finished(self, code: int, error: str) -> None:
+        self._sync_predict_ui()
         if code != 0:
             self.show_error(f"predict: {error or f'failed (exit code {code})'}")
         else:
             self.refresh()
         self.predictionsDone.emit(code)
+
+    def predict_all(self) -> None:
+        """Score every image with the current model on a pool thread (never the GUI thread).
+
+        Predictions are saved batch by batch (``gui.predict_batch`` images, one transaction
+        each), so Cancel, a crash or closing the window loses at most the batch in flight.
+        """
+        if self.project is None:
+            return
+        if self.prediction_running():
+            self.statusBar().showMessage("prediction already running", 3000)
+            return
+        version = queries.current_model(self.project)
+        if version is None:
+            self.show_error("no trained model yet: Model → Train first")
+            return
+        from defectssft_gui.predict import predict_images
+
+        try:
+            batch = max(1, int(self.project.get_setting(PREDICT_BATCH_SETTING, 32) or 32))
+        except (TypeError, ValueError):
+            batch = 32
+        stop = threading.Event()
+        project = self.project
+        task = Task(predict_images, project, version, only_unlabeled=False, batch_size=batch,
+                    should_stop=stop.is_set, with_progress=True)
+        self._tasks.add(task)
+        self._predict_all = (task, stop)
+        task.signals.progress.connect(self._predict_progress)
+        start_task(self.pool, task,
+                   lambda summary: self._predict_all_finished(task, project, summary, ""),
+                   lambda msg: self._predict_all_finished(task, project, None, msg))
+        self._sync_predict_ui()
+        self.statusBar().showMessage(
+            f"predicting all images with {version}… ({self._keys('cancel_predict')} cancels)")
+
+    def _predict_progress(self, done: int, total: int) -> None:
+        self.predict_bar.setRange(0, max(total, 1))
+        self.predict_bar.setValue(done)
+        self.statusBar().showMessage(
+            f"predicting {done}/{total} images… ({self._keys('cancel_predict')} cancels)")
+
+    def _predict_all_finished(self, task: Task, project: Project,
+                              summary: dict[str, Any] | None, error: str) -> None:
+        self._tasks.discard(task)
+        if self._predict_all is not None and self._predict_all[0] is task:
+            self._predict_all = None
+        self._sync_predict_ui()
+        if project is not self.project:  # the window moved on to another project
+            return
+        if summary is None:
+            self.show_error(f"predict all: {error}")
+            self._after_rows_note = f"error: predict all: {error}"
+            result: dict[str, Any] = {"error": error}
+        else:
+            skipped = f", {summary['skipped']} unreadable" if summary.get("skipped") else ""
+            if summary.get("cancelled"):
+                note = (f"prediction cancelled: {summary['done']} of {summary['total']} images "
+                        f"done and saved{skipped}")
+            else:
+                note = (f"predicted {summary['predicted']} images with "
+                        f"{summary['version']}{skipped}")
+            self.statusBar().showMessage(note, 15000)
+            self._after_rows_note = note
+            result = dict(summary)
+        self.refresh()  # suggestions, filters and sort by score use the new predictions
+        self.predictAllDone.emit(result)
+
+    def cancel_predict(self) -> None:
+        """Stop the running prediction after its current batch; saved batches stay."""
+        if self._predict_all is not None:
+            self._predict_all[1].set()
+            self.statusBar().showMessage("cancelling after the current batch…")
+        if self.predict_proc.running():
+            self.predict_proc.terminate()  # the child stops after its batch too (SIGTERM)
+
+    def _sync_predict_ui(self) -> None:
+        """Progress bar, Cancel button and action enabled only while a prediction runs."""
+        running = self.prediction_running()
+        if running and self.predict_bar.isHidden():
+            self.predict_bar.setRange(0, 0)  # busy until the first batch reports
+        self.predict_bar.setVisible(running)
+        self.predict_cancel_button.setVisible(running)
+        self.actions_by_name["cancel_predict"].setEnabled(running)
 
     def open_training(self) -> None:
         from defectssft_gui.train_dialog import TrainDialog
@@ -809,6 +923,8 @@ class MainWindow(QMainWindow):
         if dlg is not None:
             dlg.shutdown()
         self.predict_proc.terminate()
+        if self._predict_all is not None:
+            self._predict_all[1].set()  # the pool thread stops after its current batch
         self.stop_watch()
         self.pool.waitForDone(10000)
         self.query_pool.waitForDone(10000)

@@ -34,3 +34,17 @@ def add_fake_model(project, version: str = "v0001", probs: dict[int, list[float]
             probs[image_id] = p
     project.save_predictions(version, probs.items())
     return probs
+
+
+def add_tiny_model(project, input_size: int = 32) -> str:
+    """Save and register an untrained ``test_resnet`` (real weights file, random predictions)."""
+    from defectssft.modeling import build_model, save_model_file
+
+    version, folder = project.new_model_dir()
+    model = build_model("test_resnet", len(CLASSES), weights="none")
+    save_model_file(folder / "model.pt", model, {
+        "model_name": "test_resnet", "classes": CLASSES, "ok_class": "ok",
+        "input": {"height": input_size, "width": input_size, "bit_depth": 8},
+        "mean": [0.5] * 3, "std": [0.5] * 3, "version": version})
+    project.register_model(version, {"classes": CLASSES}, {})
+    return version

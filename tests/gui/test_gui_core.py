@@ -144,12 +144,59 @@ def test_label_session_undo_redo_and_history(gui_project):
     assert s.apply([a], None) is None  # already unlabeled: nothing to record
 
 
-def test_label_session_follows_a_class_rename(gui_project):
+def test_bulk_change_is_one_undo_step_and_one_transaction(gui_project, monkeypatch):
     p = gui_project
+    a, b, c, d = p.image_ids()[:4]
+    s = LabelSession(p, who="alice")
+    s.apply([a], "scratch")
+    s.apply([b], "ok")
+    writes = []
+    real = p.set_labels_each
+    monkeypatch.setattr(p, "set_labels_each", lambda labels, **kw: writes.append(dict(labels))
+                        or real(labels, **kw))
+    change = s.apply_each({a: "dent", b: "dent", c: "scratch", d: None})  # d: no change
+    assert change is not None and change.image_ids == [a, b, c]
+    assert [p.get_image(i).label for i in (a, b, c)] == ["dent", "dent", "scratch"]
+    assert s.undo() is change  # one step puts back three different labels...
+    assert [p.get_image(i).label for i in (a, b, c)] == ["scratch", "ok", None]
+    assert s.redo() is change  # ...and one step re-applies them
+    assert [p.get_image(i).label for i in (a, b, c)] == ["dent", "dent", "scratch"]
+    assert len(writes) == 3  # apply, undo, redo: one transaction each
+    # Each image still has its own history event for every step.
+    assert [e.label for e in p.label_history(a)] == ["scratch", "dent", "scratch", "dent"]
+    assert all(e.who == "alice" and e.source == "human" for e in p.label_history(c))
+    s.undo()
+    s.undo()
+    s.undo()
+    assert [p.get_image(i).label for i in (a, b, c)] == [None, None, None]
+    assert not s.can_undo
+
+
+def _two_steps(p):
+    """A session that labeled image a 'scratch', then a and b 'dent'."""
     a, b = p.image_ids()[:2]
     s = LabelSession(p)
     s.apply([a], "scratch")
     s.apply([a, b], "dent")
+    return s, a, b
+
+
+def test_failed_undo_keeps_the_step(gui_project):
+    p = gui_project
+    s, a, b = _two_steps(p)
+    p.rename_class("scratch", "scratches")  # the stack was not told: undo names a lost class
+    with pytest.raises(DefectssftError, match="unknown class 'scratch'"):
+        s.undo()
+    assert [p.get_image(i).label for i in (a, b)] == ["dent", "dent"]  # nothing half-undone
+    assert s.can_undo
+    s.rename_class("scratch", "scratches")
+    s.undo()
+    assert [p.get_image(i).label for i in (a, b)] == ["scratches", None]
+
+
+def test_label_session_follows_a_class_rename(gui_project):
+    p = gui_project
+    s, a, b = _two_steps(p)
     s.undo()
     p.rename_class("scratch", "scratches")
     s.rename_class("scratch", "scratches")

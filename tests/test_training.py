@@ -18,7 +18,7 @@ import yaml
 
 from defectssft.cli import main as cli_main
 from defectssft.errors import ConfigError, DefectssftError
-from defectssft.training.config import parse_duration, resolve_config
+from defectssft.training.config import parse_duration, resolve_config, resolve_for_data
 from defectssft.training.data import DataError, SeededSampler, TrainData
 from defectssft.training.loop import train
 
@@ -167,13 +167,22 @@ def test_config_errors_are_one_line(sets, message):
     assert "\n" not in str(e.value)
 
 
-def test_learning_rate_and_weight_decay_follow_the_optimizer_unless_set():
+def test_auto_recipe_follows_the_kind_of_project_and_lr_follows_the_optimizer():
     c = resolve_config()
-    assert (c["train"]["optimizer"], c["train"]["lr"], c["train"]["weight_decay"]) == ("adamw", 3e-4, 0.01)
-    c = resolve_config(sets=["train.optimizer=sgd"])
-    assert (c["train"]["lr"], c["train"]["weight_decay"]) == (0.03, 5e-4)
-    c = resolve_config(sets=["train.optimizer=sgd", "train.lr=0.1", "train.weight_decay=0"])
-    assert (c["train"]["lr"], c["train"]["weight_decay"]) == (0.1, 0.0)
+    assert (c["train"]["optimizer"], c["ssl"]["pseudo_from"], c["train"]["lr"]) == ("auto", "auto", None)
+    ok_ng = resolve_for_data(c, has_ok_class=True)
+    assert (ok_ng["train"]["optimizer"], ok_ng["ssl"]["pseudo_from"]) == ("sgd", "ema")
+    assert (ok_ng["train"]["lr"], ok_ng["train"]["weight_decay"]) == (0.03, 5e-4)
+    types = resolve_for_data(c, has_ok_class=False)
+    assert (types["train"]["optimizer"], types["ssl"]["pseudo_from"]) == ("adamw", "student")
+    assert (types["train"]["lr"], types["train"]["weight_decay"]) == (3e-4, 0.01)
+    assert c["train"]["optimizer"] == "auto"  # the input is not modified
+    # what the user sets wins; an empty lr follows the optimizer chosen
+    c = resolve_for_data(resolve_config(sets=["train.optimizer=sgd", "ssl.pseudo_from=student"]), False)
+    assert (c["train"]["optimizer"], c["ssl"]["pseudo_from"], c["train"]["lr"]) == ("sgd", "student", 0.03)
+    c = resolve_config(sets=["train.optimizer=adamw", "train.lr=0.001", "train.weight_decay=0"])
+    assert (c["train"]["lr"], c["train"]["weight_decay"]) == (0.001, 0.0)
+    assert resolve_for_data(resolve_config(sets=["train.ema_decay=0"]), True)["ssl"]["pseudo_from"] == "student"
     with pytest.raises(ConfigError, match="train.lr must be a number"):
         resolve_config(sets=["train.lr=fast"])
 

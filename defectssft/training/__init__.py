@@ -79,7 +79,7 @@ def train_project(
     from defectssft.modeling import save_model_file
     from defectssft.project import Project
     from defectssft.training import ddp
-    from defectssft.training.config import merge, resolve_config, validate
+    from defectssft.training.config import merge, resolve_config, resolve_for_data, validate
     from defectssft.training.data import from_project
     from defectssft.training.loop import train
 
@@ -104,6 +104,7 @@ def train_project(
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             ddp.barrier(info)
         data = from_project(project)
+        cfg = resolve_for_data(cfg, data.ok_class is not None and data.ok_class in data.classes)
         handler = _attach_log_file(run_dir / "train.log") if info.is_main else None
         try:
             log.info("run %s: %d labeled, %d unlabeled, %d val images, classes %s",

@@ -36,6 +36,7 @@ from defectssft.modeling import atomic_torch_save, build_model, default_normaliz
 from defectssft.training import ddp
 from defectssft.training import objectives as obj
 from defectssft.training.augment import StrongAugment, to_model_input, weak_transform
+from defectssft.training.config import resolve_for_data
 from defectssft.training.data import (
     ImageDataset,
     TrainData,
@@ -99,7 +100,10 @@ def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
 
 
 def make_optimizer(model: nn.Module, tc: dict[str, Any]) -> torch.optim.Optimizer:
-    """No weight decay on biases and norm layers (1-d parameters)."""
+    """No weight decay on biases and norm layers (1-d parameters). ``tc`` is a resolved train
+    section (``config.resolve_for_data``: no ``auto`` optimizer, no empty lr)."""
+    if tc["optimizer"] not in ("adamw", "sgd") or tc["lr"] is None or tc["weight_decay"] is None:
+        raise DefectssftError("make_optimizer needs a config resolved by config.resolve_for_data")
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": tc["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
@@ -265,6 +269,7 @@ def train(
     dist_info: ddp.DistInfo | None = None,
 ) -> TrainResult:
     """Train on ``data`` with the validated config ``cfg``; see the module docstring."""
+    cfg = resolve_for_data(cfg, data.ok_class is not None and data.ok_class in data.classes)
     mc, ic, sc, ac, tc = cfg["model"], cfg["input"], cfg["ssl"], cfg["augment"], cfg["train"]
     info = dist_info or ddp.DistInfo()
     run_dir = Path(run_dir)

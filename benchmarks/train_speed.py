@@ -1,11 +1,17 @@
-"""Training throughput on this machine: images/s of supervised steps and of FixMatch steps
-(labeled + weak + strong unlabeled), and the share of a FixMatch step spent in the batched
-strong augmentation. Synthetic uint8 batches, so decoding is not measured here.
+"""Training throughput on this machine: images/s of supervised steps and of semi-supervised
+steps, and the share of a semi-supervised step spent in the batched strong augmentation.
 
-    .venv/bin/python benchmarks/train_speed.py --quick
-    .venv/bin/python benchmarks/train_speed.py --sizes 64 96 128 224 --device cuda
+Two semi-supervised steps, as in ``defectssft.training.loop``: ``ssl`` (``ssl.pseudo_from:
+student``, the default for projects of defect types only: one forward pass over labeled + weak + strong views) and
+``ssl_ema`` (``ssl.pseudo_from: ema``: the EMA teacher labels the weak view without gradients,
+the student sees labeled + strong; the default for projects with an OK class). Same optimizer and the same autocast
+as training (bf16/fp16 on CUDA, none on the CPU). Synthetic uint8 batches already on the device,
+so decoding is not measured here.
 
-Writes benchmarks/results/train_speed.json.
+    .venv/bin/python benchmarks/train_speed.py --quick --threads 1
+    .venv/bin/python benchmarks/train_speed.py --sizes 96 128 224 --batch 32 --device cuda
+
+Writes benchmarks/results/train_speed[_NAME].json.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import argparse
 import copy
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,7 +31,8 @@ from benchmarks.common import write_results  # noqa: E402
 from defectssft.modeling import build_model, default_normalization  # noqa: E402
 from defectssft.training import objectives as obj  # noqa: E402
 from defectssft.training.augment import StrongAugment, to_model_input  # noqa: E402
-from defectssft.training.loop import ema_update  # noqa: E402
+from defectssft.training.config import resolve_config, resolve_for_data  # noqa: E402
+from defectssft.training.loop import amp_dtype, ema_update, make_optimizer  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -31,42 +40,66 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model_name: str, size: int, batch: int, mu: int, steps: int, device: torch.device) -> dict:
+def measure(model_name: str, size: int, batch: int, mu: int, steps: int, device: torch.device,
+            amp: str = "auto") -> dict:
     model = build_model(model_name, 6, weights="none").to(device).train()
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     mean, std = default_normalization(model_name, "none")
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = make_optimizer(model, resolve_for_data(resolve_config(), has_ok_class=False)["train"])
+    dtype = amp_dtype(amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     strong = StrongAugment().to(device)
     x_l = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     y_l = torch.randint(0, 6, (batch,), device=device)
     x_u = torch.randint(0, 256, (batch * mu, 3, size, size), dtype=torch.uint8, device=device)
-
-    def sup_step() -> None:
-        loss = obj.supervised_loss(model(to_model_input(x_l, mean, std)), y_l)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
     aug_time = [0.0]
 
-    def ssl_step() -> None:
+    def autocast():  # noqa: ANN202
+        return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+    def update(loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def sup_step() -> None:
+        with autocast():
+            logits = model(to_model_input(x_l, mean, std))
+        update(obj.supervised_loss(logits, y_l))
+
+    def strong_view() -> torch.Tensor:
         sync(device)
         t = time.perf_counter()
-        u_strong = to_model_input(strong(x_u), mean, std)
+        out = to_model_input(strong(x_u), mean, std)
         sync(device)
         aug_time[0] += time.perf_counter() - t
-        with torch.no_grad():
-            probs = teacher(to_model_input(x_u, mean, std)).softmax(1)
-        logits = model(torch.cat([to_model_input(x_l, mean, std), u_strong]))
-        loss_u, _ = obj.fixmatch_loss(probs, logits[batch:], 0.95)
-        loss = obj.supervised_loss(logits[:batch], y_l) + loss_u
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return out
+
+    def ssl_step(pseudo_from: str) -> None:
+        u_strong = strong_view()
+        u_weak = to_model_input(x_u, mean, std)
+        with autocast():
+            if pseudo_from == "ema":
+                with torch.no_grad():
+                    logits_weak = teacher(u_weak)
+                logits = model(torch.cat([to_model_input(x_l, mean, std), u_strong]))
+                logits_l, logits_s = logits[:batch], logits[batch:]
+            else:
+                logits = model(torch.cat([to_model_input(x_l, mean, std), u_weak, u_strong]))
+                logits_l, logits_weak, logits_s = logits[:batch], logits[batch:batch + len(x_u)], logits[batch + len(x_u):]
+        loss_u, _ = obj.fixmatch_loss(logits_weak.float().softmax(1).detach(), logits_s, 0.95)
+        update(obj.supervised_loss(logits_l, y_l) + loss_u)
         ema_update(teacher, model, 0.99)
 
-    out = {"model": model_name, "size": size, "batch": batch, "mu": mu, "device": str(device)}
-    for name, fn, images in (("supervised", sup_step, batch), ("fixmatch", ssl_step, batch * (1 + mu))):
+    out: dict = {"model": model_name, "size": size, "batch": batch, "mu": mu, "device": str(device),
+                 "autocast": str(dtype).replace("torch.", "") if dtype else "off"}
+    modes: tuple[tuple[str, Callable[[], None], int], ...] = (
+        ("supervised", sup_step, batch),
+        ("ssl", lambda: ssl_step("student"), batch * (1 + mu)),
+        ("ssl_ema", lambda: ssl_step("ema"), batch * (1 + mu)),
+    )
+    for name, fn, images in modes:
         fn()  # warm-up
         aug_time[0] = 0.0
         sync(device)
@@ -77,8 +110,8 @@ def measure(model_name: str, size: int, batch: int, mu: int, steps: int, device:
         dt = (time.perf_counter() - t) / steps
         out[f"{name}_step_s"] = dt
         out[f"{name}_img_s"] = images / dt
-        if name == "fixmatch":
-            out["strong_aug_share"] = aug_time[0] / steps / dt
+        if name != "supervised":
+            out[f"{name}_strong_aug_share"] = aug_time[0] / steps / dt
     return out
 
 
@@ -92,17 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                    help="autocast as train.amp (auto: bf16/fp16 on CUDA, off on the CPU)")
+    ap.add_argument("--name", default=None, help="results file suffix")
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.steps = [64, 96], 3
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = [measure(args.model, s, args.batch, args.mu, args.steps, device) for s in args.sizes]
-    print(f"{'size':>5} {'sup img/s':>10} {'fixmatch img/s':>15} {'fixmatch s/step':>16} {'strong aug share':>17}")
+    rows = [measure(args.model, s, args.batch, args.mu, args.steps, device, args.amp) for s in args.sizes]
+    print(f"{'size':>5} {'autocast':>9} {'sup img/s':>10} {'ssl img/s':>10} {'ssl s/step':>11} "
+          f"{'aug share':>10} {'ssl_ema img/s':>14} {'aug share':>10}")
     for r in rows:
-        print(f"{r['size']:>5} {r['supervised_img_s']:>10.1f} {r['fixmatch_img_s']:>15.1f} "
-              f"{r['fixmatch_step_s']:>16.2f} {100 * r['strong_aug_share']:>16.1f}%")
-    out = write_results("train_speed", {"args": vars(args), "rows": rows})
+        print(f"{r['size']:>5} {r['autocast']:>9} {r['supervised_img_s']:>10.1f} {r['ssl_img_s']:>10.1f} "
+              f"{r['ssl_step_s']:>11.2f} {100 * r['ssl_strong_aug_share']:>9.1f}% "
+              f"{r['ssl_ema_img_s']:>14.1f} {100 * r['ssl_ema_strong_aug_share']:>9.1f}%")
+    name = f"train_speed_{args.name}" if args.name else "train_speed"
+    out = write_results(name, {"args": vars(args), "rows": rows})
     print(f"wrote {out}")
     return 0
 

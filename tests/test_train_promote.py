@@ -8,20 +8,11 @@ from pathlib import Path
 from defectssft.cli import main as cli_main
 from defectssft.export import read_metadata
 from defectssft.project import Project
-from tests.test_training import _cli_sets, _write
+from tests.test_training import _cli_sets, _tiny_project
 
 
 def _project_with_test_split(root: Path) -> Project:
-    p = Project.create(root / "proj", classes=["ok", "dent"], ok_class="ok")
-    p.set_setting("input.bit_depth", 8)
-    for c, name in enumerate(["ok", "dent"]):
-        for i in range(8):
-            r = p.add_image(_write(root / "src" / f"{name}{i}.png", 60 + 130 * c, 500 + i + 10 * c))
-            p.set_label(r.image_id, name, who="test", source="human")
-    for i in range(6):
-        p.add_image(_write(root / "src" / f"u{i}.png", 60 + 130 * (i % 2), 600 + i))
-    p.assign_splits(val_fraction=0.25, test_fraction=0.25)
-    return p
+    return _tiny_project(root, unlabeled=6, test_fraction=0.25, seed=500)
 
 
 def test_train_promote_if_better_publishes_first_model_then_compares(tmp_path, capsys):

@@ -213,18 +213,19 @@ def test_config_files_presets_and_durations(tmp_path):
 # ----------------------------------------------------------------------------- project + CLI
 
 
-def _tiny_project(root: Path):
+def _tiny_project(root: Path, unlabeled: int = 8, test_fraction: float = 0.0, seed: int = 300):
+    """An ok/dent project of 8 labeled 40 px images per class and ``unlabeled`` more, split."""
     from defectssft.project import Project
 
     p = Project.create(root / "proj", classes=["ok", "dent"], ok_class="ok")
     p.set_setting("input.bit_depth", 8)
     for c, name in enumerate(["ok", "dent"]):
         for i in range(8):
-            r = p.add_image(_write(root / "src" / f"{name}{i}.png", 60 + 130 * c, 300 + i + 10 * c))
+            r = p.add_image(_write(root / "src" / f"{name}{i}.png", 60 + 130 * c, seed + i + 10 * c))
             p.set_label(r.image_id, name, who="test", source="human")
-    for i in range(8):
-        p.add_image(_write(root / "src" / f"u{i}.png", 60 + 130 * (i % 2), 400 + i))
-    p.assign_splits(val_fraction=0.25, test_fraction=0.0)
+    for i in range(unlabeled):
+        p.add_image(_write(root / "src" / f"u{i}.png", 60 + 130 * (i % 2), seed + 100 + i))
+    p.assign_splits(val_fraction=0.25, test_fraction=test_fraction)
     return p
 
 

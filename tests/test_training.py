@@ -251,7 +251,11 @@ def test_train_command_writes_a_registered_model_version(tmp_path, capsys):
     assert meta["classes"] == ["ok", "dent"] and meta["ok_class"] == "ok"
     assert meta["input"] == {"height": 32, "width": 32, "bit_depth": 8} and meta["version"] == "v0001"
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
-    assert yaml.safe_load((mdir / "config.yaml").read_text())["model"]["name"] == "test_resnet"
+    saved = yaml.safe_load((mdir / "config.yaml").read_text())
+    assert saved["model"]["name"] == "test_resnet"
+    # the version records the recipe as run: auto resolved for a project with an OK class
+    assert (saved["train"]["optimizer"], saved["ssl"]["pseudo_from"]) == ("sgd", "ema")
+    assert meta["config"] == saved
     assert p.get_model("v0001")["meta"]["data_hash"] == p.training_data().data_hash
 
 

@@ -79,7 +79,7 @@ def train_project(
     from defectssft.modeling import save_model_file
     from defectssft.project import Project
     from defectssft.training import ddp
-    from defectssft.training.config import merge, resolve_config, resolve_for_data, validate
+    from defectssft.training.config import merge, resolve_config, validate
     from defectssft.training.data import from_project
     from defectssft.training.loop import train
 
@@ -104,7 +104,6 @@ def train_project(
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             ddp.barrier(info)
         data = from_project(project)
-        cfg = resolve_for_data(cfg, data.ok_class is not None and data.ok_class in data.classes)
         handler = _attach_log_file(run_dir / "train.log") if info.is_main else None
         try:
             log.info("run %s: %d labeled, %d unlabeled, %d val images, classes %s",
@@ -119,6 +118,7 @@ def train_project(
             if not info.is_main:  # rank 0 writes the model version; the others learn its name
                 return ddp.broadcast_object(info, None)
             version, model_dir = project.new_model_dir()
+            cfg = result.config  # as run: the auto recipe resolved for this project's data
             meta = {
                 "model_name": cfg["model"]["name"], "num_classes": len(data.classes),
                 "classes": data.classes, "ok_class": data.ok_class,

@@ -63,6 +63,10 @@ class TrainData:
         if need_unlabeled and not self.unlabeled:
             log.warning("no unlabeled images: the semi-supervised term has nothing to learn from")
 
+    def ok_index(self) -> int | None:
+        """Index of the OK class among ``classes`` (None: a project of defect types only)."""
+        return self.classes.index(self.ok_class) if self.ok_class in self.classes else None
+
     def class_counts(self) -> list[int]:
         return np.bincount([lab for _, lab in self.labeled], minlength=len(self.classes)).tolist()
 

@@ -56,6 +56,7 @@ class TrainResult:
     steps: int
     run_dir: Path
     weights: dict[str, torch.Tensor]  # what to ship: best (else final) EMA/student weights
+    config: dict[str, Any] = field(default_factory=dict)  # the config as run (every auto resolved)
     metrics: dict[str, float] = field(default_factory=dict)  # validation metrics of `weights`
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
@@ -269,7 +270,7 @@ def train(
     dist_info: ddp.DistInfo | None = None,
 ) -> TrainResult:
     """Train on ``data`` with the validated config ``cfg``; see the module docstring."""
-    cfg = resolve_for_data(cfg, data.ok_class is not None and data.ok_class in data.classes)
+    cfg = resolve_for_data(cfg, has_ok_class=data.ok_index() is not None)
     mc, ic, sc, ac, tc = cfg["model"], cfg["input"], cfg["ssl"], cfg["augment"], cfg["train"]
     info = dist_info or ddp.DistInfo()
     run_dir = Path(run_dir)
@@ -351,7 +352,7 @@ def train(
                               skip_unreadable=True)
         unlabeled_it = infinite_loader(unl_ds, bs_u, tc["seed"] + 1, start_step, nw, info.rank, info.world, pin)
     val_loader = eval_loader(data.val, height, width, bit_depth, num_workers=0) if data.val else None
-    ok_index = data.classes.index(data.ok_class) if data.ok_class in data.classes else None
+    ok_index = data.ok_index()
     if restored_rng is not None:  # after the loaders: their creation draws from the global RNG
         set_rng_state(restored_rng)
 
@@ -523,5 +524,5 @@ def train(
     weights = {k: v.detach().cpu() for k, v in weights.items()}
     weights, metrics = ddp.broadcast_object(info, (weights, metrics))  # rank 0's choice everywhere
     emit({"event": "done", "status": status, "step": step, "steps": steps, "elapsed_s": elapsed(), **metrics})
-    return TrainResult(status=status, step=step, steps=steps, run_dir=run_dir, weights=weights,
+    return TrainResult(status=status, step=step, steps=steps, run_dir=run_dir, weights=weights, config=cfg,
                        metrics=metrics, mean=mean, std=std, elapsed_s=elapsed())

@@ -10,15 +10,29 @@ By default (``reconnect=None``) live sources (a device index such as ``0``, ``/d
 ``rtsp://``/``http://`` URL, a GStreamer pipeline) reconnect forever, while a video file or an
 image sequence (``frames_%04d.png``) is played once and its end ends the stream cleanly;
 ``reconnect=True`` replays a file (a loop), ``reconnect=False`` makes a live source end at its
-first failure. The opener and the sleep are parameters, so tests need no camera and no waiting.
+first failure.
+
+A driver may also *hang* in the open or in ``read()`` (some RTSP/FFmpeg back-ends block for a long
+time on a dead stream). With ``read_timeout`` (seconds) the open and each read run on a daemon
+thread and the caller waits at most that long, in short slices so Ctrl+C still stops it. A call
+that does not return in time is abandoned: one line on the log, and the normal reconnect (backoff,
+``max_attempts``) with a fresh capture. The abandoned capture is never released by the caller
+while its thread is inside the driver; the thread releases it if the call ever returns, and
+``hung_reads`` counts the abandoned calls still inside. By default (``read_timeout="auto"``) a
+stream (URL, GStreamer pipeline) gets 30 s; a device and a file get none, since a hardware-
+triggered industrial camera may legitimately block in ``read()`` until a part arrives. ``None``
+or ``0`` turns it off: the open and the read are then called directly, on the caller's thread.
+
+The opener and the sleep are parameters, so tests need no camera and no waiting.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,6 +40,9 @@ from defectssft_line.model import LineError
 
 DEFAULT_FIRST_WAIT = 0.5
 DEFAULT_MAX_WAIT = 5.0
+DEFAULT_STREAM_READ_TIMEOUT = 30.0  # seconds; only for stream sources (see default_read_timeout)
+AUTO: Literal["auto"] = "auto"  # read_timeout: by the kind of source
+_WAIT_SLICE = 0.1  # the caller waits for a threaded open/read in slices this long
 
 Opener = Callable[[str], Any]  # source -> an opened capture (cv2.VideoCapture-like) or None
 
@@ -41,6 +58,12 @@ def source_kind(source: str) -> str:
     if "://" in source or " ! " in source:
         return "stream"
     return "file"  # a video file or an image sequence pattern such as frame_%04d.png
+
+
+def default_read_timeout(kind: str) -> float | None:
+    """The read timeout for a ``source_kind``: 30 s for a stream; None (off) for a device, which
+    may block in read() until a hardware trigger fires, and for a file."""
+    return DEFAULT_STREAM_READ_TIMEOUT if kind == "stream" else None
 
 
 def open_capture(source: str) -> Any:
@@ -72,6 +95,54 @@ def _release(cap: Any) -> None:
         pass
 
 
+def _release_if_any(cap: Any) -> None:
+    if cap is not None:
+        _release(cap)
+
+
+class _Call:
+    """One open or read running on its own daemon thread (see CameraStream._call). The stream's
+    lock orders "the call returned" against "the caller abandoned it", so exactly one side
+    cleans up what the call returned."""
+
+    def __init__(self, fn: Callable[[], Any], cleanup: Callable[[Any], None],
+                 stream: CameraStream) -> None:
+        self.fn, self.cleanup, self.stream = fn, cleanup, stream
+        self.done = threading.Event()
+        self.abandoned = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, raised there
+            self.error = e
+        with self.stream._lock:
+            abandoned = self.abandoned
+            self.done.set()
+        if abandoned:  # nobody waits for it any more: release what it holds here
+            try:
+                self.cleanup(self.result)
+            finally:
+                with self.stream._lock:
+                    self.stream._hung -= 1
+            self.result = self.error = None
+
+    def abandon(self) -> bool:
+        """True when the call was still running and is now abandoned (its thread cleans up);
+        False when it had returned (the caller owns the result)."""
+        with self.stream._lock:
+            if self.done.is_set():
+                return False
+            self.abandoned = True
+            self.stream._hung += 1
+            return True
+
+
+_TIMED_OUT = object()
+
+
 class CameraStream:
     """Yields frames from ``source``, reopening it after failures (see the module docstring)."""
 
@@ -79,10 +150,17 @@ class CameraStream:
                  first_wait: float = DEFAULT_FIRST_WAIT, max_wait: float = DEFAULT_MAX_WAIT,
                  max_attempts: int = 0, opener: Opener | None = None,
                  sleep: Callable[[float], None] | None = None,
-                 log: Callable[[str], None] = _stderr) -> None:
+                 log: Callable[[str], None] = _stderr,
+                 read_timeout: float | None | Literal["auto"] = AUTO) -> None:
         self.source = source
         self.kind = source_kind(source)
         self.reconnect = self.kind != "file" if reconnect is None else reconnect
+        if read_timeout == AUTO:
+            read_timeout = default_read_timeout(self.kind)
+        elif read_timeout is not None and not read_timeout >= 0:
+            raise ValueError(f"read_timeout must be >= 0 or None, got {read_timeout}")
+        # seconds an open or a read may take before it is abandoned; None: no limit, no thread
+        self.read_timeout: float | None = float(read_timeout) if read_timeout else None
         self.first_wait, self.max_wait = first_wait, max(max_wait, first_wait)
         self.max_attempts = max_attempts
         self._open = opener or open_capture
@@ -91,34 +169,85 @@ class CameraStream:
         self.frames_read = 0
         self.reconnects = 0  # times a lost source came back with frames
         self.failed_attempts = 0  # opens (first one included) that brought no frame, in total
+        self.timeouts = 0  # opens/reads abandoned after read_timeout, in total
         self.gave_up = False
+        self._lock = threading.Lock()
+        self._hung = 0
 
-    def _try_open(self) -> tuple[Any, str | None]:
+    @property
+    def hung_reads(self) -> int:
+        """Abandoned opens/reads (timed out, or left by Ctrl+C) whose thread is still inside the
+        driver. Each holds a thread and its capture until the driver returns."""
+        with self._lock:
+            return self._hung
+
+    def _call(self, fn: Callable[[], Any], cleanup: Callable[[Any], None]) -> Any:
+        """``fn()`` on a daemon thread: its result (its exception is raised here) if it returns
+        within ``read_timeout``, else ``_TIMED_OUT``. A call given up on (timeout, or Ctrl+C
+        while waiting) is left to its thread, which runs ``cleanup(result)`` if ``fn`` ever
+        returns: a capture in use by the driver is never released from here."""
+        assert self.read_timeout
+        call = _Call(fn, cleanup, self)
+        threading.Thread(target=call.run, name=f"camera {self.source}", daemon=True).start()
+        deadline = time.monotonic() + self.read_timeout
+        try:  # short slices: Ctrl+C (KeyboardInterrupt) gets through on every platform
+            while not call.done.wait(min(_WAIT_SLICE, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    break
+        except BaseException:
+            if not call.abandon():  # it returned meanwhile: its result is ours to clean up
+                cleanup(call.result)
+            raise
+        if call.abandon():
+            self.timeouts += 1
+            return _TIMED_OUT
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _try_open(self) -> tuple[Any, str | None, bool]:
+        """(capture or None, why not, whether the open hung and was abandoned)."""
         try:
-            cap = self._open(self.source)
+            if self.read_timeout:
+                cap = self._call(lambda: self._open(self.source), _release_if_any)
+                if cap is _TIMED_OUT:
+                    return None, (f"cannot open within {self.read_timeout:g} s (open hung in "
+                                  f"the driver)"), True
+            else:
+                cap = self._open(self.source)
         except Exception as e:  # noqa: BLE001 - a driver error is one more failed attempt
-            return None, f"cannot open ({type(e).__name__}: {e})"
-        return (cap, None) if cap is not None else (None, "cannot open")
+            return None, f"cannot open ({type(e).__name__}: {e})", False
+        return (cap, None, False) if cap is not None else (None, "cannot open", False)
 
-    def _read(self, cap: Any) -> tuple[np.ndarray | None, str | None]:
+    def _read(self, cap: Any) -> tuple[np.ndarray | None, str | None, bool]:
+        """(frame or None, why not, whether the read hung and ``cap`` was abandoned: then it
+        must not be released here)."""
         try:
-            ok, frame = cap.read()
+            if self.read_timeout:
+                got = self._call(cap.read, lambda _: _release(cap))
+                if got is _TIMED_OUT:
+                    return None, (f"no frame within {self.read_timeout:g} s (read hung in the "
+                                  f"driver)"), True
+                ok, frame = got
+            else:
+                ok, frame = cap.read()
         except Exception as e:  # noqa: BLE001 - treated like a dropped camera
-            return None, f"read failed ({type(e).__name__}: {e})"
+            return None, f"read failed ({type(e).__name__}: {e})", False
         if not ok or frame is None:
             if self.kind == "file":
-                return None, "end of video"
-            return None, "no frame (stream ended or camera dropped)"
-        return frame, None
+                return None, "end of video", False
+            return None, "no frame (stream ended or camera dropped)", False
+        return frame, None, False
 
     def frames(self) -> Iterator[np.ndarray]:
         """Frames until the source ends (file), fails without reconnect, or ``max_attempts``
         reopen attempts in a row fail. Raises LineError when the source never opens and is not
         to be reconnected. Closing the iterator releases the capture."""
         name = f"camera {self.source}"
-        cap, reason = self._try_open()
+        cap, reason, hung = self._try_open()
         if cap is None and not self.reconnect:
-            raise LineError(f"cannot open camera/video source {self.source!r}")
+            why = f" within {self.read_timeout:g} s (open hung in the driver)" if hung else ""
+            raise LineError(f"cannot open camera/video source {self.source!r}{why}")
         fresh = True  # cap was just opened and has not given a frame yet
         if cap is None:
             self.failed_attempts += 1
@@ -147,17 +276,24 @@ class CameraStream:
                     if reason == "end of video":  # --reconnect on a file: play it again
                         self._log(f"{name}: end of video; reopening in {delay:g} s")
                     else:
-                        self._log(f"warning: {name}: {reason}; reconnecting in {delay:g} s "
+                        verb = "abandoning it and reconnecting" if hung else "reconnecting"
+                        self._log(f"warning: {name}: {reason}; {verb} in {delay:g} s "
                                   f"(attempt {attempts}{limit})")
                     self._sleep(delay)
-                    cap, reason = self._try_open()
+                    cap, reason, hung = self._try_open()
                     fresh = True
                     if cap is None:
                         self.failed_attempts += 1
                         continue
-                frame, reason = self._read(cap)
+                try:
+                    frame, reason, hung = self._read(cap)
+                except BaseException:  # Ctrl+C: a threaded read saw to its capture (_call)
+                    if self.read_timeout:
+                        cap = None
+                    raise
                 if frame is None:
-                    _release(cap)
+                    if not hung:  # a hung read's thread releases its capture, if it returns
+                        _release(cap)
                     cap = None
                     if fresh:
                         self.failed_attempts += 1  # opened, but no frame came

@@ -25,8 +25,10 @@ import numpy as np
 
 from defectssft_line import __version__
 from defectssft_line.camera import (
+    AUTO,
     DEFAULT_FIRST_WAIT,
     DEFAULT_MAX_WAIT,
+    DEFAULT_STREAM_READ_TIMEOUT,
     CameraStream,
     Opener,
 )
@@ -63,6 +65,7 @@ def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str
 
 _fraction = _number(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 _positive_float = _number(float, lambda v: v > 0, "> 0")
+_non_negative_float = _number(float, lambda v: v >= 0, ">= 0")
 _count = _number(int, lambda v: v >= 0, ">= 0")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
 
@@ -197,22 +200,33 @@ def _run_camera(runner: Runner, args: argparse.Namespace, opener: Opener | None 
     """Score frames until the source ends (a file), --max-frames, Ctrl+C, or --max-reconnects
     failed reopen attempts in a row. Exit status 1 when frames were skipped or the source was
     given up; LineError (status 2) when not a single frame was read."""
+    read_timeout = AUTO if args.read_timeout is None else args.read_timeout
     stream = CameraStream(args.camera, reconnect=args.reconnect, first_wait=args.reconnect_wait,
                           max_wait=args.reconnect_max_wait, max_attempts=args.max_reconnects,
-                          opener=opener, sleep=sleep, log=_log)
+                          opener=opener, sleep=sleep, log=_log, read_timeout=read_timeout)
     mode = "reconnects when lost" if stream.reconnect else "ends when the source ends"
+    if stream.read_timeout:
+        mode += f", read timeout {stream.read_timeout:g} s"
     _log(f"camera {args.camera} ({stream.kind}, {mode}; model "
          f"{runner.holder.model.version or '?'}); Ctrl+C to stop")
     n = 0
-    with closing(stream.frames()) as frames:
-        for frame in frames:
-            n += 1
-            runner.score_frame(f"frame{n:06d}.png", frame)
-            if args.max_frames and n >= args.max_frames:
-                break
-    if stream.reconnects or stream.failed_attempts:
-        _log(f"camera {args.camera}: {stream.reconnects} reconnect(s), "
-             f"{stream.failed_attempts} failed attempt(s)")
+    try:
+        with closing(stream.frames()) as frames:
+            for frame in frames:
+                n += 1
+                runner.score_frame(f"frame{n:06d}.png", frame)
+                if args.max_frames and n >= args.max_frames:
+                    break
+    finally:  # also on Ctrl+C, which may leave a read hung in the driver
+        hung = stream.hung_reads
+        if stream.reconnects or stream.failed_attempts or stream.timeouts or hung:
+            summary = (f"camera {args.camera}: {stream.reconnects} reconnect(s), "
+                       f"{stream.failed_attempts} failed attempt(s)")
+            if stream.timeouts:
+                summary += f", {stream.timeouts} hung open/read(s) abandoned"
+            if hung:
+                summary += f", {hung} still hung in the driver"
+            _log(summary)
     if n == 0:
         raise LineError(f"no frames from camera/video source {args.camera!r}")
     return 1 if stream.gave_up or runner.skipped_frames else 0
@@ -310,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="S", help=f"cap on the wait between attempts (default {DEFAULT_MAX_WAIT:g})")
     cam.add_argument("--max-reconnects", type=_count, default=0, metavar="N",
                      help="give up after N reopen attempts in a row without a frame (0: never)")
+    cam.add_argument("--read-timeout", type=_non_negative_float, default=None, metavar="S",
+                     help="abandon an open or a read that hangs in the driver for S seconds, "
+                          "and reconnect (default: "
+                          f"{DEFAULT_STREAM_READ_TIMEOUT:g} for a URL or pipeline; off for a "
+                          "camera index or /dev/video* (a hardware-triggered camera may wait "
+                          "in a read until a part arrives) and for a video file; 0: off)")
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="p50/p95/p99 latency and images/s")

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Shared libraries PySide6 needs even offscreen (Debian/Ubuntu package names).
 QT_APT_PKGS := libgl1 libegl1 libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3
 
-.PHONY: setup test lint demo format bench-quick clean-demo
+.PHONY: setup test lint demo demo-okng format bench-quick clean-demo
 
 setup: $(STAMP)
 
@@ -26,8 +26,11 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	$(BIN)/defectssft demo --workdir demo-project --force
 
+demo-okng: $(STAMP)
+	$(BIN)/defectssft demo --data kolektor --workdir demo-okng --force
+
 format: $(STAMP)
 	$(BIN)/ruff format defectssft deploy gui tests benchmarks scripts
 
 clean-demo:
-	rm -rf demo-project
+	rm -rf demo-project demo-okng

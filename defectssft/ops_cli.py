@@ -105,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from defectssft.demo import run_demo
 
     run_demo(Path(args.workdir), tiny=args.tiny, epochs=args.epochs, force=args.force,
-             samples=Path(args.samples) if args.samples else None)
+             samples=Path(args.samples) if args.samples else None, data=args.data)
     return 0
 
 
@@ -146,6 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("demo", help="the whole workflow on samples/ in a few minutes")
     p.add_argument("--workdir", default="demo-project", help="folder for the demo (default demo-project)")
+    p.add_argument("--data", choices=("neu", "kolektor"), default="neu",
+                   help="neu: NEU-DET, 6 defect types (default); kolektor: KolektorSDD good/defective, "
+                        "OK/NG verdicts with a calibrated threshold")
     p.add_argument("--tiny", action="store_true", help="a tiny random model: seconds, for tests")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: preset)")
     p.add_argument("--samples", help="samples folder (default: the repository's samples/)")

@@ -108,6 +108,24 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tiny_data, tmp
     assert abs(a[3] - b[3]) < 1e-5 and abs(a[4] - b[4]) < 1e-5
 
 
+def test_tensorboard_logs_train_and_val_scalars(tiny_data, tmp_path):
+    event_acc = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    train(cfg(train={"eval_every": 2, "tensorboard": True}), tiny_data, tmp_path / "run", handle_signals=False)
+    acc = event_acc.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/loss_u", "train/lr", "val/accuracy", "val/auroc"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("val/accuracy")] == [2, 4]
+
+
+def test_tensorboard_missing_is_a_one_line_error_before_training(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    with pytest.raises(DefectssftError, match=r"pip install 'defectssft\[tensorboard\]'"):
+        train(cfg(train={"tensorboard": True}), tiny_data, tmp_path / "run", handle_signals=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
     with pytest.raises(DefectssftError, match="nothing to resume"):
         train(cfg(), tiny_data, tmp_path / "empty", resume=True, handle_signals=False)

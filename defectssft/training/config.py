@@ -64,6 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_every": 50,
         "checkpoint_every": 50,
         "log_every": 10,
+        "tensorboard": False,  # also log to TensorBoard (run_dir/tensorboard); needs defectssft[tensorboard]
         "num_workers": 2,
         "threads": 0,  # torch CPU threads; 0 = torch default
         "device": "auto",  # auto | cpu | cuda | cuda:N

@@ -220,10 +220,13 @@ class StopFlag:
 
 
 class MetricsWriter:
-    """Appends one row per log step to metrics.jsonl and metrics.csv (rank 0 only)."""
+    """Appends one row per log step to metrics.jsonl and metrics.csv (rank 0 only). With
+    ``tensorboard`` the numbers of step and eval rows also go to TensorBoard scalars
+    (``train/...``, ``val/...``) under ``run_dir/tensorboard``."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.jsonl, self.csv, self.enabled = run_dir / "metrics.jsonl", run_dir / "metrics.csv", enabled
+        self.tb: Any = open_tensorboard(run_dir / "tensorboard") if enabled and tensorboard else None
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -237,6 +240,29 @@ class MetricsWriter:
                 if new:
                     w.writeheader()
                 w.writerow(row)
+        if self.tb is not None and row.get("event") in ("step", "eval"):
+            prefix = "train" if row["event"] == "step" else "val"
+            for key, value in row.items():
+                if key in ("event", "step", "steps", "best") or isinstance(value, bool):
+                    continue
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
+            self.tb.flush()  # an interrupted night still shows its curves
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+
+def open_tensorboard(log_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter, or a one-line error when the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise DefectssftError("train.tensorboard is on but the tensorboard package is not installed: "
+                              "pip install 'defectssft[tensorboard]' (or set train.tensorboard=false)") from e
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def rng_state() -> dict[str, Any]:
@@ -356,7 +382,7 @@ def train(
     if restored_rng is not None:  # after the loaders: their creation draws from the global RNG
         set_rng_state(restored_rng)
 
-    writer = MetricsWriter(run_dir, info.is_main)
+    writer = MetricsWriter(run_dir, info.is_main, tc["tensorboard"])
     stopper = StopFlag(stop_event, handle_signals)
     max_time = tc["max_time"]
     steps = tc["steps"]
@@ -508,6 +534,9 @@ def train(
                 emit({"event": "eval", "step": step, "best": is_best, **metrics})
             if step % tc["checkpoint_every"] == 0 and step < steps:
                 save_checkpoint(step)
+    except BaseException:
+        writer.close()
+        raise
     finally:
         stopper.restore()
         if bar is not None:
@@ -524,5 +553,6 @@ def train(
     weights = {k: v.detach().cpu() for k, v in weights.items()}
     weights, metrics = ddp.broadcast_object(info, (weights, metrics))  # rank 0's choice everywhere
     emit({"event": "done", "status": status, "step": step, "steps": steps, "elapsed_s": elapsed(), **metrics})
+    writer.close()
     return TrainResult(status=status, step=step, steps=steps, run_dir=run_dir, weights=weights, config=cfg,
                        metrics=metrics, mean=mean, std=std, elapsed_s=elapsed())

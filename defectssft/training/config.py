@@ -48,13 +48,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "cutout_max": 0.15,  # max area fraction of the erased rectangle (0 disables)
     },
     "train": {
-        "steps": 1000,  # benchmarks/ssl_neu.py: 400 -> 1000 steps was the largest gain measured
+        "steps": 300,
         "batch_size": 16,  # labeled images per step (per process)
         "optimizer": "auto",  # auto | adamw | sgd (see resolve_for_data)
         "lr": None,  # None: the optimizer's default in OPTIMIZER_DEFAULTS
         "weight_decay": None,  # None: the optimizer's default in OPTIMIZER_DEFAULTS
         "momentum": 0.9,
-        "warmup_steps": 50,
+        "warmup_steps": 20,
         "grad_clip": 5.0,  # 0 disables
         "ema_decay": 0.99,  # EMA teacher; 0 disables
         "label_smoothing": 0.0,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from defectssft.training.config import resolve_config
+from defectssft.training.config import parse_set, resolve_config
 from defectssft.training.data import TrainData
 from defectssft.training.loop import train
 
@@ -89,6 +89,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "freematch": {"method": "freematch", "dist_align": False},
     "freematch_da": {"method": "freematch", "dist_align": True},
 }
+
+
+def apply_sets(overrides: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """``overrides`` with ``--set section.key=value`` items on top, parsed as the train CLI does."""
+    for section, values in parse_set(items).items():
+        overrides.setdefault(section, {}).update(values)
+    return overrides
 
 
 def variant_overrides(variant: str, base: dict[str, Any]) -> dict[str, Any]:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
+    apply_sets,
     kolektor_items,
     mean_std,
     run_one,
@@ -83,10 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                         "train": {"steps": args.steps, "seed": seed, "eval_every": 10**9,
                                   "checkpoint_every": 10**9, "log_every": 50, "num_workers": 1,
                                   "threads": args.threads, "warmup_steps": max(1, args.steps // 15)}}
-                for item in args.set:
-                    key, value = item.split("=", 1)
-                    section, field = key.split(".")
-                    base.setdefault(section, {})[field] = yaml.safe_load(value)
+                apply_sets(base, args.set)
                 r = run_one(data, variant_overrides(method, base), Path(tmp) / f"s{seed}_{method}", test)
                 m = binary_metrics(r["probs"], r["labels"])
                 row = {"seed": seed, "method": method, **m, "wall_s": r["wall_s"], "steps": r["steps"]}

@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
+    apply_sets,
     mean_std,
     neu_split,
     run_one,
@@ -62,11 +62,7 @@ def overrides(method: str, args: argparse.Namespace, seed: int) -> dict:
                   "log_every": 50, "num_workers": 1, "threads": args.threads,
                   "warmup_steps": max(1, args.steps // 15)},
     }
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, name = key.split(".")
-        o.setdefault(section, {})[name] = yaml.safe_load(value)
-    return variant_overrides(method, o)
+    return variant_overrides(method, apply_sets(o, args.set))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -261,8 +261,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"ssl.mu must be >= 1 for ssl.method={cfg['ssl']['method']}")
     if cfg["train"]["optimizer"] != "auto":
         _fill_optimizer_defaults(cfg)
-    if cfg["ssl"]["pseudo_from"] == "ema" and cfg["train"]["ema_decay"] == 0:
-        cfg["ssl"]["pseudo_from"] = "student"
+    _student_without_teacher(cfg)
     return cfg
 
 
@@ -274,6 +273,12 @@ AUTO_RECIPE = {
     "ok_ng": {"optimizer": "sgd", "pseudo_from": "ema"},
     "defect_types": {"optimizer": "adamw", "pseudo_from": "student"},
 }
+
+
+def _student_without_teacher(cfg: dict[str, Any]) -> None:
+    """With no EMA teacher (``train.ema_decay`` 0) the student labels the weak view."""
+    if cfg["ssl"]["pseudo_from"] == "ema" and cfg["train"]["ema_decay"] == 0:
+        cfg["ssl"]["pseudo_from"] = "student"
 
 
 def _fill_optimizer_defaults(cfg: dict[str, Any]) -> None:
@@ -295,7 +300,8 @@ def resolve_for_data(cfg: dict[str, Any], has_ok_class: bool) -> dict[str, Any]:
     if cfg["train"]["optimizer"] == "auto":
         cfg["train"]["optimizer"] = recipe["optimizer"]
     if cfg["ssl"]["pseudo_from"] == "auto":
-        cfg["ssl"]["pseudo_from"] = recipe["pseudo_from"] if cfg["train"]["ema_decay"] > 0 else "student"
+        cfg["ssl"]["pseudo_from"] = recipe["pseudo_from"]
+    _student_without_teacher(cfg)
     _fill_optimizer_defaults(cfg)
     return cfg
 

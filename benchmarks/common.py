@@ -50,7 +50,7 @@ def neu_split(k: int, seed: int, test_per_class: int = 110) -> TrainData:
     ``k`` labeled per class drawn from the remaining pool with ``seed``; the rest unlabeled."""
     files = neu_files()
     classes = list(files)
-    labeled, unlabeled, test = [], [], []
+    labeled, unlabeled, truth, test = [], [], [], []
     for idx, c in enumerate(classes):
         paths = list(files[c])
         random.Random(f"neu-test-{c}").shuffle(paths)
@@ -59,8 +59,9 @@ def neu_split(k: int, seed: int, test_per_class: int = 110) -> TrainData:
         random.Random(f"neu-lab-{c}-{seed}").shuffle(pool)
         labeled += [(str(p), idx) for p in pool[:k]]
         unlabeled += [str(p) for p in pool[k:]]
+        truth += [idx] * len(pool[k:])
     return TrainData(classes=classes, labeled=labeled, unlabeled=unlabeled, val=test, test=test,
-                     bit_depth=8)
+                     bit_depth=8, unlabeled_truth=truth)
 
 
 def kolektor_items(root: Path = DATASETS / "kolektorsdd") -> list[tuple[str, int]]:
@@ -112,10 +113,22 @@ def run_one(data: TrainData, overrides: dict[str, Any], run_dir: Path,
     cfg = resolve_config(overrides=overrides)
     t0 = time.time()
     result = train(cfg, data, run_dir, handle_signals=False)
-    out: dict[str, Any] = {**result.metrics, "wall_s": time.time() - t0, "steps": result.step}
+    out: dict[str, Any] = {**result.metrics, "wall_s": time.time() - t0, "steps": result.step,
+                           "history": step_history(run_dir)}
     if test_items is not None:
         out["probs"], out["labels"] = predict_items(cfg, result, len(data.classes), test_items, data.bit_depth)
     return out
+
+
+def step_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's logged step rows (losses, mask rate, threshold, pseudo-label accuracy), rounded."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    keep = ("step", "lr", "loss_s", "loss_u", "mask", "tau", "pl_acc", "pl_acc_mask")
+    return [{k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in keep if k in r}
+            for r in rows if r.get("event") == "step"]
 
 
 def predict_items(cfg: dict[str, Any], result: Any, num_classes: int,

@@ -44,9 +44,9 @@ def split(seed: int, n_ng: int = 10, n_ok: int = 30, test_fraction: float = 0.4)
         pool[cls] = members[n_test:]
         random.Random(f"kolektor-lab-{cls}-{seed}").shuffle(pool[cls])
     labeled = pool[1][:n_ng] + pool[0][:n_ok]
-    unlabeled = [p for p, _ in pool[1][n_ng:] + pool[0][n_ok:]]
-    data = TrainData(classes=["ok", "defect"], labeled=labeled, unlabeled=unlabeled, val=[],
-                     test=test, ok_class="ok", bit_depth=8)
+    rest = pool[1][n_ng:] + pool[0][n_ok:]
+    data = TrainData(classes=["ok", "defect"], labeled=labeled, unlabeled=[p for p, _ in rest], val=[],
+                     test=test, ok_class="ok", bit_depth=8, unlabeled_truth=[c for _, c in rest])
     return data, test
 
 
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 apply_sets(base, args.set)
                 r = run_one(data, variant_overrides(method, base), Path(tmp) / f"s{seed}_{method}", test)
                 m = binary_metrics(r["probs"], r["labels"])
-                row = {"seed": seed, "method": method, **m, "wall_s": r["wall_s"], "steps": r["steps"]}
+                row = {"seed": seed, "method": method, **m, "wall_s": r["wall_s"], "steps": r["steps"],
+                       "history": r["history"]}
                 runs.append(row)
                 print(f"seed={seed} {method:12s} AUROC={m['auroc']:.4f} AP={m['ap']:.4f} "
                       f"overkill@0esc={m['overkill_at_zero_escape']:.3f} wall={r['wall_s']:.0f}s", flush=True)

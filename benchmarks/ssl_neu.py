@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -76,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                 data = neu_split(k, seed)
                 for method in args.methods:
                     run_dir = Path(tmp) / f"k{k}_s{seed}_{method}"
-                    r = run_one(data, overrides(method, args, seed), run_dir)
+                    r = run_one(data, overrides(method, args, seed), run_dir, test_items=data.test)
                     row = {"k": k, "seed": seed, "method": method, "accuracy": r["accuracy"],
-                           "macro_f1": r["macro_f1"], "wall_s": r["wall_s"], "steps": r["steps"]}
+                           "macro_f1": r["macro_f1"], "wall_s": r["wall_s"], "steps": r["steps"],
+                           "confusion": confusion(r["probs"], r["labels"], len(data.classes)),
+                           "history": r["history"]}
                     runs.append(row)
                     print(f"k={k} seed={seed} {method:10s} acc={row['accuracy']:.4f} "
                           f"wall={row['wall_s']:.0f}s", flush=True)
@@ -91,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     out = write_results(name, {"args": vars(args), "runs": runs, "summary": summary})
     print(f"wrote {out}")
     return 0
+
+
+def confusion(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> list[list[int]]:
+    """Test confusion matrix, rows = true class, columns = predicted (class order of neu_files)."""
+    m = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(m, (labels.astype(int), probs.argmax(1)), 1)
+    return m.tolist()
 
 
 def summarize(runs: list[dict]) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from defectssft.cli import main as cli_main
 from defectssft.errors import ConfigError, DefectssftError
 from defectssft.training.config import parse_duration, resolve_config, resolve_for_data
 from defectssft.training.data import DataError, SeededSampler, TrainData
-from defectssft.training.loop import train
+from defectssft.training.loop import pseudo_label_accuracy, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -78,6 +79,28 @@ def test_each_method_trains_logs_and_evaluates(tiny_data, tmp_path, method, extr
     assert any(json.loads(x)["event"] == "eval" for x in lines)
     assert (tmp_path / "run" / "metrics.csv").read_text().startswith("event,step")
     assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_pseudo_label_accuracy_by_hand():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    truth = torch.tensor([0, 0, 0, 1])  # argmax 0,1,0,1: right, wrong, right, right
+    mask = torch.tensor([True, True, False, False])
+    assert pseudo_label_accuracy(probs, mask, truth) == {"pl_acc": 0.75, "pl_acc_mask": 0.5}
+    assert pseudo_label_accuracy(probs, torch.zeros(4, dtype=torch.bool), truth) == {"pl_acc": 0.75}
+
+
+def test_hidden_unlabeled_truth_logs_pseudo_label_accuracy(tiny_data, tmp_path):
+    truth = [i % 2 for i in range(len(tiny_data.unlabeled))]  # how tiny_data_at drew them
+    data = dataclasses.replace(tiny_data, unlabeled_truth=truth)
+    rows: list[dict] = []
+    train(cfg(ssl={"method": "freematch"}), data, tmp_path / "run", progress=rows.append, handle_signals=False)
+    steps = [r for r in rows if r["event"] == "step"]
+    assert all(0.0 <= r["pl_acc"] <= 1.0 and 0.0 < r["tau"] < 1.0 for r in steps)
+    plain: list[dict] = []  # a project's data has no truth: no pl_acc column
+    train(cfg(ssl={"method": "freematch"}), tiny_data, tmp_path / "plain", progress=plain.append, handle_signals=False)
+    assert not any("pl_acc" in r for r in plain)
+    with pytest.raises(DataError, match="unlabeled_truth has 3 entries for 12 unlabeled images"):
+        train(cfg(), dataclasses.replace(tiny_data, unlabeled_truth=[0, 1, 0]), tmp_path / "bad", handle_signals=False)
 
 
 def _stop_after_checkpoint(at_step: int):

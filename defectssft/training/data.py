@@ -47,6 +47,9 @@ class TrainData:
     ok_class: str | None = None
     data_hash: str = ""
     bit_depth: int = 16
+    # Benchmarks only: the hidden true class of each unlabeled image, so a run can log how often
+    # its pseudo-labels are right (``pl_acc``). A project never knows these; leave it None.
+    unlabeled_truth: list[int] | None = None
 
     def check(self, need_unlabeled: bool) -> None:
         if len(self.classes) < 2:
@@ -60,6 +63,9 @@ class TrainData:
         empty = [c for c, n in zip(self.classes, counts, strict=True) if n == 0]
         if empty:
             log.warning("classes without labeled training images: %s", ", ".join(empty))
+        if self.unlabeled_truth is not None and len(self.unlabeled_truth) != len(self.unlabeled):
+            raise DataError(f"unlabeled_truth has {len(self.unlabeled_truth)} entries for "
+                            f"{len(self.unlabeled)} unlabeled images")
         if need_unlabeled and not self.unlabeled:
             log.warning("no unlabeled images: the semi-supervised term has nothing to learn from")
 

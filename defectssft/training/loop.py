@@ -129,6 +129,16 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1.0 + step) / (10.0 + step))
 
 
+def pseudo_label_accuracy(probs_weak: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Benchmark diagnostic: share of right pseudo-labels over all unlabeled images (``pl_acc``)
+    and over those the mask kept (``pl_acc_mask``, left out when the mask kept none)."""
+    right = (probs_weak.argmax(1) == truth).float()
+    out = {"pl_acc": float(right.mean())}
+    if bool(mask.any()):
+        out["pl_acc_mask"] = float(right[mask].mean())
+    return out
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -374,7 +384,9 @@ def train(
                                  min(nw, 1) if use_unlabeled else nw, info.rank, info.world, pin)
     unlabeled_it = None
     if use_unlabeled:
-        unl_ds = ImageDataset(path_items(data.unlabeled), height, width, bit_depth, transform=weak,
+        unl_items = (list(zip(data.unlabeled, data.unlabeled_truth, strict=True)) if data.unlabeled_truth is not None
+                     else path_items(data.unlabeled))
+        unl_ds = ImageDataset(unl_items, height, width, bit_depth, transform=weak,
                               skip_unreadable=True)
         unlabeled_it = infinite_loader(unl_ds, bs_u, tc["seed"] + 1, start_step, nw, info.rank, info.world, pin)
     val_loader = eval_loader(data.val, height, width, bit_depth, num_workers=0) if data.val else None
@@ -458,7 +470,8 @@ def train(
             n_l = x_l.shape[0]
             with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
                 if use_unlabeled:
-                    u_weak_raw = next(unlabeled_it)[0].to(device, non_blocking=True)
+                    u_weak_raw, u_truth = next(unlabeled_it)
+                    u_weak_raw = u_weak_raw.to(device, non_blocking=True)
                     u_strong = to_model_input(strong(u_weak_raw), mean, std)
                     u_weak = to_model_input(u_weak_raw, mean, std)
                     if sc["pseudo_from"] == "ema" and teacher is not None:
@@ -475,6 +488,7 @@ def train(
             loss_s = obj.supervised_loss(logits_l, y_l, tc["label_smoothing"])
             loss_u = torch.zeros((), device=device)
             mask_rate = 0.0
+            diag: dict[str, float] = {}
             if use_unlabeled:
                 probs_weak = logits_weak.float().softmax(1).detach()
                 if sc["dist_align"]:
@@ -492,6 +506,10 @@ def train(
                     if sc["fairness"] > 0:
                         loss_u = loss_u + sc["fairness"] * obj.fairness_loss(logits_s, mask, adaptive)
                 mask_rate = float(mask.float().mean())
+                if method == "freematch":
+                    diag["tau"] = float(adaptive.tau)
+                if data.unlabeled_truth is not None:  # benchmarks: how right are the pseudo-labels?
+                    diag.update(pseudo_label_accuracy(probs_weak, mask, u_truth.to(device)))
             loss = obj.total_loss(loss_s, loss_u, sc["lambda_u"])
             if not torch.isfinite(loss):
                 raise DefectssftError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
@@ -510,7 +528,8 @@ def train(
 
             # -- running metrics, logs, eval, checkpoints
             n_img += n_l + (bs_u if use_unlabeled else 0)
-            for k, v in (("loss", loss.item()), ("loss_s", loss_s.item()), ("loss_u", loss_u.item()), ("mask", mask_rate)):
+            for k, v in (("loss", loss.item()), ("loss_s", loss_s.item()), ("loss_u", loss_u.item()), ("mask", mask_rate),
+                         *diag.items()):
                 running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
             if bar is not None:
                 bar.update(1)

@@ -121,13 +121,13 @@ def run_one(data: TrainData, overrides: dict[str, Any], run_dir: Path,
 
 
 def step_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's logged step rows (losses, mask rate, threshold, pseudo-label accuracy), rounded."""
+    """The run's logged step rows (losses, mask rate, threshold, pseudo-label accuracy), 4 digits."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     keep = ("step", "lr", "loss_s", "loss_u", "mask", "tau", "pl_acc", "pl_acc_mask")
-    return [{k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in keep if k in r}
+    return [{k: float(f"{r[k]:.4g}") if isinstance(r[k], float) else r[k] for k in keep if k in r}
             for r in rows if r.get("event") == "step"]
 
 

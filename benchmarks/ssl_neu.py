@@ -4,11 +4,13 @@ k labeled images per class (k=5, k=10) from a fixed train pool, the rest of the 
 a fixed test split of 660 images (110 per class). Mean +- std over seeds, wall time per run.
 
     .venv/bin/python benchmarks/ssl_neu.py --quick      # ~5 min: k=5, 1 seed, 150 steps at 64 px
-    .venv/bin/python benchmarks/ssl_neu.py              # k=5,10 x 3 seeds x {supervised, freematch_da}, ~2.5 h
+    .venv/bin/python benchmarks/ssl_neu.py              # k=5,10 x 3 seeds x {supervised, freematch_da}, ~4-5 h
     .venv/bin/python benchmarks/ssl_neu.py --ks 5 --seeds 0 --size 64 --steps 200 \
         --methods supervised fixmatch fixmatch_da freematch --name explore_b   # method choice
 
-Defaults: 128 px, 400 steps of 12 labeled + 36 unlabeled, lite0 ImageNet weights, 1 torch thread.
+Defaults: 128 px, 1000 steps (the training default) of 12 labeled + 36 unlabeled, lite0 ImageNet
+weights, 1 torch thread. Tables before session 4 used 400 steps and ssl.ema_momentum 0.999
+(``--steps 400 --set ssl.ema_momentum=0.999`` repeats them).
 
 Writes benchmarks/results/ssl_neu[_quick].json after every run (partial results survive).
 """
@@ -41,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=["supervised", "freematch_da"],
                     help="variants from benchmarks/common.py VARIANTS")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--set", nargs="*", default=[], help="extra section.key=value for every run")
     ap.add_argument("--batch", type=int, default=12, help="labeled images per step")

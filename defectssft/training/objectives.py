@@ -88,7 +88,7 @@ class AdaptiveThresholdState:
 
 
 def update_adaptive_state(
-    state: AdaptiveThresholdState, probs_weak: torch.Tensor, momentum: float = 0.99
+    state: AdaptiveThresholdState, probs_weak: torch.Tensor, momentum: float
 ) -> AdaptiveThresholdState:
     """New state after seeing a batch of weak-view probs (EMA of the mean max-prob, the mean
     probs and the pseudo-label histogram)."""
@@ -156,7 +156,7 @@ def distribution_alignment(
     return aligned / aligned.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def update_running_mean(running_mean: torch.Tensor, probs_weak: torch.Tensor, momentum: float = 0.99) -> torch.Tensor:
+def update_running_mean(running_mean: torch.Tensor, probs_weak: torch.Tensor, momentum: float) -> torch.Tensor:
     """EMA of the mean weak-view prediction, the denominator of distribution alignment."""
     if probs_weak.numel() == 0:
         return running_mean

@@ -18,6 +18,7 @@ Writes benchmarks/results/ssl_neu[_quick].json after every run (partial results 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     variant_overrides,
     write_results,
 )
+from defectssft.training.loop import classification_metrics  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                 data = neu_split(k, seed)
                 for method in args.methods:
                     run_dir = Path(tmp) / f"k{k}_s{seed}_{method}"
-                    r = run_one(data, overrides(method, args, seed), run_dir, test_items=data.test)
-                    row = {"k": k, "seed": seed, "method": method, "accuracy": r["accuracy"],
-                           "macro_f1": r["macro_f1"], "wall_s": r["wall_s"], "steps": r["steps"],
+                    # No in-loop validation: the final weights are scored once, on the test split.
+                    r = run_one(dataclasses.replace(data, val=[]), overrides(method, args, seed), run_dir,
+                                test_items=data.test)
+                    m = classification_metrics(r["probs"], r["labels"], None)
+                    row = {"k": k, "seed": seed, "method": method, "accuracy": m["accuracy"],
+                           "macro_f1": m["macro_f1"], "wall_s": r["wall_s"], "steps": r["steps"],
                            "confusion": confusion(r["probs"], r["labels"], len(data.classes)),
                            "history": r["history"]}
                     runs.append(row)

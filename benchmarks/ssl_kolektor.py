@@ -57,6 +57,18 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "overkill_at_zero_escape": zero_escape.overkill_rate}
 
 
+def hardest_defects(probs: np.ndarray, labels: np.ndarray, paths: list[str], n: int = 3) -> list[dict]:
+    """The ``n`` lowest-scored defective test images: the ones that set the overkill at zero escapes.
+
+    ``good_above`` counts the good parts scored at or above each one (what a threshold that passes
+    no defect must reject because of it)."""
+    score = 1.0 - probs[:, 0]
+    good = score[labels == 0]
+    rows = [{"image": "/".join(Path(paths[i]).parts[-2:]), "score": round(float(score[i]), 4),
+             "good_above": int((good >= score[i]).sum())} for i in np.flatnonzero(labels == 1)]
+    return sorted(rows, key=lambda r: r["score"])[:n]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed, 150 steps at 256x96")
@@ -87,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_one(data, variant_overrides(method, base), Path(tmp) / f"s{seed}_{method}", test)
                 m = binary_metrics(r["probs"], r["labels"])
                 row = {"seed": seed, "method": method, **m, "wall_s": r["wall_s"], "steps": r["steps"],
+                       "hardest_defects": hardest_defects(r["probs"], r["labels"], [p for p, _ in test]),
                        "history": r["history"]}
                 runs.append(row)
                 print(f"seed={seed} {method:12s} AUROC={m['auroc']:.4f} AP={m['ap']:.4f} "

@@ -28,7 +28,7 @@ from benchmarks.common import (  # noqa: E402
     variant_overrides,
     write_results,
 )
-from defectssft.metrics import average_precision, roc_auc, threshold_for_max_escape  # noqa: E402
+from defectssft.metrics import average_precision, defect_scores, roc_auc, threshold_for_max_escape  # noqa: E402
 from defectssft.training.data import TrainData  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def split(seed: int, n_ng: int = 10, n_ok: int = 30, test_fraction: float = 0.4)
 
 
 def binary_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    score, is_defect = 1.0 - probs[:, 0], labels == 1
+    score, is_defect = defect_scores(probs, 0), labels == 1
     zero_escape = threshold_for_max_escape(score, is_defect, 0.0)
     return {"auroc": roc_auc(score, is_defect), "ap": average_precision(score, is_defect),
             "overkill_at_zero_escape": zero_escape.overkill_rate}
@@ -62,9 +62,9 @@ def hardest_defects(probs: np.ndarray, labels: np.ndarray, paths: list[str], n: 
 
     ``good_above`` counts the good parts scored at or above each one (what a threshold that passes
     no defect must reject because of it)."""
-    score = 1.0 - probs[:, 0]
+    score = defect_scores(probs, 0)
     good = score[labels == 0]
-    rows = [{"image": "/".join(Path(paths[i]).parts[-2:]), "score": round(float(score[i]), 4),
+    rows = [{"image": "/".join(Path(paths[i]).parts[-2:]), "score": float(f"{score[i]:.4g}"),
              "good_above": int((good >= score[i]).sum())} for i in np.flatnonzero(labels == 1)]
     return sorted(rows, key=lambda r: r["score"])[:n]
 

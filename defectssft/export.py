@@ -95,10 +95,13 @@ class InspectionModel(nn.Module):
         x = (x - self.shift) * self.scale
         logits = self.backbone(x).to(torch.float32)
         probs = torch.softmax(logits, dim=1)
+        # 1 - p(OK) (or 1 - max prob) summed from the other classes: 1 - p in float32 rounds
+        # every score below ~6e-8 to 0 and confident OK parts would tie (see defectssft.metrics).
         if self.ok_index is None:
-            score = 1.0 - probs.max(dim=1).values
+            drop = probs.argmax(dim=1, keepdim=True)
         else:
-            score = 1.0 - probs[:, self.ok_index]
+            drop = torch.full((probs.shape[0], 1), self.ok_index, dtype=torch.int64, device=probs.device)
+        score = probs.scatter(1, drop, 0.0).sum(dim=1)
         return probs, logits, score
 
 

@@ -2,7 +2,10 @@
 
 Conventions used everywhere in defectssft:
 
-* a *defect score* is ``1 - p(OK)`` when the project has an OK class (else ``1 - max prob``);
+* a *defect score* is ``1 - p(OK)`` when the project has an OK class (else ``1 - max prob``),
+  computed as the sum of the other classes' probabilities: ``1 - p`` in float32 rounds every
+  score below about 6e-8 to exactly 0, and a confidently passed defect would tie with the good
+  parts instead of keeping its rank;
 * a part is rejected (NG) when ``score >= threshold``;
 * **escape rate** = defective parts passed as OK / defective parts (the costly error);
 * **overkill rate** = good parts rejected / good parts (the expensive-but-safe error).
@@ -38,13 +41,16 @@ def _binary_inputs(scores, is_defect) -> tuple[np.ndarray, np.ndarray]:
 
 
 def defect_scores(probs: np.ndarray, ok_index: int | None) -> np.ndarray:
-    """Per-image defect score: ``1 - p(ok)`` with an OK class, else ``1 - max prob``."""
-    p = np.asarray(probs, dtype=np.float64)
+    """Per-image defect score: ``1 - p(ok)`` with an OK class, else ``1 - max prob``.
+
+    Summed from the other classes (no cancellation), so scores of confident OK parts stay
+    distinct down to the smallest float32 probability."""
+    p = np.array(probs, dtype=np.float64)
     if p.ndim != 2:
         raise ValueError(f"probs must be [N, C], got shape {p.shape}")
-    if ok_index is None:
-        return 1.0 - p.max(axis=1)
-    return 1.0 - p[:, ok_index]
+    drop = p.argmax(axis=1) if ok_index is None else np.full(len(p), ok_index)
+    p[np.arange(len(p)), drop] = 0.0
+    return p.sum(axis=1)
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:

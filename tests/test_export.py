@@ -130,6 +130,24 @@ def test_onnx_graph_signature_and_defect_score(tmp_path):
     np.testing.assert_allclose(score, 1.0 - probs[:, 0], atol=1e-6)
 
 
+@pytest.mark.parametrize("ok_class", ["ok", None])
+def test_onnx_defect_score_of_a_confident_prediction_is_not_rounded_to_zero(tmp_path, ok_class):
+    # A margin of 25-30 logits puts p(other) near 1e-11..1e-13: 1 - p(top) in float32 would be 0
+    # for both models; the graph's score keeps its value and so the rank between them.
+    import onnxruntime as ort
+
+    scores = []
+    for margin in (25.0, 30.0):
+        out = tmp_path / f"m{margin:.0f}.onnx"
+        meta = {**tiny_meta(), "ok_class": ok_class}
+        export_onnx(tiny_model(bias=[margin, 0.0, 0.0]), meta, out, check_images=random_images(2))
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (score,) = sess.run(["defect_score"], {"image": random_images(3)})
+        np.testing.assert_allclose(score, 2 * np.exp(-margin), rtol=1e-3)
+        scores.append(float(score[0]))
+    assert scores[0] > scores[1] > 0.0
+
+
 def test_int8_and_fp16_exports_run(tmp_path):
     images = random_images(8)
     res8 = export_onnx(tiny_model(), tiny_meta(), tmp_path / "m8.onnx", check_images=images,

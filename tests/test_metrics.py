@@ -83,6 +83,16 @@ def test_defect_scores():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
     assert m.defect_scores(probs, 0).tolist() == pytest.approx([0.3, 0.9])
     assert m.defect_scores(probs, None).tolist() == pytest.approx([0.3, 0.4])
+    assert m.defect_scores(np.array([[0.5, 0.5, 0.0]]), None).tolist() == pytest.approx([0.5])
+
+
+def test_defect_scores_keep_the_rank_of_confidently_ok_parts():
+    # p(defect) 1e-9 and 1e-12: in float32 p(OK) rounds to 1, so 1 - p(OK) ties both parts at 0
+    # (and with the good parts); the score summed from the other classes keeps them apart.
+    probs = np.array([[1 - 1e-9, 1e-9], [1 - 1e-12, 1e-12]], dtype=np.float32)
+    assert (1.0 - probs[:, 0]).tolist() == [0.0, 0.0]
+    assert m.defect_scores(probs, 0).tolist() == pytest.approx([1e-9, 1e-12], rel=1e-6)
+    assert m.defect_scores(probs[:, ::-1], None).tolist() == pytest.approx([1e-9, 1e-12], rel=1e-6)
 
 
 def test_reports():

@@ -21,7 +21,7 @@ from defectssft.cli import main as cli_main
 from defectssft.errors import ConfigError, DefectssftError
 from defectssft.training.config import parse_duration, resolve_config, resolve_for_data
 from defectssft.training.data import DataError, SeededSampler, TrainData
-from defectssft.training.loop import pseudo_label_accuracy, train
+from defectssft.training.loop import classification_metrics, pseudo_label_accuracy, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -87,6 +87,15 @@ def test_pseudo_label_accuracy_by_hand():
     mask = torch.tensor([True, True, False, False])
     assert pseudo_label_accuracy(probs, mask, truth) == {"pl_acc": 0.75, "pl_acc_mask": 0.5}
     assert pseudo_label_accuracy(probs, torch.zeros(4, dtype=torch.bool), truth) == {"pl_acc": 0.75}
+
+
+def test_validation_auroc_ranks_confidently_ok_parts():
+    # float32 p(OK) of 1 - 1e-9 and 1 - 1e-12 both round to 1: scored as 1 - p(OK) the defect
+    # (label 1) and the good part would tie (AUROC 0.75); their own order gives 1.0.
+    probs = np.array([[1 - 1e-9, 1e-9], [1 - 1e-12, 1e-12], [0.2, 0.8]], dtype=np.float32)
+    m = classification_metrics(probs, np.array([1, 0, 1]), ok_index=0)
+    assert m["auroc"] == pytest.approx(1.0)
+    assert np.isnan(classification_metrics(probs, np.array([0, 0, 0]), ok_index=0)["auroc"])
 
 
 def test_hidden_unlabeled_truth_logs_pseudo_label_accuracy(tiny_data, tmp_path):

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from defectssft.errors import DefectssftError
+from defectssft.metrics import defect_scores, roc_auc
 from defectssft.modeling import atomic_torch_save, build_model, default_normalization
 from defectssft.training import ddp
 from defectssft.training import objectives as obj
@@ -143,24 +144,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve via the rank statistic (ties get average ranks)."""
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, ok_index: int | None) -> dict[str, float]:
     """accuracy, balanced accuracy, macro-F1, NLL and (with an OK class) defect AUROC."""
     pred = probs.argmax(1)
@@ -179,7 +162,9 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, ok_index: int 
         "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1)).mean()),
     }
     if ok_index is not None:
-        out["auroc"] = _binary_auroc(1.0 - probs[:, ok_index], labels != ok_index)
+        scores = defect_scores(probs, ok_index)
+        auroc = roc_auc(scores, labels != ok_index) if np.isfinite(scores).all() else None
+        out["auroc"] = float("nan") if auroc is None else auroc
     return out
 
 

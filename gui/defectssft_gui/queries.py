@@ -40,7 +40,7 @@ class Row:
     pred: str | None = None
     confidence: float | None = None
     margin: float | None = None
-    score: float | None = None  # defect score: 1 - p(OK) with an OK class, else 1 - confidence
+    score: float | None = None  # defect score: 1 - p(OK) with an OK class, else 1 - confidence (summed)
     reason: str | None = None
 
     @property
@@ -110,8 +110,11 @@ def fetch_rows(project: Project, spec: str = "all", sort: str = "capture",
 
 def _image_rows(project: Project, version: str | None, classes: list[str],
                 ok_idx: int | None) -> list[Row]:
-    score_sql = f"1.0 - json_extract(p.probs, '$[{ok_idx}]')" if ok_idx is not None \
-        else "1.0 - p.confidence"
+    # 1 - p(OK) (else 1 - top prob) summed from the other classes, as defectssft.metrics does:
+    # 1 - p of a float32 probability is 0 for every confident OK part, and they would tie.
+    skip = str(ok_idx) if ok_idx is not None else "p.pred_class_id"
+    score_sql = (f"CASE WHEN p.probs IS NULL THEN NULL ELSE "
+                 f"(SELECT total(value) FROM json_each(p.probs) WHERE key != {skip}) END")
     sql = (
         "SELECT i.id, i.sha256, i.ext, c.name, COALESCE(i.capture_time, i.ingest_time), "
         f"COALESCE(i.original_name, ''), p.pred_class_id, p.confidence, p.margin, {score_sql} "

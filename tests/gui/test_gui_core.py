@@ -72,6 +72,19 @@ def test_filters_and_sorts(gui_project):
     assert scores[0] == pytest.approx(0.9)  # 1 - p(ok) with p(ok) = 0.1
 
 
+def test_score_sort_keeps_the_order_of_confidently_ok_parts(gui_project):
+    # float32 probabilities of confident OK parts store p(OK) = 1.0: the score must come from the
+    # other classes (1e-9 before 1e-12), not 1 - p(OK), which ties them all at 0.
+    p = gui_project
+    ids = p.image_ids()
+    probs = {ids[0]: [1.0, 1e-12, 0.0], ids[1]: [1.0, 1e-9, 0.0], ids[2]: [0.2, 0.5, 0.3]}
+    add_fake_model(p, probs=probs)
+    rows = queries.fetch_rows(p, "all", "score", version="v0001")
+    assert [r.image_id for r in rows[:3]] == [ids[2], ids[1], ids[0]]
+    assert [r.score for r in rows[:3]] == pytest.approx([0.8, 1e-9, 1e-12], rel=1e-6)
+    assert all(r.score is None for r in rows[3:])  # no prediction, no score
+
+
 def test_predictions_of_a_model_trained_before_a_rename(gui_project):
     p = gui_project
     ids = p.image_ids()

@@ -50,19 +50,19 @@ def split(seed: int, n_ng: int = 10, n_ok: int = 30, test_fraction: float = 0.4)
     return data, test
 
 
-def binary_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    score, is_defect = defect_scores(probs, 0), labels == 1
+def binary_metrics(score: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """AUROC, AP and overkill at zero escapes of defect scores (label 1 = defective)."""
+    is_defect = labels == 1
     zero_escape = threshold_for_max_escape(score, is_defect, 0.0)
     return {"auroc": roc_auc(score, is_defect), "ap": average_precision(score, is_defect),
             "overkill_at_zero_escape": zero_escape.overkill_rate}
 
 
-def hardest_defects(probs: np.ndarray, labels: np.ndarray, paths: list[str], n: int = 3) -> list[dict]:
+def hardest_defects(score: np.ndarray, labels: np.ndarray, paths: list[str], n: int = 3) -> list[dict]:
     """The ``n`` lowest-scored defective test images: the ones that set the overkill at zero escapes.
 
     ``good_above`` counts the good parts scored at or above each one (what a threshold that passes
     no defect must reject because of it)."""
-    score = defect_scores(probs, 0)
     good = score[labels == 0]
     rows = [{"image": "/".join(Path(paths[i]).parts[-2:]), "score": float(f"{score[i]:.4g}"),
              "good_above": int((good >= score[i]).sum())} for i in np.flatnonzero(labels == 1)]
@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                                   "threads": args.threads, "warmup_steps": max(1, args.steps // 15)}}
                 apply_sets(base, args.set)
                 r = run_one(data, variant_overrides(method, base), Path(tmp) / f"s{seed}_{method}", test)
-                m = binary_metrics(r["probs"], r["labels"])
+                score = defect_scores(r["probs"], 0)
+                m = binary_metrics(score, r["labels"])
                 row = {"seed": seed, "method": method, **m, "wall_s": r["wall_s"], "steps": r["steps"],
-                       "hardest_defects": hardest_defects(r["probs"], r["labels"], [p for p, _ in test]),
+                       "hardest_defects": hardest_defects(score, r["labels"], [p for p, _ in test]),
                        "history": r["history"]}
                 runs.append(row)
                 print(f"seed={seed} {method:12s} AUROC={m['auroc']:.4f} AP={m['ap']:.4f} "

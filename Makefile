@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml deploy/pyproject.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check defectssft deploy gui tests benchmarks scripts
+	$(BIN)/ruff format --check defectssft deploy gui tests benchmarks scripts
 
 test: $(STAMP) lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider

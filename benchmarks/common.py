@@ -25,8 +25,11 @@ from defectssft.training.data import TrainData
 from defectssft.training.loop import train
 
 # The data sets beside the repository (../shared/datasets); DEFECTSSFT_DATASETS points elsewhere.
-DATASETS = Path(os.environ.get("DEFECTSSFT_DATASETS",
-                               Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATASETS = Path(
+    os.environ.get(
+        "DEFECTSSFT_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    )
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -60,8 +63,15 @@ def neu_split(k: int, seed: int, test_per_class: int = 110) -> TrainData:
         labeled += [(str(p), idx) for p in pool[:k]]
         unlabeled += [str(p) for p in pool[k:]]
         truth += [idx] * len(pool[k:])
-    return TrainData(classes=classes, labeled=labeled, unlabeled=unlabeled, val=test, test=test,
-                     bit_depth=8, unlabeled_truth=truth)
+    return TrainData(
+        classes=classes,
+        labeled=labeled,
+        unlabeled=unlabeled,
+        val=test,
+        test=test,
+        bit_depth=8,
+        unlabeled_truth=truth,
+    )
 
 
 def kolektor_items(root: Path = DATASETS / "kolektorsdd") -> list[tuple[str, int]]:
@@ -107,16 +117,26 @@ def variant_overrides(variant: str, base: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_one(data: TrainData, overrides: dict[str, Any], run_dir: Path,
-            test_items: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+def run_one(
+    data: TrainData,
+    overrides: dict[str, Any],
+    run_dir: Path,
+    test_items: list[tuple[str, int]] | None = None,
+) -> dict[str, Any]:
     """Train once; the final validation metrics, wall time, and test-set probs if asked."""
     cfg = resolve_config(overrides=overrides)
     t0 = time.time()
     result = train(cfg, data, run_dir, handle_signals=False)
-    out: dict[str, Any] = {**result.metrics, "wall_s": time.time() - t0, "steps": result.step,
-                           "history": step_history(run_dir)}
+    out: dict[str, Any] = {
+        **result.metrics,
+        "wall_s": time.time() - t0,
+        "steps": result.step,
+        "history": step_history(run_dir),
+    }
     if test_items is not None:
-        out["probs"], out["labels"] = predict_items(cfg, result, len(data.classes), test_items, data.bit_depth)
+        out["probs"], out["labels"] = predict_items(
+            cfg, result, len(data.classes), test_items, data.bit_depth
+        )
     return out
 
 
@@ -127,12 +147,16 @@ def step_history(run_dir: Path) -> list[dict[str, Any]]:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     keep = ("step", "lr", "loss_s", "loss_u", "mask", "tau", "pl_acc", "pl_acc_mask")
-    return [{k: float(f"{r[k]:.4g}") if isinstance(r[k], float) else r[k] for k in keep if k in r}
-            for r in rows if r.get("event") == "step"]
+    return [
+        {k: float(f"{r[k]:.4g}") if isinstance(r[k], float) else r[k] for k in keep if k in r}
+        for r in rows
+        if r.get("event") == "step"
+    ]
 
 
-def predict_items(cfg: dict[str, Any], result: Any, num_classes: int,
-                  items: list[tuple[str, int]], bit_depth: int) -> tuple[Any, Any]:
+def predict_items(
+    cfg: dict[str, Any], result: Any, num_classes: int, items: list[tuple[str, int]], bit_depth: int
+) -> tuple[Any, Any]:
     """Softmax probabilities of the trained weights on ``items`` (decoded like the line does)."""
     from defectssft.modeling import create_backbone
     from defectssft.training.data import eval_loader
@@ -152,9 +176,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "host": platform.node(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               **payload}
+    payload = {
+        "benchmark": name,
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **payload,
+    }
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(payload, indent=2))
     return out

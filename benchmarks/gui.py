@@ -61,15 +61,17 @@ def build_project(root: Path, n: int, size: int, seed: int = 0) -> tuple[Project
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
         capture = f"2024-01-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}.{i:06d}"
-        rows.append((sha, ".png", size, size, 1, 8, len(data), "bench", f"cam_{i:06d}.png",
-                     capture, now))
+        rows.append(
+            (sha, ".png", size, size, 1, 8, len(data), "bench", f"cam_{i:06d}.png", capture, now)
+        )
         p = rng.dirichlet(np.ones(len(CLASSES)) * 0.5).tolist()
         preds.append(p)
     with project.transaction() as tx:
         tx.executemany(
             "INSERT INTO images (sha256, ext, width, height, channels, bit_depth, file_size, "
             "source, original_name, capture_time, ingest_time) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            rows)
+            rows,
+        )
     project.models_dir.joinpath("v0001").mkdir(exist_ok=True)
     project.register_model("v0001", {"classes": CLASSES}, {})
     project.save_predictions("v0001", zip(project.image_ids(), preds, strict=True))
@@ -80,8 +82,13 @@ def time_queries(project: Project) -> dict[str, float]:
     from defectssft_gui import queries
 
     out = {}
-    for spec, sort in (("all", "-capture"), ("all", "score"), ("unlabeled", "-capture"),
-                       ("uncertain", "-capture"), ("useful", "-capture")):
+    for spec, sort in (
+        ("all", "-capture"),
+        ("all", "score"),
+        ("unlabeled", "-capture"),
+        ("uncertain", "-capture"),
+        ("useful", "-capture"),
+    ):
         t0 = time.perf_counter()
         rows = queries.fetch_rows(project, spec, sort, "v0001")
         out[f"{spec}/{sort}"] = round((time.perf_counter() - t0) * 1000, 1)
@@ -120,6 +127,7 @@ def first_thumbnails(app, root: Path) -> dict[str, float]:
     window.resize(1280, 800)
     window.show()
     t_window = time.perf_counter() - t0
+
     def done() -> bool:  # the layout may still change: look at what is visible now
         rows = visible_rows(window)
         return bool(rows) and all(window.model.has_thumbnail(i) for i in rows)
@@ -129,8 +137,12 @@ def first_thumbnails(app, root: Path) -> dict[str, float]:
     t_thumbs = time.perf_counter() - t0
     window.close()
     app.processEvents()
-    return {"window_shown_s": round(t_window, 3), "first_thumbnails_s": round(t_thumbs, 3),
-            "visible_cells": len(rows), "complete": ok}
+    return {
+        "window_shown_s": round(t_window, 3),
+        "first_thumbnails_s": round(t_thumbs, 3),
+        "visible_cells": len(rows),
+        "complete": ok,
+    }
 
 
 def label_to_next(app, root: Path, presses: int, pause: float) -> dict[str, float]:
@@ -173,9 +185,14 @@ def label_to_next(app, root: Path, presses: int, pause: float) -> dict[str, floa
     window.close()
     app.processEvents()
     lat.sort()
-    return {"presses": presses, "pause_s": pause, "median_ms": round(statistics.median(lat), 2),
-            "p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 2), "max_ms": round(lat[-1], 2),
-            "labels_in_db": labeled}
+    return {
+        "presses": presses,
+        "pause_s": pause,
+        "median_ms": round(statistics.median(lat), 2),
+        "p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 2),
+        "max_ms": round(lat[-1], 2),
+        "labels_in_db": labeled,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presses", type=int, default=None)
     parser.add_argument("--size", type=int, default=96, help="image side in pixels")
     parser.add_argument("--workdir", default=None, help="keep the project here")
-    parser.add_argument("--name", default=None,
-                        help="results file name (default gui or gui-quick)")
+    parser.add_argument("--name", default=None, help="results file name (default gui or gui-quick)")
     args = parser.parse_args(argv)
     n = args.images or (5000 if args.quick else 20000)
     presses = args.presses or (100 if args.quick else 300)
@@ -203,21 +219,32 @@ def main(argv: list[str] | None = None) -> int:
         paced = label_to_next(app, root, presses, pause=0.15)
         burst = label_to_next(app, root, presses, pause=0.0)
     result = {
-        "benchmark": "gui", "images": n, "image_size": args.size, "build_s": round(build_s, 1),
-        "queries_ms": queries_ms, "first_thumbnails_cold": cold, "first_thumbnails_warm": warm,
-        "label_to_next_paced": paced, "label_to_next_back_to_back": burst,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "command": "python benchmarks/gui.py " + " ".join(argv if argv is not None
-                                                          else sys.argv[1:]),
+        "benchmark": "gui",
+        "images": n,
+        "image_size": args.size,
+        "build_s": round(build_s, 1),
+        "queries_ms": queries_ms,
+        "first_thumbnails_cold": cold,
+        "first_thumbnails_warm": warm,
+        "label_to_next_paced": paced,
+        "label_to_next_back_to_back": burst,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "command": "python benchmarks/gui.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     print(f"\nGUI benchmark: {n} images of {args.size}px (project built in {build_s:.1f} s)")
     print(f"{'measure':44s} {'value':>12s}")
     for k, v in queries_ms.items():
         print(f"{'grid query ' + k:44s} {v:>9.1f} ms")
     for name, r in (("cold cache", cold), ("warm cache", warm)):
-        print(f"{'first thumbnails, ' + name:44s} {r['first_thumbnails_s']:>10.3f} s"
-              f"  ({r['visible_cells']} cells, window shown {r['window_shown_s']:.3f} s)")
+        print(
+            f"{'first thumbnails, ' + name:44s} {r['first_thumbnails_s']:>10.3f} s"
+            f"  ({r['visible_cells']} cells, window shown {r['window_shown_s']:.3f} s)"
+        )
     for name, r in (("paced 150 ms", paced), ("back-to-back", burst)):
         print(f"{'label -> next image, ' + name + ' median':44s} {r['median_ms']:>9.2f} ms")
         print(f"{'label -> next image, ' + name + ' p95':44s} {r['p95_ms']:>9.2f} ms")

@@ -38,9 +38,14 @@ def bench_import(folder: Path, label_from: str | None, limit: int | None) -> dic
         seconds = time.perf_counter() - start
         project.close()
     mb = sum(f.stat().st_size for f in files) / 1e6
-    return {"files": len(files), "added": summary.added, "quarantined": summary.quarantined,
-            "seconds": round(seconds, 3), "images_per_s": round(len(files) / seconds, 1),
-            "mb_per_s": round(mb / seconds, 1)}
+    return {
+        "files": len(files),
+        "added": summary.added,
+        "quarantined": summary.quarantined,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(files) / seconds, 1),
+        "mb_per_s": round(mb / seconds, 1),
+    }
 
 
 def make_big_project(path: Path, rows: int) -> Project:
@@ -56,15 +61,36 @@ def make_big_project(path: Path, rows: int) -> Project:
             labeled = rng.random() < 0.2
             label = rng.randint(1, 6) if labeled else None
             split = rng.choice(["train"] * 7 + ["val", "test"]) if labeled else "train"
-            batch.append((sha, ".jpg", 200, 200, 1, 8, 10000, "bench", f"{i}.jpg", now, now, split,
-                          int(labeled), label, "human" if labeled else None))
+            batch.append(
+                (
+                    sha,
+                    ".jpg",
+                    200,
+                    200,
+                    1,
+                    8,
+                    10000,
+                    "bench",
+                    f"{i}.jpg",
+                    now,
+                    now,
+                    split,
+                    int(labeled),
+                    label,
+                    "human" if labeled else None,
+                )
+            )
         tx.executemany(
             "INSERT INTO images (sha256, ext, width, height, channels, bit_depth, file_size, source,"
             " original_name, capture_time, ingest_time, split, split_frozen, label_class_id,"
-            " label_source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+            " label_source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            batch,
+        )
         for i in range(rows // 50):
-            tx.execute("INSERT INTO quarantine (path, reason, time) VALUES (?,?,?)",
-                       (f"bad{i}.jpg", "truncated JPEG", now))
+            tx.execute(
+                "INSERT INTO quarantine (path, reason, time) VALUES (?,?,?)",
+                (f"bad{i}.jpg", "truncated JPEG", now),
+            )
     return project
 
 
@@ -85,13 +111,20 @@ def bench_status(rows: int) -> dict:
         cli_times = []
         for _ in range(3):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "defectssft", "status", str(path), "--json"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "defectssft", "status", str(path), "--json"],
+                check=True,
+                capture_output=True,
+            )
             cli_times.append(time.perf_counter() - t)
-    return {"rows": rows, "images_reported": st["images"], "build_seconds": round(build, 2),
-            "status_median_s": round(statistics.median(times), 4),
-            "status_max_s": round(max(times), 4),
-            "cli_status_median_s": round(statistics.median(cli_times), 3)}
+    return {
+        "rows": rows,
+        "images_reported": st["images"],
+        "build_seconds": round(build, 2),
+        "status_median_s": round(statistics.median(times), 4),
+        "status_max_s": round(max(times), 4),
+        "cli_status_median_s": round(statistics.median(cli_times), 3),
+    }
 
 
 def main() -> None:
@@ -104,8 +137,10 @@ def main() -> None:
     args = ap.parse_args()
     limit = 300 if args.quick else None
     rows = 20_000 if args.quick else args.rows
-    results: dict = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
-                     "quick": args.quick}
+    results: dict = {
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+        "quick": args.quick,
+    }
     if args.neu.exists():
         results["neu_det"] = bench_import(args.neu / "images", r"filename:^(.*)_\d+\.jpg$", limit)
     if args.kolektor.exists():
@@ -116,12 +151,18 @@ def main() -> None:
     for key in ("neu_det", "kolektorsdd"):
         if key in results:
             r = results[key]
-            print(f"{'import ' + key:<28} {r['files']:>10} {r['seconds']:>9.2f} "
-                  f"{r['images_per_s']:>8.0f} img/s")
+            print(
+                f"{'import ' + key:<28} {r['files']:>10} {r['seconds']:>9.2f} "
+                f"{r['images_per_s']:>8.0f} img/s"
+            )
     s = results["status"]
-    print(f"{'status() (library)':<28} {s['rows']:>10} {s['status_median_s']:>9.3f} {'median of 5':>14}")
-    print(f"{'defectssft status (CLI)':<28} {s['rows']:>10} {s['cli_status_median_s']:>9.3f} "
-          f"{'median of 3':>14}")
+    print(
+        f"{'status() (library)':<28} {s['rows']:>10} {s['status_median_s']:>9.3f} {'median of 5':>14}"
+    )
+    print(
+        f"{'defectssft status (CLI)':<28} {s['rows']:>10} {s['cli_status_median_s']:>9.3f} "
+        f"{'median of 3':>14}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

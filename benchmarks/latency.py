@@ -42,22 +42,39 @@ def train_model(size: int, steps: int, run_dir: Path) -> tuple[torch.nn.Module, 
     from defectssft.training.loop import train
 
     data = neu_split(k=1000, seed=0)  # k above the pool size: every non-test image is labeled
-    cfg = resolve_config(overrides={
-        "model": {"name": "tf_efficientnet_lite0", "weights": "imagenet"},
-        "input": {"height": size, "width": size, "bit_depth": 8},
-        "ssl": {"method": "supervised"},
-        "train": {"steps": steps, "batch_size": 16, "lr": 0.02, "warmup_steps": 10,
-                  "eval_every": steps, "checkpoint_every": steps, "threads": 2,
-                  "num_workers": 1, "ema_decay": 0.0},
-    })
+    cfg = resolve_config(
+        overrides={
+            "model": {"name": "tf_efficientnet_lite0", "weights": "imagenet"},
+            "input": {"height": size, "width": size, "bit_depth": 8},
+            "ssl": {"method": "supervised"},
+            "train": {
+                "steps": steps,
+                "batch_size": 16,
+                "lr": 0.02,
+                "warmup_steps": 10,
+                "eval_every": steps,
+                "checkpoint_every": steps,
+                "threads": 2,
+                "num_workers": 1,
+                "ema_decay": 0.0,
+            },
+        }
+    )
     t0 = time.time()
     result = train(cfg, data, run_dir, handle_signals=False)
     print(f"trained {steps} steps in {time.time() - t0:.0f} s: val {result.metrics}", flush=True)
     model = build_model("tf_efficientnet_lite0", len(data.classes), weights="none")
     model.load_state_dict(result.weights)
-    meta = {"model_name": "tf_efficientnet_lite0", "classes": data.classes, "ok_class": None,
-            "input": {"height": size, "width": size, "bit_depth": 8},
-            "mean": result.mean, "std": result.std, "version": "bench", "thresholds": None}
+    meta = {
+        "model_name": "tf_efficientnet_lite0",
+        "classes": data.classes,
+        "ok_class": None,
+        "input": {"height": size, "width": size, "bit_depth": 8},
+        "mean": result.mean,
+        "std": result.std,
+        "version": "bench",
+        "thresholds": None,
+    }
     return model.eval(), meta
 
 
@@ -76,8 +93,14 @@ def time_interleaved(runtimes: dict, x: np.ndarray, iters: int, warmup: int) -> 
     out = []
     for name, t in times.items():
         a = np.asarray(t)
-        out.append({"runtime": name, "median_ms": float(np.median(a)),
-                    "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())})
+        out.append(
+            {
+                "runtime": name,
+                "median_ms": float(np.median(a)),
+                "p99_ms": float(np.percentile(a, 99)),
+                "mean_ms": float(a.mean()),
+            }
+        )
     return out
 
 
@@ -112,11 +135,19 @@ def main() -> None:
     calib_paths = [data.labeled[i][0] for i in rng.permutation(len(data.labeled))[:64]]
     calib = load_images(calib_paths, h, w, bit)
 
-    fp32 = export_onnx(model, meta, work / "fp32.onnx", check_images=test_x[:32],
-                       check_labels=test_y[:32].tolist())
-    int8 = export_onnx(model, meta, work / "int8.onnx", check_images=test_x[:32],
-                       check_labels=test_y[:32].tolist(), calib_images=calib, precision="int8",
-                       max_int8_drop=1.0)
+    fp32 = export_onnx(
+        model, meta, work / "fp32.onnx", check_images=test_x[:32], check_labels=test_y[:32].tolist()
+    )
+    int8 = export_onnx(
+        model,
+        meta,
+        work / "int8.onnx",
+        check_images=test_x[:32],
+        check_labels=test_y[:32].tolist(),
+        calib_images=calib,
+        precision="int8",
+        max_int8_drop=1.0,
+    )
     print(fp32.summary(), "\n" + int8.summary(), flush=True)
 
     wrapper = inspection_model(model, meta)
@@ -142,24 +173,44 @@ def main() -> None:
             rows.append({**r, "threads": threads, "batch": 1, "accuracy": acc[r["runtime"]]})
     torch.set_num_threads(2)
 
-    print(f"\n{meta['model_name']} {h}x{w}, batch 1, {iters} runs; accuracy on {len(test_y)} "
-          f"NEU-DET test images")
+    print(
+        f"\n{meta['model_name']} {h}x{w}, batch 1, {iters} runs; accuracy on {len(test_y)} "
+        f"NEU-DET test images"
+    )
     print(f"{'runtime':<12} {'threads':>7} {'median ms':>10} {'p99 ms':>9} {'accuracy':>9}")
     for r in rows:
-        print(f"{r['runtime']:<12} {r['threads']:>7} {r['median_ms']:>10.2f} {r['p99_ms']:>9.2f} "
-              f"{100 * r['accuracy']:>8.2f}%")
+        print(
+            f"{r['runtime']:<12} {r['threads']:>7} {r['median_ms']:>10.2f} {r['p99_ms']:>9.2f} "
+            f"{100 * r['accuracy']:>8.2f}%"
+        )
     by = {(r["runtime"], r["threads"]): r["median_ms"] for r in rows}
-    speed = {f"{t}t": {"fp32_vs_eager": by[("torch_eager", t)] / by[("ort_fp32", t)],
-                       "int8_vs_fp32": by[("ort_fp32", t)] / by[("ort_int8", t)]} for t in (1, 2)}
+    speed = {
+        f"{t}t": {
+            "fp32_vs_eager": by[("torch_eager", t)] / by[("ort_fp32", t)],
+            "int8_vs_fp32": by[("ort_fp32", t)] / by[("ort_int8", t)],
+        }
+        for t in (1, 2)
+    }
     for t, s in speed.items():
-        print(f"speed-up at {t}: ORT fp32 vs eager {s['fp32_vs_eager']:.2f}x, "
-              f"INT8 vs fp32 {s['int8_vs_fp32']:.2f}x")
+        print(
+            f"speed-up at {t}: ORT fp32 vs eager {s['fp32_vs_eager']:.2f}x, "
+            f"INT8 vs fp32 {s['int8_vs_fp32']:.2f}x"
+        )
     print(f"INT8 accuracy change vs fp32: {100 * (acc['ort_int8'] - acc['ort_fp32']):+.2f} pt")
-    out = write_results(args.name, {
-        "quick": args.quick, "model": args.model or f"fine-tuned {steps} steps", "size": [h, w],
-        "iters": iters, "n_test": len(test_y), "rows": rows, "accuracy": acc, "speedup": speed,
-        "export": {"fp32": fp32.as_dict(), "int8": int8.as_dict()},
-    })
+    out = write_results(
+        args.name,
+        {
+            "quick": args.quick,
+            "model": args.model or f"fine-tuned {steps} steps",
+            "size": [h, w],
+            "iters": iters,
+            "n_test": len(test_y),
+            "rows": rows,
+            "accuracy": acc,
+            "speedup": speed,
+            "export": {"fp32": fp32.as_dict(), "int8": int8.as_dict()},
+        },
+    )
     print(f"wrote {out}")
 
 

@@ -32,7 +32,9 @@ from defectssft.metrics import average_precision, defect_scores, roc_auc, thresh
 from defectssft.training.data import TrainData  # noqa: E402
 
 
-def split(seed: int, n_ng: int = 10, n_ok: int = 30, test_fraction: float = 0.4) -> tuple[TrainData, list]:
+def split(
+    seed: int, n_ng: int = 10, n_ok: int = 30, test_fraction: float = 0.4
+) -> tuple[TrainData, list]:
     """Fixed stratified test split (independent of ``seed``); labeled drawn from the pool by seed."""
     items = kolektor_items()
     test, pool = [], {0: [], 1: []}
@@ -45,8 +47,16 @@ def split(seed: int, n_ng: int = 10, n_ok: int = 30, test_fraction: float = 0.4)
         random.Random(f"kolektor-lab-{cls}-{seed}").shuffle(pool[cls])
     labeled = pool[1][:n_ng] + pool[0][:n_ok]
     rest = pool[1][n_ng:] + pool[0][n_ok:]
-    data = TrainData(classes=["ok", "defect"], labeled=labeled, unlabeled=[p for p, _ in rest], val=[],
-                     test=test, ok_class="ok", bit_depth=8, unlabeled_truth=[c for _, c in rest])
+    data = TrainData(
+        classes=["ok", "defect"],
+        labeled=labeled,
+        unlabeled=[p for p, _ in rest],
+        val=[],
+        test=test,
+        ok_class="ok",
+        bit_depth=8,
+        unlabeled_truth=[c for _, c in rest],
+    )
     return data, test
 
 
@@ -54,18 +64,29 @@ def binary_metrics(score: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """AUROC, AP and overkill at zero escapes of defect scores (label 1 = defective)."""
     is_defect = labels == 1
     zero_escape = threshold_for_max_escape(score, is_defect, 0.0)
-    return {"auroc": roc_auc(score, is_defect), "ap": average_precision(score, is_defect),
-            "overkill_at_zero_escape": zero_escape.overkill_rate}
+    return {
+        "auroc": roc_auc(score, is_defect),
+        "ap": average_precision(score, is_defect),
+        "overkill_at_zero_escape": zero_escape.overkill_rate,
+    }
 
 
-def hardest_defects(score: np.ndarray, labels: np.ndarray, paths: list[str], n: int = 3) -> list[dict]:
+def hardest_defects(
+    score: np.ndarray, labels: np.ndarray, paths: list[str], n: int = 3
+) -> list[dict]:
     """The ``n`` lowest-scored defective test images: the ones that set the overkill at zero escapes.
 
     ``good_above`` counts the good parts scored at or above each one (what a threshold that passes
     no defect must reject because of it)."""
     good = score[labels == 0]
-    rows = [{"image": "/".join(Path(paths[i]).parts[-2:]), "score": float(f"{score[i]:.4g}"),
-             "good_above": int((good >= score[i]).sum())} for i in np.flatnonzero(labels == 1)]
+    rows = [
+        {
+            "image": "/".join(Path(paths[i]).parts[-2:]),
+            "score": float(f"{score[i]:.4g}"),
+            "good_above": int((good >= score[i]).sum()),
+        }
+        for i in np.flatnonzero(labels == 1)
+    ]
     return sorted(rows, key=lambda r: r["score"])[:n]
 
 
@@ -90,30 +111,58 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             data, test = split(seed)
             for method in args.methods:
-                base = {"input": {"height": args.height, "width": args.width},
-                        "augment": {"vflip": True, "hflip": True},
-                        "train": {"steps": args.steps, "seed": seed, "eval_every": 10**9,
-                                  "checkpoint_every": 10**9, "log_every": 50, "num_workers": 1,
-                                  "threads": args.threads, "warmup_steps": max(1, args.steps // 15)}}
+                base = {
+                    "input": {"height": args.height, "width": args.width},
+                    "augment": {"vflip": True, "hflip": True},
+                    "train": {
+                        "steps": args.steps,
+                        "seed": seed,
+                        "eval_every": 10**9,
+                        "checkpoint_every": 10**9,
+                        "log_every": 50,
+                        "num_workers": 1,
+                        "threads": args.threads,
+                        "warmup_steps": max(1, args.steps // 15),
+                    },
+                }
                 apply_sets(base, args.set)
-                r = run_one(data, variant_overrides(method, base), Path(tmp) / f"s{seed}_{method}", test)
+                r = run_one(
+                    data, variant_overrides(method, base), Path(tmp) / f"s{seed}_{method}", test
+                )
                 score = defect_scores(r["probs"], 0)
                 m = binary_metrics(score, r["labels"])
-                row = {"seed": seed, "method": method, **m, "wall_s": r["wall_s"], "steps": r["steps"],
-                       "hardest_defects": hardest_defects(score, r["labels"], [p for p, _ in test]),
-                       "history": r["history"]}
+                row = {
+                    "seed": seed,
+                    "method": method,
+                    **m,
+                    "wall_s": r["wall_s"],
+                    "steps": r["steps"],
+                    "hardest_defects": hardest_defects(score, r["labels"], [p for p, _ in test]),
+                    "history": r["history"],
+                }
                 runs.append(row)
-                print(f"seed={seed} {method:12s} AUROC={m['auroc']:.4f} AP={m['ap']:.4f} "
-                      f"overkill@0esc={m['overkill_at_zero_escape']:.3f} wall={r['wall_s']:.0f}s", flush=True)
+                print(
+                    f"seed={seed} {method:12s} AUROC={m['auroc']:.4f} AP={m['ap']:.4f} "
+                    f"overkill@0esc={m['overkill_at_zero_escape']:.3f} wall={r['wall_s']:.0f}s",
+                    flush=True,
+                )
                 write_results(name, {"args": vars(args), "runs": runs})
     print(f"\n{'method':12s} {'AUROC':>15s} {'AP':>15s} {'overkill@0':>15s} {'wall s':>7s}")
     summary = []
     for method in args.methods:
         rows = [r for r in runs if r["method"] == method]
-        s = {key: mean_std([r[key] for r in rows]) for key in ("auroc", "ap", "overkill_at_zero_escape", "wall_s")}
+        s = {
+            key: mean_std([r[key] for r in rows])
+            for key in ("auroc", "ap", "overkill_at_zero_escape", "wall_s")
+        }
         summary.append({"method": method, **{k: {"mean": v[0], "std": v[1]} for k, v in s.items()}})
-        print(f"{method:12s} " + " ".join(f"{s[k][0]:>8.4f}±{s[k][1]:.3f}" for k in ("auroc", "ap", "overkill_at_zero_escape"))
-              + f" {s['wall_s'][0]:>7.0f}")
+        print(
+            f"{method:12s} "
+            + " ".join(
+                f"{s[k][0]:>8.4f}±{s[k][1]:.3f}" for k in ("auroc", "ap", "overkill_at_zero_escape")
+            )
+            + f" {s['wall_s'][0]:>7.0f}"
+        )
     out = write_results(name, {"args": vars(args), "runs": runs, "summary": summary})
     print(f"wrote {out}")
     return 0

@@ -43,15 +43,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="k=5, one seed, 150 steps at 64 px")
     ap.add_argument("--ks", type=int, nargs="+", default=[5, 10])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=["supervised", "freematch_da"],
-                    help="variants from benchmarks/common.py VARIANTS")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["supervised", "freematch_da"],
+        help="variants from benchmarks/common.py VARIANTS",
+    )
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--set", nargs="*", default=[], help="extra section.key=value for every run")
     ap.add_argument("--batch", type=int, default=12, help="labeled images per step")
     ap.add_argument("--mu", type=int, default=3, help="unlabeled images per labeled image")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a shared 2-core machine 2 threads ran 7x slower)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared 2-core machine 2 threads ran 7x slower)",
+    )
     ap.add_argument("--name", default=None, help="results file name (default ssl_neu[_quick])")
     args = ap.parse_args(argv)
     if args.quick:
@@ -63,9 +71,17 @@ def overrides(method: str, args: argparse.Namespace, seed: int) -> dict:
     o: dict = {
         "input": {"height": args.size, "width": args.size},
         "ssl": {"mu": args.mu},
-        "train": {"steps": args.steps, "seed": seed, "batch_size": args.batch, "eval_every": args.steps, "checkpoint_every": 10**9,
-                  "log_every": 50, "num_workers": 1, "threads": args.threads,
-                  "warmup_steps": max(1, args.steps // 15)},
+        "train": {
+            "steps": args.steps,
+            "seed": seed,
+            "batch_size": args.batch,
+            "eval_every": args.steps,
+            "checkpoint_every": 10**9,
+            "log_every": 50,
+            "num_workers": 1,
+            "threads": args.threads,
+            "warmup_steps": max(1, args.steps // 15),
+        },
     }
     return variant_overrides(method, apply_sets(o, args.set))
 
@@ -82,22 +98,42 @@ def main(argv: list[str] | None = None) -> int:
                 for method in args.methods:
                     run_dir = Path(tmp) / f"k{k}_s{seed}_{method}"
                     # No in-loop validation: the final weights are scored once, on the test split.
-                    r = run_one(dataclasses.replace(data, val=[]), overrides(method, args, seed), run_dir,
-                                test_items=data.test)
+                    r = run_one(
+                        dataclasses.replace(data, val=[]),
+                        overrides(method, args, seed),
+                        run_dir,
+                        test_items=data.test,
+                    )
                     m = classification_metrics(r["probs"], r["labels"], None)
-                    row = {"k": k, "seed": seed, "method": method, "accuracy": m["accuracy"],
-                           "macro_f1": m["macro_f1"], "wall_s": r["wall_s"], "steps": r["steps"],
-                           "confusion": confusion(r["probs"], r["labels"], len(data.classes)),
-                           "history": r["history"]}
+                    row = {
+                        "k": k,
+                        "seed": seed,
+                        "method": method,
+                        "accuracy": m["accuracy"],
+                        "macro_f1": m["macro_f1"],
+                        "wall_s": r["wall_s"],
+                        "steps": r["steps"],
+                        "confusion": confusion(r["probs"], r["labels"], len(data.classes)),
+                        "history": r["history"],
+                    }
                     runs.append(row)
-                    print(f"k={k} seed={seed} {method:10s} acc={row['accuracy']:.4f} "
-                          f"wall={row['wall_s']:.0f}s", flush=True)
-                    write_results(name, {"args": vars(args), "runs": runs, "summary": summarize(runs)})
+                    print(
+                        f"k={k} seed={seed} {method:10s} acc={row['accuracy']:.4f} "
+                        f"wall={row['wall_s']:.0f}s",
+                        flush=True,
+                    )
+                    write_results(
+                        name, {"args": vars(args), "runs": runs, "summary": summarize(runs)}
+                    )
     summary = summarize(runs)
-    print(f"\n{'k':>3} {'method':12s} {'accuracy mean ± std':>22s} {'runs':>5s} {'wall s/run':>10s}")
+    print(
+        f"\n{'k':>3} {'method':12s} {'accuracy mean ± std':>22s} {'runs':>5s} {'wall s/run':>10s}"
+    )
     for row in summary:
-        print(f"{row['k']:>3} {row['method']:12s} {100 * row['acc_mean']:>13.2f} ± {100 * row['acc_std']:5.2f} "
-              f"{row['n']:>5d} {row['wall_mean']:>10.0f}")
+        print(
+            f"{row['k']:>3} {row['method']:12s} {100 * row['acc_mean']:>13.2f} ± {100 * row['acc_std']:5.2f} "
+            f"{row['n']:>5d} {row['wall_mean']:>10.0f}"
+        )
     out = write_results(name, {"args": vars(args), "runs": runs, "summary": summary})
     print(f"wrote {out}")
     return 0
@@ -118,8 +154,16 @@ def summarize(runs: list[dict]) -> list[dict]:
             walls = [r["wall_s"] for r in runs if r["k"] == k and r["method"] == method]
             if accs:
                 m, s = mean_std(accs)
-                out.append({"k": k, "method": method, "acc_mean": m, "acc_std": s, "n": len(accs),
-                            "wall_mean": mean_std(walls)[0]})
+                out.append(
+                    {
+                        "k": k,
+                        "method": method,
+                        "acc_mean": m,
+                        "acc_std": s,
+                        "n": len(accs),
+                        "wall_mean": mean_std(walls)[0],
+                    }
+                )
     return out
 
 

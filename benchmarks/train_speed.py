@@ -40,8 +40,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model_name: str, size: int, batch: int, mu: int, steps: int, device: torch.device,
-            amp: str = "auto") -> dict:
+def measure(
+    model_name: str,
+    size: int,
+    batch: int,
+    mu: int,
+    steps: int,
+    device: torch.device,
+    amp: str = "auto",
+) -> dict:
     model = build_model(model_name, 6, weights="none").to(device).train()
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     mean, std = default_normalization(model_name, "none")
@@ -87,13 +94,23 @@ def measure(model_name: str, size: int, batch: int, mu: int, steps: int, device:
                 logits_l, logits_s = logits[:batch], logits[batch:]
             else:
                 logits = model(torch.cat([to_model_input(x_l, mean, std), u_weak, u_strong]))
-                logits_l, logits_weak, logits_s = logits[:batch], logits[batch:batch + len(x_u)], logits[batch + len(x_u):]
+                logits_l, logits_weak, logits_s = (
+                    logits[:batch],
+                    logits[batch : batch + len(x_u)],
+                    logits[batch + len(x_u) :],
+                )
         loss_u, _ = obj.fixmatch_loss(logits_weak.float().softmax(1).detach(), logits_s, 0.95)
         update(obj.supervised_loss(logits_l, y_l) + loss_u)
         ema_update(teacher, model, 0.99)
 
-    out: dict = {"model": model_name, "size": size, "batch": batch, "mu": mu, "device": str(device),
-                 "autocast": str(dtype).replace("torch.", "") if dtype else "off"}
+    out: dict = {
+        "model": model_name,
+        "size": size,
+        "batch": batch,
+        "mu": mu,
+        "device": str(device),
+        "autocast": str(dtype).replace("torch.", "") if dtype else "off",
+    }
     modes: tuple[tuple[str, Callable[[], None], int], ...] = (
         ("supervised", sup_step, batch),
         ("ssl", lambda: ssl_step("student"), batch * (1 + mu)),
@@ -125,21 +142,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                    help="autocast as train.amp (auto: bf16/fp16 on CUDA, off on the CPU)")
+    ap.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="autocast as train.amp (auto: bf16/fp16 on CUDA, off on the CPU)",
+    )
     ap.add_argument("--name", default=None, help="results file suffix")
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.steps = [64, 96], 3
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    rows = [measure(args.model, s, args.batch, args.mu, args.steps, device, args.amp) for s in args.sizes]
-    print(f"{'size':>5} {'autocast':>9} {'sup img/s':>10} {'ssl img/s':>10} {'ssl s/step':>11} "
-          f"{'aug share':>10} {'ssl_ema img/s':>14} {'aug share':>10}")
+    rows = [
+        measure(args.model, s, args.batch, args.mu, args.steps, device, args.amp)
+        for s in args.sizes
+    ]
+    print(
+        f"{'size':>5} {'autocast':>9} {'sup img/s':>10} {'ssl img/s':>10} {'ssl s/step':>11} "
+        f"{'aug share':>10} {'ssl_ema img/s':>14} {'aug share':>10}"
+    )
     for r in rows:
-        print(f"{r['size']:>5} {r['autocast']:>9} {r['supervised_img_s']:>10.1f} {r['ssl_img_s']:>10.1f} "
-              f"{r['ssl_step_s']:>11.2f} {100 * r['ssl_strong_aug_share']:>9.1f}% "
-              f"{r['ssl_ema_img_s']:>14.1f} {100 * r['ssl_ema_strong_aug_share']:>9.1f}%")
+        print(
+            f"{r['size']:>5} {r['autocast']:>9} {r['supervised_img_s']:>10.1f} {r['ssl_img_s']:>10.1f} "
+            f"{r['ssl_step_s']:>11.2f} {100 * r['ssl_strong_aug_share']:>9.1f}% "
+            f"{r['ssl_ema_img_s']:>14.1f} {100 * r['ssl_ema_strong_aug_share']:>9.1f}%"
+        )
     name = f"train_speed_{args.name}" if args.name else "train_speed"
     out = write_results(name, {"args": vars(args), "rows": rows})
     print(f"wrote {out}")

@@ -72,15 +72,17 @@ def rank_for_labeling(
         n_diverse = min(limit, len(scored), max(0, diverse_top))
         # The diverse picks come from the most uncertain few; beyond them order is uncertainty.
         pool = order[: max(n_diverse * 5, n_diverse)]
-        head = _greedy_diverse([scored[i] for i in pool], probs[pool], base[pool], diversity,
-                               n_diverse)
+        head = _greedy_diverse(
+            [scored[i] for i in pool], probs[pool], base[pool], diversity, n_diverse
+        )
         chosen = set(head)
         picked = head + [scored[i] for i in order if scored[i] not in chosen]
     return (picked + unscored)[:limit]
 
 
-def _greedy_diverse(ids: list[int], probs: np.ndarray, base: np.ndarray, diversity: float,
-                    k: int) -> list[int]:
+def _greedy_diverse(
+    ids: list[int], probs: np.ndarray, base: np.ndarray, diversity: float, k: int
+) -> list[int]:
     """Greedy pick of ``k`` rows maximising base - diversity * max cosine similarity to picks."""
     if diversity == 0.0 or k <= 1:
         # Stable: ties keep id order.

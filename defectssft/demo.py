@@ -56,15 +56,30 @@ FULL_CONFIG: dict[str, Any] = {
     "model": {"name": "tf_efficientnet_lite0", "weights": "imagenet"},
     "input": {"height": 96, "width": 96},
     "ssl": {"method": "freematch", "mu": 2},
-    "train": {"steps": 300, "batch_size": 12, "warmup_steps": 20, "eval_every": 100,
-              "checkpoint_every": 100, "num_workers": 0, "log_every": 20},
+    "train": {
+        "steps": 300,
+        "batch_size": 12,
+        "warmup_steps": 20,
+        "eval_every": 100,
+        "checkpoint_every": 100,
+        "num_workers": 0,
+        "log_every": 20,
+    },
 }
 TINY_CONFIG: dict[str, Any] = {
     "model": {"name": "test_efficientnet", "weights": "none"},
     "input": {"height": 32, "width": 32},
     "ssl": {"method": "fixmatch", "mu": 1},
-    "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_every": 3,
-              "checkpoint_every": 3, "num_workers": 0, "log_every": 1, "ema_decay": 0.0},
+    "train": {
+        "steps": 3,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "eval_every": 3,
+        "checkpoint_every": 3,
+        "num_workers": 0,
+        "log_every": 1,
+        "ema_decay": 0.0,
+    },
 }
 # OK/NG on tall images: the NEU recipe at 256x96 (benchmarks/ssl_kolektor.py --quick), fewer
 # steps and a small batch (3 labeled training images, 4 unlabeled: mu 1 already covers them);
@@ -73,12 +88,21 @@ KOLEKTOR_FULL_CONFIG: dict[str, Any] = {
     **FULL_CONFIG,
     "input": {"height": 256, "width": 96},
     "ssl": {**FULL_CONFIG["ssl"], "mu": 1},
-    "train": {**FULL_CONFIG["train"], "steps": 150, "batch_size": 4, "warmup_steps": 10,
-              "eval_every": 50, "checkpoint_every": 50, "log_every": 10},
+    "train": {
+        **FULL_CONFIG["train"],
+        "steps": 150,
+        "batch_size": 4,
+        "warmup_steps": 10,
+        "eval_every": 50,
+        "checkpoint_every": 50,
+        "log_every": 10,
+    },
 }
 KOLEKTOR_TINY_CONFIG: dict[str, Any] = {**TINY_CONFIG, "input": {"height": 64, "width": 32}}
-CAVEAT = ("note: with 16 sample images these numbers show the workflow, not what the model can "
-          "do; KolektorSDD at scale is in BENCHMARKS.md")
+CAVEAT = (
+    "note: with 16 sample images these numbers show the workflow, not what the model can "
+    "do; KolektorSDD at scale is in BENCHMARKS.md"
+)
 
 
 class DemoError(DefectssftError):
@@ -97,8 +121,10 @@ def prepare_workdir(workdir: Path, force: bool) -> None:
     """Create ``workdir``; replace it only with ``force`` and only if a demo made it."""
     if workdir.exists() and any(workdir.iterdir()):
         if not force:
-            raise DemoError(f"{workdir} already exists; use --force to replace it "
-                            "(or `make clean-demo`), or pick another --workdir")
+            raise DemoError(
+                f"{workdir} already exists; use --force to replace it "
+                "(or `make clean-demo`), or pick another --workdir"
+            )
         if not (workdir / MARKER).exists():
             raise DemoError(f"{workdir} is not a demo folder (no {MARKER}); refusing to delete it")
         shutil.rmtree(workdir)
@@ -124,8 +150,10 @@ def split_samples(neu: Path) -> dict[str, list[list[Path]]]:
             by_class[m.group(1)].append((int(m.group(2)), f))
     if len(by_class) < 2:
         raise DemoError(f"{neu}: expected NEU-DET sample images named <class>_<n>.jpg")
-    return {cls: _roles(cls, [f for _, f in sorted(items)], LABELED_PER_CLASS, HELD_OUT_PER_CLASS)
-            for cls, items in sorted(by_class.items())}
+    return {
+        cls: _roles(cls, [f for _, f in sorted(items)], LABELED_PER_CLASS, HELD_OUT_PER_CLASS)
+        for cls, items in sorted(by_class.items())
+    }
 
 
 def split_kolektor(root: Path) -> dict[str, list[list[Path]]]:
@@ -134,8 +162,10 @@ def split_kolektor(root: Path) -> dict[str, list[list[Path]]]:
     for cls, (n_labeled, n_held) in KOLEKTOR_ROLES.items():
         files = sorted((root / cls).glob("*.jpg"))
         if len(files) < n_labeled + n_held:
-            raise DemoError(f"{root / cls}: expected at least {n_labeled + n_held} .jpg images, "
-                            f"found {len(files)}")
+            raise DemoError(
+                f"{root / cls}: expected at least {n_labeled + n_held} .jpg images, "
+                f"found {len(files)}"
+            )
         out[cls] = _roles(cls, files, n_labeled, n_held)
     return out
 
@@ -157,8 +187,9 @@ def build_project(workdir: Path, samples: Path, data: DemoData):
     from defectssft.project import Project
 
     parts = data.split(samples)
-    project = Project.create(workdir / "project", classes=data.classes, ok_class=data.ok_class,
-                             name=data.project_name)
+    project = Project.create(
+        workdir / "project", classes=data.classes, ok_class=data.ok_class, name=data.project_name
+    )
     labeled = [f for lab, _, _ in parts.values() for f in lab]
     unlabeled = [f for _, unl, _ in parts.values() for f in unl]
     s1 = import_paths(project, labeled, label_from=data.label_from, source="demo")
@@ -172,9 +203,11 @@ def build_project(workdir: Path, samples: Path, data: DemoData):
             shutil.copyfile(f, held_dir / f.name)
             truth[f.name] = cls
     ok = f", OK class {data.ok_class}" if data.ok_class else ""
-    _say(f"[1/5] project {project.root}: {s1.total} labeled + {s2.total} unlabeled images "
-         f"({len(parts)} classes{ok}; splits train {split['train']}, val {split['val']}, "
-         f"test {split['test']}); {len(list(held_dir.iterdir()))} images held back in {held_dir}")
+    _say(
+        f"[1/5] project {project.root}: {s1.total} labeled + {s2.total} unlabeled images "
+        f"({len(parts)} classes{ok}; splits train {split['train']}, val {split['val']}, "
+        f"test {split['test']}); {len(list(held_dir.iterdir()))} images held back in {held_dir}"
+    )
     return project, held_dir, truth
 
 
@@ -185,21 +218,38 @@ def train(project, config: dict[str, Any], epochs: int | None) -> str:
     if epochs is not None:
         cfg["train"]["steps"] = max(1, int(epochs))
     h, w = cfg["input"]["height"], cfg["input"]["width"]
-    _say(f"[2/5] training {cfg['model']['name']} at {h if h == w else f'{h}x{w}'} px, "
-         f"{cfg['train']['steps']} steps of {cfg['ssl']['method']} (labeled + unlabeled) ...")
+    _say(
+        f"[2/5] training {cfg['model']['name']} at {h if h == w else f'{h}x{w}'} px, "
+        f"{cfg['train']['steps']} steps of {cfg['ssl']['method']} (labeled + unlabeled) ..."
+    )
     t0 = time.perf_counter()
     last = {"t": 0.0}
 
     def progress(row: dict[str, Any]) -> None:
         if row.get("event") == "eval" or time.perf_counter() - last["t"] > 20:
             last["t"] = time.perf_counter()
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                     if k in ("event", "step", "loss", "loss_s", "loss_u", "mask", "val_accuracy",
-                              "accuracy", "balanced_accuracy", "auroc")}
+            shown = {
+                k: (round(v, 4) if isinstance(v, float) else v)
+                for k, v in row.items()
+                if k
+                in (
+                    "event",
+                    "step",
+                    "loss",
+                    "loss_s",
+                    "loss_u",
+                    "mask",
+                    "val_accuracy",
+                    "accuracy",
+                    "balanced_accuracy",
+                    "auroc",
+                )
+            }
             _say(f"      {shown}")
 
-    version = train_project(project.root, config_overrides=cfg, progress_callback=progress,
-                            handle_signals=False)
+    version = train_project(
+        project.root, config_overrides=cfg, progress_callback=progress, handle_signals=False
+    )
     if version is None:
         raise DemoError("training was stopped before it finished")
     _say(f"      model {version} trained in {time.perf_counter() - t0:.0f} s")
@@ -212,29 +262,44 @@ def run_line(model_path: Path, held_dir: Path, workdir: Path) -> tuple[Path, lis
 
     results = workdir / "line-results.jsonl"
     results.unlink(missing_ok=True)
-    rc = line_main(["run", "--model", str(model_path), "--input", str(held_dir),
-                    "--output", str(results), "--send-unsure", str(workdir / "unsure")])
+    rc = line_main(
+        [
+            "run",
+            "--model",
+            str(model_path),
+            "--input",
+            str(held_dir),
+            "--output",
+            str(results),
+            "--send-unsure",
+            str(workdir / "unsure"),
+        ]
+    )
     if rc not in (0, 1):
         raise DemoError(f"the line runtime failed (exit {rc})")
     return results, [json.loads(line) for line in results.read_text().splitlines()]
 
 
-def _line_classes(rows: list[dict[str, Any]], truth: dict[str, str], data: DemoData,
-                  workdir: Path) -> dict[str, Any]:
+def _line_classes(
+    rows: list[dict[str, Any]], truth: dict[str, str], data: DemoData, workdir: Path
+) -> dict[str, Any]:
     """Defect types only: is the predicted class the true one?"""
     correct = 0
     for r in rows:
         name = Path(r["file"]).name
         ok = r["class"] == truth.get(name)
         correct += ok
-        _say(f"      {name:<26} {r['verdict']:<7} {r['class'] or '-':<16} "
-             f"{'right' if ok else 'WRONG'}  {r['latency_ms']:.1f} ms")
+        _say(
+            f"      {name:<26} {r['verdict']:<7} {r['class'] or '-':<16} "
+            f"{'right' if ok else 'WRONG'}  {r['latency_ms']:.1f} ms"
+        )
     _say(f"      {correct}/{len(rows)} classes right on images the model never saw")
     return {"line_correct": correct, "line_total": len(rows)}
 
 
-def _line_verdicts(rows: list[dict[str, Any]], truth: dict[str, str], data: DemoData,
-                   workdir: Path) -> dict[str, Any]:
+def _line_verdicts(
+    rows: list[dict[str, Any]], truth: dict[str, str], data: DemoData, workdir: Path
+) -> dict[str, Any]:
     """OK/NG: is the verdict the one the part deserves? A wrong one is an escape or overkill."""
     counts = {"right": 0, "ESCAPE": 0, "OVERKILL": 0, "unsure": 0}
     verdicts: dict[str, int] = {}
@@ -251,16 +316,25 @@ def _line_verdicts(rows: list[dict[str, Any]], truth: dict[str, str], data: Demo
         counts[mark] += 1
         verdicts[r["verdict"]] = verdicts.get(r["verdict"], 0) + 1
         score = "-" if r["score"] is None else f"{r['score']:.3f}"
-        _say(f"      {name:<26} {r['verdict']:<7} score {score:<6} truly {true:<10} "
-             f"{mark:<8} {r['latency_ms']:.1f} ms")
-    _say(f"      {counts['right']}/{len(rows)} verdicts right on images the model never saw; "
-         f"escapes {counts['ESCAPE']} (defective passed as OK), overkill {counts['OVERKILL']} "
-         f"(good parts rejected), unsure {counts['unsure']} (copied to {workdir / 'unsure'} "
-         f"for labeling)")
+        _say(
+            f"      {name:<26} {r['verdict']:<7} score {score:<6} truly {true:<10} "
+            f"{mark:<8} {r['latency_ms']:.1f} ms"
+        )
+    _say(
+        f"      {counts['right']}/{len(rows)} verdicts right on images the model never saw; "
+        f"escapes {counts['ESCAPE']} (defective passed as OK), overkill {counts['OVERKILL']} "
+        f"(good parts rejected), unsure {counts['unsure']} (copied to {workdir / 'unsure'} "
+        f"for labeling)"
+    )
     _say(f"      {CAVEAT}")
-    return {"line_correct": counts["right"], "line_total": len(rows), "line_verdicts": verdicts,
-            "line_escapes": counts["ESCAPE"], "line_overkill": counts["OVERKILL"],
-            "line_unsure": counts["unsure"]}
+    return {
+        "line_correct": counts["right"],
+        "line_total": len(rows),
+        "line_verdicts": verdicts,
+        "line_escapes": counts["ESCAPE"],
+        "line_overkill": counts["OVERKILL"],
+        "line_unsure": counts["unsure"],
+    }
 
 
 def _inspection_summary(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -269,13 +343,20 @@ def _inspection_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     n_ng, n_ok = insp["n_defective"], insp["n_good"]
     escapes = round(op["escape_rate"] * n_ng)
     overkill = round(op["overkill_rate"] * n_ok)
-    _say(f"      OK/NG: NG threshold {op['threshold']:.4f} (calibrated on {op['chosen_on']} "
-         f"for escape <= {metrics['max_escape']:.1%}): escapes {escapes}/{n_ng} defective, "
-         f"overkill {overkill}/{n_ok} good, ROC AUC {insp['roc_auc']:.3f}")
+    _say(
+        f"      OK/NG: NG threshold {op['threshold']:.4f} (calibrated on {op['chosen_on']} "
+        f"for escape <= {metrics['max_escape']:.1%}): escapes {escapes}/{n_ng} defective, "
+        f"overkill {overkill}/{n_ok} good, ROC AUC {insp['roc_auc']:.3f}"
+    )
     _say(f"      {CAVEAT}")
-    return {"ok_class": metrics["ok_class"], "threshold": op["threshold"],
-            "threshold_chosen_on": op["chosen_on"], "test_escape_rate": op["escape_rate"],
-            "test_overkill_rate": op["overkill_rate"], "test_roc_auc": insp["roc_auc"]}
+    return {
+        "ok_class": metrics["ok_class"],
+        "threshold": op["threshold"],
+        "threshold_chosen_on": op["chosen_on"],
+        "test_escape_rate": op["escape_rate"],
+        "test_overkill_rate": op["overkill_rate"],
+        "test_roc_auc": insp["roc_auc"],
+    }
 
 
 @dataclass(frozen=True)
@@ -295,16 +376,39 @@ class DemoData:
 
 
 DATA = {
-    "neu": DemoData("neu-det", "neu-demo", f"filename:{NEU_PATTERN}", split_samples, _check_neu,
-                    FULL_CONFIG, TINY_CONFIG, _line_classes),
-    "kolektor": DemoData("kolektorsdd", "kolektor-demo", "folder", split_kolektor, _check_kolektor,
-                         KOLEKTOR_FULL_CONFIG, KOLEKTOR_TINY_CONFIG, _line_verdicts,
-                         classes=(KOLEKTOR_OK, KOLEKTOR_NG), ok_class=KOLEKTOR_OK),
+    "neu": DemoData(
+        "neu-det",
+        "neu-demo",
+        f"filename:{NEU_PATTERN}",
+        split_samples,
+        _check_neu,
+        FULL_CONFIG,
+        TINY_CONFIG,
+        _line_classes,
+    ),
+    "kolektor": DemoData(
+        "kolektorsdd",
+        "kolektor-demo",
+        "folder",
+        split_kolektor,
+        _check_kolektor,
+        KOLEKTOR_FULL_CONFIG,
+        KOLEKTOR_TINY_CONFIG,
+        _line_verdicts,
+        classes=(KOLEKTOR_OK, KOLEKTOR_NG),
+        ok_class=KOLEKTOR_OK,
+    ),
 }
 
 
-def run_demo(workdir: Path, tiny: bool = False, epochs: int | None = None, force: bool = False,
-             samples: Path | None = None, data: str = "neu") -> dict[str, Any]:
+def run_demo(
+    workdir: Path,
+    tiny: bool = False,
+    epochs: int | None = None,
+    force: bool = False,
+    samples: Path | None = None,
+    data: str = "neu",
+) -> dict[str, Any]:
     """The whole demo; returns where everything is (also printed)."""
     from defectssft.evaluate import evaluate_project_model
     from defectssft.promote import maybe_promote, production_path
@@ -323,8 +427,10 @@ def run_demo(workdir: Path, tiny: bool = False, epochs: int | None = None, force
 
     ev = evaluate_project_model(project, version)
     m = ev.metrics
-    _say(f"[3/5] test split ({m['n']} images): accuracy {m['accuracy']:.1%}, "
-         f"macro F1 {m['macro_f1']:.3f}; report {ev.report}")
+    _say(
+        f"[3/5] test split ({m['n']} images): accuracy {m['accuracy']:.1%}, "
+        f"macro F1 {m['macro_f1']:.3f}; report {ev.report}"
+    )
     extra = _inspection_summary(m) if m.get("inspection") else {}
 
     promoted, reason = maybe_promote(project, version)
@@ -332,18 +438,28 @@ def run_demo(workdir: Path, tiny: bool = False, epochs: int | None = None, force
         raise DemoError(f"promotion failed: {reason}")
     onnx_path = production_path(project)
     export = project.get_model(version)["metrics"].get("export_fp32", {})
-    _say(f"[4/5] {reason}; ONNX checked against torch on {export.get('n_checked', '?')} images, "
-         f"max |dprob| {export.get('max_prob_diff', float('nan')):.1e}")
+    _say(
+        f"[4/5] {reason}; ONNX checked against torch on {export.get('n_checked', '?')} images, "
+        f"max |dprob| {export.get('max_prob_diff', float('nan')):.1e}"
+    )
 
-    _say(f"[5/5] line runtime (onnxruntime only) on the {len(list(held_dir.iterdir()))} held-back images:")
+    _say(
+        f"[5/5] line runtime (onnxruntime only) on the {len(list(held_dir.iterdir()))} held-back images:"
+    )
     results, rows = run_line(onnx_path, held_dir, workdir)
     line = spec.line_report(rows, truth, spec, workdir)
 
     where = {
-        "project": str(project.root), "model_version": version,
-        "report": str(ev.report), "onnx": str(onnx_path), "line_results": str(results),
-        "unsure_folder": str(workdir / "unsure"), "seconds": round(time.perf_counter() - t0, 1),
-        "test_accuracy": m["accuracy"], **line, **extra,
+        "project": str(project.root),
+        "model_version": version,
+        "report": str(ev.report),
+        "onnx": str(onnx_path),
+        "line_results": str(results),
+        "unsure_folder": str(workdir / "unsure"),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "test_accuracy": m["accuracy"],
+        **line,
+        **extra,
     }
     if data != "neu":
         where["data"] = data
@@ -351,8 +467,10 @@ def run_demo(workdir: Path, tiny: bool = False, epochs: int | None = None, force
     _say("\nDone in {seconds:.0f} s. Where things are:".format(**where))
     for key in ("project", "report", "onnx", "line_results", "unsure_folder"):
         _say(f"  {key:<14} {where[key]}")
-    _say("Next:\n"
-         f"  defectssft status {project.root}\n"
-         f"  defectssft-line run --model {onnx_path} --watch {workdir / 'hot'}   # hot folder\n"
-         f"  defectssft-line bench --model {onnx_path}")
+    _say(
+        "Next:\n"
+        f"  defectssft status {project.root}\n"
+        f"  defectssft-line run --model {onnx_path} --watch {workdir / 'hot'}   # hot folder\n"
+        f"  defectssft-line bench --model {onnx_path}"
+    )
     return where

@@ -50,8 +50,9 @@ def split_hash(image_ids: list[int], labels: list[int]) -> str:
     return digest.hexdigest()
 
 
-def predict_paths(wrapper, paths: list[Path], height: int, width: int, bit_depth: int,
-                  batch_size: int = 32) -> np.ndarray:
+def predict_paths(
+    wrapper, paths: list[Path], height: int, width: int, bit_depth: int, batch_size: int = 32
+) -> np.ndarray:
     """probs [N, C] for image files, through the shared preprocessing and the export graph."""
     from defectssft.export import load_images, run_torch
 
@@ -64,8 +65,11 @@ def predict_paths(wrapper, paths: list[Path], height: int, width: int, bit_depth
     return np.concatenate(chunks)
 
 
-def _choose_threshold(meta: dict[str, Any], val_choice: M.ThresholdChoice | None,
-                      test_choice: M.ThresholdChoice | None) -> tuple[float, str]:
+def _choose_threshold(
+    meta: dict[str, Any],
+    val_choice: M.ThresholdChoice | None,
+    test_choice: M.ThresholdChoice | None,
+) -> tuple[float, str]:
     own = (meta.get("thresholds") or {}).get("ng")
     if own is not None:
         return float(own), "model"
@@ -76,12 +80,19 @@ def _choose_threshold(meta: dict[str, Any], val_choice: M.ThresholdChoice | None
     return 0.5, "default"
 
 
-def _inspection(meta: dict[str, Any], probs: np.ndarray, labels: np.ndarray, ok_index: int,
-                val: tuple[np.ndarray, np.ndarray] | None, max_escape: float) -> tuple[dict, dict]:
+def _inspection(
+    meta: dict[str, Any],
+    probs: np.ndarray,
+    labels: np.ndarray,
+    ok_index: int,
+    val: tuple[np.ndarray, np.ndarray] | None,
+    max_escape: float,
+) -> tuple[dict, dict]:
     scores = M.defect_scores(probs, ok_index)
     is_defect = labels != ok_index
-    test_choice = (M.threshold_for_max_escape(scores, is_defect, max_escape)
-                   if is_defect.any() else None)
+    test_choice = (
+        M.threshold_for_max_escape(scores, is_defect, max_escape) if is_defect.any() else None
+    )
     val_choice = None
     if val is not None:
         v_scores = M.defect_scores(val[0], ok_index)
@@ -90,16 +101,25 @@ def _inspection(meta: dict[str, Any], probs: np.ndarray, labels: np.ndarray, ok_
             val_choice = M.threshold_for_max_escape(v_scores, v_defect, max_escape)
     threshold, source = _choose_threshold(meta, val_choice, test_choice)
     insp = M.inspection_report(scores, is_defect, threshold, max_escape)
-    op = {"threshold": threshold, "chosen_on": source, "escape_rate": insp["escape_rate"],
-          "overkill_rate": insp["overkill_rate"]}
+    op = {
+        "threshold": threshold,
+        "chosen_on": source,
+        "escape_rate": insp["escape_rate"],
+        "overkill_rate": insp["overkill_rate"],
+    }
     if val_choice is not None:
         op["val_choice"] = val_choice.as_dict()
     return insp, op
 
 
-def evaluate_loaded(model, meta: dict[str, Any], test: list[tuple[Path, int]], test_ids: list[int],
-                    val: list[tuple[Path, int]] | None = None,
-                    max_escape: float = DEFAULT_MAX_ESCAPE) -> Evaluation:
+def evaluate_loaded(
+    model,
+    meta: dict[str, Any],
+    test: list[tuple[Path, int]],
+    test_ids: list[int],
+    val: list[tuple[Path, int]] | None = None,
+    max_escape: float = DEFAULT_MAX_ESCAPE,
+) -> Evaluation:
     """Metrics of a loaded model on labeled images (pure computation, no project writes)."""
     from defectssft.export import input_size, inspection_model
 
@@ -112,8 +132,11 @@ def evaluate_loaded(model, meta: dict[str, Any], test: list[tuple[Path, int]], t
     labels = np.asarray([c for _, c in test], dtype=np.int64)
     probs = predict_paths(wrapper, paths, height, width, bit_depth)
     out: dict[str, Any] = {
-        "version": meta.get("version", ""), "backbone": meta.get("model_name", ""),
-        "classes": classes, "ok_class": meta.get("ok_class"), "split": "test",
+        "version": meta.get("version", ""),
+        "backbone": meta.get("model_name", ""),
+        "classes": classes,
+        "ok_class": meta.get("ok_class"),
+        "split": "test",
         "test_hash": split_hash(test_ids, labels.tolist()),
         "evaluated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "max_escape": max_escape,
@@ -127,16 +150,21 @@ def evaluate_loaded(model, meta: dict[str, Any], test: list[tuple[Path, int]], t
             v_probs = predict_paths(wrapper, [p for p, _ in val], height, width, bit_depth)
             val_arrays = (v_probs, np.asarray([c for _, c in val], dtype=np.int64))
         out["inspection"], out["operating_point"] = _inspection(
-            meta, probs, labels, classes.index(ok), val_arrays, max_escape)
+            meta, probs, labels, classes.index(ok), val_arrays, max_escape
+        )
     else:
         # Every class is a defect: the verdict is always NG, what matters is the class.
         out["operating_point"] = {"error_rate": out["error_rate"], "chosen_on": "none"}
     return Evaluation(out, probs, labels, list(test_ids), paths)
 
 
-def evaluate_project_model(project, version: str | None = None,
-                           max_escape: float = DEFAULT_MAX_ESCAPE, report: bool = True,
-                           store: bool = True) -> Evaluation:
+def evaluate_project_model(
+    project,
+    version: str | None = None,
+    max_escape: float = DEFAULT_MAX_ESCAPE,
+    report: bool = True,
+    store: bool = True,
+) -> Evaluation:
     """Evaluate a model version (default: production, else newest) on the frozen test split.
 
     Stores the metrics under ``metrics["test"]`` of the version and, with ``report``, writes
@@ -172,7 +200,9 @@ def evaluate_project_model(project, version: str | None = None,
         ev.metrics["report"] = str(ev.report)
     if store:
         project.update_model_metrics(record["version"], {"test": ev.metrics})
-        project.save_predictions(record["version"], zip(ev.image_ids, ev.probs.tolist(), strict=True))
+        project.save_predictions(
+            record["version"], zip(ev.image_ids, ev.probs.tolist(), strict=True)
+        )
     return ev
 
 
@@ -187,10 +217,18 @@ def write_evaluation_report(folder: Path, ev: Evaluation) -> Path:
         is_defect = ev.labels != classes.index(ok)
     names = ev.names or [p.name for p in ev.paths]
     items = [
-        Item(image_id, path, classes[int(t)], classes[int(np.argmax(p))], float(np.max(p)),
-             None if scores is None else float(scores[k]), names[k] or path.name)
+        Item(
+            image_id,
+            path,
+            classes[int(t)],
+            classes[int(np.argmax(p))],
+            float(np.max(p)),
+            None if scores is None else float(scores[k]),
+            names[k] or path.name,
+        )
         for k, (image_id, path, t, p) in enumerate(
-            zip(ev.image_ids, ev.paths, ev.labels, ev.probs, strict=True))
+            zip(ev.image_ids, ev.paths, ev.labels, ev.probs, strict=True)
+        )
     ]
     return write_report(folder, ev.metrics, items, scores, is_defect)
 

@@ -82,12 +82,17 @@ class ExportResult:
 class InspectionModel(nn.Module):
     """uint8 NHWC RGB in -> (probs, logits, defect_score): the exported graph, also used by eval."""
 
-    def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 ok_index: int | None) -> None:
+    def __init__(
+        self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float], ok_index: int | None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1))
-        self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1))
+        self.register_buffer(
+            "scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
+        )
+        self.register_buffer(
+            "shift", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1)
+        )
         self.ok_index = ok_index
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,7 +105,9 @@ class InspectionModel(nn.Module):
         if self.ok_index is None:
             drop = probs.argmax(dim=1, keepdim=True)
         else:
-            drop = torch.full((probs.shape[0], 1), self.ok_index, dtype=torch.int64, device=probs.device)
+            drop = torch.full(
+                (probs.shape[0], 1), self.ok_index, dtype=torch.int64, device=probs.device
+            )
         score = probs.scatter(1, drop, 0.0).sum(dim=1)
         return probs, logits, score
 
@@ -119,9 +126,13 @@ def input_size(meta: dict[str, Any]) -> tuple[int, int, int]:
     return int(inp.get("height", 224)), int(inp.get("width", 224)), int(inp.get("bit_depth", 16))
 
 
-def resolve_thresholds(meta: dict[str, Any], metrics: dict[str, Any] | None = None,
-                       threshold: float | None = None, unsure_low: float | None = None,
-                       unsure_high: float | None = None) -> dict[str, float]:
+def resolve_thresholds(
+    meta: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    threshold: float | None = None,
+    unsure_low: float | None = None,
+    unsure_high: float | None = None,
+) -> dict[str, float]:
     """The thresholds the line will use, first match wins: explicit arguments, the model file's
     own thresholds, the operating threshold stored by ``defectssft evaluate``
     (``metrics["test"]["operating_point"]``), 0.5."""
@@ -132,8 +143,16 @@ def resolve_thresholds(meta: dict[str, Any], metrics: dict[str, Any] | None = No
     if ng is None and metrics:
         ng = ((metrics.get("test") or {}).get("operating_point") or {}).get("threshold")
     ng = 0.5 if ng is None else float(ng)
-    low = unsure_low if unsure_low is not None else (base.get("unsure_low") if threshold is None else None)
-    high = unsure_high if unsure_high is not None else (base.get("unsure_high") if threshold is None else None)
+    low = (
+        unsure_low
+        if unsure_low is not None
+        else (base.get("unsure_low") if threshold is None else None)
+    )
+    high = (
+        unsure_high
+        if unsure_high is not None
+        else (base.get("unsure_high") if threshold is None else None)
+    )
     low = ng if low is None else float(low)
     high = ng if high is None else float(high)
     if not 0.0 <= low <= ng <= high <= 1.0:
@@ -143,8 +162,9 @@ def resolve_thresholds(meta: dict[str, Any], metrics: dict[str, Any] | None = No
     return {"ng": ng, "unsure_low": low, "unsure_high": high}
 
 
-def build_metadata(meta: dict[str, Any], thresholds: dict[str, float], precision: str,
-                   project: str | None = None) -> dict[str, Any]:
+def build_metadata(
+    meta: dict[str, Any], thresholds: dict[str, float], precision: str, project: str | None = None
+) -> dict[str, Any]:
     """The ``metadata_props["defectssft"]`` JSON of the ONNX contract."""
     height, width, bit_depth = input_size(meta)
     return {
@@ -153,10 +173,20 @@ def build_metadata(meta: dict[str, Any], thresholds: dict[str, float], precision
         "model_version": meta.get("version", ""),
         "classes": list(meta["classes"]),
         "ok_class": meta.get("ok_class"),
-        "input": {"height": height, "width": width, "channels": 3, "layout": "NHWC",
-                  "dtype": "uint8", "color": "rgb", "resize": "area", "bit_depth": bit_depth},
-        "normalize": {"mean": [float(v) for v in meta["mean"]],
-                      "std": [float(v) for v in meta["std"]]},
+        "input": {
+            "height": height,
+            "width": width,
+            "channels": 3,
+            "layout": "NHWC",
+            "dtype": "uint8",
+            "color": "rgb",
+            "resize": "area",
+            "bit_depth": bit_depth,
+        },
+        "normalize": {
+            "mean": [float(v) for v in meta["mean"]],
+            "std": [float(v) for v in meta["std"]],
+        },
         "thresholds": thresholds,
         "data_hash": meta.get("data_hash", ""),
         "backbone": meta.get("model_name", ""),
@@ -194,9 +224,15 @@ def _torch_to_onnx(wrapper: InspectionModel, height: int, width: int):
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                wrapper, (dummy,), buf, input_names=["image"], output_names=names,
+                wrapper,
+                (dummy,),
+                buf,
+                input_names=["image"],
+                output_names=names,
                 dynamic_axes={n: {0: "batch"} for n in ["image", *names]},
-                opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
             )
         except Exception as e:  # noqa: BLE001 - report the exporter's reason on one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -284,9 +320,13 @@ def _to_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_static(
-                str(source), str(out_path), Reader(calib),
-                quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                str(source),
+                str(out_path),
+                Reader(calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 op_types_to_quantize=["Conv", "Gemm", "MatMul", "Clip", "Relu", "Add"],
                 nodes_to_exclude=excluded,
@@ -312,8 +352,10 @@ def ort_session(path: str | Path, threads: int = 1):
 
 def run_ort(session, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """probs [N, C] of an onnxruntime session on uint8 NHWC images."""
-    out = [session.run(["probs"], {"image": images[i : i + batch_size]})[0]
-           for i in range(0, len(images), batch_size)]
+    out = [
+        session.run(["probs"], {"image": images[i : i + batch_size]})[0]
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
 
 
@@ -322,7 +364,11 @@ def run_torch(wrapper: InspectionModel, images: np.ndarray, batch_size: int = 16
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            out.append(wrapper(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))[0].numpy())
+            out.append(
+                wrapper(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))[
+                    0
+                ].numpy()
+            )
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
 
 
@@ -332,20 +378,34 @@ def _accuracy(probs: np.ndarray, labels: Sequence[int] | None) -> float | None:
     return float(np.mean(probs.argmax(axis=1) == np.asarray(labels)))
 
 
-def _check(path: Path, reference: np.ndarray, images: np.ndarray, labels: Sequence[int] | None,
-           precision: str, ref_name: str, max_prob_diff: float | None,
-           max_int8_drop: float) -> ExportResult:
+def _check(
+    path: Path,
+    reference: np.ndarray,
+    images: np.ndarray,
+    labels: Sequence[int] | None,
+    precision: str,
+    ref_name: str,
+    max_prob_diff: float | None,
+    max_int8_drop: float,
+) -> ExportResult:
     try:
         probs = run_ort(ort_session(path), images)
     except Exception as e:  # noqa: BLE001 - onnxruntime cannot load/run what we wrote
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"the exported {precision} graph does not run in onnxruntime: {msg}") from e
+        raise ExportError(
+            f"the exported {precision} graph does not run in onnxruntime: {msg}"
+        ) from e
     diff = float(np.max(np.abs(probs - reference))) if len(images) else 0.0
     agree = float(np.mean(probs.argmax(1) == reference.argmax(1))) if len(images) else 1.0
     result = ExportResult(
-        path=str(path), precision=precision, n_checked=len(images), max_prob_diff=diff,
-        top1_agreement=agree, reference=ref_name,
-        accuracy_reference=_accuracy(reference, labels), accuracy_export=_accuracy(probs, labels),
+        path=str(path),
+        precision=precision,
+        n_checked=len(images),
+        max_prob_diff=diff,
+        top1_agreement=agree,
+        reference=ref_name,
+        accuracy_reference=_accuracy(reference, labels),
+        accuracy_export=_accuracy(probs, labels),
     )
     if not np.all(np.isfinite(probs)):
         raise ExportError(f"the exported {precision} graph produces NaN/inf probabilities")
@@ -401,11 +461,15 @@ def export_onnx(
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ExportError(f"{out_path.parent}: cannot create the output folder ({e.strerror})") from e
+        raise ExportError(
+            f"{out_path.parent}: cannot create the output folder ({e.strerror})"
+        ) from e
     height, width, _ = input_size(meta)
     images = np.asarray(check_images, dtype=np.uint8)
     if images.ndim != 4 or images.shape[1:] != (height, width, 3):
-        raise ExportError(f"check images must be [N, {height}, {width}, 3] uint8, got {images.shape}")
+        raise ExportError(
+            f"check images must be [N, {height}, {width}, 3] uint8, got {images.shape}"
+        )
     thresholds = thresholds or resolve_thresholds(meta)
     metadata = build_metadata(meta, thresholds, precision, project)
     wrapper = inspection_model(model, meta)
@@ -432,8 +496,16 @@ def export_onnx(
                 _set_metadata(graph, metadata)
                 onnx.save(graph, str(tmp))
             # A failed check raises here: the temporary file goes, a good out_path stays.
-            result = _check(tmp, reference, images, check_labels, precision, ref_name,
-                            max_prob_diff, max_int8_drop)
+            result = _check(
+                tmp,
+                reference,
+                images,
+                check_labels,
+                precision,
+                ref_name,
+                max_prob_diff,
+                max_int8_drop,
+            )
         finally:
             fp32_tmp.unlink(missing_ok=True)
     result.path = str(out_path)
@@ -504,9 +576,16 @@ def export_project_model(
     check = load_images(check_paths, height, width, bit_depth)
     calib = load_images(calib_paths, height, width, bit_depth) if precision == "int8" else None
     result = export_onnx(
-        model, meta, out or default_output(model_dir, precision), check_images=check,
-        check_labels=labels, calib_images=calib, precision=precision, thresholds=thresholds,
-        project=project.name, max_int8_drop=max_int8_drop,
+        model,
+        meta,
+        out or default_output(model_dir, precision),
+        check_images=check,
+        check_labels=labels,
+        calib_images=calib,
+        precision=precision,
+        thresholds=thresholds,
+        project=project.name,
+        max_int8_drop=max_int8_drop,
     )
     project.update_model_metrics(record["version"], {f"export_{precision}": result.as_dict()})
     return result

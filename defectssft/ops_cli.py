@@ -34,22 +34,32 @@ def _pct(x: float | None) -> str:
 
 
 def print_evaluation(m: dict) -> None:
-    print(f"model {m['version']} on the test split ({m['n']} images): accuracy {_pct(m['accuracy'])}, "
-          f"macro F1 {m['macro_f1']:.3f}")
+    print(
+        f"model {m['version']} on the test split ({m['n']} images): accuracy {_pct(m['accuracy'])}, "
+        f"macro F1 {m['macro_f1']:.3f}"
+    )
     for name, pc in m["per_class"].items():
-        print(f"  {name:<20} P {pc['precision']:.3f}  R {pc['recall']:.3f}  F1 {pc['f1']:.3f}  "
-              f"n {pc['support']}")
+        print(
+            f"  {name:<20} P {pc['precision']:.3f}  R {pc['recall']:.3f}  F1 {pc['f1']:.3f}  "
+            f"n {pc['support']}"
+        )
     insp, op = m.get("inspection"), m.get("operating_point", {})
     if insp:
         auc, ap = insp["roc_auc"], insp["average_precision"]
-        print(f"  OK/NG: ROC AUC {'n/a' if auc is None else f'{auc:.4f}'}, "
-              f"AP {'n/a' if ap is None else f'{ap:.4f}'}")
-        print(f"  operating threshold {op['threshold']:.4f} (from {op['chosen_on']}): "
-              f"escape {_pct(op['escape_rate'])}, overkill {_pct(op['overkill_rate'])}")
+        print(
+            f"  OK/NG: ROC AUC {'n/a' if auc is None else f'{auc:.4f}'}, "
+            f"AP {'n/a' if ap is None else f'{ap:.4f}'}"
+        )
+        print(
+            f"  operating threshold {op['threshold']:.4f} (from {op['chosen_on']}): "
+            f"escape {_pct(op['escape_rate'])}, overkill {_pct(op['overkill_rate'])}"
+        )
         tm = insp.get("threshold_for_max_escape")
         if tm:
-            print(f"  for escape <= {_pct(insp['max_escape'])} on test: threshold {tm['threshold']:.4f}, "
-                  f"escape {_pct(tm['escape_rate'])}, overkill {_pct(tm['overkill_rate'])}")
+            print(
+                f"  for escape <= {_pct(insp['max_escape'])} on test: threshold {tm['threshold']:.4f}, "
+                f"escape {_pct(tm['escape_rate'])}, overkill {_pct(tm['overkill_rate'])}"
+            )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -73,12 +83,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     project = _open(args.project)
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     result = export_project_model(
-        project, args.model, args.output, precision, threshold=args.threshold,
-        unsure_low=args.unsure_low, unsure_high=args.unsure_high, max_int8_drop=args.max_int8_drop,
+        project,
+        args.model,
+        args.output,
+        precision,
+        threshold=args.threshold,
+        unsure_low=args.unsure_low,
+        unsure_high=args.unsure_high,
+        max_int8_drop=args.max_int8_drop,
     )
     t = result.metadata["thresholds"]
     print(f"exported {result.summary()}")
-    print(f"thresholds: ng {t['ng']:.4f}, unsure band [{t['unsure_low']:.4f}, {t['unsure_high']:.4f})")
+    print(
+        f"thresholds: ng {t['ng']:.4f}, unsure band [{t['unsure_low']:.4f}, {t['unsure_high']:.4f})"
+    )
     print(f"run it: defectssft-line run --model {result.path} --input IMAGES...")
     return 0
 
@@ -104,8 +122,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from defectssft.demo import run_demo
 
-    run_demo(Path(args.workdir), tiny=args.tiny, epochs=args.epochs, force=args.force,
-             samples=Path(args.samples) if args.samples else None, data=args.data)
+    run_demo(
+        Path(args.workdir),
+        tiny=args.tiny,
+        epochs=args.epochs,
+        force=args.force,
+        samples=Path(args.samples) if args.samples else None,
+        data=args.data,
+    )
     return 0
 
 
@@ -113,42 +137,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from defectssft.evaluate import DEFAULT_MAX_ESCAPE
     from defectssft.promote import DEFAULT_OVERKILL_TOLERANCE
 
-    p = subparsers.add_parser("evaluate", help="metrics and report of a model on the frozen test split")
+    p = subparsers.add_parser(
+        "evaluate", help="metrics and report of a model on the frozen test split"
+    )
     p.add_argument("project")
-    p.add_argument("--model", metavar="VERSION", help="model version (default: production, else newest)")
-    p.add_argument("--max-escape", type=_fraction, default=DEFAULT_MAX_ESCAPE,
-                   help="target escape rate for choosing the threshold (default 0.005)")
+    p.add_argument(
+        "--model", metavar="VERSION", help="model version (default: production, else newest)"
+    )
+    p.add_argument(
+        "--max-escape",
+        type=_fraction,
+        default=DEFAULT_MAX_ESCAPE,
+        help="target escape rate for choosing the threshold (default 0.005)",
+    )
     p.add_argument("--no-report", action="store_true", help="metrics only, no report folder")
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("export", help="one checked ONNX file for the line runtime")
     p.add_argument("project")
-    p.add_argument("--model", metavar="VERSION", help="model version (default: production, else newest)")
-    p.add_argument("-o", "--output", metavar="FILE", help="default: models/VERSION/model[.int8|.fp16].onnx")
+    p.add_argument(
+        "--model", metavar="VERSION", help="model version (default: production, else newest)"
+    )
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="default: models/VERSION/model[.int8|.fp16].onnx"
+    )
     prec = p.add_mutually_exclusive_group()
-    prec.add_argument("--int8", action="store_true", help="static INT8, calibrated on project images")
+    prec.add_argument(
+        "--int8", action="store_true", help="static INT8, calibrated on project images"
+    )
     prec.add_argument("--fp16", action="store_true", help="half precision weights and arithmetic")
     p.add_argument("--threshold", type=_fraction, help="NG threshold to write (default: evaluated)")
     p.add_argument("--unsure-low", type=_fraction, help="UNSURE band lower edge")
     p.add_argument("--unsure-high", type=_fraction, help="UNSURE band upper edge (NG from here)")
-    p.add_argument("--max-int8-drop", type=_fraction, default=0.02,
-                   help="refuse INT8 if accuracy drops more than this (default 0.02 = 2 pt)")
+    p.add_argument(
+        "--max-int8-drop",
+        type=_fraction,
+        default=0.02,
+        help="refuse INT8 if accuracy drops more than this (default 0.02 = 2 pt)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("promote", help="make a version production if it is not worse")
     p.add_argument("project")
     p.add_argument("version")
-    p.add_argument("--overkill-tolerance", type=_fraction, default=DEFAULT_OVERKILL_TOLERANCE,
-                   help="allowed overkill (or error) rate increase (default 0.005)")
+    p.add_argument(
+        "--overkill-tolerance",
+        type=_fraction,
+        default=DEFAULT_OVERKILL_TOLERANCE,
+        help="allowed overkill (or error) rate increase (default 0.005)",
+    )
     p.add_argument("--max-escape", type=_fraction, default=DEFAULT_MAX_ESCAPE)
     p.add_argument("--force", action="store_true", help="skip the comparison (rollback)")
     p.set_defaults(func=cmd_promote)
 
     p = subparsers.add_parser("demo", help="the whole workflow on samples/ in a few minutes")
-    p.add_argument("--workdir", default="demo-project", help="folder for the demo (default demo-project)")
-    p.add_argument("--data", choices=("neu", "kolektor"), default="neu",
-                   help="neu: NEU-DET, 6 defect types (default); kolektor: KolektorSDD good/defective, "
-                        "OK/NG verdicts with a calibrated threshold")
+    p.add_argument(
+        "--workdir", default="demo-project", help="folder for the demo (default demo-project)"
+    )
+    p.add_argument(
+        "--data",
+        choices=("neu", "kolektor"),
+        default="neu",
+        help="neu: NEU-DET, 6 defect types (default); kolektor: KolektorSDD good/defective, "
+        "OK/NG verdicts with a calibrated threshold",
+    )
     p.add_argument("--tiny", action="store_true", help="a tiny random model: seconds, for tests")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: preset)")
     p.add_argument("--samples", help="samples folder (default: the repository's samples/)")

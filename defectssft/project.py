@@ -36,8 +36,18 @@ CLASS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 CLASS_KEYED_SETTINGS = ("labelbook.examples",)
 # Append-only log of class renames: [{"id", "old", "new", "who", "time"}, ...].
 RENAMES_SETTING = "classes.renamed"
-DEFAULT_COLOURS = ("#2ca02c", "#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-                   "#7f7f7f", "#bcbd22", "#17becf")
+DEFAULT_COLOURS = (
+    "#2ca02c",
+    "#d62728",
+    "#1f77b4",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -207,8 +217,9 @@ class PreparedImage:
     error: str | None
 
 
-def prepare_image_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                        original_path: str | None = None) -> PreparedImage:
+def prepare_image_bytes(
+    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, original_path: str | None = None
+) -> PreparedImage:
     where = original_path or name
     sha = hashlib.sha256(data).hexdigest()
     try:
@@ -223,8 +234,9 @@ def prepare_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
     try:
         data = p.read_bytes()
     except OSError as e:
-        return PreparedImage(p.name, str(p), "", None, None,
-                             f"cannot read file ({e.strerror or e})")
+        return PreparedImage(
+            p.name, str(p), "", None, None, f"cannot read file ({e.strerror or e})"
+        )
     return prepare_image_bytes(data, p.name, max_pixels, str(p))
 
 
@@ -285,7 +297,12 @@ class Project:
                 hotkey = str(i + 1) if i < 9 else None
                 con.execute(
                     "INSERT INTO classes (name, colour, hotkey, is_ok) VALUES (?, ?, ?, ?)",
-                    (cname, DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)], hotkey, int(cname == ok_class)),
+                    (
+                        cname,
+                        DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)],
+                        hotkey,
+                        int(cname == ok_class),
+                    ),
                 )
             con.commit()
         finally:
@@ -300,7 +317,9 @@ class Project:
     def open(cls, path: str | Path) -> Project:
         root = Path(path)
         if not root.exists():
-            raise ProjectError(f"{root}: no such project folder (create one with `defectssft init`)")
+            raise ProjectError(
+                f"{root}: no such project folder (create one with `defectssft init`)"
+            )
         if not (root / DB_NAME).is_file():
             raise ProjectError(f"{root}: not a defectssft project (no {DB_NAME})")
         project = cls(root)
@@ -361,8 +380,9 @@ class Project:
         except sqlite3.OperationalError as e:
             msg = str(e)
             if "full" in msg or "disk I/O" in msg or "readonly" in msg:
-                raise ProjectError(f"{what}: cannot write to {self.db_path} ({msg}); "
-                                   "free disk space and try again") from e
+                raise ProjectError(
+                    f"{what}: cannot write to {self.db_path} ({msg}); free disk space and try again"
+                ) from e
             raise
 
     def close(self) -> None:
@@ -429,8 +449,13 @@ class Project:
                 hotkey = next((str(k) for k in range(1, 10) if str(k) not in used), None)
             tx.execute(
                 "INSERT INTO classes (name, description, colour, hotkey, is_ok) VALUES (?,?,?,?,?)",
-                (name, description, colour or DEFAULT_COLOURS[n % len(DEFAULT_COLOURS)], hotkey,
-                 int(is_ok)),
+                (
+                    name,
+                    description,
+                    colour or DEFAULT_COLOURS[n % len(DEFAULT_COLOURS)],
+                    hotkey,
+                    int(is_ok),
+                ),
             )
         return next(c for c in self.classes() if c.name == name)
 
@@ -444,11 +469,15 @@ class Project:
             if fields.get("is_ok"):
                 tx.execute("UPDATE classes SET is_ok=0")
             if fields.get("hotkey"):
-                tx.execute("UPDATE classes SET hotkey=NULL WHERE hotkey=? AND id<>?",
-                           (fields["hotkey"], cid))
+                tx.execute(
+                    "UPDATE classes SET hotkey=NULL WHERE hotkey=? AND id<>?",
+                    (fields["hotkey"], cid),
+                )
             for key, value in fields.items():
-                tx.execute(f"UPDATE classes SET {key}=? WHERE id=?",
-                           (int(value) if key == "is_ok" else value, cid))
+                tx.execute(
+                    f"UPDATE classes SET {key}=? WHERE id=?",
+                    (int(value) if key == "is_ok" else value, cid),
+                )
         return next(c for c in self.classes() if c.name == name)
 
     def rename_class(self, old: str, new: str, who: str = "operator") -> ClassInfo:
@@ -470,13 +499,17 @@ class Project:
         with self._disk_errors(f"renaming class {old!r}"), self.transaction() as tx:
             ids = self._class_ids()
             if old not in ids:
-                raise ProjectError(f"cannot rename {old!r}: no such class; known classes: "
-                                   f"{', '.join(self.class_names()) or '(none)'}")
+                raise ProjectError(
+                    f"cannot rename {old!r}: no such class; known classes: "
+                    f"{', '.join(self.class_names()) or '(none)'}"
+                )
             cid = ids[old]
             if new == old:
                 return next(c for c in self.classes() if c.id == cid)
             if tx.execute("SELECT 1 FROM classes WHERE name=?", (new,)).fetchone():
-                raise ProjectError(f"cannot rename {old!r} to {new!r}: class {new!r} already exists")
+                raise ProjectError(
+                    f"cannot rename {old!r} to {new!r}: class {new!r} already exists"
+                )
             tx.execute("UPDATE classes SET name=? WHERE id=?", (new, cid))
             for key in CLASS_KEYED_SETTINGS:
                 value = self._setting_tx(tx, key)
@@ -528,8 +561,9 @@ class Project:
     ) -> AddResult:
         """Copy one image file into the store; bad files are quarantined with a reason."""
         prepared = prepare_image_file(path, max_pixels)
-        return self.add_prepared(prepared, source=source, capture_time=capture_time, label=label,
-                                 who=who)
+        return self.add_prepared(
+            prepared, source=source, capture_time=capture_time, label=label, who=who
+        )
 
     def add_image_bytes(
         self,
@@ -543,8 +577,9 @@ class Project:
         original_path: str | None = None,
     ) -> AddResult:
         prepared = prepare_image_bytes(data, name, max_pixels, original_path)
-        return self.add_prepared(prepared, source=source, capture_time=capture_time, label=label,
-                                 who=who)
+        return self.add_prepared(
+            prepared, source=source, capture_time=capture_time, label=label, who=who
+        )
 
     def add_prepared(
         self,
@@ -580,8 +615,19 @@ class Project:
                 cur = tx.execute(
                     "INSERT INTO images (sha256, ext, width, height, channels, bit_depth, file_size,"
                     " source, original_name, capture_time, ingest_time) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (sha, info.ext, info.width, info.height, info.channels, info.bit_depth,
-                     len(prepared.data), source, prepared.name, capture_time, now),
+                    (
+                        sha,
+                        info.ext,
+                        info.width,
+                        info.height,
+                        info.channels,
+                        info.bit_depth,
+                        len(prepared.data),
+                        source,
+                        prepared.name,
+                        capture_time,
+                        now,
+                    ),
                 )
                 image_id = int(cur.lastrowid)
                 if label_id is not None:
@@ -623,16 +669,33 @@ class Project:
 
     def _record(self, r: Sequence[Any]) -> ImageRecord:
         return ImageRecord(
-            id=r[0], sha256=r[1], path=self.image_file(r[1], r[2]), width=r[3], height=r[4],
-            channels=r[5], bit_depth=r[6], source=r[7], original_name=r[8], capture_time=r[9],
-            ingest_time=r[10], split=r[11], label=r[12], label_source=r[13], label_who=r[14],
+            id=r[0],
+            sha256=r[1],
+            path=self.image_file(r[1], r[2]),
+            width=r[3],
+            height=r[4],
+            channels=r[5],
+            bit_depth=r[6],
+            source=r[7],
+            original_name=r[8],
+            capture_time=r[9],
+            ingest_time=r[10],
+            split=r[11],
+            label=r[12],
+            label_source=r[13],
+            label_who=r[14],
         )
 
     def get_image(self, image_id: int) -> ImageRecord:
-        row = self._con().execute(
-            f"SELECT {self._IMAGE_COLUMNS} FROM images i LEFT JOIN classes c "
-            "ON c.id = i.label_class_id WHERE i.id=?", (image_id,)
-        ).fetchone()
+        row = (
+            self._con()
+            .execute(
+                f"SELECT {self._IMAGE_COLUMNS} FROM images i LEFT JOIN classes c "
+                "ON c.id = i.label_class_id WHERE i.id=?",
+                (image_id,),
+            )
+            .fetchone()
+        )
         if row is None:
             raise ProjectError(f"no image with id {image_id}")
         return self._record(row)
@@ -674,8 +737,10 @@ class Project:
         col = order.lstrip("-")
         if col not in ("id", "capture_time", "ingest_time"):
             raise ProjectError(f"cannot order images by {col!r}")
-        sql = (f"SELECT {self._IMAGE_COLUMNS} FROM images i LEFT JOIN classes c "
-               f"ON c.id = i.label_class_id")
+        sql = (
+            f"SELECT {self._IMAGE_COLUMNS} FROM images i LEFT JOIN classes c "
+            f"ON c.id = i.label_class_id"
+        )
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY i.{col} {'DESC' if desc else 'ASC'}, i.id"
@@ -691,35 +756,59 @@ class Project:
         return int(self._con().execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
     # ----------------------------------------------------------------- labels
-    def _write_label(self, tx: sqlite3.Connection, image_id: int, class_id: int | None,
-                     previous: int | None, source: str, who: str, now: str) -> None:
+    def _write_label(
+        self,
+        tx: sqlite3.Connection,
+        image_id: int,
+        class_id: int | None,
+        previous: int | None,
+        source: str,
+        who: str,
+        now: str,
+    ) -> None:
         tx.execute(
             "INSERT INTO label_events (image_id, class_id, previous_class_id, source, who, time)"
-            " VALUES (?,?,?,?,?,?)", (image_id, class_id, previous, source, who, now),
+            " VALUES (?,?,?,?,?,?)",
+            (image_id, class_id, previous, source, who, now),
         )
         if class_id is None:
-            tx.execute("UPDATE images SET label_class_id=NULL, label_source=NULL, label_who=NULL, "
-                       "label_time=NULL WHERE id=?", (image_id,))
+            tx.execute(
+                "UPDATE images SET label_class_id=NULL, label_source=NULL, label_who=NULL, "
+                "label_time=NULL WHERE id=?",
+                (image_id,),
+            )
         else:
             stored_source = "imported" if source == "imported" else "human"
-            tx.execute("UPDATE images SET label_class_id=?, label_source=?, label_who=?, "
-                       "label_time=? WHERE id=?", (class_id, stored_source, who, now, image_id))
+            tx.execute(
+                "UPDATE images SET label_class_id=?, label_source=?, label_who=?, "
+                "label_time=? WHERE id=?",
+                (class_id, stored_source, who, now, image_id),
+            )
 
-    def set_label(self, image_id: int, class_name: str | None, who: str = "operator",
-                  source: str = "human") -> None:
+    def set_label(
+        self, image_id: int, class_name: str | None, who: str = "operator", source: str = "human"
+    ) -> None:
         self.set_labels([image_id], class_name, who=who, source=source)
 
-    def set_labels(self, image_ids: Iterable[int], class_name: str | None,
-                   who: str = "operator", source: str = "human") -> int:
+    def set_labels(
+        self,
+        image_ids: Iterable[int],
+        class_name: str | None,
+        who: str = "operator",
+        source: str = "human",
+    ) -> int:
         """Label (or, with None, unlabel) images in one transaction; returns how many changed.
 
         All or nothing: an unknown class or image id raises ProjectError and writes nothing.
         """
-        return self.set_labels_each({int(i): class_name for i in image_ids}, who=who,
-                                    source=source)
+        return self.set_labels_each({int(i): class_name for i in image_ids}, who=who, source=source)
 
-    def set_labels_each(self, labels: Mapping[int, str | None] | Iterable[tuple[int, str | None]],
-                        who: str = "operator", source: str = "human") -> int:
+    def set_labels_each(
+        self,
+        labels: Mapping[int, str | None] | Iterable[tuple[int, str | None]],
+        who: str = "operator",
+        source: str = "human",
+    ) -> int:
         """Give each image its own label (None unlabels) in one transaction; returns how many
         changed.
 
@@ -740,8 +829,9 @@ class Project:
         changed = 0
         with self.transaction() as tx:
             for image_id, name in wanted.items():
-                row = tx.execute("SELECT label_class_id FROM images WHERE id=?",
-                                 (image_id,)).fetchone()
+                row = tx.execute(
+                    "SELECT label_class_id FROM images WHERE id=?", (image_id,)
+                ).fetchone()
                 if row is None:
                     raise ProjectError(f"no image with id {image_id}")  # rolls back all
                 class_id = class_ids[name]
@@ -755,7 +845,8 @@ class Project:
         rows = self._con().execute(
             "SELECT e.id, e.image_id, c.name, p.name, e.source, e.who, e.time FROM label_events e "
             "LEFT JOIN classes c ON c.id=e.class_id LEFT JOIN classes p ON p.id=e.previous_class_id "
-            "WHERE e.image_id=? ORDER BY e.id", (image_id,)
+            "WHERE e.image_id=? ORDER BY e.id",
+            (image_id,),
         )
         return [LabelEvent(*r) for r in rows]
 
@@ -767,7 +858,8 @@ class Project:
         with self.transaction() as tx:
             last = tx.execute(
                 "SELECT class_id, previous_class_id FROM label_events WHERE image_id=? "
-                "ORDER BY id DESC LIMIT 1", (image_id,)
+                "ORDER BY id DESC LIMIT 1",
+                (image_id,),
             ).fetchone()
             if last is None:
                 raise ProjectError(f"image {image_id} has no label change to undo")
@@ -775,20 +867,26 @@ class Project:
         return self.get_image(image_id).label
 
     # ----------------------------------------------------------------- splits
-    def assign_splits(self, val_fraction: float | None = None, test_fraction: float | None = None,
-                      seed: int = 0) -> dict[str, int]:
+    def assign_splits(
+        self, val_fraction: float | None = None, test_fraction: float | None = None, seed: int = 0
+    ) -> dict[str, int]:
         """Draw a stratified val/test hold-out from labeled images whose split is not yet frozen.
 
         Once an image is given a split it never moves, so test metrics stay comparable across
         retrains. Classes with fewer than 3 labeled images keep them all for training.
         Returns how many images went to each split in this call.
         """
-        val_fraction = float(self.get_setting("split.val_fraction", 0.15)
-                             if val_fraction is None else val_fraction)
-        test_fraction = float(self.get_setting("split.test_fraction", 0.15)
-                              if test_fraction is None else test_fraction)
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1
-                and val_fraction + test_fraction < 1):
+        val_fraction = float(
+            self.get_setting("split.val_fraction", 0.15) if val_fraction is None else val_fraction
+        )
+        test_fraction = float(
+            self.get_setting("split.test_fraction", 0.15)
+            if test_fraction is None
+            else test_fraction
+        )
+        if not (
+            0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1
+        ):
             raise ProjectError("split fractions must be in [0, 1) and sum to less than 1")
         rng = random.Random(seed)
         moved = {s: 0 for s in SPLITS}
@@ -810,12 +908,15 @@ class Project:
                         need = min(need, max(0, len(free) - 1))  # keep one for training
                         take, free = free[:need], free[need:]
                         for image_id in take:
-                            tx.execute("UPDATE images SET split=?, split_frozen=1 WHERE id=?",
-                                       (split, image_id))
+                            tx.execute(
+                                "UPDATE images SET split=?, split_frozen=1 WHERE id=?",
+                                (split, image_id),
+                            )
                         moved[split] += len(take)
                 for image_id in free:
-                    tx.execute("UPDATE images SET split='train', split_frozen=1 WHERE id=?",
-                               (image_id,))
+                    tx.execute(
+                        "UPDATE images SET split='train', split_frozen=1 WHERE id=?", (image_id,)
+                    )
                 moved["train"] += len(free)
         return moved
 
@@ -842,8 +943,11 @@ class Project:
                     data.unlabeled_ids.append(image_id)
                     digest.update(f"u:{sha}\n".encode())
                 continue
-            target = {"train": (data.labeled, data.labeled_ids), "val": (data.val, data.val_ids),
-                      "test": (data.test, data.test_ids)}[split]
+            target = {
+                "train": (data.labeled, data.labeled_ids),
+                "val": (data.val, data.val_ids),
+                "test": (data.test, data.test_ids),
+            }[split]
             target[0].append((path, index[class_id]))
             target[1].append(image_id)
             digest.update(f"{split}:{sha}:{classes[index[class_id]].name}\n".encode())
@@ -898,15 +1002,20 @@ class Project:
 
     @staticmethod
     def _set_setting_tx(tx: sqlite3.Connection, key: str, value: Any) -> None:
-        tx.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
-                   "DO UPDATE SET value=excluded.value", (key, json.dumps(value)))
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
+            "DO UPDATE SET value=excluded.value",
+            (key, json.dumps(value)),
+        )
 
     # ----------------------------------------------------------------- models
     def new_model_dir(self) -> tuple[str, Path]:
         """Reserve the next free version name (v0001, v0002, ...) by creating its folder."""
         self.models_dir.mkdir(exist_ok=True)
-        n = 1 + max((int(p.name[1:]) for p in self.models_dir.glob("v[0-9]*")
-                     if p.name[1:].isdigit()), default=0)
+        n = 1 + max(
+            (int(p.name[1:]) for p in self.models_dir.glob("v[0-9]*") if p.name[1:].isdigit()),
+            default=0,
+        )
         while True:
             version = f"v{n:04d}"
             path = self.models_dir / version
@@ -917,30 +1026,43 @@ class Project:
                 continue
             return version, path
 
-    def register_model(self, version: str, meta: dict[str, Any],
-                       metrics: dict[str, Any] | None = None) -> None:
+    def register_model(
+        self, version: str, meta: dict[str, Any], metrics: dict[str, Any] | None = None
+    ) -> None:
         with self.transaction() as tx:
             tx.execute(
                 "INSERT INTO models (version, created, meta, metrics) VALUES (?,?,?,?) "
                 "ON CONFLICT(version) DO UPDATE SET meta=excluded.meta, metrics=excluded.metrics",
-                (version, utcnow(), json.dumps(meta, default=str),
-                 json.dumps(metrics or {}, default=str)),
+                (
+                    version,
+                    utcnow(),
+                    json.dumps(meta, default=str),
+                    json.dumps(metrics or {}, default=str),
+                ),
             )
 
     def update_model_metrics(self, version: str, metrics: dict[str, Any]) -> None:
         model = self.get_model(version)
         merged = {**model["metrics"], **metrics}
         with self.transaction() as tx:
-            tx.execute("UPDATE models SET metrics=? WHERE version=?",
-                       (json.dumps(merged, default=str), version))
+            tx.execute(
+                "UPDATE models SET metrics=? WHERE version=?",
+                (json.dumps(merged, default=str), version),
+            )
 
     def models(self) -> list[dict[str, Any]]:
         rows = self._con().execute(
             "SELECT version, created, meta, metrics, status FROM models ORDER BY version"
         )
         return [
-            {"version": r[0], "created": r[1], "meta": json.loads(r[2]),
-             "metrics": json.loads(r[3]), "status": r[4], "path": str(self.models_dir / r[0])}
+            {
+                "version": r[0],
+                "created": r[1],
+                "meta": json.loads(r[2]),
+                "metrics": json.loads(r[3]),
+                "status": r[4],
+                "path": str(self.models_dir / r[0]),
+            }
             for r in rows
         ]
 
@@ -956,9 +1078,7 @@ class Project:
         return models[version]
 
     def production_model(self) -> str | None:
-        row = self._con().execute(
-            "SELECT version FROM models WHERE status='production'"
-        ).fetchone()
+        row = self._con().execute("SELECT version FROM models WHERE status='production'").fetchone()
         return row[0] if row else None
 
     def set_production(self, version: str) -> None:
@@ -977,8 +1097,14 @@ class Project:
                 margin = probs[order[0]] - probs[order[1]] if len(order) > 1 else 1.0
                 tx.execute(
                     "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?)",
-                    (version, int(image_id), json.dumps(probs), top,
-                     probs[top] if top is not None else None, margin),
+                    (
+                        version,
+                        int(image_id),
+                        json.dumps(probs),
+                        top,
+                        probs[top] if top is not None else None,
+                        margin,
+                    ),
                 )
 
     def predictions(self, version: str) -> dict[int, list[float]]:
@@ -989,16 +1115,22 @@ class Project:
 
     # ----------------------------------------------------------------- hot-folder bookkeeping
     def seen_file(self, path: str, size: int, mtime_ns: int) -> str | None:
-        row = self._con().execute(
-            "SELECT outcome FROM seen_files WHERE path=? AND size=? AND mtime_ns=?",
-            (path, size, mtime_ns),
-        ).fetchone()
+        row = (
+            self._con()
+            .execute(
+                "SELECT outcome FROM seen_files WHERE path=? AND size=? AND mtime_ns=?",
+                (path, size, mtime_ns),
+            )
+            .fetchone()
+        )
         return row[0] if row else None
 
     def mark_seen(self, path: str, size: int, mtime_ns: int, outcome: str) -> None:
         with self.transaction() as tx:
-            tx.execute("INSERT OR REPLACE INTO seen_files VALUES (?,?,?,?,?)",
-                       (path, size, mtime_ns, outcome, utcnow()))
+            tx.execute(
+                "INSERT OR REPLACE INTO seen_files VALUES (?,?,?,?,?)",
+                (path, size, mtime_ns, outcome, utcnow()),
+            )
 
     # ----------------------------------------------------------------- maintenance
     def gc(self) -> int:

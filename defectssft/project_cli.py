@@ -30,7 +30,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         _print_json(project.status())
     else:
         print(f"created project {project.root}")
-        print(f"classes: {', '.join(classes) or '(none yet)'}" + (f"  (OK class: {ok})" if ok else ""))
+        print(
+            f"classes: {', '.join(classes) or '(none yet)'}" + (f"  (OK class: {ok})" if ok else "")
+        )
     return 0
 
 
@@ -44,8 +46,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         if show and (done % 50 == 0 or done == total):
             print(f"\r{done}/{total} files", end="" if done < total else "\n", file=sys.stderr)
 
-    summary = import_paths(project, args.paths, label_from=args.label_from, source=args.source,
-                           progress=progress)
+    summary = import_paths(
+        project, args.paths, label_from=args.label_from, source=args.source, progress=progress
+    )
     if args.split:
         summary_split = project.assign_splits()
     else:
@@ -57,9 +60,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         _print_json(out)
     else:
         rate = summary.total / summary.seconds if summary.seconds else 0.0
-        print(f"imported {summary.added} images ({summary.labeled} labeled), "
-              f"{summary.duplicates} duplicates skipped, {summary.quarantined} quarantined "
-              f"in {summary.seconds:.1f} s ({rate:.0f} files/s)")
+        print(
+            f"imported {summary.added} images ({summary.labeled} labeled), "
+            f"{summary.duplicates} duplicates skipped, {summary.quarantined} quarantined "
+            f"in {summary.seconds:.1f} s ({rate:.0f} files/s)"
+        )
         if summary.new_classes:
             print(f"new classes: {', '.join(summary.new_classes)}")
         for path, reason in summary.problems[:20]:
@@ -80,8 +85,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(st)
         return 0
     print(f"project {st['project']} at {st['path']}")
-    print(f"images: {st['images']}  labeled: {st['labeled']}  unlabeled: {st['unlabeled']}  "
-          f"quarantined: {st['quarantined']}")
+    print(
+        f"images: {st['images']}  labeled: {st['labeled']}  unlabeled: {st['unlabeled']}  "
+        f"quarantined: {st['quarantined']}"
+    )
     print("by class:")
     for name, n in st["by_class"].items():
         mark = "  (OK class)" if name == st["ok_class"] else ""
@@ -99,8 +106,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_classes(args: argparse.Namespace) -> int:
     project = Project.open(args.project)
     if args.action == "add":
-        project.add_class(args.name, description=args.description or "", colour=args.colour,
-                          hotkey=args.hotkey, is_ok=args.ok)
+        project.add_class(
+            args.name,
+            description=args.description or "",
+            colour=args.colour,
+            hotkey=args.hotkey,
+            is_ok=args.ok,
+        )
     elif args.action == "set":
         fields: dict[str, Any] = {}
         for key in ("description", "colour", "hotkey"):
@@ -112,8 +124,11 @@ def cmd_classes(args: argparse.Namespace) -> int:
     elif args.action == "rename":
         info = project.rename_class(args.name, args.new_name, who=args.who)
         if not args.json and info.name != args.name:
-            note = (f"; models trained before report {args.name!r} until retrained"
-                    if project.models() else "")
+            note = (
+                f"; models trained before report {args.name!r} until retrained"
+                if project.models()
+                else ""
+            )
             print(f"renamed class {args.name!r} to {info.name!r}{note}")
     rows = [c.__dict__ for c in project.classes()]
     if args.json:
@@ -121,8 +136,10 @@ def cmd_classes(args: argparse.Namespace) -> int:
     else:
         for c in rows:
             ok = " OK" if c["is_ok"] else ""
-            print(f"{c['hotkey'] or '-'}  {c['name']:<24} {c['colour'] or '':<8}{ok}  "
-                  f"{c['description']}")
+            print(
+                f"{c['hotkey'] or '-'}  {c['name']:<24} {c['colour'] or '':<8}{ok}  "
+                f"{c['description']}"
+            )
     return 0
 
 
@@ -160,15 +177,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
     project = Project.open(args.project)
 
     def report(path, result) -> None:  # type: ignore[no-untyped-def]
-        line = {"file": str(path), "status": result.status, "image_id": result.image_id,
-                "reason": result.reason}
-        print(json.dumps(line) if args.json else
-              f"{result.status:<11} {path}" + (f": {result.reason}" if result.reason and
-                                                 result.status == "quarantined" else ""),
-              flush=True)
+        line = {
+            "file": str(path),
+            "status": result.status,
+            "image_id": result.image_id,
+            "reason": result.reason,
+        }
+        print(
+            json.dumps(line)
+            if args.json
+            else f"{result.status:<11} {path}"
+            + (f": {result.reason}" if result.reason and result.status == "quarantined" else ""),
+            flush=True,
+        )
 
-    folder = HotFolder(project, args.folder, settle=args.settle, after=args.after,
-                       on_result=report)
+    folder = HotFolder(project, args.folder, settle=args.settle, after=args.after, on_result=report)
     stop = _stop_on_signals()
     if not args.json:
         print(f"watching {args.folder} -> {project.root} (Ctrl-C to stop)", flush=True)
@@ -187,8 +210,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(counts)
     else:
-        print(f"read {counts['frames']} frames: {counts['added']} stored, "
-              f"{counts['duplicate']} duplicates, {counts['quarantined']} bad")
+        print(
+            f"read {counts['frames']} frames: {counts['added']} stored, "
+            f"{counts['duplicate']} duplicates, {counts['quarantined']} bad"
+        )
     return 0
 
 
@@ -203,20 +228,30 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("project", help="folder to create the project in")
     p.add_argument("--classes", help="comma-separated class names, e.g. ok,scratch,dent")
     p.add_argument("--ok-class", help="the good-part class (default: 'ok' when present)")
-    p.add_argument("--bit-depth", type=int, choices=range(8, 17), metavar="8..16",
-                   help="sensor bit depth of 16-bit images (e.g. 12); default 16")
+    p.add_argument(
+        "--bit-depth",
+        type=int,
+        choices=range(8, 17),
+        metavar="8..16",
+        help="sensor bit depth of 16-bit images (e.g. 12); default 16",
+    )
     p.add_argument("--json", action="store_true", help="print the new project's status as JSON")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("import", help="import image files, folders or globs into a project")
     p.add_argument("project")
     p.add_argument("paths", nargs="+", help="files, folders (recursive) or glob patterns")
-    p.add_argument("--label-from", metavar="RULE",
-                   help="folder | filename:REGEX (first group is the class) | yolo; "
-                        "default: unlabeled")
+    p.add_argument(
+        "--label-from",
+        metavar="RULE",
+        help="folder | filename:REGEX (first group is the class) | yolo; default: unlabeled",
+    )
     p.add_argument("--source", default="import", help="source tag stored with each image")
-    p.add_argument("--split", action="store_true",
-                   help="draw the frozen val/test hold-out from the labeled images now")
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="draw the frozen val/test hold-out from the labeled images now",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_import)
 
@@ -227,10 +262,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
-        "classes", help="list, add, change or rename classes (the label book)",
+        "classes",
+        help="list, add, change or rename classes (the label book)",
         description="list | add NAME | set NAME | rename OLD NEW. A rename keeps every label, "
-                    "the label history, the splits and the OK flag (they refer to the class, not "
-                    "its name); models trained before report the old name until retrained.")
+        "the label history, the splits and the OK flag (they refer to the class, not "
+        "its name); models trained before report the old name until retrained.",
+    )
     p.add_argument("project")
     p.add_argument("action", nargs="?", choices=["list", "add", "set", "rename"], default="list")
     p.add_argument("name", nargs="?", help="the class (for rename: its current name)")
@@ -254,11 +291,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p = sub.add_parser("watch", help="ingest images as cameras drop them into a hot folder")
     p.add_argument("project")
     p.add_argument("folder", help="the hot folder")
-    p.add_argument("--after", choices=["keep", "move", "delete"], default="keep",
-                   help="what to do with a file once ingested (default keep; bad files are "
-                        "moved to _quarantine/ with move/delete)")
-    p.add_argument("--settle", type=float, default=1.0,
-                   help="seconds a file must stay unchanged before it is taken (default 1)")
+    p.add_argument(
+        "--after",
+        choices=["keep", "move", "delete"],
+        default="keep",
+        help="what to do with a file once ingested (default keep; bad files are "
+        "moved to _quarantine/ with move/delete)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds a file must stay unchanged before it is taken (default 1)",
+    )
     p.add_argument("--poll", type=float, default=0.5, help="rescan interval in seconds")
     p.add_argument("--json", action="store_true", help="one JSON line per file")
     p.set_defaults(func=cmd_watch)
@@ -281,13 +326,17 @@ def _classes_checked(args: argparse.Namespace) -> int:
         raise ProjectError(f"`classes {args.action}` needs a class name")
     if args.action == "rename":
         if not args.name or not args.new_name:
-            raise ProjectError("`classes rename` needs the current and the new name: "
-                               "classes PROJECT rename OLD NEW")
+            raise ProjectError(
+                "`classes rename` needs the current and the new name: "
+                "classes PROJECT rename OLD NEW"
+            )
         given = [f"--{k}" for k in ("description", "colour", "hotkey", "ok") if getattr(args, k)]
         if given:
-            raise ProjectError(f"`classes rename` only renames; change {', '.join(given)} "
-                               "with `classes set`")
+            raise ProjectError(
+                f"`classes rename` only renames; change {', '.join(given)} with `classes set`"
+            )
     elif args.new_name is not None:
-        raise ProjectError(f"`classes {args.action}` takes one class name, got "
-                           f"{args.name!r} and {args.new_name!r}")
+        raise ProjectError(
+            f"`classes {args.action}` takes one class name, got {args.name!r} and {args.new_name!r}"
+        )
     return cmd_classes(args)

@@ -35,8 +35,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def compare(candidate: dict[str, Any], production: dict[str, Any],
-            overkill_tolerance: float = DEFAULT_OVERKILL_TOLERANCE) -> tuple[bool, str]:
+def compare(
+    candidate: dict[str, Any],
+    production: dict[str, Any],
+    overkill_tolerance: float = DEFAULT_OVERKILL_TOLERANCE,
+) -> tuple[bool, str]:
     """(better-or-equal?, reason) for two ``metrics["test"]`` dicts of the same test split."""
     if candidate.get("test_hash") != production.get("test_hash"):
         return False, "the two models were evaluated on different test splits"
@@ -44,8 +47,10 @@ def compare(candidate: dict[str, Any], production: dict[str, Any],
     if "escape_rate" in c_op and "escape_rate" in p_op:
         ce, pe = c_op["escape_rate"], p_op["escape_rate"]
         co, po = c_op["overkill_rate"], p_op["overkill_rate"]
-        summary = (f"escape {_pct(ce)} vs {_pct(pe)}, overkill {_pct(co)} vs {_pct(po)} "
-                   f"(tolerance +{_pct(overkill_tolerance)})")
+        summary = (
+            f"escape {_pct(ce)} vs {_pct(pe)}, overkill {_pct(co)} vs {_pct(po)} "
+            f"(tolerance +{_pct(overkill_tolerance)})"
+        )
         if ce > pe + _EPS:
             return False, f"escape rate would rise: {summary}"
         if co > po + overkill_tolerance + _EPS:
@@ -78,9 +83,12 @@ def publish(project, version: str) -> Path:
     return dest
 
 
-def maybe_promote(project, version: str,
-                  overkill_tolerance: float = DEFAULT_OVERKILL_TOLERANCE,
-                  max_escape: float = DEFAULT_MAX_ESCAPE) -> tuple[bool, str]:
+def maybe_promote(
+    project,
+    version: str,
+    overkill_tolerance: float = DEFAULT_OVERKILL_TOLERANCE,
+    max_escape: float = DEFAULT_MAX_ESCAPE,
+) -> tuple[bool, str]:
     """Promote ``version`` if it is not worse than production (see module doc).
 
     Returns (promoted, reason). This is what ``defectssft train --promote-if-better`` calls.
@@ -98,8 +106,10 @@ def maybe_promote(project, version: str,
     try:
         baseline = evaluate_project_model(project, current, max_escape, report=False).metrics
     except EvaluationError as e:
-        return False, (f"cannot evaluate production model {current} on today's test split ({e}); "
-                       f"promote by hand with `defectssft promote --force`")
+        return False, (
+            f"cannot evaluate production model {current} on today's test split ({e}); "
+            f"promote by hand with `defectssft promote --force`"
+        )
     ok, reason = compare(candidate, baseline, overkill_tolerance)
     if not ok:
         return False, f"{version} not promoted, {current} stays production: {reason}"

@@ -54,8 +54,14 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     top = cm.max() if cm.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
-                    color="white" if top and cm[i, j] > top / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(cm[i, j])),
+                ha="center",
+                va="center",
+                color="white" if top and cm[i, j] > top / 2 else "black",
+            )
     ax.set_title("confusion matrix (test split)")
     fig.tight_layout()
     fig.savefig(path)
@@ -95,7 +101,9 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float | None, path: Path) ->
     return path
 
 
-def write_gallery(items: Sequence[Item], folder: Path, max_items: int = GALLERY_MAX) -> list[tuple[Item, str]]:
+def write_gallery(
+    items: Sequence[Item], folder: Path, max_items: int = GALLERY_MAX
+) -> list[tuple[Item, str]]:
     """Thumbnails of misclassified images, the most confident mistakes first."""
     from defectssft_line.preprocess import ImageDecodeError, read_image, to_rgb8
 
@@ -111,7 +119,9 @@ def write_gallery(items: Sequence[Item], folder: Path, max_items: int = GALLERY_
             continue
         h, w = rgb.shape[:2]
         s = THUMB_PX / max(h, w)
-        thumb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        thumb = cv2.resize(
+            rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+        )
         name = f"{item.image_id}_{item.true}_as_{item.pred}.jpg"
         cv2.imwrite(str(folder / name), cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
         out.append((item, f"{folder.name}/{name}"))
@@ -126,8 +136,9 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _markdown(metrics: dict[str, Any], plots: dict[str, str], gallery: list[tuple[Item, str]],
-              n_wrong: int) -> str:
+def _markdown(
+    metrics: dict[str, Any], plots: dict[str, str], gallery: list[tuple[Item, str]], n_wrong: int
+) -> str:
     classes = metrics["classes"]
     lines = [
         f"# Evaluation of model {metrics['version']}",
@@ -155,12 +166,19 @@ def _markdown(metrics: dict[str, Any], plots: dict[str, str], gallery: list[tupl
             )
     elif op:
         lines.append(f"* No OK class: error rate {_pct(op['error_rate'])}")
-    lines += ["", "## Per class", "", "| class | precision | recall | F1 | support |",
-              "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Per class",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name in classes:
         pc = metrics["per_class"][name]
-        lines.append(f"| {name} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | "
-                     f"{pc['support']} |")
+        lines.append(
+            f"| {name} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | "
+            f"{pc['support']} |"
+        )
     lines += ["", "## Plots", ""]
     for title, rel in plots.items():
         lines.append(f"![{title}]({rel})")
@@ -168,30 +186,43 @@ def _markdown(metrics: dict[str, Any], plots: dict[str, str], gallery: list[tupl
     if gallery:
         lines += ["| image | true | predicted | confidence | file |", "|---|---|---|---:|---|"]
         for item, rel in gallery:
-            lines.append(f"| ![]({rel}) | {item.true} | {item.pred} | {item.confidence:.3f} | "
-                         f"`{item.name or item.path.name}` (id {item.image_id}) |")
+            lines.append(
+                f"| ![]({rel}) | {item.true} | {item.pred} | {item.confidence:.3f} | "
+                f"`{item.name or item.path.name}` (id {item.image_id}) |"
+            )
     else:
         lines.append("None.")
     return "\n".join(lines) + "\n"
 
 
-def write_report(folder: Path, metrics: dict[str, Any], items: Sequence[Item],
-                 scores: np.ndarray | None = None, is_defect: np.ndarray | None = None) -> Path:
+def write_report(
+    folder: Path,
+    metrics: dict[str, Any],
+    items: Sequence[Item],
+    scores: np.ndarray | None = None,
+    is_defect: np.ndarray | None = None,
+) -> Path:
     """Write the report folder; returns the path of ``report.md``."""
     from defectssft import metrics as M
 
     folder.mkdir(parents=True, exist_ok=True)
-    plots = {"confusion matrix": plot_confusion(
-        np.asarray(metrics["confusion_matrix"]), metrics["classes"], folder / "confusion.png").name}
+    plots = {
+        "confusion matrix": plot_confusion(
+            np.asarray(metrics["confusion_matrix"]), metrics["classes"], folder / "confusion.png"
+        ).name
+    }
     op = metrics.get("operating_point") or {}
     if scores is not None and is_defect is not None and is_defect.any() and (~is_defect).any():
-        plots["defect scores"] = plot_scores(scores, is_defect, op.get("threshold", 0.5),
-                                             folder / "scores.png").name
+        plots["defect scores"] = plot_scores(
+            scores, is_defect, op.get("threshold", 0.5), folder / "scores.png"
+        ).name
         fpr, tpr, _ = M.roc_curve(scores, is_defect)
         plots["ROC"] = plot_roc(fpr, tpr, M.roc_auc(scores, is_defect), folder / "roc.png").name
     gallery = write_gallery(items, folder / "gallery")
     n_wrong = sum(1 for i in items if i.true != i.pred)
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    (folder / "metrics.json").write_text(
+        json.dumps(metrics, indent=2, default=str), encoding="utf-8"
+    )
     path = folder / "report.md"
     path.write_text(_markdown(metrics, plots, gallery, n_wrong), encoding="utf-8")
     return path

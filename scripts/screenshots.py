@@ -30,9 +30,11 @@ DESCRIPTIONS = {
     "rolled-in_scale": "oxide scale pressed into the strip",
     "scratches": "long straight marks along the rolling direction",
 }
-TINY = ("model.name=test_efficientnet model.weights=none input.height=64 input.width=64 "
-        "train.batch_size=8 train.num_workers=0 train.log_every=2 train.eval_every=10 "
-        "train.threads=1")
+TINY = (
+    "model.name=test_efficientnet model.weights=none input.height=64 input.width=64 "
+    "train.batch_size=8 train.num_workers=0 train.log_every=2 train.eval_every=10 "
+    "train.threads=1"
+)
 
 
 def wait(app, cond, timeout: float, what: str) -> None:
@@ -115,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         window.actions_by_name["heatmap"].setChecked(True)
         window.compute_heatmap()
         wait(app, lambda: bool(shown), 120, "the heat map")
-        wait(app, lambda: all(window.model.has_thumbnail(i)
-                              for i in range(min(12, window.model.total()))), 30, "thumbnails")
+        wait(
+            app,
+            lambda: all(
+                window.model.has_thumbnail(i) for i in range(min(12, window.model.total()))
+            ),
+            30,
+            "thumbnails",
+        )
         app.processEvents()
         window.grab().save(str(out / "main-window.png"))
 

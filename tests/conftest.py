@@ -50,8 +50,15 @@ def make_image(tmp_path: Path):
     """make_image(name, h=, w=, channels=, dtype=, seed=) -> Path of a new image file."""
     counter = {"n": 0}
 
-    def make(name: str, h: int = 24, w: int = 32, channels: int = 1, dtype=np.uint8,
-             seed: int | None = None, folder: Path | None = None) -> Path:
+    def make(
+        name: str,
+        h: int = 24,
+        w: int = 32,
+        channels: int = 1,
+        dtype=np.uint8,
+        seed: int | None = None,
+        folder: Path | None = None,
+    ) -> Path:
         counter["n"] += 1
         img = noise_image(h, w, channels, dtype, seed if seed is not None else counter["n"])
         return write_image((folder or tmp_path / "files") / name, img)

@@ -66,5 +66,7 @@ def test_to_model_input_normalises_uint8_and_float_alike():
     x8 = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     out = to_model_input(x8, [0.5] * 3, [0.5] * 3)
     assert torch.allclose(out, torch.ones_like(out))
-    assert torch.allclose(to_model_input(torch.zeros(1, 3, 2, 2), [0.5] * 3, [0.25] * 3),
-                          torch.full((1, 3, 2, 2), -2.0))
+    assert torch.allclose(
+        to_model_input(torch.zeros(1, 3, 2, 2), [0.5] * 3, [0.25] * 3),
+        torch.full((1, 3, 2, 2), -2.0),
+    )

@@ -45,9 +45,19 @@ def test_two_process_gloo_training(tmp_path):
     project = _tiny_project(tmp_path)
     tiny = json.dumps({**TINY, "train": {**TINY["train"], "steps": 2}})
     script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT.format(repo=str(REPO), out=str(tmp_path), project=str(project.root), tiny=tiny))
+    script.write_text(
+        SCRIPT.format(repo=str(REPO), out=str(tmp_path), project=str(project.root), tiny=tiny)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -63,6 +73,10 @@ def test_two_process_gloo_training(tmp_path):
     assert len(ck["rng"]) == 2  # each rank's RNG state for an exact resume
 
     # the project: one run, one model version, its name known to both ranks
-    assert (tmp_path / "version0.txt").read_text() == (tmp_path / "version1.txt").read_text() == "v0001"
+    assert (
+        (tmp_path / "version0.txt").read_text()
+        == (tmp_path / "version1.txt").read_text()
+        == "v0001"
+    )
     assert sorted(x.name for x in (project.root / "models").iterdir()) == ["v0001"]
     assert len(list((project.root / "runs").iterdir())) == 1

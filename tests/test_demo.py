@@ -37,8 +37,19 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     assert main(["demo", "--workdir", str(other), "--tiny", "--force"]) == 2
     assert "not a demo folder" in capsys.readouterr().err
     assert (other / "precious.txt").exists()
-    assert main(["demo", "--workdir", str(tmp_path / "x"), "--tiny",
-                 "--samples", str(tmp_path / "nowhere")]) == 2
+    assert (
+        main(
+            [
+                "demo",
+                "--workdir",
+                str(tmp_path / "x"),
+                "--tiny",
+                "--samples",
+                str(tmp_path / "nowhere"),
+            ]
+        )
+        == 2
+    )
     assert "samples not found" in capsys.readouterr().err
 
 
@@ -90,6 +101,19 @@ def test_demo_kolektor_tiny_ok_ng(tmp_path, capsys):
     assert sum(summary["line_verdicts"].values()) == 5
     assert summary["line_correct"] + summary["line_escapes"] + summary["line_overkill"] == 5
 
-    assert main(["demo", "--data", "kolektor", "--workdir", str(tmp_path / "x"), "--tiny",
-                 "--samples", str(tmp_path / "nowhere")]) == 2
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                "kolektor",
+                "--workdir",
+                str(tmp_path / "x"),
+                "--tiny",
+                "--samples",
+                str(tmp_path / "nowhere"),
+            ]
+        )
+        == 2
+    )
     assert "samples not found" in capsys.readouterr().err

@@ -63,10 +63,16 @@ def make_project(root: Path, per_class: int = 10, unlabeled: int = 6) -> Project
 
 
 def tiny_meta(version: str = "", thresholds: dict | None = None) -> dict:
-    return {"model_name": "test_efficientnet", "classes": CLASSES, "ok_class": "ok",
-            "input": {"height": SIZE, "width": SIZE, "bit_depth": 8},
-            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "version": version,
-            "thresholds": thresholds}
+    return {
+        "model_name": "test_efficientnet",
+        "classes": CLASSES,
+        "ok_class": "ok",
+        "input": {"height": SIZE, "width": SIZE, "bit_depth": 8},
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "version": version,
+        "thresholds": thresholds,
+    }
 
 
 def tiny_model(seed: int = 0, bias: list[float] | None = None) -> torch.nn.Module:
@@ -80,8 +86,9 @@ def tiny_model(seed: int = 0, bias: list[float] | None = None) -> torch.nn.Modul
     return model
 
 
-def add_model(project: Project, seed: int = 0, bias: list[float] | None = None,
-              thresholds: dict | None = None) -> str:
+def add_model(
+    project: Project, seed: int = 0, bias: list[float] | None = None, thresholds: dict | None = None
+) -> str:
     """Save a tiny model as the project's next version and register it."""
     version, folder = project.new_model_dir()
     meta = tiny_meta(version, thresholds)
@@ -100,16 +107,31 @@ def random_images(n: int = 6, seed: int = 0) -> np.ndarray:
 def test_fp32_export_matches_torch_and_carries_metadata(tmp_path):
     out = tmp_path / "m.onnx"
     thresholds = {"ng": 0.4, "unsure_low": 0.3, "unsure_high": 0.6}
-    res = export_onnx(tiny_model(), tiny_meta("v0007"), out, check_images=random_images(),
-                      check_labels=[0, 1, 2, 0, 1, 2], thresholds=thresholds, project="line3")
+    res = export_onnx(
+        tiny_model(),
+        tiny_meta("v0007"),
+        out,
+        check_images=random_images(),
+        check_labels=[0, 1, 2, 0, 1, 2],
+        thresholds=thresholds,
+        project="line3",
+    )
     assert out.is_file() and res.path == str(out)
     assert res.max_prob_diff < 1e-4
     assert res.top1_agreement == 1.0
     meta = read_metadata(out)
     assert meta["format"] == "defectssft-model" and meta["format_version"] == 1
     assert meta["classes"] == CLASSES and meta["ok_class"] == "ok"
-    assert meta["input"] == {"height": SIZE, "width": SIZE, "channels": 3, "layout": "NHWC",
-                             "dtype": "uint8", "color": "rgb", "resize": "area", "bit_depth": 8}
+    assert meta["input"] == {
+        "height": SIZE,
+        "width": SIZE,
+        "channels": 3,
+        "layout": "NHWC",
+        "dtype": "uint8",
+        "color": "rgb",
+        "resize": "area",
+        "bit_depth": 8,
+    }
     assert meta["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert meta["thresholds"] == thresholds
     assert meta["model_version"] == "v0007" and meta["project"] == "line3"
@@ -124,7 +146,9 @@ def test_onnx_graph_signature_and_defect_score(tmp_path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (inp,) = sess.get_inputs()
     assert (inp.name, inp.type, inp.shape[1:]) == ("image", "tensor(uint8)", [SIZE, SIZE, 3])
-    probs, logits, score = sess.run(["probs", "logits", "defect_score"], {"image": random_images(5)})
+    probs, logits, score = sess.run(
+        ["probs", "logits", "defect_score"], {"image": random_images(5)}
+    )
     assert probs.shape == logits.shape == (5, 3) and score.shape == (5,)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(score, 1.0 - probs[:, 0], atol=1e-6)
@@ -150,12 +174,20 @@ def test_onnx_defect_score_of_a_confident_prediction_is_not_rounded_to_zero(tmp_
 
 def test_int8_and_fp16_exports_run(tmp_path):
     images = random_images(8)
-    res8 = export_onnx(tiny_model(), tiny_meta(), tmp_path / "m8.onnx", check_images=images,
-                       calib_images=random_images(8, seed=1), precision="int8", max_int8_drop=1.0)
+    res8 = export_onnx(
+        tiny_model(),
+        tiny_meta(),
+        tmp_path / "m8.onnx",
+        check_images=images,
+        calib_images=random_images(8, seed=1),
+        precision="int8",
+        max_int8_drop=1.0,
+    )
     assert res8.reference == "onnx-fp32" and res8.n_checked == 8
     assert read_metadata(tmp_path / "m8.onnx")["precision"] == "int8"
-    res16 = export_onnx(tiny_model(), tiny_meta(), tmp_path / "m16.onnx", check_images=images,
-                        precision="fp16")
+    res16 = export_onnx(
+        tiny_model(), tiny_meta(), tmp_path / "m16.onnx", check_images=images, precision="fp16"
+    )
     assert res16.max_prob_diff < 2e-2
     assert read_metadata(tmp_path / "m16.onnx")["precision"] == "fp16"
 
@@ -164,19 +196,29 @@ def test_failed_check_keeps_existing_file(tmp_path):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"the good model")
     with pytest.raises(ExportError, match="differs from torch"):
-        export_onnx(tiny_model(), tiny_meta(), out, check_images=random_images(),
-                    max_prob_diff=-1.0)
+        export_onnx(
+            tiny_model(), tiny_meta(), out, check_images=random_images(), max_prob_diff=-1.0
+        )
     assert out.read_bytes() == b"the good model"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temp files left
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):
     with pytest.raises(ExportError, match="unknown precision"):
-        export_onnx(tiny_model(), tiny_meta(), tmp_path / "m.onnx", check_images=random_images(),
-                    precision="int4")
+        export_onnx(
+            tiny_model(),
+            tiny_meta(),
+            tmp_path / "m.onnx",
+            check_images=random_images(),
+            precision="int4",
+        )
     with pytest.raises(ExportError, match=r"check images must be \[N, 32, 32, 3\]"):
-        export_onnx(tiny_model(), tiny_meta(), tmp_path / "m.onnx",
-                    check_images=np.zeros((2, 16, 16, 3), np.uint8))
+        export_onnx(
+            tiny_model(),
+            tiny_meta(),
+            tmp_path / "m.onnx",
+            check_images=np.zeros((2, 16, 16, 3), np.uint8),
+        )
     with pytest.raises(ExportError, match="unsure_low"):
         resolve_thresholds(tiny_meta(), None, threshold=0.5, unsure_low=0.7)
     not_onnx = tmp_path / "x.onnx"
@@ -192,7 +234,10 @@ def test_threshold_resolution_order():
     own = tiny_meta(thresholds={"ng": 0.3, "unsure_low": 0.2, "unsure_high": 0.4})
     assert resolve_thresholds(own, metrics) == {"ng": 0.3, "unsure_low": 0.2, "unsure_high": 0.4}
     assert resolve_thresholds(own, metrics, threshold=0.7) == {
-        "ng": 0.7, "unsure_low": 0.7, "unsure_high": 0.7}
+        "ng": 0.7,
+        "unsure_low": 0.7,
+        "unsure_high": 0.7,
+    }
 
 
 # --------------------------------------------------------------------------- project level
@@ -235,8 +280,12 @@ def test_cli_evaluate_export_errors(tmp_path, capsys):
     assert main(["export", str(project.root), "--model", "v0099"]) == 2
     assert "no model version" in capsys.readouterr().err
     out = tmp_path / "cli.onnx"
-    assert main(["export", str(project.root), "--model", version, "-o", str(out),
-                 "--threshold", "0.3"]) == 0
+    assert (
+        main(
+            ["export", str(project.root), "--model", version, "-o", str(out), "--threshold", "0.3"]
+        )
+        == 0
+    )
     assert read_metadata(out)["thresholds"]["ng"] == 0.3
     assert main(["evaluate", str(project.root), "--no-report"]) == 0
     assert "escape" in capsys.readouterr().out

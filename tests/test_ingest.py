@@ -29,8 +29,9 @@ def test_import_neu_samples_with_filename_rule(tmp_path: Path, samples: Path) ->
     p = Project.create(tmp_path / "p")
     s = import_paths(p, [samples / "neu-det"], label_from=r"filename:^(.*)_\d+\.jpg$")
     assert (s.added, s.labeled, s.quarantined) == (60, 60, 0)
-    assert sorted(s.new_classes) == sorted(["crazing", "inclusion", "patches", "pitted_surface",
-                                            "rolled-in_scale", "scratches"])
+    assert sorted(s.new_classes) == sorted(
+        ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+    )
     assert all(n == 10 for n in p.status()["by_class"].values())
     again = import_paths(p, [samples / "neu-det"], label_from=r"filename:^(.*)_\d+\.jpg$")
     assert (again.added, again.duplicates) == (0, 60)
@@ -105,8 +106,19 @@ def test_killed_import_leaves_a_consistent_project(tmp_path: Path) -> None:
     proj = tmp_path / "p"
     Project.create(proj, classes=["ok"]).close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "defectssft", "import", str(proj), str(folder), "--label-from",
-         "filename:^(\\d)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "defectssft",
+            "import",
+            str(proj),
+            str(folder),
+            "--label-from",
+            "filename:^(\\d)",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     db = proj / "project.db"
     deadline = time.time() + 60
     while time.time() < deadline:  # wait until the import is part-way through, then kill -9
@@ -158,9 +170,11 @@ def test_concurrent_ingest_and_labeling_lose_nothing(tmp_path: Path) -> None:
     for i in range(150):
         write_image(tmp_path / "stream" / f"{i}.png", noise_image(seed=1000 + i))
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_ingest_worker, args=(str(proj), str(tmp_path / "stream"))),
-             ctx.Process(target=_label_worker, args=(str(proj), ids, 5)),
-             ctx.Process(target=_label_worker, args=(str(proj), ids[::-1], 5))]
+    procs = [
+        ctx.Process(target=_ingest_worker, args=(str(proj), str(tmp_path / "stream"))),
+        ctx.Process(target=_label_worker, args=(str(proj), ids, 5)),
+        ctx.Process(target=_label_worker, args=(str(proj), ids[::-1], 5)),
+    ]
     for pr in procs:
         pr.start()
     for pr in procs:
@@ -199,7 +213,7 @@ def test_hot_folder_waits_for_whole_files(tmp_path: Path, make_image) -> None:
     clock.t += 2
     assert hf.scan_once() == []  # looks truncated: wait for the writer, don't quarantine yet
     with open(target, "ab") as f:
-        f.write(data[len(data) // 3:])
+        f.write(data[len(data) // 3 :])
     assert hf.scan_once() == []  # changed: settle again
     clock.t += 0.5
     assert hf.scan_once() == []
@@ -325,8 +339,20 @@ def test_cli_init_import_status(tmp_path: Path, samples: Path, capsys) -> None:
     proj = str(tmp_path / "p")
     assert cli(["init", proj, "--classes", "good,defective", "--ok-class", "good"]) == 0
     assert "created project" in capsys.readouterr().out
-    assert cli(["import", proj, str(samples / "kolektorsdd"), "--label-from", "folder",
-                "--split", "--json"]) == 0
+    assert (
+        cli(
+            [
+                "import",
+                proj,
+                str(samples / "kolektorsdd"),
+                "--label-from",
+                "folder",
+                "--split",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["added"] == 16 and out["split"]["train"] >= 10
     assert cli(["status", proj, "--json"]) == 0
@@ -342,12 +368,15 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert err.startswith("error: ") and "\n" not in err
     cli(["init", str(tmp_path / "p")])
     capsys.readouterr()
-    assert cli(["import", str(tmp_path / "p"), str(tmp_path / "none"), "--label-from", "bogus"]) == 2
+    assert (
+        cli(["import", str(tmp_path / "p"), str(tmp_path / "none"), "--label-from", "bogus"]) == 2
+    )
     assert "unknown --label-from" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["init", "import", "status", "classes", "split", "watch",
-                                     "capture", "gc"])
+@pytest.mark.parametrize(
+    "command", ["init", "import", "status", "classes", "split", "watch", "capture", "gc"]
+)
 def test_every_command_has_help(command: str, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         cli([command, "--help"])

@@ -93,16 +93,26 @@ def run_cli(args: list[str], capsys) -> tuple[int, list[dict], str]:
 
 def test_backoff_and_source_kinds():
     assert [backoff(i, 0.5, 5.0) for i in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
-    assert [source_kind(s) for s in ("0", "/dev/video2", "rtsp://cam/1", "http://x/mjpg",
-                                     "v4l2src ! appsink", "line.avi", "f_%04d.png")] == \
-        ["device", "device", "stream", "stream", "stream", "file", "file"]
+    assert [
+        source_kind(s)
+        for s in (
+            "0",
+            "/dev/video2",
+            "rtsp://cam/1",
+            "http://x/mjpg",
+            "v4l2src ! appsink",
+            "line.avi",
+            "f_%04d.png",
+        )
+    ] == ["device", "device", "stream", "stream", "stream", "file", "file"]
 
 
 def test_camera_reconnects_keeps_inspecting_and_gives_up(model_path, sleeps, monkeypatch, capsys):
     fake = FakeCamera([None, None, [GOOD] * 3, [GOOD, BAD, GOOD]])  # then every open fails
     monkeypatch.setattr(cv2, "VideoCapture", fake)
-    rc, rows, err = run_cli(["run", "--model", str(model_path), "--camera", "0",
-                             "--max-reconnects", "3"], capsys)
+    rc, rows, err = run_cli(
+        ["run", "--model", str(model_path), "--camera", "0", "--max-reconnects", "3"], capsys
+    )
     # Two failed opens, 3 frames, drop, 3 frames (one bad), drop, 3 failed reopens: give up.
     assert rc == 1, err
     assert [r["file"] for r in rows] == [f"frame{i:06d}.png" for i in range(1, 7)]
@@ -115,13 +125,21 @@ def test_camera_reconnects_keeps_inspecting_and_gives_up(model_path, sleeps, mon
     assert "warning: camera 0: cannot open; reconnecting in 0.5 s (attempt 1/3)" in lines
     assert "warning: camera 0: cannot open; reconnecting in 1 s (attempt 2/3)" in lines
     assert "camera 0: reconnected after 2 attempt(s)" in lines
-    assert sum("no frame (stream ended or camera dropped); reconnecting in 0.5 s (attempt 1/3)"
-               in line for line in lines) == 2
+    assert (
+        sum(
+            "no frame (stream ended or camera dropped); reconnecting in 0.5 s (attempt 1/3)" in line
+            for line in lines
+        )
+        == 2
+    )
     assert "camera 0: reconnected after 1 attempt(s)" in lines
-    assert any(line.startswith("warning: frame skipped (1 so far): frame000005.png")
-               for line in lines)
-    assert "error: camera 0: cannot open; giving up after 3 reconnect attempt(s) without a " \
-           "frame (--max-reconnects 3)" in lines
+    assert any(
+        line.startswith("warning: frame skipped (1 so far): frame000005.png") for line in lines
+    )
+    assert (
+        "error: camera 0: cannot open; giving up after 3 reconnect attempt(s) without a "
+        "frame (--max-reconnects 3)" in lines
+    )
     assert "camera 0: 2 reconnect(s), 5 failed attempt(s)" in lines
     assert lines[-1] == "done: ERROR 1, NG 5"
 
@@ -129,9 +147,22 @@ def test_camera_reconnects_keeps_inspecting_and_gives_up(model_path, sleeps, mon
 def test_backoff_is_capped_and_max_frames_ends_the_run(model_path, sleeps, monkeypatch, capsys):
     fake = FakeCamera([None] * 5 + [[GOOD] * 10])
     monkeypatch.setattr(cv2, "VideoCapture", fake)
-    rc, rows, err = run_cli(["run", "--model", str(model_path), "--camera", "rtsp://cam/1",
-                             "--reconnect-wait", "0.25", "--reconnect-max-wait", "1",
-                             "--max-frames", "4"], capsys)
+    rc, rows, err = run_cli(
+        [
+            "run",
+            "--model",
+            str(model_path),
+            "--camera",
+            "rtsp://cam/1",
+            "--reconnect-wait",
+            "0.25",
+            "--reconnect-max-wait",
+            "1",
+            "--max-frames",
+            "4",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert len(rows) == 4 and {r["verdict"] for r in rows} == {"NG"}
     assert sleeps == [0.25, 0.5, 1.0, 1.0, 1.0]
@@ -142,8 +173,9 @@ def test_backoff_is_capped_and_max_frames_ends_the_run(model_path, sleeps, monke
 def test_no_reconnect_ends_at_the_first_drop(model_path, sleeps, monkeypatch, capsys):
     fake = FakeCamera([[GOOD] * 2, [GOOD] * 2])
     monkeypatch.setattr(cv2, "VideoCapture", fake)
-    rc, rows, err = run_cli(["run", "--model", str(model_path), "--camera", "0",
-                             "--no-reconnect"], capsys)
+    rc, rows, err = run_cli(
+        ["run", "--model", str(model_path), "--camera", "0", "--no-reconnect"], capsys
+    )
     assert rc == 0 and len(rows) == 2 and sleeps == [] and len(fake.opened) == 1
     assert "not reconnecting (--no-reconnect)" in err
     monkeypatch.setattr(cv2, "VideoCapture", FakeCamera([None]))
@@ -166,8 +198,14 @@ def test_read_and_open_exceptions_count_as_failed_attempts(sleeps, read_timeout)
         return item
 
     log: list[str] = []
-    stream = CameraStream("0", opener=opener, sleep=sleeps.append, log=log.append,
-                          max_attempts=2, read_timeout=read_timeout)
+    stream = CameraStream(
+        "0",
+        opener=opener,
+        sleep=sleeps.append,
+        log=log.append,
+        max_attempts=2,
+        read_timeout=read_timeout,
+    )
     assert len(list(stream.frames())) == 2
     # open raises, read raises, 2 frames, drop, 2 failed reopens: give up (max_attempts=2)
     assert stream.reconnects == 1 and stream.failed_attempts == 4 and stream.gave_up
@@ -229,16 +267,23 @@ def test_hung_read_is_abandoned_and_the_stream_reconnects(sleeps, gates):
     gates.append(hung.gate)
     opens = iter([hung, FakeCapture([GOOD] * 5)])
     log: list[str] = []
-    stream = CameraStream("rtsp://cam/1", opener=lambda s: next(opens), sleep=sleeps.append,
-                          log=log.append, read_timeout=TINY)
+    stream = CameraStream(
+        "rtsp://cam/1",
+        opener=lambda s: next(opens),
+        sleep=sleeps.append,
+        log=log.append,
+        read_timeout=TINY,
+    )
     with closing(stream.frames()) as frames:
         got = list(islice(frames, 5))
     assert len(got) == 5  # frames go on from the reopened capture
     assert stream.reconnects == 1 and stream.failed_attempts == 0 and sleeps == [0.5]
     assert stream.timeouts == 1 and stream.hung_reads == 1
-    assert log == ["warning: camera rtsp://cam/1: no frame within 0.25 s (read hung in the "
-                   "driver); abandoning it and reconnecting in 0.5 s (attempt 1)",
-                   "camera rtsp://cam/1: reconnected after 1 attempt(s)"]
+    assert log == [
+        "warning: camera rtsp://cam/1: no frame within 0.25 s (read hung in the "
+        "driver); abandoning it and reconnecting in 0.5 s (attempt 1)",
+        "camera rtsp://cam/1: reconnected after 1 attempt(s)",
+    ]
     assert not hung.released  # nobody released it while its read was inside the driver
     assert threading.main_thread() not in hung.read_threads
     hung.gate.set()  # the driver finally returns: the abandoned thread releases the capture
@@ -261,14 +306,22 @@ def test_hung_open_is_abandoned_like_a_failed_open(sleeps, gates):
         return good
 
     log: list[str] = []
-    stream = CameraStream("rtsp://cam/1", opener=opener, sleep=sleeps.append, log=log.append,
-                          read_timeout=TINY, max_attempts=3)
+    stream = CameraStream(
+        "rtsp://cam/1",
+        opener=opener,
+        sleep=sleeps.append,
+        log=log.append,
+        read_timeout=TINY,
+        max_attempts=3,
+    )
     with closing(stream.frames()) as frames:
         assert len(list(islice(frames, 2))) == 2
     assert stream.failed_attempts == 1 and stream.reconnects == 1 and sleeps == [0.5]
     assert stream.timeouts == 1 and stream.hung_reads == 1
-    assert log[0] == ("warning: camera rtsp://cam/1: cannot open within 0.25 s (open hung in "
-                      "the driver); abandoning it and reconnecting in 0.5 s (attempt 1/3)")
+    assert log[0] == (
+        "warning: camera rtsp://cam/1: cannot open within 0.25 s (open hung in "
+        "the driver); abandoning it and reconnecting in 0.5 s (attempt 1/3)"
+    )
     assert good.released and not late.released
     gate.set()  # the open returns after all: its capture is released by that thread
     assert _until(lambda: late.released)
@@ -279,8 +332,9 @@ def test_hung_open_is_abandoned_like_a_failed_open(sleeps, gates):
 def test_hung_open_without_reconnect_is_an_error(gates):
     gate = threading.Event()
     gates.append(gate)
-    stream = CameraStream("rtsp://cam/1", opener=lambda s: gate.wait(), reconnect=False,
-                          read_timeout=TINY)
+    stream = CameraStream(
+        "rtsp://cam/1", opener=lambda s: gate.wait(), reconnect=False, read_timeout=TINY
+    )
     with pytest.raises(camera.LineError, match="within 0.25 s .open hung in the driver"):
         next(stream.frames())
     assert stream.hung_reads == 1
@@ -295,14 +349,17 @@ def test_every_read_hanging_gives_up_after_max_attempts(sleeps, gates):
         return caps[-1]
 
     log: list[str] = []
-    stream = CameraStream("0", opener=opener, sleep=sleeps.append, log=log.append,
-                          read_timeout=TINY, max_attempts=2)
+    stream = CameraStream(
+        "0", opener=opener, sleep=sleeps.append, log=log.append, read_timeout=TINY, max_attempts=2
+    )
     assert list(stream.frames()) == []  # returns: the hung reads do not hang the caller
     assert stream.gave_up and stream.failed_attempts == 3 and stream.reconnects == 0
     assert stream.timeouts == 3 and stream.hung_reads == 3 and sleeps == [0.5, 1.0]
-    assert log[-1] == ("error: camera 0: no frame within 0.25 s (read hung in the driver); "
-                       "giving up after 2 reconnect attempt(s) without a frame "
-                       "(--max-reconnects 2)")
+    assert log[-1] == (
+        "error: camera 0: no frame within 0.25 s (read hung in the driver); "
+        "giving up after 2 reconnect attempt(s) without a frame "
+        "(--max-reconnects 2)"
+    )
     assert len(caps) == 3 and not any(c.released for c in caps)
     for c in caps:
         c.gate.set()
@@ -312,19 +369,31 @@ def test_every_read_hanging_gives_up_after_max_attempts(sleeps, gates):
 
 def test_timeout_off_reads_on_the_calling_thread_and_on_reads_on_another(sleeps):
     here = threading.current_thread()
-    for source, timeout, threaded in [("0", "auto", False), ("line.avi", "auto", False),
-                                      ("rtsp://cam/1", 0, False), ("rtsp://cam/1", None, False),
-                                      ("rtsp://cam/1", "auto", True), ("0", 5.0, True)]:
+    for source, timeout, threaded in [
+        ("0", "auto", False),
+        ("line.avi", "auto", False),
+        ("rtsp://cam/1", 0, False),
+        ("rtsp://cam/1", None, False),
+        ("rtsp://cam/1", "auto", True),
+        ("0", 5.0, True),
+    ]:
         openers: list[threading.Thread] = []
         cap = FakeCapture([GOOD, GOOD])
 
-        def opener(s: str, cap: FakeCapture = cap,
-                   openers: list[threading.Thread] = openers) -> FakeCapture:
+        def opener(
+            s: str, cap: FakeCapture = cap, openers: list[threading.Thread] = openers
+        ) -> FakeCapture:
             openers.append(threading.current_thread())
             return cap
 
-        stream = CameraStream(source, opener=opener, sleep=sleeps.append, reconnect=False,
-                              log=lambda msg: None, read_timeout=timeout)
+        stream = CameraStream(
+            source,
+            opener=opener,
+            sleep=sleeps.append,
+            reconnect=False,
+            log=lambda msg: None,
+            read_timeout=timeout,
+        )
         assert len(list(stream.frames())) == 2, source
         threads = openers + cap.read_threads
         assert len(threads) == 4  # one open, three reads (the last one: end of the frames)
@@ -336,9 +405,15 @@ def test_timeout_off_reads_on_the_calling_thread_and_on_reads_on_another(sleeps)
 
 def test_default_read_timeout_by_source_kind():
     assert camera.DEFAULT_STREAM_READ_TIMEOUT == 30.0
-    for source, expected in [("rtsp://cam/1", 30.0), ("http://x/mjpg", 30.0),
-                             ("v4l2src ! appsink", 30.0), ("0", None), ("/dev/video0", None),
-                             ("line.avi", None), ("f_%04d.png", None)]:
+    for source, expected in [
+        ("rtsp://cam/1", 30.0),
+        ("http://x/mjpg", 30.0),
+        ("v4l2src ! appsink", 30.0),
+        ("0", None),
+        ("/dev/video0", None),
+        ("line.avi", None),
+        ("f_%04d.png", None),
+    ]:
         assert CameraStream(source).read_timeout == expected, source
     assert CameraStream("rtsp://cam/1", read_timeout=0).read_timeout is None
     assert CameraStream("rtsp://cam/1", read_timeout=None).read_timeout is None
@@ -363,16 +438,29 @@ def test_read_timeout_option(model_path, sleeps, monkeypatch, capsys, gates):
     # 0 turns the default 30 s of a stream off: the read runs on the main thread
     fake = FakeCamera([[GOOD] * 2])
     monkeypatch.setattr(cv2, "VideoCapture", fake)
-    rc, rows, err = run_cli(["run", "--model", str(model_path), "--camera", "rtsp://cam/1",
-                             "--read-timeout", "0", "--max-frames", "2"], capsys)
+    rc, rows, err = run_cli(
+        [
+            "run",
+            "--model",
+            str(model_path),
+            "--camera",
+            "rtsp://cam/1",
+            "--read-timeout",
+            "0",
+            "--max-frames",
+            "2",
+        ],
+        capsys,
+    )
     assert rc == 0 and len(rows) == 2, err
     assert set(fake.opened[0].read_threads) == {threading.main_thread()}
     assert "read timeout" not in err
 
     fake = FakeCamera([[GOOD] * 2])
     monkeypatch.setattr(cv2, "VideoCapture", fake)
-    rc, rows, err = run_cli(["run", "--model", str(model_path), "--camera", "rtsp://cam/1",
-                             "--max-frames", "2"], capsys)
+    rc, rows, err = run_cli(
+        ["run", "--model", str(model_path), "--camera", "rtsp://cam/1", "--max-frames", "2"], capsys
+    )
     assert rc == 0 and len(rows) == 2, err
     assert threading.main_thread() not in fake.opened[0].read_threads
     assert "(stream, reconnects when lost, read timeout 30 s;" in err
@@ -382,14 +470,30 @@ def test_read_timeout_option(model_path, sleeps, monkeypatch, capsys, gates):
     gates.append(hung.gate)
     caps = iter([hung, FakeCapture([GOOD] * 3)])
     monkeypatch.setattr(cv2, "VideoCapture", lambda source: next(caps))
-    rc, rows, err = run_cli(["run", "--model", str(model_path), "--camera", "0",
-                             "--read-timeout", "0.25", "--max-frames", "3"], capsys)
+    rc, rows, err = run_cli(
+        [
+            "run",
+            "--model",
+            str(model_path),
+            "--camera",
+            "0",
+            "--read-timeout",
+            "0.25",
+            "--max-frames",
+            "3",
+        ],
+        capsys,
+    )
     assert rc == 0 and len(rows) == 3, err
     lines = err.splitlines()
-    assert "warning: camera 0: no frame within 0.25 s (read hung in the driver); abandoning it " \
-           "and reconnecting in 0.5 s (attempt 1)" in lines
-    assert "camera 0: 1 reconnect(s), 0 failed attempt(s), 1 hung open/read(s) abandoned, " \
-           "1 still hung in the driver" in lines
+    assert (
+        "warning: camera 0: no frame within 0.25 s (read hung in the driver); abandoning it "
+        "and reconnecting in 0.5 s (attempt 1)" in lines
+    )
+    assert (
+        "camera 0: 1 reconnect(s), 0 failed attempt(s), 1 hung open/read(s) abandoned, "
+        "1 still hung in the driver" in lines
+    )
     assert not hung.released
     hung.gate.set()
     assert hung.release_seen.wait(10)
@@ -413,8 +517,19 @@ def test_video_file_plays_once_and_loops_with_reconnect(model_path, sleeps, tmp_
     assert sleeps == [] and "reconnect" not in err.replace("ends when the source ends", "")
     assert "warning" not in err and err.splitlines()[-1] == "done: NG 5"
 
-    rc, rows, err = run_cli(["run", "--model", str(model_path), "--camera", str(video),
-                             "--reconnect", "--max-frames", "12"], capsys)
+    rc, rows, err = run_cli(
+        [
+            "run",
+            "--model",
+            str(model_path),
+            "--camera",
+            str(video),
+            "--reconnect",
+            "--max-frames",
+            "12",
+        ],
+        capsys,
+    )
     assert rc == 0, err
     assert len(rows) == 12 and sleeps == [0.5, 0.5]
     assert err.count(f"camera {video}: end of video; reopening in 0.5 s") == 2
@@ -495,14 +610,23 @@ def test_signal_stops_the_run_promptly(model_path, sig, stuck):
     """In a reconnect wait, and while the main thread waits on a read hung in the driver."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "deploy")}
     script, extra, waiting_for = {
-        "backoff": (STUCK_CAMERA, ["--camera", "0", "--reconnect-wait", "60"],
-                    "reconnecting in 60 s (attempt 1)"),
-        "hung-read": (HUNG_READ_CAMERA, ["--camera", "rtsp://cam/1", "--read-timeout", "600"],
-                      "fake: read hangs"),
+        "backoff": (
+            STUCK_CAMERA,
+            ["--camera", "0", "--reconnect-wait", "60"],
+            "reconnecting in 60 s (attempt 1)",
+        ),
+        "hung-read": (
+            HUNG_READ_CAMERA,
+            ["--camera", "rtsp://cam/1", "--read-timeout", "600"],
+            "fake: read hangs",
+        ),
     }[stuck]
     proc = subprocess.Popen(
         [sys.executable, "-c", script, "run", "--model", str(model_path), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     lines = _stderr_lines(proc)
     try:
@@ -519,7 +643,11 @@ def test_signal_stops_the_run_promptly(model_path, sig, stuck):
     if sig == signal.SIGINT:
         assert rc == 0 and "done: no images" in rest  # Ctrl+C: clean summary
         if stuck == "hung-read":
-            assert "camera rtsp://cam/1: 0 reconnect(s), 0 failed attempt(s), 1 still hung in " \
-                   "the driver" in rest and "Traceback" not in rest
+            assert (
+                "camera rtsp://cam/1: 0 reconnect(s), 0 failed attempt(s), 1 still hung in "
+                "the driver"
+                in rest
+                and "Traceback" not in rest
+            )
     else:
         assert rc == -signal.SIGTERM  # SIGTERM: the default, immediate end

@@ -114,22 +114,45 @@ def test_watch_cli_scores_moves_and_survives_bad_files(folder, model_path, tmp_p
     writer = threading.Thread(target=finish_later)
     writer.start()
     out = tmp_path / "results.jsonl"
-    args = ["run", "--model", str(model_path), "--watch", str(folder), "--settle", "0.2",
-            "--poll", "0.05", "--idle-exit", "1.5", "--give-up", "30", "--output", str(out)]
+    args = [
+        "run",
+        "--model",
+        str(model_path),
+        "--watch",
+        str(folder),
+        "--settle",
+        "0.2",
+        "--poll",
+        "0.05",
+        "--idle-exit",
+        "1.5",
+        "--give-up",
+        "30",
+        "--output",
+        str(out),
+    ]
     assert main(args) == 0
     writer.join()
     rows = {r["file"].split("/")[-1]: r for r in map(json.loads, out.read_text().splitlines())}
     assert rows["good1.png"]["verdict"] == "NG" and rows["slow.jpg"]["verdict"] == "NG"
-    assert rows["bad.jpg"]["verdict"] == "ERROR" and "not a readable image" in rows["bad.jpg"]["error"]
+    assert (
+        rows["bad.jpg"]["verdict"] == "ERROR" and "not a readable image" in rows["bad.jpg"]["error"]
+    )
     assert "empty.png" not in rows and (folder / "empty.png").exists()  # maybe still being written
     assert sorted(p.name for p in (folder / "processed").iterdir()) == ["good1.png", "slow.jpg"]
-    assert sorted(p.name for p in (folder / "failed").iterdir()) == ["bad.jpg", "bad.jpg.reason.txt"]
+    assert sorted(p.name for p in (folder / "failed").iterdir()) == [
+        "bad.jpg",
+        "bad.jpg.reason.txt",
+    ]
     # a restart scores nothing twice; a same-named new file is kept apart, not overwritten;
     # the empty file that never grew is set aside after --give-up seconds
     cv2.imwrite(str(folder / "good1.png"), np.full((30, 30), 10, np.uint8))
     assert main([*args, "--give-up", "0.5"]) == 0
     assert sorted(p.name for p in (folder / "processed").iterdir()) == [
-        "good1-1.png", "good1.png", "slow.jpg"]
+        "good1-1.png",
+        "good1.png",
+        "slow.jpg",
+    ]
     assert len(out.read_text().splitlines()) == 4
     assert "empty file" in (folder / "failed" / "empty.png.reason.txt").read_text()
     assert main(["run", "--model", str(model_path), "--watch", str(tmp_path / "nope")]) == 2

@@ -27,13 +27,19 @@ REPO = Path(__file__).resolve().parents[1]
 SCORE = 2 / 3  # defect score of a zero-bias model
 
 
-def export_fixed(path: Path, bias: list[float], thresholds: dict | None = None,
-                 version: str = "v0001") -> Path:
+def export_fixed(
+    path: Path, bias: list[float], thresholds: dict | None = None, version: str = "v0001"
+) -> Path:
     from defectssft.export import export_onnx
 
     meta = tiny_meta(version)
-    export_onnx(tiny_model(bias=bias), meta, path, check_images=random_images(2),
-                thresholds=thresholds or {"ng": 0.5, "unsure_low": 0.5, "unsure_high": 0.5})
+    export_onnx(
+        tiny_model(bias=bias),
+        meta,
+        path,
+        check_images=random_images(2),
+        thresholds=thresholds or {"ng": 0.5, "unsure_low": 0.5, "unsure_high": 0.5},
+    )
     return path
 
 
@@ -84,14 +90,35 @@ def test_runtime_works_with_torch_unimportable(models, images, tmp_path):
     unsure = tmp_path / "unsure"
     env = {**os.environ, "PYTHONPATH": str(REPO / "deploy")}
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCKER, "run", "--model", str(models["ng"]), "--input", str(images),
-         "--unsure-low", "0.5", "--unsure-high", "0.9", "--send-unsure", str(unsure)],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            BLOCKER,
+            "run",
+            "--model",
+            str(models["ng"]),
+            "--input",
+            str(images),
+            "--unsure-low",
+            "0.5",
+            "--unsure-high",
+            "0.9",
+            "--send-unsure",
+            str(unsure),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stderr  # 1: one input could not be read
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [Path(r["file"]).name for r in rows] == ["a_gray.png", "b_color.jpg", "c_16bit.png",
-                                                    "d_corrupt.jpg"]
+    assert [Path(r["file"]).name for r in rows] == [
+        "a_gray.png",
+        "b_color.jpg",
+        "c_16bit.png",
+        "d_corrupt.jpg",
+    ]
     assert [r["verdict"] for r in rows] == ["UNSURE", "UNSURE", "UNSURE", "ERROR"]
     assert rows[0]["class"] == "scratch" and rows[0]["score"] == pytest.approx(SCORE, abs=1e-4)
     assert "not a readable image" in rows[3]["error"]
@@ -103,11 +130,22 @@ def test_verdicts_threshold_override_and_band(models, images, capsys):
     rc, rows, err = run_cli(["run", "--model", str(models["ng"]), "--input", str(images)], capsys)
     assert rc == 0 and {r["verdict"] for r in rows} == {"NG"} and len(rows) == 3
     assert "thresholds ng=0.5" in err
-    rc, rows, _ = run_cli(["run", "--model", str(models["ng"]), "--input", str(images),
-                           "--threshold", "0.7"], capsys)
+    rc, rows, _ = run_cli(
+        ["run", "--model", str(models["ng"]), "--input", str(images), "--threshold", "0.7"], capsys
+    )
     assert {(r["verdict"], r["class"]) for r in rows} == {("OK", "ok")}
-    rc, rows, _ = run_cli(["run", "--model", str(models["ok"]), "--input", str(images / "a_gray.png"),
-                           "--threshold", "0.01"], capsys)
+    rc, rows, _ = run_cli(
+        [
+            "run",
+            "--model",
+            str(models["ok"]),
+            "--input",
+            str(images / "a_gray.png"),
+            "--threshold",
+            "0.01",
+        ],
+        capsys,
+    )
     assert rows[0]["verdict"] == "NG"
     assert rows[0]["latency_ms"] > 0 and rows[0]["model_version"] == "v0001"
 
@@ -121,18 +159,46 @@ def test_decide_rules():
     # without an OK class: NG with the class, UNSURE when the top probability is low
     p = decide(np.array([0.1, 0.8, 0.1]), 0.2, classes, None, thr)
     assert (p.verdict, p.cls) == ("NG", "a")
-    assert decide(np.array([0.2, 0.25, 0.55]), 0.45, classes, None, Thresholds(0.5, 0.5, 0.5)).verdict == "NG"
-    assert decide(np.array([0.3, 0.4, 0.3]), 0.6, classes, None, Thresholds(0.5, 0.5, 0.5)).verdict == "UNSURE"
+    assert (
+        decide(np.array([0.2, 0.25, 0.55]), 0.45, classes, None, Thresholds(0.5, 0.5, 0.5)).verdict
+        == "NG"
+    )
+    assert (
+        decide(np.array([0.3, 0.4, 0.3]), 0.6, classes, None, Thresholds(0.5, 0.5, 0.5)).verdict
+        == "UNSURE"
+    )
 
 
 def test_csv_output_to_file_appends(models, images, tmp_path, capsys):
     out = tmp_path / "results.csv"
     for _ in range(2):
-        assert main(["run", "--model", str(models["ok"]), "--input", str(images / "b_color.jpg"),
-                     "--format", "csv", "--output", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--model",
+                    str(models["ok"]),
+                    "--input",
+                    str(images / "b_color.jpg"),
+                    "--format",
+                    "csv",
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 2 and rows[0]["verdict"] == "OK" and rows[0]["class"] == "ok"
-    assert set(rows[0]) == {"file", "verdict", "class", "score", "latency_ms", "model_version", "error"}
+    assert set(rows[0]) == {
+        "file",
+        "verdict",
+        "class",
+        "score",
+        "latency_ms",
+        "model_version",
+        "error",
+    }
 
 
 def _with_metadata(src: Path, dest: Path, change) -> Path:
@@ -151,17 +217,26 @@ def test_bad_model_files_are_refused(models, tmp_path, images, capsys):
     from onnx import TensorProto, helper
 
     plain = tmp_path / "plain.onnx"
-    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["probs"])], "g",
-                              [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4])],
-                              [helper.make_tensor_value_info("probs", TensorProto.UINT8, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["probs"])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 4])],
+        [helper.make_tensor_value_info("probs", TensorProto.UINT8, [1, 4])],
+    )
     onnx.save(helper.make_model(graph), str(plain))
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(models["ng"].read_bytes()[:5000])
-    newer = _with_metadata(models["ng"], tmp_path / "newer.onnx", lambda m: {**m, "format_version": 2})
-    foreign = _with_metadata(models["ng"], tmp_path / "foreign.onnx", lambda m: {**m, "format": "x"})
+    newer = _with_metadata(
+        models["ng"], tmp_path / "newer.onnx", lambda m: {**m, "format_version": 2}
+    )
+    foreign = _with_metadata(
+        models["ng"], tmp_path / "foreign.onnx", lambda m: {**m, "format": "x"}
+    )
     cases = {
-        plain: "not a defectssft model", truncated: "not a loadable ONNX model",
-        newer: "newer than this runtime supports", foreign: "not a defectssft model",
+        plain: "not a defectssft model",
+        truncated: "not a loadable ONNX model",
+        newer: "newer than this runtime supports",
+        foreign: "not a defectssft model",
         tmp_path / "missing.onnx": "model file not found",
     }
     for path, message in cases.items():
@@ -179,8 +254,22 @@ def test_bad_arguments(models, tmp_path, capsys):
     empty.mkdir()
     assert main(["run", "--model", str(models["ng"]), "--input", str(empty)]) == 2
     assert "no image files" in capsys.readouterr().err
-    assert main(["run", "--model", str(models["ng"]), "--input", str(empty),
-                 "--unsure-low", "0.8", "--unsure-high", "0.2"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(models["ng"]),
+                "--input",
+                str(empty),
+                "--unsure-low",
+                "0.8",
+                "--unsure-high",
+                "0.2",
+            ]
+        )
+        == 2
+    )
     assert "--unsure-low must not be above" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run", "--model", str(models["ng"]), "--input", "x", "--threshold", "1.5"])
@@ -192,18 +281,51 @@ def test_camera_source_and_unsure_frames(models, tmp_path, capsys):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"f_{i:03d}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
     unsure = tmp_path / "unsure"
-    rc, rows, _ = run_cli(["run", "--model", str(models["ng"]), "--camera",
-                           str(tmp_path / "f_%03d.png"), "--max-frames", "2",
-                           "--unsure-low", "0.1", "--unsure-high", "0.9", "--send-unsure", str(unsure)],
-                          capsys)
+    rc, rows, _ = run_cli(
+        [
+            "run",
+            "--model",
+            str(models["ng"]),
+            "--camera",
+            str(tmp_path / "f_%03d.png"),
+            "--max-frames",
+            "2",
+            "--unsure-low",
+            "0.1",
+            "--unsure-high",
+            "0.9",
+            "--send-unsure",
+            str(unsure),
+        ],
+        capsys,
+    )
     assert rc == 0 and [r["verdict"] for r in rows] == ["UNSURE", "UNSURE"]
     assert len(list(unsure.glob("*.png"))) == 2
 
 
 def test_bench(models, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--model", str(models["ng"]), "--batch", "1", "4", "--threads", "1",
-                 "--iters", "3", "--warmup", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                str(models["ng"]),
+                "--batch",
+                "1",
+                "4",
+                "--threads",
+                "1",
+                "--iters",
+                "3",
+                "--warmup",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "p99 ms" in table
     rows = json.loads(out.read_text())["rows"]

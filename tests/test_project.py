@@ -85,8 +85,9 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         ("rgb16.tif", 3, np.uint16, 3, 16),
     ],
 )
-def test_add_image_formats(project: Project, make_image, name, channels, dtype, expect_channels,
-                           expect_depth) -> None:
+def test_add_image_formats(
+    project: Project, make_image, name, channels, dtype, expect_channels, expect_depth
+) -> None:
     path = make_image(name, channels=channels, dtype=dtype)
     res = project.add_image(path)
     assert res.status == "added", res.reason
@@ -118,8 +119,11 @@ def _bad_files(tmp_path: Path, make_image) -> dict[str, tuple[Path, str]]:
         "empty": (d / "empty.jpg", b"", "empty file"),
         "truncated_jpeg": (d / "trunc.jpg", good_jpg[: len(good_jpg) // 2], "truncated JPEG"),
         "truncated_png": (d / "trunc.png", good_png[: len(good_png) // 2], "truncated PNG"),
-        "corrupt_jpeg": (d / "corrupt.jpg", good_jpg[:20] + b"\x00" * 400 + b"\xff\xd9",
-                         "not a readable image"),
+        "corrupt_jpeg": (
+            d / "corrupt.jpg",
+            good_jpg[:20] + b"\x00" * 400 + b"\xff\xd9",
+            "not a readable image",
+        ),
         "not_an_image": (d / "notes.jpg", b"%PDF-1.4 this is a pdf\n" * 10, "not an image"),
     }
     out = {}
@@ -163,12 +167,20 @@ def test_huge_image_header_only(project: Project, tmp_path: Path) -> None:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00"))
-            + chunk(b"IEND", b""))
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00"))
+        + chunk(b"IEND", b"")
+    )
     path = tmp_path / "bomb.png"
     path.write_bytes(data)
     res = project.add_image(path)
@@ -187,7 +199,9 @@ def test_labels_history_undo_and_bulk(project: Project, make_image) -> None:
     assert (rec.label, rec.label_who, rec.label_source) == ("dent", "ben", "human")
     hist = project.label_history(ids[0])
     assert [(e.label, e.previous, e.who) for e in hist] == [
-        ("scratch", None, "anna"), ("dent", "scratch", "ben")]
+        ("scratch", None, "anna"),
+        ("dent", "scratch", "ben"),
+    ]
     assert project.undo_label(ids[0]) == "scratch"
     assert len(project.label_history(ids[0])) == 3  # undo is recorded, history never shrinks
     assert project.set_labels(ids[1:], "ok") == 3
@@ -212,18 +226,20 @@ def test_set_labels_is_all_or_nothing(project: Project, make_image) -> None:
     assert [len(project.label_history(i)) for i in ids] == [1, 0, 0]
 
 
-def test_set_labels_each_one_transaction_one_event_per_image(project: Project,
-                                                           make_image) -> None:
+def test_set_labels_each_one_transaction_one_event_per_image(project: Project, make_image) -> None:
     ids = [project.add_image(make_image(f"{i}.png")).image_id for i in range(4)]
     project.set_label(ids[0], "scratch")
-    changed = project.set_labels_each({ids[0]: None, ids[1]: "dent", ids[2]: "ok",
-                                       ids[3]: None}, who="ben")
+    changed = project.set_labels_each(
+        {ids[0]: None, ids[1]: "dent", ids[2]: "ok", ids[3]: None}, who="ben"
+    )
     assert changed == 3  # ids[3] was already unlabeled: no event
     assert [project.get_image(i).label for i in ids] == [None, "dent", "ok", None]
     events = [project.label_history(i)[-1] for i in ids[:3]]
     assert [(e.label, e.previous, e.who, e.source) for e in events] == [
-        (None, "scratch", "ben", "human"), ("dent", None, "ben", "human"),
-        ("ok", None, "ben", "human")]
+        (None, "scratch", "ben", "human"),
+        ("dent", None, "ben", "human"),
+        ("ok", None, "ben", "human"),
+    ]
     assert len({e.time for e in events}) == 1  # written together
     assert project.label_history(ids[3]) == []
     with pytest.raises(ProjectError, match="unknown label source"):
@@ -264,25 +280,31 @@ def test_rename_class_keeps_labels_history_splits_and_ok(project: Project, make_
     info = project.rename_class("scratch", "scratches", who="carl")
     info_ok = project.rename_class("ok", "good")
 
-    assert (info.id, info.hotkey, info.colour) == (before["scratch"].id, before["scratch"].hotkey,
-                                                    before["scratch"].colour)
+    assert (info.id, info.hotkey, info.colour) == (
+        before["scratch"].id,
+        before["scratch"].hotkey,
+        before["scratch"].colour,
+    )
     assert project.class_names() == ["good", "scratches", "dent"]
     assert project.ok_class == "good" and info_ok.is_ok
     assert sorted(r.id for r in project.query_images(label="scratches")) == sorted(ids["scratch"])
     assert project.get_image(a).label == "scratches"
     assert [(e.label, e.previous, e.who) for e in project.label_history(a)] == [
-        ("scratches", None, "operator"), ("dent", "scratches", "anna"),
-        ("scratches", "dent", "ben")]
+        ("scratches", None, "operator"),
+        ("dent", "scratches", "anna"),
+        ("scratches", "dent", "ben"),
+    ]
     assert {r.id: r.split for r in project.query_images()} == splits  # frozen splits untouched
     assert project.predictions("v0001") == {a: [0.1, 0.8, 0.1]}
     assert project.get_model("v0001")["meta"]["classes"] == ["ok", "scratch", "dent"]  # its own
-    assert project.get_setting("labelbook.examples") == {"scratches": [a],
-                                                         "dent": [ids["dent"][0]]}
+    assert project.get_setting("labelbook.examples") == {"scratches": [a], "dent": [ids["dent"][0]]}
     assert project.status()["by_class"] == {"good": 4, "scratches": 4, "dent": 4}
     data = project.training_data()
     assert data.classes == ["good", "scratches", "dent"] and data.ok_class == "good"
     assert [(r["old"], r["new"], r["who"]) for r in project.class_renames()] == [
-        ("scratch", "scratches", "carl"), ("ok", "good", "operator")]
+        ("scratch", "scratches", "carl"),
+        ("ok", "good", "operator"),
+    ]
     with pytest.raises(ProjectError, match="unknown class 'scratch'"):
         project.set_label(a, "scratch")
     project.set_label(a, "good")
@@ -296,14 +318,16 @@ def test_rename_class_same_name_and_case(project: Project) -> None:
     assert project.class_names() == ["ok", "scratch", "Dent"]
 
 
-@pytest.mark.parametrize("old,new,match", [
-    ("rust", "rusty", "cannot rename 'rust': no such class; known classes: "),
-    ("scratch", "bad name", "invalid class name 'bad name'"),
-    ("scratch", "", "invalid class name ''"),
-    ("scratch", "dent", "cannot rename 'scratch' to 'dent': class 'dent' already exists"),
-])
-def test_rename_class_errors_change_nothing(project: Project, make_image, old, new,
-                                            match) -> None:
+@pytest.mark.parametrize(
+    "old,new,match",
+    [
+        ("rust", "rusty", "cannot rename 'rust': no such class; known classes: "),
+        ("scratch", "bad name", "invalid class name 'bad name'"),
+        ("scratch", "", "invalid class name ''"),
+        ("scratch", "dent", "cannot rename 'scratch' to 'dent': class 'dent' already exists"),
+    ],
+)
+def test_rename_class_errors_change_nothing(project: Project, make_image, old, new, match) -> None:
     image_id = project.add_image(make_image("a.png")).image_id
     project.set_label(image_id, "scratch")
     before = project.classes()
@@ -455,8 +479,9 @@ def test_gc_removes_orphans_only(project: Project, make_image) -> None:
     assert project.get_image(res.image_id).path.exists()
 
 
-def test_full_disk_stops_cleanly_and_keeps_what_was_stored(project: Project, make_image,
-                                                         monkeypatch, tmp_path: Path) -> None:
+def test_full_disk_stops_cleanly_and_keeps_what_was_stored(
+    project: Project, make_image, monkeypatch, tmp_path: Path
+) -> None:
     import errno
 
     import defectssft.project as store

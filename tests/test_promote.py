@@ -14,7 +14,10 @@ ALWAYS_NG = [0.0, 10.0, 0.0]  # rejects every part: escape 0 %, overkill 100 %
 
 
 def _m(escape, overkill, split="a"):
-    return {"test_hash": split, "operating_point": {"escape_rate": escape, "overkill_rate": overkill}}
+    return {
+        "test_hash": split,
+        "operating_point": {"escape_rate": escape, "overkill_rate": overkill},
+    }
 
 
 def test_compare_rule_by_hand():

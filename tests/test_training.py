@@ -28,8 +28,17 @@ TINY = {
     "model": {"name": "test_resnet", "weights": "none", "drop_rate": 0.1},
     "input": {"height": 32, "width": 32},
     "ssl": {"method": "fixmatch", "mu": 2, "threshold": 0.5},
-    "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 100,
-              "checkpoint_every": 2, "log_every": 1, "num_workers": 0, "threads": 1, "lr": 0.01},
+    "train": {
+        "steps": 4,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "eval_every": 100,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "num_workers": 0,
+        "threads": 1,
+        "lr": 0.01,
+    },
 }
 
 
@@ -48,10 +57,20 @@ def tiny_data(tmp_path_factory) -> TrainData:
 
 def tiny_data_at(root: Path) -> TrainData:
     """Two classes (dark / bright noise), 6 labeled each, 12 unlabeled, 3 val each; 40x40 PNGs."""
-    lab = [(_write(root / f"l{c}_{i}.png", 60 + 130 * c, i + 10 * c), c) for c in (0, 1) for i in range(6)]
+    lab = [
+        (_write(root / f"l{c}_{i}.png", 60 + 130 * c, i + 10 * c), c)
+        for c in (0, 1)
+        for i in range(6)
+    ]
     unl = [_write(root / f"u{i}.png", 60 + 130 * (i % 2), 100 + i) for i in range(12)]
-    val = [(_write(root / f"v{c}_{i}.png", 60 + 130 * c, 200 + i + 10 * c), c) for c in (0, 1) for i in range(3)]
-    return TrainData(classes=["ok", "dent"], labeled=lab, unlabeled=unl, val=val, ok_class="ok", bit_depth=8)
+    val = [
+        (_write(root / f"v{c}_{i}.png", 60 + 130 * c, 200 + i + 10 * c), c)
+        for c in (0, 1)
+        for i in range(3)
+    ]
+    return TrainData(
+        classes=["ok", "dent"], labeled=lab, unlabeled=unl, val=val, ok_class="ok", bit_depth=8
+    )
 
 
 def cfg(**sections) -> dict:
@@ -61,13 +80,24 @@ def cfg(**sections) -> dict:
     return resolve_config(overrides=merged)
 
 
-@pytest.mark.parametrize("method,extra", [("supervised", {}), ("fixmatch", {"dist_align": True}),
-                                          ("freematch", {}),
-                                          ("freematch", {"pseudo_from": "ema", "fairness": 0.01})])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("supervised", {}),
+        ("fixmatch", {"dist_align": True}),
+        ("freematch", {}),
+        ("freematch", {"pseudo_from": "ema", "fairness": 0.01}),
+    ],
+)
 def test_each_method_trains_logs_and_evaluates(tiny_data, tmp_path, method, extra):
     rows = []
-    result = train(cfg(ssl={"method": method, **extra}, train={"eval_every": 4}), tiny_data,
-                   tmp_path / "run", progress=rows.append, handle_signals=False)
+    result = train(
+        cfg(ssl={"method": method, **extra}, train={"eval_every": 4}),
+        tiny_data,
+        tmp_path / "run",
+        progress=rows.append,
+        handle_signals=False,
+    )
     assert result.status == "completed" and result.step == 4
     assert {"accuracy", "balanced_accuracy", "auroc"} <= set(result.metrics)
     steps = [r for r in rows if r["event"] == "step"]
@@ -102,14 +132,31 @@ def test_hidden_unlabeled_truth_logs_pseudo_label_accuracy(tiny_data, tmp_path):
     truth = [i % 2 for i in range(len(tiny_data.unlabeled))]  # how tiny_data_at drew them
     data = dataclasses.replace(tiny_data, unlabeled_truth=truth)
     rows: list[dict] = []
-    train(cfg(ssl={"method": "freematch"}), data, tmp_path / "run", progress=rows.append, handle_signals=False)
+    train(
+        cfg(ssl={"method": "freematch"}),
+        data,
+        tmp_path / "run",
+        progress=rows.append,
+        handle_signals=False,
+    )
     steps = [r for r in rows if r["event"] == "step"]
     assert all(0.0 <= r["pl_acc"] <= 1.0 and 0.0 < r["tau"] < 1.0 for r in steps)
     plain: list[dict] = []  # a project's data has no truth: no pl_acc column
-    train(cfg(ssl={"method": "freematch"}), tiny_data, tmp_path / "plain", progress=plain.append, handle_signals=False)
+    train(
+        cfg(ssl={"method": "freematch"}),
+        tiny_data,
+        tmp_path / "plain",
+        progress=plain.append,
+        handle_signals=False,
+    )
     assert not any("pl_acc" in r for r in plain)
     with pytest.raises(DataError, match="unlabeled_truth has 3 entries for 12 unlabeled images"):
-        train(cfg(), dataclasses.replace(tiny_data, unlabeled_truth=[0, 1, 0]), tmp_path / "bad", handle_signals=False)
+        train(
+            cfg(),
+            dataclasses.replace(tiny_data, unlabeled_truth=[0, 1, 0]),
+            tmp_path / "bad",
+            handle_signals=False,
+        )
 
 
 def _stop_after_checkpoint(at_step: int):
@@ -126,23 +173,32 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tiny_data, tmp
     c = cfg()
     full = train(c, tiny_data, tmp_path / "full", handle_signals=False)
     event, progress = _stop_after_checkpoint(2)
-    part = train(c, tiny_data, tmp_path / "part", progress=progress, stop_event=event, handle_signals=False)
+    part = train(
+        c, tiny_data, tmp_path / "part", progress=progress, stop_event=event, handle_signals=False
+    )
     assert part.status == "interrupted" and part.step == 2
     resumed = train(c, tiny_data, tmp_path / "part", resume=True, handle_signals=False)
     assert resumed.status == "completed" and resumed.step == 4
     for k, v in full.weights.items():
         assert torch.allclose(v.float(), resumed.weights[k].float(), atol=1e-6), k
+
     # the logged losses of steps 3-4 match too
     def losses(run):
         rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         return {r["step"]: r["loss_s"] for r in rows if r["event"] == "step"}
+
     a, b = losses("full"), losses("part")
     assert abs(a[3] - b[3]) < 1e-5 and abs(a[4] - b[4]) < 1e-5
 
 
 def test_tensorboard_logs_train_and_val_scalars(tiny_data, tmp_path):
     event_acc = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    train(cfg(train={"eval_every": 2, "tensorboard": True}), tiny_data, tmp_path / "run", handle_signals=False)
+    train(
+        cfg(train={"eval_every": 2, "tensorboard": True}),
+        tiny_data,
+        tmp_path / "run",
+        handle_signals=False,
+    )
     acc = event_acc.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -152,7 +208,9 @@ def test_tensorboard_logs_train_and_val_scalars(tiny_data, tmp_path):
 
 
 def test_tensorboard_missing_is_a_one_line_error_before_training(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", None
+    )  # import fails as if not installed
     with pytest.raises(DefectssftError, match=r"pip install 'defectssft\[tensorboard\]'"):
         train(cfg(train={"tensorboard": True}), tiny_data, tmp_path / "run", handle_signals=False)
     assert not (tmp_path / "run" / "last.pt").exists()
@@ -164,8 +222,12 @@ def test_resume_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
 
 
 def test_time_budget_ends_cleanly_with_a_model(tiny_data, tmp_path):
-    result = train(cfg(train={"max_time": 0.001, "steps": 1000}), tiny_data, tmp_path / "r",
-                   handle_signals=False)
+    result = train(
+        cfg(train={"max_time": 0.001, "steps": 1000}),
+        tiny_data,
+        tmp_path / "r",
+        handle_signals=False,
+    )
     assert result.status == "time_budget" and result.step < 1000
     assert result.weights and (tmp_path / "r" / "last.pt").is_file()
 
@@ -190,7 +252,10 @@ def test_sampler_is_positional_and_shards_ranks():
     stream = [next(it) for _ in range(25)]
     later = iter(SeededSampler(10, seed=3, start=7))
     assert [next(later) for _ in range(5)] == stream[7:12]
-    r0, r1 = iter(SeededSampler(10, 3, rank=0, world=2)), iter(SeededSampler(10, 3, rank=1, world=2))
+    r0, r1 = (
+        iter(SeededSampler(10, 3, rank=0, world=2)),
+        iter(SeededSampler(10, 3, rank=1, world=2)),
+    )
     assert [next(r0) for _ in range(3)] == stream[0:6:2]
     assert [next(r1) for _ in range(3)] == stream[1:6:2]
     assert sorted(i for i, _ in stream[:10]) == list(range(10))
@@ -199,18 +264,21 @@ def test_sampler_is_positional_and_shards_ranks():
 # ----------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("sets,message", [
-    (["train.stepz=3"], "unknown key 'train.stepz'"),
-    (["trian.steps=3"], "unknown section 'trian'"),
-    (["train.steps=abc"], "train.steps must be an integer"),
-    (["train.steps=0"], "train.steps must be >= 1"),
-    (["ssl.method=mixmatch"], "ssl.method must be one of"),
-    (["ssl.threshold=1.5"], "ssl.threshold must be between 0.0 and 1.0"),
-    (["ssl.dist_align=maybe"], "ssl.dist_align must be true or false"),
-    (["train.max_time=eight hours"], "invalid duration"),
-    (["train.steps"], "--set expects key=value"),
-    (["steps=3"], "--set key must be section.key"),
-])
+@pytest.mark.parametrize(
+    "sets,message",
+    [
+        (["train.stepz=3"], "unknown key 'train.stepz'"),
+        (["trian.steps=3"], "unknown section 'trian'"),
+        (["train.steps=abc"], "train.steps must be an integer"),
+        (["train.steps=0"], "train.steps must be >= 1"),
+        (["ssl.method=mixmatch"], "ssl.method must be one of"),
+        (["ssl.threshold=1.5"], "ssl.threshold must be between 0.0 and 1.0"),
+        (["ssl.dist_align=maybe"], "ssl.dist_align must be true or false"),
+        (["train.max_time=eight hours"], "invalid duration"),
+        (["train.steps"], "--set expects key=value"),
+        (["steps=3"], "--set key must be section.key"),
+    ],
+)
 def test_config_errors_are_one_line(sets, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as e:
         resolve_config(sets=sets)
@@ -219,7 +287,11 @@ def test_config_errors_are_one_line(sets, message):
 
 def test_auto_recipe_follows_the_kind_of_project_and_lr_follows_the_optimizer():
     c = resolve_config()
-    assert (c["train"]["optimizer"], c["ssl"]["pseudo_from"], c["train"]["lr"]) == ("auto", "auto", None)
+    assert (c["train"]["optimizer"], c["ssl"]["pseudo_from"], c["train"]["lr"]) == (
+        "auto",
+        "auto",
+        None,
+    )
     ok_ng = resolve_for_data(c, has_ok_class=True)
     assert (ok_ng["train"]["optimizer"], ok_ng["ssl"]["pseudo_from"]) == ("sgd", "ema")
     assert (ok_ng["train"]["lr"], ok_ng["train"]["weight_decay"]) == (0.03, 5e-4)
@@ -228,11 +300,20 @@ def test_auto_recipe_follows_the_kind_of_project_and_lr_follows_the_optimizer():
     assert (types["train"]["lr"], types["train"]["weight_decay"]) == (3e-4, 0.01)
     assert c["train"]["optimizer"] == "auto"  # the input is not modified
     # what the user sets wins; an empty lr follows the optimizer chosen
-    c = resolve_for_data(resolve_config(sets=["train.optimizer=sgd", "ssl.pseudo_from=student"]), False)
-    assert (c["train"]["optimizer"], c["ssl"]["pseudo_from"], c["train"]["lr"]) == ("sgd", "student", 0.03)
+    c = resolve_for_data(
+        resolve_config(sets=["train.optimizer=sgd", "ssl.pseudo_from=student"]), False
+    )
+    assert (c["train"]["optimizer"], c["ssl"]["pseudo_from"], c["train"]["lr"]) == (
+        "sgd",
+        "student",
+        0.03,
+    )
     c = resolve_config(sets=["train.optimizer=adamw", "train.lr=0.001", "train.weight_decay=0"])
     assert (c["train"]["lr"], c["train"]["weight_decay"]) == (0.001, 0.0)
-    assert resolve_for_data(resolve_config(sets=["train.ema_decay=0"]), True)["ssl"]["pseudo_from"] == "student"
+    assert (
+        resolve_for_data(resolve_config(sets=["train.ema_decay=0"]), True)["ssl"]["pseudo_from"]
+        == "student"
+    )
     with pytest.raises(ConfigError, match="train.lr must be a number"):
         resolve_config(sets=["train.lr=fast"])
 
@@ -244,7 +325,11 @@ def test_config_files_presets_and_durations(tmp_path):
     assert c["train"]["steps"] == 7 and c["ssl"]["method"] == "freematch"
     assert c["train"]["lr"] == 0.1 and c["train"]["max_time"] == 5400.0
     assert c["input"]["height"] == 96  # from the preset
-    assert parse_duration("8h") == 28800 and parse_duration("90m") == 5400 and parse_duration(None) is None
+    assert (
+        parse_duration("8h") == 28800
+        and parse_duration("90m") == 5400
+        and parse_duration(None) is None
+    )
     assert resolve_config(preset="overnight")["train"]["max_time"] == 8 * 3600
     with pytest.raises(ConfigError, match="unknown preset 'fast'"):
         resolve_config(preset="fast")
@@ -271,7 +356,9 @@ def _tiny_project(root: Path, unlabeled: int = 8, test_fraction: float = 0.0, se
     p.set_setting("input.bit_depth", 8)
     for c, name in enumerate(["ok", "dent"]):
         for i in range(8):
-            r = p.add_image(_write(root / "src" / f"{name}{i}.png", 60 + 130 * c, seed + i + 10 * c))
+            r = p.add_image(
+                _write(root / "src" / f"{name}{i}.png", 60 + 130 * c, seed + i + 10 * c)
+            )
             p.set_label(r.image_id, name, who="test", source="human")
     for i in range(unlabeled):
         p.add_image(_write(root / "src" / f"u{i}.png", 60 + 130 * (i % 2), seed + 100 + i))
@@ -296,10 +383,14 @@ def test_train_command_writes_a_registered_model_version(tmp_path, capsys):
     assert rc == 0 and out[-1] == {"event": "model", "version": "v0001"}
     assert any(r["event"] == "step" for r in out) and any(r["event"] == "done" for r in out)
     mdir = p.root / "models" / "v0001"
-    assert {"model.pt", "config.yaml", "metrics.jsonl", "train.log"} <= {x.name for x in mdir.iterdir()}
+    assert {"model.pt", "config.yaml", "metrics.jsonl", "train.log"} <= {
+        x.name for x in mdir.iterdir()
+    }
     model, meta = load_model_file(mdir / "model.pt")
     assert meta["classes"] == ["ok", "dent"] and meta["ok_class"] == "ok"
-    assert meta["input"] == {"height": 32, "width": 32, "bit_depth": 8} and meta["version"] == "v0001"
+    assert (
+        meta["input"] == {"height": 32, "width": 32, "bit_depth": 8} and meta["version"] == "v0001"
+    )
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
     saved = yaml.safe_load((mdir / "config.yaml").read_text())
     assert saved["model"]["name"] == "test_resnet"
@@ -322,8 +413,18 @@ def test_train_command_config_error_exits_2(tmp_path, capsys):
 def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
     p = _tiny_project(tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "defectssft", "train", str(p.root), "--json-progress", *_cli_sets(100000)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    cmd = [
+        sys.executable,
+        "-m",
+        "defectssft",
+        "train",
+        str(p.root),
+        "--json-progress",
+        *_cli_sets(100000),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+    )
     try:
         for line in proc.stdout:
             if json.loads(line)["event"] == "step":
@@ -344,7 +445,10 @@ def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
 
 def test_print_config_and_bad_max_time(tmp_path, capsys):
     p = _tiny_project(tmp_path)
-    assert cli_main(["train", str(p.root), "--preset", "quick", "--set", "ssl.mu=5", "--print-config"]) == 0
+    assert (
+        cli_main(["train", str(p.root), "--preset", "quick", "--set", "ssl.mu=5", "--print-config"])
+        == 0
+    )
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["ssl"]["mu"] == 5 and shown["input"]["height"] == 96
     assert cli_main(["train", str(p.root), "--max-time", "soon"]) == 2

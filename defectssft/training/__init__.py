@@ -36,7 +36,11 @@ def find_run(project_root: Path, run: str | None) -> Path:
             raise DefectssftError(f"no resumable run '{run}' (expected {candidate / 'last.pt'})")
         return candidate
     unfinished = sorted(
-        (p for p in runs_dir.glob("*") if (p / "last.pt").is_file() and not (p / "done.json").exists()),
+        (
+            p
+            for p in runs_dir.glob("*")
+            if (p / "last.pt").is_file() and not (p / "done.json").exists()
+        ),
         key=lambda p: p.name,
     )
     if not unfinished:
@@ -90,14 +94,18 @@ def train_project(
             run_dir = find_run(project.root, resume if isinstance(resume, str) else None)
             cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
             if preset or config_file or config_overrides or sets:
-                log.warning("resuming %s with its saved config; other settings are ignored", run_dir.name)
+                log.warning(
+                    "resuming %s with its saved config; other settings are ignored", run_dir.name
+                )
             if max_time is not None:
                 cfg = validate(merge(cfg, {"train": {"max_time": max_time}}))
         else:
             cfg = resolve_config(preset, config_file, config_overrides, sets)
             if max_time is not None:
                 cfg = validate(merge(cfg, {"train": {"max_time": max_time}}))
-            name = ddp.broadcast_object(info, _run_name(cfg["ssl"]["method"]) if info.is_main else None)
+            name = ddp.broadcast_object(
+                info, _run_name(cfg["ssl"]["method"]) if info.is_main else None
+            )
             run_dir = project.root / "runs" / name
             if info.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,27 +114,57 @@ def train_project(
         data = from_project(project)
         handler = _attach_log_file(run_dir / "train.log") if info.is_main else None
         try:
-            log.info("run %s: %d labeled, %d unlabeled, %d val images, classes %s",
-                     run_dir.name, len(data.labeled), len(data.unlabeled), len(data.val), data.classes)
-            result = train(cfg, data, run_dir, progress=progress_callback, stop_event=stop_event,
-                           resume=bool(resume), handle_signals=handle_signals,
-                           progress_bar=progress_bar, dist_info=info)
+            log.info(
+                "run %s: %d labeled, %d unlabeled, %d val images, classes %s",
+                run_dir.name,
+                len(data.labeled),
+                len(data.unlabeled),
+                len(data.val),
+                data.classes,
+            )
+            result = train(
+                cfg,
+                data,
+                run_dir,
+                progress=progress_callback,
+                stop_event=stop_event,
+                resume=bool(resume),
+                handle_signals=handle_signals,
+                progress_bar=progress_bar,
+                dist_info=info,
+            )
             if result.status == "interrupted":
-                log.warning("stopped at step %d/%d; resume with: defectssft train %s --resume %s",
-                            result.step, result.steps, project.root, run_dir.name)
+                log.warning(
+                    "stopped at step %d/%d; resume with: defectssft train %s --resume %s",
+                    result.step,
+                    result.steps,
+                    project.root,
+                    run_dir.name,
+                )
                 return None
             if not info.is_main:  # rank 0 writes the model version; the others learn its name
                 return ddp.broadcast_object(info, None)
             version, model_dir = project.new_model_dir()
             cfg = result.config  # as run: the auto recipe resolved for this project's data
             meta = {
-                "model_name": cfg["model"]["name"], "num_classes": len(data.classes),
-                "classes": data.classes, "ok_class": data.ok_class,
-                "input": {"height": cfg["input"]["height"], "width": cfg["input"]["width"],
-                          "bit_depth": cfg["input"]["bit_depth"] or data.bit_depth},
-                "mean": result.mean, "std": result.std, "data_hash": data.data_hash,
-                "version": version, "thresholds": None, "config": cfg, "run": run_dir.name,
-                "status": result.status, "steps": result.step,
+                "model_name": cfg["model"]["name"],
+                "num_classes": len(data.classes),
+                "classes": data.classes,
+                "ok_class": data.ok_class,
+                "input": {
+                    "height": cfg["input"]["height"],
+                    "width": cfg["input"]["width"],
+                    "bit_depth": cfg["input"]["bit_depth"] or data.bit_depth,
+                },
+                "mean": result.mean,
+                "std": result.std,
+                "data_hash": data.data_hash,
+                "version": version,
+                "thresholds": None,
+                "config": cfg,
+                "run": run_dir.name,
+                "status": result.status,
+                "steps": result.step,
             }
             save_model_file(model_dir / "model.pt", result.weights, meta)
             (model_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -137,7 +175,9 @@ def train_project(
             handler.flush()
             shutil.copyfile(run_dir / "train.log", model_dir / "train.log")
             metrics = {f"val_{k}": v for k, v in result.metrics.items()}
-            project.register_model(version, {k: v for k, v in meta.items() if k != "config"}, metrics)
+            project.register_model(
+                version, {k: v for k, v in meta.items() if k != "config"}, metrics
+            )
             (run_dir / "done.json").write_text(f'{{"version": "{version}"}}\n')
             return ddp.broadcast_object(info, version)
         finally:

@@ -52,15 +52,24 @@ class StrongAugment(nn.Module):
     Returns float in [0, 1].
     """
 
-    def __init__(self, n_ops: int = 2, magnitude: float = 0.9, cutout: Sequence[float] = (0.02, 0.15)) -> None:
+    def __init__(
+        self, n_ops: int = 2, magnitude: float = 0.9, cutout: Sequence[float] = (0.02, 0.15)
+    ) -> None:
         super().__init__()
         m = float(magnitude)
         if not 0.0 <= m <= 1.0:
             raise ValueError(f"magnitude must be in [0, 1], got {m}")
         ops: list[nn.Module] = [
             K.RandomAffine(degrees=30 * m, p=1.0, padding_mode="reflection"),  # rotate
-            K.RandomAffine(degrees=0, shear=(-17 * m, 17 * m, -17 * m, 17 * m), p=1.0, padding_mode="reflection"),
-            K.RandomAffine(degrees=0, translate=(0.3 * m, 0.3 * m), p=1.0, padding_mode="reflection"),
+            K.RandomAffine(
+                degrees=0,
+                shear=(-17 * m, 17 * m, -17 * m, 17 * m),
+                p=1.0,
+                padding_mode="reflection",
+            ),
+            K.RandomAffine(
+                degrees=0, translate=(0.3 * m, 0.3 * m), p=1.0, padding_mode="reflection"
+            ),
             K.ColorJiggle(brightness=0.9 * m, p=1.0),
             K.ColorJiggle(contrast=0.9 * m, p=1.0),
             K.ColorJiggle(saturation=0.9 * m, p=1.0),
@@ -89,9 +98,7 @@ class StrongAugment(nn.Module):
         return x
 
 
-def to_model_input(
-    x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
+def to_model_input(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (0..255) or float (0..1) batch -> normalised float32 ``(x - mean) / std``."""
     if x.dtype == torch.uint8:
         x = x.float().div_(255.0)

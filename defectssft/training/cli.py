@@ -26,23 +26,48 @@ def register(subparsers: Any) -> None:
         description="Semi-supervised fine-tuning; each finished run becomes a model version.",
     )
     p.add_argument("project", help="project folder")
-    p.add_argument("--config", metavar="FILE", help="YAML config (sections model/input/ssl/augment/train)")
-    p.add_argument("--set", dest="sets", metavar="KEY=VALUE", action="append", default=[],
-                   help="override one setting, e.g. --set train.steps=500 (repeatable)")
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML config (sections model/input/ssl/augment/train)"
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one setting, e.g. --set train.steps=500 (repeatable)",
+    )
     p.add_argument("--preset", help="start from a preset: quick (minutes on a CPU) or overnight")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                   help="continue the newest unfinished run, or RUN (a folder name in PROJECT/runs)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN",
+        help="continue the newest unfinished run, or RUN (a folder name in PROJECT/runs)",
+    )
     p.add_argument("--max-time", metavar="DURATION", help="time budget, e.g. 8h, 90m; ends cleanly")
-    p.add_argument("--json-progress", action="store_true",
-                   help="print one JSON object per line on stdout instead of a progress bar")
+    p.add_argument(
+        "--json-progress",
+        action="store_true",
+        help="print one JSON object per line on stdout instead of a progress bar",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--promote-if-better", action="store_true",
-                   help="after training, make the new version production (and export it to "
-                        "PROJECT/exports/production.onnx) only if it is not worse on the frozen "
-                        "test split (see `defectssft promote`)")
-    p.add_argument("--overkill-tolerance", type=float, default=0.005, metavar="RATE",
-                   help="with --promote-if-better: allowed rise of the overkill rate "
-                        "(default 0.005 = 0.5 points)")
+    p.add_argument(
+        "--promote-if-better",
+        action="store_true",
+        help="after training, make the new version production (and export it to "
+        "PROJECT/exports/production.onnx) only if it is not worse on the frozen "
+        "test split (see `defectssft promote`)",
+    )
+    p.add_argument(
+        "--overkill-tolerance",
+        type=float,
+        default=0.005,
+        metavar="RATE",
+        help="with --promote-if-better: allowed rise of the overkill rate "
+        "(default 0.005 = 0.5 points)",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -90,10 +115,12 @@ def _promote(args: argparse.Namespace, version: str) -> None:
     from defectssft.project import Project
     from defectssft.promote import maybe_promote
 
-    promoted, reason = maybe_promote(Project.open(args.project), version,
-                                     overkill_tolerance=args.overkill_tolerance)
+    promoted, reason = maybe_promote(
+        Project.open(args.project), version, overkill_tolerance=args.overkill_tolerance
+    )
     if args.json_progress:
-        _json_line({"event": "promotion", "version": version, "promoted": promoted,
-                    "reason": reason})
+        _json_line(
+            {"event": "promotion", "version": version, "promoted": promoted, "reason": reason}
+        )
     else:
         print(("promoted: " if promoted else "not promoted: ") + reason, flush=True)

@@ -112,12 +112,20 @@ RANGES = {
     ("train", "threads"): (0, 1024),
 }
 # keys that may be None besides their declared type
-NULLABLE = {("input", "bit_depth"), ("train", "max_time"), ("train", "lr"), ("train", "weight_decay")}
+NULLABLE = {
+    ("input", "bit_depth"),
+    ("train", "max_time"),
+    ("train", "lr"),
+    ("train", "weight_decay"),
+}
 # nullable keys whose value, when given, is a number
 FLOAT_KEYS = {("train", "lr"), ("train", "weight_decay")}
 # what train.lr / train.weight_decay mean when left empty, per optimizer (measured in
 # benchmarks/ssl_neu.py, docs/TRAINING.md): fine-tuning an ImageNet backbone from a few labels
-OPTIMIZER_DEFAULTS = {"adamw": {"lr": 3e-4, "weight_decay": 0.01}, "sgd": {"lr": 0.03, "weight_decay": 5e-4}}
+OPTIMIZER_DEFAULTS = {
+    "adamw": {"lr": 3e-4, "weight_decay": 0.01},
+    "sgd": {"lr": 0.03, "weight_decay": 5e-4},
+}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 
@@ -134,7 +142,9 @@ def parse_duration(value: Any) -> float | None:
         m = _DURATION.match(str(value))
         if not m:
             raise ConfigError(f"invalid duration {value!r}: use e.g. 8h, 30m, 45s or 3600")
-        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2).lower()]
+        seconds = (
+            float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2).lower()]
+        )
     if seconds < 0:
         raise ConfigError(f"invalid duration {value!r}: must not be negative")
     return seconds or None
@@ -174,7 +184,9 @@ def _parse_yaml(text: str, where: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a config must be a mapping of sections (model:, ssl:, train:, ...)")
+        raise ConfigError(
+            f"{where}: a config must be a mapping of sections (model:, ssl:, train:, ...)"
+        )
     return data
 
 
@@ -201,7 +213,9 @@ def merge(base: dict[str, Any], override: dict[str, Any], where: str = "config")
     out = copy.deepcopy(base)
     for section, values in (override or {}).items():
         if section not in DEFAULTS:
-            raise ConfigError(f"{where}: unknown section '{section}' (known: {', '.join(DEFAULTS)})")
+            raise ConfigError(
+                f"{where}: unknown section '{section}' (known: {', '.join(DEFAULTS)})"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: section '{section}' must be a mapping of key: value")
         for key, value in values.items():
@@ -227,7 +241,9 @@ def _coerce(section: str, key: str, value: Any) -> Any:
             return value
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     if isinstance(default, int) or (section, key) == ("input", "bit_depth"):
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return int(value)
     if isinstance(default, float) or (section, key) in FLOAT_KEYS:
@@ -249,7 +265,9 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             value = _coerce(section, key, value)
             choices = CHOICES.get((section, key))
             if choices and value not in choices:
-                raise ConfigError(f"{section}.{key} must be one of {', '.join(choices)}, got {value!r}")
+                raise ConfigError(
+                    f"{section}.{key} must be one of {', '.join(choices)}, got {value!r}"
+                )
             lo_hi = RANGES.get((section, key))
             if lo_hi and value is not None:
                 lo, hi = lo_hi

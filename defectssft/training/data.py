@@ -53,9 +53,13 @@ class TrainData:
 
     def check(self, need_unlabeled: bool) -> None:
         if len(self.classes) < 2:
-            raise DataError(f"need at least 2 classes to train, the project has {len(self.classes)}")
+            raise DataError(
+                f"need at least 2 classes to train, the project has {len(self.classes)}"
+            )
         if not self.labeled:
-            raise DataError("no labeled training images: label some images first (defectssft label)")
+            raise DataError(
+                "no labeled training images: label some images first (defectssft label)"
+            )
         bad = [lab for _, lab in self.labeled + self.val if not 0 <= lab < len(self.classes)]
         if bad:
             raise DataError(f"label index {bad[0]} out of range for {len(self.classes)} classes")
@@ -64,8 +68,10 @@ class TrainData:
         if empty:
             log.warning("classes without labeled training images: %s", ", ".join(empty))
         if self.unlabeled_truth is not None and len(self.unlabeled_truth) != len(self.unlabeled):
-            raise DataError(f"unlabeled_truth has {len(self.unlabeled_truth)} entries for "
-                            f"{len(self.unlabeled)} unlabeled images")
+            raise DataError(
+                f"unlabeled_truth has {len(self.unlabeled_truth)} entries for "
+                f"{len(self.unlabeled)} unlabeled images"
+            )
         if need_unlabeled and not self.unlabeled:
             log.warning("no unlabeled images: the semi-supervised term has nothing to learn from")
 
@@ -171,11 +177,19 @@ class SeededSampler(Sampler):
 
 
 def infinite_loader(
-    dataset: ImageDataset, batch_size: int, seed: int, start_batch: int, num_workers: int,
-    rank: int = 0, world: int = 1, pin_memory: bool = False,
+    dataset: ImageDataset,
+    batch_size: int,
+    seed: int,
+    start_batch: int,
+    num_workers: int,
+    rank: int = 0,
+    world: int = 1,
+    pin_memory: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches forever, beginning at batch ``start_batch`` of the seeded stream (exact resume)."""
-    sampler = SeededSampler(len(dataset), seed, start=start_batch * batch_size, rank=rank, world=world)
+    sampler = SeededSampler(
+        len(dataset), seed, start=start_batch * batch_size, rank=rank, world=world
+    )
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -189,8 +203,14 @@ def infinite_loader(
     return iter(loader)
 
 
-def eval_loader(items: Sequence[tuple[str, int]], height: int, width: int, bit_depth: int,
-                batch_size: int = 64, num_workers: int = 0) -> DataLoader:
+def eval_loader(
+    items: Sequence[tuple[str, int]],
+    height: int,
+    width: int,
+    bit_depth: int,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> DataLoader:
     ds = ImageDataset(items, height, width, bit_depth)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 

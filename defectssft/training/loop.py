@@ -79,7 +79,9 @@ def pick_device(name: str, info: ddp.DistInfo) -> torch.device:
     if name == "cuda" and info.enabled:
         name = f"cuda:{info.local_rank}"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DefectssftError("train.device is cuda but no CUDA GPU is available (use train.device=cpu)")
+        raise DefectssftError(
+            "train.device is cuda but no CUDA GPU is available (use train.device=cpu)"
+        )
     return torch.device(name)
 
 
@@ -108,7 +110,10 @@ def make_optimizer(model: nn.Module, tc: dict[str, Any]) -> torch.optim.Optimize
         raise DefectssftError("make_optimizer needs a config resolved by config.resolve_for_data")
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": tc["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": tc["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if tc["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=tc["lr"])
     return torch.optim.SGD(groups, lr=tc["lr"], momentum=tc["momentum"], nesterov=True)
@@ -130,7 +135,9 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1.0 + step) / (10.0 + step))
 
 
-def pseudo_label_accuracy(probs_weak: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+def pseudo_label_accuracy(
+    probs_weak: torch.Tensor, mask: torch.Tensor, truth: torch.Tensor
+) -> dict[str, float]:
     """Benchmark diagnostic: share of right pseudo-labels over all unlabeled images (``pl_acc``)
     and over those the mask kept (``pl_acc_mask``, left out when the mask kept none)."""
     right = (probs_weak.argmax(1) == truth).float()
@@ -144,7 +151,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, ok_index: int | None) -> dict[str, float]:
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, ok_index: int | None
+) -> dict[str, float]:
     """accuracy, balanced accuracy, macro-F1, NLL and (with an OK class) defect AUROC."""
     pred = probs.argmax(1)
     num_classes = probs.shape[1]
@@ -169,8 +178,14 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, ok_index: int 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Any, mean: list[float], std: list[float], device: torch.device,
-            dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module,
+    loader: Any,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and labels over a loader of (uint8 images, labels)."""
     was_training = model.training
     model.eval()
@@ -220,8 +235,14 @@ class MetricsWriter:
     (``train/...``, ``val/...``) under ``run_dir/tensorboard``."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False) -> None:
-        self.jsonl, self.csv, self.enabled = run_dir / "metrics.jsonl", run_dir / "metrics.csv", enabled
-        self.tb: Any = open_tensorboard(run_dir / "tensorboard") if enabled and tensorboard else None
+        self.jsonl, self.csv, self.enabled = (
+            run_dir / "metrics.jsonl",
+            run_dir / "metrics.csv",
+            enabled,
+        )
+        self.tb: Any = (
+            open_tensorboard(run_dir / "tensorboard") if enabled and tensorboard else None
+        )
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -255,13 +276,19 @@ def open_tensorboard(log_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise DefectssftError("train.tensorboard is on but the tensorboard package is not installed: "
-                              "pip install 'defectssft[tensorboard]' (or set train.tensorboard=false)") from e
+        raise DefectssftError(
+            "train.tensorboard is on but the tensorboard package is not installed: "
+            "pip install 'defectssft[tensorboard]' (or set train.tensorboard=false)"
+        ) from e
     return SummaryWriter(log_dir=str(log_dir))
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -315,15 +342,23 @@ def train(
 
     # ---- model, EMA teacher, optimizer
     torch.manual_seed(tc["seed"])  # same initial head on every rank
-    model = build_model(mc["name"], num_classes, weights=mc["weights"], drop_rate=mc["drop_rate"]).to(device)
+    model = build_model(
+        mc["name"], num_classes, weights=mc["weights"], drop_rate=mc["drop_rate"]
+    ).to(device)
     mean, std = default_normalization(mc["name"], mc["weights"])
     teacher = copy.deepcopy(model).eval() if tc["ema_decay"] > 0 else None
     if teacher is not None:
         teacher.requires_grad_(False)
     optimizer = make_optimizer(model, tc)
-    strong = StrongAugment(ac["strong_ops"], ac["strong_magnitude"], (0.02, ac["cutout_max"])).to(device)
+    strong = StrongAugment(ac["strong_ops"], ac["strong_magnitude"], (0.02, ac["cutout_max"])).to(
+        device
+    )
     counts = torch.tensor(data.class_counts(), dtype=torch.float32, device=device)
-    da_target = (counts + 1) / (counts + 1).sum() if sc["dist_align_target"] == "labeled" else torch.full_like(counts, 1 / num_classes)
+    da_target = (
+        (counts + 1) / (counts + 1).sum()
+        if sc["dist_align_target"] == "labeled"
+        else torch.full_like(counts, 1 / num_classes)
+    )
     da_mean = torch.full((num_classes,), 1.0 / num_classes, device=device)
     adaptive = obj.AdaptiveThresholdState.initial(num_classes, device)
 
@@ -365,16 +400,32 @@ def train(
     bs_l = tc["batch_size"]
     bs_u = bs_l * sc["mu"]
     labeled_ds = ImageDataset(data.labeled, height, width, bit_depth, transform=weak)
-    labeled_it = infinite_loader(labeled_ds, bs_l, tc["seed"], start_step,
-                                 min(nw, 1) if use_unlabeled else nw, info.rank, info.world, pin)
+    labeled_it = infinite_loader(
+        labeled_ds,
+        bs_l,
+        tc["seed"],
+        start_step,
+        min(nw, 1) if use_unlabeled else nw,
+        info.rank,
+        info.world,
+        pin,
+    )
     unlabeled_it = None
     if use_unlabeled:
-        unl_items = (list(zip(data.unlabeled, data.unlabeled_truth, strict=True)) if data.unlabeled_truth is not None
-                     else path_items(data.unlabeled))
-        unl_ds = ImageDataset(unl_items, height, width, bit_depth, transform=weak,
-                              skip_unreadable=True)
-        unlabeled_it = infinite_loader(unl_ds, bs_u, tc["seed"] + 1, start_step, nw, info.rank, info.world, pin)
-    val_loader = eval_loader(data.val, height, width, bit_depth, num_workers=0) if data.val else None
+        unl_items = (
+            list(zip(data.unlabeled, data.unlabeled_truth, strict=True))
+            if data.unlabeled_truth is not None
+            else path_items(data.unlabeled)
+        )
+        unl_ds = ImageDataset(
+            unl_items, height, width, bit_depth, transform=weak, skip_unreadable=True
+        )
+        unlabeled_it = infinite_loader(
+            unl_ds, bs_u, tc["seed"] + 1, start_step, nw, info.rank, info.world, pin
+        )
+    val_loader = (
+        eval_loader(data.val, height, width, bit_depth, num_workers=0) if data.val else None
+    )
     ok_index = data.ok_index()
     if restored_rng is not None:  # after the loaders: their creation draws from the global RNG
         set_rng_state(restored_rng)
@@ -415,20 +466,34 @@ def train(
             torch.distributed.all_gather_object(rngs, rng_state())
         if not info.is_main:
             return
-        atomic_torch_save({
-            "model": model.state_dict(), "teacher": teacher.state_dict() if teacher is not None else None,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "da_mean": da_mean.cpu(), "adaptive": adaptive.state_dict(), "step": at_step,
-            "best_score": best_score, "best_metrics": best_metrics, "elapsed_s": elapsed(),
-            "rng": rngs, "running": running, "config": cfg, "classes": data.classes,
-        }, last_path)
+        atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "teacher": teacher.state_dict() if teacher is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "da_mean": da_mean.cpu(),
+                "adaptive": adaptive.state_dict(),
+                "step": at_step,
+                "best_score": best_score,
+                "best_metrics": best_metrics,
+                "elapsed_s": elapsed(),
+                "rng": rngs,
+                "running": running,
+                "config": cfg,
+                "classes": data.classes,
+            },
+            last_path,
+        )
         emit({"event": "checkpoint", "step": at_step, "path": str(last_path)})
 
     def save_best(at_step: int, metrics: dict[str, float]) -> None:
         if info.is_main:
             net = teacher if teacher is not None else model
-            atomic_torch_save({"weights": net.state_dict(), "step": at_step, "metrics": metrics},
-                               run_dir / "best.pt")
+            atomic_torch_save(
+                {"weights": net.state_dict(), "step": at_step, "metrics": metrics},
+                run_dir / "best.pt",
+            )
 
     model.train()
     t_log, n_img = time.monotonic(), 0
@@ -453,7 +518,11 @@ def train(
             x_l = to_model_input(x_l.to(device, non_blocking=True), mean, std)
             y_l = y_l.to(device, non_blocking=True)
             n_l = x_l.shape[0]
-            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
+            with (
+                torch.autocast(device.type, dtype=autocast_dtype)
+                if autocast_dtype
+                else nullcontext()
+            ):
                 if use_unlabeled:
                     u_weak_raw, u_truth = next(unlabeled_it)
                     u_weak_raw = u_weak_raw.to(device, non_blocking=True)
@@ -467,7 +536,10 @@ def train(
                     else:
                         logits = train_model(torch.cat([x_l, u_weak, u_strong]))
                         logits_l = logits[:n_l]
-                        logits_weak, logits_s = logits[n_l:].detach().chunk(2)[0], logits[n_l + u_weak.shape[0]:]
+                        logits_weak, logits_s = (
+                            logits[n_l:].detach().chunk(2)[0],
+                            logits[n_l + u_weak.shape[0] :],
+                        )
                 else:
                     logits_l = train_model(x_l)
             loss_s = obj.supervised_loss(logits_l, y_l, tc["label_smoothing"])
@@ -477,19 +549,25 @@ def train(
             if use_unlabeled:
                 probs_weak = logits_weak.float().softmax(1).detach()
                 if sc["dist_align"]:
-                    da_mean = obj.update_running_mean(da_mean, ddp.mean_tensor(info, probs_weak), sc["ema_momentum"])
+                    da_mean = obj.update_running_mean(
+                        da_mean, ddp.mean_tensor(info, probs_weak), sc["ema_momentum"]
+                    )
                     probs_weak = obj.distribution_alignment(probs_weak, da_mean, da_target)
                 if method == "fixmatch":
                     loss_u, mask = obj.fixmatch_loss(probs_weak, logits_s, sc["threshold"])
                 else:
                     adaptive = obj.update_adaptive_state(adaptive, probs_weak, sc["ema_momentum"])
                     if info.enabled:  # identical thresholds on every rank
-                        adaptive = obj.AdaptiveThresholdState(ddp.mean_tensor(info, adaptive.tau),
-                                                              ddp.mean_tensor(info, adaptive.p),
-                                                              ddp.mean_tensor(info, adaptive.h))
+                        adaptive = obj.AdaptiveThresholdState(
+                            ddp.mean_tensor(info, adaptive.tau),
+                            ddp.mean_tensor(info, adaptive.p),
+                            ddp.mean_tensor(info, adaptive.h),
+                        )
                     loss_u, mask = obj.freematch_loss(probs_weak, logits_s, adaptive)
                     if sc["fairness"] > 0:
-                        loss_u = loss_u + sc["fairness"] * obj.fairness_loss(logits_s, mask, adaptive)
+                        loss_u = loss_u + sc["fairness"] * obj.fairness_loss(
+                            logits_s, mask, adaptive
+                        )
                 mask_rate = float(mask.float().mean())
                 if method == "freematch":
                     diag["tau"] = float(adaptive.tau)
@@ -497,7 +575,9 @@ def train(
                     diag.update(pseudo_label_accuracy(probs_weak, mask, u_truth.to(device)))
             loss = obj.total_loss(loss_s, loss_u, sc["lambda_u"])
             if not torch.isfinite(loss):
-                raise DefectssftError(f"training diverged at step {step} (loss {loss.item()}); lower train.lr")
+                raise DefectssftError(
+                    f"training diverged at step {step} (loss {loss.item()}); lower train.lr"
+                )
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -513,8 +593,13 @@ def train(
 
             # -- running metrics, logs, eval, checkpoints
             n_img += n_l + (bs_u if use_unlabeled else 0)
-            for k, v in (("loss", loss.item()), ("loss_s", loss_s.item()), ("loss_u", loss_u.item()), ("mask", mask_rate),
-                         *diag.items()):
+            for k, v in (
+                ("loss", loss.item()),
+                ("loss_s", loss_s.item()),
+                ("loss_u", loss_u.item()),
+                ("mask", mask_rate),
+                *diag.items(),
+            ):
                 running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
             if bar is not None:
                 bar.update(1)
@@ -525,8 +610,18 @@ def train(
                 eta = (steps - step) / max(rate, 1e-9)
                 if max_time:
                     eta = min(eta, max(0.0, max_time - elapsed()))
-                emit({"event": "step", "step": step, "steps": steps, "lr": lr, **running,
-                      "img_s": n_img / max(1e-9, now - t_log), "elapsed_s": elapsed(), "eta_s": eta})
+                emit(
+                    {
+                        "event": "step",
+                        "step": step,
+                        "steps": steps,
+                        "lr": lr,
+                        **running,
+                        "img_s": n_img / max(1e-9, now - t_log),
+                        "elapsed_s": elapsed(),
+                        "eta_s": eta,
+                    }
+                )
                 t_log, n_img = now, 0
             if val_loader is not None and (step % tc["eval_every"] == 0 or step == steps):
                 metrics = evaluate()
@@ -551,12 +646,37 @@ def train(
     weights, metrics = final_net.state_dict(), {}
     if val_loader is not None and status != "interrupted":
         metrics = evaluate()
-        if best_metrics and best_score >= select_score(metrics, tc["select_metric"]) and info.is_main:
-            weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)["weights"]
+        if (
+            best_metrics
+            and best_score >= select_score(metrics, tc["select_metric"])
+            and info.is_main
+        ):
+            weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)[
+                "weights"
+            ]
             metrics = {k: v for k, v in best_metrics.items() if k != "step"}
     weights = {k: v.detach().cpu() for k, v in weights.items()}
     weights, metrics = ddp.broadcast_object(info, (weights, metrics))  # rank 0's choice everywhere
-    emit({"event": "done", "status": status, "step": step, "steps": steps, "elapsed_s": elapsed(), **metrics})
+    emit(
+        {
+            "event": "done",
+            "status": status,
+            "step": step,
+            "steps": steps,
+            "elapsed_s": elapsed(),
+            **metrics,
+        }
+    )
     writer.close()
-    return TrainResult(status=status, step=step, steps=steps, run_dir=run_dir, weights=weights, config=cfg,
-                       metrics=metrics, mean=mean, std=std, elapsed_s=elapsed())
+    return TrainResult(
+        status=status,
+        step=step,
+        steps=steps,
+        run_dir=run_dir,
+        weights=weights,
+        config=cfg,
+        metrics=metrics,
+        mean=mean,
+        std=std,
+        elapsed_s=elapsed(),
+    )

@@ -25,12 +25,16 @@ import torch
 import torch.nn.functional as F
 
 
-def supervised_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def supervised_loss(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Mean cross-entropy of labeled logits ``[B, C]`` against class indices ``[B]``."""
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
-def _masked_ce(logits_strong: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_ce(
+    logits_strong: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy averaged over ALL unlabeled samples (masked ones count as zero), as in FixMatch."""
     if logits_strong.numel() == 0:
         return logits_strong.sum() * 0.0
@@ -66,7 +70,9 @@ class AdaptiveThresholdState:
             self.h = torch.full_like(self.p, 1.0 / self.p.numel())
 
     @classmethod
-    def initial(cls, num_classes: int, device: torch.device | str = "cpu") -> AdaptiveThresholdState:
+    def initial(
+        cls, num_classes: int, device: torch.device | str = "cpu"
+    ) -> AdaptiveThresholdState:
         # FreeMatch initialises both at 1/C: thresholds start low and rise as the model learns.
         return cls(
             tau=torch.tensor(1.0 / num_classes, device=device),
@@ -79,12 +85,20 @@ class AdaptiveThresholdState:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         assert self.h is not None
-        return {"tau": self.tau.detach().cpu(), "p": self.p.detach().cpu(), "h": self.h.detach().cpu()}
+        return {
+            "tau": self.tau.detach().cpu(),
+            "p": self.p.detach().cpu(),
+            "h": self.h.detach().cpu(),
+        }
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> AdaptiveThresholdState:
+    def from_state_dict(
+        cls, sd: dict[str, torch.Tensor], device: torch.device | str = "cpu"
+    ) -> AdaptiveThresholdState:
         h = sd.get("h")
-        return cls(tau=sd["tau"].to(device), p=sd["p"].to(device), h=None if h is None else h.to(device))
+        return cls(
+            tau=sd["tau"].to(device), p=sd["p"].to(device), h=None if h is None else h.to(device)
+        )
 
 
 def update_adaptive_state(
@@ -156,7 +170,9 @@ def distribution_alignment(
     return aligned / aligned.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def update_running_mean(running_mean: torch.Tensor, probs_weak: torch.Tensor, momentum: float) -> torch.Tensor:
+def update_running_mean(
+    running_mean: torch.Tensor, probs_weak: torch.Tensor, momentum: float
+) -> torch.Tensor:
     """EMA of the mean weak-view prediction, the denominator of distribution alignment."""
     if probs_weak.numel() == 0:
         return running_mean

@@ -64,8 +64,14 @@ def measure(model: LineModel, inputs: np.ndarray, batch: int, iters: int, warmup
     }
 
 
-def run_bench(model_path: Path, images: list[Path], batches: list[int], threads: list[int],
-              iters: int, warmup: int) -> list[dict]:
+def run_bench(
+    model_path: Path,
+    images: list[Path],
+    batches: list[int],
+    threads: list[int],
+    iters: int,
+    warmup: int,
+) -> list[dict]:
     rows = []
     for n_threads in threads:
         model = LineModel.load(model_path, threads=n_threads)
@@ -80,6 +86,8 @@ def format_table(rows: list[dict]) -> str:
     head = f"{'threads':>7} {'batch':>5} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'img/s':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['threads']:>7} {r['batch']:>5} {r['p50_ms']:>9.2f} {r['p95_ms']:>9.2f} "
-                     f"{r['p99_ms']:>9.2f} {r['images_per_s']:>9.1f}")
+        lines.append(
+            f"{r['threads']:>7} {r['batch']:>5} {r['p50_ms']:>9.2f} {r['p95_ms']:>9.2f} "
+            f"{r['p99_ms']:>9.2f} {r['images_per_s']:>9.1f}"
+        )
     return "\n".join(lines)

@@ -82,8 +82,9 @@ def wait(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def backoff(attempt: int, first_wait: float = DEFAULT_FIRST_WAIT,
-            max_wait: float = DEFAULT_MAX_WAIT) -> float:
+def backoff(
+    attempt: int, first_wait: float = DEFAULT_FIRST_WAIT, max_wait: float = DEFAULT_MAX_WAIT
+) -> float:
     """Seconds to wait before reopen attempt ``attempt`` (1, 2, ...): doubling, capped."""
     return min(first_wait * 2.0 ** max(0, attempt - 1), max_wait)
 
@@ -105,8 +106,9 @@ class _Call:
     lock orders "the call returned" against "the caller abandoned it", so exactly one side
     cleans up what the call returned."""
 
-    def __init__(self, fn: Callable[[], Any], cleanup: Callable[[Any], None],
-                 stream: CameraStream) -> None:
+    def __init__(
+        self, fn: Callable[[], Any], cleanup: Callable[[Any], None], stream: CameraStream
+    ) -> None:
         self.fn, self.cleanup, self.stream = fn, cleanup, stream
         self.done = threading.Event()
         self.abandoned = False
@@ -146,12 +148,18 @@ _TIMED_OUT = object()
 class CameraStream:
     """Yields frames from ``source``, reopening it after failures (see the module docstring)."""
 
-    def __init__(self, source: str, reconnect: bool | None = None,
-                 first_wait: float = DEFAULT_FIRST_WAIT, max_wait: float = DEFAULT_MAX_WAIT,
-                 max_attempts: int = 0, opener: Opener | None = None,
-                 sleep: Callable[[float], None] | None = None,
-                 log: Callable[[str], None] = _stderr,
-                 read_timeout: float | None | Literal["auto"] = AUTO) -> None:
+    def __init__(
+        self,
+        source: str,
+        reconnect: bool | None = None,
+        first_wait: float = DEFAULT_FIRST_WAIT,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        max_attempts: int = 0,
+        opener: Opener | None = None,
+        sleep: Callable[[float], None] | None = None,
+        log: Callable[[str], None] = _stderr,
+        read_timeout: float | None | Literal["auto"] = AUTO,
+    ) -> None:
         self.source = source
         self.kind = source_kind(source)
         self.reconnect = self.kind != "file" if reconnect is None else reconnect
@@ -211,8 +219,11 @@ class CameraStream:
             if self.read_timeout:
                 cap = self._call(lambda: self._open(self.source), _release_if_any)
                 if cap is _TIMED_OUT:
-                    return None, (f"cannot open within {self.read_timeout:g} s (open hung in "
-                                  f"the driver)"), True
+                    return (
+                        None,
+                        (f"cannot open within {self.read_timeout:g} s (open hung in the driver)"),
+                        True,
+                    )
             else:
                 cap = self._open(self.source)
         except Exception as e:  # noqa: BLE001 - a driver error is one more failed attempt
@@ -226,8 +237,11 @@ class CameraStream:
             if self.read_timeout:
                 got = self._call(cap.read, lambda _: _release(cap))
                 if got is _TIMED_OUT:
-                    return None, (f"no frame within {self.read_timeout:g} s (read hung in the "
-                                  f"driver)"), True
+                    return (
+                        None,
+                        (f"no frame within {self.read_timeout:g} s (read hung in the driver)"),
+                        True,
+                    )
                 ok, frame = got
             else:
                 ok, frame = cap.read()
@@ -259,14 +273,17 @@ class CameraStream:
                     assert reason is not None
                     if not self.reconnect:
                         if self.kind != "file" or reason != "end of video":
-                            self._log(f"warning: {name}: {reason}; not reconnecting "
-                                      f"(--no-reconnect)")
+                            self._log(
+                                f"warning: {name}: {reason}; not reconnecting (--no-reconnect)"
+                            )
                         return
                     if self.max_attempts and attempts >= self.max_attempts:
                         self.gave_up = True
-                        self._log(f"error: {name}: {reason}; giving up after {attempts} "
-                                  f"reconnect attempt(s) without a frame (--max-reconnects "
-                                  f"{self.max_attempts})")
+                        self._log(
+                            f"error: {name}: {reason}; giving up after {attempts} "
+                            f"reconnect attempt(s) without a frame (--max-reconnects "
+                            f"{self.max_attempts})"
+                        )
                         return
                     if attempts == 0:
                         replay = reason == "end of video"
@@ -277,8 +294,10 @@ class CameraStream:
                         self._log(f"{name}: end of video; reopening in {delay:g} s")
                     else:
                         verb = "abandoning it and reconnecting" if hung else "reconnecting"
-                        self._log(f"warning: {name}: {reason}; {verb} in {delay:g} s "
-                                  f"(attempt {attempts}{limit})")
+                        self._log(
+                            f"warning: {name}: {reason}; {verb} in {delay:g} s "
+                            f"(attempt {attempts}{limit})"
+                        )
                     self._sleep(delay)
                     cap, reason, hung = self._try_open()
                     fresh = True

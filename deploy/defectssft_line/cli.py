@@ -51,15 +51,18 @@ def _log(msg: str) -> None:
 
 def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str], Any]:
     """An argparse ``type=`` that parses ``kind`` and checks ``ok``, with a one-line error."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+                f"not {'an integer' if kind is int else 'a number'}: {text!r}"
+            ) from None
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
         return value
+
     return parse
 
 
@@ -91,8 +94,14 @@ class Runner:
             return self._error(name, model.version, t0, str(e))
         except Exception as e:  # noqa: BLE001 - one odd image must never stop the line
             return self._error(name, model.version, t0, f"{name}: {type(e).__name__}: {e}")
-        rec = record(name, pred.verdict, pred.cls, pred.score, (time.perf_counter() - t0) * 1000,
-                     model.version)
+        rec = record(
+            name,
+            pred.verdict,
+            pred.cls,
+            pred.score,
+            (time.perf_counter() - t0) * 1000,
+            model.version,
+        )
         if pred.verdict == "UNSURE" and self.send_unsure is not None and source is not None:
             try:
                 send_unsure_file(source, self.send_unsure)
@@ -103,8 +112,15 @@ class Runner:
 
     def _error(self, name: str, version: str, t0: float, message: str) -> dict:
         self.errors += 1
-        rec = record(name, "ERROR", None, None, (time.perf_counter() - t0) * 1000, version,
-                     message.splitlines()[0] if message else "error")
+        rec = record(
+            name,
+            "ERROR",
+            None,
+            None,
+            (time.perf_counter() - t0) * 1000,
+            version,
+            message.splitlines()[0] if message else "error",
+        )
         self.writer.write(rec)
         return rec
 
@@ -122,8 +138,14 @@ class Runner:
             if n <= 10 or n % 100 == 0:
                 _log(f"warning: frame skipped ({n} so far): {message}")
             return self._error(name, model.version, t0, message)
-        rec = record(name, pred.verdict, pred.cls, pred.score, (time.perf_counter() - t0) * 1000,
-                     model.version)
+        rec = record(
+            name,
+            pred.verdict,
+            pred.cls,
+            pred.score,
+            (time.perf_counter() - t0) * 1000,
+            model.version,
+        )
         if pred.verdict == "UNSURE" and self.send_unsure is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             try:
@@ -138,8 +160,15 @@ class Runner:
             data = path.read_bytes()
         except OSError as e:
             self.errors += 1
-            rec = record(str(path), "ERROR", None, None, 0.0, self.holder.model.version,
-                         f"{path}: cannot read ({e.strerror or e})")
+            rec = record(
+                str(path),
+                "ERROR",
+                None,
+                None,
+                0.0,
+                self.holder.model.version,
+                f"{path}: cannot read ({e.strerror or e})",
+            )
             self.writer.write(rec)
             return rec
         return self.score_bytes(str(path), data, path)
@@ -170,8 +199,14 @@ def _run_inputs(runner: Runner, inputs: list[str]) -> int:
 
 def _run_watch(runner: Runner, args: argparse.Namespace) -> int:
     try:
-        folder = HotFolder(args.watch, args.processed, args.failed, settle_s=args.settle,
-                           give_up_s=args.give_up, mark=args.mark)
+        folder = HotFolder(
+            args.watch,
+            args.processed,
+            args.failed,
+            settle_s=args.settle,
+            give_up_s=args.give_up,
+            mark=args.mark,
+        )
     except FileNotFoundError as e:
         raise LineError(str(e)) from e
     _log(f"watching {folder.folder} (model {runner.holder.model.version or '?'}); Ctrl+C to stop")
@@ -195,20 +230,34 @@ def _run_watch(runner: Runner, args: argparse.Namespace) -> int:
             time.sleep(args.poll)
 
 
-def _run_camera(runner: Runner, args: argparse.Namespace, opener: Opener | None = None,
-                sleep: Callable[[float], None] | None = None) -> int:
+def _run_camera(
+    runner: Runner,
+    args: argparse.Namespace,
+    opener: Opener | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> int:
     """Score frames until the source ends (a file), --max-frames, Ctrl+C, or --max-reconnects
     failed reopen attempts in a row. Exit status 1 when frames were skipped or the source was
     given up; LineError (status 2) when not a single frame was read."""
     read_timeout = AUTO if args.read_timeout is None else args.read_timeout
-    stream = CameraStream(args.camera, reconnect=args.reconnect, first_wait=args.reconnect_wait,
-                          max_wait=args.reconnect_max_wait, max_attempts=args.max_reconnects,
-                          opener=opener, sleep=sleep, log=_log, read_timeout=read_timeout)
+    stream = CameraStream(
+        args.camera,
+        reconnect=args.reconnect,
+        first_wait=args.reconnect_wait,
+        max_wait=args.reconnect_max_wait,
+        max_attempts=args.max_reconnects,
+        opener=opener,
+        sleep=sleep,
+        log=_log,
+        read_timeout=read_timeout,
+    )
     mode = "reconnects when lost" if stream.reconnect else "ends when the source ends"
     if stream.read_timeout:
         mode += f", read timeout {stream.read_timeout:g} s"
-    _log(f"camera {args.camera} ({stream.kind}, {mode}; model "
-         f"{runner.holder.model.version or '?'}); Ctrl+C to stop")
+    _log(
+        f"camera {args.camera} ({stream.kind}, {mode}; model "
+        f"{runner.holder.model.version or '?'}); Ctrl+C to stop"
+    )
     n = 0
     try:
         with closing(stream.frames()) as frames:
@@ -220,8 +269,10 @@ def _run_camera(runner: Runner, args: argparse.Namespace, opener: Opener | None 
     finally:  # also on Ctrl+C, which may leave a read hung in the driver
         hung = stream.hung_reads
         if stream.reconnects or stream.failed_attempts or stream.timeouts or hung:
-            summary = (f"camera {args.camera}: {stream.reconnects} reconnect(s), "
-                       f"{stream.failed_attempts} failed attempt(s)")
+            summary = (
+                f"camera {args.camera}: {stream.reconnects} reconnect(s), "
+                f"{stream.failed_attempts} failed attempt(s)"
+            )
             if stream.timeouts:
                 summary += f", {stream.timeouts} hung open/read(s) abandoned"
             if hung:
@@ -234,14 +285,21 @@ def _run_camera(runner: Runner, args: argparse.Namespace, opener: Opener | None 
 
 def cmd_run(args: argparse.Namespace) -> int:
     def load(path: Path) -> LineModel:
-        return LineModel.load(path, threads=args.threads, threshold=args.threshold,
-                              unsure_low=args.unsure_low, unsure_high=args.unsure_high)
+        return LineModel.load(
+            path,
+            threads=args.threads,
+            threshold=args.threshold,
+            unsure_low=args.unsure_low,
+            unsure_high=args.unsure_high,
+        )
 
     holder = ModelHolder(args.model, load, poll_s=args.reload_poll, log=_log)
     m = holder.model
-    _log(f"model {m.version or '?'} ({m.meta.get('backbone', '?')}, {m.meta.get('precision', '?')}) "
-         f"classes {m.classes}; thresholds ng={m.thresholds.ng:.4g} "
-         f"unsure=[{m.thresholds.unsure_low:.4g}, {m.thresholds.unsure_high:.4g})")
+    _log(
+        f"model {m.version or '?'} ({m.meta.get('backbone', '?')}, {m.meta.get('precision', '?')}) "
+        f"classes {m.classes}; thresholds ng={m.thresholds.ng:.4g} "
+        f"unsure=[{m.thresholds.unsure_low:.4g}, {m.thresholds.unsure_high:.4g})"
+    )
     send_unsure = Path(args.send_unsure) if args.send_unsure else None
     writer = ResultWriter(args.format, args.output)
     runner = Runner(holder, writer, send_unsure)
@@ -269,8 +327,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     LineModel.load(args.model)  # refuse a bad file before timing anything
     threads = args.threads or default_threads()
-    rows = run_bench(Path(args.model), [Path(p) for p in args.images or []], args.batch,
-                     threads, args.iters, args.warmup)
+    rows = run_bench(
+        Path(args.model),
+        [Path(p) for p in args.images or []],
+        args.batch,
+        threads,
+        args.iters,
+        args.warmup,
+    )
     print(format_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(args.model), "rows": rows}, indent=2))
@@ -294,49 +358,110 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=FORMATS, default="jsonl", help="output format")
     run.add_argument("--output", metavar="FILE", help="append results here instead of stdout")
     run.add_argument("--threshold", type=_fraction, help="override the model's NG threshold")
-    run.add_argument("--unsure-low", type=_fraction, help="scores from here to --unsure-high are UNSURE")
+    run.add_argument(
+        "--unsure-low", type=_fraction, help="scores from here to --unsure-high are UNSURE"
+    )
     run.add_argument("--unsure-high", type=_fraction, help="scores at or above this are NG")
-    run.add_argument("--send-unsure", metavar="DIR", help="copy UNSURE images here (a project's watch folder)")
+    run.add_argument(
+        "--send-unsure", metavar="DIR", help="copy UNSURE images here (a project's watch folder)"
+    )
     run.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads")
-    run.add_argument("--reload-poll", type=float, default=2.0, metavar="S",
-                     help="seconds between checks of the model file for a new version")
+    run.add_argument(
+        "--reload-poll",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds between checks of the model file for a new version",
+    )
     hot = run.add_argument_group("hot folder (--watch)")
-    hot.add_argument("--processed", metavar="DIR", help="where scored files go (default DIR/processed)")
-    hot.add_argument("--failed", metavar="DIR", help="where unreadable files go (default DIR/failed)")
-    hot.add_argument("--mark", action="store_true", help="leave scored files in place, list them in a ledger")
-    hot.add_argument("--settle", type=float, default=1.0, metavar="S", help="a file must be unchanged this long")
-    hot.add_argument("--give-up", type=float, default=60.0, metavar="S",
-                     help="an incomplete file unchanged this long goes to failed/")
-    hot.add_argument("--poll", type=float, default=0.2, metavar="S", help="seconds between folder scans")
-    hot.add_argument("--max-files", type=int, default=0, help="stop after this many files (0: never)")
-    hot.add_argument("--idle-exit", type=float, default=0.0, metavar="S",
-                     help="stop after this many idle seconds (0: never)")
+    hot.add_argument(
+        "--processed", metavar="DIR", help="where scored files go (default DIR/processed)"
+    )
+    hot.add_argument(
+        "--failed", metavar="DIR", help="where unreadable files go (default DIR/failed)"
+    )
+    hot.add_argument(
+        "--mark", action="store_true", help="leave scored files in place, list them in a ledger"
+    )
+    hot.add_argument(
+        "--settle", type=float, default=1.0, metavar="S", help="a file must be unchanged this long"
+    )
+    hot.add_argument(
+        "--give-up",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="an incomplete file unchanged this long goes to failed/",
+    )
+    hot.add_argument(
+        "--poll", type=float, default=0.2, metavar="S", help="seconds between folder scans"
+    )
+    hot.add_argument(
+        "--max-files", type=int, default=0, help="stop after this many files (0: never)"
+    )
+    hot.add_argument(
+        "--idle-exit",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop after this many idle seconds (0: never)",
+    )
     cam = run.add_argument_group("camera (--camera)")
-    cam.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: never)")
-    cam.add_argument("--reconnect", action=argparse.BooleanOptionalAction, default=None,
-                     help="reopen the source when it fails or ends (default: yes for a camera "
-                          "index, /dev/video*, URL or pipeline; no for a video file, which then "
-                          "plays once; --reconnect on a file loops it)")
-    cam.add_argument("--reconnect-wait", type=_positive_float, default=DEFAULT_FIRST_WAIT,
-                     metavar="S", help="first wait before reopening; doubles after each failure "
-                                       f"(default {DEFAULT_FIRST_WAIT:g})")
-    cam.add_argument("--reconnect-max-wait", type=_positive_float, default=DEFAULT_MAX_WAIT,
-                     metavar="S", help=f"cap on the wait between attempts (default {DEFAULT_MAX_WAIT:g})")
-    cam.add_argument("--max-reconnects", type=_count, default=0, metavar="N",
-                     help="give up after N reopen attempts in a row without a frame (0: never)")
-    cam.add_argument("--read-timeout", type=_non_negative_float, default=None, metavar="S",
-                     help="abandon an open or a read that hangs in the driver for S seconds, "
-                          "and reconnect (default: "
-                          f"{DEFAULT_STREAM_READ_TIMEOUT:g} for a URL or pipeline; off for a "
-                          "camera index or /dev/video* (a hardware-triggered camera may wait "
-                          "in a read until a part arrives) and for a video file; 0: off)")
+    cam.add_argument(
+        "--max-frames", type=int, default=0, help="stop after this many frames (0: never)"
+    )
+    cam.add_argument(
+        "--reconnect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reopen the source when it fails or ends (default: yes for a camera "
+        "index, /dev/video*, URL or pipeline; no for a video file, which then "
+        "plays once; --reconnect on a file loops it)",
+    )
+    cam.add_argument(
+        "--reconnect-wait",
+        type=_positive_float,
+        default=DEFAULT_FIRST_WAIT,
+        metavar="S",
+        help="first wait before reopening; doubles after each failure "
+        f"(default {DEFAULT_FIRST_WAIT:g})",
+    )
+    cam.add_argument(
+        "--reconnect-max-wait",
+        type=_positive_float,
+        default=DEFAULT_MAX_WAIT,
+        metavar="S",
+        help=f"cap on the wait between attempts (default {DEFAULT_MAX_WAIT:g})",
+    )
+    cam.add_argument(
+        "--max-reconnects",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="give up after N reopen attempts in a row without a frame (0: never)",
+    )
+    cam.add_argument(
+        "--read-timeout",
+        type=_non_negative_float,
+        default=None,
+        metavar="S",
+        help="abandon an open or a read that hangs in the driver for S seconds, "
+        "and reconnect (default: "
+        f"{DEFAULT_STREAM_READ_TIMEOUT:g} for a URL or pipeline; off for a "
+        "camera index or /dev/video* (a hardware-triggered camera may wait "
+        "in a read until a part arrives) and for a video file; 0: off)",
+    )
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="p50/p95/p99 latency and images/s")
     bench.add_argument("--model", required=True)
-    bench.add_argument("--images", nargs="*", metavar="PATH", help="real images (default: random pixels)")
+    bench.add_argument(
+        "--images", nargs="*", metavar="PATH", help="real images (default: random pixels)"
+    )
     bench.add_argument("--batch", nargs="+", type=_positive_int, default=[1, 8])
-    bench.add_argument("--threads", nargs="+", type=_positive_int, help="thread counts (default 1..cores)")
+    bench.add_argument(
+        "--threads", nargs="+", type=_positive_int, help="thread counts (default 1..cores)"
+    )
     bench.add_argument("--iters", type=_positive_int, default=50)
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--json", metavar="FILE", help="also write the table as JSON")
@@ -351,8 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if getattr(args, "unsure_low", None) is not None and getattr(args, "unsure_high", None) is not None \
-                and args.unsure_low > args.unsure_high:
+        if (
+            getattr(args, "unsure_low", None) is not None
+            and getattr(args, "unsure_high", None) is not None
+            and args.unsure_low > args.unsure_high
+        ):
             raise LineError("--unsure-low must not be above --unsure-high")
         return int(args.func(args) or 0)
     except LineError as e:

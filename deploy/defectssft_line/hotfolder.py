@@ -44,10 +44,16 @@ def unique_path(folder: Path, name: str) -> Path:
 class HotFolder:
     """Polls ``folder`` for whole image files; the caller scores them and calls done/failed."""
 
-    def __init__(self, folder: str | Path, processed: str | Path | None = None,
-                 failed: str | Path | None = None, settle_s: float = 1.0,
-                 give_up_s: float = 60.0, mark: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        processed: str | Path | None = None,
+        failed: str | Path | None = None,
+        settle_s: float = 1.0,
+        give_up_s: float = 60.0,
+        mark: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"watch folder not found: {self.folder}")
@@ -78,9 +84,13 @@ class HotFolder:
         except OSError:
             return []
         return sorted(
-            (e for e in entries
-             if e.is_file(follow_symlinks=False) and not e.name.startswith(".")
-             and is_image_name(e.name)),
+            (
+                e
+                for e in entries
+                if e.is_file(follow_symlinks=False)
+                and not e.name.startswith(".")
+                and is_image_name(e.name)
+            ),
             key=lambda e: e.name,
         )
 
@@ -139,7 +149,9 @@ class HotFolder:
         self._seen.pop(path.name, None)
         target = self._move(path, self.failed)
         if target is not None:
-            target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+            target.with_name(target.name + ".reason.txt").write_text(
+                reason + "\n", encoding="utf-8"
+            )
         return target
 
     @staticmethod

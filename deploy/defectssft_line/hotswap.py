@@ -32,8 +32,13 @@ def _stderr(msg: str) -> None:
 class ModelHolder:
     """Holds the running model and swaps in a changed file once it has loaded and checked."""
 
-    def __init__(self, path: str | Path, load: Callable[[Path], LineModel],
-                 poll_s: float = 2.0, log: Callable[[str], None] = _stderr) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        load: Callable[[Path], LineModel],
+        poll_s: float = 2.0,
+        log: Callable[[str], None] = _stderr,
+    ) -> None:
         self.path = Path(path)
         self._load = load
         self.poll_s = poll_s
@@ -61,8 +66,10 @@ class ModelHolder:
             new = self._load(self.path)
         except LineModelError as e:
             self._rejected = sig
-            self._log(f"warning: new model file rejected, still running "
-                      f"{self.model.version or 'the previous model'}: {e}")
+            self._log(
+                f"warning: new model file rejected, still running "
+                f"{self.model.version or 'the previous model'}: {e}"
+            )
             return False
         old = self.model
         self.model, self._signature, self._rejected = new, sig, None

@@ -44,12 +44,22 @@ class Thresholds:
         ng = float(t.get("ng", 0.5))
         return cls(ng, float(t.get("unsure_low", ng)), float(t.get("unsure_high", ng)))
 
-    def override(self, threshold: float | None = None, unsure_low: float | None = None,
-                 unsure_high: float | None = None) -> Thresholds:
+    def override(
+        self,
+        threshold: float | None = None,
+        unsure_low: float | None = None,
+        unsure_high: float | None = None,
+    ) -> Thresholds:
         """``threshold`` replaces the model's (no UNSURE band unless low/high are given too)."""
         ng = self.ng if threshold is None else threshold
-        low = unsure_low if unsure_low is not None else (self.unsure_low if threshold is None else ng)
-        high = unsure_high if unsure_high is not None else (self.unsure_high if threshold is None else ng)
+        low = (
+            unsure_low if unsure_low is not None else (self.unsure_low if threshold is None else ng)
+        )
+        high = (
+            unsure_high
+            if unsure_high is not None
+            else (self.unsure_high if threshold is None else ng)
+        )
         out = Thresholds(float(ng), float(low), float(high))
         out.validate()
         return out
@@ -72,8 +82,9 @@ class Prediction:
     probs: tuple[float, ...]
 
 
-def decide(probs: np.ndarray, score: float, classes: list[str], ok_class: str | None,
-           thr: Thresholds) -> Prediction:
+def decide(
+    probs: np.ndarray, score: float, classes: list[str], ok_class: str | None, thr: Thresholds
+) -> Prediction:
     """The verdict for one image (rules in docs/ARCHITECTURE.md, "ONNX contract")."""
     p = np.asarray(probs, dtype=np.float64)
     if ok_class is not None and ok_class in classes:
@@ -132,8 +143,9 @@ def read_metadata(session: Any, path: Path) -> dict[str, Any]:
 class LineModel:
     """One loaded, checked model: ``predict`` images, ``decide`` verdicts."""
 
-    def __init__(self, path: Path, session: Any, meta: dict[str, Any],
-                 thresholds: Thresholds) -> None:
+    def __init__(
+        self, path: Path, session: Any, meta: dict[str, Any], thresholds: Thresholds
+    ) -> None:
         self.path = path
         self.session = session
         self.meta = meta
@@ -146,8 +158,14 @@ class LineModel:
         self.version = str(meta.get("model_version", ""))
 
     @classmethod
-    def load(cls, path: str | Path, threads: int = 1, threshold: float | None = None,
-             unsure_low: float | None = None, unsure_high: float | None = None) -> LineModel:
+    def load(
+        cls,
+        path: str | Path,
+        threads: int = 1,
+        threshold: float | None = None,
+        unsure_low: float | None = None,
+        unsure_high: float | None = None,
+    ) -> LineModel:
         """Open, validate and smoke-test ``path``; LineModelError with one line if unusable."""
         import onnxruntime as ort
 
@@ -159,8 +177,9 @@ class LineModel:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts,
-                                           providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # noqa: BLE001 - truncated, corrupt, not ONNX at all
             raise LineModelError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from e
         meta = read_metadata(session, path)

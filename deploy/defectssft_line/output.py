@@ -26,12 +26,23 @@ FIELDS = ("file", "verdict", "class", "score", "latency_ms", "model_version", "e
 FORMATS = ("jsonl", "csv")
 
 
-def record(file: str, verdict: str, cls: str | None, score: float | None, latency_ms: float,
-           model_version: str, error: str | None = None) -> dict[str, Any]:
+def record(
+    file: str,
+    verdict: str,
+    cls: str | None,
+    score: float | None,
+    latency_ms: float,
+    model_version: str,
+    error: str | None = None,
+) -> dict[str, Any]:
     return {
-        "file": file, "verdict": verdict, "class": cls,
+        "file": file,
+        "verdict": verdict,
+        "class": cls,
         "score": None if score is None else round(float(score), 6),
-        "latency_ms": round(float(latency_ms), 3), "model_version": model_version, "error": error,
+        "latency_ms": round(float(latency_ms), 3),
+        "model_version": model_version,
+        "error": error,
     }
 
 

@@ -21,7 +21,11 @@ SHORTCUTS_SETTING = "gui.shortcuts"
 ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
     "open": ("&Open project…", "Ctrl+O", "Open or create a project folder"),
     "import_files": ("Import &files…", "Ctrl+I", "Copy image files into the project"),
-    "import_folder": ("Import f&older…", "Ctrl+Shift+I", "Copy a folder of images into the project"),
+    "import_folder": (
+        "Import f&older…",
+        "Ctrl+Shift+I",
+        "Copy a folder of images into the project",
+    ),
     "watch": ("&Watch hot folder…", "Ctrl+W", "Start or stop ingesting a folder cameras write to"),
     "quit": ("&Quit", "Ctrl+Q", "Close the window"),
     "next": ("&Next image", ["D", "Right"], "Show the next image"),
@@ -39,10 +43,16 @@ ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
     "heatmap": ("&Heat map", "H", "Overlay where the model looked (Grad-CAM)"),
     "reset_levels": ("&Reset brightness/contrast", "R", "Full range, no window/level"),
     "predict": ("&Predict unlabeled", "Ctrl+P", "Run the current model over unlabeled images"),
-    "predict_all": ("Predict &all images", "Ctrl+Shift+P",
-                    "Run the current model over every image, saved batch by batch"),
-    "cancel_predict": ("&Cancel prediction", "Esc",
-                       "Stop the running prediction after its current batch (saved ones stay)"),
+    "predict_all": (
+        "Predict &all images",
+        "Ctrl+Shift+P",
+        "Run the current model over every image, saved batch by batch",
+    ),
+    "cancel_predict": (
+        "&Cancel prediction",
+        "Esc",
+        "Stop the running prediction after its current batch (saved ones stay)",
+    ),
     "train": ("&Train and export…", "Ctrl+T", "Train a model in a separate process"),
     "label_book": ("&Label book…", "Ctrl+L", "Classes: names, descriptions, colours, hotkeys"),
     "settings": ("&Settings…", "Ctrl+,", "Shortcuts and preferences"),
@@ -69,9 +79,15 @@ def shortcuts_for(project: Project | None) -> dict[str, list[str]]:
     return {k: as_list(v) for k, v in merged.items()}
 
 
-def new_action(parent: QWidget, text: str, slot: Callable[..., Any] | None = None,
-               shortcuts: list[str] | None = None, tip: str = "", checkable: bool = False,
-               enabled: bool = True) -> QAction:
+def new_action(
+    parent: QWidget,
+    text: str,
+    slot: Callable[..., Any] | None = None,
+    shortcuts: list[str] | None = None,
+    tip: str = "",
+    checkable: bool = False,
+    enabled: bool = True,
+) -> QAction:
     """Make a QAction (labelme's ``new_action``): text, shortcuts, tip, slot, in one call."""
     action = QAction(text, parent)
     if shortcuts:

@@ -15,11 +15,15 @@ from defectssft.project import Project
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="defectssft-gui",
-                                     description="Label, browse and train defect images.")
+    parser = argparse.ArgumentParser(
+        prog="defectssft-gui", description="Label, browse and train defect images."
+    )
     parser.add_argument("project", nargs="?", help="project folder to open")
-    parser.add_argument("--create", metavar="CLASSES",
-                        help="create the project first with these comma-separated classes")
+    parser.add_argument(
+        "--create",
+        metavar="CLASSES",
+        help="create the project first with these comma-separated classes",
+    )
     parser.add_argument("--ok-class", default=None, help="the good-part class (with --create)")
     return parser
 
@@ -32,8 +36,9 @@ def open_or_create(path: str, create: str | None, ok_class: str | None) -> Proje
         return Project.create(path, classes=classes, ok_class=ok)
     p = Path(path)
     if p.is_dir() and not (p / "project.db").exists() and not any(p.iterdir()):
-        raise DefectssftError(f"{p}: empty folder; create a project with "
-                              f"`defectssft-gui {p} --create ok,scratch`")
+        raise DefectssftError(
+            f"{p}: empty folder; create a project with `defectssft-gui {p} --create ok,scratch`"
+        )
     return Project.open(path)
 
 
@@ -47,9 +52,11 @@ def qt_problem() -> str | None:
 
     version = tuple(int(x) for x in PySide6.__version__.split(".")[:3] if x.isdigit())
     if version[:3] == (6, 12, 0) and sys.version_info < (3, 12):
-        return (f"PySide6 {PySide6.__version__} crashes on Python "
-                f"{sys.version_info.major}.{sys.version_info.minor} (reference-count bug); "
-                "install another: pip install 'pyside6-essentials>=6.5,<6.12'")
+        return (
+            f"PySide6 {PySide6.__version__} crashes on Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} (reference-count bug); "
+            "install another: pip install 'pyside6-essentials>=6.5,<6.12'"
+        )
     return None
 
 

@@ -51,8 +51,12 @@ def _load(model_path: Path) -> tuple[Any, dict[str, Any]]:
         return _cache[key]
 
 
-def grad_cam(model_path: str | Path, image_path: str | Path, class_index: int | None = None,
-             bit_depth: int | None = None) -> CamResult:
+def grad_cam(
+    model_path: str | Path,
+    image_path: str | Path,
+    class_index: int | None = None,
+    bit_depth: int | None = None,
+) -> CamResult:
     """Probabilities and the Grad-CAM map of ``image_path`` for ``class_index`` (None: top class).
 
     Raises ModelFileError for a model without a convolutional feature map, ImageDecodeError for
@@ -76,8 +80,10 @@ def grad_cam(model_path: str | Path, image_path: str | Path, class_index: int | 
     with _lock:  # one model object: one backward pass at a time
         feats = model.forward_features(x)
         if feats.ndim != 4:
-            raise ModelFileError(f"{model_path}: {meta.get('model_name')} has no convolutional "
-                                 "feature map; heat maps need a CNN backbone")
+            raise ModelFileError(
+                f"{model_path}: {meta.get('model_name')} has no convolutional "
+                "feature map; heat maps need a CNN backbone"
+            )
         feats = feats.detach().requires_grad_(True)
         logits = model.forward_head(feats)
         probs = torch.softmax(logits, dim=1)[0]
@@ -94,5 +100,6 @@ def grad_cam(model_path: str | Path, image_path: str | Path, class_index: int | 
     heat = heat / peak if peak > 0 else np.zeros_like(heat)
     heat = cv2.resize(heat, (raw.shape[1], raw.shape[0]), interpolation=cv2.INTER_LINEAR)
     classes = [str(c) for c in meta.get("classes", [])]
-    return CamResult([float(p) for p in probs.detach().tolist()], classes, idx,
-                     np.clip(heat, 0.0, 1.0))
+    return CamResult(
+        [float(p) for p in probs.detach().tolist()], classes, idx, np.clip(heat, 0.0, 1.0)
+    )

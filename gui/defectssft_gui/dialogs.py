@@ -68,8 +68,9 @@ class NewProjectDialog(QDialog):
         form.addRow("Classes (comma separated)", self.classes_edit)
         form.addRow("OK (good part) class", self.ok_edit)
         form.addRow(self.error)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
-                                   | QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.accepted.connect(self.create)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
@@ -115,12 +116,15 @@ class LabelBookDialog(QDialog):
         self.rename_edit = QLineEdit()
         self.rename_edit.setPlaceholderText("new name of the selected class")
         self.rename_button = QPushButton("Rename class")
-        self.rename_button.setToolTip("Labels, history and predictions keep pointing at the "
-                                      "class; models trained before keep the old name")
+        self.rename_button.setToolTip(
+            "Labels, history and predictions keep pointing at the "
+            "class; models trained before keep the old name"
+        )
         self.rename_button.clicked.connect(self.rename_class)
         self.error = _error_label()
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save
-                                   | QDialogButtonBox.StandardButton.Close)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Close
+        )
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.close)
         adder = QHBoxLayout()
@@ -168,8 +172,9 @@ class LabelBookDialog(QDialog):
 
     def select_class(self, class_name: str) -> None:
         """Make ``class_name`` the selected row (tests, scripts)."""
-        row = next(r for r in range(self.table.rowCount())
-                   if self.table.item(r, 0).text() == class_name)
+        row = next(
+            r for r in range(self.table.rowCount()) if self.table.item(r, 0).text() == class_name
+        )
         self.table.setCurrentCell(row, 0)
 
     def _pick_colour(self, button: QPushButton) -> None:
@@ -180,8 +185,9 @@ class LabelBookDialog(QDialog):
 
     def set_cell(self, class_name: str, column: str, value: str | bool) -> None:
         """Edit one cell as a user would (tests, scripts)."""
-        row = next(r for r in range(self.table.rowCount())
-                   if self.table.item(r, 0).text() == class_name)
+        row = next(
+            r for r in range(self.table.rowCount()) if self.table.item(r, 0).text() == class_name
+        )
         col = self.COLUMNS.index(column)
         if column == "Colour":
             button = self.table.cellWidget(row, col)
@@ -208,11 +214,12 @@ class LabelBookDialog(QDialog):
                     return self._fail(f"class {name}: {hotkey!r} is not a key")
                 hotkey = seq.toString()
                 if hotkey in reserved:
-                    return self._fail(f"class {name}: key {hotkey} is already the shortcut of "
-                                      "an action (see Settings)")
+                    return self._fail(
+                        f"class {name}: key {hotkey} is already the shortcut of "
+                        "an action (see Settings)"
+                    )
                 if hotkey in hotkeys:
-                    return self._fail(f"classes {hotkeys[hotkey]} and {name} both use key "
-                                      f"{hotkey}")
+                    return self._fail(f"classes {hotkeys[hotkey]} and {name} both use key {hotkey}")
                 hotkeys[hotkey] = name
             if colour is not None and not QColor(colour).isValid():
                 return self._fail(f"class {name}: {colour!r} is not a colour (use e.g. #d62728)")
@@ -221,8 +228,9 @@ class LabelBookDialog(QDialog):
             return self._fail("only one class can be the OK class")
         try:
             for name, hotkey, colour, is_ok, desc in rows:
-                self.project.update_class(name, hotkey=hotkey, colour=colour, is_ok=is_ok,
-                                          description=desc)
+                self.project.update_class(
+                    name, hotkey=hotkey, colour=colour, is_ok=is_ok, description=desc
+                )
         except DefectssftError as e:
             return self._fail(str(e))
         self.error.setText("")
@@ -275,7 +283,7 @@ class LabelBookDialog(QDialog):
         ids = [int(i) for i in chosen][:EXAMPLE_COUNT]
         if len(ids) < EXAMPLE_COUNT:
             more = self.project.query_images(label=class_name, limit=EXAMPLE_COUNT * 2)
-            ids += [r.id for r in more if r.id not in ids][:EXAMPLE_COUNT - len(ids)]
+            ids += [r.id for r in more if r.id not in ids][: EXAMPLE_COUNT - len(ids)]
         return ids
 
     def _show_examples(self, row: int) -> None:
@@ -285,18 +293,19 @@ class LabelBookDialog(QDialog):
             return
         name = item.text()
         ids = self.example_ids(name)
-        self.examples_title.setText(f"Examples of {name}" if ids else
-                                    f"No labeled {name} images yet")
+        self.examples_title.setText(
+            f"Examples of {name}" if ids else f"No labeled {name} images yet"
+        )
         depth = int(self.project.get_setting("input.bit_depth", 16) or 16)
         for image_id in ids:
             try:
                 rec = self.project.get_image(image_id)
-                img = load_thumbnail(rec.sha256, str(rec.path), thumb_dir(self.project.root),
-                                     bit_depth=depth)
+                img = load_thumbnail(
+                    rec.sha256, str(rec.path), thumb_dir(self.project.root), bit_depth=depth
+                )
             except (DefectssftError, ValueError, OSError):
                 continue
-            self.examples.addItem(QListWidgetItem(QIcon(QPixmap.fromImage(img)),
-                                                  f"#{image_id}"))
+            self.examples.addItem(QListWidgetItem(QIcon(QPixmap.fromImage(img)), f"#{image_id}"))
 
 
 class SettingsDialog(QDialog):
@@ -331,12 +340,15 @@ class SettingsDialog(QDialog):
         form = QFormLayout()
         form.addRow("Your name (label history)", self.who)
         form.addRow("Uncertain below margin", self.margin)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save
-                                   | QDialogButtonBox.StandardButton.RestoreDefaults
-                                   | QDialogButtonBox.StandardButton.Close)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save
+            | QDialogButtonBox.StandardButton.RestoreDefaults
+            | QDialogButtonBox.StandardButton.Close
+        )
         buttons.button(QDialogButtonBox.StandardButton.Save).clicked.connect(self.save)
         buttons.button(QDialogButtonBox.StandardButton.RestoreDefaults).clicked.connect(
-            self.restore_defaults)
+            self.restore_defaults
+        )
         buttons.rejected.connect(self.close)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
@@ -368,8 +380,10 @@ class SettingsDialog(QDialog):
                 if key in owner:
                     return self._fail(f"key {key} is used by both {owner[key]} and {name}")
                 if key in hotkeys:
-                    return self._fail(f"key {key} is the hotkey of class {hotkeys[key]} "
-                                      "(change it in the label book)")
+                    return self._fail(
+                        f"key {key} is the hotkey of class {hotkeys[key]} "
+                        "(change it in the label book)"
+                    )
                 owner[key] = name
                 keys.append(key)
             if keys != as_list(DEFAULT_SHORTCUTS[name]):

@@ -36,8 +36,9 @@ def _placeholder(size: int, colour: str, text: str = "") -> QPixmap:
 
 
 class ImageListModel(QAbstractListModel):
-    def __init__(self, loader: ThumbnailLoader, colours: dict[str, str] | None = None,
-                 parent: Any = None) -> None:
+    def __init__(
+        self, loader: ThumbnailLoader, colours: dict[str, str] | None = None, parent: Any = None
+    ) -> None:
         super().__init__(parent)
         self.loader = loader
         self.colours = colours or {}
@@ -92,8 +93,9 @@ class ImageListModel(QAbstractListModel):
         for i in changed:
             if i < self._shown:
                 idx = self.index(i)
-                self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DisplayRole,
-                                                 Qt.ItemDataRole.ForegroundRole])
+                self.dataChanged.emit(
+                    idx, idx, [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ForegroundRole]
+                )
 
     # ------------------------------------------------------------ Qt model API
     def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
@@ -184,8 +186,9 @@ class ImageListModel(QAbstractListModel):
         if r.label:
             lines.append(f"label: {r.label}")
         if r.pred is not None:
-            lines.append(f"model: {r.pred} ({(r.confidence or 0):.1%}), "
-                         f"defect score {(r.score or 0):.3f}")
+            lines.append(
+                f"model: {r.pred} ({(r.confidence or 0):.1%}), defect score {(r.score or 0):.3f}"
+            )
         if r.key in self._errors:
             lines.append(f"cannot show: {self._errors[r.key]}")
         return "\n".join(lines)

@@ -57,7 +57,7 @@ class LabelSession:
         self._write(dict(after))
         change = LabelChange(tuple(changed), after)
         self._undo.append(change)
-        del self._undo[:-self.depth]
+        del self._undo[: -self.depth]
         self._redo.clear()
         return change
 
@@ -92,9 +92,13 @@ class LabelSession:
             return new if label == old else label
 
         for stack in (self._undo, self._redo):
-            stack[:] = [LabelChange(tuple((i, fix(lab)) for i, lab in c.before),
-                                    tuple((i, fix(lab)) for i, lab in c.after))
-                        for c in stack]
+            stack[:] = [
+                LabelChange(
+                    tuple((i, fix(lab)) for i, lab in c.before),
+                    tuple((i, fix(lab)) for i, lab in c.after),
+                )
+                for c in stack
+            ]
 
     @property
     def can_undo(self) -> bool:
@@ -108,10 +112,12 @@ class LabelSession:
         out: dict[int, str | None] = {}
         con = self.project._con()
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             rows = con.execute(
                 "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-                f"WHERE i.id IN ({','.join('?' * len(chunk))})", chunk)
+                f"WHERE i.id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
             out.update({r[0]: r[1] for r in rows})
         missing = [i for i in ids if i not in out]
         if missing:

@@ -22,10 +22,14 @@ from defectssft.project import Project
 from defectssft_line.preprocess import ImageDecodeError, load_for_model
 
 
-def predict_images(project: Project, version: str | None = None, only_unlabeled: bool = True,
-                   batch_size: int = 32,
-                   progress: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> dict[str, object]:
+def predict_images(
+    project: Project,
+    version: str | None = None,
+    only_unlabeled: bool = True,
+    batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, object]:
     """Predict with ``version`` (None: production, else newest); returns a small summary.
 
     Each batch is saved (one transaction) before the next starts; ``should_stop`` is asked
@@ -52,7 +56,7 @@ def predict_images(project: Project, version: str | None = None, only_unlabeled:
         if should_stop and should_stop():
             break
         batch, ids = [], []
-        for rec in records[start:start + batch_size]:
+        for rec in records[start : start + batch_size]:
             try:
                 batch.append(load_for_model(rec.path, h, w, depth))
                 ids.append(rec.id)
@@ -67,13 +71,21 @@ def predict_images(project: Project, version: str | None = None, only_unlabeled:
         done = min(len(records), start + batch_size)
         if progress:
             progress(done, len(records))
-    return {"version": version, "predicted": done - skipped, "skipped": skipped, "done": done,
-            "total": len(records), "cancelled": done < len(records)}
+    return {
+        "version": version,
+        "predicted": done - skipped,
+        "skipped": skipped,
+        "done": done,
+        "total": len(records),
+        "cancelled": done < len(records),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m defectssft_gui.predict",
-                                     description="Store a model's predictions for the app.")
+    parser = argparse.ArgumentParser(
+        prog="python -m defectssft_gui.predict",
+        description="Store a model's predictions for the app.",
+    )
     parser.add_argument("project")
     parser.add_argument("--version", default=None, help="model version (default: current)")
     parser.add_argument("--all", action="store_true", help="labeled images too")
@@ -94,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ProjectError("--batch-size must be 1 or more")
         project = Project.open(args.project)
         summary = predict_images(
-            project, args.version, only_unlabeled=not args.all, batch_size=args.batch_size,
+            project,
+            args.version,
+            only_unlabeled=not args.all,
+            batch_size=args.batch_size,
             progress=lambda d, t: emit({"event": "progress", "done": d, "total": t}),
-            should_stop=lambda: stop["now"])
+            should_stop=lambda: stop["now"],
+        )
     except DefectssftError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -40,7 +40,9 @@ class Row:
     pred: str | None = None
     confidence: float | None = None
     margin: float | None = None
-    score: float | None = None  # defect score: 1 - p(OK) with an OK class, else 1 - confidence (summed)
+    score: float | None = (
+        None  # defect score: 1 - p(OK) with an OK class, else 1 - confidence (summed)
+    )
     reason: str | None = None
 
     @property
@@ -83,12 +85,18 @@ def check_filter(spec: str, class_names: list[str]) -> str:
         return spec
     if kind in ("class", "pred"):
         raise QueryError(f"unknown class {name!r} in filter {spec!r}")
-    raise QueryError(f"unknown filter {spec!r}; use one of {', '.join(SIMPLE_FILTERS)}, "
-                     "class:NAME or pred:NAME")
+    raise QueryError(
+        f"unknown filter {spec!r}; use one of {', '.join(SIMPLE_FILTERS)}, class:NAME or pred:NAME"
+    )
 
 
-def fetch_rows(project: Project, spec: str = "all", sort: str = "capture",
-               version: str | None = None, uncertain_margin: float | None = None) -> list[Row]:
+def fetch_rows(
+    project: Project,
+    spec: str = "all",
+    sort: str = "capture",
+    version: str | None = None,
+    uncertain_margin: float | None = None,
+) -> list[Row]:
     """Rows matching filter ``spec`` in ``sort`` order, with the predictions of ``version``."""
     if sort not in SORTS:
         raise QueryError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
@@ -100,21 +108,25 @@ def fetch_rows(project: Project, spec: str = "all", sort: str = "capture",
     ok_idx = classes.index(ok) if ok in classes else None
     rows = _image_rows(project, version, classes, ok_idx)
     if uncertain_margin is None:
-        uncertain_margin = float(project.get_setting("gui.uncertain_margin",
-                                                     DEFAULT_UNCERTAIN_MARGIN))
+        uncertain_margin = float(
+            project.get_setting("gui.uncertain_margin", DEFAULT_UNCERTAIN_MARGIN)
+        )
     rows = _apply_filter(rows, spec, uncertain_margin)
     if spec == "useful":
         return _rank_useful(project, rows, version)
     return _sort(rows, sort)
 
 
-def _image_rows(project: Project, version: str | None, classes: list[str],
-                ok_idx: int | None) -> list[Row]:
+def _image_rows(
+    project: Project, version: str | None, classes: list[str], ok_idx: int | None
+) -> list[Row]:
     # 1 - p(OK) (else 1 - top prob) summed from the other classes, as defectssft.metrics does:
     # 1 - p of a float32 probability is 0 for every confident OK part, and they would tie.
     skip = str(ok_idx) if ok_idx is not None else "p.pred_class_id"
-    score_sql = (f"CASE WHEN p.probs IS NULL THEN NULL ELSE "
-                 f"(SELECT total(value) FROM json_each(p.probs) WHERE key != {skip}) END")
+    score_sql = (
+        f"CASE WHEN p.probs IS NULL THEN NULL ELSE "
+        f"(SELECT total(value) FROM json_each(p.probs) WHERE key != {skip}) END"
+    )
     sql = (
         "SELECT i.id, i.sha256, i.ext, c.name, COALESCE(i.capture_time, i.ingest_time), "
         f"COALESCE(i.original_name, ''), p.pred_class_id, p.confidence, p.margin, {score_sql} "
@@ -131,8 +143,18 @@ def _image_rows(project: Project, version: str | None, classes: list[str],
 
 
 def _quarantine_rows(project: Project) -> list[Row]:
-    return [Row(None, q["sha256"] or "", q["path"], None, q["time"], q["path"].rsplit("/", 1)[-1],
-                reason=q["reason"]) for q in reversed(project.quarantined())]
+    return [
+        Row(
+            None,
+            q["sha256"] or "",
+            q["path"],
+            None,
+            q["time"],
+            q["path"].rsplit("/", 1)[-1],
+            reason=q["reason"],
+        )
+        for q in reversed(project.quarantined())
+    ]
 
 
 def _apply_filter(rows: list[Row], spec: str, uncertain_margin: float) -> list[Row]:
@@ -148,8 +170,7 @@ def _apply_filter(rows: list[Row], spec: str, uncertain_margin: float) -> list[R
     if spec == "uncertain":
         return [r for r in rows if r.margin is not None and r.margin < uncertain_margin]
     if spec == "misclassified":
-        return [r for r in rows if r.label is not None and r.pred is not None
-                and r.pred != r.label]
+        return [r for r in rows if r.label is not None and r.pred is not None and r.pred != r.label]
     raise QueryError(f"unknown filter {spec!r}")
 
 
@@ -168,12 +189,14 @@ def _rank_useful(project: Project, rows: list[Row], version: str | None) -> list
     if version:
         ids = {r.image_id for r in rows}
         for image_id, probs in project._con().execute(
-                "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)):
+            "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)
+        ):
             if image_id in ids:
                 preds[image_id] = json.loads(probs)
     kind = str(project.get_setting("gui.uncertainty", "margin"))
     diversity = float(project.get_setting("gui.diversity", 0.3))
-    order = rank_for_labeling(preds, [r.image_id for r in rows if r.image_id is not None],
-                              kind=kind, diversity=diversity)
+    order = rank_for_labeling(
+        preds, [r.image_id for r in rows if r.image_id is not None], kind=kind, diversity=diversity
+    )
     by_id = {r.image_id: r for r in rows}
     return [by_id[i] for i in order]

@@ -33,8 +33,9 @@ def make_thumbnail(src: str | Path, size: int = THUMB_SIZE, bit_depth: int = 16)
     h, w = rgb.shape[:2]
     scale = min(1.0, size / max(h, w))
     if scale < 1.0:
-        rgb = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                         interpolation=cv2.INTER_AREA)
+        rgb = cv2.resize(
+            rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
     return np.ascontiguousarray(rgb)
 
 
@@ -46,8 +47,9 @@ def rgb_to_qimage(rgb: np.ndarray) -> QImage:
 
 
 def _write_jpeg(dest: Path, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, 85])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85]
+    )
     if not ok:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -60,8 +62,9 @@ def _write_jpeg(dest: Path, rgb: np.ndarray) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def load_thumbnail(key: str, src: str, cache: Path | None, size: int = THUMB_SIZE,
-                   bit_depth: int = 16) -> QImage:
+def load_thumbnail(
+    key: str, src: str, cache: Path | None, size: int = THUMB_SIZE, bit_depth: int = 16
+) -> QImage:
     """The cached thumbnail of ``key`` if present, else made from ``src`` (and cached)."""
     cached = cache / f"{key}.jpg" if cache is not None and key and ":" not in key else None
     if cached is not None and cached.is_file():
@@ -89,8 +92,14 @@ class ThumbnailLoader(QObject):
     ready = Signal(str, QImage)
     failed = Signal(str, str)
 
-    def __init__(self, cache: Path | None, size: int = THUMB_SIZE, bit_depth: int = 16,
-                 threads: int = 2, parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        cache: Path | None,
+        size: int = THUMB_SIZE,
+        bit_depth: int = 16,
+        threads: int = 2,
+        parent: QObject | None = None,
+    ) -> None:
         super().__init__(parent)
         self.cache = cache
         self.size = size

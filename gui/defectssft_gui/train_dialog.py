@@ -223,8 +223,15 @@ class TrainDialog(QDialog):
         self.start_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.export_button.setEnabled(not running and self._latest_version() is not None)
-        for w in (self.preset, self.steps, self.model_name, self.weights, self.size, self.method,
-                  self.extra):
+        for w in (
+            self.preset,
+            self.steps,
+            self.model_name,
+            self.weights,
+            self.size,
+            self.method,
+            self.extra,
+        ):
             w.setEnabled(not running)
 
     # ------------------------------------------------------------ training
@@ -287,8 +294,9 @@ class TrainDialog(QDialog):
             self.curves.add_loss(step, float(ev["loss"]))
             eta = ev.get("eta_s")
             eta_text = f", about {_duration(float(eta))} left" if eta is not None else ""
-            self.state_label.setText(f"step {int(step)}/{int(steps)}, loss {ev['loss']:.3f}"
-                                     f"{eta_text}")
+            self.state_label.setText(
+                f"step {int(step)}/{int(steps)}, loss {ev['loss']:.3f}{eta_text}"
+            )
         acc = next((ev[k] for k in ACCURACY_KEYS if isinstance(ev.get(k), (int, float))), None)
         if kind == "eval" and acc is not None:
             self.curves.add_accuracy(step, float(acc))
@@ -314,12 +322,12 @@ class TrainDialog(QDialog):
             self._fail(f"training failed: {error or f'exit code {code}'}")
         else:
             self.status = self.status or ("interrupted" if self._cancelled else "completed")
-            self.state_label.setText(f"training {self.status}"
-                                     + (f": model {self.version}" if self.version else ""))
+            self.state_label.setText(
+                f"training {self.status}" + (f": model {self.version}" if self.version else "")
+            )
             self.show_report(self._report_text())
             if self.version:
-                self.progress.setValue(100 if self.status == "completed" else
-                                       self.progress.value())
+                self.progress.setValue(100 if self.status == "completed" else self.progress.value())
                 self.modelTrained.emit(self.version)
         self.export_button.setEnabled(self._latest_version() is not None)
         self.runFinished.emit(self.status, code)
@@ -334,15 +342,17 @@ class TrainDialog(QDialog):
         self.evaluation = ""
         self.export_button.setEnabled(False)
         self.state_label.setText(f"evaluating {version} on the test split…")
-        self.eval_proc.start("defectssft", ["evaluate", str(self.root), "--model", version],
-                             cwd=str(self.root))
+        self.eval_proc.start(
+            "defectssft", ["evaluate", str(self.root), "--model", version], cwd=str(self.root)
+        )
         return True
 
     def _on_eval_finished(self, code: int, error: str) -> None:
         if code == 0:
             # The first line is the summary; per-class lines and the table stay in the log.
-            self.evaluation = next((line for line in self.eval_proc.lines
-                                    if "test split" in line), "evaluated")
+            self.evaluation = next(
+                (line for line in self.eval_proc.lines if "test split" in line), "evaluated"
+            )
             self.state_label.setText(f"training {self.status}: model {self.version} evaluated")
         else:
             self.evaluation = f"not evaluated: {error or f'exit code {code}'}"
@@ -358,14 +368,27 @@ class TrainDialog(QDialog):
 
     def _report_text(self) -> str:
         lines = []
-        metrics = {k: v for k, v in self.final.items()
-                   if isinstance(v, (int, float)) and k not in ("step", "steps", "elapsed_s")}
+        metrics = {
+            k: v
+            for k, v in self.final.items()
+            if isinstance(v, (int, float)) and k not in ("step", "steps", "elapsed_s")
+        }
         if metrics:
             lines.append("validation: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
         if self.version:
             folder = self.root / "models" / self.version
-            report = next((p for p in (folder / "eval" / "report.html", folder / "eval" /
-                                       "report.md", folder / "eval") if p.exists()), None)
+            report = next(
+                (
+                    p
+                    for p in (
+                        folder / "eval" / "report.html",
+                        folder / "eval" / "report.md",
+                        folder / "eval",
+                    )
+                    if p.exists()
+                ),
+                None,
+            )
             lines.append(f"model {self.version} in {folder}")
             if report is not None:
                 lines.append(f"evaluation report: {report}")
@@ -385,8 +408,9 @@ class TrainDialog(QDialog):
         self.state_label.setText(f"exporting {version} to ONNX…")
         self.export_button.setEnabled(False)
         self._export_version = version
-        self.export_proc.start("defectssft", ["export", str(self.root), "--model", version],
-                               cwd=str(self.root))
+        self.export_proc.start(
+            "defectssft", ["export", str(self.root), "--model", version], cwd=str(self.root)
+        )
         return True
 
     def _on_export_finished(self, code: int, error: str) -> None:

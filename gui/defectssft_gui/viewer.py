@@ -51,8 +51,9 @@ def heat_to_qimage(heat: np.ndarray, alpha: float = 0.45) -> QImage:
     """A heat map in [0, 1] (HxW) -> semi-transparent RGBA colour map."""
     h8 = np.clip(heat * 255.0, 0, 255).astype(np.uint8)
     colour = cv2.applyColorMap(h8, cv2.COLORMAP_JET)
-    rgba = np.dstack([cv2.cvtColor(colour, cv2.COLOR_BGR2RGB),
-                      (h8.astype(np.float32) * alpha).astype(np.uint8)])
+    rgba = np.dstack(
+        [cv2.cvtColor(colour, cv2.COLOR_BGR2RGB), (h8.astype(np.float32) * alpha).astype(np.uint8)]
+    )
     rgba = np.ascontiguousarray(rgba)
     h, w = rgba.shape[:2]
     return QImage(rgba.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
@@ -205,8 +206,11 @@ class ImageViewer(QGraphicsView):
         pm = self._item.pixmap()
         if pm.isNull():
             return
-        img = heat_to_qimage(cv2.resize(heat.astype(np.float32), (pm.width(), pm.height()),
-                                        interpolation=cv2.INTER_LINEAR))
+        img = heat_to_qimage(
+            cv2.resize(
+                heat.astype(np.float32), (pm.width(), pm.height()), interpolation=cv2.INTER_LINEAR
+            )
+        )
         self._overlay.setPixmap(QPixmap.fromImage(img))
         self._overlay.setVisible(True)
 

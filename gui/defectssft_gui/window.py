@@ -47,8 +47,9 @@ PREDICT_BATCH_SETTING = "gui.predict_batch"  # images per batch (and per saved t
 PREFETCH_AHEAD = 3
 
 
-def _load_rows(project: Project, spec: str,
-               sort: str) -> tuple[str | None, list[Row], dict[str, Any]]:
+def _load_rows(
+    project: Project, spec: str, sort: str
+) -> tuple[str | None, list[Row], dict[str, Any]]:
     """Runs on the query thread: the current model, the grid rows and the project counts."""
     version = queries.current_model(project)
     return version, queries.fetch_rows(project, spec, sort, version), project.status()
@@ -105,8 +106,12 @@ class MainWindow(QMainWindow):
         self.filter_box = QComboBox()
         self.filter_box.setToolTip("Which images to list")
         self.sort_box = QComboBox()
-        for text, key in (("newest first", "-capture"), ("oldest first", "capture"),
-                          ("defect score ↓", "score"), ("defect score ↑", "-score")):
+        for text, key in (
+            ("newest first", "-capture"),
+            ("oldest first", "capture"),
+            ("defect score ↓", "score"),
+            ("defect score ↑", "-score"),
+        ):
             self.sort_box.addItem(text, key)
         self.count_label = QLabel("")
         self.filter_box.currentIndexChanged.connect(lambda _i: self.refresh())
@@ -145,8 +150,10 @@ class MainWindow(QMainWindow):
         self.pred_label.setObjectName("prediction")
         self.level_slider = QSlider(Qt.Orientation.Horizontal)
         self.window_slider = QSlider(Qt.Orientation.Horizontal)
-        for s, tip in ((self.level_slider, "Brightness (window level)"),
-                       (self.window_slider, "Contrast (window width)")):
+        for s, tip in (
+            (self.level_slider, "Brightness (window level)"),
+            (self.window_slider, "Contrast (window width)"),
+        ):
             s.setRange(1, 1000)
             s.setToolTip(tip)
             s.setFocusPolicy(Qt.FocusPolicy.NoFocus)
@@ -197,22 +204,37 @@ class MainWindow(QMainWindow):
 
     def _setup_actions(self) -> None:
         slots = {
-            "open": self.choose_project, "import_files": self.choose_import_files,
-            "import_folder": self.choose_import_folder, "watch": self.toggle_watch,
-            "quit": self.close, "next": lambda: self.step(1), "prev": lambda: self.step(-1),
-            "accept": self.accept_suggestion, "clear_label": lambda: self.label_selection(None),
-            "undo": self.undo, "redo": self.redo, "next_useful": self.show_next_useful,
-            "example": self.mark_example, "fit": self.viewer.fit,
-            "one_to_one": self.viewer.one_to_one, "zoom_in": lambda: self.viewer.zoom(1.25),
-            "zoom_out": lambda: self.viewer.zoom(0.8), "heatmap": self.toggle_heatmap,
-            "reset_levels": self.reset_levels, "predict": self.run_predict,
-            "predict_all": self.predict_all, "cancel_predict": self.cancel_predict,
-            "train": self.open_training, "label_book": self.open_label_book,
-            "settings": self.open_settings, "refresh": self.refresh,
+            "open": self.choose_project,
+            "import_files": self.choose_import_files,
+            "import_folder": self.choose_import_folder,
+            "watch": self.toggle_watch,
+            "quit": self.close,
+            "next": lambda: self.step(1),
+            "prev": lambda: self.step(-1),
+            "accept": self.accept_suggestion,
+            "clear_label": lambda: self.label_selection(None),
+            "undo": self.undo,
+            "redo": self.redo,
+            "next_useful": self.show_next_useful,
+            "example": self.mark_example,
+            "fit": self.viewer.fit,
+            "one_to_one": self.viewer.one_to_one,
+            "zoom_in": lambda: self.viewer.zoom(1.25),
+            "zoom_out": lambda: self.viewer.zoom(0.8),
+            "heatmap": self.toggle_heatmap,
+            "reset_levels": self.reset_levels,
+            "predict": self.run_predict,
+            "predict_all": self.predict_all,
+            "cancel_predict": self.cancel_predict,
+            "train": self.open_training,
+            "label_book": self.open_label_book,
+            "settings": self.open_settings,
+            "refresh": self.refresh,
         }
         for name, (text, _default, tip) in ACTIONS.items():
-            action = new_action(self, text, slots[name], tip=tip,
-                                checkable=name in ("watch", "heatmap"))
+            action = new_action(
+                self, text, slots[name], tip=tip, checkable=name in ("watch", "heatmap")
+            )
             action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
             self.addAction(action)
             self.actions_by_name[name] = action
@@ -222,10 +244,29 @@ class MainWindow(QMainWindow):
         a = self.actions_by_name
         menus = {
             "&File": ["open", "import_files", "import_folder", "watch", None, "quit"],
-            "&Label": ["accept", "clear_label", "undo", "redo", None, "next", "prev",
-                       "next_useful", None, "example", "label_book"],
-            "&View": ["fit", "one_to_one", "zoom_in", "zoom_out", None, "heatmap",
-                      "reset_levels", "refresh"],
+            "&Label": [
+                "accept",
+                "clear_label",
+                "undo",
+                "redo",
+                None,
+                "next",
+                "prev",
+                "next_useful",
+                None,
+                "example",
+                "label_book",
+            ],
+            "&View": [
+                "fit",
+                "one_to_one",
+                "zoom_in",
+                "zoom_out",
+                None,
+                "heatmap",
+                "reset_levels",
+                "refresh",
+            ],
             "&Model": ["predict", "predict_all", "cancel_predict", None, "train"],
             "&Settings": ["settings"],
         }
@@ -308,12 +349,18 @@ class MainWindow(QMainWindow):
         current = self.filter_box.currentData()
         self.filter_box.blockSignals(True)
         self.filter_box.clear()
-        entries = [("all images", "all"), ("unlabeled", "unlabeled"),
-                   ("next most useful", "useful")]
+        entries = [
+            ("all images", "all"),
+            ("unlabeled", "unlabeled"),
+            ("next most useful", "useful"),
+        ]
         entries += [(f"labeled {c.name}", f"class:{c.name}") for c in classes]
         entries += [(f"predicted {c.name}", f"pred:{c.name}") for c in classes]
-        entries += [("uncertain", "uncertain"), ("misclassified", "misclassified"),
-                    ("quarantined", "quarantined")]
+        entries += [
+            ("uncertain", "uncertain"),
+            ("misclassified", "misclassified"),
+            ("quarantined", "quarantined"),
+        ]
         for text, key in entries:
             self.filter_box.addItem(text, key)
         i = self.filter_box.findData(current) if current else 0
@@ -322,9 +369,13 @@ class MainWindow(QMainWindow):
 
     def _add_class_action(self, c: ClassInfo) -> None:
         text = f"{c.hotkey}  {c.name}" if c.hotkey else c.name
-        action = new_action(self, f"Label {c.name}", lambda _=False, n=c.name:
-                            self.label_selection(n), [c.hotkey] if c.hotkey else None,
-                            tip=c.description or f"Label as {c.name}")
+        action = new_action(
+            self,
+            f"Label {c.name}",
+            lambda _=False, n=c.name: self.label_selection(n),
+            [c.hotkey] if c.hotkey else None,
+            tip=c.description or f"Label as {c.name}",
+        )
         action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         self.addAction(action)
         self.class_menu.addAction(action)
@@ -378,8 +429,12 @@ class MainWindow(QMainWindow):
             return
         self._query_gen += 1
         gen = self._query_gen
-        task = Task(_load_rows, self.project, self.current_filter(),
-                    str(self.sort_box.currentData() or "-capture"))
+        task = Task(
+            _load_rows,
+            self.project,
+            self.current_filter(),
+            str(self.sort_box.currentData() or "-capture"),
+        )
         self._tasks.add(task)
 
         def done(result: tuple[str | None, list[Row], dict[str, Any]]) -> None:
@@ -394,8 +449,9 @@ class MainWindow(QMainWindow):
 
         start_task(self.query_pool, task, done, failed)
 
-    def _show_rows(self, version: str | None, rows: list[Row], status: dict[str, Any],
-                   top: bool) -> None:
+    def _show_rows(
+        self, version: str | None, rows: list[Row], status: dict[str, Any], top: bool
+    ) -> None:
         assert self.model is not None
         keep = None if top else self.current_row()
         self.model_version = version
@@ -406,7 +462,8 @@ class MainWindow(QMainWindow):
         model = version or "no model yet"
         self.statusBar().showMessage(
             f"{status['images']} images, {status['labeled']} labeled, {status['unlabeled']} "
-            f"unlabeled, {status['quarantined']} quarantined — model: {model}")
+            f"unlabeled, {status['quarantined']} quarantined — model: {model}"
+        )
         if self._after_rows_note:
             self.statusBar().showMessage(self._after_rows_note, 15000)
             self._after_rows_note = ""
@@ -440,7 +497,8 @@ class MainWindow(QMainWindow):
         self.model.ensure_shown(row)
         idx = self.model.index(row)
         self.grid.selectionModel().setCurrentIndex(
-            idx, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+            idx, QItemSelectionModel.SelectionFlag.ClearAndSelect
+        )
         self.grid.scrollTo(idx)
 
     def step(self, delta: int) -> None:
@@ -451,9 +509,12 @@ class MainWindow(QMainWindow):
         if self.model is None or not current.isValid():
             return
         r = self.model.row(current.row())
-        ahead = [self.model.row(i).path for i in
-                 range(current.row() + 1, min(self.model.total(), current.row() + 1 +
-                                               PREFETCH_AHEAD))]
+        ahead = [
+            self.model.row(i).path
+            for i in range(
+                current.row() + 1, min(self.model.total(), current.row() + 1 + PREFETCH_AHEAD)
+            )
+        ]
         if current.row() > 0:
             ahead.append(self.model.row(current.row() - 1).path)
         self.viewer.show_path(r.path, prefetch=ahead)
@@ -466,12 +527,14 @@ class MainWindow(QMainWindow):
             self.info_label.setText(f"{r.path}\nquarantined: {r.reason}")
             self.pred_label.setText("")
             return
-        self.info_label.setText(f"#{r.image_id}  {r.name}  captured {r.capture}\n"
-                                f"label: {r.label or '(none)'}")
+        self.info_label.setText(
+            f"#{r.image_id}  {r.name}  captured {r.capture}\nlabel: {r.label or '(none)'}"
+        )
         if r.pred is not None and r.confidence is not None:
             self.pred_label.setText(
                 f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), defect score "
-                f"{(r.score or 0):.3f} — press {self._keys('accept')} to accept")
+                f"{(r.score or 0):.3f} — press {self._keys('accept')} to accept"
+            )
         else:
             self.pred_label.setText("no prediction (Model → Predict unlabeled / all images)")
 
@@ -581,8 +644,10 @@ class MainWindow(QMainWindow):
         self.viewer.set_window(level - width / 2, level + width / 2)
 
     def _sync_sliders(self) -> None:
-        for s, v in ((self.level_slider, (self.viewer.low + self.viewer.high) / 2),
-                     (self.window_slider, self.viewer.high - self.viewer.low)):
+        for s, v in (
+            (self.level_slider, (self.viewer.low + self.viewer.high) / 2),
+            (self.window_slider, self.viewer.high - self.viewer.low),
+        ):
             s.blockSignals(True)
             s.setValue(round(v * 1000))
             s.blockSignals(False)
@@ -610,8 +675,12 @@ class MainWindow(QMainWindow):
 
         model_file = self.project.models_dir / self.model_version / "model.pt"
         path = cur.path
-        task = Task(grad_cam, model_file, path,
-                    bit_depth=int(self.project.get_setting("input.bit_depth", 16) or 16))
+        task = Task(
+            grad_cam,
+            model_file,
+            path,
+            bit_depth=int(self.project.get_setting("input.bit_depth", 16) or 16),
+        )
         self._tasks.add(task)
 
         def done(result: Any) -> None:
@@ -622,7 +691,8 @@ class MainWindow(QMainWindow):
                 self.viewer.set_heatmap(result.heat)
                 self.pred_label.setText(
                     f"model {self.model_version}: {result.predicted} ({result.confidence:.1%}); "
-                    f"heat map of {result.classes[result.class_index]}")
+                    f"heat map of {result.classes[result.class_index]}"
+                )
                 self.camReady.emit(path)
 
         def failed(msg: str) -> None:
@@ -648,7 +718,8 @@ class MainWindow(QMainWindow):
 
     def choose_import_files(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
-            self, "Import images", "", "Images (*.jpg *.jpeg *.png *.bmp *.tif *.tiff)")
+            self, "Import images", "", "Images (*.jpg *.jpeg *.png *.bmp *.tif *.tiff)"
+        )
         if files:
             self.import_paths(files)
 
@@ -657,8 +728,10 @@ class MainWindow(QMainWindow):
         if folder:
             label_from = None
             answer = QMessageBox.question(
-                self, "Labels from sub-folders?",
-                "Use sub-folder names as labels (e.g. good/, scratch/)?")
+                self,
+                "Labels from sub-folders?",
+                "Use sub-folder names as labels (e.g. good/, scratch/)?",
+            )
             if answer == QMessageBox.StandardButton.Yes:
                 label_from = "folder"
             self.import_paths([folder], label_from=label_from)
@@ -669,17 +742,26 @@ class MainWindow(QMainWindow):
             return
         from defectssft.ingest import import_paths
 
-        task = Task(import_paths, self.project, paths, label_from=label_from, source="gui",
-                    with_progress=True)
+        task = Task(
+            import_paths,
+            self.project,
+            paths,
+            label_from=label_from,
+            source="gui",
+            with_progress=True,
+        )
         self._tasks.add(task)
         task.signals.progress.connect(
-            lambda d, t: self.statusBar().showMessage(f"importing {d}/{t} files…"))
+            lambda d, t: self.statusBar().showMessage(f"importing {d}/{t} files…")
+        )
 
         def done(summary: Any) -> None:
             self._tasks.discard(task)
             self.statusBar().showMessage(
                 f"imported {summary.added}, {summary.duplicates} duplicates, "
-                f"{summary.quarantined} quarantined", 8000)
+                f"{summary.quarantined} quarantined",
+                8000,
+            )
             if summary.new_classes:
                 self.reload_classes()
             self.refresh()
@@ -730,8 +812,10 @@ class MainWindow(QMainWindow):
         self._hot_counts[status] = self._hot_counts.get(status, 0) + 1
         c = self._hot_counts
         folder = self.hot.folder if self.hot else ""
-        self.hot_label.setText(f"watching {folder}: {c['added']} new, {c['duplicate']} dup, "
-                               f"{c['quarantined']} quarantined")
+        self.hot_label.setText(
+            f"watching {folder}: {c['added']} new, {c['duplicate']} dup, "
+            f"{c['quarantined']} quarantined"
+        )
         self._refresh_timer.start()
 
     # ================================================================== model
@@ -788,26 +872,39 @@ class MainWindow(QMainWindow):
             batch = 32
         stop = threading.Event()
         project = self.project
-        task = Task(predict_images, project, version, only_unlabeled=False, batch_size=batch,
-                    should_stop=stop.is_set, with_progress=True)
+        task = Task(
+            predict_images,
+            project,
+            version,
+            only_unlabeled=False,
+            batch_size=batch,
+            should_stop=stop.is_set,
+            with_progress=True,
+        )
         self._tasks.add(task)
         self._predict_all = (task, stop)
         task.signals.progress.connect(self._predict_progress)
-        start_task(self.pool, task,
-                   lambda summary: self._predict_all_finished(task, project, summary, ""),
-                   lambda msg: self._predict_all_finished(task, project, None, msg))
+        start_task(
+            self.pool,
+            task,
+            lambda summary: self._predict_all_finished(task, project, summary, ""),
+            lambda msg: self._predict_all_finished(task, project, None, msg),
+        )
         self._sync_predict_ui()
         self.statusBar().showMessage(
-            f"predicting all images with {version}… ({self._keys('cancel_predict')} cancels)")
+            f"predicting all images with {version}… ({self._keys('cancel_predict')} cancels)"
+        )
 
     def _predict_progress(self, done: int, total: int) -> None:
         self.predict_bar.setRange(0, max(total, 1))
         self.predict_bar.setValue(done)
         self.statusBar().showMessage(
-            f"predicting {done}/{total} images… ({self._keys('cancel_predict')} cancels)")
+            f"predicting {done}/{total} images… ({self._keys('cancel_predict')} cancels)"
+        )
 
-    def _predict_all_finished(self, task: Task, project: Project,
-                              summary: dict[str, Any] | None, error: str) -> None:
+    def _predict_all_finished(
+        self, task: Task, project: Project, summary: dict[str, Any] | None, error: str
+    ) -> None:
         self._tasks.discard(task)
         if self._predict_all is not None and self._predict_all[0] is task:
             self._predict_all = None
@@ -821,11 +918,12 @@ class MainWindow(QMainWindow):
         else:
             skipped = f", {summary['skipped']} unreadable" if summary.get("skipped") else ""
             if summary.get("cancelled"):
-                note = (f"prediction cancelled: {summary['done']} of {summary['total']} images "
-                        f"done and saved{skipped}")
+                note = (
+                    f"prediction cancelled: {summary['done']} of {summary['total']} images "
+                    f"done and saved{skipped}"
+                )
             else:
-                note = (f"predicted {summary['predicted']} images with "
-                        f"{summary['version']}{skipped}")
+                note = f"predicted {summary['predicted']} images with {summary['version']}{skipped}"
             self.statusBar().showMessage(note, 15000)
             self._after_rows_note = note
             result = dict(summary)
@@ -911,8 +1009,9 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"error: {message}", 10000)
         self.errorShown.emit(message)
         if not self.quiet:
-            box = QMessageBox(QMessageBox.Icon.Warning, "defectssft", message,
-                              QMessageBox.StandardButton.Ok, self)
+            box = QMessageBox(
+                QMessageBox.Icon.Warning, "defectssft", message, QMessageBox.StandardButton.Ok, self
+            )
             box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
             box.open()
 

@@ -31,8 +31,9 @@ class Task(QRunnable):
     ``signals.progress(done, total)``.
     """
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, with_progress: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], *args: Any, with_progress: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__()
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.signals = _Signals()
@@ -51,8 +52,12 @@ class Task(QRunnable):
         self.signals.done.emit(result)
 
 
-def start_task(pool: QThreadPool, task: Task, done: Callable[[Any], None] | None = None,
-               failed: Callable[[str], None] | None = None) -> Task:
+def start_task(
+    pool: QThreadPool,
+    task: Task,
+    done: Callable[[Any], None] | None = None,
+    failed: Callable[[str], None] | None = None,
+) -> Task:
     if done is not None:
         task.signals.done.connect(done)
     if failed is not None:
@@ -74,8 +79,9 @@ class HotFolderThread(QObject):
 
         self.folder = Path(folder)
         self._stop = threading.Event()
-        self._hot = HotFolder(project, folder, settle=0.5,
-                              on_result=lambda p, r: self.ingested.emit(str(p), r.status))
+        self._hot = HotFolder(
+            project, folder, settle=0.5, on_result=lambda p, r: self.ingested.emit(str(p), r.status)
+        )
         self._thread = threading.Thread(target=self._run, name="hot-folder", daemon=True)
 
     def start(self) -> None:
@@ -120,8 +126,13 @@ class JsonProcess(QObject):
         self._last_error = ""
         self.lines: list[str] = []
 
-    def start(self, module: str, args: list[str], cwd: str | None = None,
-              env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        module: str,
+        args: list[str],
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self._out, self._err, self._last_error = b"", b"", ""
         self.lines = []
         environment = QProcessEnvironment.systemEnvironment()
@@ -173,7 +184,7 @@ class JsonProcess(QObject):
             return
         self.lines.append(line)
         if line.startswith("error:"):
-            self._last_error = line[len("error:"):].strip()
+            self._last_error = line[len("error:") :].strip()
         self.text.emit(line)
 
     def _finished(self, code: int, status: QProcess.ExitStatus) -> None:

@@ -42,9 +42,18 @@ def add_tiny_model(project, input_size: int = 32) -> str:
 
     version, folder = project.new_model_dir()
     model = build_model("test_resnet", len(CLASSES), weights="none")
-    save_model_file(folder / "model.pt", model, {
-        "model_name": "test_resnet", "classes": CLASSES, "ok_class": "ok",
-        "input": {"height": input_size, "width": input_size, "bit_depth": 8},
-        "mean": [0.5] * 3, "std": [0.5] * 3, "version": version})
+    save_model_file(
+        folder / "model.pt",
+        model,
+        {
+            "model_name": "test_resnet",
+            "classes": CLASSES,
+            "ok_class": "ok",
+            "input": {"height": input_size, "width": input_size, "bit_depth": 8},
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+            "version": version,
+        },
+    )
     project.register_model(version, {"classes": CLASSES}, {})
     return version

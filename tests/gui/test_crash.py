@@ -37,8 +37,9 @@ def test_labels_survive_a_crash(gui_project):
     root = str(gui_project.root)
     gui_project.close()
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, root], capture_output=True, text=True,
-                         timeout=120, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, root], capture_output=True, text=True, timeout=120, env=env
+    )
     assert out.returncode == 1, out.stderr
     first, second = (int(x) for x in out.stdout.split())
     with Project.open(root) as project:

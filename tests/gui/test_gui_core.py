@@ -97,8 +97,9 @@ def test_predictions_of_a_model_trained_before_a_rename(gui_project):
     rows = queries.fetch_rows(p, "all", "score", version="v0001")
     assert {r.pred for r in rows} == set(names)  # today's names, not the model's
     assert rows[0].score == pytest.approx(0.9)  # the OK column is still found after its rename
-    assert ids[1] not in {r.image_id for r in queries.fetch_rows(p, "misclassified",
-                                                                 version="v0001")}
+    assert ids[1] not in {
+        r.image_id for r in queries.fetch_rows(p, "misclassified", version="v0001")
+    }
     pred_renamed = queries.fetch_rows(p, "pred:renamed", version="v0001")
     assert ids[1] in {r.image_id for r in pred_renamed}
 
@@ -126,11 +127,14 @@ def test_quarantined_rows(gui_project, tmp_path):
     assert len(rows) == 1 and rows[0].image_id is None and "JPEG" in rows[0].reason
 
 
-@pytest.mark.parametrize("spec,sort,match", [
-    ("class:nosuch", "capture", "unknown class 'nosuch'"),
-    ("weird", "capture", "unknown filter 'weird'"),
-    ("all", "size", "unknown sort 'size'"),
-])
+@pytest.mark.parametrize(
+    "spec,sort,match",
+    [
+        ("class:nosuch", "capture", "unknown class 'nosuch'"),
+        ("weird", "capture", "unknown filter 'weird'"),
+        ("all", "size", "unknown sort 'size'"),
+    ],
+)
 def test_bad_filter_or_sort_is_one_line(gui_project, spec, sort, match):
     with pytest.raises(DefectssftError, match=match) as e:
         queries.fetch_rows(gui_project, spec, sort)
@@ -165,8 +169,9 @@ def test_bulk_change_is_one_undo_step_and_one_transaction(gui_project, monkeypat
     s.apply([b], "ok")
     writes = []
     real = p.set_labels_each
-    monkeypatch.setattr(p, "set_labels_each", lambda labels, **kw: writes.append(dict(labels))
-                        or real(labels, **kw))
+    monkeypatch.setattr(
+        p, "set_labels_each", lambda labels, **kw: writes.append(dict(labels)) or real(labels, **kw)
+    )
     change = s.apply_each({a: "dent", b: "dent", c: "scratch", d: None})  # d: no change
     assert change is not None and change.image_ids == [a, b, c]
     assert [p.get_image(i).label for i in (a, b, c)] == ["dent", "dent", "scratch"]

@@ -23,8 +23,11 @@ def labels(project, ids):
 def select_rows(window, rows):
     sel = window.grid.selectionModel()
     for i, r in enumerate(rows):
-        flag = (QItemSelectionModel.SelectionFlag.ClearAndSelect if i == 0
-                else QItemSelectionModel.SelectionFlag.Select)
+        flag = (
+            QItemSelectionModel.SelectionFlag.ClearAndSelect
+            if i == 0
+            else QItemSelectionModel.SelectionFlag.Select
+        )
         sel.select(window.model.index(r), flag)
     return window.selected_ids()
 
@@ -55,8 +58,12 @@ def test_predict_all_from_the_menu_fills_the_grid(window, qtbot):
     summaries: list[dict] = []
     window.predictAllDone.connect(summaries.append)
     with qtbot.waitSignals([window.predictAllDone, window.rowsLoaded], timeout=60000):
-        press(qtbot, window, Qt.Key.Key_P,
-              Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+        press(
+            qtbot,
+            window,
+            Qt.Key.Key_P,
+            Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier,
+        )
         assert window.prediction_running() and window.predict_cancel_button.isVisible()
     (summary,) = summaries
     assert summary["cancelled"] is False and summary["predicted"] == 12, summary
@@ -120,8 +127,10 @@ def test_cancel_keeps_saved_batches_and_window_stays_responsive(window, qtbot, m
     assert len(p.predictions(version)) == 8  # the batch in flight finished and was saved
     assert len(loads) == 8  # batch 3 never started
     assert threading.main_thread().name not in loads  # never on the GUI thread
-    qtbot.waitUntil(lambda: "prediction cancelled: 8 of 12" in
-                    window.statusBar().currentMessage(), timeout=10000)
+    qtbot.waitUntil(
+        lambda: "prediction cancelled: 8 of 12" in window.statusBar().currentMessage(),
+        timeout=10000,
+    )
     assert not window.prediction_running()
     # It can run again afterwards and finish the job.
     monkeypatch.setattr(predict_mod, "load_for_model", real_load)
@@ -169,8 +178,12 @@ def test_bulk_label_is_one_undo_step(window, qtbot):
     assert labels(p, ids) == before  # one press: all four back, scratch included
     undo_events = [p.label_history(i)[-1] for i in ids]
     assert len({e.time for e in undo_events}) == 1  # one transaction, one event per image
-    press(qtbot, window, Qt.Key.Key_Z,
-          Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    press(
+        qtbot,
+        window,
+        Qt.Key.Key_Z,
+        Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier,
+    )
     assert labels(p, ids) == ["dent"] * 4  # one redo re-applies all
     press(qtbot, window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     press(qtbot, window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
@@ -194,6 +207,10 @@ def test_bulk_accept_of_different_suggestions_is_one_undo_step(window, qtbot):
     press(qtbot, window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert labels(p, ids) == [None] * 3
     assert not window.session.can_undo
-    press(qtbot, window, Qt.Key.Key_Z,
-          Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    press(
+        qtbot,
+        window,
+        Qt.Key.Key_Z,
+        Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier,
+    )
     assert labels(p, ids) == expected

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-TINY = ("model.name=test_efficientnet model.weights=none input.height=32 input.width=32 "
-        "train.batch_size=4 train.num_workers=0 train.log_every=1 train.eval_every=2 "
-        "train.checkpoint_every=1000 train.threads=1")
+TINY = (
+    "model.name=test_efficientnet model.weights=none input.height=32 input.width=32 "
+    "train.batch_size=4 train.num_workers=0 train.log_every=1 train.eval_every=2 "
+    "train.checkpoint_every=1000 train.threads=1"
+)
 
 
 @pytest.fixture

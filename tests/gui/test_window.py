@@ -46,8 +46,12 @@ def test_hotkeys_label_and_advance_undo_redo(window, qtbot):
     assert window.current_row().image_id == second  # undo shows the image it changed
     press(qtbot, window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert p.get_image(first).label is None
-    press(qtbot, window, Qt.Key.Key_Z,
-          Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    press(
+        qtbot,
+        window,
+        Qt.Key.Key_Z,
+        Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier,
+    )
     assert p.get_image(first).label == "scratch"
     # Every change is in the append-only history, made by the operator.
     assert [e.label for e in p.label_history(first)] == ["scratch", None, "scratch"]
@@ -175,8 +179,11 @@ def test_label_book_edits_classes_and_hotkeys(window, qtbot):
     dlg.set_cell("dent", "Colour", "#123456")
     assert dlg.save(), dlg.error.text()
     info = {c.name: c for c in p.classes()}["dent"]
-    assert (info.hotkey, info.description, info.colour) == ("7", "a dent deeper than 0.2 mm",
-                                                            "#123456")
+    assert (info.hotkey, info.description, info.colour) == (
+        "7",
+        "a dent deeper than 0.2 mm",
+        "#123456",
+    )
     target = window.current_row().image_id
     press(qtbot, window, Qt.Key.Key_7)
     assert p.get_image(target).label == "dent"
@@ -217,8 +224,10 @@ def test_label_book_renames_a_class(window, qtbot):
     assert dlg.rename_edit.text() == "scratch"  # selecting a class offers its name to edit
 
     # Errors: one line in the dialog, nothing renamed.
-    for bad, message in [("dent", "class 'dent' already exists"),
-                         ("bad name!", "invalid class name 'bad name!'")]:
+    for bad, message in [
+        ("dent", "class 'dent' already exists"),
+        ("bad name!", "invalid class name 'bad name!'"),
+    ]:
         dlg.rename_edit.setText(bad)
         qtbot.mouseClick(dlg.rename_button, Qt.MouseButton.LeftButton)
         assert message in dlg.error.text() and "\n" not in dlg.error.text()
@@ -235,8 +244,9 @@ def test_label_book_renames_a_class(window, qtbot):
     assert p.class_names() == ["ok", "scratches", "dent"]
     assert p.get_image(ids[0]).label == p.get_image(target).label == "scratches"
     # The window follows: hotkey buttons, class actions, filters (the shown one included).
-    assert "2  scratches" in [window.class_bar.itemAt(i).widget().text()
-                              for i in range(window.class_bar.count())]
+    assert "2  scratches" in [
+        window.class_bar.itemAt(i).widget().text() for i in range(window.class_bar.count())
+    ]
     assert any(a.text() == "Label scratches" for a in window.class_actions)
     filters = [window.filter_box.itemData(i) for i in range(window.filter_box.count())]
     assert "class:scratches" in filters and "pred:scratches" in filters
@@ -328,10 +338,19 @@ def test_heatmap_with_a_tiny_model(window, qtbot):
     assert "no trained model yet" in window.last_error
     version, folder = p.new_model_dir()
     model = build_model("test_resnet", 3, weights="none")
-    save_model_file(folder / "model.pt", model, {
-        "model_name": "test_resnet", "classes": CLASSES, "ok_class": "ok",
-        "input": {"height": 64, "width": 64, "bit_depth": 8}, "mean": [0.5] * 3,
-        "std": [0.5] * 3, "version": version})
+    save_model_file(
+        folder / "model.pt",
+        model,
+        {
+            "model_name": "test_resnet",
+            "classes": CLASSES,
+            "ok_class": "ok",
+            "input": {"height": 64, "width": 64, "bit_depth": 8},
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+            "version": version,
+        },
+    )
     p.register_model(version, {"classes": CLASSES}, {})
     with qtbot.waitSignal(window.rowsLoaded):
         window.refresh()
@@ -346,9 +365,15 @@ def test_grad_cam_values(tmp_path):
     from defectssft_gui.cam import grad_cam
 
     model = build_model("test_resnet", 2, weights="none")
-    path = save_model_file(tmp_path / "model.pt", model, {
-        "model_name": "test_resnet", "classes": ["ok", "ng"],
-        "input": {"height": 64, "width": 64, "bit_depth": 8}})
+    path = save_model_file(
+        tmp_path / "model.pt",
+        model,
+        {
+            "model_name": "test_resnet",
+            "classes": ["ok", "ng"],
+            "input": {"height": 64, "width": 64, "bit_depth": 8},
+        },
+    )
     img = write_png(tmp_path / "x.png", seed=1, size=40)
     r = grad_cam(path, img)
     assert r.heat.shape == (40, 40)
@@ -405,8 +430,9 @@ def test_app_main_opens_a_project(gui_project, qapp, monkeypatch):
     shown = []
 
     def fake_exec(application):  # instead of the event loop: look at the window, close it
-        wins = [w for w in application.topLevelWidgets()
-                if isinstance(w, MainWindow) and w.isVisible()]
+        wins = [
+            w for w in application.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()
+        ]
         shown.extend(w.project.root for w in wins if w.project is not None)
         for w in wins:
             w.close()

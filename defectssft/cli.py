@@ -10,13 +10,14 @@ import argparse
 import os
 import sys
 
-from defectssft import __version__, ops_cli, project_cli
+from defectssft import __version__, import_cli, ops_cli, project_cli
 from defectssft.errors import DefectssftError
 from defectssft.training import cli as training_cli
 
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
     project_cli,  # init, import, status, classes, split, watch, capture, gc
+    import_cli,  # imports (list, undo)
     training_cli,  # train
     ops_cli,  # evaluate, export, promote, demo
 )

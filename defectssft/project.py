@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from defectssft import history_tables
 from defectssft.errors import ProjectError
 from defectssft.fsutil import atomic_path
 from defectssft.imagecheck import ImageInfo, inspect_image_bytes
@@ -290,6 +291,7 @@ class Project:
         con = sqlite3.connect(tmp_db)
         try:
             con.executescript(_SCHEMA_V1)
+            history_tables.ensure(con)
             con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             con.execute("INSERT INTO meta VALUES ('name', ?)", (name or root.resolve().name,))
             con.execute("INSERT INTO meta VALUES ('created', ?)", (utcnow(),))
@@ -345,6 +347,7 @@ class Project:
                 tx.executescript(_MIGRATIONS[version])
                 version += 1
                 tx.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+        history_tables.ensure(con)
         for d in (self.images_dir, self.models_dir, self.runs_dir, self.exports_dir):
             d.mkdir(exist_ok=True)
 
@@ -405,7 +408,8 @@ class Project:
     # ----------------------------------------------------------------- classes
     def classes(self) -> list[ClassInfo]:
         rows = self._con().execute(
-            "SELECT id, name, description, colour, hotkey, is_ok FROM classes ORDER BY id"
+            "SELECT id, name, description, colour, hotkey, is_ok FROM classes "
+            f"WHERE id NOT IN ({history_tables.DELETED_IDS_SQL}) ORDER BY id"
         )
         return [ClassInfo(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
 
@@ -418,7 +422,12 @@ class Project:
         return row[0] if row else None
 
     def _class_ids(self) -> dict[str, int]:
-        return {r[1]: r[0] for r in self._con().execute("SELECT id, name FROM classes")}
+        return {
+            r[1]: r[0]
+            for r in self._con().execute(
+                f"SELECT id, name FROM classes WHERE id NOT IN ({history_tables.DELETED_IDS_SQL})"
+            )
+        }
 
     def _class_id(self, name: str) -> int:
         ids = self._class_ids()
@@ -441,7 +450,9 @@ class Project:
         with self.transaction() as tx:
             if tx.execute("SELECT 1 FROM classes WHERE name=?", (name,)).fetchone():
                 raise ProjectError(f"class {name!r} already exists")
-            n = tx.execute("SELECT COUNT(*) FROM classes").fetchone()[0]
+            n = tx.execute(
+                f"SELECT COUNT(*) FROM classes WHERE id NOT IN ({history_tables.DELETED_IDS_SQL})"
+            ).fetchone()[0]
             if is_ok:
                 tx.execute("UPDATE classes SET is_ok=0")
             if hotkey is None and n < 9:

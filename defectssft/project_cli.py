@@ -6,11 +6,11 @@ import argparse
 import json
 import logging
 import signal
-import sys
 import threading
 from typing import Any
 
 from defectssft.errors import ProjectError
+from defectssft.import_cli import add_import_options
 from defectssft.project import Project
 
 
@@ -37,43 +37,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from defectssft.ingest import import_paths
+    from defectssft.import_cli import run_import
 
-    project = Project.open(args.project)
-    show = sys.stderr.isatty() and not args.json
-
-    def progress(done: int, total: int) -> None:
-        if show and (done % 50 == 0 or done == total):
-            print(f"\r{done}/{total} files", end="" if done < total else "\n", file=sys.stderr)
-
-    summary = import_paths(
-        project, args.paths, label_from=args.label_from, source=args.source, progress=progress
-    )
-    if args.split:
-        summary_split = project.assign_splits()
-    else:
-        summary_split = None
-    if args.json:
-        out = summary.as_dict()
-        if summary_split is not None:
-            out["split"] = summary_split
-        _print_json(out)
-    else:
-        rate = summary.total / summary.seconds if summary.seconds else 0.0
-        print(
-            f"imported {summary.added} images ({summary.labeled} labeled), "
-            f"{summary.duplicates} duplicates skipped, {summary.quarantined} quarantined "
-            f"in {summary.seconds:.1f} s ({rate:.0f} files/s)"
-        )
-        if summary.new_classes:
-            print(f"new classes: {', '.join(summary.new_classes)}")
-        for path, reason in summary.problems[:20]:
-            print(f"  quarantined {path}: {reason}")
-        if len(summary.problems) > 20:
-            print(f"  ... and {len(summary.problems) - 20} more (see `defectssft status --json`)")
-        if summary_split is not None:
-            print(f"split: {summary_split}")
-    return 0
+    return run_import(args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -130,6 +96,17 @@ def cmd_classes(args: argparse.Namespace) -> int:
                 else ""
             )
             print(f"renamed class {args.name!r} to {info.name!r}{note}")
+    elif args.action in ("delete", "merge"):
+        from defectssft.class_ops import delete_class, merge_class
+
+        if args.action == "merge":
+            done = merge_class(project, args.name, args.new_name, who=args.who)
+        else:
+            done = delete_class(project, args.name, who=args.who, unlabel=args.unlabel)
+        if not args.json:
+            where = f"; {done.moved} labels moved to {done.into!r}" if done.into else ""
+            gone = f"; {done.moved} images unlabeled" if not done.into and done.moved else ""
+            print(f"deleted class {done.name!r}{where}{gone} (label history kept)")
     rows = [c.__dict__ for c in project.classes()]
     if args.json:
         _print_json(rows)
@@ -253,6 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
         help="draw the frozen val/test hold-out from the labeled images now",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_import_options(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("status", help="counts by class, split, labeled/unlabeled, quarantined")
@@ -264,19 +242,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p = sub.add_parser(
         "classes",
         help="list, add, change or rename classes (the label book)",
-        description="list | add NAME | set NAME | rename OLD NEW. A rename keeps every label, "
-        "the label history, the splits and the OK flag (they refer to the class, not "
-        "its name); models trained before report the old name until retrained.",
+        description="list | add NAME | set NAME | rename OLD NEW | merge NAME INTO | delete NAME. "
+        "A rename keeps every label, the label history, the splits and the OK flag (they refer "
+        "to the class, not its name); models trained before report the old name until "
+        "retrained. merge gives NAME's images the label INTO (with history) and deletes NAME; "
+        "delete refuses a class images carry (unless --unlabel) and the OK class.",
     )
     p.add_argument("project")
-    p.add_argument("action", nargs="?", choices=["list", "add", "set", "rename"], default="list")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "add", "set", "rename", "merge", "delete"],
+        default="list",
+    )
     p.add_argument("name", nargs="?", help="the class (for rename: its current name)")
-    p.add_argument("new_name", nargs="?", metavar="new", help="rename only: the new name")
+    p.add_argument(
+        "new_name",
+        nargs="?",
+        metavar="new",
+        help="rename: the new name; merge: the class to merge into",
+    )
     p.add_argument("--description")
     p.add_argument("--colour")
     p.add_argument("--hotkey")
     p.add_argument("--ok", action="store_true", help="make this the OK (good part) class")
-    p.add_argument("--who", default="operator", help="rename only: name kept in the rename log")
+    p.add_argument(
+        "--unlabel",
+        action="store_true",
+        help="delete only: the images that carry the class become unlabeled (with history)",
+    )
+    p.add_argument(
+        "--who", default="operator", help="rename/merge/delete: name kept in the log and history"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_classes_checked)
 
@@ -324,7 +321,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
 def _classes_checked(args: argparse.Namespace) -> int:
     if args.action in ("add", "set") and not args.name:
         raise ProjectError(f"`classes {args.action}` needs a class name")
-    if args.action == "rename":
+    if args.action in ("merge", "delete"):
+        if not args.name or (args.action == "merge" and not args.new_name):
+            raise ProjectError(
+                "`classes merge` needs the class and the class to merge it into: "
+                "classes PROJECT merge NAME INTO"
+                if args.action == "merge"
+                else "`classes delete` needs the class name: classes PROJECT delete NAME"
+            )
+        if args.action == "delete" and args.new_name is not None:
+            raise ProjectError(
+                f"`classes delete` takes one class name, got {args.name!r} and "
+                f"{args.new_name!r} (to move its labels: classes PROJECT merge NAME INTO)"
+            )
+        given = [f"--{k}" for k in ("description", "colour", "hotkey", "ok") if getattr(args, k)]
+        if given:
+            raise ProjectError(f"`classes {args.action}` does not take {', '.join(given)}")
+    elif args.action == "rename":
         if not args.name or not args.new_name:
             raise ProjectError(
                 "`classes rename` needs the current and the new name: "

@@ -19,6 +19,11 @@ SHORTCUTS_SETTING = "gui.shortcuts"
 
 # action name -> (menu text, default shortcut(s), tip)
 ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
+    "new_project": (
+        "&New project…",
+        "Ctrl+N",
+        "Create a project: folder, classes, bit depth, first import with a preview",
+    ),
     "open": ("&Open project…", "Ctrl+O", "Open or create a project folder"),
     "import_files": ("Import &files…", "Ctrl+I", "Copy image files into the project"),
     "import_folder": (
@@ -26,6 +31,7 @@ ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
         "Ctrl+Shift+I",
         "Copy a folder of images into the project",
     ),
+    "imports": ("Import &history…", "", "Recorded imports; undo one (its images or its labels)"),
     "watch": ("&Watch hot folder…", "Ctrl+W", "Start or stop ingesting a folder cameras write to"),
     "quit": ("&Quit", "Ctrl+Q", "Close the window"),
     "next": ("&Next image", ["D", "Right"], "Show the next image"),

@@ -1,6 +1,7 @@
 """``defectssft-gui [PROJECT]``: start the desktop app, optionally on a project folder.
 
-A folder that does not exist yet (or is empty) can be made a project with ``--create CLASSES``;
+A folder that does not exist yet (or is empty) can be made a project with ``--create CLASSES``
+(a folder holding other files is refused);
 a path that cannot be opened ends with ``error: <message>`` and exit status 2, no traceback.
 """
 
@@ -31,13 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
 def open_or_create(path: str, create: str | None, ok_class: str | None) -> Project:
     """The project at ``path``; DefectssftError (one line) if it cannot be opened or made."""
     if create is not None:
+        from defectssft.new_project import check_project_folder
+
+        check = check_project_folder(path)
+        if check.kind in ("images", "other"):  # never next to unrelated files
+            raise DefectssftError(check.message())
         classes = [c.strip() for c in create.split(",") if c.strip()]
         ok = ok_class or ("ok" if "ok" in classes else None)
         return Project.create(path, classes=classes, ok_class=ok)
     p = Path(path)
     if p.is_dir() and not (p / "project.db").exists() and not any(p.iterdir()):
         raise DefectssftError(
-            f"{p}: empty folder; create a project with `defectssft-gui {p} --create ok,scratch`"
+            f"{p}: empty folder; create a project with `defectssft-gui {p} --create ok,scratch` "
+            "or in the app with File → New project"
         )
     return Project.open(path)
 

@@ -1,4 +1,6 @@
-"""Dialogs: create a project, the label book (classes and their examples), settings/shortcuts.
+"""Dialogs: the label book (classes and their examples), settings/shortcuts.
+
+The label book also deletes and merges classes (``defectssft.class_ops``).
 
 Each dialog edits the project through the core (``Project.add_class/update_class/rename_class``,
 ``set_setting``) and reports a bad value as one line in the dialog instead of saving it.
@@ -6,13 +8,12 @@ Each dialog edits the project through the core (``Project.add_class/update_class
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
     QColorDialog,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -50,40 +52,6 @@ def _error_label() -> QLabel:
     label.setStyleSheet("color: #d62728;")
     label.setWordWrap(True)
     return label
-
-
-class NewProjectDialog(QDialog):
-    """Create a project in ``folder`` with the classes typed by the user."""
-
-    def __init__(self, folder: str | Path, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Create a project")
-        self.folder = Path(folder)
-        self.project: Project | None = None
-        self.classes_edit = QLineEdit("ok, defect")
-        self.ok_edit = QLineEdit("ok")
-        self.error = _error_label()
-        form = QFormLayout(self)
-        form.addRow(QLabel(f"{self.folder} is not a project yet. Create one?"))
-        form.addRow("Classes (comma separated)", self.classes_edit)
-        form.addRow("OK (good part) class", self.ok_edit)
-        form.addRow(self.error)
-        buttons = QDialogButtonBox(
-            QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
-        )
-        buttons.accepted.connect(self.create)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
-
-    def create(self) -> None:
-        classes = [c.strip() for c in self.classes_edit.text().split(",") if c.strip()]
-        ok = self.ok_edit.text().strip() or None
-        try:
-            self.project = Project.create(self.folder, classes=classes, ok_class=ok)
-        except DefectssftError as e:
-            self.error.setText(str(e))
-            return
-        self.accept()
 
 
 class LabelBookDialog(QDialog):
@@ -121,6 +89,18 @@ class LabelBookDialog(QDialog):
             "class; models trained before keep the old name"
         )
         self.rename_button.clicked.connect(self.rename_class)
+        self.merge_into = QComboBox()
+        self.merge_into.setToolTip("The class that takes the selected class's labels")
+        self.merge_button = QPushButton("Merge into")
+        self.merge_button.setToolTip(
+            "Give the selected class's images this class (label history kept), then delete it"
+        )
+        self.merge_button.clicked.connect(lambda: self.merge_class())
+        self.delete_button = QPushButton("Delete class")
+        self.delete_button.setToolTip(
+            "Delete the selected class; images that carry it become unlabeled (history kept)"
+        )
+        self.delete_button.clicked.connect(lambda: self.delete_class(ask=True))
         self.error = _error_label()
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Close
@@ -133,9 +113,14 @@ class LabelBookDialog(QDialog):
         renamer = QHBoxLayout()
         renamer.addWidget(self.rename_edit)
         renamer.addWidget(self.rename_button)
+        remover = QHBoxLayout()
+        remover.addWidget(self.merge_button)
+        remover.addWidget(self.merge_into, 1)
+        remover.addWidget(self.delete_button)
         lay = QVBoxLayout(self)
         lay.addWidget(self.table, 1)
         lay.addLayout(renamer)
+        lay.addLayout(remover)
         lay.addLayout(adder)
         lay.addWidget(self.examples_title)
         lay.addWidget(self.examples)
@@ -160,6 +145,8 @@ class LabelBookDialog(QDialog):
             self.table.setCellWidget(r, 3, ok)
             self.table.setItem(r, 4, QTableWidgetItem(c.description))
         self.table.resizeColumnsToContents()
+        self.merge_into.clear()
+        self.merge_into.addItems([c.name for c in classes])
         if classes:
             self.table.setCurrentCell(0, 1)
             self._show_examples(0)
@@ -270,6 +257,58 @@ class LabelBookDialog(QDialog):
         item.setText(info.name)
         self._show_examples(row)
         self.classRenamed.emit(old, info.name)
+        self.classesChanged.emit()
+        return True
+
+    def _selected_name(self) -> str | None:
+        row = self.table.currentRow()
+        item = self.table.item(row, 0) if row >= 0 else None
+        return item.text() if item is not None else None
+
+    def merge_class(self, into: str | None = None) -> bool:
+        """Merge the selected class into ``into`` (default: the one chosen beside the button)."""
+        from defectssft.class_ops import merge_class
+
+        name = self._selected_name()
+        if name is None:
+            return self._fail("select the class to merge")
+        into = into if into is not None else self.merge_into.currentText()
+        who = str(self.project.get_setting("gui.who", "operator"))
+        try:
+            merge_class(self.project, name, into, who=who)
+        except DefectssftError as e:
+            return self._fail(str(e))
+        return self._removed()
+
+    def delete_class(self, unlabel: bool = False, ask: bool = False) -> bool:
+        """Delete the selected class; with images carrying it only if ``unlabel`` (or, with
+        ``ask``, the user agrees to unlabel them)."""
+        from defectssft.class_ops import delete_class
+
+        name = self._selected_name()
+        if name is None:
+            return self._fail("select the class to delete")
+        n = len(self.project.query_images(label=name)) if ask else 0
+        if ask and n and name != self.project.ok_class:
+            answer = QMessageBox.question(
+                self,
+                "Delete class",
+                f"{n} images carry {name}. Remove their labels (kept in the label history) and "
+                "delete the class? To move them to another class, use Merge into.",
+            )
+            unlabel = answer == QMessageBox.StandardButton.Yes
+            if not unlabel:
+                return False
+        who = str(self.project.get_setting("gui.who", "operator"))
+        try:
+            delete_class(self.project, name, who=who, unlabel=unlabel)
+        except DefectssftError as e:
+            return self._fail(str(e))
+        return self._removed()
+
+    def _removed(self) -> bool:
+        self.error.setText("")
+        self.load()
         self.classesChanged.emit()
         return True
 

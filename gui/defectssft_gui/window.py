@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 
 from defectssft.errors import DefectssftError
 from defectssft.project import ClassInfo, Project
-from defectssft_gui import queries
+from defectssft_gui import project_flows, queries
 from defectssft_gui.actions import ACTIONS, new_action, shortcuts_for
 from defectssft_gui.gallery import ImageListModel
 from defectssft_gui.labeling import LabelSession
@@ -204,7 +204,9 @@ class MainWindow(QMainWindow):
 
     def _setup_actions(self) -> None:
         slots = {
+            "new_project": lambda: project_flows.new_project(self),
             "open": self.choose_project,
+            "imports": lambda: project_flows.open_imports(self),
             "import_files": self.choose_import_files,
             "import_folder": self.choose_import_folder,
             "watch": self.toggle_watch,
@@ -243,7 +245,16 @@ class MainWindow(QMainWindow):
     def _setup_menus(self) -> None:
         a = self.actions_by_name
         menus = {
-            "&File": ["open", "import_files", "import_folder", "watch", None, "quit"],
+            "&File": [
+                "new_project",
+                "open",
+                "import_files",
+                "import_folder",
+                "imports",
+                "watch",
+                None,
+                "quit",
+            ],
             "&Label": [
                 "accept",
                 "clear_label",
@@ -391,7 +402,7 @@ class MainWindow(QMainWindow):
     def _update_enabled(self) -> None:
         has = self.project is not None
         for name, action in self.actions_by_name.items():
-            if name not in ("open", "quit", "settings"):
+            if name not in ("new_project", "open", "quit", "settings"):
                 action.setEnabled(has)
         self.actions_by_name["settings"].setEnabled(has)
         self._sync_predict_ui()
@@ -704,37 +715,19 @@ class MainWindow(QMainWindow):
 
     # ================================================================== import / watch
     def choose_project(self) -> None:
-        from defectssft_gui.dialogs import NewProjectDialog
-
-        folder = QFileDialog.getExistingDirectory(self, "Open or create a project folder")
-        if not folder:
-            return
-        if (Path(folder) / "project.db").is_file():
-            self.open_project(folder)
-            return
-        dlg = NewProjectDialog(folder, self)
-        if dlg.exec() and dlg.project is not None:
-            self.open_project(dlg.project)
+        project_flows.choose_project(self)
 
     def choose_import_files(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
             self, "Import images", "", "Images (*.jpg *.jpeg *.png *.bmp *.tif *.tiff)"
         )
         if files:
-            self.import_paths(files)
+            project_flows.open_import_dialog(self, files)
 
     def choose_import_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Import a folder of images")
         if folder:
-            label_from = None
-            answer = QMessageBox.question(
-                self,
-                "Labels from sub-folders?",
-                "Use sub-folder names as labels (e.g. good/, scratch/)?",
-            )
-            if answer == QMessageBox.StandardButton.Yes:
-                label_from = "folder"
-            self.import_paths([folder], label_from=label_from)
+            project_flows.open_import_dialog(self, [folder], label_from="folder")
 
     def import_paths(self, paths: list[str], label_from: str | None = None) -> None:
         """Import files/folders through ``defectssft.ingest.import_paths`` on a pool thread."""

@@ -429,7 +429,7 @@ class ImportsDialog(QDialog):
                 r["id"],
                 r["time"][:19].replace("T", " "),
                 r["who"],
-                "; ".join(Path(p).name or p for p in r["paths"]),
+                _paths_text(r["paths"]),
                 r["label_from"] or "—",
                 s.get("added", "?"),
                 s.get("labeled", "?"),
@@ -442,6 +442,7 @@ class ImportsDialog(QDialog):
                     item.setToolTip("\n".join(r["paths"]))
                 self.table.setItem(i, c, item)
         self.table.resizeColumnsToContents()
+        self.table.setColumnWidth(3, min(self.table.columnWidth(3), 240))
         if rows:
             self.table.selectRow(len(rows) - 1)
 
@@ -481,3 +482,11 @@ class ImportsDialog(QDialog):
             self.changed.emit()
 
         start_task(QThreadPool.globalInstance(), task, done, failed)
+
+
+def _paths_text(paths: list[str]) -> str:
+    """What an import read, short: 'neu-det', or 'kos_005.jpg … (+7)'."""
+    names = [Path(p).name or p for p in paths]
+    if len(names) <= 2:
+        return "; ".join(names)
+    return f"{names[0]} … (+{len(names) - 1})"

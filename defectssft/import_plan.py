@@ -352,7 +352,7 @@ def parse_mapping(items: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         found, sep, target = item.partition("=")
-        if not sep or not found.strip():
+        if not sep or not found.strip() or not target.strip():
             raise ImportPlanError(
                 f"--map {item!r}: use FOUND=CLASS, FOUND=new:NAME, FOUND=:unlabeled or "
                 "FOUND=:ignore"

@@ -23,6 +23,7 @@ from defectssft.import_plan import (
     sanitize_class_name,
     scan_import,
 )
+from defectssft.new_project import check_project_folder, create_project
 from defectssft.project import Project
 
 from .conftest import noise_image, write_image
@@ -108,8 +109,9 @@ def test_bad_mappings_are_one_line_and_write_nothing(tmp_path, samples, mapping,
 
 def test_parse_mapping_and_sanitize() -> None:
     assert parse_mapping(["good=ok", " bad = new:ng "]) == {"good": "ok", "bad": "new:ng"}
-    with pytest.raises(ImportPlanError, match="use FOUND=CLASS"):
-        parse_mapping(["good"])
+    for bad in (["good"], ["good="], ["=ok"]):
+        with pytest.raises(ImportPlanError, match="use FOUND=CLASS"):
+            parse_mapping(bad)
     assert sanitize_class_name("Rolled in scale!") == "Rolled_in_scale"
     assert sanitize_class_name("***") is None
     assert default_target("***", [], None) == UNLABELED
@@ -342,3 +344,60 @@ def test_cli_classes_merge_and_delete(tmp_path: Path, make_image, capsys) -> Non
     assert cli(["classes", str(proj), "delete", "scratch", "--unlabel", "--json"]) == 0
     assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["ok"]
     assert p.get_image(image_id).label is None
+
+
+# ---------------------------------------------------------------- where a new project may go
+
+
+def test_check_project_folder_kinds(tmp_path: Path) -> None:
+    assert check_project_folder(tmp_path / "new").kind == "new"
+    (tmp_path / "empty").mkdir()
+    assert check_project_folder(tmp_path / "empty").can_create
+    Project.create(tmp_path / "proj")
+    assert check_project_folder(tmp_path / "proj").kind == "project"
+    write_image(tmp_path / "shots" / "a" / "1.png", noise_image(seed=1))
+    (tmp_path / "shots" / "readme.txt").write_text("x")
+    c = check_project_folder(tmp_path / "shots")
+    assert (c.kind, c.images, c.can_create) == ("images", 1, False)
+    assert c.beside == tmp_path / "shots-project" and "holds 1 images" in c.message()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.pdf").write_bytes(b"%PDF")
+    assert check_project_folder(tmp_path / "docs").kind == "other"
+    (tmp_path / "f.txt").write_text("x")
+    assert check_project_folder(tmp_path / "f.txt").kind == "file"
+
+
+def test_create_project_with_hotkeys_and_bit_depth(tmp_path: Path) -> None:
+    p = create_project(
+        tmp_path / "p", [("good", "g"), ("crack", "1"), ("dent", None)], "good", bit_depth=12
+    )
+    assert [(c.name, c.hotkey, c.is_ok) for c in p.classes()] == [
+        ("good", "g", True),
+        ("crack", "1", False),
+        ("dent", "3", False),
+    ]
+    assert p.get_setting("input.bit_depth") == 12
+
+
+@pytest.mark.parametrize(
+    "classes, ok, depth, message",
+    [
+        ([("a", "1"), ("b", "1")], None, None, "hotkey '1' is given to two classes"),
+        ([("a", None)], "ok", None, "OK class 'ok' is not among the classes"),
+        ([("a b", None)], None, None, "invalid class name 'a b'"),
+        ([("a", None)], None, 20, "bit depth 20: use 8 to 16"),
+    ],
+)
+def test_create_project_refuses_bad_input(tmp_path: Path, classes, ok, depth, message) -> None:
+    with pytest.raises(DefectssftError, match=message) as e:
+        create_project(tmp_path / "p", classes, ok, depth)
+    assert "\n" not in str(e.value) and not (tmp_path / "p" / "project.db").exists()
+
+
+def test_create_project_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "plan.xlsx").write_bytes(b"x")
+    with pytest.raises(DefectssftError, match="is not empty"):
+        create_project(folder, [("ok", None)])
+    assert sorted(f.name for f in folder.iterdir()) == ["plan.xlsx"]

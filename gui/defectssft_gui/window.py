@@ -99,6 +99,10 @@ class MainWindow(QMainWindow):
         self._setup_menus()
         if project is not None:
             self.open_project(project)
+        else:
+            self.statusBar().showMessage(
+                "No project open: File → New project… (Ctrl+N) or Open project… (Ctrl+O)"
+            )
         self._update_enabled()
 
     # ================================================================== setup

@@ -274,6 +274,8 @@ def test_label_book_merge_and_delete(window, qtbot):
     book = LabelBookDialog(p)
     qtbot.addWidget(book)
     book.classesChanged.connect(window._classes_changed)
+    window.set_filter("class:dent")
+    qtbot.waitUntil(lambda: window.model.total() == 3, timeout=10000)
     book.select_class("dent")
     assert not book.merge_class("dent")
     assert "cannot merge 'dent' into itself" in book.error.text()
@@ -288,6 +290,8 @@ def test_label_book_merge_and_delete(window, qtbot):
     assert p.class_names() == ["ok", "scratch"] and p.status()["by_class"]["scratch"] == 3
     assert book.table.rowCount() == 2 and book.merge_into.count() == 2
     assert window.filter_box.findData("class:dent") < 0
+    qtbot.waitUntil(lambda: window.model is not None and window.current_filter() != "class:dent")
+    assert "unknown class" not in window.last_error
     book.select_class("scratch")
     assert book.delete_class(unlabel=True)
     assert p.class_names() == ["ok"] and p.get_image(ids[0]).label is None

@@ -57,7 +57,7 @@ def run_import(args: argparse.Namespace) -> int:
         args.paths,
         args.label_from,
         project,
-        hash_files=args.dry_run or args.relabel,
+        hash_files=args.dry_run,
         progress=progress if args.dry_run else None,
     )
     plan = plan_import(

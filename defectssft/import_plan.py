@@ -482,6 +482,7 @@ def apply_plan(
         for i in range(0, len(todo), 32):  # bounded: a few dozen files' bytes in memory
             chunk = todo[i : i + 32]
             prepared = pool.map(lambda f: prepare_image_file(f.path, max_pixels), chunk)
+            records: list[tuple[int, int, bool, int | None, int | None]] = []
             for item, prep in zip(chunk, prepared, strict=True):
                 label = targets.get(item.label)
                 before = None
@@ -493,21 +494,22 @@ def apply_plan(
                 summary.count(result, label is not None)
                 label_id = class_ids.get(label) if label else None
                 if result.status == "added":
-                    _record_item(project, import_id, result.image_id, True, None, label_id)
+                    records.append((import_id, int(result.image_id or 0), True, None, label_id))
                 elif result.status == "duplicate" and label_id is not None:
                     image_id = int(result.image_id or 0)
                     previous = before[1] if before is not None else None
                     if previous is None:  # add_prepared labeled the unlabeled stored copy
-                        _record_item(project, import_id, image_id, False, None, label_id)
+                        records.append((import_id, image_id, False, None, label_id))
                     elif previous != label_id and plan.relabel:
                         project.set_labels_each({image_id: label}, who=who, source="imported")
-                        _record_item(project, import_id, image_id, False, previous, label_id)
+                        records.append((import_id, image_id, False, previous, label_id))
                         summary.relabeled += 1
                     elif previous != label_id:
                         summary.conflicts += 1
                 done += 1
                 if progress:
                     progress(done, len(todo))
+            _record_items(project, records)  # one transaction per chunk: a kill loses <= 32
     summary.seconds = time.perf_counter() - start
     if summary.conflicts:
         summary.notes.append(
@@ -540,20 +542,18 @@ def _start_record(project: Project, plan: ImportPlan, source: str, who: str) -> 
         return int(cur.lastrowid or 0)
 
 
-def _record_item(
-    project: Project,
-    import_id: int,
-    image_id: int | None,
-    added: bool,
-    previous: int | None,
-    class_id: int | None,
+def _record_items(
+    project: Project, records: list[tuple[int, int, bool, int | None, int | None]]
 ) -> None:
+    """(import_id, image_id, added, previous_class_id, class_id) rows, in one transaction."""
+    if not records:
+        return
     with project.transaction() as tx:
-        tx.execute(
+        tx.executemany(
             "INSERT INTO import_items (import_id, image_id, added, previous_class_id, class_id) "
             "VALUES (?,?,?,?,?) ON CONFLICT(import_id, image_id) DO UPDATE SET "
             "class_id=excluded.class_id",
-            (import_id, image_id, int(added), previous, class_id),
+            [(i, m, int(a), p, c) for i, m, a, p, c in records],
         )
 
 

@@ -42,6 +42,7 @@ NEW = "new:"
 OK_SYNONYMS = frozenset(
     {"ok", "good", "pass", "passed", "normal", "nominal", "okay", "non-defective", "no-boxes"}
 )
+MANY_NEW_CLASSES = 30  # more new classes than this from one import: say it looks wrong
 YOLO_EMPTY = "no-boxes"  # a YOLO label file without boxes
 YOLO_BOXES = "boxes"  # a YOLO label file with at least one box
 
@@ -299,8 +300,18 @@ class ImportPlan:
                 f"{n} images already in the project carry another label: "
                 + ("they are relabeled (with history)" if self.relabel else "kept (--relabel)")
             )
-        lines += self.scan.notes()
+        lines += self.warnings()
         return lines
+
+    def warnings(self) -> list[str]:
+        """The scan's notes, and a doubt when the rule would make very many classes."""
+        out = self.scan.notes()
+        if len(self.new_classes) > MANY_NEW_CLASSES:
+            out.append(
+                f"{len(self.new_classes)} new classes would be created: check the label rule "
+                "(a regex group that captures the whole name makes one class per file)"
+            )
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -311,6 +322,7 @@ class ImportPlan:
             "counts": self.counts(),
             "relabel": self.relabel,
             "relabel_candidates": self.relabel_candidates(),
+            "notes": self.warnings(),
         }
 
 

@@ -401,3 +401,14 @@ def test_create_project_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
     with pytest.raises(DefectssftError, match="is not empty"):
         create_project(folder, [("ok", None)])
     assert sorted(f.name for f in folder.iterdir()) == ["plan.xlsx"]
+
+
+def test_a_rule_that_makes_a_class_per_file_is_doubted(tmp_path: Path, samples: Path) -> None:
+    p = Project.create(tmp_path / "p")
+    scan = scan_import([samples / "neu-det"], r"filename:^(.*)\.jpg$", p)
+    plan = plan_import(scan, [], None)
+    assert len(plan.new_classes) == 60
+    assert any(
+        "60 new classes would be created: check the label rule" in w for w in plan.warnings()
+    )
+    assert plan.as_dict()["notes"] == plan.warnings()

@@ -342,7 +342,7 @@ class ImportDialog(QDialog):
                 f"{n} of them carry another label: "
                 + ("they will be relabeled." if plan.relabel else "kept (tick Relabel to change).")
             )
-        lines += plan.scan.notes()
+        lines += plan.warnings()
         self.summary.setText("\n".join(lines))
 
     def accept_plan(self) -> None:

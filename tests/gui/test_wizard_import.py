@@ -296,3 +296,15 @@ def test_label_book_merge_and_delete(window, qtbot):
     assert book.delete_class(unlabel=True)
     assert p.class_names() == ["ok"] and p.get_image(ids[0]).label is None
     assert np.all([e.who for e in p.label_history(ids[0])])
+
+
+def test_app_create_refuses_a_folder_of_other_files(tmp_path, capsys):
+    from defectssft_gui.app import main
+
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "plan.xlsx").write_bytes(b"x")
+    assert main([str(other), "--create", "ok,ng"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not empty" in err and err.count("\n") == 1
+    assert sorted(f.name for f in other.iterdir()) == ["plan.xlsx"]

@@ -7,7 +7,6 @@ thread or in a child process (``workers``). Every label is committed the moment 
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
     QListView,
@@ -35,15 +33,16 @@ from defectssft.project import ClassInfo, Project
 from defectssft_gui import queries
 from defectssft_gui.actions import ACTIONS, new_action, shortcuts_for
 from defectssft_gui.gallery import ImageListModel
+from defectssft_gui.import_controller import ImportController
 from defectssft_gui.labeling import LabelSession
+from defectssft_gui.predict_controller import PredictController
 from defectssft_gui.queries import Row
 from defectssft_gui.thumbs import THUMB_SIZE, ThumbnailLoader, thumb_dir
 from defectssft_gui.viewer import ImageViewer
-from defectssft_gui.workers import HotFolderThread, JsonProcess, Task, start_task
+from defectssft_gui.workers import Task, start_task
 
 EXAMPLES_SETTING = "labelbook.examples"
 WHO_SETTING = "gui.who"
-PREDICT_BATCH_SETTING = "gui.predict_batch"  # images per batch (and per saved transaction)
 PREFETCH_AHEAD = 3
 
 
@@ -76,16 +75,10 @@ class MainWindow(QMainWindow):
         self.query_pool = QThreadPool(self)  # grid queries never wait behind an import
         self.query_pool.setMaxThreadCount(1)
         self._query_gen = 0
-        self._hot_counts: dict[str, int] = {}
         self._tasks: set[Task] = set()
         self.session: LabelSession | None = None
-        self.hot: HotFolderThread | None = None
         self.loader: ThumbnailLoader | None = None
         self.model: ImageListModel | None = None
-        self.predict_proc = JsonProcess(self)
-        self.predict_proc.finished.connect(self._predict_finished)
-        self.predict_proc.event.connect(self._predict_event)
-        self._predict_all: tuple[Task, threading.Event] | None = None  # running predict-all
         self._after_rows_note = ""  # shown once the next refresh has replaced the status line
         self.model_version: str | None = None
         self.class_actions: list[QAction] = []
@@ -94,6 +87,8 @@ class MainWindow(QMainWindow):
         self._refresh_timer.timeout.connect(self.refresh)
         self.setWindowTitle("defectssft")
         self.resize(1280, 800)
+        self.importer = ImportController(self)
+        self.predictor = PredictController(self)
         self._setup_widgets()
         self._setup_actions()
         self._setup_menus()
@@ -188,26 +183,13 @@ class MainWindow(QMainWindow):
         split.addWidget(right)
         split.setSizes([560, 720])
         self.setCentralWidget(split)
-        self.hot_label = QLabel("")
-        self.statusBar().addPermanentWidget(self.hot_label)
-        self.predict_bar = QProgressBar()
-        self.predict_bar.setMaximumWidth(220)
-        self.predict_bar.setFormat("predicting %v/%m")
-        self.predict_bar.setVisible(False)
-        self.predict_cancel_button = QPushButton("Cancel")
-        self.predict_cancel_button.setToolTip("Stop the prediction after its current batch")
-        self.predict_cancel_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.predict_cancel_button.clicked.connect(self.cancel_predict)
-        self.predict_cancel_button.setVisible(False)
-        self.statusBar().addPermanentWidget(self.predict_bar)
-        self.statusBar().addPermanentWidget(self.predict_cancel_button)
 
     def _setup_actions(self) -> None:
         slots = {
-            "open": self.choose_project,
-            "import_files": self.choose_import_files,
-            "import_folder": self.choose_import_folder,
-            "watch": self.toggle_watch,
+            "open": self.importer.choose_project,
+            "import_files": self.importer.choose_import_files,
+            "import_folder": self.importer.choose_import_folder,
+            "watch": self.importer.toggle_watch,
             "quit": self.close,
             "next": lambda: self.step(1),
             "prev": lambda: self.step(-1),
@@ -223,9 +205,9 @@ class MainWindow(QMainWindow):
             "zoom_out": lambda: self.viewer.zoom(0.8),
             "heatmap": self.toggle_heatmap,
             "reset_levels": self.reset_levels,
-            "predict": self.run_predict,
-            "predict_all": self.predict_all,
-            "cancel_predict": self.cancel_predict,
+            "predict": self.predictor.run_predict,
+            "predict_all": self.predictor.predict_all,
+            "cancel_predict": self.predictor.cancel_predict,
             "train": self.open_training,
             "label_book": self.open_label_book,
             "settings": self.open_settings,
@@ -319,8 +301,7 @@ class MainWindow(QMainWindow):
 
     def close_project(self) -> None:
         self.stop_watch()
-        if self._predict_all is not None:  # stops after its batch; its result is then ignored
-            self._predict_all[1].set()
+        self.predictor.stop()
         if self.loader is not None:
             self.loader.close()
         if self.project is not None:
@@ -394,7 +375,7 @@ class MainWindow(QMainWindow):
             if name not in ("open", "quit", "settings"):
                 action.setEnabled(has)
         self.actions_by_name["settings"].setEnabled(has)
-        self._sync_predict_ui()
+        self.predictor._sync_predict_ui()
 
     # ================================================================== listing
     def current_filter(self) -> str:
@@ -662,291 +643,45 @@ class MainWindow(QMainWindow):
         else:
             self.viewer.clear_heatmap()
 
-    def compute_heatmap(self) -> None:
-        """Grad-CAM of the current image with the current model, on a pool thread."""
-        cur = self.current_row()
-        if self.project is None or cur is None or cur.image_id is None:
-            return
-        if self.model_version is None:
-            self.show_error("no trained model yet: train one to see heat maps")
-            self.actions_by_name["heatmap"].setChecked(False)
-            return
-        from defectssft_gui.cam import grad_cam
+    # ================================================================== import / watch, model
+    # (the work is in ImportController and PredictController; these are the window's API)
+    @property
+    def hot(self) -> Any:
+        return self.importer.hot
 
-        model_file = self.project.models_dir / self.model_version / "model.pt"
-        path = cur.path
-        task = Task(
-            grad_cam,
-            model_file,
-            path,
-            bit_depth=int(self.project.get_setting("input.bit_depth", 16) or 16),
-        )
-        self._tasks.add(task)
+    @property
+    def predict_bar(self) -> QProgressBar:
+        return self.predictor.predict_bar
 
-        def done(result: Any) -> None:
-            self._tasks.discard(task)
-            if self.viewer.path == path and self.actions_by_name["heatmap"].isChecked():
-                if self.project is not None:  # a class renamed since training: today's name
-                    result.classes = self.project.current_class_names(result.classes)
-                self.viewer.set_heatmap(result.heat)
-                self.pred_label.setText(
-                    f"model {self.model_version}: {result.predicted} ({result.confidence:.1%}); "
-                    f"heat map of {result.classes[result.class_index]}"
-                )
-                self.camReady.emit(path)
-
-        def failed(msg: str) -> None:
-            self._tasks.discard(task)
-            self.actions_by_name["heatmap"].setChecked(False)
-            self.show_error(f"heat map: {msg}")
-
-        start_task(self.pool, task, done, failed)
-
-    # ================================================================== import / watch
-    def choose_project(self) -> None:
-        from defectssft_gui.dialogs import NewProjectDialog
-
-        folder = QFileDialog.getExistingDirectory(self, "Open or create a project folder")
-        if not folder:
-            return
-        if (Path(folder) / "project.db").is_file():
-            self.open_project(folder)
-            return
-        dlg = NewProjectDialog(folder, self)
-        if dlg.exec() and dlg.project is not None:
-            self.open_project(dlg.project)
-
-    def choose_import_files(self) -> None:
-        files, _ = QFileDialog.getOpenFileNames(
-            self, "Import images", "", "Images (*.jpg *.jpeg *.png *.bmp *.tif *.tiff)"
-        )
-        if files:
-            self.import_paths(files)
-
-    def choose_import_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Import a folder of images")
-        if folder:
-            label_from = None
-            answer = QMessageBox.question(
-                self,
-                "Labels from sub-folders?",
-                "Use sub-folder names as labels (e.g. good/, scratch/)?",
-            )
-            if answer == QMessageBox.StandardButton.Yes:
-                label_from = "folder"
-            self.import_paths([folder], label_from=label_from)
+    @property
+    def predict_cancel_button(self) -> QPushButton:
+        return self.predictor.predict_cancel_button
 
     def import_paths(self, paths: list[str], label_from: str | None = None) -> None:
-        """Import files/folders through ``defectssft.ingest.import_paths`` on a pool thread."""
-        if self.project is None:
-            return
-        from defectssft.ingest import import_paths
-
-        task = Task(
-            import_paths,
-            self.project,
-            paths,
-            label_from=label_from,
-            source="gui",
-            with_progress=True,
-        )
-        self._tasks.add(task)
-        task.signals.progress.connect(
-            lambda d, t: self.statusBar().showMessage(f"importing {d}/{t} files…")
-        )
-
-        def done(summary: Any) -> None:
-            self._tasks.discard(task)
-            self.statusBar().showMessage(
-                f"imported {summary.added}, {summary.duplicates} duplicates, "
-                f"{summary.quarantined} quarantined",
-                8000,
-            )
-            if summary.new_classes:
-                self.reload_classes()
-            self.refresh()
-            self.importDone.emit(summary)
-
-        def failed(msg: str) -> None:
-            self._tasks.discard(task)
-            self.show_error(f"import: {msg}")
-
-        start_task(self.pool, task, done, failed)
-
-    def toggle_watch(self) -> None:
-        if self.hot is not None:
-            self.stop_watch()
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Watch a hot folder")
-        if folder:
-            self.start_watch(folder)
-        else:
-            self.actions_by_name["watch"].setChecked(False)
+        self.importer.import_paths(paths, label_from=label_from)
 
     def start_watch(self, folder: str | Path) -> bool:
-        if self.project is None:
-            return False
-        self.stop_watch()
-        try:
-            self.hot = HotFolderThread(self.project, folder, parent=self)
-        except DefectssftError as e:
-            self.actions_by_name["watch"].setChecked(False)
-            self.show_error(str(e))
-            return False
-        self.hot.ingested.connect(self._hot_ingested)
-        self.hot.start()
-        self.actions_by_name["watch"].setChecked(True)
-        self._hot_counts = {"added": 0, "duplicate": 0, "quarantined": 0}
-        self.hot_label.setText(f"watching {folder}")
-        return True
+        return self.importer.start_watch(folder)
 
     def stop_watch(self) -> None:
-        if self.hot is not None:
-            self.hot.stop()
-            self.hot.deleteLater()
-            self.hot = None
-        self.actions_by_name["watch"].setChecked(False)
-        self.hot_label.setText("")
+        self.importer.stop_watch()
 
-    def _hot_ingested(self, _path: str, status: str) -> None:
-        self._hot_counts[status] = self._hot_counts.get(status, 0) + 1
-        c = self._hot_counts
-        folder = self.hot.folder if self.hot else ""
-        self.hot_label.setText(
-            f"watching {folder}: {c['added']} new, {c['duplicate']} dup, "
-            f"{c['quarantined']} quarantined"
-        )
-        self._refresh_timer.start()
-
-    # ================================================================== model
     def prediction_running(self) -> bool:
-        """True while Predict unlabeled (child process) or Predict all (pool thread) runs."""
-        return self._predict_all is not None or self.predict_proc.running()
+        return self.predictor.prediction_running()
 
     def run_predict(self) -> None:
-        """Predict unlabeled images with the current model in a child process."""
-        if self.project is None:
-            return
-        if self.prediction_running():
-            self.statusBar().showMessage("prediction already running", 3000)
-            return
-        if queries.current_model(self.project) is None:
-            self.show_error("no trained model yet: Model → Train first")
-            return
-        self.statusBar().showMessage("predicting…")
-        self.predict_proc.start("defectssft_gui.predict", [str(self.project.root)])
-        self._sync_predict_ui()
-
-    def _predict_event(self, ev: dict) -> None:
-        if ev.get("event") == "progress":
-            self._predict_progress(int(ev.get("done", 0)), int(ev.get("total", 0)))
-
-    def _predict_finished(self, code: int, error: str) -> None:
-        self._sync_predict_ui()
-        if code != 0:
-            self.show_error(f"predict: {error or f'failed (exit code {code})'}")
-        else:
-            self.refresh()
-        self.predictionsDone.emit(code)
+        self.predictor.run_predict()
 
     def predict_all(self) -> None:
-        """Score every image with the current model on a pool thread (never the GUI thread).
-
-        Predictions are saved batch by batch (``gui.predict_batch`` images, one transaction
-        each), so Cancel, a crash or closing the window loses at most the batch in flight.
-        """
-        if self.project is None:
-            return
-        if self.prediction_running():
-            self.statusBar().showMessage("prediction already running", 3000)
-            return
-        version = queries.current_model(self.project)
-        if version is None:
-            self.show_error("no trained model yet: Model → Train first")
-            return
-        from defectssft_gui.predict import predict_images
-
-        try:
-            batch = max(1, int(self.project.get_setting(PREDICT_BATCH_SETTING, 32) or 32))
-        except (TypeError, ValueError):
-            batch = 32
-        stop = threading.Event()
-        project = self.project
-        task = Task(
-            predict_images,
-            project,
-            version,
-            only_unlabeled=False,
-            batch_size=batch,
-            should_stop=stop.is_set,
-            with_progress=True,
-        )
-        self._tasks.add(task)
-        self._predict_all = (task, stop)
-        task.signals.progress.connect(self._predict_progress)
-        start_task(
-            self.pool,
-            task,
-            lambda summary: self._predict_all_finished(task, project, summary, ""),
-            lambda msg: self._predict_all_finished(task, project, None, msg),
-        )
-        self._sync_predict_ui()
-        self.statusBar().showMessage(
-            f"predicting all images with {version}… ({self._keys('cancel_predict')} cancels)"
-        )
-
-    def _predict_progress(self, done: int, total: int) -> None:
-        self.predict_bar.setRange(0, max(total, 1))
-        self.predict_bar.setValue(done)
-        self.statusBar().showMessage(
-            f"predicting {done}/{total} images… ({self._keys('cancel_predict')} cancels)"
-        )
-
-    def _predict_all_finished(
-        self, task: Task, project: Project, summary: dict[str, Any] | None, error: str
-    ) -> None:
-        self._tasks.discard(task)
-        if self._predict_all is not None and self._predict_all[0] is task:
-            self._predict_all = None
-        self._sync_predict_ui()
-        if project is not self.project:  # the window moved on to another project
-            return
-        if summary is None:
-            self.show_error(f"predict all: {error}")
-            self._after_rows_note = f"error: predict all: {error}"
-            result: dict[str, Any] = {"error": error}
-        else:
-            skipped = f", {summary['skipped']} unreadable" if summary.get("skipped") else ""
-            if summary.get("cancelled"):
-                note = (
-                    f"prediction cancelled: {summary['done']} of {summary['total']} images "
-                    f"done and saved{skipped}"
-                )
-            else:
-                note = f"predicted {summary['predicted']} images with {summary['version']}{skipped}"
-            self.statusBar().showMessage(note, 15000)
-            self._after_rows_note = note
-            result = dict(summary)
-        self.refresh()  # suggestions, filters and sort by score use the new predictions
-        self.predictAllDone.emit(result)
+        self.predictor.predict_all()
 
     def cancel_predict(self) -> None:
-        """Stop the running prediction after its current batch; saved batches stay."""
-        if self._predict_all is not None:
-            self._predict_all[1].set()
-            self.statusBar().showMessage("cancelling after the current batch…")
-        if self.predict_proc.running():
-            self.predict_proc.terminate()  # the child stops after its batch too (SIGTERM)
+        self.predictor.cancel_predict()
 
-    def _sync_predict_ui(self) -> None:
-        """Progress bar, Cancel button and action enabled only while a prediction runs."""
-        running = self.prediction_running()
-        if running and self.predict_bar.isHidden():
-            self.predict_bar.setRange(0, 0)  # busy until the first batch reports
-        self.predict_bar.setVisible(running)
-        self.predict_cancel_button.setVisible(running)
-        self.actions_by_name["cancel_predict"].setEnabled(running)
+    def compute_heatmap(self) -> None:
+        self.predictor.compute_heatmap()
 
+    # ================================================================== model
     def open_training(self) -> None:
         from defectssft_gui.train_dialog import TrainDialog
 
@@ -1021,9 +756,8 @@ class MainWindow(QMainWindow):
         dlg = getattr(self, "train_dialog", None)
         if dlg is not None:
             dlg.shutdown()
-        self.predict_proc.terminate()
-        if self._predict_all is not None:
-            self._predict_all[1].set()  # the pool thread stops after its current batch
+        self.predictor.predict_proc.terminate()
+        self.predictor.stop()  # the pool thread stops after its current batch
         self.stop_watch()
         self.pool.waitForDone(10000)
         self.query_pool.waitForDone(10000)

@@ -38,7 +38,9 @@ from defectssft_gui.labeling import LabelSession
 from defectssft_gui.predict_controller import PredictController
 from defectssft_gui.queries import Row
 from defectssft_gui.thumbs import THUMB_SIZE, ThumbnailLoader, thumb_dir
+from defectssft_gui.verdict import VerdictCache, shown_version, version_verdicts
 from defectssft_gui.viewer import ImageViewer
+from defectssft_gui.widgets import ClassButton, FlowLayout, VerdictStrip
 from defectssft_gui.workers import Task, start_task
 
 EXAMPLES_SETTING = "labelbook.examples"
@@ -46,12 +48,43 @@ WHO_SETTING = "gui.who"
 PREFETCH_AHEAD = 3
 
 
+VERDICT_FILTERS = {
+    "verdict:wrong": "line verdict ≠ label",
+    "verdict:escape": "line passes a labeled defect",
+    "verdict:overkill": "line rejects a labeled OK",
+    "verdict:unsure": "line verdict UNSURE",
+}
+
+
 def _load_rows(
     project: Project, spec: str, sort: str
 ) -> tuple[str | None, list[Row], dict[str, Any]]:
-    """Runs on the query thread: the current model, the grid rows and the project counts."""
-    version = queries.current_model(project)
-    return version, queries.fetch_rows(project, spec, sort, version), project.status()
+    """Runs on the query thread: the model shown, the grid rows and the project counts.
+
+    ``verdict:`` filters list the images whose line verdict (``verdict.version_verdicts``)
+    disagrees with their label (``wrong``: escape or overkill) or is UNSURE.
+    """
+    version = shown_version(project)
+    if not spec.startswith("verdict:"):
+        return version, queries.fetch_rows(project, spec, sort, version), project.status()
+    if spec not in VERDICT_FILTERS:
+        raise queries.QueryError(f"unknown filter {spec!r}")
+    kind = spec.partition(":")[2]
+    verdicts = version_verdicts(project, version)
+    ok = project.ok_class
+    rows = []
+    for r in queries.fetch_rows(project, "all", sort, version):
+        v = verdicts.get(r.image_id) if r.image_id is not None else None
+        if kind == "unsure":
+            keep = v == "UNSURE"
+        else:
+            from defectssft_gui.verdict import verdict_mismatch
+
+            m = verdict_mismatch(r.label, v, ok)
+            keep = m in ("escape", "overkill") if kind == "wrong" else m == kind
+        if keep:
+            rows.append(r)
+    return version, rows, project.status()
 
 
 class MainWindow(QMainWindow):
@@ -85,6 +118,10 @@ class MainWindow(QMainWindow):
         self.actions_by_name: dict[str, QAction] = {}
         self._refresh_timer = QTimer(self, singleShot=True, interval=800)
         self._refresh_timer.timeout.connect(self.refresh)
+        self._counts_timer = QTimer(self, singleShot=True, interval=300)
+        self._counts_timer.timeout.connect(self._refresh_counts)
+        self.verdicts: VerdictCache | None = None
+        self.colours: dict[str, str] = {}
         self.setWindowTitle("defectssft")
         self.resize(1280, 800)
         self.importer = ImportController(self)
@@ -120,7 +157,7 @@ class MainWindow(QMainWindow):
         self.grid.setLayoutMode(QListView.LayoutMode.Batched)
         self.grid.setBatchSize(200)
         self.grid.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
-        self.grid.setGridSize(QSize(THUMB_SIZE + 16, THUMB_SIZE + 34))
+        self.grid.setGridSize(QSize(THUMB_SIZE + 16, THUMB_SIZE + 44))
         self.grid.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.grid.setWordWrap(False)
         self.grid.setTextElideMode(Qt.TextElideMode.ElideRight)
@@ -138,6 +175,7 @@ class MainWindow(QMainWindow):
         lv.addWidget(self.grid, 1)
 
         self.viewer = ImageViewer()
+        self.strip = VerdictStrip()
         self.info_label = QLabel("No project open. File → Open project…")
         self.info_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.info_label.setWordWrap(True)
@@ -162,7 +200,9 @@ class MainWindow(QMainWindow):
         levels.addWidget(QLabel("Contrast"))
         levels.addWidget(self.window_slider)
 
-        self.class_bar = QHBoxLayout()
+        self.class_bar_widget = QWidget()
+        self.class_bar = FlowLayout(self.class_bar_widget)  # wraps: 9 classes fit 1280 px
+        self.class_buttons: dict[str, ClassButton] = {}
         self.accept_button = QPushButton("Accept suggestion")
         self.accept_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.accept_button.clicked.connect(self.accept_suggestion)
@@ -170,12 +210,13 @@ class MainWindow(QMainWindow):
         rv = QVBoxLayout(right)
         rv.setContentsMargins(4, 4, 4, 4)
         rv.addWidget(self.viewer, 1)
+        rv.addWidget(self.strip)
         rv.addWidget(self.info_label)
         rv.addWidget(self.pred_label)
         rv.addLayout(levels)
         bar = QHBoxLayout()
-        bar.addLayout(self.class_bar, 1)
-        bar.addWidget(self.accept_button)
+        bar.addWidget(self.class_bar_widget, 1)
+        bar.addWidget(self.accept_button, 0, Qt.AlignmentFlag.AlignTop)
         rv.addLayout(bar)
 
         split = QSplitter()
@@ -183,6 +224,8 @@ class MainWindow(QMainWindow):
         split.addWidget(right)
         split.setSizes([560, 720])
         self.setCentralWidget(split)
+        self.counts_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.counts_label)
 
     def _setup_actions(self) -> None:
         slots = {
@@ -313,14 +356,17 @@ class MainWindow(QMainWindow):
         """Class buttons, class hotkey actions and filter entries from the project's classes."""
         assert self.project is not None
         classes = self.project.classes()
-        self.model_version = queries.current_model(self.project)
+        self.model_version = shown_version(self.project)
+        self.colours = {c.name: c.colour or "#dddddd" for c in classes}
+        self._name_sort_box()
         if self.model is not None:
-            self.model.colours = {c.name: c.colour or "#dddddd" for c in classes}
+            self.model.colours = self.colours
         for action in self.class_actions:
             self.removeAction(action)
             action.deleteLater()
         self.class_actions = []
         self.class_menu.clear()
+        self.class_buttons = {}
         while self.class_bar.count():
             item = self.class_bar.takeAt(0)
             if item.widget():
@@ -340,8 +386,13 @@ class MainWindow(QMainWindow):
         entries += [
             ("uncertain", "uncertain"),
             ("misclassified", "misclassified"),
-            ("quarantined", "quarantined"),
         ]
+        entries += [
+            (text, key)
+            for key, text in VERDICT_FILTERS.items()
+            if key == "verdict:unsure" or self.project.ok_class is not None
+        ]
+        entries += [("quarantined", "quarantined")]
         for text, key in entries:
             self.filter_box.addItem(text, key)
         i = self.filter_box.findData(current) if current else 0
@@ -361,13 +412,22 @@ class MainWindow(QMainWindow):
         self.addAction(action)
         self.class_menu.addAction(action)
         self.class_actions.append(action)
-        button = QPushButton(text)
-        button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        button = ClassButton(text, c.colour)
         button.setToolTip(c.description or f"Label as {c.name}")
-        if c.colour:
-            button.setStyleSheet(f"border-left: 6px solid {c.colour}; padding: 4px 8px;")
         button.clicked.connect(action.trigger)
         self.class_bar.addWidget(button)
+        self.class_buttons[c.name] = button
+
+    def _name_sort_box(self) -> None:
+        """Without an OK class the "defect score" is 1 - confidence: call it what it is."""
+        ok = self.project is not None and self.project.ok_class is not None
+        names = (
+            ("defect score ↓", "defect score ↑")
+            if ok
+            else ("least confident first", "most confident first")
+        )
+        for key, text in zip(("score", "-score"), names, strict=True):
+            self.sort_box.setItemText(self.sort_box.findData(key), text)
 
     def _update_enabled(self) -> None:
         has = self.project is not None
@@ -375,6 +435,8 @@ class MainWindow(QMainWindow):
             if name not in ("open", "quit", "settings"):
                 action.setEnabled(has)
         self.actions_by_name["settings"].setEnabled(has)
+        for w in (self.accept_button, self.level_slider, self.window_slider, self.class_bar_widget):
+            w.setEnabled(has)
         self.predictor._sync_predict_ui()
 
     # ================================================================== listing
@@ -436,19 +498,41 @@ class MainWindow(QMainWindow):
         assert self.model is not None
         keep = None if top else self.current_row()
         self.model_version = version
+        assert self.project is not None
+        self.verdicts = VerdictCache(self.project, version)
+        self.model.verdicts = self.verdicts
+        self.model.ok_known = self.project.ok_class is not None
         self.model.set_rows(rows)
         self.count_label.setText(f"{len(rows)} images")
         target = self.model.row_of(keep.image_id) if keep and keep.image_id is not None else None
         self.go_to(target if target is not None else 0)
-        model = version or "no model yet"
-        self.statusBar().showMessage(
-            f"{status['images']} images, {status['labeled']} labeled, {status['unlabeled']} "
-            f"unlabeled, {status['quarantined']} quarantined — model: {model}"
-        )
+        self._show_counts(status)
         if self._after_rows_note:
             self.statusBar().showMessage(self._after_rows_note, 15000)
             self._after_rows_note = ""
         self.rowsLoaded.emit(len(rows))
+
+    def _show_counts(self, status: dict[str, Any]) -> None:
+        """The project's counts, in the status bar for good (they follow every label)."""
+        model = self.model_version or "no model yet"
+        self.counts_label.setText(
+            f"{status['images']} images, {status['labeled']} labeled, {status['unlabeled']} "
+            f"unlabeled, {status['quarantined']} quarantined — model: {model}"
+        )
+
+    def _refresh_counts(self) -> None:
+        """Re-read the counts on the query thread (after labels were written)."""
+        if self.project is None:
+            return
+        task = Task(self.project.status)
+        self._tasks.add(task)
+
+        def done(status: dict[str, Any]) -> None:
+            self._tasks.discard(task)
+            if self.project is not None:
+                self._show_counts(status)
+
+        start_task(self.query_pool, task, done, lambda _m: self._tasks.discard(task))
 
     def current_row(self) -> Row | None:
         if self.model is None:
@@ -473,6 +557,8 @@ class MainWindow(QMainWindow):
             self.viewer.show_path(None)
             self.info_label.setText("No images match this filter.")
             self.pred_label.setText("")
+            self.strip.clear()
+            self._mark_current_class(None)
             return
         row = max(0, min(row, self.model.total() - 1))
         self.model.ensure_shown(row)
@@ -507,17 +593,36 @@ class MainWindow(QMainWindow):
         if r.reason is not None:
             self.info_label.setText(f"{r.path}\nquarantined: {r.reason}")
             self.pred_label.setText("")
+            self.strip.clear()
+            self._mark_current_class(None)
             return
         self.info_label.setText(
             f"#{r.image_id}  {r.name}  captured {r.capture}\nlabel: {r.label or '(none)'}"
         )
+        verdict = self.verdicts.get(r.image_id) if self.verdicts is not None else None
+        self.strip.show_image(
+            r.label,
+            self.colours.get(r.label or ""),
+            r.pred,
+            self.colours.get(r.pred or ""),
+            r.confidence,
+            verdict,
+        )
+        self._mark_current_class(r.label)
         if r.pred is not None and r.confidence is not None:
+            ok = self.project is not None and self.project.ok_class is not None
+            score = "defect score" if ok else "least-confident score (1 − confidence)"
             self.pred_label.setText(
-                f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), defect score "
-                f"{(r.score or 0):.3f} — press {self._keys('accept')} to accept"
+                f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), {score} "
+                f"{(r.score or 0):.3f}, line verdict {verdict or '—'} — press "
+                f"{self._keys('accept')} to accept"
             )
         else:
             self.pred_label.setText("no prediction (Model → Predict unlabeled / all images)")
+
+    def _mark_current_class(self, label: str | None) -> None:
+        for name, button in self.class_buttons.items():
+            button.set_current(name == label)
 
     def _keys(self, action: str) -> str:
         seq = self.actions_by_name[action].shortcut()
@@ -547,6 +652,7 @@ class MainWindow(QMainWindow):
         cur = self.current_row()
         if cur is not None and cur.image_id in labels:
             self._show_info(cur)
+        self._counts_timer.start()
         self.labelsSaved.emit(list(labels))
 
     def accept_suggestion(self) -> None:
@@ -598,6 +704,7 @@ class MainWindow(QMainWindow):
         cur = self.current_row()
         if cur is not None:
             self._show_info(cur)
+        self._counts_timer.start()
         self.labelsSaved.emit(change.image_ids)
 
     def show_next_useful(self) -> None:

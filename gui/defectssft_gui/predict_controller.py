@@ -71,9 +71,11 @@ class PredictController(QObject):
             bit_depth=int(self.w.project.get_setting("input.bit_depth", 16) or 16),
         )
         self.w._tasks.add(task)
+        self._cam_busy(True)
 
         def done(result: Any) -> None:
             self.w._tasks.discard(task)
+            self._cam_busy(False)
             if self.w.viewer.path == path and self.w.actions_by_name["heatmap"].isChecked():
                 if self.w.project is not None:  # a class renamed since training: today's name
                     result.classes = self.w.project.current_class_names(result.classes)
@@ -86,10 +88,20 @@ class PredictController(QObject):
 
         def failed(msg: str) -> None:
             self.w._tasks.discard(task)
+            self._cam_busy(False)
             self.w.actions_by_name["heatmap"].setChecked(False)
             self.w.show_error(f"heat map: {msg}")
 
         start_task(self.w.pool, task, done, failed)
+
+    def _cam_busy(self, start: bool) -> None:
+        """Heat maps take seconds on a CPU: say so while one is computed."""
+        self._cams = getattr(self, "_cams", 0) + (1 if start else -1)
+        if self._cams > 0:
+            self.w.statusBar().showMessage("computing the heat map (Grad-CAM)…")
+            self.w.pred_label.setText("computing the heat map…")
+        else:
+            self.w.statusBar().clearMessage()
 
     def prediction_running(self) -> bool:
         """True while Predict unlabeled (child process) or Predict all (pool thread) runs."""

@@ -234,6 +234,9 @@ class MainWindow(QMainWindow):
             "import_folder": self.importer.choose_import_folder,
             "watch": self.importer.toggle_watch,
             "quit": self.close,
+            "close": self.close,
+            "history": self.open_history,
+            "models": self.open_models,
             "next": lambda: self.step(1),
             "prev": lambda: self.step(-1),
             "accept": self.accept_suggestion,
@@ -268,7 +271,7 @@ class MainWindow(QMainWindow):
     def _setup_menus(self) -> None:
         a = self.actions_by_name
         menus = {
-            "&File": ["open", "import_files", "import_folder", "watch", None, "quit"],
+            "&File": ["open", "import_files", "import_folder", "watch", None, "close", "quit"],
             "&Label": [
                 "accept",
                 "clear_label",
@@ -280,6 +283,7 @@ class MainWindow(QMainWindow):
                 "next_useful",
                 None,
                 "example",
+                "history",
                 "label_book",
             ],
             "&View": [
@@ -292,7 +296,7 @@ class MainWindow(QMainWindow):
                 "reset_levels",
                 "refresh",
             ],
-            "&Model": ["predict", "predict_all", "cancel_predict", None, "train"],
+            "&Model": ["predict", "predict_all", "cancel_predict", None, "train", "models"],
             "&Settings": ["settings"],
         }
         for title, names in menus.items():
@@ -432,7 +436,7 @@ class MainWindow(QMainWindow):
     def _update_enabled(self) -> None:
         has = self.project is not None
         for name, action in self.actions_by_name.items():
-            if name not in ("open", "quit", "settings"):
+            if name not in ("open", "quit", "close", "settings"):
                 action.setEnabled(has)
         self.actions_by_name["settings"].setEnabled(has)
         for w in (self.accept_button, self.level_slider, self.window_slider, self.class_bar_widget):
@@ -590,6 +594,9 @@ class MainWindow(QMainWindow):
             self.compute_heatmap()
 
     def _show_info(self, r: Row) -> None:
+        hist = getattr(self, "history_dialog", None)
+        if hist is not None and hist.isVisible() and r.image_id is not None:
+            hist.show_image(r.image_id)
         if r.reason is not None:
             self.info_label.setText(f"{r.path}\nquarantined: {r.reason}")
             self.pred_label.setText("")
@@ -797,8 +804,56 @@ class MainWindow(QMainWindow):
         dlg = getattr(self, "train_dialog", None)
         if dlg is None:
             dlg = TrainDialog(self.project.root, self)
-            dlg.modelTrained.connect(lambda _v: (self.reload_classes(), self.refresh()))
+            dlg.modelTrained.connect(self._model_trained)
             self.train_dialog = dlg
+        dlg.show()
+        dlg.raise_()
+
+    def _model_trained(self, version: str) -> None:
+        """A new version: the old suggestions stay shown (``shown_version``) while the new model
+        predicts the unlabeled images (Cancel / Esc stops it; what is saved stays)."""
+        self.reload_classes()
+        self.refresh()
+        if self.project is None:
+            return
+        if queries.current_model(self.project) == version and not self.prediction_running():
+            self.run_predict()
+        else:
+            prod = self.project.production_model()
+            self._after_rows_note = (
+                f"{version} trained; {prod} stays production (Model → Models… to compare and "
+                "promote)"
+            )
+
+    def open_history(self) -> None:
+        """The label history of the current image; it follows the current image while open."""
+        from defectssft_gui.history import LabelHistoryDialog
+
+        cur = self.current_row()
+        if self.project is None or cur is None or cur.image_id is None:
+            return
+        dlg = getattr(self, "history_dialog", None)
+        if dlg is None or dlg.project is not self.project:
+            dlg = LabelHistoryDialog(self.project, cur.image_id, self)
+            self.history_dialog = dlg
+        else:
+            dlg.show_image(cur.image_id)
+        dlg.show()
+        dlg.raise_()
+
+    def open_models(self) -> None:
+        """The Models panel: versions, metrics, compare, promote / roll back, the report."""
+        from defectssft_gui.models_panel import ModelsDialog
+
+        if self.project is None:
+            return
+        dlg = getattr(self, "models_dialog", None)
+        if dlg is None or dlg.project is not self.project:
+            dlg = ModelsDialog(self.project, self)
+            dlg.productionChanged.connect(lambda _v: (self.reload_classes(), self.refresh()))
+            self.models_dialog = dlg
+        else:
+            dlg.reload()
         dlg.show()
         dlg.raise_()
 
@@ -866,6 +921,9 @@ class MainWindow(QMainWindow):
         self.predictor.predict_proc.terminate()
         self.predictor.stop()  # the pool thread stops after its current batch
         self.stop_watch()
+        models = getattr(self, "models_dialog", None)
+        if models is not None:
+            models.pool.waitForDone(60000)  # a promotion in flight finishes (all or nothing)
         self.pool.waitForDone(10000)
         self.query_pool.waitForDone(10000)
         self.viewer.cache.close()

@@ -161,6 +161,15 @@ class ImageListModel(QAbstractListModel):
         self.loader.request(r.key, r.path)
         return self._loading
 
+    def redisplay(self) -> None:
+        """The display mapping changed (bit depth, window/level): drop the thumbnails held and
+        let the view ask again for the cells it shows."""
+        self._pixmaps.clear()
+        if self._shown:
+            self.dataChanged.emit(
+                self.index(0), self.index(self._shown - 1), [Qt.ItemDataRole.DecorationRole]
+            )
+
     def has_thumbnail(self, i: int) -> bool:
         return self._rows[i].key in self._pixmaps
 

@@ -118,6 +118,8 @@ class MainWindow(QMainWindow):
         self.actions_by_name: dict[str, QAction] = {}
         self._refresh_timer = QTimer(self, singleShot=True, interval=800)
         self._refresh_timer.timeout.connect(self.refresh)
+        self._thumbs_timer = QTimer(self, singleShot=True, interval=150)
+        self._thumbs_timer.timeout.connect(self._thumbs_follow_levels)
         self._counts_timer = QTimer(self, singleShot=True, interval=300)
         self._counts_timer.timeout.connect(self._refresh_counts)
         self.verdicts: VerdictCache | None = None
@@ -339,6 +341,7 @@ class MainWindow(QMainWindow):
         if isinstance(levels, list) and len(levels) == 2:
             self.viewer.set_window(float(levels[0]), float(levels[1]))
             self._sync_sliders()
+        self.loader.set_display(depth, self.viewer.low, self.viewer.high)
         self.setWindowTitle(f"defectssft — {project.name} ({project.root})")
         self.reload_classes()
         self.apply_shortcuts()
@@ -737,6 +740,14 @@ class MainWindow(QMainWindow):
         level = self.level_slider.value() / 1000.0
         width = self.window_slider.value() / 1000.0
         self.viewer.set_window(level - width / 2, level + width / 2)
+        self._thumbs_timer.start()
+
+    def _thumbs_follow_levels(self) -> None:
+        """Thumbnails take the viewer's window/level (after the slider rests a moment)."""
+        if self.loader is None or self.model is None:
+            return
+        if self.loader.set_display(self.viewer.bit_depth, self.viewer.low, self.viewer.high):
+            self.model.redisplay()
 
     def _sync_sliders(self) -> None:
         for s, v in (
@@ -750,6 +761,7 @@ class MainWindow(QMainWindow):
     def reset_levels(self) -> None:
         self.viewer.reset_window()
         self._sync_sliders()
+        self._thumbs_timer.start()
 
     def toggle_heatmap(self) -> None:
         if self.actions_by_name["heatmap"].isChecked():
@@ -896,6 +908,9 @@ class MainWindow(QMainWindow):
         assert self.project is not None
         if self.session is not None:
             self.session.who = str(self.project.get_setting(WHO_SETTING, "operator"))
+        self.viewer.bit_depth = int(self.project.get_setting("input.bit_depth", 16) or 16)
+        self.viewer.set_window(self.viewer.low, self.viewer.high)  # re-render at the new depth
+        self._thumbs_follow_levels()
         self.apply_shortcuts()
         self.refresh()
 

@@ -293,3 +293,23 @@ def test_models_panel_metrics_with_intervals(window, qtbot, tmp_path: Path):
     assert dlg.show_report()
     assert "Evaluation of model v0001" in dlg.report.toPlainText()
     assert "#" not in dlg.report.toPlainText().splitlines()[0]
+
+
+def test_training_dialog_proposes_height_and_width(qtbot, tmp_path):
+    from defectssft.project import Project
+    from defectssft_gui.train_dialog import TrainDialog
+
+    p = Project.create(tmp_path / "strips", classes=CLASSES, ok_class="ok")
+    for i in range(3):
+        f = tmp_path / f"s{i}.png"
+        cv2.imwrite(str(f), np.full((1240, 500), i, np.uint8))  # tall strips, as KolektorSDD
+        p.add_image(f)
+    p.close()
+    dlg = TrainDialog(tmp_path / "strips")
+    qtbot.addWidget(dlg)
+    dlg.preset.setCurrentText("quick")  # 96 x 96
+    h, w = dlg.input_h.value(), dlg.input_w.value()
+    assert h > w > 0 and h % 32 == 0 and w % 32 == 0
+    assert f"input.height={h}" in dlg.overrides() and f"input.width={w}" in dlg.overrides()
+    dlg.input_w.setValue(0)  # back to the preset's width
+    assert not any(o.startswith("input.width") for o in dlg.overrides())

@@ -130,6 +130,7 @@ class PredictController(QObject):
         if code != 0:
             self.w.show_error(f"predict: {error or f'failed (exit code {code})'}")
         else:
+            self.w.statusBar().showMessage("predictions saved", 8000)  # not the last progress
             self.w.refresh()
         self.w.predictionsDone.emit(code)
 

@@ -403,8 +403,10 @@ class ModelsDialog(QDialog):
             self.gallery_title.setText("Pick two different versions to see where they disagree.")
             return
         diff = disagreements(self.project, a, b)
+        common = len(set(self.project.predictions(a)) & set(self.project.predictions(b)))
         self.gallery_title.setText(
-            f"{len(diff)} image(s) where {a} and {b} disagree (suggestion or line verdict)"
+            f"{len(diff)} of the {common} image(s) both versions predicted (their test split and "
+            f"what each predicted while shown): where {a} and {b} disagree in suggestion or verdict"
             + (f", showing {GALLERY_MAX}" if len(diff) > GALLERY_MAX else "")
         )
         for d in diff[:GALLERY_MAX]:

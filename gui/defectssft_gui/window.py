@@ -38,7 +38,12 @@ from defectssft_gui.labeling import LabelSession
 from defectssft_gui.predict_controller import PredictController
 from defectssft_gui.queries import Row
 from defectssft_gui.thumbs import THUMB_SIZE, ThumbnailLoader, thumb_dir
-from defectssft_gui.verdict import VerdictCache, shown_version, version_verdicts
+from defectssft_gui.verdict import (
+    VerdictCache,
+    shown_version,
+    verdict_mismatch,
+    version_verdicts,
+)
 from defectssft_gui.viewer import ImageViewer
 from defectssft_gui.widgets import ClassButton, FlowLayout, VerdictStrip
 from defectssft_gui.workers import Task, start_task
@@ -78,8 +83,6 @@ def _load_rows(
         if kind == "unsure":
             keep = v == "UNSURE"
         else:
-            from defectssft_gui.verdict import verdict_mismatch
-
             m = verdict_mismatch(r.label, v, ok)
             keep = m in ("escape", "overkill") if kind == "wrong" else m == kind
         if keep:
@@ -352,6 +355,13 @@ class MainWindow(QMainWindow):
     def close_project(self) -> None:
         self.stop_watch()
         self.predictor.stop()
+        for name in ("models_dialog", "history_dialog"):  # they belong to the project closed
+            dlg = getattr(self, name, None)
+            if dlg is not None:
+                if name == "models_dialog":
+                    dlg.pool.waitForDone(60000)  # a promotion in flight finishes first
+                dlg.close()
+                setattr(self, name, None)
         if self.loader is not None:
             self.loader.close()
         if self.project is not None:

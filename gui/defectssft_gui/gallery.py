@@ -170,6 +170,15 @@ class ImageListModel(QAbstractListModel):
                 self.index(0), self.index(self._shown - 1), [Qt.ItemDataRole.DecorationRole]
             )
 
+    def text_changed(self) -> None:
+        """Captions and tooltips of the shown rows changed (e.g. verdicts became known)."""
+        if self._shown:
+            self.dataChanged.emit(
+                self.index(0),
+                self.index(self._shown - 1),
+                [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole],
+            )
+
     def has_thumbnail(self, i: int) -> bool:
         return self._rows[i].key in self._pixmaps
 

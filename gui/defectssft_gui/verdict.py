@@ -4,10 +4,15 @@ The app never has its own rule: ``line_verdicts`` is the ONE place that calls th
 decision (thresholds resolved as ``defectssft export`` writes them into the ONNX file, then
 ``defectssft_line.model.decide`` per image), so the window shows what the line would do.
 Everything else in this module only fetches inputs for it.
+
+Loading the rule's modules imports torch (``defectssft.export``: seconds on a loaded machine), so
+the window loads them on a worker thread (``load_rule``) after the grid is shown; until then
+``VerdictCache.get`` answers None (no verdict yet) instead of freezing the window.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +22,18 @@ from defectssft.errors import DefectssftError
 from defectssft.project import Project
 
 VERDICTS = ("OK", "NG", "UNSURE")
+RULE_MODULES = ("defectssft.export", "defectssft_line.model")
+
+
+def rule_loaded() -> bool:
+    """True once the modules ``line_verdicts`` calls are imported."""
+    return all(m in sys.modules for m in RULE_MODULES)
+
+
+def load_rule() -> None:
+    """Import the line's rule (run it on a worker thread: it imports torch)."""
+    import defectssft.export  # noqa: F401
+    import defectssft_line.model  # noqa: F401
 
 
 def line_verdicts(
@@ -128,7 +145,7 @@ class VerdictCache:
                 self.version = None
 
     def get(self, image_id: int | None) -> str | None:
-        if image_id is None or not self.version:
+        if image_id is None or not self.version or not rule_loaded():
             return None
         if image_id not in self._known:
             row = (

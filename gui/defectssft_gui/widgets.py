@@ -90,10 +90,14 @@ class ClassButton(QPushButton):
         self.colour = colour or "#9e9e9e"
         self.setCheckable(True)
         self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self._current: bool | None = None
         self.set_current(False)
 
     def set_current(self, current: bool) -> None:
         self.setChecked(current)
+        if current == self._current:
+            return  # a style sheet costs a re-polish: only when it changes
+        self._current = current
         fg = text_colour_on(self.colour)
         if current:
             style = (
@@ -116,6 +120,7 @@ class _Chip(QLabel):
         self.setTextFormat(Qt.TextFormat.RichText)
         self.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.setMinimumHeight(44)
+        self._style = ""
         self.show_value(None)
 
     def show_value(self, value: str | None, colour: str | None = None, note: str = "") -> None:
@@ -127,9 +132,12 @@ class _Chip(QLabel):
             f"<span style='font-size:9pt'>{self.title}</span><br>"
             f"<b style='font-size:15pt'>{shown}</b>{extra}"
         )
-        self.setStyleSheet(
+        style = (
             f"QLabel {{ background: {bg}; color: {fg}; border-radius: 6px; padding: 2px 10px; }}"
         )
+        if style != self._style:  # a style sheet costs a re-polish: only when it changes
+            self._style = style
+            self.setStyleSheet(style)
 
 
 class VerdictStrip(QWidget):

@@ -56,6 +56,8 @@ def test_verdict_strip_and_class_buttons_follow_the_current_image(window, qtbot)
     row = window.current_row()
     assert row.image_id == ids[-1]
     strip = window.strip
+    # The rule is loaded on a worker thread (it imports torch): the verdict follows when it is.
+    qtbot.waitUntil(lambda: strip.verdict is not None, timeout=60000)
     assert strip.verdict == "NG"
     assert "scratch" in strip.suggestion_chip.text() and "80%" in strip.suggestion_chip.text()
     assert "ok" in strip.label_chip.text() and "≠ model" in strip.label_chip.text()
@@ -313,3 +315,17 @@ def test_training_dialog_proposes_height_and_width(qtbot, tmp_path):
     assert f"input.height={h}" in dlg.overrides() and f"input.width={w}" in dlg.overrides()
     dlg.input_w.setValue(0)  # back to the preset's width
     assert not any(o.startswith("input.width") for o in dlg.overrides())
+
+
+def test_no_verdict_until_the_rule_is_loaded(gui_project, monkeypatch):
+    """The GUI thread never imports the rule (torch): before the worker has, no verdict."""
+    from defectssft_gui import verdict
+
+    add_fake_model(gui_project)
+    cache = verdict.VerdictCache(gui_project, "v0001")
+    image_id = gui_project.image_ids()[0]
+    monkeypatch.setattr(verdict, "rule_loaded", lambda: False)
+    assert cache.get(image_id) is None
+    monkeypatch.undo()
+    verdict.load_rule()
+    assert cache.get(image_id) in ("OK", "NG")  # not remembered as None

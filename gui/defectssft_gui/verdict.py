@@ -173,3 +173,35 @@ class VerdictCache:
 
     def mismatch(self, image_id: int | None, label: str | None) -> str | None:
         return verdict_mismatch(label, self.get(image_id), self.ok_class)
+
+
+VERDICT_FILTERS = {
+    "verdict:wrong": "line verdict ≠ label",
+    "verdict:escape": "line passes a labeled defect",
+    "verdict:overkill": "line rejects a labeled OK",
+    "verdict:unsure": "line verdict UNSURE",
+}
+
+
+def verdict_rows(project: Project, spec: str, sort: str, version: str | None) -> list[Any]:
+    """Grid rows (``queries.Row``) for a ``verdict:`` filter: images whose line verdict
+    disagrees with their label (``wrong``: escape or overkill; ``escape``; ``overkill``) or is
+    UNSURE (``unsure``). Runs on the query thread (it computes every image's verdict)."""
+    from defectssft_gui import queries
+
+    if spec not in VERDICT_FILTERS:
+        raise queries.QueryError(f"unknown filter {spec!r}")
+    kind = spec.partition(":")[2]
+    verdicts = version_verdicts(project, version)
+    ok = project.ok_class
+    rows = []
+    for r in queries.fetch_rows(project, "all", sort, version):
+        v = verdicts.get(r.image_id) if r.image_id is not None else None
+        if kind == "unsure":
+            keep = v == "UNSURE"
+        else:
+            m = verdict_mismatch(r.label, v, ok)
+            keep = m in ("escape", "overkill") if kind == "wrong" else m == kind
+        if keep:
+            rows.append(r)
+    return rows

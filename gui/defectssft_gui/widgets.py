@@ -1,5 +1,6 @@
-"""Small widgets of the main window: a wrapping class bar, class buttons in their colours, and the
-strip that shows the current image's label, the model's suggestion and the line's verdict.
+"""Small widgets of the main window: the browse panel (filter, sort, thumbnail grid), the
+brightness/contrast bar, a wrapping class bar, class buttons in their colours, and the strip that
+shows the current image's label, the model's suggestion and the line's verdict.
 
 Nothing here talks to the project; the window fills them in.
 """
@@ -8,10 +9,92 @@ from __future__ import annotations
 
 from PySide6.QtCore import QMargins, QPoint, QRect, QSize, Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QLayout, QLayoutItem, QPushButton, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLayout,
+    QLayoutItem,
+    QListView,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from defectssft_gui.thumbs import THUMB_SIZE
 
 VERDICT_COLOURS = {"OK": "#2e7d32", "NG": "#c62828", "UNSURE": "#ef8f00"}
 DISAGREE_COLOUR = "#ffb74d"  # a caption/label the model disagrees with: never the class colour
+
+
+SORTS = (
+    ("newest first", "-capture"),
+    ("oldest first", "capture"),
+    ("defect score ↓", "score"),
+    ("defect score ↑", "-score"),
+)
+
+
+class BrowsePanel(QWidget):
+    """Show (filter) and Sort boxes, the image count and the thumbnail grid: a QListView in
+    icon mode, uniform cells with a two-line caption that elides at the end."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.filter_box = QComboBox()
+        self.filter_box.setToolTip("Which images to list")
+        self.sort_box = QComboBox()
+        for text, key in SORTS:
+            self.sort_box.addItem(text, key)
+        self.count_label = QLabel("")
+        grid = self.grid = QListView()
+        grid.setViewMode(QListView.ViewMode.IconMode)
+        grid.setResizeMode(QListView.ResizeMode.Adjust)
+        grid.setMovement(QListView.Movement.Static)
+        grid.setUniformItemSizes(True)
+        grid.setLayoutMode(QListView.LayoutMode.Batched)
+        grid.setBatchSize(200)
+        grid.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
+        grid.setGridSize(QSize(THUMB_SIZE + 16, THUMB_SIZE + 44))
+        grid.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        grid.setWordWrap(False)
+        grid.setTextElideMode(Qt.TextElideMode.ElideRight)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Show"))
+        top.addWidget(self.filter_box, 1)
+        top.addWidget(QLabel("Sort"))
+        top.addWidget(self.sort_box)
+        top.addWidget(self.count_label)
+        lv = QVBoxLayout(self)
+        lv.setContentsMargins(4, 4, 4, 4)
+        lv.addLayout(top)
+        lv.addWidget(grid, 1)
+
+
+class LevelsBar(QWidget):
+    """Brightness (window level) and contrast (window width) sliders, 1..1000 = 0.1 %..100 %."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.level_slider = QSlider(Qt.Orientation.Horizontal)
+        self.window_slider = QSlider(Qt.Orientation.Horizontal)
+        for s, tip in (
+            (self.level_slider, "Brightness (window level)"),
+            (self.window_slider, "Contrast (window width)"),
+        ):
+            s.setRange(1, 1000)
+            s.setToolTip(tip)
+            s.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.level_slider.setValue(500)
+        self.window_slider.setValue(1000)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(QLabel("Brightness"))
+        lay.addWidget(self.level_slider)
+        lay.addWidget(QLabel("Contrast"))
+        lay.addWidget(self.window_slider)
 
 
 def text_colour_on(background: str) -> str:

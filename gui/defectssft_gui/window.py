@@ -10,19 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QSize, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
-    QAbstractItemView,
-    QComboBox,
     QHBoxLayout,
     QLabel,
-    QListView,
     QMainWindow,
     QMessageBox,
     QProgressBar,
     QPushButton,
-    QSlider,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -37,17 +33,17 @@ from defectssft_gui.import_controller import ImportController
 from defectssft_gui.labeling import LabelSession
 from defectssft_gui.predict_controller import PredictController
 from defectssft_gui.queries import Row
-from defectssft_gui.thumbs import THUMB_SIZE, ThumbnailLoader, thumb_dir
+from defectssft_gui.thumbs import ThumbnailLoader, thumb_dir
 from defectssft_gui.verdict import (
+    VERDICT_FILTERS,
     VerdictCache,
     load_rule,
     rule_loaded,
     shown_version,
-    verdict_mismatch,
-    version_verdicts,
+    verdict_rows,
 )
 from defectssft_gui.viewer import ImageViewer
-from defectssft_gui.widgets import ClassButton, FlowLayout, VerdictStrip
+from defectssft_gui.widgets import BrowsePanel, ClassButton, FlowLayout, LevelsBar, VerdictStrip
 from defectssft_gui.workers import Task, start_task
 
 EXAMPLES_SETTING = "labelbook.examples"
@@ -55,40 +51,15 @@ WHO_SETTING = "gui.who"
 PREFETCH_AHEAD = 3
 
 
-VERDICT_FILTERS = {
-    "verdict:wrong": "line verdict ≠ label",
-    "verdict:escape": "line passes a labeled defect",
-    "verdict:overkill": "line rejects a labeled OK",
-    "verdict:unsure": "line verdict UNSURE",
-}
-
-
 def _load_rows(
     project: Project, spec: str, sort: str
 ) -> tuple[str | None, list[Row], dict[str, Any]]:
-    """Runs on the query thread: the model shown, the grid rows and the project counts.
-
-    ``verdict:`` filters list the images whose line verdict (``verdict.version_verdicts``)
-    disagrees with their label (``wrong``: escape or overkill) or is UNSURE.
-    """
+    """Runs on the query thread: the model shown, the grid rows and the project counts."""
     version = shown_version(project)
-    if not spec.startswith("verdict:"):
-        return version, queries.fetch_rows(project, spec, sort, version), project.status()
-    if spec not in VERDICT_FILTERS:
-        raise queries.QueryError(f"unknown filter {spec!r}")
-    kind = spec.partition(":")[2]
-    verdicts = version_verdicts(project, version)
-    ok = project.ok_class
-    rows = []
-    for r in queries.fetch_rows(project, "all", sort, version):
-        v = verdicts.get(r.image_id) if r.image_id is not None else None
-        if kind == "unsure":
-            keep = v == "UNSURE"
-        else:
-            m = verdict_mismatch(r.label, v, ok)
-            keep = m in ("escape", "overkill") if kind == "wrong" else m == kind
-        if keep:
-            rows.append(r)
+    if spec.startswith("verdict:"):
+        rows = verdict_rows(project, spec, sort, version)
+    else:
+        rows = queries.fetch_rows(project, spec, sort, version)
     return version, rows, project.status()
 
 
@@ -144,44 +115,11 @@ class MainWindow(QMainWindow):
 
     # ================================================================== setup
     def _setup_widgets(self) -> None:
-        self.filter_box = QComboBox()
-        self.filter_box.setToolTip("Which images to list")
-        self.sort_box = QComboBox()
-        for text, key in (
-            ("newest first", "-capture"),
-            ("oldest first", "capture"),
-            ("defect score ↓", "score"),
-            ("defect score ↑", "-score"),
-        ):
-            self.sort_box.addItem(text, key)
-        self.count_label = QLabel("")
+        self.browse = left = BrowsePanel()
+        self.filter_box, self.sort_box = left.filter_box, left.sort_box
+        self.count_label, self.grid = left.count_label, left.grid
         self.filter_box.currentIndexChanged.connect(lambda _i: self.refresh())
         self.sort_box.currentIndexChanged.connect(lambda _i: self.refresh())
-
-        self.grid = QListView()
-        self.grid.setViewMode(QListView.ViewMode.IconMode)
-        self.grid.setResizeMode(QListView.ResizeMode.Adjust)
-        self.grid.setMovement(QListView.Movement.Static)
-        self.grid.setUniformItemSizes(True)
-        self.grid.setLayoutMode(QListView.LayoutMode.Batched)
-        self.grid.setBatchSize(200)
-        self.grid.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
-        self.grid.setGridSize(QSize(THUMB_SIZE + 16, THUMB_SIZE + 44))
-        self.grid.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.grid.setWordWrap(False)
-        self.grid.setTextElideMode(Qt.TextElideMode.ElideRight)
-
-        top = QHBoxLayout()
-        top.addWidget(QLabel("Show"))
-        top.addWidget(self.filter_box, 1)
-        top.addWidget(QLabel("Sort"))
-        top.addWidget(self.sort_box)
-        top.addWidget(self.count_label)
-        left = QWidget()
-        lv = QVBoxLayout(left)
-        lv.setContentsMargins(4, 4, 4, 4)
-        lv.addLayout(top)
-        lv.addWidget(self.grid, 1)
 
         self.viewer = ImageViewer()
         self.strip = VerdictStrip()
@@ -190,24 +128,10 @@ class MainWindow(QMainWindow):
         self.info_label.setWordWrap(True)
         self.pred_label = QLabel("")
         self.pred_label.setObjectName("prediction")
-        self.level_slider = QSlider(Qt.Orientation.Horizontal)
-        self.window_slider = QSlider(Qt.Orientation.Horizontal)
-        for s, tip in (
-            (self.level_slider, "Brightness (window level)"),
-            (self.window_slider, "Contrast (window width)"),
-        ):
-            s.setRange(1, 1000)
-            s.setToolTip(tip)
-            s.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.level_slider.setValue(500)
-        self.window_slider.setValue(1000)
+        self.levels = LevelsBar()
+        self.level_slider, self.window_slider = self.levels.level_slider, self.levels.window_slider
         self.level_slider.valueChanged.connect(self._levels_changed)
         self.window_slider.valueChanged.connect(self._levels_changed)
-        levels = QHBoxLayout()
-        levels.addWidget(QLabel("Brightness"))
-        levels.addWidget(self.level_slider)
-        levels.addWidget(QLabel("Contrast"))
-        levels.addWidget(self.window_slider)
 
         self.class_bar_widget = QWidget()
         self.class_bar = FlowLayout(self.class_bar_widget)  # wraps: 9 classes fit 1280 px
@@ -222,7 +146,7 @@ class MainWindow(QMainWindow):
         rv.addWidget(self.strip)
         rv.addWidget(self.info_label)
         rv.addWidget(self.pred_label)
-        rv.addLayout(levels)
+        rv.addWidget(self.levels)
         bar = QHBoxLayout()
         bar.addWidget(self.class_bar_widget, 1)
         bar.addWidget(self.accept_button, 0, Qt.AlignmentFlag.AlignTop)

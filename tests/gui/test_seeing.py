@@ -329,3 +329,25 @@ def test_no_verdict_until_the_rule_is_loaded(gui_project, monkeypatch):
     monkeypatch.undo()
     verdict.load_rule()
     assert cache.get(image_id) in ("OK", "NG")  # not remembered as None
+
+
+def test_models_panel_failed_promotion_is_one_line_and_changes_nothing(window, qtbot):
+    """A version without weights cannot be exported: the panel says so, production stays."""
+    from defectssft_gui.models_panel import ModelsDialog
+
+    p = window.project
+    add_fake_model(p, "v0001")  # a record and predictions, no model.pt
+    dlg = ModelsDialog(p, window)
+    qtbot.addWidget(dlg)
+    dlg.select("v0001")
+    dlg.promote(force=True)
+    assert not dlg.force_button.isEnabled()  # one at a time
+    qtbot.waitUntil(lambda: not dlg._tasks, timeout=60000)
+    assert dlg.last_message.startswith("error: making v0001 production: ")
+    assert "\n" not in dlg.last_message
+    assert p.production_model() is None
+    assert not (p.root / "exports" / "production.onnx").exists()
+    dlg.promote()  # the CLI's rule: evaluation needs a test split first
+    qtbot.waitUntil(lambda: not dlg._tasks, timeout=60000)
+    assert dlg.last_message.startswith("error: promoting v0001: ")
+    assert p.production_model() is None

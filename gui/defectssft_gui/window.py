@@ -779,6 +779,7 @@ class MainWindow(QMainWindow):
         if dlg is None:
             dlg = TrainDialog(self.project.root, self)
             dlg.modelTrained.connect(self._model_trained)
+            dlg.evaluationFinished.connect(lambda _code: self._reload_models_panel())
             self.train_dialog = dlg
         dlg.show()
         dlg.raise_()
@@ -788,6 +789,7 @@ class MainWindow(QMainWindow):
         predicts the unlabeled images (Cancel / Esc stops it; what is saved stays)."""
         self.reload_classes()
         self.refresh()
+        self._reload_models_panel()
         if self.project is None:
             return
         if queries.current_model(self.project) == version and not self.prediction_running():
@@ -798,6 +800,11 @@ class MainWindow(QMainWindow):
                 f"{version} trained; {prod} stays production (Model → Models… to compare and "
                 "promote)"
             )
+
+    def _reload_models_panel(self) -> None:
+        dlg = getattr(self, "models_dialog", None)
+        if dlg is not None and dlg.isVisible() and not dlg._tasks:
+            dlg.reload()
 
     def open_history(self) -> None:
         """The label history of the current image; it follows the current image while open."""

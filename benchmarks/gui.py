@@ -11,9 +11,13 @@ of a fake model for every image), opens the real main window offscreen and measu
   events processed), median and p95, at an operator's pace (a pause between presses) and
   back-to-back.
 
+The Models panel and the label-history viewer (which follows the current image) are open during
+both measurements, as a user would have them (``--no-panels``: without them).
+
     python benchmarks/gui.py            # 20,000 images, 300 presses
     python benchmarks/gui.py --quick    # 5,000 images, 100 presses
     python benchmarks/gui.py --images 1000 --size 1024 --presses 100 --name gui-1024px
+    python benchmarks/gui.py --quick --no-panels --name gui-quick-nopanels
 
 Prints a table and writes benchmarks/results/gui[-quick].json.
 """
@@ -118,6 +122,16 @@ def visible_rows(window) -> list[int]:
     return rows
 
 
+PANELS = True
+
+
+def open_panels(window) -> None:
+    """The Models panel and the label history, open beside the window (``PANELS``)."""
+    if PANELS:
+        window.open_models()
+        window.open_history()
+
+
 def first_thumbnails(app, root: Path) -> dict[str, float]:
     """Seconds from creating the window to a painted first screenful of thumbnails."""
     from defectssft_gui.window import MainWindow
@@ -126,6 +140,7 @@ def first_thumbnails(app, root: Path) -> dict[str, float]:
     window = MainWindow(Project.open(root), quiet=True)
     window.resize(1280, 800)
     window.show()
+    open_panels(window)
     t_window = time.perf_counter() - t0
 
     def done() -> bool:  # the layout may still change: look at what is visible now
@@ -162,6 +177,8 @@ def label_to_next(app, root: Path, presses: int, pause: float) -> dict[str, floa
     window.set_filter("unlabeled")
     wait_until(app, lambda: bool(loaded), 30)
     wait_until(app, lambda: window.viewer.raw() is not None, 30)
+    open_panels(window)
+    window.activateWindow()
     shown: dict[str, float] = {}
     window.viewer.imageShown.connect(lambda path: shown.setdefault(path, time.perf_counter()))
     lat = []
@@ -203,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=96, help="image side in pixels")
     parser.add_argument("--workdir", default=None, help="keep the project here")
     parser.add_argument("--name", default=None, help="results file name (default gui or gui-quick)")
+    parser.add_argument(
+        "--no-panels", action="store_true", help="without the Models/history panels"
+    )
     args = parser.parse_args(argv)
+    global PANELS
+    PANELS = not args.no_panels
     n = args.images or (5000 if args.quick else 20000)
     presses = args.presses or (100 if args.quick else 300)
     from PySide6.QtWidgets import QApplication
@@ -222,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "gui",
         "images": n,
         "image_size": args.size,
+        "panels_open": PANELS,
         "build_s": round(build_s, 1),
         "queries_ms": queries_ms,
         "first_thumbnails_cold": cold,

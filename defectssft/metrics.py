@@ -202,3 +202,28 @@ def inspection_report(scores, is_defect, threshold: float, max_escape: float) ->
     if d.any():
         out["threshold_for_max_escape"] = threshold_for_max_escape(s, d, max_escape).as_dict()
     return out
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a rate ``k / n`` (e.g. 2 escapes in 150 defective parts).
+
+    Unlike ``p +- z * sqrt(p(1-p)/n)`` it stays inside [0, 1] and is not zero-width at ``k = 0``:
+    0 escapes in 30 parts gives (0, 11.4 %) at 95 %, which is what 30 parts can tell. Returns
+    (low, high); ``n = 0`` gives (0, 1), nothing is known.
+    """
+    from statistics import NormalDist
+
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / denom
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high

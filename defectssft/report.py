@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 GALLERY_MAX = 48
-THUMB_PX = 160
+THUMB_MIN_PX = 192  # the gallery's images: short side at least this (a thin crack stays visible)
+THUMB_MAX_PX = 512  # and long side at most this
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ def _pyplot():
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     plt = _pyplot()
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n, 1.0 + 0.6 * n), dpi=100)
+    # Never smaller than a readable 2-class plot; the title gets its own room (no clipping).
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 0.7 * n), max(4.0, 1.4 + 0.6 * n)), dpi=100)
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), classes, rotation=45, ha="right")
     ax.set_yticks(range(n), classes)
@@ -62,7 +64,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
                 va="center",
                 color="white" if top and cm[i, j] > top / 2 else "black",
             )
-    ax.set_title("confusion matrix (test split)")
+    ax.set_title("confusion matrix\n(test split)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -71,6 +73,8 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
 
 def plot_scores(scores: np.ndarray, is_defect: np.ndarray, threshold: float, path: Path) -> Path:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     bins = np.linspace(0, 1, 41)
     ax.hist(scores[~is_defect], bins=bins, alpha=0.6, label="good (OK)", color="#2ca02c")
@@ -78,6 +82,7 @@ def plot_scores(scores: np.ndarray, is_defect: np.ndarray, threshold: float, pat
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
     ax.set_xlabel("defect score (1 - p(OK))")
     ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts are whole numbers
     ax.legend()
     ax.set_title("defect score by true class (test split)")
     fig.tight_layout()
@@ -118,10 +123,9 @@ def write_gallery(
         except (ImageDecodeError, ValueError):
             continue
         h, w = rgb.shape[:2]
-        s = THUMB_PX / max(h, w)
-        thumb = cv2.resize(
-            rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
-        )
+        s = min(THUMB_MIN_PX / min(h, w), THUMB_MAX_PX / max(h, w))
+        interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_NEAREST  # enlarged: pixels stay sharp
+        thumb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp)
         name = f"{item.image_id}_{item.true}_as_{item.pred}.jpg"
         cv2.imwrite(str(folder / name), cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
         out.append((item, f"{folder.name}/{name}"))

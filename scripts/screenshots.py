@@ -1,13 +1,17 @@
-"""Screenshots of the real app for the README: main window, label book, training dialog.
+"""Screenshots of the real app for docs/GUI.md: main window, label book, training dialog, and each
+step of a new user's first session.
 
-Builds a throw-away project from samples/neu-det (two thirds labeled from the file names, the
-rest unlabeled), trains a tiny model through the training dialog (a real child process, a few
-seconds on a CPU), predicts the unlabeled images, shows a heat map, and saves
-``QWidget.grab()`` images offscreen:
+1. A throw-away project from samples/neu-det (two thirds labeled from the file names, the rest
+   unlabeled): a tiny model trained through the training dialog (a real child process, a few
+   seconds on a CPU), predictions, a heat map -> main-window.png, label-book.png, training.png.
+2. ``walkthrough``: a new project, samples/kolektorsdd imported, 10 images labeled by keyboard,
+   a tiny model trained, its verdicts, promoted from the Models panel, a second model, roll back
+   -> walk-01-new-project.png … walk-09-rolled-back.png. ``tests/gui/test_walkthrough.py`` runs
+   the same function (without pictures) as a test.
 
-    python scripts/screenshots.py [--out docs/screenshots]
+    python scripts/screenshots.py [--out docs/screenshots] [--only walkthrough]
 
--> main-window.png, label-book.png, training.png
+All offscreen (``QWidget.grab()``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,176 @@ def wait(app, cond, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
+WALK_TINY = (
+    "model.name=test_efficientnet model.weights=none "
+    "train.batch_size=4 train.num_workers=0 train.log_every=1 train.eval_every=2 "
+    "train.checkpoint_every=1000 train.threads=1"
+)
+
+
+def walkthrough(app, root: Path, wait, shoot=None, steps: int = 4) -> dict:
+    """A new user's first session on samples/kolektorsdd through the real window.
+
+    ``wait(cond, seconds, what)`` waits for a condition (polling here, ``qtbot.waitUntil`` in the
+    test); ``shoot(widget, name)`` saves a screenshot (None: no pictures). Returns what a test
+    checks: labels given, versions, verdicts seen, production after each step.
+    """
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QWizard
+
+    from defectssft_gui import project_flows
+    from defectssft_gui.window import MainWindow
+
+    def snap(widget, name: str) -> None:
+        if shoot is not None:
+            for _ in range(5):
+                app.processEvents()
+                time.sleep(0.02)
+            shoot(widget, name)
+
+    out: dict = {}
+    # 1. New project from the wizard: the sample folder's 16 images, imported unlabeled
+    #    (rule "none"), classes good (key 1) / defective (key 2), OK class good.
+    window = MainWindow(None, quiet=True)
+    window.resize(1280, 800)
+    window.show()
+    imported: list = []
+    window.importDone.connect(imported.append)
+    wizard = project_flows.new_project(window)
+    wizard.folder_page.folder.setText(str(root))
+    wizard.next()
+    wizard.images_page.paths.setText(str(REPO / "samples" / "kolektorsdd"))
+    wizard.images_page.rule.set_rule(None)
+    wizard.next()
+    wizard.classes_page.add_row("good", "1")
+    wizard.classes_page.add_row("defective", "2")
+    wizard.classes_page.set_ok("good")
+    snap(wizard, "walk-01-new-project")
+    wizard.next()
+    wizard.next()
+    wizard.button(QWizard.WizardButton.FinishButton).click()
+    # 2. The wizard's import runs on a pool thread; the grid fills.
+    wait(lambda: bool(imported), 60, "the import")
+    wait(lambda: window.model is not None and window.model.total() == 16, 30, "the grid")
+    snap(window, "walk-02-imported")
+    # 3. Label 10 images by keyboard (1 = good, 2 = defective, D = skip), 5 of each.
+    p = window.project
+    defective = {f.name for f in (REPO / "samples" / "kolektorsdd" / "defective").iterdir()}
+    counts = {"good": 0, "defective": 0}
+    for _ in range(40):
+        if sum(counts.values()) == 10:
+            break
+        row = window.current_row()
+        truth = "defective" if row.name in defective else "good"
+        window.activateWindow()
+        if counts[truth] < 5 and row.label is None:
+            QTest.keyClick(window, Qt.Key.Key_2 if truth == "defective" else Qt.Key.Key_1)
+            counts[truth] += 1
+        else:
+            QTest.keyClick(window, Qt.Key.Key_D)
+    out["labeled"] = dict(p.status()["by_class"])
+    wait(lambda: "10 labeled" in window.counts_label.text(), 10, "the counts")
+    snap(window, "walk-03-labeled")
+
+    # 4. Train a tiny model in the training dialog; it is evaluated, then predicts by itself.
+    def train(seed: int = 0) -> str:
+        window.open_training()
+        dlg = window.train_dialog
+        dlg.resize(760, 760)
+        dlg.steps.setValue(steps)  # input height x width: the dialog's proposal
+        dlg.extra.setText(f"{WALK_TINY} train.seed={seed}")
+        finished: list = []
+        evaluated: list = []
+        predicted: list = []
+
+        def on_predicted(code: int) -> None:
+            predicted.append(code)
+
+        dlg.runFinished.connect(lambda status, _code: finished.append(status))
+        dlg.evaluationFinished.connect(evaluated.append)
+        window.predictionsDone.connect(on_predicted)
+        auto = p.production_model() is None  # the new model is the one shown: it predicts
+        if not dlg.start():
+            raise SystemExit("error: the training did not start")
+        wait(lambda: bool(finished), 600, "training")
+        if finished[0] != "completed":
+            raise SystemExit(f"error: training {finished[0]}: {dlg.log.toPlainText()[-500:]}")
+        wait(lambda: bool(evaluated), 300, "the evaluation")
+        if auto:
+            wait(lambda: bool(predicted), 300, "the automatic predictions")
+        window.predictionsDone.disconnect(on_predicted)
+        return str(dlg.version)
+
+    out["v1"] = train()
+    snap(window.train_dialog, "walk-04-training")
+    window.train_dialog.close()
+    # 5. The verdicts of the new model on the images nobody labeled.
+    loaded: list = []
+
+    def on_rows(n: int) -> None:
+        loaded.append(n)
+
+    window.rowsLoaded.connect(on_rows)
+    window.set_filter("unlabeled", top=True)
+    wait(lambda: bool(loaded), 30, "the grid")
+    window.rowsLoaded.disconnect(on_rows)
+    out["verdicts"] = [window.verdicts.get(window.model.row(i).image_id) for i in range(6)]
+    out["strip_verdict"] = window.strip.verdict
+    snap(window, "walk-05-verdicts")
+    # 6. Promote it from the Models panel (the first production model: published).
+    window.open_models()
+    models = window.models_dialog
+    models.resize(1100, 640)
+    changed: list = []
+    models.productionChanged.connect(changed.append)
+    models.select(out["v1"])
+    models.promote()
+    wait(lambda: not models._tasks, 300, "the promotion")
+    out["promoted"] = (p.production_model(), models.last_message)
+    snap(models, "walk-06-promoted")
+    models.show_report(out["v1"])
+    snap(models, "walk-07-report")
+    # 7. A second model, compared, then made production and rolled back.
+    out["v2"] = train(seed=1)  # another start: not the same model again
+    window.train_dialog.close()
+    models.reload()
+    models.select(out["v2"])
+    models.promote()  # the CLI's rule: only if not worse
+    wait(lambda: not models._tasks, 300, "the promotion")
+    out["second"] = (p.production_model(), models.last_message)
+    if p.production_model() != out["v2"]:
+        models.promote(force=True, version=out["v2"])  # a deliberate change
+        wait(lambda: not models._tasks, 300, "the forced promotion")
+    all_done: list = []
+
+    def on_all(summary: dict) -> None:
+        all_done.append(summary)
+
+    window.predictAllDone.connect(on_all)
+    window.predict_all()  # the new production model scores every image: more to compare
+    wait(lambda: bool(all_done), 300, "predict all")
+    window.predictAllDone.disconnect(on_all)
+    models.compare_a.setCurrentText(out["v1"])
+    models.compare_b.setCurrentText(out["v2"])
+    models.tabs.setCurrentIndex(1)
+    snap(models, "walk-08-compare")
+    models.tabs.setCurrentIndex(0)
+    models.select(out["v1"])
+    models.promote(force=True, version=out["v1"])  # roll back
+    wait(lambda: not models._tasks, 300, "the roll back")
+    out["rolled_back"] = (p.production_model(), models.last_message)
+    out["production_onnx"] = (p.root / "exports" / "production.onnx").is_file()
+    out["changes"] = list(changed)
+    snap(models, "walk-09-rolled-back")
+    wait(lambda: window.model_version == out["v1"], 30, "the window to follow")
+    out["window_model"] = window.model_version
+    models.close()
+    window.close()
+    app.processEvents()
+    return out
+
+
 def build_project(root: Path):
     from defectssft.ingest import import_paths
     from defectssft.project import Project
@@ -66,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Screenshots of the app for the README.")
     parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--only", choices=["walkthrough"], default=None)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     from defectssft_gui.window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    with tempfile.TemporaryDirectory(prefix="walk-") as tmp:
+        names: list[str] = []
+
+        def shoot(widget, name: str) -> None:
+            widget.grab().save(str(out / f"{name}.png"))
+            names.append(f"{name}.png")
+
+        walkthrough(app, Path(tmp) / "kolektor", lambda c, s, w: wait(app, c, s, w), shoot)
+        for name in names:
+            print(out / name)
+    if args.only == "walkthrough":
+        return 0
     with tempfile.TemporaryDirectory(prefix="screens-") as tmp:
         project = build_project(Path(tmp) / "project")
         window = MainWindow(project, quiet=True)

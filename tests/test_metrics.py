@@ -111,3 +111,23 @@ def test_mismatched_lengths_and_nan():
         m.escape_overkill([0.1, 0.2], [True], 0.5)
     with pytest.raises(ValueError, match="NaN"):
         m.escape_overkill([np.nan], [True], 0.5)
+
+
+def test_wilson_interval_known_values():
+    # 0 of 30: the "rule of three"-like upper bound, 11.35 % at 95 %
+    low, high = m.wilson_interval(0, 30)
+    assert low == 0.0 and high == pytest.approx(0.1135, abs=1e-4)
+    # 5 of 50 (Wilson 1927 / Newcombe 1998 tables): 4.35 % .. 21.36 %
+    low, high = m.wilson_interval(5, 50)
+    assert low == pytest.approx(0.0435, abs=1e-4) and high == pytest.approx(0.2136, abs=1e-4)
+    # all of n: the upper end is exactly 1
+    assert m.wilson_interval(10, 10)[1] == 1.0
+    # more confidence, wider interval; no data, nothing known
+    assert m.wilson_interval(5, 50, 0.99)[0] < m.wilson_interval(5, 50)[0]
+    assert m.wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("k, n, conf", [(3, 2, 0.95), (-1, 5, 0.95), (1, 5, 1.0), (1, 5, 0.0)])
+def test_wilson_interval_rejects_bad_input(k, n, conf):
+    with pytest.raises(ValueError):
+        m.wilson_interval(k, n, conf)

@@ -1,8 +1,11 @@
 """Actions and shortcuts as data: one table of defaults, overridable per project, one helper.
 
 Shortcuts live in ``DEFAULT_SHORTCUTS`` (action name -> key sequence, or a list of them); a
-project may override any of them under the setting ``gui.shortcuts``. Class hotkeys (1-9) are
-not here: they belong to the classes (``Project.update_class(name, hotkey=...)``).
+project may override any of them under the setting ``gui.shortcuts``. Actions every desktop app
+has (open, close, quit, undo, redo, refresh, preferences) take the platform's keys
+(``QKeySequence.StandardKey``, ``STANDARD_KEYS``) and the table's only where the platform has
+none. Class hotkeys (1-9) are not here: they belong to the classes
+(``Project.update_class(name, hotkey=...)``).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QWidget
 
 from defectssft.project import Project
@@ -32,7 +35,12 @@ ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
         "Copy a folder of images into the project",
     ),
     "imports": ("Import &history…", "", "Recorded imports; undo one (its images or its labels)"),
-    "watch": ("&Watch hot folder…", "Ctrl+W", "Start or stop ingesting a folder cameras write to"),
+    "watch": (
+        "&Watch hot folder…",
+        "Ctrl+Shift+H",
+        "Start or stop ingesting a folder cameras write to",
+    ),
+    "close": ("&Close window", "Ctrl+W", "Close the window"),
     "quit": ("&Quit", "Ctrl+Q", "Close the window"),
     "next": ("&Next image", ["D", "Right"], "Show the next image"),
     "prev": ("&Previous image", ["A", "Left"], "Show the previous image"),
@@ -60,11 +68,41 @@ ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
         "Stop the running prediction after its current batch (saved ones stay)",
     ),
     "train": ("&Train and export…", "Ctrl+T", "Train a model in a separate process"),
+    "models": (
+        "&Models…",
+        "Ctrl+M",
+        "Versions and their test metrics, compare, promote, roll back, the evaluation report",
+    ),
+    "history": (
+        "Label &history…",
+        "Ctrl+Shift+L",
+        "Who labeled the current image, when, and what it was before",
+    ),
     "label_book": ("&Label book…", "Ctrl+L", "Classes: names, descriptions, colours, hotkeys"),
     "settings": ("&Settings…", "Ctrl+,", "Shortcuts and preferences"),
     "refresh": ("Re&fresh", "F5", "Reload the image list"),
 }
 DEFAULT_SHORTCUTS: dict[str, str | list[str]] = {k: v[1] for k, v in ACTIONS.items()}
+STANDARD_KEYS = {
+    "open": QKeySequence.StandardKey.Open,
+    "close": QKeySequence.StandardKey.Close,
+    "quit": QKeySequence.StandardKey.Quit,
+    "undo": QKeySequence.StandardKey.Undo,
+    "redo": QKeySequence.StandardKey.Redo,
+    "refresh": QKeySequence.StandardKey.Refresh,
+    "settings": QKeySequence.StandardKey.Preferences,
+}
+
+
+def platform_keys(name: str) -> list[str]:
+    """The platform's keys for a standard action (modifier chords and F-keys only, at most two);
+    [] when the platform has none or no Qt application runs yet."""
+    std = STANDARD_KEYS.get(name)
+    if std is None or QGuiApplication.instance() is None:
+        return []
+    keys = [k.toString() for k in QKeySequence.keyBindings(std)]
+    keys = [k for k in keys if "Ctrl+" in k or "Meta+" in k or k[:1] == "F" and k[1:].isdigit()]
+    return keys[:2]
 
 
 def as_list(value: str | list[str] | None) -> list[str]:
@@ -78,6 +116,8 @@ def as_list(value: str | list[str] | None) -> list[str]:
 def shortcuts_for(project: Project | None) -> dict[str, list[str]]:
     """Effective shortcuts: defaults overridden by the project's ``gui.shortcuts`` setting."""
     merged: dict[str, Any] = dict(DEFAULT_SHORTCUTS)
+    for name in STANDARD_KEYS:
+        merged[name] = platform_keys(name) or merged[name]
     if project is not None:
         override = project.get_setting(SHORTCUTS_SETTING, {}) or {}
         if isinstance(override, dict):

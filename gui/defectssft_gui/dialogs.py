@@ -35,9 +35,7 @@ from defectssft.errors import DefectssftError
 from defectssft.project import Project
 from defectssft_gui.actions import (
     ACTIONS,
-    DEFAULT_SHORTCUTS,
     SHORTCUTS_SETTING,
-    as_list,
     shortcuts_for,
 )
 from defectssft_gui.thumbs import load_thumbnail, thumb_dir
@@ -400,7 +398,7 @@ class SettingsDialog(QDialog):
 
     def restore_defaults(self) -> None:
         for r, name in enumerate(self._names):
-            self.table.item(r, 1).setText("; ".join(as_list(DEFAULT_SHORTCUTS[name])))
+            self.table.item(r, 1).setText("; ".join(shortcuts_for(None)[name]))
 
     def save(self) -> bool:
         overrides: dict[str, list[str]] = {}
@@ -425,7 +423,7 @@ class SettingsDialog(QDialog):
                     )
                 owner[key] = name
                 keys.append(key)
-            if keys != as_list(DEFAULT_SHORTCUTS[name]):
+            if keys != shortcuts_for(None)[name]:  # the platform's defaults included
                 overrides[name] = keys
         who = self.who.text().strip()
         if not who:

@@ -15,6 +15,7 @@ from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 
 from defectssft_gui.queries import Row
 from defectssft_gui.thumbs import THUMB_SIZE, ThumbnailLoader
+from defectssft_gui.widgets import DISAGREE_COLOUR
 
 BATCH = 500
 PIXMAP_CACHE = 3000
@@ -42,6 +43,8 @@ class ImageListModel(QAbstractListModel):
         super().__init__(parent)
         self.loader = loader
         self.colours = colours or {}
+        self.verdicts: Any = None  # verdict.VerdictCache of the shown model, set by the window
+        self.ok_known = True  # False: the project has no OK class (the score is 1 - confidence)
         self._rows: list[Row] = []
         self._shown = 0
         self._by_key: dict[str, list[int]] = {}
@@ -94,7 +97,13 @@ class ImageListModel(QAbstractListModel):
             if i < self._shown:
                 idx = self.index(i)
                 self.dataChanged.emit(
-                    idx, idx, [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ForegroundRole]
+                    idx,
+                    idx,
+                    [
+                        Qt.ItemDataRole.DisplayRole,
+                        Qt.ItemDataRole.ForegroundRole,
+                        Qt.ItemDataRole.ToolTipRole,
+                    ],
                 )
 
     # ------------------------------------------------------------ Qt model API
@@ -119,10 +128,12 @@ class ImageListModel(QAbstractListModel):
             return None
         r = self._rows[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return self._caption(r)
+            return self._caption(r, self._verdict(r))
         if role == Qt.ItemDataRole.DecorationRole:
             return self._pixmap(r)
         if role == Qt.ItemDataRole.ForegroundRole and r.label:
+            if r.pred is not None and r.pred != r.label:  # not the label's reassuring colour
+                return QColor(DISAGREE_COLOUR)
             return QColor(self.colours.get(r.label, "#dddddd"))
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(r)
@@ -131,7 +142,7 @@ class ImageListModel(QAbstractListModel):
         if role == ImageIdRole:
             return r.image_id
         if role == Qt.ItemDataRole.SizeHintRole:
-            return QSize(THUMB_SIZE + 16, THUMB_SIZE + 34)
+            return QSize(THUMB_SIZE + 16, THUMB_SIZE + 44)
         return None
 
     def flags(self, index: Index) -> Qt.ItemFlag:
@@ -149,6 +160,24 @@ class ImageListModel(QAbstractListModel):
             return self._broken
         self.loader.request(r.key, r.path)
         return self._loading
+
+    def redisplay(self) -> None:
+        """The display mapping changed (bit depth, window/level): drop the thumbnails held and
+        let the view ask again for the cells it shows."""
+        self._pixmaps.clear()
+        if self._shown:
+            self.dataChanged.emit(
+                self.index(0), self.index(self._shown - 1), [Qt.ItemDataRole.DecorationRole]
+            )
+
+    def text_changed(self) -> None:
+        """Captions and tooltips of the shown rows changed (e.g. verdicts became known)."""
+        if self._shown:
+            self.dataChanged.emit(
+                self.index(0),
+                self.index(self._shown - 1),
+                [Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole],
+            )
 
     def has_thumbnail(self, i: int) -> bool:
         return self._rows[i].key in self._pixmaps
@@ -170,13 +199,22 @@ class ImageListModel(QAbstractListModel):
                 self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
 
     # ------------------------------------------------------------ text
+    def _verdict(self, r: Row) -> str | None:
+        if self.verdicts is None or r.pred is None:
+            return None
+        return self.verdicts.get(r.image_id)
+
     @staticmethod
-    def _caption(r: Row) -> str:
+    def _caption(r: Row, verdict: str | None = None) -> str:
+        """Two short lines that elide at the end: the label (``≠`` when the model disagrees),
+        then the verdict and confidence before the suggested class, so a cut keeps them."""
         if r.reason is not None:
             return "quarantined"
         label = r.label or "unlabeled"
         if r.pred is not None and r.confidence is not None:
-            return f"{label} | {r.pred} {r.confidence:.0%}"
+            mark = "≠ " if r.label is not None and r.pred != r.label else ""
+            head = f"{verdict} " if verdict else ""
+            return f"{mark}{label}\n{head}{r.confidence:.0%} {r.pred}"
         return label
 
     def _tooltip(self, r: Row) -> str:
@@ -186,9 +224,13 @@ class ImageListModel(QAbstractListModel):
         if r.label:
             lines.append(f"label: {r.label}")
         if r.pred is not None:
+            score = "defect score" if self.ok_known else "least-confident score"
             lines.append(
-                f"model: {r.pred} ({(r.confidence or 0):.1%}), defect score {(r.score or 0):.3f}"
+                f"model: {r.pred} ({(r.confidence or 0):.1%}), {score} {(r.score or 0):.3f}"
             )
+            verdict = self._verdict(r)
+            if verdict:
+                lines.append(f"line verdict: {verdict}")
         if r.key in self._errors:
             lines.append(f"cannot show: {self._errors[r.key]}")
         return "\n".join(lines)

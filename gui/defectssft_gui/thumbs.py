@@ -1,9 +1,14 @@
-"""Thumbnails made off the GUI thread and cached on disk (PROJECT/cache/thumbs/<sha>.jpg).
+"""Thumbnails made off the GUI thread and cached on disk (PROJECT/cache/thumbs/).
 
 ``ThumbnailLoader.request`` queues a picture; worker threads (QThreadPool) serve the newest
 requests first, so when the user scrolls fast the cells now on screen come before those scrolled
-past. A thumbnail made once is a small JPEG on disk: reopening a project of 20,000 images reads
+past. A thumbnail made once is a small file on disk: reopening a project of 20,000 images reads
 those instead of decoding the originals again. Results arrive on the GUI thread as ``ready``.
+
+The cache keeps the shrunk *raw* pixels (``<sha>.u8.jpg`` for 8-bit files, a lossless 16-bit
+``<sha>.u16.png`` for 16-bit ones), and the display mapping is applied when a thumbnail is shown:
+the project's bit depth and the viewer's window/level (``viewer.to_display``), so 12-bit data in
+16-bit files is as bright in the grid as in the viewer, and follows the sliders.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
+from defectssft_gui.viewer import to_display
 from defectssft_line.preprocess import ImageDecodeError, read_image, to_rgb8
 
 THUMB_SIZE = 128
@@ -39,6 +45,25 @@ def make_thumbnail(src: str | Path, size: int = THUMB_SIZE, bit_depth: int = 16)
     return np.ascontiguousarray(rgb)
 
 
+def make_raw_thumbnail(src: str | Path, size: int = THUMB_SIZE) -> np.ndarray:
+    """Decode ``src`` and shrink it to fit ``size`` x ``size`` keeping its pixel type (uint8 or
+    uint16, gray or BGR): the display mapping is applied later."""
+    raw = read_image(src)
+    if raw.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"unsupported pixel type {raw.dtype}")
+    if raw.ndim == 3 and raw.shape[2] == 4:
+        raw = raw[:, :, :3]
+    if raw.ndim == 3 and raw.shape[2] == 1:
+        raw = raw[:, :, 0]
+    h, w = raw.shape[:2]
+    scale = min(1.0, size / max(h, w))
+    if scale < 1.0:
+        raw = cv2.resize(
+            raw, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
+    return np.ascontiguousarray(raw)
+
+
 def rgb_to_qimage(rgb: np.ndarray) -> QImage:
     """A QImage that owns a copy of an HxWx3 RGB uint8 array."""
     h, w = rgb.shape[:2]
@@ -46,10 +71,9 @@ def rgb_to_qimage(rgb: np.ndarray) -> QImage:
     return QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
 
 
-def _write_jpeg(dest: Path, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85]
-    )
+def _write_raw(dest: Path, raw: np.ndarray) -> None:
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if raw.dtype == np.uint8 else []
+    ok, buf = cv2.imencode(dest.suffix, raw, params)
     if not ok:
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -62,19 +86,40 @@ def _write_jpeg(dest: Path, rgb: np.ndarray) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def load_raw_thumbnail(
+    key: str, src: str, cache: Path | None, size: int = THUMB_SIZE
+) -> np.ndarray:
+    """The cached raw thumbnail of ``key`` if present, else made from ``src`` (and cached)."""
+    ok_key = cache is not None and key and ":" not in key
+    if ok_key:
+        assert cache is not None
+        for cached in (cache / f"{key}.u8.jpg", cache / f"{key}.u16.png"):
+            if cached.is_file():
+                raw = cv2.imread(str(cached), cv2.IMREAD_UNCHANGED)
+                if raw is not None:
+                    return raw
+    raw = make_raw_thumbnail(src, size)
+    if ok_key:
+        assert cache is not None
+        ext = ".u8.jpg" if raw.dtype == np.uint8 else ".u16.png"
+        _write_raw(cache / f"{key}{ext}", raw)
+    return raw
+
+
 def load_thumbnail(
-    key: str, src: str, cache: Path | None, size: int = THUMB_SIZE, bit_depth: int = 16
+    key: str,
+    src: str,
+    cache: Path | None,
+    size: int = THUMB_SIZE,
+    bit_depth: int = 16,
+    low: float = 0.0,
+    high: float = 1.0,
 ) -> QImage:
-    """The cached thumbnail of ``key`` if present, else made from ``src`` (and cached)."""
-    cached = cache / f"{key}.jpg" if cache is not None and key and ":" not in key else None
-    if cached is not None and cached.is_file():
-        img = QImage(str(cached))
-        if not img.isNull():
-            return img
-    rgb = make_thumbnail(src, size, bit_depth)
-    if cached is not None:
-        _write_jpeg(cached, rgb)
-    return rgb_to_qimage(rgb)
+    """The thumbnail of ``key`` as shown: cached raw pixels through the display mapping
+    (``bit_depth`` and the window ``low``..``high``, fractions of full scale)."""
+    if not 8 <= bit_depth <= 16:
+        raise ValueError(f"bit_depth must be between 8 and 16, got {bit_depth}")
+    return to_display(load_raw_thumbnail(key, src, cache, size), bit_depth, low, high)
 
 
 class _Worker(QRunnable):
@@ -104,6 +149,8 @@ class ThumbnailLoader(QObject):
         self.cache = cache
         self.size = size
         self.bit_depth = bit_depth
+        self.low, self.high = 0.0, 1.0
+        self.generation = 0  # bumped by set_display: results made before are dropped
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(max(1, threads))
         self._lock = threading.Lock()
@@ -132,6 +179,17 @@ class ThumbnailLoader(QObject):
         if start:
             self.pool.start(_Worker(self))
 
+    def set_display(self, bit_depth: int, low: float, high: float) -> bool:
+        """New display mapping for thumbnails made from now on; True if it changed (the
+        caller then drops the thumbnails it holds and asks again)."""
+        with self._lock:
+            if (bit_depth, low, high) == (self.bit_depth, self.low, self.high):
+                return False
+            self.bit_depth, self.low, self.high = bit_depth, low, high
+            self.generation += 1
+        self.cancel_pending()
+        return True
+
     def cancel_pending(self) -> None:
         """Forget requests not started yet (e.g. the list was refiltered)."""
         with self._lock:
@@ -152,8 +210,9 @@ class ThumbnailLoader(QObject):
                     self._running -= 1
                     return
                 key, src = self._stack.pop()
+                gen, depth, low, high = self.generation, self.bit_depth, self.low, self.high
             try:
-                img = load_thumbnail(key, src, self.cache, self.size, self.bit_depth)
+                img = load_thumbnail(key, src, self.cache, self.size, depth, low, high)
             except (ImageDecodeError, ValueError, OSError, cv2.error) as e:
                 with self._lock:
                     self._queued.discard(key)
@@ -161,4 +220,6 @@ class ThumbnailLoader(QObject):
                 continue
             with self._lock:
                 self._queued.discard(key)
-            self.ready.emit(key, img)
+                stale = gen != self.generation
+            if not stale:
+                self.ready.emit(key, img)

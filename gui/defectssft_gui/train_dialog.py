@@ -164,10 +164,18 @@ class TrainDialog(QDialog):
         self.model_name.setPlaceholderText("preset (e.g. tf_efficientnet_lite0)")
         self.weights = QComboBox()
         self.weights.addItems(["preset", "imagenet", "none"])
-        self.size = QSpinBox()
-        self.size.setRange(0, 2048)
-        self.size.setSingleStep(32)
-        self.size.setSpecialValueText("preset")
+        self.input_h, self.input_w = QSpinBox(), QSpinBox()
+        for box in (self.input_h, self.input_w):
+            box.setRange(0, 2048)
+            box.setSingleStep(32)
+            box.setSpecialValueText("preset")
+        self.size_note = QLabel("")
+        self.preset.currentIndexChanged.connect(lambda _i: self.propose_size())
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.input_h)
+        size_row.addWidget(QLabel("×"))
+        size_row.addWidget(self.input_w)
+        size_row.addWidget(self.size_note, 1)
         self.method = QComboBox()
         self.method.addItems(["preset", "fixmatch", "freematch", "supervised"])
         self.extra = QLineEdit()
@@ -177,7 +185,7 @@ class TrainDialog(QDialog):
         form.addRow("Steps", self.steps)
         form.addRow("Backbone", self.model_name)
         form.addRow("Weights", self.weights)
-        form.addRow("Input size (px)", self.size)
+        form.addRow("Input height × width (px)", size_row)
         form.addRow("Semi-supervised method", self.method)
         form.addRow("Overrides", self.extra)
 
@@ -218,6 +226,35 @@ class TrainDialog(QDialog):
         lay.addWidget(self.log)
         self._set_running(False)
         self.export_button.setEnabled(self._latest_version() is not None)
+        self.propose_size()
+
+    def propose_size(self) -> None:
+        """Height × width from the images' median aspect ratio at about the preset's pixel
+        count (``defectssft.inputsize``); left to the preset for square-ish images."""
+        from defectssft.inputsize import image_sizes, propose_input_size
+
+        try:
+            from defectssft.training.config import load_preset
+
+            side = int((load_preset(self.preset.currentText()).get("input") or {}).get("height", 0))
+            project = Project.open(self.root)
+            try:
+                sizes = image_sizes(project)
+            finally:
+                project.close()
+        except (DefectssftError, OSError, ValueError, TypeError):
+            return
+        if side < 1 or not sizes:
+            return
+        h, w = propose_input_size(sizes, side)
+        if max(h, w) / min(h, w) < 1.2:
+            self.input_h.setValue(0)
+            self.input_w.setValue(0)
+            self.size_note.setText(f"square images: the preset's {side} × {side}")
+            return
+        self.input_h.setValue(h)
+        self.input_w.setValue(w)
+        self.size_note.setText(f"proposed: about {side}² pixels, shaped like the images")
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
@@ -228,7 +265,8 @@ class TrainDialog(QDialog):
             self.steps,
             self.model_name,
             self.weights,
-            self.size,
+            self.input_h,
+            self.input_w,
             self.method,
             self.extra,
         ):
@@ -244,8 +282,10 @@ class TrainDialog(QDialog):
             items.append(f"model.name={self.model_name.text().strip()}")
         if self.weights.currentText() != "preset":
             items.append(f"model.weights={self.weights.currentText()}")
-        if self.size.value() > 0:
-            items += [f"input.height={self.size.value()}", f"input.width={self.size.value()}"]
+        if self.input_h.value() > 0:
+            items.append(f"input.height={self.input_h.value()}")
+        if self.input_w.value() > 0:
+            items.append(f"input.width={self.input_w.value()}")
         if self.method.currentText() != "preset":
             items.append(f"ssl.method={self.method.currentText()}")
         return items + parse_overrides(self.extra.text())

@@ -7,24 +7,18 @@ thread or in a child process (``workers``). Every label is committed the moment 
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QSize, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, Qt, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
-    QAbstractItemView,
-    QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
-    QListView,
     QMainWindow,
     QMessageBox,
     QProgressBar,
     QPushButton,
-    QSlider,
     QSplitter,
     QVBoxLayout,
     QWidget,
@@ -35,24 +29,38 @@ from defectssft.project import ClassInfo, Project
 from defectssft_gui import project_flows, queries
 from defectssft_gui.actions import ACTIONS, new_action, shortcuts_for
 from defectssft_gui.gallery import ImageListModel
+from defectssft_gui.import_controller import ImportController
 from defectssft_gui.labeling import LabelSession
+from defectssft_gui.predict_controller import PredictController
 from defectssft_gui.queries import Row
-from defectssft_gui.thumbs import THUMB_SIZE, ThumbnailLoader, thumb_dir
+from defectssft_gui.thumbs import ThumbnailLoader, thumb_dir
+from defectssft_gui.verdict import (
+    VERDICT_FILTERS,
+    VerdictCache,
+    load_rule,
+    rule_loaded,
+    shown_version,
+    verdict_rows,
+)
 from defectssft_gui.viewer import ImageViewer
-from defectssft_gui.workers import HotFolderThread, JsonProcess, Task, start_task
+from defectssft_gui.widgets import BrowsePanel, ClassButton, FlowLayout, LevelsBar, VerdictStrip
+from defectssft_gui.workers import Task, start_task
 
 EXAMPLES_SETTING = "labelbook.examples"
 WHO_SETTING = "gui.who"
-PREDICT_BATCH_SETTING = "gui.predict_batch"  # images per batch (and per saved transaction)
 PREFETCH_AHEAD = 3
 
 
 def _load_rows(
     project: Project, spec: str, sort: str
 ) -> tuple[str | None, list[Row], dict[str, Any]]:
-    """Runs on the query thread: the current model, the grid rows and the project counts."""
-    version = queries.current_model(project)
-    return version, queries.fetch_rows(project, spec, sort, version), project.status()
+    """Runs on the query thread: the model shown, the grid rows and the project counts."""
+    version = shown_version(project)
+    if spec.startswith("verdict:"):
+        rows = verdict_rows(project, spec, sort, version)
+    else:
+        rows = queries.fetch_rows(project, spec, sort, version)
+    return version, rows, project.status()
 
 
 class MainWindow(QMainWindow):
@@ -65,6 +73,7 @@ class MainWindow(QMainWindow):
     camReady = Signal(str)  # image path whose heat map is shown
     importDone = Signal(object)  # ImportSummary
     errorShown = Signal(str)
+    verdictsReady = Signal()  # the line's rule is loaded: verdicts are shown from now on
 
     def __init__(self, project: Project | None = None, quiet: bool = False) -> None:
         super().__init__()
@@ -76,24 +85,27 @@ class MainWindow(QMainWindow):
         self.query_pool = QThreadPool(self)  # grid queries never wait behind an import
         self.query_pool.setMaxThreadCount(1)
         self._query_gen = 0
-        self._hot_counts: dict[str, int] = {}
         self._tasks: set[Task] = set()
         self.session: LabelSession | None = None
-        self.hot: HotFolderThread | None = None
         self.loader: ThumbnailLoader | None = None
         self.model: ImageListModel | None = None
-        self.predict_proc = JsonProcess(self)
-        self.predict_proc.finished.connect(self._predict_finished)
-        self.predict_proc.event.connect(self._predict_event)
-        self._predict_all: tuple[Task, threading.Event] | None = None  # running predict-all
         self._after_rows_note = ""  # shown once the next refresh has replaced the status line
         self.model_version: str | None = None
         self.class_actions: list[QAction] = []
         self.actions_by_name: dict[str, QAction] = {}
         self._refresh_timer = QTimer(self, singleShot=True, interval=800)
         self._refresh_timer.timeout.connect(self.refresh)
+        self._thumbs_timer = QTimer(self, singleShot=True, interval=150)
+        self._thumbs_timer.timeout.connect(self._thumbs_follow_levels)
+        self._counts_timer = QTimer(self, singleShot=True, interval=300)
+        self._counts_timer.timeout.connect(self._refresh_counts)
+        self.verdicts: VerdictCache | None = None
+        self._rule_loading = False
+        self.colours: dict[str, str] = {}
         self.setWindowTitle("defectssft")
         self.resize(1280, 800)
+        self.importer = ImportController(self)
+        self.predictor = PredictController(self)
         self._setup_widgets()
         self._setup_actions()
         self._setup_menus()
@@ -107,71 +119,27 @@ class MainWindow(QMainWindow):
 
     # ================================================================== setup
     def _setup_widgets(self) -> None:
-        self.filter_box = QComboBox()
-        self.filter_box.setToolTip("Which images to list")
-        self.sort_box = QComboBox()
-        for text, key in (
-            ("newest first", "-capture"),
-            ("oldest first", "capture"),
-            ("defect score ↓", "score"),
-            ("defect score ↑", "-score"),
-        ):
-            self.sort_box.addItem(text, key)
-        self.count_label = QLabel("")
+        self.browse = left = BrowsePanel()
+        self.filter_box, self.sort_box = left.filter_box, left.sort_box
+        self.count_label, self.grid = left.count_label, left.grid
         self.filter_box.currentIndexChanged.connect(lambda _i: self.refresh())
         self.sort_box.currentIndexChanged.connect(lambda _i: self.refresh())
 
-        self.grid = QListView()
-        self.grid.setViewMode(QListView.ViewMode.IconMode)
-        self.grid.setResizeMode(QListView.ResizeMode.Adjust)
-        self.grid.setMovement(QListView.Movement.Static)
-        self.grid.setUniformItemSizes(True)
-        self.grid.setLayoutMode(QListView.LayoutMode.Batched)
-        self.grid.setBatchSize(200)
-        self.grid.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
-        self.grid.setGridSize(QSize(THUMB_SIZE + 16, THUMB_SIZE + 34))
-        self.grid.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.grid.setWordWrap(False)
-        self.grid.setTextElideMode(Qt.TextElideMode.ElideRight)
-
-        top = QHBoxLayout()
-        top.addWidget(QLabel("Show"))
-        top.addWidget(self.filter_box, 1)
-        top.addWidget(QLabel("Sort"))
-        top.addWidget(self.sort_box)
-        top.addWidget(self.count_label)
-        left = QWidget()
-        lv = QVBoxLayout(left)
-        lv.setContentsMargins(4, 4, 4, 4)
-        lv.addLayout(top)
-        lv.addWidget(self.grid, 1)
-
         self.viewer = ImageViewer()
+        self.strip = VerdictStrip()
         self.info_label = QLabel("No project open. File → Open project…")
         self.info_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.info_label.setWordWrap(True)
         self.pred_label = QLabel("")
         self.pred_label.setObjectName("prediction")
-        self.level_slider = QSlider(Qt.Orientation.Horizontal)
-        self.window_slider = QSlider(Qt.Orientation.Horizontal)
-        for s, tip in (
-            (self.level_slider, "Brightness (window level)"),
-            (self.window_slider, "Contrast (window width)"),
-        ):
-            s.setRange(1, 1000)
-            s.setToolTip(tip)
-            s.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.level_slider.setValue(500)
-        self.window_slider.setValue(1000)
+        self.levels = LevelsBar()
+        self.level_slider, self.window_slider = self.levels.level_slider, self.levels.window_slider
         self.level_slider.valueChanged.connect(self._levels_changed)
         self.window_slider.valueChanged.connect(self._levels_changed)
-        levels = QHBoxLayout()
-        levels.addWidget(QLabel("Brightness"))
-        levels.addWidget(self.level_slider)
-        levels.addWidget(QLabel("Contrast"))
-        levels.addWidget(self.window_slider)
 
-        self.class_bar = QHBoxLayout()
+        self.class_bar_widget = QWidget()
+        self.class_bar = FlowLayout(self.class_bar_widget)  # wraps: 9 classes fit 1280 px
+        self.class_buttons: dict[str, ClassButton] = {}
         self.accept_button = QPushButton("Accept suggestion")
         self.accept_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.accept_button.clicked.connect(self.accept_suggestion)
@@ -179,12 +147,13 @@ class MainWindow(QMainWindow):
         rv = QVBoxLayout(right)
         rv.setContentsMargins(4, 4, 4, 4)
         rv.addWidget(self.viewer, 1)
+        rv.addWidget(self.strip)
         rv.addWidget(self.info_label)
         rv.addWidget(self.pred_label)
-        rv.addLayout(levels)
+        rv.addWidget(self.levels)
         bar = QHBoxLayout()
-        bar.addLayout(self.class_bar, 1)
-        bar.addWidget(self.accept_button)
+        bar.addWidget(self.class_bar_widget, 1)
+        bar.addWidget(self.accept_button, 0, Qt.AlignmentFlag.AlignTop)
         rv.addLayout(bar)
 
         split = QSplitter()
@@ -192,29 +161,21 @@ class MainWindow(QMainWindow):
         split.addWidget(right)
         split.setSizes([560, 720])
         self.setCentralWidget(split)
-        self.hot_label = QLabel("")
-        self.statusBar().addPermanentWidget(self.hot_label)
-        self.predict_bar = QProgressBar()
-        self.predict_bar.setMaximumWidth(220)
-        self.predict_bar.setFormat("predicting %v/%m")
-        self.predict_bar.setVisible(False)
-        self.predict_cancel_button = QPushButton("Cancel")
-        self.predict_cancel_button.setToolTip("Stop the prediction after its current batch")
-        self.predict_cancel_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.predict_cancel_button.clicked.connect(self.cancel_predict)
-        self.predict_cancel_button.setVisible(False)
-        self.statusBar().addPermanentWidget(self.predict_bar)
-        self.statusBar().addPermanentWidget(self.predict_cancel_button)
+        self.counts_label = QLabel("")
+        self.statusBar().addPermanentWidget(self.counts_label)
 
     def _setup_actions(self) -> None:
         slots = {
             "new_project": lambda: project_flows.new_project(self),
-            "open": self.choose_project,
+            "open": self.importer.choose_project,
             "imports": lambda: project_flows.open_imports(self),
-            "import_files": self.choose_import_files,
-            "import_folder": self.choose_import_folder,
-            "watch": self.toggle_watch,
+            "import_files": self.importer.choose_import_files,
+            "import_folder": self.importer.choose_import_folder,
+            "watch": self.importer.toggle_watch,
             "quit": self.close,
+            "close": self.close,
+            "history": self.open_history,
+            "models": self.open_models,
             "next": lambda: self.step(1),
             "prev": lambda: self.step(-1),
             "accept": self.accept_suggestion,
@@ -229,9 +190,9 @@ class MainWindow(QMainWindow):
             "zoom_out": lambda: self.viewer.zoom(0.8),
             "heatmap": self.toggle_heatmap,
             "reset_levels": self.reset_levels,
-            "predict": self.run_predict,
-            "predict_all": self.predict_all,
-            "cancel_predict": self.cancel_predict,
+            "predict": self.predictor.run_predict,
+            "predict_all": self.predictor.predict_all,
+            "cancel_predict": self.predictor.cancel_predict,
             "train": self.open_training,
             "label_book": self.open_label_book,
             "settings": self.open_settings,
@@ -257,6 +218,7 @@ class MainWindow(QMainWindow):
                 "imports",
                 "watch",
                 None,
+                "close",
                 "quit",
             ],
             "&Label": [
@@ -270,6 +232,7 @@ class MainWindow(QMainWindow):
                 "next_useful",
                 None,
                 "example",
+                "history",
                 "label_book",
             ],
             "&View": [
@@ -282,7 +245,7 @@ class MainWindow(QMainWindow):
                 "reset_levels",
                 "refresh",
             ],
-            "&Model": ["predict", "predict_all", "cancel_predict", None, "train"],
+            "&Model": ["predict", "predict_all", "cancel_predict", None, "train", "models"],
             "&Settings": ["settings"],
         }
         for title, names in menus.items():
@@ -325,6 +288,7 @@ class MainWindow(QMainWindow):
         if isinstance(levels, list) and len(levels) == 2:
             self.viewer.set_window(float(levels[0]), float(levels[1]))
             self._sync_sliders()
+        self.loader.set_display(depth, self.viewer.low, self.viewer.high)
         self.setWindowTitle(f"defectssft — {project.name} ({project.root})")
         self.reload_classes()
         self.apply_shortcuts()
@@ -334,8 +298,14 @@ class MainWindow(QMainWindow):
 
     def close_project(self) -> None:
         self.stop_watch()
-        if self._predict_all is not None:  # stops after its batch; its result is then ignored
-            self._predict_all[1].set()
+        self.predictor.stop()
+        for name in ("models_dialog", "history_dialog"):  # they belong to the project closed
+            dlg = getattr(self, name, None)
+            if dlg is not None:
+                if name == "models_dialog":
+                    dlg.pool.waitForDone(60000)  # a promotion in flight finishes first
+                dlg.close()
+                setattr(self, name, None)
         if self.loader is not None:
             self.loader.close()
         if self.project is not None:
@@ -347,14 +317,17 @@ class MainWindow(QMainWindow):
         """Class buttons, class hotkey actions and filter entries from the project's classes."""
         assert self.project is not None
         classes = self.project.classes()
-        self.model_version = queries.current_model(self.project)
+        self.model_version = shown_version(self.project)
+        self.colours = {c.name: c.colour or "#dddddd" for c in classes}
+        self._name_sort_box()
         if self.model is not None:
-            self.model.colours = {c.name: c.colour or "#dddddd" for c in classes}
+            self.model.colours = self.colours
         for action in self.class_actions:
             self.removeAction(action)
             action.deleteLater()
         self.class_actions = []
         self.class_menu.clear()
+        self.class_buttons = {}
         while self.class_bar.count():
             item = self.class_bar.takeAt(0)
             if item.widget():
@@ -374,8 +347,13 @@ class MainWindow(QMainWindow):
         entries += [
             ("uncertain", "uncertain"),
             ("misclassified", "misclassified"),
-            ("quarantined", "quarantined"),
         ]
+        entries += [
+            (text, key)
+            for key, text in VERDICT_FILTERS.items()
+            if key == "verdict:unsure" or self.project.ok_class is not None
+        ]
+        entries += [("quarantined", "quarantined")]
         for text, key in entries:
             self.filter_box.addItem(text, key)
         i = self.filter_box.findData(current) if current else 0
@@ -395,21 +373,32 @@ class MainWindow(QMainWindow):
         self.addAction(action)
         self.class_menu.addAction(action)
         self.class_actions.append(action)
-        button = QPushButton(text)
-        button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        button = ClassButton(text, c.colour)
         button.setToolTip(c.description or f"Label as {c.name}")
-        if c.colour:
-            button.setStyleSheet(f"border-left: 6px solid {c.colour}; padding: 4px 8px;")
         button.clicked.connect(action.trigger)
         self.class_bar.addWidget(button)
+        self.class_buttons[c.name] = button
+
+    def _name_sort_box(self) -> None:
+        """Without an OK class the "defect score" is 1 - confidence: call it what it is."""
+        ok = self.project is not None and self.project.ok_class is not None
+        names = (
+            ("defect score ↓", "defect score ↑")
+            if ok
+            else ("least confident first", "most confident first")
+        )
+        for key, text in zip(("score", "-score"), names, strict=True):
+            self.sort_box.setItemText(self.sort_box.findData(key), text)
 
     def _update_enabled(self) -> None:
         has = self.project is not None
         for name, action in self.actions_by_name.items():
-            if name not in ("new_project", "open", "quit", "settings"):
+            if name not in ("new_project", "open", "quit", "close", "settings"):
                 action.setEnabled(has)
         self.actions_by_name["settings"].setEnabled(has)
-        self._sync_predict_ui()
+        for w in (self.accept_button, self.level_slider, self.window_slider, self.class_bar_widget):
+            w.setEnabled(has)
+        self.predictor._sync_predict_ui()
 
     # ================================================================== listing
     def current_filter(self) -> str:
@@ -470,19 +459,65 @@ class MainWindow(QMainWindow):
         assert self.model is not None
         keep = None if top else self.current_row()
         self.model_version = version
+        assert self.project is not None
+        self.verdicts = VerdictCache(self.project, version)
+        self.model.verdicts = self.verdicts
+        self.model.ok_known = self.project.ok_class is not None
         self.model.set_rows(rows)
+        if not rule_loaded() and not self._rule_loading:
+            self._rule_loading = True  # after the first screenful: it imports torch
+            QTimer.singleShot(300, self._load_rule)
         self.count_label.setText(f"{len(rows)} images")
         target = self.model.row_of(keep.image_id) if keep and keep.image_id is not None else None
         self.go_to(target if target is not None else 0)
-        model = version or "no model yet"
-        self.statusBar().showMessage(
-            f"{status['images']} images, {status['labeled']} labeled, {status['unlabeled']} "
-            f"unlabeled, {status['quarantined']} quarantined — model: {model}"
-        )
+        self._show_counts(status)
         if self._after_rows_note:
             self.statusBar().showMessage(self._after_rows_note, 15000)
             self._after_rows_note = ""
         self.rowsLoaded.emit(len(rows))
+
+    def _load_rule(self) -> None:
+        task = Task(load_rule)
+        self._tasks.add(task)
+
+        def done(_result: Any) -> None:
+            self._tasks.discard(task)
+            if self.project is not None and self.model is not None:
+                self.verdicts = VerdictCache(self.project, self.model_version)
+                self.model.verdicts = self.verdicts
+                self.model.text_changed()
+                cur = self.current_row()
+                if cur is not None:
+                    self._show_info(cur)
+            self.verdictsReady.emit()
+
+        def failed(msg: str) -> None:
+            self._tasks.discard(task)
+            self.show_error(f"the line's verdict rule could not be loaded: {msg}")
+
+        start_task(self.pool, task, done, failed)
+
+    def _show_counts(self, status: dict[str, Any]) -> None:
+        """The project's counts, in the status bar for good (they follow every label)."""
+        model = self.model_version or "no model yet"
+        self.counts_label.setText(
+            f"{status['images']} images, {status['labeled']} labeled, {status['unlabeled']} "
+            f"unlabeled, {status['quarantined']} quarantined — model: {model}"
+        )
+
+    def _refresh_counts(self) -> None:
+        """Re-read the counts on the query thread (after labels were written)."""
+        if self.project is None:
+            return
+        task = Task(self.project.status)
+        self._tasks.add(task)
+
+        def done(status: dict[str, Any]) -> None:
+            self._tasks.discard(task)
+            if self.project is not None:
+                self._show_counts(status)
+
+        start_task(self.query_pool, task, done, lambda _m: self._tasks.discard(task))
 
     def current_row(self) -> Row | None:
         if self.model is None:
@@ -507,6 +542,8 @@ class MainWindow(QMainWindow):
             self.viewer.show_path(None)
             self.info_label.setText("No images match this filter.")
             self.pred_label.setText("")
+            self.strip.clear()
+            self._mark_current_class(None)
             return
         row = max(0, min(row, self.model.total() - 1))
         self.model.ensure_shown(row)
@@ -538,20 +575,42 @@ class MainWindow(QMainWindow):
             self.compute_heatmap()
 
     def _show_info(self, r: Row) -> None:
+        hist = getattr(self, "history_dialog", None)
+        if hist is not None and hist.isVisible() and r.image_id is not None:
+            hist.show_image(r.image_id)
         if r.reason is not None:
             self.info_label.setText(f"{r.path}\nquarantined: {r.reason}")
             self.pred_label.setText("")
+            self.strip.clear()
+            self._mark_current_class(None)
             return
         self.info_label.setText(
             f"#{r.image_id}  {r.name}  captured {r.capture}\nlabel: {r.label or '(none)'}"
         )
+        verdict = self.verdicts.get(r.image_id) if self.verdicts is not None else None
+        self.strip.show_image(
+            r.label,
+            self.colours.get(r.label or ""),
+            r.pred,
+            self.colours.get(r.pred or ""),
+            r.confidence,
+            verdict,
+        )
+        self._mark_current_class(r.label)
         if r.pred is not None and r.confidence is not None:
+            ok = self.project is not None and self.project.ok_class is not None
+            score = "defect score" if ok else "least-confident score (1 − confidence)"
             self.pred_label.setText(
-                f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), defect score "
-                f"{(r.score or 0):.3f} — press {self._keys('accept')} to accept"
+                f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), {score} "
+                f"{(r.score or 0):.3f}, line verdict {verdict or '—'} — press "
+                f"{self._keys('accept')} to accept"
             )
         else:
             self.pred_label.setText("no prediction (Model → Predict unlabeled / all images)")
+
+    def _mark_current_class(self, label: str | None) -> None:
+        for name, button in self.class_buttons.items():
+            button.set_current(name == label)
 
     def _keys(self, action: str) -> str:
         seq = self.actions_by_name[action].shortcut()
@@ -581,6 +640,7 @@ class MainWindow(QMainWindow):
         cur = self.current_row()
         if cur is not None and cur.image_id in labels:
             self._show_info(cur)
+        self._counts_timer.start()
         self.labelsSaved.emit(list(labels))
 
     def accept_suggestion(self) -> None:
@@ -632,6 +692,7 @@ class MainWindow(QMainWindow):
         cur = self.current_row()
         if cur is not None:
             self._show_info(cur)
+        self._counts_timer.start()
         self.labelsSaved.emit(change.image_ids)
 
     def show_next_useful(self) -> None:
@@ -657,6 +718,14 @@ class MainWindow(QMainWindow):
         level = self.level_slider.value() / 1000.0
         width = self.window_slider.value() / 1000.0
         self.viewer.set_window(level - width / 2, level + width / 2)
+        self._thumbs_timer.start()
+
+    def _thumbs_follow_levels(self) -> None:
+        """Thumbnails take the viewer's window/level (after the slider rests a moment)."""
+        if self.loader is None or self.model is None:
+            return
+        if self.loader.set_display(self.viewer.bit_depth, self.viewer.low, self.viewer.high):
+            self.model.redisplay()
 
     def _sync_sliders(self) -> None:
         for s, v in (
@@ -670,6 +739,7 @@ class MainWindow(QMainWindow):
     def reset_levels(self) -> None:
         self.viewer.reset_window()
         self._sync_sliders()
+        self._thumbs_timer.start()
 
     def toggle_heatmap(self) -> None:
         if self.actions_by_name["heatmap"].isChecked():
@@ -677,273 +747,45 @@ class MainWindow(QMainWindow):
         else:
             self.viewer.clear_heatmap()
 
-    def compute_heatmap(self) -> None:
-        """Grad-CAM of the current image with the current model, on a pool thread."""
-        cur = self.current_row()
-        if self.project is None or cur is None or cur.image_id is None:
-            return
-        if self.model_version is None:
-            self.show_error("no trained model yet: train one to see heat maps")
-            self.actions_by_name["heatmap"].setChecked(False)
-            return
-        from defectssft_gui.cam import grad_cam
+    # ================================================================== import / watch, model
+    # (the work is in ImportController and PredictController; these are the window's API)
+    @property
+    def hot(self) -> Any:
+        return self.importer.hot
 
-        model_file = self.project.models_dir / self.model_version / "model.pt"
-        path = cur.path
-        task = Task(
-            grad_cam,
-            model_file,
-            path,
-            bit_depth=int(self.project.get_setting("input.bit_depth", 16) or 16),
-        )
-        self._tasks.add(task)
+    @property
+    def predict_bar(self) -> QProgressBar:
+        return self.predictor.predict_bar
 
-        def done(result: Any) -> None:
-            self._tasks.discard(task)
-            if self.viewer.path == path and self.actions_by_name["heatmap"].isChecked():
-                if self.project is not None:  # a class renamed since training: today's name
-                    result.classes = self.project.current_class_names(result.classes)
-                self.viewer.set_heatmap(result.heat)
-                self.pred_label.setText(
-                    f"model {self.model_version}: {result.predicted} ({result.confidence:.1%}); "
-                    f"heat map of {result.classes[result.class_index]}"
-                )
-                self.camReady.emit(path)
-
-        def failed(msg: str) -> None:
-            self._tasks.discard(task)
-            self.actions_by_name["heatmap"].setChecked(False)
-            self.show_error(f"heat map: {msg}")
-
-        start_task(self.pool, task, done, failed)
-
-    # ================================================================== import / watch
-    def choose_project(self) -> None:
-        project_flows.choose_project(self)
-
-    def choose_import_files(self) -> None:
-        files, _ = QFileDialog.getOpenFileNames(
-            self, "Import images", "", "Images (*.jpg *.jpeg *.png *.bmp *.tif *.tiff)"
-        )
-        if files:
-            project_flows.open_import_dialog(self, files)
-
-    def choose_import_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Import a folder of images")
-        if folder:
-            project_flows.open_import_dialog(self, [folder], label_from="folder")
+    @property
+    def predict_cancel_button(self) -> QPushButton:
+        return self.predictor.predict_cancel_button
 
     def import_paths(self, paths: list[str], label_from: str | None = None) -> None:
-        """Import files/folders through ``defectssft.ingest.import_paths`` on a pool thread."""
-        if self.project is None:
-            return
-        from defectssft.ingest import import_paths
-
-        task = Task(
-            import_paths,
-            self.project,
-            paths,
-            label_from=label_from,
-            source="gui",
-            with_progress=True,
-        )
-        self._tasks.add(task)
-        task.signals.progress.connect(
-            lambda d, t: self.statusBar().showMessage(f"importing {d}/{t} files…")
-        )
-
-        def done(summary: Any) -> None:
-            self._tasks.discard(task)
-            self.statusBar().showMessage(
-                f"imported {summary.added}, {summary.duplicates} duplicates, "
-                f"{summary.quarantined} quarantined",
-                8000,
-            )
-            if summary.new_classes:
-                self.reload_classes()
-            self.refresh()
-            self.importDone.emit(summary)
-
-        def failed(msg: str) -> None:
-            self._tasks.discard(task)
-            self.show_error(f"import: {msg}")
-
-        start_task(self.pool, task, done, failed)
-
-    def toggle_watch(self) -> None:
-        if self.hot is not None:
-            self.stop_watch()
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Watch a hot folder")
-        if folder:
-            self.start_watch(folder)
-        else:
-            self.actions_by_name["watch"].setChecked(False)
+        self.importer.import_paths(paths, label_from=label_from)
 
     def start_watch(self, folder: str | Path) -> bool:
-        if self.project is None:
-            return False
-        self.stop_watch()
-        try:
-            self.hot = HotFolderThread(self.project, folder, parent=self)
-        except DefectssftError as e:
-            self.actions_by_name["watch"].setChecked(False)
-            self.show_error(str(e))
-            return False
-        self.hot.ingested.connect(self._hot_ingested)
-        self.hot.start()
-        self.actions_by_name["watch"].setChecked(True)
-        self._hot_counts = {"added": 0, "duplicate": 0, "quarantined": 0}
-        self.hot_label.setText(f"watching {folder}")
-        return True
+        return self.importer.start_watch(folder)
 
     def stop_watch(self) -> None:
-        if self.hot is not None:
-            self.hot.stop()
-            self.hot.deleteLater()
-            self.hot = None
-        self.actions_by_name["watch"].setChecked(False)
-        self.hot_label.setText("")
+        self.importer.stop_watch()
 
-    def _hot_ingested(self, _path: str, status: str) -> None:
-        self._hot_counts[status] = self._hot_counts.get(status, 0) + 1
-        c = self._hot_counts
-        folder = self.hot.folder if self.hot else ""
-        self.hot_label.setText(
-            f"watching {folder}: {c['added']} new, {c['duplicate']} dup, "
-            f"{c['quarantined']} quarantined"
-        )
-        self._refresh_timer.start()
-
-    # ================================================================== model
     def prediction_running(self) -> bool:
-        """True while Predict unlabeled (child process) or Predict all (pool thread) runs."""
-        return self._predict_all is not None or self.predict_proc.running()
+        return self.predictor.prediction_running()
 
     def run_predict(self) -> None:
-        """Predict unlabeled images with the current model in a child process."""
-        if self.project is None:
-            return
-        if self.prediction_running():
-            self.statusBar().showMessage("prediction already running", 3000)
-            return
-        if queries.current_model(self.project) is None:
-            self.show_error("no trained model yet: Model → Train first")
-            return
-        self.statusBar().showMessage("predicting…")
-        self.predict_proc.start("defectssft_gui.predict", [str(self.project.root)])
-        self._sync_predict_ui()
-
-    def _predict_event(self, ev: dict) -> None:
-        if ev.get("event") == "progress":
-            self._predict_progress(int(ev.get("done", 0)), int(ev.get("total", 0)))
-
-    def _predict_finished(self, code: int, error: str) -> None:
-        self._sync_predict_ui()
-        if code != 0:
-            self.show_error(f"predict: {error or f'failed (exit code {code})'}")
-        else:
-            self.refresh()
-        self.predictionsDone.emit(code)
+        self.predictor.run_predict()
 
     def predict_all(self) -> None:
-        """Score every image with the current model on a pool thread (never the GUI thread).
-
-        Predictions are saved batch by batch (``gui.predict_batch`` images, one transaction
-        each), so Cancel, a crash or closing the window loses at most the batch in flight.
-        """
-        if self.project is None:
-            return
-        if self.prediction_running():
-            self.statusBar().showMessage("prediction already running", 3000)
-            return
-        version = queries.current_model(self.project)
-        if version is None:
-            self.show_error("no trained model yet: Model → Train first")
-            return
-        from defectssft_gui.predict import predict_images
-
-        try:
-            batch = max(1, int(self.project.get_setting(PREDICT_BATCH_SETTING, 32) or 32))
-        except (TypeError, ValueError):
-            batch = 32
-        stop = threading.Event()
-        project = self.project
-        task = Task(
-            predict_images,
-            project,
-            version,
-            only_unlabeled=False,
-            batch_size=batch,
-            should_stop=stop.is_set,
-            with_progress=True,
-        )
-        self._tasks.add(task)
-        self._predict_all = (task, stop)
-        task.signals.progress.connect(self._predict_progress)
-        start_task(
-            self.pool,
-            task,
-            lambda summary: self._predict_all_finished(task, project, summary, ""),
-            lambda msg: self._predict_all_finished(task, project, None, msg),
-        )
-        self._sync_predict_ui()
-        self.statusBar().showMessage(
-            f"predicting all images with {version}… ({self._keys('cancel_predict')} cancels)"
-        )
-
-    def _predict_progress(self, done: int, total: int) -> None:
-        self.predict_bar.setRange(0, max(total, 1))
-        self.predict_bar.setValue(done)
-        self.statusBar().showMessage(
-            f"predicting {done}/{total} images… ({self._keys('cancel_predict')} cancels)"
-        )
-
-    def _predict_all_finished(
-        self, task: Task, project: Project, summary: dict[str, Any] | None, error: str
-    ) -> None:
-        self._tasks.discard(task)
-        if self._predict_all is not None and self._predict_all[0] is task:
-            self._predict_all = None
-        self._sync_predict_ui()
-        if project is not self.project:  # the window moved on to another project
-            return
-        if summary is None:
-            self.show_error(f"predict all: {error}")
-            self._after_rows_note = f"error: predict all: {error}"
-            result: dict[str, Any] = {"error": error}
-        else:
-            skipped = f", {summary['skipped']} unreadable" if summary.get("skipped") else ""
-            if summary.get("cancelled"):
-                note = (
-                    f"prediction cancelled: {summary['done']} of {summary['total']} images "
-                    f"done and saved{skipped}"
-                )
-            else:
-                note = f"predicted {summary['predicted']} images with {summary['version']}{skipped}"
-            self.statusBar().showMessage(note, 15000)
-            self._after_rows_note = note
-            result = dict(summary)
-        self.refresh()  # suggestions, filters and sort by score use the new predictions
-        self.predictAllDone.emit(result)
+        self.predictor.predict_all()
 
     def cancel_predict(self) -> None:
-        """Stop the running prediction after its current batch; saved batches stay."""
-        if self._predict_all is not None:
-            self._predict_all[1].set()
-            self.statusBar().showMessage("cancelling after the current batch…")
-        if self.predict_proc.running():
-            self.predict_proc.terminate()  # the child stops after its batch too (SIGTERM)
+        self.predictor.cancel_predict()
 
-    def _sync_predict_ui(self) -> None:
-        """Progress bar, Cancel button and action enabled only while a prediction runs."""
-        running = self.prediction_running()
-        if running and self.predict_bar.isHidden():
-            self.predict_bar.setRange(0, 0)  # busy until the first batch reports
-        self.predict_bar.setVisible(running)
-        self.predict_cancel_button.setVisible(running)
-        self.actions_by_name["cancel_predict"].setEnabled(running)
+    def compute_heatmap(self) -> None:
+        self.predictor.compute_heatmap()
 
+    # ================================================================== model
     def open_training(self) -> None:
         from defectssft_gui.train_dialog import TrainDialog
 
@@ -952,8 +794,63 @@ class MainWindow(QMainWindow):
         dlg = getattr(self, "train_dialog", None)
         if dlg is None:
             dlg = TrainDialog(self.project.root, self)
-            dlg.modelTrained.connect(lambda _v: (self.reload_classes(), self.refresh()))
+            dlg.modelTrained.connect(self._model_trained)
+            dlg.evaluationFinished.connect(lambda _code: self._reload_models_panel())
             self.train_dialog = dlg
+        dlg.show()
+        dlg.raise_()
+
+    def _model_trained(self, version: str) -> None:
+        """A new version: the old suggestions stay shown (``shown_version``) while the new model
+        predicts the unlabeled images (Cancel / Esc stops it; what is saved stays)."""
+        self.reload_classes()
+        self.refresh()
+        self._reload_models_panel()
+        if self.project is None:
+            return
+        if queries.current_model(self.project) == version and not self.prediction_running():
+            self.run_predict()
+        else:
+            prod = self.project.production_model()
+            self._after_rows_note = (
+                f"{version} trained; {prod} stays production (Model → Models… to compare and "
+                "promote)"
+            )
+
+    def _reload_models_panel(self) -> None:
+        dlg = getattr(self, "models_dialog", None)
+        if dlg is not None and dlg.isVisible() and not dlg._tasks:
+            dlg.reload()
+
+    def open_history(self) -> None:
+        """The label history of the current image; it follows the current image while open."""
+        from defectssft_gui.history import LabelHistoryDialog
+
+        cur = self.current_row()
+        if self.project is None or cur is None or cur.image_id is None:
+            return
+        dlg = getattr(self, "history_dialog", None)
+        if dlg is None or dlg.project is not self.project:
+            dlg = LabelHistoryDialog(self.project, cur.image_id, self)
+            self.history_dialog = dlg
+        else:
+            dlg.show_image(cur.image_id)
+        dlg.show()
+        dlg.raise_()
+
+    def open_models(self) -> None:
+        """The Models panel: versions, metrics, compare, promote / roll back, the report."""
+        from defectssft_gui.models_panel import ModelsDialog
+
+        if self.project is None:
+            return
+        dlg = getattr(self, "models_dialog", None)
+        if dlg is None or dlg.project is not self.project:
+            dlg = ModelsDialog(self.project, self)
+            dlg.productionChanged.connect(lambda _v: (self.reload_classes(), self.refresh()))
+            self.models_dialog = dlg
+        else:
+            dlg.reload()
         dlg.show()
         dlg.raise_()
 
@@ -996,6 +893,9 @@ class MainWindow(QMainWindow):
         assert self.project is not None
         if self.session is not None:
             self.session.who = str(self.project.get_setting(WHO_SETTING, "operator"))
+        self.viewer.bit_depth = int(self.project.get_setting("input.bit_depth", 16) or 16)
+        self.viewer.set_window(self.viewer.low, self.viewer.high)  # re-render at the new depth
+        self._thumbs_follow_levels()
         self.apply_shortcuts()
         self.refresh()
 
@@ -1018,10 +918,12 @@ class MainWindow(QMainWindow):
         dlg = getattr(self, "train_dialog", None)
         if dlg is not None:
             dlg.shutdown()
-        self.predict_proc.terminate()
-        if self._predict_all is not None:
-            self._predict_all[1].set()  # the pool thread stops after its current batch
+        self.predictor.predict_proc.terminate()
+        self.predictor.stop()  # the pool thread stops after its current batch
         self.stop_watch()
+        models = getattr(self, "models_dialog", None)
+        if models is not None:
+            models.pool.waitForDone(60000)  # a promotion in flight finishes (all or nothing)
         self.pool.waitForDone(10000)
         self.query_pool.waitForDone(10000)
         self.viewer.cache.close()

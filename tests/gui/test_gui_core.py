@@ -277,6 +277,6 @@ def test_thumbnail_of_16bit_colour_image(tmp_path):
     assert (q.width(), q.height()) == (32, 64)
     c = q.pixelColor(10, 10)
     assert (c.red(), c.green(), c.blue()) == (255, 255, 0)
-    assert (cache / "abc.jpg").is_file()
+    assert (cache / "abc.u16.png").is_file()  # raw 16-bit kept: the display mapping comes later
     with pytest.raises(ValueError):
         load_thumbnail("bad", str(tmp_path / "missing.png"), cache)

@@ -102,6 +102,8 @@ def walkthrough(app, root: Path, wait, shoot=None, steps: int = 4) -> dict:
     # 2. The wizard's import runs on a pool thread; the grid fills.
     wait(lambda: bool(imported), 60, "the import")
     wait(lambda: window.model is not None and window.model.total() == 16, 30, "the grid")
+    window.activateWindow()  # the wizard had the keyboard; class hotkeys need the window's
+    wait(lambda: app.activeWindow() is window, 10, "the window to be active")
     snap(window, "walk-02-imported")
     # 3. Label 10 images by keyboard (1 = good, 2 = defective, D = skip), 5 of each.
     p = window.project

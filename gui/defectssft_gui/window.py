@@ -86,6 +86,7 @@ class MainWindow(QMainWindow):
         self.query_pool.setMaxThreadCount(1)
         self._query_gen = 0
         self._tasks: set[Task] = set()
+        self._closing = False  # set by closeEvent: late task results are dropped
         self.session: LabelSession | None = None
         self.loader: ThumbnailLoader | None = None
         self.model: ImageListModel | None = None
@@ -294,6 +295,7 @@ class MainWindow(QMainWindow):
         self.apply_shortcuts()
         self.refresh()
         self._update_enabled()
+        self.grid.setFocus()  # class hotkeys label at once (not typed into a combo box)
         return True
 
     def close_project(self) -> None:
@@ -514,7 +516,7 @@ class MainWindow(QMainWindow):
 
         def done(status: dict[str, Any]) -> None:
             self._tasks.discard(task)
-            if self.project is not None:
+            if self.project is not None and not self._closing:  # delivered after close: drop
                 self._show_counts(status)
 
         start_task(self.query_pool, task, done, lambda _m: self._tasks.discard(task))
@@ -913,6 +915,7 @@ class MainWindow(QMainWindow):
             box.open()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._closing = True
         if self.project is not None:
             self.project.set_setting("gui.levels", [self.viewer.low, self.viewer.high])
         dlg = getattr(self, "train_dialog", None)

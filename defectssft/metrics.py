@@ -3,10 +3,8 @@
 Conventions used everywhere in defectssft:
 
 * a *defect score* is ``1 - p(OK)`` when the project has an OK class (else ``1 - max prob``),
-  computed as the sum of the other classes' probabilities: ``1 - p`` in float32 rounds every
-  score below about 6e-8 to exactly 0, and a confidently passed defect would tie with the good
-  parts instead of keeping its rank;
-* a part is rejected (NG) when ``score >= threshold``;
+  ``defectssft_line.decision.defect_scores`` (re-exported here);
+* a part is rejected (NG) when ``score >= threshold`` (``defectssft_line.decision.verdict``);
 * **escape rate** = defective parts passed as OK / defective parts (the costly error);
 * **overkill rate** = good parts rejected / good parts (the expensive-but-safe error).
 """
@@ -16,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from defectssft_line.decision import defect_scores  # noqa: F401 - the one definition, re-exported
 
 
 @dataclass(frozen=True)
@@ -38,19 +38,6 @@ def _binary_inputs(scores, is_defect) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(s)):
         raise ValueError("scores contain NaN or infinity")
     return s, d
-
-
-def defect_scores(probs: np.ndarray, ok_index: int | None) -> np.ndarray:
-    """Per-image defect score: ``1 - p(ok)`` with an OK class, else ``1 - max prob``.
-
-    Summed from the other classes (no cancellation), so scores of confident OK parts stay
-    distinct down to the smallest float32 probability."""
-    p = np.array(probs, dtype=np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be [N, C], got shape {p.shape}")
-    drop = p.argmax(axis=1) if ok_index is None else np.full(len(p), ok_index)
-    p[np.arange(len(p)), drop] = 0.0
-    return p.sum(axis=1)
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:

@@ -12,7 +12,6 @@ name and renamed only when the check passes, so a good model is never replaced b
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import tempfile
@@ -29,17 +28,15 @@ from torch import nn
 
 from defectssft.errors import DefectssftError
 from defectssft.fsutil import atomic_path
-from defectssft.inspection import (  # noqa: F401 - moved there; re-exported for callers
+from defectssft.inspection import (
     InspectionModel,
-    input_size,
+    ModelSpec,
     inspection_model,
     load_images,
     run_torch,
 )
+from defectssft_line.decision import METADATA_KEY, ThresholdError, Thresholds
 
-ONNX_FORMAT = "defectssft-model"
-ONNX_FORMAT_VERSION = 1
-METADATA_KEY = "defectssft"
 OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
 # Largest |prob(onnxruntime) - prob(torch)| accepted, per precision.
@@ -86,74 +83,23 @@ class ExportResult:
         return line
 
 
-def resolve_thresholds(
-    meta: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
-    threshold: float | None = None,
-    unsure_low: float | None = None,
-    unsure_high: float | None = None,
-) -> dict[str, float]:
-    """The thresholds the line will use, first match wins: explicit arguments, the model file's
-    own thresholds, the operating threshold stored by ``defectssft evaluate``
-    (``metrics["test"]["operating_point"]``), 0.5."""
-    base = meta.get("thresholds") or {}
-    ng = threshold
-    if ng is None:
-        ng = base.get("ng")
-    if ng is None and metrics:
-        ng = ((metrics.get("test") or {}).get("operating_point") or {}).get("threshold")
-    ng = 0.5 if ng is None else float(ng)
-    low = (
-        unsure_low
-        if unsure_low is not None
-        else (base.get("unsure_low") if threshold is None else None)
-    )
-    high = (
-        unsure_high
-        if unsure_high is not None
-        else (base.get("unsure_high") if threshold is None else None)
-    )
-    low = ng if low is None else float(low)
-    high = ng if high is None else float(high)
-    if not 0.0 <= low <= ng <= high <= 1.0:
-        raise ExportError(
-            f"thresholds must satisfy 0 <= unsure_low ({low}) <= ng ({ng}) <= unsure_high ({high}) <= 1"
-        )
-    return {"ng": ng, "unsure_low": low, "unsure_high": high}
-
-
 def build_metadata(
-    meta: dict[str, Any], thresholds: dict[str, float], precision: str, project: str | None = None
+    meta: dict[str, Any],
+    thresholds: Thresholds | dict[str, float],
+    precision: str,
+    project: str | None = None,
 ) -> dict[str, Any]:
-    """The ``metadata_props["defectssft"]`` JSON of the ONNX contract."""
-    height, width, bit_depth = input_size(meta)
-    return {
-        "format": ONNX_FORMAT,
-        "format_version": ONNX_FORMAT_VERSION,
-        "model_version": meta.get("version", ""),
-        "classes": list(meta["classes"]),
-        "ok_class": meta.get("ok_class"),
-        "input": {
-            "height": height,
-            "width": width,
-            "channels": 3,
-            "layout": "NHWC",
-            "dtype": "uint8",
-            "color": "rgb",
-            "resize": "area",
-            "bit_depth": bit_depth,
-        },
-        "normalize": {
-            "mean": [float(v) for v in meta["mean"]],
-            "std": [float(v) for v in meta["std"]],
-        },
-        "thresholds": thresholds,
-        "data_hash": meta.get("data_hash", ""),
-        "backbone": meta.get("model_name", ""),
-        "precision": precision,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "project": project or "",
-    }
+    """The ``metadata_props["defectssft"]`` JSON of the ONNX contract (``ModelSpec.onnx_metadata``)."""
+    return ModelSpec.from_meta(meta).onnx_metadata(_thresholds(thresholds), precision, project)
+
+
+def _thresholds(thresholds: Thresholds | dict[str, float]) -> Thresholds:
+    if isinstance(thresholds, Thresholds):
+        return thresholds
+    try:
+        return Thresholds(**{k: float(v) for k, v in thresholds.items()})
+    except (ThresholdError, TypeError) as e:
+        raise ExportError(str(e)) from e
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -390,7 +336,7 @@ def export_onnx(
     check_labels: Sequence[int] | None = None,
     calib_images: np.ndarray | None = None,
     precision: str = "fp32",
-    thresholds: dict[str, float] | None = None,
+    thresholds: Thresholds | dict[str, float] | None = None,
     project: str | None = None,
     max_prob_diff: float | None = None,
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
@@ -411,15 +357,19 @@ def export_onnx(
         raise ExportError(
             f"{out_path.parent}: cannot create the output folder ({e.strerror})"
         ) from e
-    height, width, _ = input_size(meta)
+    spec = ModelSpec.from_meta(meta)
+    height, width = spec.input.height, spec.input.width
     images = np.asarray(check_images, dtype=np.uint8)
     if images.ndim != 4 or images.shape[1:] != (height, width, 3):
         raise ExportError(
             f"check images must be [N, {height}, {width}, 3] uint8, got {images.shape}"
         )
-    thresholds = thresholds or resolve_thresholds(meta)
-    metadata = build_metadata(meta, thresholds, precision, project)
-    wrapper = inspection_model(model, meta)
+    try:
+        resolved = spec.resolve_thresholds() if thresholds is None else _thresholds(thresholds)
+    except ThresholdError as e:
+        raise ExportError(str(e)) from e
+    metadata = spec.onnx_metadata(resolved, precision, project)
+    wrapper = inspection_model(model, spec)
     reference = run_torch(wrapper, images)
     graph = _torch_to_onnx(wrapper, height, width)
 
@@ -500,8 +450,14 @@ def export_project_model(
     model_dir = Path(record["path"])
     model, meta = load_model_file(model_dir / "model.pt")
     meta["version"] = meta.get("version") or record["version"]
-    thresholds = resolve_thresholds(meta, record.get("metrics"), threshold, unsure_low, unsure_high)
-    height, width, bit_depth = input_size(meta)
+    spec = ModelSpec.from_meta(meta)
+    try:
+        thresholds = spec.resolve_thresholds(
+            record.get("metrics"), threshold, unsure_low, unsure_high
+        )
+    except ThresholdError as e:
+        raise ExportError(str(e)) from e
+    height, width, bit_depth = spec.input.height, spec.input.width, spec.input.bit_depth
     check_paths, labels, calib_paths = _project_images(project, max_check, max_calib)
     if not check_paths:
         raise ExportError(f"{project.root}: no images to check the export on; import some first")

@@ -20,8 +20,8 @@ from defectssft.export import (
     export_onnx,
     export_project_model,
     read_metadata,
-    resolve_thresholds,
 )
+from defectssft.inspection import ModelSpec
 from defectssft.modeling import build_model, save_model_file
 from defectssft.project import Project
 
@@ -220,11 +220,21 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
             check_images=np.zeros((2, 16, 16, 3), np.uint8),
         )
     with pytest.raises(ExportError, match="unsure_low"):
-        resolve_thresholds(tiny_meta(), None, threshold=0.5, unsure_low=0.7)
+        export_onnx(
+            tiny_model(),
+            tiny_meta(),
+            tmp_path / "m.onnx",
+            check_images=random_images(1),
+            thresholds={"ng": 0.5, "unsure_low": 0.7, "unsure_high": 0.5},
+        )
     not_onnx = tmp_path / "x.onnx"
     not_onnx.write_text("hello")
     with pytest.raises(ExportError, match="not a readable ONNX file"):
         read_metadata(not_onnx)
+
+
+def resolve_thresholds(meta, metrics=None, **overrides):
+    return ModelSpec.from_meta(meta).resolve_thresholds(metrics, **overrides).as_dict()
 
 
 def test_threshold_resolution_order():

@@ -185,6 +185,22 @@ class AddResult:
     path: str | None = None
 
 
+@dataclass(slots=True)
+class ImageOverview:
+    """One image as the app's grid lists it: label and one model version's prediction."""
+
+    image_id: int
+    sha256: str
+    path: str
+    label: str | None
+    capture: str  # capture time, else ingest time
+    name: str  # original file name
+    pred_index: int | None  # the model's top class index (None: not predicted)
+    confidence: float | None
+    margin: float | None
+    probs: list[float] | None
+
+
 @dataclass
 class TrainingData:
     """What a training run sees; paths are absolute, class indices follow ``classes``."""
@@ -850,22 +866,6 @@ class Project:
         )
         return [LabelEvent(*r) for r in rows]
 
-    def undo_label(self, image_id: int, who: str = "operator") -> str | None:
-        """Put back the label the image had before its last change; returns the restored label.
-
-        The undo is itself an event in the append-only history, so the audit trail stays whole.
-        """
-        with self.transaction() as tx:
-            last = tx.execute(
-                "SELECT class_id, previous_class_id FROM label_events WHERE image_id=? "
-                "ORDER BY id DESC LIMIT 1",
-                (image_id,),
-            ).fetchone()
-            if last is None:
-                raise ProjectError(f"image {image_id} has no label change to undo")
-            self._write_label(tx, image_id, last[1], last[0], "human", who, utcnow())
-        return self.get_image(image_id).label
-
     # ----------------------------------------------------------------- splits
     def assign_splits(
         self, val_fraction: float | None = None, test_fraction: float | None = None, seed: int = 0
@@ -1112,6 +1112,49 @@ class Project:
             "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)
         )
         return {r[0]: json.loads(r[1]) for r in rows}
+
+    def image_overview(self, version: str | None = None) -> list[ImageOverview]:
+        """Every image with its label and model ``version``'s prediction (the app's grid), in
+        image id order: one read-only query."""
+        sql = (
+            "SELECT i.id, i.sha256, i.ext, c.name, COALESCE(i.capture_time, i.ingest_time), "
+            "COALESCE(i.original_name, ''), p.pred_class_id, p.confidence, p.margin, p.probs "
+            "FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
+            "LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version = ? ORDER BY i.id"
+        )
+        return [
+            ImageOverview(
+                r[0],
+                r[1],
+                str(self.image_file(r[1], r[2])),
+                r[3],
+                r[4] or "",
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                json.loads(r[9]) if r[9] is not None else None,
+            )
+            for r in self._con().execute(sql, (version or "",))
+        ]
+
+    def labels_of(self, image_ids: Sequence[int]) -> dict[int, str | None]:
+        """The current label (None: unlabeled) of each image; ProjectError for an unknown id."""
+        out: dict[int, str | None] = {}
+        ids = [int(i) for i in image_ids]
+        con = self._con()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = con.execute(
+                "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
+                f"WHERE i.id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update({r[0]: r[1] for r in rows})
+        missing = [i for i in ids if i not in out]
+        if missing:
+            self.get_image(missing[0])  # raises ProjectError naming the image
+        return out
 
     # ----------------------------------------------------------------- hot-folder bookkeeping
     def seen_file(self, path: str, size: int, mtime_ns: int) -> str | None:

@@ -1,202 +1,25 @@
-"""What the browse grid lists: image rows of a project, filtered and sorted (no Qt here).
+"""What the browse grid lists: ``defectssft.queries`` (the core) does the work."""
 
-One read-only SQL query joins images, labels and the current model's predictions; filtering and
-sorting then happen in Python, which takes a few tens of milliseconds for 20,000 images. Filters
-are small strings so they can be stored, typed in tests and shown in a combo box:
+from defectssft.queries import (
+    DEFAULT_UNCERTAIN_MARGIN,
+    SIMPLE_FILTERS,
+    SORTS,
+    QueryError,
+    Row,
+    check_filter,
+    current_model,
+    fetch_rows,
+    model_classes,
+)
 
-``all``, ``unlabeled``, ``class:NAME``, ``pred:NAME``, ``uncertain``, ``misclassified``,
-``quarantined`` and ``useful`` (unlabeled images, most useful to label first).
-"""
-
-from __future__ import annotations
-
-import json
-from dataclasses import dataclass
-from typing import Any
-
-from defectssft.active import rank_for_labeling
-from defectssft.errors import DefectssftError
-from defectssft.project import Project
-
-SORTS = ("capture", "-capture", "score", "-score")
-SIMPLE_FILTERS = ("all", "unlabeled", "uncertain", "misclassified", "quarantined", "useful")
-DEFAULT_UNCERTAIN_MARGIN = 0.2
-
-
-class QueryError(DefectssftError):
-    """A filter or sort the grid does not know."""
-
-
-@dataclass(slots=True)
-class Row:
-    """One grid cell. Quarantined files have ``image_id`` None and a ``reason``."""
-
-    image_id: int | None
-    sha256: str
-    path: str
-    label: str | None
-    capture: str
-    name: str
-    pred: str | None = None
-    confidence: float | None = None
-    margin: float | None = None
-    score: float | None = (
-        None  # defect score: 1 - p(OK) with an OK class, else 1 - confidence (summed)
-    )
-    reason: str | None = None
-
-    @property
-    def key(self) -> str:
-        """Identity of the row's picture (thumbnail cache key)."""
-        return self.sha256 or f"q:{self.path}"
-
-
-def current_model(project: Project) -> str | None:
-    """The model the app shows predictions of: the production model, else the newest."""
-    prod = project.production_model()
-    if prod:
-        return prod
-    versions = [m["version"] for m in project.models()]
-    return max(versions) if versions else None
-
-
-def model_classes(project: Project, version: str | None) -> list[str]:
-    """Class names in the model's output order (from its record; else the project's).
-
-    Names of classes renamed since the model was trained are today's names
-    (``Project.current_class_names``), so filters, the OK score and suggestions keep working.
-    """
-    if version:
-        try:
-            meta = project.get_model(version).get("meta", {})
-        except DefectssftError:
-            meta = {}
-        classes = meta.get("classes")
-        if isinstance(classes, list) and classes:
-            return project.current_class_names([str(c) for c in classes])
-    return project.class_names()
-
-
-def check_filter(spec: str, class_names: list[str]) -> str:
-    if spec in SIMPLE_FILTERS:
-        return spec
-    kind, _, name = spec.partition(":")
-    if kind in ("class", "pred") and name in class_names:
-        return spec
-    if kind in ("class", "pred"):
-        raise QueryError(f"unknown class {name!r} in filter {spec!r}")
-    raise QueryError(
-        f"unknown filter {spec!r}; use one of {', '.join(SIMPLE_FILTERS)}, class:NAME or pred:NAME"
-    )
-
-
-def fetch_rows(
-    project: Project,
-    spec: str = "all",
-    sort: str = "capture",
-    version: str | None = None,
-    uncertain_margin: float | None = None,
-) -> list[Row]:
-    """Rows matching filter ``spec`` in ``sort`` order, with the predictions of ``version``."""
-    if sort not in SORTS:
-        raise QueryError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
-    check_filter(spec, project.class_names())
-    if spec == "quarantined":
-        return _quarantine_rows(project)
-    classes = model_classes(project, version)
-    ok = project.ok_class
-    ok_idx = classes.index(ok) if ok in classes else None
-    rows = _image_rows(project, version, classes, ok_idx)
-    if uncertain_margin is None:
-        uncertain_margin = float(
-            project.get_setting("gui.uncertain_margin", DEFAULT_UNCERTAIN_MARGIN)
-        )
-    rows = _apply_filter(rows, spec, uncertain_margin)
-    if spec == "useful":
-        return _rank_useful(project, rows, version)
-    return _sort(rows, sort)
-
-
-def _image_rows(
-    project: Project, version: str | None, classes: list[str], ok_idx: int | None
-) -> list[Row]:
-    # 1 - p(OK) (else 1 - top prob) summed from the other classes, as defectssft.metrics does:
-    # 1 - p of a float32 probability is 0 for every confident OK part, and they would tie.
-    skip = str(ok_idx) if ok_idx is not None else "p.pred_class_id"
-    score_sql = (
-        f"CASE WHEN p.probs IS NULL THEN NULL ELSE "
-        f"(SELECT total(value) FROM json_each(p.probs) WHERE key != {skip}) END"
-    )
-    sql = (
-        "SELECT i.id, i.sha256, i.ext, c.name, COALESCE(i.capture_time, i.ingest_time), "
-        f"COALESCE(i.original_name, ''), p.pred_class_id, p.confidence, p.margin, {score_sql} "
-        "FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-        "LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version = ?"
-    )
-    out = []
-    root = project.images_dir
-    for r in project._con().execute(sql, (version or "",)):
-        pred = classes[r[6]] if r[6] is not None and 0 <= r[6] < len(classes) else None
-        path = f"{root}/{r[1][:2]}/{r[1]}{r[2]}"
-        out.append(Row(r[0], r[1], path, r[3], r[4] or "", r[5], pred, r[7], r[8], r[9]))
-    return out
-
-
-def _quarantine_rows(project: Project) -> list[Row]:
-    return [
-        Row(
-            None,
-            q["sha256"] or "",
-            q["path"],
-            None,
-            q["time"],
-            q["path"].rsplit("/", 1)[-1],
-            reason=q["reason"],
-        )
-        for q in reversed(project.quarantined())
-    ]
-
-
-def _apply_filter(rows: list[Row], spec: str, uncertain_margin: float) -> list[Row]:
-    kind, _, name = spec.partition(":")
-    if spec == "all":
-        return rows
-    if spec in ("unlabeled", "useful"):
-        return [r for r in rows if r.label is None]
-    if kind == "class":
-        return [r for r in rows if r.label == name]
-    if kind == "pred":
-        return [r for r in rows if r.pred == name]
-    if spec == "uncertain":
-        return [r for r in rows if r.margin is not None and r.margin < uncertain_margin]
-    if spec == "misclassified":
-        return [r for r in rows if r.label is not None and r.pred is not None and r.pred != r.label]
-    raise QueryError(f"unknown filter {spec!r}")
-
-
-def _sort(rows: list[Row], sort: str) -> list[Row]:
-    if sort.lstrip("-") == "capture":
-        rows.sort(key=lambda r: (r.capture, r.image_id or 0), reverse=sort.startswith("-"))
-        return rows
-    # Score: highest defect score first for "score"; images without a score always last.
-    sign = -1.0 if sort == "score" else 1.0
-    rows.sort(key=lambda r: (r.score is None, sign * (r.score or 0.0), r.image_id or 0))
-    return rows
-
-
-def _rank_useful(project: Project, rows: list[Row], version: str | None) -> list[Row]:
-    preds: dict[int, Any] = {}
-    if version:
-        ids = {r.image_id for r in rows}
-        for image_id, probs in project._con().execute(
-            "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)
-        ):
-            if image_id in ids:
-                preds[image_id] = json.loads(probs)
-    kind = str(project.get_setting("gui.uncertainty", "margin"))
-    diversity = float(project.get_setting("gui.diversity", 0.3))
-    order = rank_for_labeling(
-        preds, [r.image_id for r in rows if r.image_id is not None], kind=kind, diversity=diversity
-    )
-    by_id = {r.image_id: r for r in rows}
-    return [by_id[i] for i in order]
+__all__ = [
+    "DEFAULT_UNCERTAIN_MARGIN",
+    "SIMPLE_FILTERS",
+    "SORTS",
+    "QueryError",
+    "Row",
+    "check_filter",
+    "current_model",
+    "fetch_rows",
+    "model_classes",
+]

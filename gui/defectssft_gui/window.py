@@ -671,7 +671,7 @@ class MainWindow(QMainWindow):
             self.show_error("no trained model yet: train one to see heat maps")
             self.actions_by_name["heatmap"].setChecked(False)
             return
-        from defectssft_gui.cam import grad_cam
+        from defectssft.explain import grad_cam
 
         model_file = self.project.models_dir / self.model_version / "model.pt"
         path = cur.path
@@ -864,7 +864,7 @@ class MainWindow(QMainWindow):
         if version is None:
             self.show_error("no trained model yet: Model → Train first")
             return
-        from defectssft_gui.predict import predict_images
+        from defectssft.predict import predict_images
 
         try:
             batch = max(1, int(self.project.get_setting(PREDICT_BATCH_SETTING, 32) or 32))

@@ -11,6 +11,7 @@ Conventions used everywhere in defectssft:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -169,6 +170,30 @@ def classification_report(y_true, probs, classes: list[str]) -> dict:
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, ok_index: int | None
+) -> dict[str, float]:
+    """The training loop's validation numbers: accuracy, balanced accuracy (mean recall over the
+    classes present), macro-F1 over all classes (as ``classification_report``), NLL and, with an
+    OK class, the defect AUROC (NaN when only one kind of part is present)."""
+    p = np.asarray(probs)
+    y = np.asarray(labels, dtype=np.int64)
+    cm = confusion_matrix(y, p.argmax(1), p.shape[1])
+    prf = per_class_prf(cm)
+    present = prf["support"] > 0
+    out = {
+        "accuracy": accuracy(cm),
+        "balanced_accuracy": float(np.mean(prf["recall"][present])) if present.any() else math.nan,
+        "macro_f1": float(np.mean(prf["f1"])) if len(y) else math.nan,
+        "nll": float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean()),
+    }
+    if ok_index is not None:
+        scores = defect_scores(p, ok_index)
+        auroc = roc_auc(scores, y != ok_index) if np.isfinite(scores).all() else None
+        out["auroc"] = math.nan if auroc is None else auroc
+    return out
 
 
 def inspection_report(scores, is_defect, threshold: float, max_escape: float) -> dict:

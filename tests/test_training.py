@@ -17,9 +17,10 @@ import yaml
 
 from defectssft.cli import main as cli_main
 from defectssft.errors import ConfigError, DefectssftError
+from defectssft.metrics import classification_metrics
 from defectssft.training.config import parse_duration, resolve_config, resolve_for_data
 from defectssft.training.data import DataError, SeededSampler, TrainData
-from defectssft.training.loop import classification_metrics, pseudo_label_accuracy, train
+from defectssft.training.loop import pseudo_label_accuracy, train
 from tests.helpers import REPO, cfg, cli_sets, tiny_data_at, tiny_project
 
 

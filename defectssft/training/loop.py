@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from defectssft.errors import DefectssftError
-from defectssft.metrics import defect_scores, roc_auc
+from defectssft.metrics import classification_metrics
 from defectssft.modeling import atomic_torch_save, build_model, default_normalization
 from defectssft.training import ddp
 from defectssft.training import objectives as obj
@@ -140,32 +140,6 @@ def pseudo_label_accuracy(
     out = {"pl_acc": float(right.mean())}
     if bool(mask.any()):
         out["pl_acc_mask"] = float(right[mask].mean())
-    return out
-
-
-def classification_metrics(
-    probs: np.ndarray, labels: np.ndarray, ok_index: int | None
-) -> dict[str, float]:
-    """accuracy, balanced accuracy, macro-F1, NLL and (with an OK class) defect AUROC."""
-    pred = probs.argmax(1)
-    num_classes = probs.shape[1]
-    recalls, f1s = [], []
-    for c in range(num_classes):
-        tp = float(((pred == c) & (labels == c)).sum())
-        n_true, n_pred = float((labels == c).sum()), float((pred == c).sum())
-        if n_true > 0:
-            recalls.append(tp / n_true)
-            f1s.append(2 * tp / (n_true + n_pred))
-    out = {
-        "accuracy": float((pred == labels).mean()),
-        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
-        "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
-        "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1)).mean()),
-    }
-    if ok_index is not None:
-        scores = defect_scores(probs, ok_index)
-        auroc = roc_auc(scores, labels != ok_index) if np.isfinite(scores).all() else None
-        out["auroc"] = float("nan") if auroc is None else auroc
     return out
 
 

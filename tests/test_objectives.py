@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from defectssft.training import objectives as obj
+from defectssft.training.config import SSLConfig
 
 
 def test_supervised_loss_is_cross_entropy_by_hand():
@@ -129,7 +131,7 @@ def test_running_mean_update_and_total_loss():
 def test_unlabeled_loss_step_matches_the_objectives_and_carries_its_state():
     torch.manual_seed(0)
     weak, strong = torch.randn(8, 3) * 3, torch.randn(8, 3)
-    ssl = {"dist_align": False, "ema_momentum": 0.9, "threshold": 0.6, "fairness": 0.0}
+    ssl = SSLConfig(dist_align=False, ema_momentum=0.9, threshold=0.6, fairness=0.0)
     state = obj.UnlabeledState.initial(3)
     target = torch.full((3,), 1 / 3)
     step = obj.unlabeled_loss("fixmatch", weak, strong, state, ssl, target)
@@ -140,6 +142,6 @@ def test_unlabeled_loss_step_matches_the_objectives_and_carries_its_state():
     assert set(step.diagnostics) == {"tau"}
     assert float(step.state.adaptive.tau) != float(state.adaptive.tau)  # the state moved on
     aligned = obj.unlabeled_loss(
-        "fixmatch", weak, strong, state, {**ssl, "dist_align": True}, target
+        "fixmatch", weak, strong, state, dataclasses.replace(ssl, dist_align=True), target
     )
     assert not torch.equal(aligned.state.da_mean, state.da_mean)

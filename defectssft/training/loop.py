@@ -37,7 +37,7 @@ from defectssft.modeling import atomic_torch_save, build_model, default_normaliz
 from defectssft.training import ddp
 from defectssft.training import objectives as obj
 from defectssft.training.augment import StrongAugment, to_model_input, weak_transform
-from defectssft.training.config import resolve_for_data
+from defectssft.training.config import Config, SSLConfig, TrainConfig, resolve_for_data
 from defectssft.training.data import (
     ImageDataset,
     TrainData,
@@ -104,20 +104,20 @@ def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
-def make_optimizer(model: nn.Module, tc: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     """No weight decay on biases and norm layers (1-d parameters). ``tc`` is a resolved train
     section (``config.resolve_for_data``: no ``auto`` optimizer, no empty lr)."""
-    if tc["optimizer"] not in ("adamw", "sgd") or tc["lr"] is None or tc["weight_decay"] is None:
+    if tc.optimizer not in ("adamw", "sgd") or tc.lr is None or tc.weight_decay is None:
         raise DefectssftError("make_optimizer needs a config resolved by config.resolve_for_data")
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [
-        {"params": decay, "weight_decay": tc["weight_decay"]},
+        {"params": decay, "weight_decay": tc.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if tc["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=tc["lr"])
-    return torch.optim.SGD(groups, lr=tc["lr"], momentum=tc["momentum"], nesterov=True)
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=tc.lr)
+    return torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
 
 
 @torch.no_grad()
@@ -207,20 +207,20 @@ class RunProgress:
 
 
 def build_learner(
-    cfg: dict[str, Any], num_classes: int, device: torch.device, autocast_dtype: torch.dtype | None
+    cfg: Config, num_classes: int, device: torch.device, autocast_dtype: torch.dtype | None
 ) -> tuple[Learner, list[float], list[float]]:
     """Model (same initial head on every rank), EMA teacher, optimizer, grad scaler; mean/std."""
-    model_cfg, train_cfg = cfg["model"], cfg["train"]
+    model_cfg, train_cfg = cfg.model, cfg.train
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
-    torch.manual_seed(train_cfg["seed"])
+    torch.manual_seed(train_cfg.seed)
     model = build_model(
-        model_cfg["name"],
+        model_cfg.name,
         num_classes,
-        weights=model_cfg["weights"],
-        drop_rate=model_cfg["drop_rate"],
+        weights=model_cfg.weights,
+        drop_rate=model_cfg.drop_rate,
     ).to(device)
-    mean, std = default_normalization(model_cfg["name"], model_cfg["weights"])
-    teacher = copy.deepcopy(model).eval() if train_cfg["ema_decay"] > 0 else None
+    mean, std = default_normalization(model_cfg.name, model_cfg.weights)
+    teacher = copy.deepcopy(model).eval() if train_cfg.ema_decay > 0 else None
     if teacher is not None:
         teacher.requires_grad_(False)
     return Learner(model, teacher, make_optimizer(model, train_cfg), scaler), mean, std
@@ -310,19 +310,19 @@ class Streams:
 
 def make_streams(
     data: TrainData,
-    cfg: dict[str, Any],
+    cfg: Config,
     use_unlabeled: bool,
     start_step: int,
     info: ddp.DistInfo,
     pin: bool,
 ) -> Streams:
     """Infinite seeded streams positioned at ``start_step`` (exact resume), and the val loader."""
-    input_cfg, augment_cfg, train_cfg = cfg["input"], cfg["augment"], cfg["train"]
-    height, width = input_cfg["height"], input_cfg["width"]
-    bit_depth = input_cfg["bit_depth"] or data.bit_depth
-    weak = weak_transform(augment_cfg["hflip"], augment_cfg["vflip"], augment_cfg["shift"])
-    workers, batch, seed = train_cfg["num_workers"], train_cfg["batch_size"], train_cfg["seed"]
-    unlabeled_batch = batch * cfg["ssl"]["mu"]
+    input_cfg, augment_cfg, train_cfg = cfg.input, cfg.augment, cfg.train
+    height, width = input_cfg.height, input_cfg.width
+    bit_depth = input_cfg.bit_depth or data.bit_depth
+    weak = weak_transform(augment_cfg.hflip, augment_cfg.vflip, augment_cfg.shift)
+    workers, batch, seed = train_cfg.num_workers, train_cfg.batch_size, train_cfg.seed
+    unlabeled_batch = batch * cfg.ssl.mu
     labeled_ds = ImageDataset(data.labeled, height, width, bit_depth, transform=weak)
     labeled = infinite_loader(
         labeled_ds,
@@ -351,12 +351,10 @@ def make_streams(
     return Streams(labeled, unlabeled, val, unlabeled_batch, data.unlabeled_truth is not None)
 
 
-def alignment_target(
-    data: TrainData, ssl_cfg: dict[str, Any], device: torch.device
-) -> torch.Tensor:
+def alignment_target(data: TrainData, ssl_cfg: SSLConfig, device: torch.device) -> torch.Tensor:
     """The class distribution distribution alignment aims at: labeled frequencies or uniform."""
     counts = torch.tensor(data.class_counts(), dtype=torch.float32, device=device)
-    if ssl_cfg["dist_align_target"] == "labeled":
+    if ssl_cfg.dist_align_target == "labeled":
         return (counts + 1) / (counts + 1).sum()
     return torch.full_like(counts, 1 / len(data.classes))
 
@@ -408,7 +406,7 @@ def forward_batch(
     strong: StrongAugment,
     mean: list[float],
     std: list[float],
-    ssl_cfg: dict[str, Any],
+    ssl_cfg: SSLConfig,
 ) -> Logits:
     """All logits of a step in one batched pass (the strong view is made here, on the device);
     with ``ssl.pseudo_from`` "ema" the weak view goes through the EMA teacher instead."""
@@ -418,7 +416,7 @@ def forward_batch(
     n_labeled = x_labeled.shape[0]
     u_strong = to_model_input(strong(u_weak_raw), mean, std)
     u_weak = to_model_input(u_weak_raw, mean, std)
-    if ssl_cfg["pseudo_from"] == "ema" and teacher is not None:
+    if ssl_cfg.pseudo_from == "ema" and teacher is not None:
         with torch.no_grad():
             logits_weak = teacher(u_weak)
         logits = net(torch.cat([x_labeled, u_strong]))
@@ -433,15 +431,15 @@ def compute_loss(
     logits: Logits,
     batch: Batch,
     state: obj.UnlabeledState,
-    cfg: dict[str, Any],
+    cfg: Config,
     da_target: torch.Tensor,
     info: ddp.DistInfo,
     step: int,
 ) -> tuple[torch.Tensor, dict[str, float], obj.UnlabeledState]:
     """L = L_s + lambda_u * L_u; (loss, the numbers to log, the unlabeled state for the next
     step). DefectssftError when the loss is not finite."""
-    ssl_cfg = cfg["ssl"]
-    loss_s = obj.supervised_loss(logits.labeled, batch.y_labeled, cfg["train"]["label_smoothing"])
+    ssl_cfg = cfg.ssl
+    loss_s = obj.supervised_loss(logits.labeled, batch.y_labeled, cfg.train.label_smoothing)
     loss_u, mask_rate, diagnostics = torch.zeros((), device=loss_s.device), 0.0, {}
     if method != "supervised":
         u = obj.unlabeled_loss(
@@ -458,7 +456,7 @@ def compute_loss(
         if batch.u_truth is not None:
             truth = batch.u_truth.to(u.probs_weak.device)
             diagnostics.update(pseudo_label_accuracy(u.probs_weak, u.mask, truth))
-    loss = obj.total_loss(loss_s, loss_u, ssl_cfg["lambda_u"])
+    loss = obj.total_loss(loss_s, loss_u, ssl_cfg.lambda_u)
     if not torch.isfinite(loss):
         raise DefectssftError(
             f"training diverged at step {step} (loss {loss.item()}); lower train.lr"
@@ -474,20 +472,20 @@ def compute_loss(
 
 
 def optimizer_step(
-    learner: Learner, loss: torch.Tensor, train_cfg: dict[str, Any], info: ddp.DistInfo, step: int
+    learner: Learner, loss: torch.Tensor, train_cfg: TrainConfig, info: ddp.DistInfo, step: int
 ) -> None:
     """Backward, clip, step (through the AMP scaler), then the EMA teacher update."""
     optimizer, scaler = learner.optimizer, learner.scaler
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if train_cfg["grad_clip"] > 0:
+    if train_cfg.grad_clip > 0:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(learner.model.parameters(), train_cfg["grad_clip"])
+        nn.utils.clip_grad_norm_(learner.model.parameters(), train_cfg.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     if learner.teacher is not None:
         ddp.average_buffers(info, learner.model)
-        ema_update(learner.teacher, learner.model, ema_decay_at(step, train_cfg["ema_decay"]))
+        ema_update(learner.teacher, learner.model, ema_decay_at(step, train_cfg.ema_decay))
 
 
 def smooth_into(running: dict[str, float], values: dict[str, float]) -> None:
@@ -530,13 +528,13 @@ class Clock:
 
 
 def set_learning_rate(
-    optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any], step: int, elapsed_s: float
+    optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, step: int, elapsed_s: float
 ) -> float:
     """Warm-up + cosine over the steps, or over the time budget when that runs out first."""
-    progress = step / train_cfg["steps"]
-    if train_cfg["max_time"]:
-        progress = max(progress, elapsed_s / train_cfg["max_time"])
-    lr = train_cfg["lr"] * lr_factor(progress, step, train_cfg["warmup_steps"])
+    progress = step / train_cfg.steps
+    if train_cfg.max_time:
+        progress = max(progress, elapsed_s / train_cfg.max_time)
+    lr = train_cfg.lr * lr_factor(progress, step, train_cfg.warmup_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
@@ -558,27 +556,28 @@ def train(
     dist_info: ddp.DistInfo | None = None,
 ) -> TrainResult:
     """Train on ``data`` with the validated config ``cfg``; see the module docstring."""
-    cfg = resolve_for_data(cfg, has_ok_class=data.ok_index() is not None)
-    ssl_cfg, augment_cfg, train_cfg = cfg["ssl"], cfg["augment"], cfg["train"]
+    resolved = resolve_for_data(cfg, has_ok_class=data.ok_index() is not None)
+    config = Config.from_dict(resolved)  # attribute access: config.train.steps
+    ssl_cfg, augment_cfg, train_cfg = config.ssl, config.augment, config.train
     info = dist_info or ddp.DistInfo()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    method = ssl_cfg["method"]
+    method = ssl_cfg.method
     data.check(need_unlabeled=method != "supervised")
     use_unlabeled = method != "supervised" and bool(data.unlabeled)
     method = method if use_unlabeled else "supervised"
 
     # ---- setup: threads, seeds, device; model, EMA teacher, optimizer; SSL state
-    if train_cfg["threads"]:
-        torch.set_num_threads(train_cfg["threads"])
-    seed_everything(train_cfg["seed"] + info.rank)
-    device = pick_device(train_cfg["device"], info)
-    autocast_dtype = amp_dtype(train_cfg["amp"], device)
-    learner, mean, std = build_learner(cfg, len(data.classes), device, autocast_dtype)
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    seed_everything(train_cfg.seed + info.rank)
+    device = pick_device(train_cfg.device, info)
+    autocast_dtype = amp_dtype(train_cfg.amp, device)
+    learner, mean, std = build_learner(config, len(data.classes), device, autocast_dtype)
     strong = StrongAugment(
-        augment_cfg["strong_ops"],
-        augment_cfg["strong_magnitude"],
-        (0.02, augment_cfg["cutout_max"]),
+        augment_cfg.strong_ops,
+        augment_cfg.strong_magnitude,
+        (0.02, augment_cfg.cutout_max),
     ).to(device)
     da_target = alignment_target(data, ssl_cfg, device)
     unlabeled_state = obj.UnlabeledState.initial(len(data.classes), device)
@@ -595,13 +594,13 @@ def train(
         net = nn.parallel.DistributedDataParallel(
             learner.model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    streams = make_streams(data, cfg, use_unlabeled, run.step, info, device.type == "cuda")
+    streams = make_streams(data, config, use_unlabeled, run.step, info, device.type == "cuda")
     if restored_rng is not None:  # after the loaders: their creation draws from the global RNG
         set_rng_state(restored_rng)
 
-    writer = MetricsWriter(run_dir, info.is_main, train_cfg["tensorboard"])
+    writer = MetricsWriter(run_dir, info.is_main, train_cfg.tensorboard)
     stopper = StopFlag(stop_event, handle_signals)
-    steps, max_time, status = train_cfg["steps"], train_cfg["max_time"], "completed"
+    steps, max_time, status = train_cfg.steps, train_cfg.max_time, "completed"
     clock = Clock(run.elapsed_before, run.step)
     bar = open_progress_bar(progress_bar and info.is_main, steps, run.step, method)
 
@@ -617,7 +616,7 @@ def train(
 
     def validate() -> None:
         metrics = evaluate()
-        score = select_score(metrics, train_cfg["select_metric"])
+        score = select_score(metrics, train_cfg.select_metric)
         is_best = not math.isnan(score) and score > run.best_score
         if is_best:
             run.best_score, run.best_metrics = score, {**metrics, "step": run.step}
@@ -628,7 +627,14 @@ def train(
         rngs = gather_rng_states(info)
         if info.is_main:
             save_checkpoint(
-                last_path, learner, unlabeled_state, run, clock.elapsed(), rngs, cfg, data.classes
+                last_path,
+                learner,
+                unlabeled_state,
+                run,
+                clock.elapsed(),
+                rngs,
+                resolved,
+                data.classes,
             )
             emit({"event": "checkpoint", "step": run.step, "path": str(last_path)})
 
@@ -649,7 +655,7 @@ def train(
             with autocast(device, autocast_dtype):
                 logits = forward_batch(net, learner.teacher, batch, strong, mean, std, ssl_cfg)
             loss, logged, unlabeled_state = compute_loss(
-                method, logits, batch, unlabeled_state, cfg, da_target, info, run.step
+                method, logits, batch, unlabeled_state, config, da_target, info, run.step
             )
             optimizer_step(learner, loss, train_cfg, info, run.step)
             run.step += 1
@@ -660,13 +666,13 @@ def train(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in run.running.items()}, refresh=False)
-            if run.step % train_cfg["log_every"] == 0 or run.step == steps:
+            if run.step % train_cfg.log_every == 0 or run.step == steps:
                 emit(clock.step_row(run.step, steps, max_time, lr, run.running))
             if streams.val is not None and (
-                run.step % train_cfg["eval_every"] == 0 or run.step == steps
+                run.step % train_cfg.eval_every == 0 or run.step == steps
             ):
                 validate()
-            if run.step % train_cfg["checkpoint_every"] == 0 and run.step < steps:
+            if run.step % train_cfg.checkpoint_every == 0 and run.step < steps:
                 checkpoint()
     except BaseException:
         writer.close()
@@ -688,7 +694,7 @@ def train(
     emit({**done, "elapsed_s": clock.elapsed(), **metrics})
     writer.close()
     return TrainResult(
-        status, run.step, steps, run_dir, weights, cfg, metrics, mean, std, clock.elapsed()
+        status, run.step, steps, run_dir, weights, resolved, metrics, mean, std, clock.elapsed()
     )
 
 
@@ -719,13 +725,13 @@ def choose_weights(
     final_weights: dict[str, torch.Tensor],
     final_metrics: dict[str, float],
     run: RunProgress,
-    train_cfg: dict[str, Any],
+    train_cfg: TrainConfig,
     info: ddp.DistInfo,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The weights to ship: the best validated ones when they score at least the final ones."""
     if (
         run.best_metrics
-        and run.best_score >= select_score(final_metrics, train_cfg["select_metric"])
+        and run.best_score >= select_score(final_metrics, train_cfg.select_metric)
         and info.is_main
     ):
         best = torch.load(best_path, map_location="cpu", weights_only=False)["weights"]

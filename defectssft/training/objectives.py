@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from defectssft.training.config import SSLConfig
+
 
 def supervised_loss(
     logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
@@ -217,7 +219,7 @@ def unlabeled_loss(
     logits_weak: torch.Tensor,
     logits_strong: torch.Tensor,
     state: UnlabeledState,
-    ssl: dict,
+    ssl: SSLConfig,
     da_target: torch.Tensor,
     mean_across: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
 ) -> UnlabeledStep:
@@ -229,18 +231,18 @@ def unlabeled_loss(
     probs_weak = logits_weak.float().softmax(1).detach()
     da_mean, adaptive = state.da_mean, state.adaptive
     diagnostics: dict[str, float] = {}
-    if ssl["dist_align"]:
-        da_mean = update_running_mean(da_mean, mean_across(probs_weak), ssl["ema_momentum"])
+    if ssl.dist_align:
+        da_mean = update_running_mean(da_mean, mean_across(probs_weak), ssl.ema_momentum)
         probs_weak = distribution_alignment(probs_weak, da_mean, da_target)
     if method == "fixmatch":
-        loss, mask = fixmatch_loss(probs_weak, logits_strong, ssl["threshold"])
+        loss, mask = fixmatch_loss(probs_weak, logits_strong, ssl.threshold)
     else:
-        adaptive = update_adaptive_state(adaptive, probs_weak, ssl["ema_momentum"])
+        adaptive = update_adaptive_state(adaptive, probs_weak, ssl.ema_momentum)
         adaptive = AdaptiveThresholdState(
             mean_across(adaptive.tau), mean_across(adaptive.p), mean_across(adaptive.h)
         )
         loss, mask = freematch_loss(probs_weak, logits_strong, adaptive)
-        if ssl["fairness"] > 0:
-            loss = loss + ssl["fairness"] * fairness_loss(logits_strong, mask, adaptive)
+        if ssl.fairness > 0:
+            loss = loss + ssl.fairness * fairness_loss(logits_strong, mask, adaptive)
         diagnostics["tau"] = float(adaptive.tau)
     return UnlabeledStep(loss, mask, probs_weak, UnlabeledState(da_mean, adaptive), diagnostics)

@@ -20,11 +20,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from defectssft.errors import ProjectError
 from defectssft.fsutil import atomic_path
-from defectssft.imagecheck import ImageInfo, inspect_image_bytes
+
+if TYPE_CHECKING:  # image preparation lives in ingest.py, which imports this module
+    from defectssft.ingest import PreparedImage
 
 SCHEMA_VERSION = 1
 DB_NAME = "project.db"
@@ -219,41 +221,6 @@ class TrainingData:
 
 
 DUPLICATE_REASON = "same content as an image already in the project"
-
-
-@dataclass
-class PreparedImage:
-    """An image file read, hashed and checked, not yet in a project (thread-safe to make)."""
-
-    name: str
-    where: str
-    sha256: str
-    data: bytes | None
-    info: ImageInfo | None
-    error: str | None
-
-
-def prepare_image_bytes(
-    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, original_path: str | None = None
-) -> PreparedImage:
-    where = original_path or name
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        info = inspect_image_bytes(data, name, max_pixels=max_pixels)
-    except ValueError as e:
-        return PreparedImage(name, where, sha, None, None, str(e).removeprefix(f"{name}: "))
-    return PreparedImage(name, where, sha, data, info, None)
-
-
-def prepare_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        return PreparedImage(
-            p.name, str(p), "", None, None, f"cannot read file ({e.strerror or e})"
-        )
-    return prepare_image_bytes(data, p.name, max_pixels, str(p))
 
 
 def validate_class_name(name: str) -> str:
@@ -576,23 +543,9 @@ class Project:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> AddResult:
         """Copy one image file into the store; bad files are quarantined with a reason."""
-        prepared = prepare_image_file(path, max_pixels)
-        return self.add_prepared(
-            prepared, source=source, capture_time=capture_time, label=label, who=who
-        )
+        from defectssft.ingest import prepare_image_file  # ingest imports this module
 
-    def add_image_bytes(
-        self,
-        data: bytes,
-        name: str,
-        source: str = "import",
-        capture_time: str | None = None,
-        label: str | None = None,
-        who: str = "import",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        original_path: str | None = None,
-    ) -> AddResult:
-        prepared = prepare_image_bytes(data, name, max_pixels, original_path)
+        prepared = prepare_image_file(path, max_pixels)
         return self.add_prepared(
             prepared, source=source, capture_time=capture_time, label=label, who=who
         )

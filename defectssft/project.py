@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from defectssft.errors import ProjectError
 from defectssft.fsutil import atomic_path
+from defectssft.registry import ImageOverview, ModelRegistry  # noqa: F401 - ImageOverview re-exported
 
 if TYPE_CHECKING:  # image preparation lives in ingest.py, which imports this module
     from defectssft.ingest import PreparedImage
@@ -187,22 +188,6 @@ class AddResult:
     path: str | None = None
 
 
-@dataclass(slots=True)
-class ImageOverview:
-    """One image as the app's grid lists it: label and one model version's prediction."""
-
-    image_id: int
-    sha256: str
-    path: str
-    label: str | None
-    capture: str  # capture time, else ingest time
-    name: str  # original file name
-    pred_index: int | None  # the model's top class index (None: not predicted)
-    confidence: float | None
-    margin: float | None
-    probs: list[float] | None
-
-
 @dataclass
 class TrainingData:
     """What a training run sees; paths are absolute, class indices follow ``classes``."""
@@ -232,7 +217,7 @@ def validate_class_name(name: str) -> str:
     return name
 
 
-class Project:
+class Project(ModelRegistry):
     """A defectssft project folder. Safe to use from several threads and processes at once."""
 
     def __init__(self, root: Path) -> None:
@@ -960,154 +945,6 @@ class Project:
             "DO UPDATE SET value=excluded.value",
             (key, json.dumps(value)),
         )
-
-    # ----------------------------------------------------------------- models
-    def new_model_dir(self) -> tuple[str, Path]:
-        """Reserve the next free version name (v0001, v0002, ...) by creating its folder."""
-        self.models_dir.mkdir(exist_ok=True)
-        n = 1 + max(
-            (int(p.name[1:]) for p in self.models_dir.glob("v[0-9]*") if p.name[1:].isdigit()),
-            default=0,
-        )
-        while True:
-            version = f"v{n:04d}"
-            path = self.models_dir / version
-            try:
-                path.mkdir()
-            except FileExistsError:  # another run took it first
-                n += 1
-                continue
-            return version, path
-
-    def register_model(
-        self, version: str, meta: dict[str, Any], metrics: dict[str, Any] | None = None
-    ) -> None:
-        with self.transaction() as tx:
-            tx.execute(
-                "INSERT INTO models (version, created, meta, metrics) VALUES (?,?,?,?) "
-                "ON CONFLICT(version) DO UPDATE SET meta=excluded.meta, metrics=excluded.metrics",
-                (
-                    version,
-                    utcnow(),
-                    json.dumps(meta, default=str),
-                    json.dumps(metrics or {}, default=str),
-                ),
-            )
-
-    def update_model_metrics(self, version: str, metrics: dict[str, Any]) -> None:
-        model = self.get_model(version)
-        merged = {**model["metrics"], **metrics}
-        with self.transaction() as tx:
-            tx.execute(
-                "UPDATE models SET metrics=? WHERE version=?",
-                (json.dumps(merged, default=str), version),
-            )
-
-    def models(self) -> list[dict[str, Any]]:
-        rows = self._con().execute(
-            "SELECT version, created, meta, metrics, status FROM models ORDER BY version"
-        )
-        return [
-            {
-                "version": r[0],
-                "created": r[1],
-                "meta": json.loads(r[2]),
-                "metrics": json.loads(r[3]),
-                "status": r[4],
-                "path": str(self.models_dir / r[0]),
-            }
-            for r in rows
-        ]
-
-    def get_model(self, version: str | None = None) -> dict[str, Any]:
-        """A model version's record; None means the production model, else the newest."""
-        models = {m["version"]: m for m in self.models()}
-        if not models:
-            raise ProjectError(f"{self.root}: no trained model yet (run `defectssft train`)")
-        if version is None:
-            version = self.production_model() or max(models)
-        if version not in models:
-            raise ProjectError(f"no model version {version!r}; have {', '.join(sorted(models))}")
-        return models[version]
-
-    def production_model(self) -> str | None:
-        row = self._con().execute("SELECT version FROM models WHERE status='production'").fetchone()
-        return row[0] if row else None
-
-    def set_production(self, version: str) -> None:
-        self.get_model(version)
-        with self.transaction() as tx:
-            tx.execute("UPDATE models SET status='retired' WHERE status='production'")
-            tx.execute("UPDATE models SET status='production' WHERE version=?", (version,))
-
-    # ----------------------------------------------------------------- predictions
-    def save_predictions(self, version: str, rows: Iterable[tuple[int, Sequence[float]]]) -> None:
-        with self.transaction() as tx:
-            for image_id, probs in rows:
-                probs = [float(x) for x in probs]
-                order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)
-                top = order[0] if order else None
-                margin = probs[order[0]] - probs[order[1]] if len(order) > 1 else 1.0
-                tx.execute(
-                    "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?)",
-                    (
-                        version,
-                        int(image_id),
-                        json.dumps(probs),
-                        top,
-                        probs[top] if top is not None else None,
-                        margin,
-                    ),
-                )
-
-    def predictions(self, version: str) -> dict[int, list[float]]:
-        rows = self._con().execute(
-            "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)
-        )
-        return {r[0]: json.loads(r[1]) for r in rows}
-
-    def image_overview(self, version: str | None = None) -> list[ImageOverview]:
-        """Every image with its label and model ``version``'s prediction (the app's grid), in
-        image id order: one read-only query."""
-        sql = (
-            "SELECT i.id, i.sha256, i.ext, c.name, COALESCE(i.capture_time, i.ingest_time), "
-            "COALESCE(i.original_name, ''), p.pred_class_id, p.confidence, p.margin, p.probs "
-            "FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-            "LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version = ? ORDER BY i.id"
-        )
-        return [
-            ImageOverview(
-                r[0],
-                r[1],
-                str(self.image_file(r[1], r[2])),
-                r[3],
-                r[4] or "",
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                json.loads(r[9]) if r[9] is not None else None,
-            )
-            for r in self._con().execute(sql, (version or "",))
-        ]
-
-    def labels_of(self, image_ids: Sequence[int]) -> dict[int, str | None]:
-        """The current label (None: unlabeled) of each image; ProjectError for an unknown id."""
-        out: dict[int, str | None] = {}
-        ids = [int(i) for i in image_ids]
-        con = self._con()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = con.execute(
-                "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-                f"WHERE i.id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            out.update({r[0]: r[1] for r in rows})
-        missing = [i for i in ids if i not in out]
-        if missing:
-            self.get_image(missing[0])  # raises ProjectError naming the image
-        return out
 
     # ----------------------------------------------------------------- hot-folder bookkeeping
     def seen_file(self, path: str, size: int, mtime_ns: int) -> str | None:

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
 import sqlite3
 import threading
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from defectssft.errors import ProjectError
 from defectssft.fsutil import atomic_path
 from defectssft.registry import ImageOverview, ModelRegistry  # noqa: F401 - ImageOverview re-exported
+from defectssft.splits import stratified_holdout
 
 if TYPE_CHECKING:  # image preparation lives in ingest.py, which imports this module
     from defectssft.ingest import PreparedImage
@@ -189,8 +189,11 @@ class AddResult:
 
 
 @dataclass
-class TrainingData:
-    """What a training run sees; paths are absolute, class indices follow ``classes``."""
+class ProjectSplits:
+    """The project's images by split, as ``Project.training_data`` returns them: labeled train,
+    the unlabeled pool, val and test, with ids and a hash of what they contain. Paths are
+    absolute, class indices follow ``classes``. (``training.data.TrainData`` is what the loop
+    consumes; ``training.data.from_project`` builds one from this.)"""
 
     classes: list[str]
     ok_class: str | None
@@ -826,39 +829,29 @@ class Project(ModelRegistry):
             0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1
         ):
             raise ProjectError("split fractions must be in [0, 1) and sum to less than 1")
-        rng = random.Random(seed)
         moved = {s: 0 for s in SPLITS}
         with self.transaction() as tx:
-            for class_id in [r[0] for r in tx.execute("SELECT id FROM classes ORDER BY id")]:
-                rows = tx.execute(
-                    "SELECT id, split, split_frozen FROM images WHERE label_class_id=? ORDER BY id",
-                    (class_id,),
-                ).fetchall()
-                free = [r[0] for r in rows if not r[2]]
-                if not free:
-                    continue
-                total = len(rows)
-                rng.shuffle(free)
-                if total >= 3:
-                    for split, frac in (("test", test_fraction), ("val", val_fraction)):
-                        have = sum(1 for r in rows if r[2] and r[1] == split)
-                        need = max(0, round(total * frac) - have)
-                        need = min(need, max(0, len(free) - 1))  # keep one for training
-                        take, free = free[:need], free[need:]
-                        for image_id in take:
-                            tx.execute(
-                                "UPDATE images SET split=?, split_frozen=1 WHERE id=?",
-                                (split, image_id),
-                            )
-                        moved[split] += len(take)
-                for image_id in free:
-                    tx.execute(
-                        "UPDATE images SET split='train', split_frozen=1 WHERE id=?", (image_id,)
+            classes = [
+                [
+                    (r[0], r[1], bool(r[2]))
+                    for r in tx.execute(
+                        "SELECT id, split, split_frozen FROM images WHERE label_class_id=? "
+                        "ORDER BY id",
+                        (class_id,),
                     )
-                moved["train"] += len(free)
+                ]
+                for (class_id,) in tx.execute("SELECT id FROM classes ORDER BY id").fetchall()
+            ]
+            for image_id, split in stratified_holdout(
+                classes, val_fraction, test_fraction, seed
+            ).items():
+                tx.execute(
+                    "UPDATE images SET split=?, split_frozen=1 WHERE id=?", (split, image_id)
+                )
+                moved[split] += 1
         return moved
 
-    def training_data(self, assign: bool = True) -> TrainingData:
+    def training_data(self, assign: bool = True) -> ProjectSplits:
         """Labeled train images, the unlabeled pool, and the frozen val/test splits.
 
         Unlabeled = every image without a human/imported label outside val/test, the stream
@@ -868,7 +861,7 @@ class Project(ModelRegistry):
             self.assign_splits()
         classes = self.classes()
         index = {c.id: i for i, c in enumerate(classes)}
-        data = TrainingData([c.name for c in classes], self.ok_class)
+        data = ProjectSplits([c.name for c in classes], self.ok_class)
         digest = hashlib.sha256()
         rows = self._con().execute(
             "SELECT id, sha256, ext, split, label_class_id FROM images ORDER BY id"

@@ -184,10 +184,8 @@ def int8_excluded_nodes(model) -> list[str]:
     """Nodes kept in float by the INT8 export: the stem conv (it sees the normalised image) and
     the classifier (Gemm/MatMul), whose errors go straight into the probabilities.
 
-    Measured on NEU-DET (tf_efficientnet_lite0, 660 test images, benchmarks/latency.py):
-    quantizing everything but these, with Clip/Relu quantized too so that each conv's output
-    range is the clipped one, keeps fp32 accuracy (97.27 % both) at 1.5x the fp32 speed;
-    leaving Clip in float loses 2-8 points.
+    Clip/Relu are quantized too, so each conv's output range is the clipped one (leaving them
+    in float costs accuracy: the measurements are in BENCHMARKS.md, "Line latency").
     """
     excluded = []
     convs = [n for n in model.graph.node if n.op_type == "Conv"]

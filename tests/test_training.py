@@ -333,6 +333,7 @@ def test_train_command_config_error_exits_2(tmp_path, capsys):
     assert "no unfinished run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
     p = tiny_project(tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -21,8 +21,8 @@ import yaml
 
 from defectssft.errors import ConfigError
 
-# what train.lr / train.weight_decay mean when left empty, per optimizer (measured in
-# benchmarks/ssl_neu.py, docs/TRAINING.md): fine-tuning an ImageNet backbone from a few labels
+# what train.lr / train.weight_decay mean when left empty, per optimizer, for fine-tuning an
+# ImageNet backbone from a few labels (docs/TRAINING.md)
 OPTIMIZER_DEFAULTS = {
     "adamw": {"lr": 3e-4, "weight_decay": 0.01},
     "sgd": {"lr": 0.03, "weight_decay": 5e-4},

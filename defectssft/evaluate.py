@@ -69,14 +69,18 @@ def _choose_threshold(
     val_choice: M.ThresholdChoice | None,
     test_choice: M.ThresholdChoice | None,
 ) -> tuple[float, str]:
-    own = (meta.get("thresholds") or {}).get("ng")
-    if own is not None:
-        return float(own), "model"
-    if val_choice is not None:
-        return val_choice.threshold, "val"
-    if test_choice is not None:
-        return test_choice.threshold, "test"
-    return 0.5, "default"
+    """The operating threshold (``decision.resolve_thresholds``: the model's own, else the one
+    chosen on val, else on test, else 0.5) and where it came from."""
+    from defectssft_line.decision import resolve_thresholds
+
+    chosen, source = (val_choice, "val") if val_choice is not None else (test_choice, "test")
+    if chosen is None:
+        source = "default"
+    own = meta.get("thresholds")
+    if (own or {}).get("ng") is not None:
+        source = "model"
+    threshold = resolve_thresholds(own, chosen.threshold if chosen is not None else None).ng
+    return threshold, source
 
 
 def _inspection(

@@ -163,6 +163,16 @@ class ModelSpec:
         )
 
 
+def to_model_input(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (0..255) or float (0..1) NCHW batch -> normalised float32 ``(x - mean) / std``: the
+    one normalisation, of training batches (after augmentation) and of the inspection model."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
 class InspectionModel(nn.Module):
     """uint8 NHWC RGB in -> (probs, logits, defect_score): the exported graph, also used by eval."""
 
@@ -171,18 +181,13 @@ class InspectionModel(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.register_buffer(
-            "scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
-        )
-        self.register_buffer(
-            "shift", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1)
-        )
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
         self.ok_index = ok_index
 
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC RGB -> the backbone's float NCHW input ``(x / 255 - mean) / std``."""
-        x = image.permute(0, 3, 1, 2).to(torch.float32)
-        return (x - self.shift) * self.scale
+        """uint8 NHWC RGB -> the backbone's float NCHW input (``to_model_input``)."""
+        return to_model_input(image.permute(0, 3, 1, 2), self.mean, self.std)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.backbone(self.normalise(image)).to(torch.float32)

@@ -32,11 +32,12 @@ import torch
 from torch import nn
 
 from defectssft.errors import DefectssftError
+from defectssft.inspection import to_model_input
 from defectssft.metrics import classification_metrics
 from defectssft.modeling import atomic_torch_save, build_model, default_normalization
 from defectssft.training import ddp
 from defectssft.training import objectives as obj
-from defectssft.training.augment import StrongAugment, to_model_input, weak_transform
+from defectssft.training.augment import StrongAugment, weak_transform
 from defectssft.training.config import Config, SSLConfig, TrainConfig, resolve_for_data
 from defectssft.training.data import (
     ImageDataset,

@@ -67,3 +67,17 @@ def test_decide_classes():
 def test_defect_scores_bad_shape():
     with pytest.raises(ValueError, match="probs must be"):
         defect_scores(np.zeros(3), 0)
+
+
+def test_line_model_refuses_a_band_that_does_not_contain_the_threshold(tmp_path):
+    pytest.importorskip("onnx")
+    from defectssft_line.model import LineError, LineModel
+    from tests.helpers import fixed_onnx_model
+
+    path = fixed_onnx_model(tmp_path / "m.onnx", [0.0, 0.0, 0.0])  # the model's ng is 0.5
+    assert LineModel.load(path, unsure_low=0.1, unsure_high=0.9).thresholds == Thresholds(
+        0.5, 0.1, 0.9
+    )
+    with pytest.raises(LineError, match="thresholds must satisfy"):
+        LineModel.load(path, unsure_low=0.6, unsure_high=0.8)
+    assert LineModel.load(path, threshold=0.7, unsure_low=0.6, unsure_high=0.8).thresholds.ng == 0.7

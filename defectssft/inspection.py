@@ -26,11 +26,17 @@ import torch
 from torch import nn
 
 from defectssft_line.decision import FORMAT, FORMAT_VERSION, Thresholds, resolve_thresholds
+from defectssft_line.preprocess import DEFAULT_BIT_DEPTH
 
 DEFAULT_INPUT_SIZE = 224
-DEFAULT_BIT_DEPTH = 16
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _required(meta: Mapping[str, Any], key: str) -> Any:
+    if key not in meta:
+        raise ValueError(f"model description without {key!r}")
+    return meta[key]
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ class ModelSpec:
         depth = inp.get("bit_depth") or default_bit_depth or DEFAULT_BIT_DEPTH
         return cls(
             model_name=str(meta.get("model_name", "")),
-            classes=[str(c) for c in meta["classes"]],
+            classes=[str(c) for c in _required(meta, "classes")],
             ok_class=meta.get("ok_class"),
             input=InputSpec(
                 int(inp.get("height", DEFAULT_INPUT_SIZE)),

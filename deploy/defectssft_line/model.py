@@ -85,7 +85,7 @@ class LineModel:
         self.ok_class: str | None = meta.get("ok_class")
         inp = meta["input"]
         self.height, self.width = int(inp["height"]), int(inp["width"])
-        self.bit_depth = int(inp.get("bit_depth", 16))
+        self.bit_depth = int(inp.get("bit_depth", preprocess.DEFAULT_BIT_DEPTH))
         self.thresholds = thresholds
         self.version = str(meta.get("model_version", ""))
 

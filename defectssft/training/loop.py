@@ -575,11 +575,7 @@ def train(
     device = pick_device(train_cfg.device, info)
     autocast_dtype = amp_dtype(train_cfg.amp, device)
     learner, mean, std = build_learner(config, len(data.classes), device, autocast_dtype)
-    strong = StrongAugment(
-        augment_cfg.strong_ops,
-        augment_cfg.strong_magnitude,
-        (0.02, augment_cfg.cutout_max),
-    ).to(device)
+    strong = StrongAugment(*strong_settings(augment_cfg)).to(device)
     da_target = alignment_target(data, ssl_cfg, device)
     unlabeled_state = obj.UnlabeledState.initial(len(data.classes), device)
 
@@ -590,11 +586,7 @@ def train(
             last_path, learner, data.classes, device, info.rank
         )
         log.info("resumed from %s at step %d", last_path, run.step)
-    net: nn.Module = learner.model
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            learner.model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    net = ddp.wrap(learner.model, info, device)
     streams = make_streams(data, config, use_unlabeled, run.step, info, device.type == "cuda")
     if restored_rng is not None:  # after the loaders: their creation draws from the global RNG
         set_rng_state(restored_rng)
@@ -664,9 +656,7 @@ def train(
             # -- running metrics, logs, eval, checkpoints
             clock.images += batch.size
             smooth_into(run.running, logged)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in run.running.items()}, refresh=False)
+            advance_bar(bar, run.running)
             if run.step % train_cfg.log_every == 0 or run.step == steps:
                 emit(clock.step_row(run.step, steps, max_time, lr, run.running))
             if streams.val is not None and (
@@ -697,6 +687,17 @@ def train(
     return TrainResult(
         status, run.step, steps, run_dir, weights, resolved, metrics, mean, std, clock.elapsed()
     )
+
+
+def strong_settings(augment_cfg: Any) -> tuple[int, float, tuple[float, float]]:
+    """StrongAugment's (ops, magnitude, cutout area range) from the augment section."""
+    return augment_cfg.strong_ops, augment_cfg.strong_magnitude, (0.02, augment_cfg.cutout_max)
+
+
+def advance_bar(bar: Any, running: dict[str, float]) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
 
 
 def open_progress_bar(enabled: bool, steps: int, start_step: int, method: str) -> Any:

@@ -121,34 +121,34 @@ def _image_rows(
     project: Project, version: str | None, classes: list[str], ok_idx: int | None
 ) -> list[Row]:
     overview = project.image_overview(version)
-    scores: dict[int, float] = {}
-    by_length: dict[int, list[int]] = {}
-    for i, r in enumerate(overview):
-        if r.probs:
-            by_length.setdefault(len(r.probs), []).append(i)
-    for idx in by_length.values():  # one model version: one length
-        batch = defect_scores(np.asarray([overview[i].probs for i in idx]), ok_idx)
-        scores.update(zip(idx, batch.tolist(), strict=True))
-    out = []
-    for i, r in enumerate(overview):
-        pred = None
-        if r.pred_index is not None and 0 <= r.pred_index < len(classes):
-            pred = classes[r.pred_index]
-        out.append(
-            Row(
-                r.image_id,
-                r.sha256,
-                r.path,
-                r.label,
-                r.capture,
-                r.name,
-                pred,
-                r.confidence,
-                r.margin,
-                scores.get(i),
-            )
+    scores = iter(_defect_scores([r.probs for r in overview if r.probs is not None], ok_idx))
+    n_classes = len(classes)
+    return [
+        Row(
+            r.image_id,
+            r.sha256,
+            r.path,
+            r.label,
+            r.capture,
+            r.name,
+            classes[r.pred_index]
+            if r.pred_index is not None and 0 <= r.pred_index < n_classes
+            else None,
+            r.confidence,
+            r.margin,
+            next(scores) if r.probs is not None else None,
         )
-    return out
+        for r in overview
+    ]
+
+
+def _defect_scores(probs: list, ok_idx: int | None) -> list[float | None]:
+    """``decision.defect_scores`` of each stored prediction (one array op when all agree)."""
+    if not probs:
+        return []
+    if len({len(p) for p in probs}) == 1 and len(probs[0]):
+        return defect_scores(np.asarray(probs, dtype=np.float64), ok_idx).tolist()
+    return [float(defect_scores(np.asarray([p]), ok_idx)[0]) if len(p) else None for p in probs]
 
 
 def _quarantine_rows(project: Project) -> list[Row]:

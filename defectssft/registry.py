@@ -11,27 +11,10 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from defectssft.errors import ProjectError
-
-
-@dataclass(slots=True)
-class ImageOverview:
-    """One image as the app's grid lists it: label and one model version's prediction."""
-
-    image_id: int
-    sha256: str
-    path: str
-    label: str | None
-    capture: str  # capture time, else ingest time
-    name: str  # original file name
-    pred_index: int | None  # the model's top class index (None: not predicted)
-    confidence: float | None
-    margin: float | None
-    probs: list[float] | None
 
 
 def _utcnow() -> str:
@@ -153,46 +136,3 @@ class ModelRegistry:
             "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)
         )
         return {r[0]: json.loads(r[1]) for r in rows}
-
-    def image_overview(self, version: str | None = None) -> list[ImageOverview]:
-        """Every image with its label and model ``version``'s prediction (the app's grid), in
-        image id order: one read-only query."""
-        sql = (
-            "SELECT i.id, i.sha256, i.ext, c.name, COALESCE(i.capture_time, i.ingest_time), "
-            "COALESCE(i.original_name, ''), p.pred_class_id, p.confidence, p.margin, p.probs "
-            "FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-            "LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version = ? ORDER BY i.id"
-        )
-        return [
-            ImageOverview(
-                r[0],
-                r[1],
-                str(self.image_file(r[1], r[2])),
-                r[3],
-                r[4] or "",
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                json.loads(r[9]) if r[9] is not None else None,
-            )
-            for r in self._con().execute(sql, (version or "",))
-        ]
-
-    def labels_of(self, image_ids: Sequence[int]) -> dict[int, str | None]:
-        """The current label (None: unlabeled) of each image; ProjectError for an unknown id."""
-        out: dict[int, str | None] = {}
-        ids = [int(i) for i in image_ids]
-        con = self._con()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = con.execute(
-                "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-                f"WHERE i.id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            out.update({r[0]: r[1] for r in rows})
-        missing = [i for i in ids if i not in out]
-        if missing:
-            self.get_image(missing[0])  # raises ProjectError naming the image
-        return out

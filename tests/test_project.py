@@ -535,10 +535,17 @@ def test_image_overview_and_labels_of(project: Project, make_image) -> None:
     rows = project.image_overview("v0001")
     assert [r.image_id for r in rows] == ids
     assert rows[0].label == "scratch" and rows[0].probs is None and rows[0].pred_index is None
-    assert (rows[1].pred_index, rows[1].probs) == (1, [0.1, 0.7, 0.2])
+    assert (rows[1].pred_index, list(rows[1].probs)) == (1, [0.1, 0.7, 0.2])
     assert rows[1].margin == pytest.approx(0.5)
     assert Path(rows[2].path) == project.get_image(ids[2]).path and Path(rows[2].path).is_file()
     assert all(r.probs is None for r in project.image_overview(None))
+    project.save_predictions("v0002", [(ids[0], [0.5, 0.5]), (ids[1], [0.2, 1e-9, 0.8])])
+    ragged = project.image_overview("v0002")  # unequal lengths: parsed one by one
+    assert [list(r.probs) if r.probs is not None else None for r in ragged] == [
+        [0.5, 0.5],
+        [0.2, 1e-9, 0.8],
+        None,
+    ]
     assert project.labels_of([ids[1], ids[0]]) == {ids[0]: "scratch", ids[1]: None}
     with pytest.raises(ProjectError, match="999"):
         project.labels_of([ids[0], 999])

@@ -28,9 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import write_results  # noqa: E402
+from defectssft.inspection import to_model_input  # noqa: E402
 from defectssft.modeling import build_model, default_normalization  # noqa: E402
 from defectssft.training import objectives as obj  # noqa: E402
-from defectssft.training.augment import StrongAugment, to_model_input  # noqa: E402
+from defectssft.training.augment import StrongAugment  # noqa: E402
 from defectssft.training.config import Config, resolve_config, resolve_for_data  # noqa: E402
 from defectssft.training.loop import amp_dtype, ema_update, make_optimizer  # noqa: E402
 

@@ -21,8 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from defectssft.inspection import to_model_input  # noqa: F401 - re-exported for callers
-
 
 def weak_transform(hflip: bool = True, vflip: bool = True, shift: float = 0.0625) -> A.Compose:
     """FixMatch's weak view: flips and a small translation with reflected borders (uint8 HWC)."""

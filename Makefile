@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Shared libraries PySide6 needs even offscreen (Debian/Ubuntu package names).
 QT_APT_PKGS := libgl1 libegl1 libxkbcommon0 libfontconfig1 libglib2.0-0 libdbus-1-3
 
-.PHONY: setup test lint demo demo-okng format bench-quick clean-demo
+.PHONY: setup test test-fast lint demo demo-okng format bench-quick clean-demo
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Everything but the tests marked slow (training end to end, the demo, DDP, the train dialog).
+test-fast: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/defectssft demo --workdir demo-project --force

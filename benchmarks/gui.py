@@ -83,7 +83,7 @@ def build_project(root: Path, n: int, size: int, seed: int = 0) -> tuple[Project
 
 
 def time_queries(project: Project) -> dict[str, float]:
-    from defectssft_gui import queries
+    from defectssft import queries
 
     out = {}
     for spec, sort in (

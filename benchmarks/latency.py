@@ -25,14 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import neu_split, write_results  # noqa: E402
 
-from defectssft.export import (  # noqa: E402
-    export_onnx,
-    inspection_model,
-    load_images,
-    ort_session,
-    run_ort,
-    run_torch,
-)
+from defectssft.export import export_onnx, ort_session, run_ort  # noqa: E402
+from defectssft.inspection import inspection_model, load_images, run_torch  # noqa: E402
 from defectssft.modeling import build_model, load_model_file, save_model_file  # noqa: E402
 
 

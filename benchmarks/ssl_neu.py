@@ -35,7 +35,7 @@ from benchmarks.common import (  # noqa: E402
     variant_overrides,
     write_results,
 )
-from defectssft.training.loop import classification_metrics  # noqa: E402
+from defectssft.metrics import classification_metrics  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -28,10 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import write_results  # noqa: E402
+from defectssft.inspection import to_model_input  # noqa: E402
 from defectssft.modeling import build_model, default_normalization  # noqa: E402
 from defectssft.training import objectives as obj  # noqa: E402
-from defectssft.training.augment import StrongAugment, to_model_input  # noqa: E402
-from defectssft.training.config import resolve_config, resolve_for_data  # noqa: E402
+from defectssft.training.augment import StrongAugment  # noqa: E402
+from defectssft.training.config import Config, resolve_config, resolve_for_data  # noqa: E402
 from defectssft.training.loop import amp_dtype, ema_update, make_optimizer  # noqa: E402
 
 
@@ -52,7 +53,9 @@ def measure(
     model = build_model(model_name, 6, weights="none").to(device).train()
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     mean, std = default_normalization(model_name, "none")
-    opt = make_optimizer(model, resolve_for_data(resolve_config(), has_ok_class=False)["train"])
+    opt = make_optimizer(
+        model, Config.from_dict(resolve_for_data(resolve_config(), has_ok_class=False)).train
+    )
     dtype = amp_dtype(amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     strong = StrongAugment().to(device)

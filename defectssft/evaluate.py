@@ -50,15 +50,14 @@ def split_hash(image_ids: list[int], labels: list[int]) -> str:
     return digest.hexdigest()
 
 
-def predict_paths(
-    wrapper, paths: list[Path], height: int, width: int, bit_depth: int, batch_size: int = 32
-) -> np.ndarray:
+def predict_paths(wrapper, paths: list[Path], spec, batch_size: int = 32) -> np.ndarray:
     """probs [N, C] for image files, through the shared preprocessing and the export graph."""
-    from defectssft.export import load_images, run_torch
+    from defectssft.inspection import load_images, run_torch
 
+    inp = spec.input
     chunks = []
     for i in range(0, len(paths), batch_size):
-        images = load_images(paths[i : i + batch_size], height, width, bit_depth)
+        images = load_images(paths[i : i + batch_size], inp.height, inp.width, inp.bit_depth)
         chunks.append(run_torch(wrapper, images, batch_size))
     if not chunks:
         return np.zeros((0, 0), np.float32)
@@ -70,14 +69,18 @@ def _choose_threshold(
     val_choice: M.ThresholdChoice | None,
     test_choice: M.ThresholdChoice | None,
 ) -> tuple[float, str]:
-    own = (meta.get("thresholds") or {}).get("ng")
-    if own is not None:
-        return float(own), "model"
-    if val_choice is not None:
-        return val_choice.threshold, "val"
-    if test_choice is not None:
-        return test_choice.threshold, "test"
-    return 0.5, "default"
+    """The operating threshold (``decision.resolve_thresholds``: the model's own, else the one
+    chosen on val, else on test, else 0.5) and where it came from."""
+    from defectssft_line.decision import resolve_thresholds
+
+    chosen, source = (val_choice, "val") if val_choice is not None else (test_choice, "test")
+    if chosen is None:
+        source = "default"
+    own = meta.get("thresholds")
+    if (own or {}).get("ng") is not None:
+        source = "model"
+    threshold = resolve_thresholds(own, chosen.threshold if chosen is not None else None).ng
+    return threshold, source
 
 
 def _inspection(
@@ -121,16 +124,16 @@ def evaluate_loaded(
     max_escape: float = DEFAULT_MAX_ESCAPE,
 ) -> Evaluation:
     """Metrics of a loaded model on labeled images (pure computation, no project writes)."""
-    from defectssft.export import input_size, inspection_model
+    from defectssft.inspection import ModelSpec, inspection_model
 
     if not 0.0 <= max_escape < 1.0:
         raise EvaluationError(f"--max-escape must be in [0, 1), got {max_escape}")
+    spec = ModelSpec.from_meta(meta)
     classes = list(meta["classes"])
-    height, width, bit_depth = input_size(meta)
-    wrapper = inspection_model(model, meta)
+    wrapper = inspection_model(model, spec)
     paths = [p for p, _ in test]
     labels = np.asarray([c for _, c in test], dtype=np.int64)
-    probs = predict_paths(wrapper, paths, height, width, bit_depth)
+    probs = predict_paths(wrapper, paths, spec)
     out: dict[str, Any] = {
         "version": meta.get("version", ""),
         "backbone": meta.get("model_name", ""),
@@ -147,7 +150,7 @@ def evaluate_loaded(
     if ok in classes:
         val_arrays = None
         if val:
-            v_probs = predict_paths(wrapper, [p for p, _ in val], height, width, bit_depth)
+            v_probs = predict_paths(wrapper, [p for p, _ in val], spec)
             val_arrays = (v_probs, np.asarray([c for _, c in val], dtype=np.int64))
         out["inspection"], out["operating_point"] = _inspection(
             meta, probs, labels, classes.index(ok), val_arrays, max_escape

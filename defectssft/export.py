@@ -12,7 +12,6 @@ name and renamed only when the check passes, so a good model is never replaced b
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import tempfile
@@ -29,10 +28,15 @@ from torch import nn
 
 from defectssft.errors import DefectssftError
 from defectssft.fsutil import atomic_path
+from defectssft.inspection import (
+    InspectionModel,
+    ModelSpec,
+    inspection_model,
+    load_images,
+    run_torch,
+)
+from defectssft_line.decision import METADATA_KEY, ThresholdError, Thresholds
 
-ONNX_FORMAT = "defectssft-model"
-ONNX_FORMAT_VERSION = 1
-METADATA_KEY = "defectssft"
 OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
 # Largest |prob(onnxruntime) - prob(torch)| accepted, per precision.
@@ -79,121 +83,23 @@ class ExportResult:
         return line
 
 
-class InspectionModel(nn.Module):
-    """uint8 NHWC RGB in -> (probs, logits, defect_score): the exported graph, also used by eval."""
-
-    def __init__(
-        self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float], ok_index: int | None
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.register_buffer(
-            "scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
-        )
-        self.register_buffer(
-            "shift", (torch.tensor(mean, dtype=torch.float32) * 255.0).view(1, 3, 1, 1)
-        )
-        self.ok_index = ok_index
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = image.permute(0, 3, 1, 2).to(torch.float32)
-        x = (x - self.shift) * self.scale
-        logits = self.backbone(x).to(torch.float32)
-        probs = torch.softmax(logits, dim=1)
-        # 1 - p(OK) (or 1 - max prob) summed from the other classes: 1 - p in float32 rounds
-        # every score below ~6e-8 to 0 and confident OK parts would tie (see defectssft.metrics).
-        if self.ok_index is None:
-            drop = probs.argmax(dim=1, keepdim=True)
-        else:
-            drop = torch.full(
-                (probs.shape[0], 1), self.ok_index, dtype=torch.int64, device=probs.device
-            )
-        score = probs.scatter(1, drop, 0.0).sum(dim=1)
-        return probs, logits, score
-
-
-def inspection_model(model: nn.Module, meta: dict[str, Any]) -> InspectionModel:
-    """Wrap a backbone loaded from ``model.pt`` with its normalisation and score head."""
-    classes = list(meta["classes"])
-    ok = meta.get("ok_class")
-    ok_index = classes.index(ok) if ok in classes else None
-    return InspectionModel(model, meta["mean"], meta["std"], ok_index).eval()
-
-
-def input_size(meta: dict[str, Any]) -> tuple[int, int, int]:
-    """(height, width, bit_depth) the model expects."""
-    inp = meta.get("input") or {}
-    return int(inp.get("height", 224)), int(inp.get("width", 224)), int(inp.get("bit_depth", 16))
-
-
-def resolve_thresholds(
-    meta: dict[str, Any],
-    metrics: dict[str, Any] | None = None,
-    threshold: float | None = None,
-    unsure_low: float | None = None,
-    unsure_high: float | None = None,
-) -> dict[str, float]:
-    """The thresholds the line will use, first match wins: explicit arguments, the model file's
-    own thresholds, the operating threshold stored by ``defectssft evaluate``
-    (``metrics["test"]["operating_point"]``), 0.5."""
-    base = meta.get("thresholds") or {}
-    ng = threshold
-    if ng is None:
-        ng = base.get("ng")
-    if ng is None and metrics:
-        ng = ((metrics.get("test") or {}).get("operating_point") or {}).get("threshold")
-    ng = 0.5 if ng is None else float(ng)
-    low = (
-        unsure_low
-        if unsure_low is not None
-        else (base.get("unsure_low") if threshold is None else None)
-    )
-    high = (
-        unsure_high
-        if unsure_high is not None
-        else (base.get("unsure_high") if threshold is None else None)
-    )
-    low = ng if low is None else float(low)
-    high = ng if high is None else float(high)
-    if not 0.0 <= low <= ng <= high <= 1.0:
-        raise ExportError(
-            f"thresholds must satisfy 0 <= unsure_low ({low}) <= ng ({ng}) <= unsure_high ({high}) <= 1"
-        )
-    return {"ng": ng, "unsure_low": low, "unsure_high": high}
-
-
 def build_metadata(
-    meta: dict[str, Any], thresholds: dict[str, float], precision: str, project: str | None = None
+    meta: dict[str, Any],
+    thresholds: Thresholds | dict[str, float],
+    precision: str,
+    project: str | None = None,
 ) -> dict[str, Any]:
-    """The ``metadata_props["defectssft"]`` JSON of the ONNX contract."""
-    height, width, bit_depth = input_size(meta)
-    return {
-        "format": ONNX_FORMAT,
-        "format_version": ONNX_FORMAT_VERSION,
-        "model_version": meta.get("version", ""),
-        "classes": list(meta["classes"]),
-        "ok_class": meta.get("ok_class"),
-        "input": {
-            "height": height,
-            "width": width,
-            "channels": 3,
-            "layout": "NHWC",
-            "dtype": "uint8",
-            "color": "rgb",
-            "resize": "area",
-            "bit_depth": bit_depth,
-        },
-        "normalize": {
-            "mean": [float(v) for v in meta["mean"]],
-            "std": [float(v) for v in meta["std"]],
-        },
-        "thresholds": thresholds,
-        "data_hash": meta.get("data_hash", ""),
-        "backbone": meta.get("model_name", ""),
-        "precision": precision,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "project": project or "",
-    }
+    """The ``metadata_props["defectssft"]`` JSON of the ONNX contract (``ModelSpec.onnx_metadata``)."""
+    return ModelSpec.from_meta(meta).onnx_metadata(_thresholds(thresholds), precision, project)
+
+
+def _thresholds(thresholds: Thresholds | dict[str, float]) -> Thresholds:
+    if isinstance(thresholds, Thresholds):
+        return thresholds
+    try:
+        return Thresholds(**{k: float(v) for k, v in thresholds.items()})
+    except (ThresholdError, TypeError) as e:
+        raise ExportError(str(e)) from e
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -278,10 +184,8 @@ def int8_excluded_nodes(model) -> list[str]:
     """Nodes kept in float by the INT8 export: the stem conv (it sees the normalised image) and
     the classifier (Gemm/MatMul), whose errors go straight into the probabilities.
 
-    Measured on NEU-DET (tf_efficientnet_lite0, 660 test images, benchmarks/latency.py):
-    quantizing everything but these, with Clip/Relu quantized too so that each conv's output
-    range is the clipped one, keeps fp32 accuracy (97.27 % both) at 1.5x the fp32 speed;
-    leaving Clip in float loses 2-8 points.
+    Clip/Relu are quantized too, so each conv's output range is the clipped one (leaving them
+    in float costs accuracy: the measurements are in BENCHMARKS.md, "Line latency").
     """
     excluded = []
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
@@ -359,19 +263,6 @@ def run_ort(session, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
 
 
-def run_torch(wrapper: InspectionModel, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """probs [N, C] of the torch graph on uint8 NHWC images."""
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            out.append(
-                wrapper(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))[
-                    0
-                ].numpy()
-            )
-    return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
-
-
 def _accuracy(probs: np.ndarray, labels: Sequence[int] | None) -> float | None:
     if labels is None or len(labels) == 0:
         return None
@@ -443,7 +334,7 @@ def export_onnx(
     check_labels: Sequence[int] | None = None,
     calib_images: np.ndarray | None = None,
     precision: str = "fp32",
-    thresholds: dict[str, float] | None = None,
+    thresholds: Thresholds | dict[str, float] | None = None,
     project: str | None = None,
     max_prob_diff: float | None = None,
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
@@ -464,15 +355,19 @@ def export_onnx(
         raise ExportError(
             f"{out_path.parent}: cannot create the output folder ({e.strerror})"
         ) from e
-    height, width, _ = input_size(meta)
+    spec = ModelSpec.from_meta(meta)
+    height, width = spec.input.height, spec.input.width
     images = np.asarray(check_images, dtype=np.uint8)
     if images.ndim != 4 or images.shape[1:] != (height, width, 3):
         raise ExportError(
             f"check images must be [N, {height}, {width}, 3] uint8, got {images.shape}"
         )
-    thresholds = thresholds or resolve_thresholds(meta)
-    metadata = build_metadata(meta, thresholds, precision, project)
-    wrapper = inspection_model(model, meta)
+    try:
+        resolved = spec.resolve_thresholds() if thresholds is None else _thresholds(thresholds)
+    except ThresholdError as e:
+        raise ExportError(str(e)) from e
+    metadata = spec.onnx_metadata(resolved, precision, project)
+    wrapper = inspection_model(model, spec)
     reference = run_torch(wrapper, images)
     graph = _torch_to_onnx(wrapper, height, width)
 
@@ -515,21 +410,6 @@ def export_onnx(
     return result
 
 
-def load_images(paths: Sequence[str | Path], height: int, width: int, bit_depth: int) -> np.ndarray:
-    """Project images as one uint8 [N, H, W, 3] array through the shared preprocessing."""
-    from defectssft_line.preprocess import ImageDecodeError, load_for_model
-
-    arrays = []
-    for p in paths:
-        try:
-            arrays.append(load_for_model(p, height, width, bit_depth))
-        except ImageDecodeError as e:
-            raise ExportError(f"cannot read project image: {e}") from e
-    if not arrays:
-        return np.zeros((0, height, width, 3), np.uint8)
-    return np.stack(arrays)
-
-
 def _project_images(project, max_check: int, max_calib: int):
     """(check paths, check labels or None, calibration paths) from a project's frozen splits."""
     data = project.training_data()
@@ -568,8 +448,14 @@ def export_project_model(
     model_dir = Path(record["path"])
     model, meta = load_model_file(model_dir / "model.pt")
     meta["version"] = meta.get("version") or record["version"]
-    thresholds = resolve_thresholds(meta, record.get("metrics"), threshold, unsure_low, unsure_high)
-    height, width, bit_depth = input_size(meta)
+    spec = ModelSpec.from_meta(meta)
+    try:
+        thresholds = spec.resolve_thresholds(
+            record.get("metrics"), threshold, unsure_low, unsure_high
+        )
+    except ThresholdError as e:
+        raise ExportError(str(e)) from e
+    height, width, bit_depth = spec.input.height, spec.input.width, spec.input.bit_depth
     check_paths, labels, calib_paths = _project_images(project, max_check, max_calib)
     if not check_paths:
         raise ExportError(f"{project.root}: no images to check the export on; import some first")

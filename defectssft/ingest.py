@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -24,12 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from defectssft.errors import DefectssftError
+from defectssft.imagecheck import ImageInfo, inspect_image_bytes
 from defectssft.project import (
     DEFAULT_MAX_PIXELS,
     AddResult,
     Project,
-    prepare_image_bytes,
-    prepare_image_file,
     utcnow,
     validate_class_name,
 )
@@ -39,6 +39,41 @@ log = logging.getLogger(__name__)
 
 # Names cameras and copy tools use while a file is still being written.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
+
+
+@dataclass
+class PreparedImage:
+    """An image file read, hashed and checked, not yet in a project (thread-safe to make)."""
+
+    name: str
+    where: str
+    sha256: str
+    data: bytes | None
+    info: ImageInfo | None
+    error: str | None
+
+
+def prepare_image_bytes(
+    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, original_path: str | None = None
+) -> PreparedImage:
+    where = original_path or name
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        info = inspect_image_bytes(data, name, max_pixels=max_pixels)
+    except ValueError as e:
+        return PreparedImage(name, where, sha, None, None, str(e).removeprefix(f"{name}: "))
+    return PreparedImage(name, where, sha, data, info, None)
+
+
+def prepare_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        return PreparedImage(
+            p.name, str(p), "", None, None, f"cannot read file ({e.strerror or e})"
+        )
+    return prepare_image_bytes(data, p.name, max_pixels, str(p))
 
 
 class IngestError(DefectssftError):

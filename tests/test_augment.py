@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from defectssft.training.augment import StrongAugment, apply_weak, to_model_input, weak_transform
+from defectssft.inspection import to_model_input
+from defectssft.training.augment import StrongAugment, apply_weak, weak_transform
 
 
 def test_weak_view_is_reproducible_per_seed_and_keeps_shape():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_training import TINY, _tiny_project
+from tests.helpers import TINY, tiny_project
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys, torch
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from tests.test_training import cfg, tiny_data_at
+    from tests.helpers import cfg, tiny_data_at
     from defectssft.training import ddp, train_project
     from defectssft.training.loop import train
 
@@ -40,15 +40,22 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_process_gloo_training(tmp_path):
-    project = _tiny_project(tmp_path)
+    project = tiny_project(tmp_path)
     tiny = json.dumps({**TINY, "train": {**TINY["train"], "steps": 2}})
     script = tmp_path / "ddp_train.py"
     script.write_text(
         SCRIPT.format(repo=str(REPO), out=str(tmp_path), project=str(project.root), tiny=tiny)
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO), str(REPO / "deploy")]
+        ),  # this tree, not an install
+    }
     cmd = [
         sys.executable,
         "-m",

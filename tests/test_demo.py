@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from defectssft.cli import main
+
+pytestmark = pytest.mark.slow  # the whole demo workflow: `make test-fast` skips these
 
 
 def test_demo_tiny_end_to_end(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Export: ONNX parity with torch on a tiny model, INT8/FP16, metadata round trip, atomic writes,
 and evaluation of a project model (metrics stored, report written).
 
-The helpers at the top (a synthetic project and tiny model files) are reused by test_promote.
+The synthetic project and tiny model files come from tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-import torch
 
 from defectssft.errors import DefectssftError
 from defectssft.export import (
@@ -20,86 +18,18 @@ from defectssft.export import (
     export_onnx,
     export_project_model,
     read_metadata,
-    resolve_thresholds,
 )
-from defectssft.modeling import build_model, save_model_file
+from defectssft.inspection import ModelSpec
 from defectssft.project import Project
-
-SIZE = 32
-CLASSES = ["ok", "scratch", "spot"]
-
-
-def synthetic_image(kind: str, seed: int) -> np.ndarray:
-    """A 40x40 gray part: plain texture (ok), a bright line (scratch) or a dark blob (spot)."""
-    rng = np.random.default_rng(seed)
-    img = (120 + rng.normal(0, 8, (40, 40))).clip(0, 255).astype(np.uint8)
-    if kind == "scratch":
-        r = int(rng.integers(5, 35))
-        cv2.line(img, (0, r), (39, 39 - r), 250, 2)
-    elif kind == "spot":
-        cv2.circle(img, (int(rng.integers(10, 30)), int(rng.integers(10, 30))), 6, 20, -1)
-    return img
-
-
-def make_project(root: Path, per_class: int = 10, unlabeled: int = 6) -> Project:
-    """A project with labeled synthetic images of each class (frozen splits) and a few unlabeled."""
-    src = root / "src"
-    src.mkdir(parents=True)
-    project = Project.create(root / "proj", classes=CLASSES, ok_class="ok")
-    n = 0
-    for kind in CLASSES:
-        for i in range(per_class):
-            path = src / f"{kind}_{i}.png"
-            cv2.imwrite(str(path), synthetic_image(kind, n))
-            n += 1
-            res = project.add_image(path, label=kind)
-            assert res.status == "added", res
-    for i in range(unlabeled):
-        path = src / f"u_{i}.png"
-        cv2.imwrite(str(path), synthetic_image(CLASSES[i % 3], 1000 + i))
-        project.add_image(path)
-    project.assign_splits(val_fraction=0.2, test_fraction=0.3, seed=0)
-    return project
-
-
-def tiny_meta(version: str = "", thresholds: dict | None = None) -> dict:
-    return {
-        "model_name": "test_efficientnet",
-        "classes": CLASSES,
-        "ok_class": "ok",
-        "input": {"height": SIZE, "width": SIZE, "bit_depth": 8},
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
-        "version": version,
-        "thresholds": thresholds,
-    }
-
-
-def tiny_model(seed: int = 0, bias: list[float] | None = None) -> torch.nn.Module:
-    """A random test_efficientnet; with ``bias`` its head ignores the image (fixed prediction)."""
-    torch.manual_seed(seed)
-    model = build_model("test_efficientnet", len(CLASSES), weights="none").eval()
-    if bias is not None:
-        with torch.no_grad():
-            model.classifier.weight.zero_()
-            model.classifier.bias.copy_(torch.tensor(bias))
-    return model
-
-
-def add_model(
-    project: Project, seed: int = 0, bias: list[float] | None = None, thresholds: dict | None = None
-) -> str:
-    """Save a tiny model as the project's next version and register it."""
-    version, folder = project.new_model_dir()
-    meta = tiny_meta(version, thresholds)
-    save_model_file(folder / "model.pt", tiny_model(seed, bias), meta)
-    project.register_model(version, {k: v for k, v in meta.items() if k != "thresholds"}, {})
-    return version
-
-
-def random_images(n: int = 6, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
-
+from tests.helpers import (
+    CLASSES,
+    SIZE,
+    add_model,
+    make_project,
+    random_images,
+    tiny_meta,
+    tiny_model,
+)
 
 # --------------------------------------------------------------------------- export_onnx
 
@@ -220,11 +150,21 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
             check_images=np.zeros((2, 16, 16, 3), np.uint8),
         )
     with pytest.raises(ExportError, match="unsure_low"):
-        resolve_thresholds(tiny_meta(), None, threshold=0.5, unsure_low=0.7)
+        export_onnx(
+            tiny_model(),
+            tiny_meta(),
+            tmp_path / "m.onnx",
+            check_images=random_images(1),
+            thresholds={"ng": 0.5, "unsure_low": 0.7, "unsure_high": 0.5},
+        )
     not_onnx = tmp_path / "x.onnx"
     not_onnx.write_text("hello")
     with pytest.raises(ExportError, match="not a readable ONNX file"):
         read_metadata(not_onnx)
+
+
+def resolve_thresholds(meta, metrics=None, **overrides):
+    return ModelSpec.from_meta(meta).resolve_thresholds(metrics, **overrides).as_dict()
 
 
 def test_threshold_resolution_order():
@@ -299,3 +239,20 @@ def test_evaluate_needs_a_test_split(tmp_path):
     with pytest.raises(EvaluationError, match="test split is empty"):
         evaluate_project_model(project)
     assert issubclass(EvaluationError, DefectssftError)
+
+
+def test_torch_export_of_a_fixed_head_matches_the_line_test_model(tmp_path):
+    """The line's tests use ``tests.helpers.fixed_onnx_model`` (no torch): a real export of a
+    model with the same fixed head gives the same outputs and the same metadata keys."""
+    from defectssft_line.model import LineModel
+    from tests.helpers import fixed_onnx_model, line_metadata
+
+    bias = [1.0, 0.0, -1.0]
+    exported = tmp_path / "torch.onnx"
+    export_onnx(tiny_model(bias=bias), tiny_meta("v0001"), exported, check_images=random_images(2))
+    fixed = fixed_onnx_model(tmp_path / "fixed.onnx", bias)
+    images = random_images(3, seed=5)
+    a, b = LineModel.load(exported).predict(images), LineModel.load(fixed).predict(images)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-5)
+    assert set(read_metadata(exported)) == set(line_metadata({}))

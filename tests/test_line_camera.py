@@ -27,7 +27,8 @@ import pytest
 from defectssft_line import camera
 from defectssft_line.camera import CameraStream, backoff, source_kind
 from defectssft_line.cli import build_parser, main
-from tests.test_line_runtime import REPO, export_fixed
+from tests.helpers import REPO
+from tests.helpers import fixed_onnx_model as export_fixed
 
 GOOD = np.full((32, 32, 3), 90, np.uint8)
 BAD = np.zeros((32, 32, 3), np.float64)  # preprocessing refuses this pixel type

@@ -17,7 +17,7 @@ from defectssft_line.cli import main
 from defectssft_line.hotfolder import LEDGER, HotFolder
 from defectssft_line.hotswap import ModelHolder
 from defectssft_line.model import LineModel
-from tests.test_line_runtime import export_fixed
+from tests.helpers import fixed_onnx_model as export_fixed
 
 
 class Clock:

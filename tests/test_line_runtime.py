@@ -1,8 +1,8 @@
 """The line runtime: verdicts with torch unimportable, bad images and bad model files, threshold
 override, the UNSURE band, CSV output, camera source and bench.
 
-Models here ignore the image (zero head weights, fixed bias) so the verdict is known exactly:
-bias 0 gives p = 1/3 per class, i.e. a defect score of 2/3.
+Models here ignore the image (``tests.helpers.fixed_onnx_model``, built without torch) so the
+verdict is known exactly: bias 0 gives p = 1/3 per class, i.e. a defect score of 2/3.
 """
 
 from __future__ import annotations
@@ -21,26 +21,10 @@ import pytest
 
 from defectssft_line.cli import main
 from defectssft_line.model import LineModel, LineModelError, Thresholds, decide
-from tests.test_export import random_images, tiny_meta, tiny_model
+from tests.helpers import REPO
+from tests.helpers import fixed_onnx_model as export_fixed
 
-REPO = Path(__file__).resolve().parents[1]
 SCORE = 2 / 3  # defect score of a zero-bias model
-
-
-def export_fixed(
-    path: Path, bias: list[float], thresholds: dict | None = None, version: str = "v0001"
-) -> Path:
-    from defectssft.export import export_onnx
-
-    meta = tiny_meta(version)
-    export_onnx(
-        tiny_model(bias=bias),
-        meta,
-        path,
-        check_images=random_images(2),
-        thresholds=thresholds or {"ng": 0.5, "unsure_low": 0.5, "unsure_high": 0.5},
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +209,8 @@ def test_bad_model_files_are_refused(models, tmp_path, images, capsys):
     )
     onnx.save(helper.make_model(graph), str(plain))
     truncated = tmp_path / "truncated.onnx"
-    truncated.write_bytes(models["ng"].read_bytes()[:5000])
+    whole = models["ng"].read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
     newer = _with_metadata(
         models["ng"], tmp_path / "newer.onnx", lambda m: {**m, "format_version": 2}
     )

@@ -131,3 +131,15 @@ def test_wilson_interval_known_values():
 def test_wilson_interval_rejects_bad_input(k, n, conf):
     with pytest.raises(ValueError):
         m.wilson_interval(k, n, conf)
+
+
+def test_validation_and_test_macro_f1_agree_when_a_class_is_missing():
+    # Three classes, class 2 absent from the split: both average F1 over all three classes.
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    labels = np.array([0, 1, 1, 1])
+    val = m.classification_metrics(probs, labels, ok_index=0)
+    test = m.classification_report(labels, probs, ["ok", "a", "b"])
+    assert val["macro_f1"] == pytest.approx(test["macro_f1"])
+    assert val["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0.0) / 3)
+    assert val["balanced_accuracy"] == pytest.approx((1.0 + 2 / 3) / 2)  # over classes present
+    assert val["accuracy"] == pytest.approx(0.75)

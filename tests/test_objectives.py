@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from defectssft.training import objectives as obj
+from defectssft.training.config import SSLConfig
 
 
 def test_supervised_loss_is_cross_entropy_by_hand():
@@ -124,3 +126,22 @@ def test_running_mean_update_and_total_loss():
     )
     assert torch.allclose(rm, torch.tensor([0.625, 0.375]))
     assert obj.total_loss(torch.tensor(1.0), torch.tensor(2.0), 0.5).item() == 2.0
+
+
+def test_unlabeled_loss_step_matches_the_objectives_and_carries_its_state():
+    torch.manual_seed(0)
+    weak, strong = torch.randn(8, 3) * 3, torch.randn(8, 3)
+    ssl = SSLConfig(dist_align=False, ema_momentum=0.9, threshold=0.6, fairness=0.0)
+    state = obj.UnlabeledState.initial(3)
+    target = torch.full((3,), 1 / 3)
+    step = obj.unlabeled_loss("fixmatch", weak, strong, state, ssl, target)
+    loss, mask = obj.fixmatch_loss(weak.softmax(1), strong, 0.6)
+    assert torch.allclose(step.loss, loss) and torch.equal(step.mask, mask)
+    assert step.state is not state and step.diagnostics == {}
+    step = obj.unlabeled_loss("freematch", weak, strong, state, ssl, target)
+    assert set(step.diagnostics) == {"tau"}
+    assert float(step.state.adaptive.tau) != float(state.adaptive.tau)  # the state moved on
+    aligned = obj.unlabeled_loss(
+        "fixmatch", weak, strong, state, dataclasses.replace(ssl, dist_align=True), target
+    )
+    assert not torch.equal(aligned.state.da_mean, state.da_mean)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from defectssft.errors import ProjectError
+from defectssft.labeling import LabelSession
 from defectssft.project import SCHEMA_VERSION, Project
 
 # ---------------------------------------------------------------- create / open
@@ -194,7 +195,8 @@ def test_huge_image_header_only(project: Project, tmp_path: Path) -> None:
 def test_labels_history_undo_and_bulk(project: Project, make_image) -> None:
     ids = [project.add_image(make_image(f"{i}.png")).image_id for i in range(4)]
     project.set_label(ids[0], "scratch", who="anna")
-    project.set_label(ids[0], "dent", who="ben")
+    session = LabelSession(project, who="ben")
+    session.apply([ids[0]], "dent")
     rec = project.get_image(ids[0])
     assert (rec.label, rec.label_who, rec.label_source) == ("dent", "ben", "human")
     hist = project.label_history(ids[0])
@@ -202,7 +204,8 @@ def test_labels_history_undo_and_bulk(project: Project, make_image) -> None:
         ("scratch", None, "anna"),
         ("dent", "scratch", "ben"),
     ]
-    assert project.undo_label(ids[0]) == "scratch"
+    session.undo()
+    assert project.get_image(ids[0]).label == "scratch"
     assert len(project.label_history(ids[0])) == 3  # undo is recorded, history never shrinks
     assert project.set_labels(ids[1:], "ok") == 3
     assert project.set_labels(ids[1:], "ok") == 0  # no change, no event
@@ -523,3 +526,26 @@ def test_atomic_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> Non
     with pytest.raises(OSError):
         store._atomic_write(dest, b"data")
     assert not dest.exists() and list(dest.parent.iterdir()) == []
+
+
+def test_image_overview_and_labels_of(project: Project, make_image) -> None:
+    ids = [project.add_image(make_image(f"{i}.png", seed=i)).image_id for i in range(3)]
+    project.set_label(ids[0], "scratch")
+    project.save_predictions("v0001", [(ids[1], [0.1, 0.7, 0.2])])
+    rows = project.image_overview("v0001")
+    assert [r.image_id for r in rows] == ids
+    assert rows[0].label == "scratch" and rows[0].probs is None and rows[0].pred_index is None
+    assert (rows[1].pred_index, list(rows[1].probs)) == (1, [0.1, 0.7, 0.2])
+    assert rows[1].margin == pytest.approx(0.5)
+    assert Path(rows[2].path) == project.get_image(ids[2]).path and Path(rows[2].path).is_file()
+    assert all(r.probs is None for r in project.image_overview(None))
+    project.save_predictions("v0002", [(ids[0], [0.5, 0.5]), (ids[1], [0.2, 1e-9, 0.8])])
+    ragged = project.image_overview("v0002")  # unequal lengths: parsed one by one
+    assert [list(r.probs) if r.probs is not None else None for r in ragged] == [
+        [0.5, 0.5],
+        [0.2, 1e-9, 0.8],
+        None,
+    ]
+    assert project.labels_of([ids[1], ids[0]]) == {ids[0]: "scratch", ids[1]: None}
+    with pytest.raises(ProjectError, match="999"):
+        project.labels_of([ids[0], 999])

@@ -6,7 +6,7 @@ import pytest
 
 from defectssft.export import ExportError, read_metadata
 from defectssft.promote import compare, maybe_promote, production_path
-from tests.test_export import add_model, make_project
+from tests.helpers import add_model, make_project
 
 FIXED = {"ng": 0.5, "unsure_low": 0.5, "unsure_high": 0.5}
 ALWAYS_OK = [10.0, 0.0, 0.0]  # passes every part: escape 100 %, overkill 0 %

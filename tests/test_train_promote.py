@@ -8,16 +8,16 @@ from pathlib import Path
 from defectssft.cli import main as cli_main
 from defectssft.export import read_metadata
 from defectssft.project import Project
-from tests.test_training import _cli_sets, _tiny_project
+from tests.helpers import cli_sets, tiny_project
 
 
 def _project_with_test_split(root: Path) -> Project:
-    return _tiny_project(root, unlabeled=6, test_fraction=0.25, seed=500)
+    return tiny_project(root, unlabeled=6, test_fraction=0.25, seed=500)
 
 
 def test_train_promote_if_better_publishes_first_model_then_compares(tmp_path, capsys):
     p = _project_with_test_split(tmp_path)
-    args = ["train", str(p.root), "--promote-if-better", *_cli_sets(2)]
+    args = ["train", str(p.root), "--promote-if-better", *cli_sets(2)]
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "model v0001" in out and "promoted: v0001 is the first production model" in out
@@ -40,7 +40,7 @@ def test_train_promote_if_better_publishes_first_model_then_compares(tmp_path, c
 def test_promote_if_better_without_test_split_keeps_the_model(tmp_path, capsys):
     p = _project_with_test_split(tmp_path)
     p._con().execute("UPDATE images SET split='train' WHERE split='test'")
-    assert cli_main(["train", str(p.root), "--promote-if-better", *_cli_sets(2)]) == 2
+    assert cli_main(["train", str(p.root), "--promote-if-better", *cli_sets(2)]) == 2
     captured = capsys.readouterr()
     assert "model v0001" in captured.out
     err = captured.err.strip()

@@ -9,9 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,65 +17,16 @@ import yaml
 
 from defectssft.cli import main as cli_main
 from defectssft.errors import ConfigError, DefectssftError
+from defectssft.metrics import classification_metrics
 from defectssft.training.config import parse_duration, resolve_config, resolve_for_data
 from defectssft.training.data import DataError, SeededSampler, TrainData
-from defectssft.training.loop import classification_metrics, pseudo_label_accuracy, train
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "model": {"name": "test_resnet", "weights": "none", "drop_rate": 0.1},
-    "input": {"height": 32, "width": 32},
-    "ssl": {"method": "fixmatch", "mu": 2, "threshold": 0.5},
-    "train": {
-        "steps": 4,
-        "batch_size": 4,
-        "warmup_steps": 1,
-        "eval_every": 100,
-        "checkpoint_every": 2,
-        "log_every": 1,
-        "num_workers": 0,
-        "threads": 1,
-        "lr": 0.01,
-    },
-}
-
-
-def _write(path: Path, value: int, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    img = np.clip(rng.normal(value, 20, (40, 40)), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), img)
-    return str(path)
+from defectssft.training.loop import pseudo_label_accuracy, train
+from tests.helpers import REPO, cfg, cli_sets, tiny_data_at, tiny_project
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> TrainData:
     return tiny_data_at(tmp_path_factory.mktemp("imgs"))
-
-
-def tiny_data_at(root: Path) -> TrainData:
-    """Two classes (dark / bright noise), 6 labeled each, 12 unlabeled, 3 val each; 40x40 PNGs."""
-    lab = [
-        (_write(root / f"l{c}_{i}.png", 60 + 130 * c, i + 10 * c), c)
-        for c in (0, 1)
-        for i in range(6)
-    ]
-    unl = [_write(root / f"u{i}.png", 60 + 130 * (i % 2), 100 + i) for i in range(12)]
-    val = [
-        (_write(root / f"v{c}_{i}.png", 60 + 130 * c, 200 + i + 10 * c), c)
-        for c in (0, 1)
-        for i in range(3)
-    ]
-    return TrainData(
-        classes=["ok", "dent"], labeled=lab, unlabeled=unl, val=val, ok_class="ok", bit_depth=8
-    )
-
-
-def cfg(**sections) -> dict:
-    merged = {k: dict(v) for k, v in TINY.items()}
-    for section, values in sections.items():
-        merged.setdefault(section, {}).update(values)
-    return resolve_config(overrides=merged)
 
 
 @pytest.mark.parametrize(
@@ -348,37 +297,11 @@ def test_config_files_presets_and_durations(tmp_path):
 # ----------------------------------------------------------------------------- project + CLI
 
 
-def _tiny_project(root: Path, unlabeled: int = 8, test_fraction: float = 0.0, seed: int = 300):
-    """An ok/dent project of 8 labeled 40 px images per class and ``unlabeled`` more, split."""
-    from defectssft.project import Project
-
-    p = Project.create(root / "proj", classes=["ok", "dent"], ok_class="ok")
-    p.set_setting("input.bit_depth", 8)
-    for c, name in enumerate(["ok", "dent"]):
-        for i in range(8):
-            r = p.add_image(
-                _write(root / "src" / f"{name}{i}.png", 60 + 130 * c, seed + i + 10 * c)
-            )
-            p.set_label(r.image_id, name, who="test", source="human")
-    for i in range(unlabeled):
-        p.add_image(_write(root / "src" / f"u{i}.png", 60 + 130 * (i % 2), seed + 100 + i))
-    p.assign_splits(val_fraction=0.25, test_fraction=test_fraction)
-    return p
-
-
-def _cli_sets(steps: int) -> list[str]:
-    out = []
-    for section, values in TINY.items():
-        for k, v in values.items():
-            out += ["--set", f"{section}.{k}={steps if k == 'steps' else v}"]
-    return out
-
-
 def test_train_command_writes_a_registered_model_version(tmp_path, capsys):
     from defectssft.modeling import load_model_file
 
-    p = _tiny_project(tmp_path)
-    rc = cli_main(["train", str(p.root), "--json-progress", *_cli_sets(3)])
+    p = tiny_project(tmp_path)
+    rc = cli_main(["train", str(p.root), "--json-progress", *cli_sets(3)])
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0 and out[-1] == {"event": "model", "version": "v0001"}
     assert any(r["event"] == "step" for r in out) and any(r["event"] == "done" for r in out)
@@ -401,7 +324,7 @@ def test_train_command_writes_a_registered_model_version(tmp_path, capsys):
 
 
 def test_train_command_config_error_exits_2(tmp_path, capsys):
-    p = _tiny_project(tmp_path)
+    p = tiny_project(tmp_path)
     assert cli_main(["train", str(p.root), "--set", "ssl.method=nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ssl.method must be one of") and "\n" not in err
@@ -410,8 +333,9 @@ def test_train_command_config_error_exits_2(tmp_path, capsys):
     assert "no unfinished run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
-    p = _tiny_project(tmp_path)
+    p = tiny_project(tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable,
@@ -420,7 +344,7 @@ def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
         "train",
         str(p.root),
         "--json-progress",
-        *_cli_sets(100000),
+        *cli_sets(100000),
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
@@ -444,7 +368,7 @@ def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
 
 
 def test_print_config_and_bad_max_time(tmp_path, capsys):
-    p = _tiny_project(tmp_path)
+    p = tiny_project(tmp_path)
     assert (
         cli_main(["train", str(p.root), "--preset", "quick", "--set", "ssl.mu=5", "--print-config"])
         == 0

@@ -80,6 +80,7 @@ def train_project(
     """
     import yaml
 
+    from defectssft.inspection import InputSpec, ModelSpec
     from defectssft.modeling import save_model_file
     from defectssft.project import Project
     from defectssft.training import ddp
@@ -146,21 +147,22 @@ def train_project(
                 return ddp.broadcast_object(info, None)
             version, model_dir = project.new_model_dir()
             cfg = result.config  # as run: the auto recipe resolved for this project's data
+            spec = ModelSpec(
+                model_name=cfg["model"]["name"],
+                classes=list(data.classes),
+                ok_class=data.ok_class,
+                input=InputSpec(
+                    cfg["input"]["height"],
+                    cfg["input"]["width"],
+                    cfg["input"]["bit_depth"] or data.bit_depth,
+                ),
+                mean=tuple(result.mean),
+                std=tuple(result.std),
+                data_hash=data.data_hash,
+                version=version,
+            )
             meta = {
-                "model_name": cfg["model"]["name"],
-                "num_classes": len(data.classes),
-                "classes": data.classes,
-                "ok_class": data.ok_class,
-                "input": {
-                    "height": cfg["input"]["height"],
-                    "width": cfg["input"]["width"],
-                    "bit_depth": cfg["input"]["bit_depth"] or data.bit_depth,
-                },
-                "mean": result.mean,
-                "std": result.std,
-                "data_hash": data.data_hash,
-                "version": version,
-                "thresholds": None,
+                **spec.to_meta(),
                 "config": cfg,
                 "run": run_dir.name,
                 "status": result.status,

@@ -2,7 +2,8 @@
 strong RandAugment-like view batched on the training device (kornia, per-sample parameters).
 
 Images travel as uint8 ``[B, 3, H, W]`` tensors (the shared preprocessing already made them
-RGB at the model's input size); ``to_model_input`` turns a batch into normalised floats.
+RGB at the model's input size); ``to_model_input`` (``defectssft.inspection``, the one
+normalisation) turns a batch into normalised floats.
 
 Why the split: weak flips/shifts are cheap per image and overlap with training in the workers;
 the strong view needs a dozen colour/geometry ops per image, which as batched tensor ops cost
@@ -96,12 +97,3 @@ class StrongAugment(nn.Module):
         if self.erase is not None:
             x = self.erase(x)
         return x
-
-
-def to_model_input(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (0..255) or float (0..1) batch -> normalised float32 ``(x - mean) / std``."""
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s

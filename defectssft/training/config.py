@@ -1,14 +1,18 @@
 """Training configuration: defaults, YAML presets/files, ``--set key=value`` overrides, validation.
 
-A config is a plain nested dict ``{section: {key: value}}`` so it round-trips through YAML and
-JSON (it is stored in ``config.yaml`` and inside ``model.pt``). Every key is declared in
-``DEFAULTS`` with its type; anything unknown or out of range raises ConfigError with one line.
+Each section is declared once, as a dataclass whose fields carry the default, type, choices,
+range and whether the key may be empty (``setting``); ``validate`` checks a config against that
+declaration, anything unknown or out of range raising ConfigError with one line. A config is
+stored as a plain nested dict ``{section: {key: value}}`` (``config.yaml``, inside ``model.pt``)
+and read with attribute access through ``Config.from_dict`` (``cfg.train.steps``).
 """
 
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,111 +21,8 @@ import yaml
 
 from defectssft.errors import ConfigError
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {
-        "name": "tf_efficientnet_lite0",  # any timm model name
-        "weights": "imagenet",  # imagenet | none | path to .pth/.safetensors
-        "drop_rate": 0.2,
-    },
-    "input": {
-        "height": 128,
-        "width": 128,
-        "bit_depth": None,  # None: the project's setting input.bit_depth (default 16)
-    },
-    "ssl": {
-        "method": "freematch",  # supervised | fixmatch | freematch (default: benchmarks/ssl_neu.py)
-        "threshold": 0.95,  # fixmatch confidence threshold tau
-        "lambda_u": 1.0,
-        "mu": 3,  # unlabeled images per labeled image in a step
-        "dist_align": True,  # distribution alignment (benchmarks/ssl_kolektor.py: decisive on imbalanced data)
-        "dist_align_target": "labeled",  # labeled | uniform
-        "fairness": 0.0,  # weight of FreeMatch's self-adaptive fairness term (0 = off)
-        "pseudo_from": "auto",  # auto | student | ema: which network labels the weak view (see resolve_for_data)
-        "ema_momentum": 0.99,  # running estimates of freematch / DA (benchmarks/ssl_neu.py: 0.999 lagged)
-    },
-    "augment": {
-        "hflip": True,
-        "vflip": True,
-        "shift": 0.0625,
-        "strong_ops": 2,
-        "strong_magnitude": 0.9,
-        "cutout_max": 0.15,  # max area fraction of the erased rectangle (0 disables)
-    },
-    "train": {
-        "steps": 1000,  # benchmarks/ssl_neu.py: 1000 steps with ssl.ema_momentum 0.99, 3 seeds
-        "batch_size": 16,  # labeled images per step (per process)
-        "optimizer": "auto",  # auto | adamw | sgd (see resolve_for_data)
-        "lr": None,  # None: the optimizer's default in OPTIMIZER_DEFAULTS
-        "weight_decay": None,  # None: the optimizer's default in OPTIMIZER_DEFAULTS
-        "momentum": 0.9,
-        "warmup_steps": 50,
-        "grad_clip": 5.0,  # 0 disables
-        "ema_decay": 0.99,  # EMA teacher; 0 disables
-        "label_smoothing": 0.0,
-        "amp": "auto",  # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
-        "seed": 0,
-        "max_time": None,  # e.g. "8h", "30m", 3600 (seconds); None = no limit
-        "eval_every": 50,
-        "checkpoint_every": 50,
-        "log_every": 10,
-        "tensorboard": False,  # also log to TensorBoard (run_dir/tensorboard); needs defectssft[tensorboard]
-        "num_workers": 2,
-        "threads": 0,  # torch CPU threads; 0 = torch default
-        "device": "auto",  # auto | cpu | cuda | cuda:N
-        "select_metric": "auto",  # auto | balanced_accuracy | auroc | macro_f1
-    },
-}
-
-PRESET_DIR = "presets"
-CHOICES = {
-    ("ssl", "method"): ("supervised", "fixmatch", "freematch"),
-    ("ssl", "dist_align_target"): ("labeled", "uniform"),
-    ("ssl", "pseudo_from"): ("auto", "student", "ema"),
-    ("train", "optimizer"): ("auto", "adamw", "sgd"),
-    ("train", "amp"): ("auto", "off", "bf16", "fp16"),
-    ("train", "select_metric"): ("auto", "balanced_accuracy", "auroc", "macro_f1"),
-}
-# (section, key): (min, max) inclusive; None = unbounded
-RANGES = {
-    ("model", "drop_rate"): (0.0, 0.9),
-    ("input", "height"): (16, 4096),
-    ("input", "width"): (16, 4096),
-    ("input", "bit_depth"): (8, 16),
-    ("ssl", "threshold"): (0.0, 1.0),
-    ("ssl", "lambda_u"): (0.0, None),
-    ("ssl", "fairness"): (0.0, None),
-    ("ssl", "mu"): (0, 64),
-    ("ssl", "ema_momentum"): (0.0, 1.0),
-    ("augment", "shift"): (0.0, 0.5),
-    ("augment", "strong_ops"): (0, 11),
-    ("augment", "strong_magnitude"): (0.0, 1.0),
-    ("augment", "cutout_max"): (0.0, 0.9),
-    ("train", "steps"): (1, None),
-    ("train", "batch_size"): (1, 4096),
-    ("train", "lr"): (0.0, 10.0),
-    ("train", "weight_decay"): (0.0, 1.0),
-    ("train", "momentum"): (0.0, 1.0),
-    ("train", "warmup_steps"): (0, None),
-    ("train", "grad_clip"): (0.0, None),
-    ("train", "ema_decay"): (0.0, 0.99999),
-    ("train", "label_smoothing"): (0.0, 0.5),
-    ("train", "eval_every"): (1, None),
-    ("train", "checkpoint_every"): (1, None),
-    ("train", "log_every"): (1, None),
-    ("train", "num_workers"): (0, 64),
-    ("train", "threads"): (0, 1024),
-}
-# keys that may be None besides their declared type
-NULLABLE = {
-    ("input", "bit_depth"),
-    ("train", "max_time"),
-    ("train", "lr"),
-    ("train", "weight_decay"),
-}
-# nullable keys whose value, when given, is a number
-FLOAT_KEYS = {("train", "lr"), ("train", "weight_decay")}
-# what train.lr / train.weight_decay mean when left empty, per optimizer (measured in
-# benchmarks/ssl_neu.py, docs/TRAINING.md): fine-tuning an ImageNet backbone from a few labels
+# what train.lr / train.weight_decay mean when left empty, per optimizer, for fine-tuning an
+# ImageNet backbone from a few labels (docs/TRAINING.md)
 OPTIMIZER_DEFAULTS = {
     "adamw": {"lr": 3e-4, "weight_decay": 0.01},
     "sgd": {"lr": 0.03, "weight_decay": 5e-4},
@@ -148,6 +49,137 @@ def parse_duration(value: Any) -> float | None:
     if seconds < 0:
         raise ConfigError(f"invalid duration {value!r}: must not be negative")
     return seconds or None
+
+
+# ----------------------------------------------------------------------------- the declaration
+
+
+def setting(
+    default: Any,
+    *,
+    choices: tuple[str, ...] = (),
+    ge: float | None = None,
+    le: float | None = None,
+    kind: type | None = None,
+    nullable: bool = False,
+    parse: Callable[[Any], Any] | None = None,
+) -> Any:
+    """One config key: its default and what values it accepts (``kind`` defaults to the type
+    of ``default``; ``nullable``: may be empty; ``parse``: converts the given value)."""
+    meta = {
+        "choices": choices,
+        "ge": ge,
+        "le": le,
+        "kind": kind or type(default),
+        "nullable": nullable,
+        "parse": parse,
+    }
+    return field(default=default, metadata=meta)
+
+
+class Section:
+    """A config section: attribute access to its keys (``cfg.train.steps``)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass
+class ModelConfig(Section):
+    name: str = setting("tf_efficientnet_lite0")  # any timm model name
+    weights: str = setting("imagenet")  # imagenet | none | path to .pth/.safetensors
+    drop_rate: float = setting(0.2, ge=0.0, le=0.9)
+
+
+@dataclass
+class InputConfig(Section):
+    height: int = setting(128, ge=16, le=4096)
+    width: int = setting(128, ge=16, le=4096)
+    # None: the project's setting input.bit_depth (default 16)
+    bit_depth: int | None = setting(None, kind=int, nullable=True, ge=8, le=16)
+
+
+@dataclass
+class SSLConfig(Section):
+    method: str = setting("freematch", choices=("supervised", "fixmatch", "freematch"))
+    threshold: float = setting(0.95, ge=0.0, le=1.0)  # fixmatch confidence threshold tau
+    lambda_u: float = setting(1.0, ge=0.0)
+    mu: int = setting(3, ge=0, le=64)  # unlabeled images per labeled image in a step
+    dist_align: bool = setting(True)  # distribution alignment (decisive on imbalanced data)
+    dist_align_target: str = setting("labeled", choices=("labeled", "uniform"))
+    fairness: float = setting(0.0, ge=0.0)  # weight of FreeMatch's fairness term (0 = off)
+    # which network labels the weak view (auto: see resolve_for_data)
+    pseudo_from: str = setting("auto", choices=("auto", "student", "ema"))
+    ema_momentum: float = setting(0.99, ge=0.0, le=1.0)  # running estimates of freematch / DA
+
+
+@dataclass
+class AugmentConfig(Section):
+    hflip: bool = setting(True)
+    vflip: bool = setting(True)
+    shift: float = setting(0.0625, ge=0.0, le=0.5)
+    strong_ops: int = setting(2, ge=0, le=11)
+    strong_magnitude: float = setting(0.9, ge=0.0, le=1.0)
+    cutout_max: float = setting(0.15, ge=0.0, le=0.9)  # max erased area fraction (0 disables)
+
+
+@dataclass
+class TrainConfig(Section):
+    steps: int = setting(1000, ge=1)
+    batch_size: int = setting(16, ge=1, le=4096)  # labeled images per step (per process)
+    optimizer: str = setting("auto", choices=("auto", "adamw", "sgd"))  # auto: resolve_for_data
+    lr: float | None = setting(None, kind=float, nullable=True, ge=0.0, le=10.0)
+    weight_decay: float | None = setting(None, kind=float, nullable=True, ge=0.0, le=1.0)
+    momentum: float = setting(0.9, ge=0.0, le=1.0)
+    warmup_steps: int = setting(50, ge=0)
+    grad_clip: float = setting(5.0, ge=0.0)  # 0 disables
+    ema_decay: float = setting(0.99, ge=0.0, le=0.99999)  # EMA teacher; 0 disables
+    label_smoothing: float = setting(0.0, ge=0.0, le=0.5)
+    # auto: bf16/fp16 on CUDA, off on CPU
+    amp: str = setting("auto", choices=("auto", "off", "bf16", "fp16"))
+    seed: int = setting(0)
+    # e.g. "8h", "30m", 3600 (seconds); None = no limit
+    max_time: float | None = setting(None, kind=float, nullable=True, parse=parse_duration)
+    eval_every: int = setting(50, ge=1)
+    checkpoint_every: int = setting(50, ge=1)
+    log_every: int = setting(10, ge=1)
+    tensorboard: bool = setting(False)  # also log to run_dir/tensorboard (defectssft[tensorboard])
+    num_workers: int = setting(2, ge=0, le=64)
+    threads: int = setting(0, ge=0, le=1024)  # torch CPU threads; 0 = torch default
+    device: str = setting("auto")  # auto | cpu | cuda | cuda:N
+    select_metric: str = setting("auto", choices=("auto", "balanced_accuracy", "auroc", "macro_f1"))
+
+
+@dataclass
+class Config:
+    """A validated training config with attribute access (``Config.from_dict(d).train.steps``);
+    ``as_dict`` gives the plain nested dict stored in ``config.yaml`` and ``model.pt``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> Config:
+        """Validate ``cfg`` (unset keys take their defaults); ConfigError with one line."""
+        checked = validate(cfg)
+        return cls(**{f.name: SECTIONS[f.name](**checked[f.name]) for f in fields(cls)})
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: getattr(self, f.name).as_dict() for f in fields(self)}
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "input": InputConfig,
+    "ssl": SSLConfig,
+    "augment": AugmentConfig,
+    "train": TrainConfig,
+}
+DEFAULTS: dict[str, dict[str, Any]] = Config().as_dict()
+PRESET_DIR = "presets"
 
 
 def default_config() -> dict[str, dict[str, Any]]:
@@ -227,33 +259,31 @@ def merge(base: dict[str, Any], override: dict[str, Any], where: str = "config")
     return out
 
 
-def _coerce(section: str, key: str, value: Any) -> Any:
-    default = DEFAULTS[section][key]
+def _coerce(section: str, key: str, value: Any, meta: Any) -> Any:
     name = f"{section}.{key}"
+    kind = meta["kind"]
     if value is None:
-        if (section, key) in NULLABLE:
+        if meta["nullable"]:
             return None
         raise ConfigError(f"{name} must not be empty")
-    if (section, key) == ("train", "max_time"):
-        return parse_duration(value)
-    if isinstance(default, bool):
+    if meta["parse"] is not None:
+        return meta["parse"](value)
+    if kind is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if isinstance(default, int) or (section, key) == ("input", "bit_depth"):
+    if kind is int:
         if isinstance(value, bool) or not (
             isinstance(value, int) or (isinstance(value, float) and value.is_integer())
         ):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return int(value)
-    if isinstance(default, float) or (section, key) in FLOAT_KEYS:
+    if kind is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            value = str(value)
-        return value
+    if kind is str and not isinstance(value, str):
+        return str(value)
     return value
 
 
@@ -261,16 +291,16 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check types, choices and ranges; return a normalised copy. Raises ConfigError."""
     cfg = merge(default_config(), cfg)
     for section, values in cfg.items():
-        for key, value in values.items():
-            value = _coerce(section, key, value)
-            choices = CHOICES.get((section, key))
+        for f in fields(SECTIONS[section]):
+            key, meta = f.name, f.metadata
+            value = _coerce(section, key, values[key], meta)
+            choices = meta["choices"]
             if choices and value not in choices:
                 raise ConfigError(
                     f"{section}.{key} must be one of {', '.join(choices)}, got {value!r}"
                 )
-            lo_hi = RANGES.get((section, key))
-            if lo_hi and value is not None:
-                lo, hi = lo_hi
+            lo, hi = meta["ge"], meta["le"]
+            if value is not None and (lo is not None or hi is not None):
                 if (lo is not None and value < lo) or (hi is not None and value > hi):
                     bounds = f">= {lo}" if hi is None else f"between {lo} and {hi}"
                     raise ConfigError(f"{section}.{key} must be {bounds}, got {value!r}")
@@ -283,10 +313,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-# The recipe "auto" picks, by the kind of project. Measured, one seed each (docs/TRAINING.md):
-# on NEU-DET (defect types, no OK class) AdamW 3e-4 with student pseudo-labels beat SGD 0.03
-# with EMA-teacher pseudo-labels (k=5: 93.6 vs 87.4 %); on KolektorSDD (OK/NG, a stream that is
-# mostly OK) the same change collapsed the semi-supervised run (AUROC 0.81 vs 0.99).
+# The recipe "auto" picks, by the kind of project (why and the measurements: docs/TRAINING.md).
 AUTO_RECIPE = {
     "ok_ng": {"optimizer": "sgd", "pseudo_from": "ema"},
     "defect_types": {"optimizer": "adamw", "pseudo_from": "student"},

@@ -73,6 +73,14 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when running distributed, else itself."""
+    if not info.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def any_true(info: DistInfo, flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank (stop requests, time budget)."""
     if not info.enabled:

@@ -4,6 +4,11 @@ setup (seeds, device, DDP) -> model + EMA teacher -> optimizer -> resume -> load
   labeled batch + unlabeled batch -> strong view on the device -> pseudo-labels from the weak
   view (EMA teacher) -> L = L_s + lambda_u * L_u -> step -> EMA -> log / eval / checkpoint.
 
+The pieces ``train`` calls sit above it in the order it calls them: ``build_learner``,
+``load_checkpoint`` / ``save_checkpoint`` (mirror images), ``make_streams``, ``next_batch``,
+``forward_batch``, ``compute_loss`` (the unlabeled step is ``objectives.unlabeled_loss``),
+``optimizer_step``. The run log (stop flag, metrics files, RNG state) is ``training.runlog``.
+
 The run folder holds ``last.pt`` (everything needed for an exact resume), ``best.pt`` (the
 weights at the best validation score), ``metrics.jsonl`` and ``metrics.csv``. A stop request
 (SIGINT/SIGTERM, ``stop_event``) saves ``last.pt`` and returns status "interrupted"; the time
@@ -13,15 +18,10 @@ budget (``train.max_time``) ends the run normally with status "time_budget".
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import logging
 import math
-import random
-import signal
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,18 +32,26 @@ import torch
 from torch import nn
 
 from defectssft.errors import DefectssftError
-from defectssft.metrics import defect_scores, roc_auc
+from defectssft.inspection import to_model_input
+from defectssft.metrics import classification_metrics
 from defectssft.modeling import atomic_torch_save, build_model, default_normalization
 from defectssft.training import ddp
 from defectssft.training import objectives as obj
-from defectssft.training.augment import StrongAugment, to_model_input, weak_transform
-from defectssft.training.config import resolve_for_data
+from defectssft.training.augment import StrongAugment, weak_transform
+from defectssft.training.config import Config, SSLConfig, TrainConfig, resolve_for_data
 from defectssft.training.data import (
     ImageDataset,
     TrainData,
     eval_loader,
     infinite_loader,
     path_items,
+)
+from defectssft.training.runlog import (
+    MetricsWriter,
+    StopFlag,
+    rng_state,
+    seed_everything,
+    set_rng_state,
 )
 
 log = logging.getLogger("defectssft.training")
@@ -65,12 +73,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def pick_device(name: str, info: ddp.DistInfo) -> torch.device:
@@ -103,20 +105,20 @@ def lr_factor(progress: float, step: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
-def make_optimizer(model: nn.Module, tc: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     """No weight decay on biases and norm layers (1-d parameters). ``tc`` is a resolved train
     section (``config.resolve_for_data``: no ``auto`` optimizer, no empty lr)."""
-    if tc["optimizer"] not in ("adamw", "sgd") or tc["lr"] is None or tc["weight_decay"] is None:
+    if tc.optimizer not in ("adamw", "sgd") or tc.lr is None or tc.weight_decay is None:
         raise DefectssftError("make_optimizer needs a config resolved by config.resolve_for_data")
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [
-        {"params": decay, "weight_decay": tc["weight_decay"]},
+        {"params": decay, "weight_decay": tc.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if tc["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=tc["lr"])
-    return torch.optim.SGD(groups, lr=tc["lr"], momentum=tc["momentum"], nesterov=True)
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=tc.lr)
+    return torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, nesterov=True)
 
 
 @torch.no_grad()
@@ -144,36 +146,6 @@ def pseudo_label_accuracy(
     out = {"pl_acc": float(right.mean())}
     if bool(mask.any()):
         out["pl_acc_mask"] = float(right[mask].mean())
-    return out
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def classification_metrics(
-    probs: np.ndarray, labels: np.ndarray, ok_index: int | None
-) -> dict[str, float]:
-    """accuracy, balanced accuracy, macro-F1, NLL and (with an OK class) defect AUROC."""
-    pred = probs.argmax(1)
-    num_classes = probs.shape[1]
-    recalls, f1s = [], []
-    for c in range(num_classes):
-        tp = float(((pred == c) & (labels == c)).sum())
-        n_true, n_pred = float((labels == c).sum()), float((pred == c).sum())
-        if n_true > 0:
-            recalls.append(tp / n_true)
-            f1s.append(2 * tp / (n_true + n_pred))
-    out = {
-        "accuracy": float((pred == labels).mean()),
-        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
-        "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
-        "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1)).mean()),
-    }
-    if ok_index is not None:
-        scores = defect_scores(probs, ok_index)
-        auroc = roc_auc(scores, labels != ok_index) if np.isfinite(scores).all() else None
-        out["auroc"] = float("nan") if auroc is None else auroc
     return out
 
 
@@ -206,100 +178,367 @@ def select_score(metrics: dict[str, float], how: str) -> float:
     return metrics.get(how, float("nan"))
 
 
-class StopFlag:
-    """Set by SIGINT/SIGTERM (main thread only) or by an external ``threading.Event``."""
-
-    def __init__(self, stop_event: Any | None, handle_signals: bool) -> None:
-        self.event = stop_event
-        self.signalled: str | None = None
-        self._previous: dict[int, Any] = {}
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signalled = signal.Signals(signum).name
-        log.warning("%s received: saving a checkpoint and stopping", self.signalled)
-
-    def is_set(self) -> bool:
-        return self.signalled is not None or bool(self.event is not None and self.event.is_set())
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+# --------------------------------------------------------------------------- run state
 
 
-class MetricsWriter:
-    """Appends one row per log step to metrics.jsonl and metrics.csv (rank 0 only). With
-    ``tensorboard`` the numbers of step and eval rows also go to TensorBoard scalars
-    (``train/...``, ``val/...``) under ``run_dir/tensorboard``."""
+@dataclass
+class Learner:
+    """The networks and optimiser state a run trains."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = False) -> None:
-        self.jsonl, self.csv, self.enabled = (
-            run_dir / "metrics.jsonl",
-            run_dir / "metrics.csv",
-            enabled,
-        )
-        self.tb: Any = (
-            open_tensorboard(run_dir / "tensorboard") if enabled and tensorboard else None
-        )
+    model: nn.Module
+    teacher: nn.Module | None  # the EMA teacher (None: train.ema_decay 0)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
 
-    def write(self, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.jsonl.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        if row.get("event") == "step":
-            new = not self.csv.exists()
-            with self.csv.open("a", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-                if new:
-                    w.writeheader()
-                w.writerow(row)
-        if self.tb is not None and row.get("event") in ("step", "eval"):
-            prefix = "train" if row["event"] == "step" else "val"
-            for key, value in row.items():
-                if key in ("event", "step", "steps", "best") or isinstance(value, bool):
-                    continue
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
-            self.tb.flush()  # an interrupted night still shows its curves
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+    @property
+    def shipped(self) -> nn.Module:
+        """What validation scores and the model file holds: the EMA teacher, else the student."""
+        return self.teacher if self.teacher is not None else self.model
 
 
-def open_tensorboard(log_dir: Path) -> Any:
-    """A TensorBoard SummaryWriter, or a one-line error when the package is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
+@dataclass
+class RunProgress:
+    """Where a run stands; saved in ``last.pt`` with the learner and restored on resume."""
+
+    step: int = 0
+    best_score: float = -math.inf
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    elapsed_before: float = 0.0  # seconds of training before this process started
+    running: dict[str, float] = field(default_factory=dict)  # smoothed losses for logs/progress
+
+
+def build_learner(
+    cfg: Config, num_classes: int, device: torch.device, autocast_dtype: torch.dtype | None
+) -> tuple[Learner, list[float], list[float]]:
+    """Model (same initial head on every rank), EMA teacher, optimizer, grad scaler; mean/std."""
+    model_cfg, train_cfg = cfg.model, cfg.train
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(
+        model_cfg.name,
+        num_classes,
+        weights=model_cfg.weights,
+        drop_rate=model_cfg.drop_rate,
+    ).to(device)
+    mean, std = default_normalization(model_cfg.name, model_cfg.weights)
+    teacher = copy.deepcopy(model).eval() if train_cfg.ema_decay > 0 else None
+    if teacher is not None:
+        teacher.requires_grad_(False)
+    return Learner(model, teacher, make_optimizer(model, train_cfg), scaler), mean, std
+
+
+def save_checkpoint(
+    path: Path,
+    learner: Learner,
+    unlabeled: obj.UnlabeledState,
+    run: RunProgress,
+    elapsed_s: float,
+    rngs: list[Any],
+    cfg: dict[str, Any],
+    classes: list[str],
+) -> None:
+    """Write ``last.pt`` atomically: everything ``load_checkpoint`` needs for an exact resume."""
+    atomic_torch_save(
+        {
+            "model": learner.model.state_dict(),
+            "teacher": learner.teacher.state_dict() if learner.teacher is not None else None,
+            "optimizer": learner.optimizer.state_dict(),
+            "scaler": learner.scaler.state_dict(),
+            "da_mean": unlabeled.da_mean.cpu(),
+            "adaptive": unlabeled.adaptive.state_dict(),
+            "step": run.step,
+            "best_score": run.best_score,
+            "best_metrics": run.best_metrics,
+            "elapsed_s": elapsed_s,
+            "rng": rngs,
+            "running": run.running,
+            "config": cfg,
+            "classes": classes,
+        },
+        path,
+    )
+
+
+def load_checkpoint(
+    path: Path, learner: Learner, classes: list[str], device: torch.device, rank: int
+) -> tuple[obj.UnlabeledState, RunProgress, dict[str, Any] | None]:
+    """Restore ``learner`` from ``last.pt``; (unlabeled state, progress, this rank's RNG state).
+
+    DefectssftError when there is nothing to resume or the project's classes changed."""
+    if not path.is_file():
+        raise DefectssftError(f"nothing to resume: {path} not found")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck.get("classes") != classes:
         raise DefectssftError(
-            "train.tensorboard is on but the tensorboard package is not installed: "
-            "pip install 'defectssft[tensorboard]' (or set train.tensorboard=false)"
-        ) from e
-    return SummaryWriter(log_dir=str(log_dir))
+            f"cannot resume {path.parent.name}: the project's classes changed since it started "
+            f"({ck.get('classes')} -> {classes}); start a new run"
+        )
+    learner.model.load_state_dict(ck["model"])
+    if learner.teacher is not None and ck.get("teacher") is not None:
+        learner.teacher.load_state_dict(ck["teacher"])
+    learner.optimizer.load_state_dict(ck["optimizer"])
+    learner.scaler.load_state_dict(ck["scaler"])
+    unlabeled = obj.UnlabeledState(
+        ck["da_mean"].to(device), obj.AdaptiveThresholdState.from_state_dict(ck["adaptive"], device)
+    )
+    run = RunProgress(
+        ck["step"],
+        ck["best_score"],
+        ck["best_metrics"],
+        ck["elapsed_s"],
+        dict(ck.get("running", {})),
+    )
+    return unlabeled, run, ck["rng"][rank] if rank < len(ck["rng"]) else None
 
 
-def rng_state() -> dict[str, Any]:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+def gather_rng_states(info: ddp.DistInfo) -> list[Any]:
+    """Every rank's RNG state (on every rank), for ``last.pt``."""
+    if not info.enabled:
+        return [rng_state()]
+    states: list[Any] = [None] * info.world
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+@dataclass
+class Streams:
+    labeled: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    unlabeled: Iterator[tuple[torch.Tensor, torch.Tensor]] | None
+    val: Any | None
+    unlabeled_batch: int
+    unlabeled_truth: bool  # the unlabeled labels carry a hidden truth (benchmarks)
+
+
+def make_streams(
+    data: TrainData,
+    cfg: Config,
+    use_unlabeled: bool,
+    start_step: int,
+    info: ddp.DistInfo,
+    pin: bool,
+) -> Streams:
+    """Infinite seeded streams positioned at ``start_step`` (exact resume), and the val loader."""
+    input_cfg, augment_cfg, train_cfg = cfg.input, cfg.augment, cfg.train
+    height, width = input_cfg.height, input_cfg.width
+    bit_depth = input_cfg.bit_depth or data.bit_depth
+    weak = weak_transform(augment_cfg.hflip, augment_cfg.vflip, augment_cfg.shift)
+    workers, batch, seed = train_cfg.num_workers, train_cfg.batch_size, train_cfg.seed
+    unlabeled_batch = batch * cfg.ssl.mu
+    labeled_ds = ImageDataset(data.labeled, height, width, bit_depth, transform=weak)
+    labeled = infinite_loader(
+        labeled_ds,
+        batch,
+        seed,
+        start_step,
+        min(workers, 1) if use_unlabeled else workers,
+        info.rank,
+        info.world,
+        pin,
+    )
+    unlabeled = None
+    if use_unlabeled:
+        items = (
+            list(zip(data.unlabeled, data.unlabeled_truth, strict=True))
+            if data.unlabeled_truth is not None
+            else path_items(data.unlabeled)
+        )
+        unlabeled_ds = ImageDataset(
+            items, height, width, bit_depth, transform=weak, skip_unreadable=True
+        )
+        unlabeled = infinite_loader(
+            unlabeled_ds, unlabeled_batch, seed + 1, start_step, workers, info.rank, info.world, pin
+        )
+    val = eval_loader(data.val, height, width, bit_depth, num_workers=0) if data.val else None
+    return Streams(labeled, unlabeled, val, unlabeled_batch, data.unlabeled_truth is not None)
+
+
+def alignment_target(data: TrainData, ssl_cfg: SSLConfig, device: torch.device) -> torch.Tensor:
+    """The class distribution distribution alignment aims at: labeled frequencies or uniform."""
+    counts = torch.tensor(data.class_counts(), dtype=torch.float32, device=device)
+    if ssl_cfg.dist_align_target == "labeled":
+        return (counts + 1) / (counts + 1).sum()
+    return torch.full_like(counts, 1 / len(data.classes))
+
+
+@dataclass
+class Batch:
+    """One step's images on the device: normalised labeled images, and the raw (uint8) weak
+    view of the unlabeled ones with their hidden truth (benchmarks only)."""
+
+    x_labeled: torch.Tensor
+    y_labeled: torch.Tensor
+    u_weak_raw: torch.Tensor | None
+    u_truth: torch.Tensor | None
+    size: int  # images in the step, for the throughput
+
+
+def next_batch(
+    streams: Streams, device: torch.device, mean: list[float], std: list[float]
+) -> Batch:
+    x_labeled, y_labeled = next(streams.labeled)
+    x_labeled = to_model_input(x_labeled.to(device, non_blocking=True), mean, std)
+    y_labeled = y_labeled.to(device, non_blocking=True)
+    if streams.unlabeled is None:
+        return Batch(x_labeled, y_labeled, None, None, x_labeled.shape[0])
+    u_weak_raw, u_truth = next(streams.unlabeled)
+    size = x_labeled.shape[0] + streams.unlabeled_batch
+    u_weak_raw = u_weak_raw.to(device, non_blocking=True)
+    return Batch(
+        x_labeled, y_labeled, u_weak_raw, u_truth if streams.unlabeled_truth else None, size
+    )
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Mixed precision on the GPU (``amp_dtype``), nothing on the CPU."""
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+@dataclass
+class Logits:
+    labeled: torch.Tensor
+    weak: torch.Tensor | None  # unlabeled weak view, no gradient: the pseudo-label source
+    strong: torch.Tensor | None  # unlabeled strong view
+
+
+def forward_batch(
+    net: nn.Module,
+    teacher: nn.Module | None,
+    batch: Batch,
+    strong: StrongAugment,
+    mean: list[float],
+    std: list[float],
+    ssl_cfg: SSLConfig,
+) -> Logits:
+    """All logits of a step in one batched pass (the strong view is made here, on the device);
+    with ``ssl.pseudo_from`` "ema" the weak view goes through the EMA teacher instead."""
+    x_labeled, u_weak_raw = batch.x_labeled, batch.u_weak_raw
+    if u_weak_raw is None:
+        return Logits(net(x_labeled), None, None)
+    n_labeled = x_labeled.shape[0]
+    u_strong = to_model_input(strong(u_weak_raw), mean, std)
+    u_weak = to_model_input(u_weak_raw, mean, std)
+    if ssl_cfg.pseudo_from == "ema" and teacher is not None:
+        with torch.no_grad():
+            logits_weak = teacher(u_weak)
+        logits = net(torch.cat([x_labeled, u_strong]))
+        return Logits(logits[:n_labeled], logits_weak, logits[n_labeled:])
+    logits = net(torch.cat([x_labeled, u_weak, u_strong]))
+    logits_weak = logits[n_labeled:].detach().chunk(2)[0]
+    return Logits(logits[:n_labeled], logits_weak, logits[n_labeled + u_weak.shape[0] :])
+
+
+def compute_loss(
+    method: str,
+    logits: Logits,
+    batch: Batch,
+    state: obj.UnlabeledState,
+    cfg: Config,
+    da_target: torch.Tensor,
+    info: ddp.DistInfo,
+    step: int,
+) -> tuple[torch.Tensor, dict[str, float], obj.UnlabeledState]:
+    """L = L_s + lambda_u * L_u; (loss, the numbers to log, the unlabeled state for the next
+    step). DefectssftError when the loss is not finite."""
+    ssl_cfg = cfg.ssl
+    loss_s = obj.supervised_loss(logits.labeled, batch.y_labeled, cfg.train.label_smoothing)
+    loss_u, mask_rate, diagnostics = torch.zeros((), device=loss_s.device), 0.0, {}
+    if method != "supervised":
+        u = obj.unlabeled_loss(
+            method,
+            logits.weak,
+            logits.strong,
+            state,
+            ssl_cfg,
+            da_target,
+            lambda t: ddp.mean_tensor(info, t),
+        )
+        state, loss_u, diagnostics = u.state, u.loss, u.diagnostics
+        mask_rate = float(u.mask.float().mean())
+        if batch.u_truth is not None:
+            truth = batch.u_truth.to(u.probs_weak.device)
+            diagnostics.update(pseudo_label_accuracy(u.probs_weak, u.mask, truth))
+    loss = obj.total_loss(loss_s, loss_u, ssl_cfg.lambda_u)
+    if not torch.isfinite(loss):
+        raise DefectssftError(
+            f"training diverged at step {step} (loss {loss.item()}); lower train.lr"
+        )
+    logged = {
+        "loss": loss.item(),
+        "loss_s": loss_s.item(),
+        "loss_u": loss_u.item(),
+        "mask": mask_rate,
+        **diagnostics,
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return loss, logged, state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def optimizer_step(
+    learner: Learner, loss: torch.Tensor, train_cfg: TrainConfig, info: ddp.DistInfo, step: int
+) -> None:
+    """Backward, clip, step (through the AMP scaler), then the EMA teacher update."""
+    optimizer, scaler = learner.optimizer, learner.scaler
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if train_cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(learner.model.parameters(), train_cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    if learner.teacher is not None:
+        ddp.average_buffers(info, learner.model)
+        ema_update(learner.teacher, learner.model, ema_decay_at(step, train_cfg.ema_decay))
+
+
+def smooth_into(running: dict[str, float], values: dict[str, float]) -> None:
+    """Exponential smoothing (0.9) of the logged losses; a new key starts at its value."""
+    for key, value in values.items():
+        running[key] = value if key not in running else 0.9 * running[key] + 0.1 * value
+
+
+class Clock:
+    """Training time (resumed runs continue their count) and the throughput between log rows."""
+
+    def __init__(self, elapsed_before: float, start_step: int) -> None:
+        self.elapsed_before, self.start_step = elapsed_before, start_step
+        self.t_start = self.t_log = time.monotonic()
+        self.images = 0
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.t_start
+
+    def step_row(
+        self, step: int, steps: int, max_time: float | None, lr: float, running: dict[str, float]
+    ) -> dict[str, Any]:
+        now = time.monotonic()
+        rate = (step - self.start_step) / max(1e-9, now - self.t_start)
+        eta = (steps - step) / max(rate, 1e-9)
+        if max_time:
+            eta = min(eta, max(0.0, max_time - self.elapsed()))
+        row = {
+            "event": "step",
+            "step": step,
+            "steps": steps,
+            "lr": lr,
+            **running,
+            "img_s": self.images / max(1e-9, now - self.t_log),
+            "elapsed_s": self.elapsed(),
+            "eta_s": eta,
+        }
+        self.t_log, self.images = now, 0
+        return row
+
+
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, step: int, elapsed_s: float
+) -> float:
+    """Warm-up + cosine over the steps, or over the time budget when that runs out first."""
+    progress = step / train_cfg.steps
+    if train_cfg.max_time:
+        progress = max(progress, elapsed_s / train_cfg.max_time)
+    lr = train_cfg.lr * lr_factor(progress, step, train_cfg.warmup_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 # --------------------------------------------------------------------------- the loop
@@ -318,321 +557,114 @@ def train(
     dist_info: ddp.DistInfo | None = None,
 ) -> TrainResult:
     """Train on ``data`` with the validated config ``cfg``; see the module docstring."""
-    cfg = resolve_for_data(cfg, has_ok_class=data.ok_index() is not None)
-    mc, ic, sc, ac, tc = cfg["model"], cfg["input"], cfg["ssl"], cfg["augment"], cfg["train"]
+    resolved = resolve_for_data(cfg, has_ok_class=data.ok_index() is not None)
+    config = Config.from_dict(resolved)  # attribute access: config.train.steps
+    ssl_cfg, augment_cfg, train_cfg = config.ssl, config.augment, config.train
     info = dist_info or ddp.DistInfo()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    method = sc["method"]
-    use_unlabeled = method != "supervised"
-    data.check(need_unlabeled=use_unlabeled)
-    if use_unlabeled and not data.unlabeled:
-        method, use_unlabeled = "supervised", False
-    num_classes = len(data.classes)
-    height, width = ic["height"], ic["width"]
-    bit_depth = ic["bit_depth"] or data.bit_depth
+    method = ssl_cfg.method
+    data.check(need_unlabeled=method != "supervised")
+    use_unlabeled = method != "supervised" and bool(data.unlabeled)
+    method = method if use_unlabeled else "supervised"
 
-    # ---- setup: threads, seeds, device
-    if tc["threads"]:
-        torch.set_num_threads(tc["threads"])
-    seed_everything(tc["seed"] + info.rank)
-    device = pick_device(tc["device"], info)
-    autocast_dtype = amp_dtype(tc["amp"], device)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
-
-    # ---- model, EMA teacher, optimizer
-    torch.manual_seed(tc["seed"])  # same initial head on every rank
-    model = build_model(
-        mc["name"], num_classes, weights=mc["weights"], drop_rate=mc["drop_rate"]
-    ).to(device)
-    mean, std = default_normalization(mc["name"], mc["weights"])
-    teacher = copy.deepcopy(model).eval() if tc["ema_decay"] > 0 else None
-    if teacher is not None:
-        teacher.requires_grad_(False)
-    optimizer = make_optimizer(model, tc)
-    strong = StrongAugment(ac["strong_ops"], ac["strong_magnitude"], (0.02, ac["cutout_max"])).to(
-        device
-    )
-    counts = torch.tensor(data.class_counts(), dtype=torch.float32, device=device)
-    da_target = (
-        (counts + 1) / (counts + 1).sum()
-        if sc["dist_align_target"] == "labeled"
-        else torch.full_like(counts, 1 / num_classes)
-    )
-    da_mean = torch.full((num_classes,), 1.0 / num_classes, device=device)
-    adaptive = obj.AdaptiveThresholdState.initial(num_classes, device)
+    # ---- setup: threads, seeds, device; model, EMA teacher, optimizer; SSL state
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    seed_everything(train_cfg.seed + info.rank)
+    device = pick_device(train_cfg.device, info)
+    autocast_dtype = amp_dtype(train_cfg.amp, device)
+    learner, mean, std = build_learner(config, len(data.classes), device, autocast_dtype)
+    strong = StrongAugment(*strong_settings(augment_cfg)).to(device)
+    da_target = alignment_target(data, ssl_cfg, device)
+    unlabeled_state = obj.UnlabeledState.initial(len(data.classes), device)
 
     # ---- resume: everything needed to continue exactly where last.pt stopped
-    start_step, best_score, best_metrics, elapsed_before = 0, -math.inf, {}, 0.0
-    restored_rng, running_before = None, {}
-    last_path = run_dir / "last.pt"
+    last_path, run, restored_rng = run_dir / "last.pt", RunProgress(), None
     if resume:
-        if not last_path.is_file():
-            raise DefectssftError(f"nothing to resume: {last_path} not found")
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
-        if ck.get("classes") != data.classes:
-            raise DefectssftError(
-                f"cannot resume {run_dir.name}: the project's classes changed since it started "
-                f"({ck.get('classes')} -> {data.classes}); start a new run"
-            )
-        model.load_state_dict(ck["model"])
-        if teacher is not None and ck.get("teacher") is not None:
-            teacher.load_state_dict(ck["teacher"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck["scaler"])
-        da_mean = ck["da_mean"].to(device)
-        adaptive = obj.AdaptiveThresholdState.from_state_dict(ck["adaptive"], device)
-        start_step, best_score, best_metrics = ck["step"], ck["best_score"], ck["best_metrics"]
-        elapsed_before = ck["elapsed_s"]
-        running_before = dict(ck.get("running", {}))
-        restored_rng = ck["rng"][info.rank] if info.rank < len(ck["rng"]) else None
-        log.info("resumed from %s at step %d", last_path, start_step)
-    train_model: nn.Module = model
-    if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+        unlabeled_state, run, restored_rng = load_checkpoint(
+            last_path, learner, data.classes, device, info.rank
         )
-
-    # ---- data: infinite seeded streams (positioned at start_step for an exact resume)
-    weak = weak_transform(ac["hflip"], ac["vflip"], ac["shift"])
-    pin = device.type == "cuda"
-    nw = tc["num_workers"]
-    bs_l = tc["batch_size"]
-    bs_u = bs_l * sc["mu"]
-    labeled_ds = ImageDataset(data.labeled, height, width, bit_depth, transform=weak)
-    labeled_it = infinite_loader(
-        labeled_ds,
-        bs_l,
-        tc["seed"],
-        start_step,
-        min(nw, 1) if use_unlabeled else nw,
-        info.rank,
-        info.world,
-        pin,
-    )
-    unlabeled_it = None
-    if use_unlabeled:
-        unl_items = (
-            list(zip(data.unlabeled, data.unlabeled_truth, strict=True))
-            if data.unlabeled_truth is not None
-            else path_items(data.unlabeled)
-        )
-        unl_ds = ImageDataset(
-            unl_items, height, width, bit_depth, transform=weak, skip_unreadable=True
-        )
-        unlabeled_it = infinite_loader(
-            unl_ds, bs_u, tc["seed"] + 1, start_step, nw, info.rank, info.world, pin
-        )
-    val_loader = (
-        eval_loader(data.val, height, width, bit_depth, num_workers=0) if data.val else None
-    )
-    ok_index = data.ok_index()
+        log.info("resumed from %s at step %d", last_path, run.step)
+    net = ddp.wrap(learner.model, info, device)
+    streams = make_streams(data, config, use_unlabeled, run.step, info, device.type == "cuda")
     if restored_rng is not None:  # after the loaders: their creation draws from the global RNG
         set_rng_state(restored_rng)
 
-    writer = MetricsWriter(run_dir, info.is_main, tc["tensorboard"])
+    writer = MetricsWriter(run_dir, info.is_main, train_cfg.tensorboard)
     stopper = StopFlag(stop_event, handle_signals)
-    max_time = tc["max_time"]
-    steps = tc["steps"]
-    t_start = time.monotonic()
-    status = "completed"
-    step = start_step
-    running: dict[str, float] = running_before  # smoothed losses shown in logs/progress
-    bar = None
-    if progress_bar and info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, initial=start_step, desc=method, unit="step", dynamic_ncols=True)
+    steps, max_time, status = train_cfg.steps, train_cfg.max_time, "completed"
+    clock = Clock(run.elapsed_before, run.step)
+    bar = open_progress_bar(progress_bar and info.is_main, steps, run.step, method)
 
     def emit(row: dict[str, Any]) -> None:
-        if not info.is_main:
-            return
-        writer.write(row)
-        if progress is not None:
-            progress(row)
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - t_start
+        if info.is_main:
+            writer.write(row)
+            if progress is not None:
+                progress(row)
 
     def evaluate() -> dict[str, float]:
-        net = teacher if teacher is not None else model
-        probs, labels = predict(net, val_loader, mean, std, device, autocast_dtype)
-        return classification_metrics(probs, labels, ok_index)
+        probs, labels = predict(learner.shipped, streams.val, mean, std, device, autocast_dtype)
+        return classification_metrics(probs, labels, data.ok_index())
 
-    def save_checkpoint(at_step: int) -> None:
-        rngs = [rng_state()]
-        if info.enabled:
-            rngs = [None] * info.world
-            torch.distributed.all_gather_object(rngs, rng_state())
-        if not info.is_main:
-            return
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "teacher": teacher.state_dict() if teacher is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "da_mean": da_mean.cpu(),
-                "adaptive": adaptive.state_dict(),
-                "step": at_step,
-                "best_score": best_score,
-                "best_metrics": best_metrics,
-                "elapsed_s": elapsed(),
-                "rng": rngs,
-                "running": running,
-                "config": cfg,
-                "classes": data.classes,
-            },
-            last_path,
-        )
-        emit({"event": "checkpoint", "step": at_step, "path": str(last_path)})
+    def validate() -> None:
+        metrics = evaluate()
+        score = select_score(metrics, train_cfg.select_metric)
+        is_best = not math.isnan(score) and score > run.best_score
+        if is_best:
+            run.best_score, run.best_metrics = score, {**metrics, "step": run.step}
+            save_best(run_dir / "best.pt", learner, run, info)
+        emit({"event": "eval", "step": run.step, "best": is_best, **metrics})
 
-    def save_best(at_step: int, metrics: dict[str, float]) -> None:
+    def checkpoint() -> None:
+        rngs = gather_rng_states(info)
         if info.is_main:
-            net = teacher if teacher is not None else model
-            atomic_torch_save(
-                {"weights": net.state_dict(), "step": at_step, "metrics": metrics},
-                run_dir / "best.pt",
+            save_checkpoint(
+                last_path,
+                learner,
+                unlabeled_state,
+                run,
+                clock.elapsed(),
+                rngs,
+                resolved,
+                data.classes,
             )
+            emit({"event": "checkpoint", "step": run.step, "path": str(last_path)})
 
-    model.train()
-    t_log, n_img = time.monotonic(), 0
+    learner.model.train()
     try:
-        while step < steps:
+        while run.step < steps:
             # -- stop requests and the time budget (agreed across ranks)
             if ddp.any_true(info, stopper.is_set(), device):
                 status = "interrupted"
                 break
-            if max_time is not None and ddp.any_true(info, elapsed() >= max_time, device):
+            if max_time is not None and ddp.any_true(info, clock.elapsed() >= max_time, device):
                 status = "time_budget"
                 break
-            progress_frac = step / steps
-            if max_time:
-                progress_frac = max(progress_frac, elapsed() / max_time)
-            lr = tc["lr"] * lr_factor(progress_frac, step, tc["warmup_steps"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_learning_rate(learner.optimizer, train_cfg, run.step, clock.elapsed())
 
             # -- one batch: labeled, and unlabeled weak view (strong view made here, batched)
-            x_l, y_l = next(labeled_it)
-            x_l = to_model_input(x_l.to(device, non_blocking=True), mean, std)
-            y_l = y_l.to(device, non_blocking=True)
-            n_l = x_l.shape[0]
-            with (
-                torch.autocast(device.type, dtype=autocast_dtype)
-                if autocast_dtype
-                else nullcontext()
-            ):
-                if use_unlabeled:
-                    u_weak_raw, u_truth = next(unlabeled_it)
-                    u_weak_raw = u_weak_raw.to(device, non_blocking=True)
-                    u_strong = to_model_input(strong(u_weak_raw), mean, std)
-                    u_weak = to_model_input(u_weak_raw, mean, std)
-                    if sc["pseudo_from"] == "ema" and teacher is not None:
-                        with torch.no_grad():
-                            logits_weak = teacher(u_weak)  # pseudo-labels from the EMA teacher
-                        logits = train_model(torch.cat([x_l, u_strong]))
-                        logits_l, logits_s = logits[:n_l], logits[n_l:]
-                    else:
-                        logits = train_model(torch.cat([x_l, u_weak, u_strong]))
-                        logits_l = logits[:n_l]
-                        logits_weak, logits_s = (
-                            logits[n_l:].detach().chunk(2)[0],
-                            logits[n_l + u_weak.shape[0] :],
-                        )
-                else:
-                    logits_l = train_model(x_l)
-            loss_s = obj.supervised_loss(logits_l, y_l, tc["label_smoothing"])
-            loss_u = torch.zeros((), device=device)
-            mask_rate = 0.0
-            diag: dict[str, float] = {}
-            if use_unlabeled:
-                probs_weak = logits_weak.float().softmax(1).detach()
-                if sc["dist_align"]:
-                    da_mean = obj.update_running_mean(
-                        da_mean, ddp.mean_tensor(info, probs_weak), sc["ema_momentum"]
-                    )
-                    probs_weak = obj.distribution_alignment(probs_weak, da_mean, da_target)
-                if method == "fixmatch":
-                    loss_u, mask = obj.fixmatch_loss(probs_weak, logits_s, sc["threshold"])
-                else:
-                    adaptive = obj.update_adaptive_state(adaptive, probs_weak, sc["ema_momentum"])
-                    if info.enabled:  # identical thresholds on every rank
-                        adaptive = obj.AdaptiveThresholdState(
-                            ddp.mean_tensor(info, adaptive.tau),
-                            ddp.mean_tensor(info, adaptive.p),
-                            ddp.mean_tensor(info, adaptive.h),
-                        )
-                    loss_u, mask = obj.freematch_loss(probs_weak, logits_s, adaptive)
-                    if sc["fairness"] > 0:
-                        loss_u = loss_u + sc["fairness"] * obj.fairness_loss(
-                            logits_s, mask, adaptive
-                        )
-                mask_rate = float(mask.float().mean())
-                if method == "freematch":
-                    diag["tau"] = float(adaptive.tau)
-                if data.unlabeled_truth is not None:  # benchmarks: how right are the pseudo-labels?
-                    diag.update(pseudo_label_accuracy(probs_weak, mask, u_truth.to(device)))
-            loss = obj.total_loss(loss_s, loss_u, sc["lambda_u"])
-            if not torch.isfinite(loss):
-                raise DefectssftError(
-                    f"training diverged at step {step} (loss {loss.item()}); lower train.lr"
-                )
-
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tc["grad_clip"] > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
-            if teacher is not None:
-                ddp.average_buffers(info, model)
-                ema_update(teacher, model, ema_decay_at(step, tc["ema_decay"]))
-            step += 1
+            batch = next_batch(streams, device, mean, std)
+            with autocast(device, autocast_dtype):
+                logits = forward_batch(net, learner.teacher, batch, strong, mean, std, ssl_cfg)
+            loss, logged, unlabeled_state = compute_loss(
+                method, logits, batch, unlabeled_state, config, da_target, info, run.step
+            )
+            optimizer_step(learner, loss, train_cfg, info, run.step)
+            run.step += 1
 
             # -- running metrics, logs, eval, checkpoints
-            n_img += n_l + (bs_u if use_unlabeled else 0)
-            for k, v in (
-                ("loss", loss.item()),
-                ("loss_s", loss_s.item()),
-                ("loss_u", loss_u.item()),
-                ("mask", mask_rate),
-                *diag.items(),
+            clock.images += batch.size
+            smooth_into(run.running, logged)
+            advance_bar(bar, run.running)
+            if run.step % train_cfg.log_every == 0 or run.step == steps:
+                emit(clock.step_row(run.step, steps, max_time, lr, run.running))
+            if streams.val is not None and (
+                run.step % train_cfg.eval_every == 0 or run.step == steps
             ):
-                running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
-            if step % tc["log_every"] == 0 or step == steps:
-                now = time.monotonic()
-                rate = (step - start_step) / max(1e-9, now - t_start)
-                eta = (steps - step) / max(rate, 1e-9)
-                if max_time:
-                    eta = min(eta, max(0.0, max_time - elapsed()))
-                emit(
-                    {
-                        "event": "step",
-                        "step": step,
-                        "steps": steps,
-                        "lr": lr,
-                        **running,
-                        "img_s": n_img / max(1e-9, now - t_log),
-                        "elapsed_s": elapsed(),
-                        "eta_s": eta,
-                    }
-                )
-                t_log, n_img = now, 0
-            if val_loader is not None and (step % tc["eval_every"] == 0 or step == steps):
-                metrics = evaluate()
-                score = select_score(metrics, tc["select_metric"])
-                is_best = not math.isnan(score) and score > best_score
-                if is_best:
-                    best_score, best_metrics = score, {**metrics, "step": step}
-                    save_best(step, best_metrics)
-                emit({"event": "eval", "step": step, "best": is_best, **metrics})
-            if step % tc["checkpoint_every"] == 0 and step < steps:
-                save_checkpoint(step)
+                validate()
+            if run.step % train_cfg.checkpoint_every == 0 and run.step < steps:
+                checkpoint()
     except BaseException:
         writer.close()
         raise
@@ -641,42 +673,69 @@ def train(
         if bar is not None:
             bar.close()
 
-    save_checkpoint(step)
-    final_net = teacher if teacher is not None else model
-    weights, metrics = final_net.state_dict(), {}
-    if val_loader is not None and status != "interrupted":
-        metrics = evaluate()
-        if (
-            best_metrics
-            and best_score >= select_score(metrics, tc["select_metric"])
-            and info.is_main
-        ):
-            weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)[
-                "weights"
-            ]
-            metrics = {k: v for k, v in best_metrics.items() if k != "step"}
+    checkpoint()
+    weights, metrics = learner.shipped.state_dict(), {}
+    if streams.val is not None and status != "interrupted":
+        weights, metrics = choose_weights(
+            run_dir / "best.pt", weights, evaluate(), run, train_cfg, info
+        )
     weights = {k: v.detach().cpu() for k, v in weights.items()}
     weights, metrics = ddp.broadcast_object(info, (weights, metrics))  # rank 0's choice everywhere
-    emit(
-        {
-            "event": "done",
-            "status": status,
-            "step": step,
-            "steps": steps,
-            "elapsed_s": elapsed(),
-            **metrics,
-        }
-    )
+    done = {"event": "done", "status": status, "step": run.step, "steps": steps}
+    emit({**done, "elapsed_s": clock.elapsed(), **metrics})
     writer.close()
     return TrainResult(
-        status=status,
-        step=step,
-        steps=steps,
-        run_dir=run_dir,
-        weights=weights,
-        config=cfg,
-        metrics=metrics,
-        mean=mean,
-        std=std,
-        elapsed_s=elapsed(),
+        status, run.step, steps, run_dir, weights, resolved, metrics, mean, std, clock.elapsed()
     )
+
+
+def strong_settings(augment_cfg: Any) -> tuple[int, float, tuple[float, float]]:
+    """StrongAugment's (ops, magnitude, cutout area range) from the augment section."""
+    return augment_cfg.strong_ops, augment_cfg.strong_magnitude, (0.02, augment_cfg.cutout_max)
+
+
+def advance_bar(bar: Any, running: dict[str, float]) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+
+
+def open_progress_bar(enabled: bool, steps: int, start_step: int, method: str) -> Any:
+    """A tqdm bar on the terminal (``defectssft train --progress``), else None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=steps, initial=start_step, desc=method, unit="step", dynamic_ncols=True)
+
+
+def save_best(path: Path, learner: Learner, run: RunProgress, info: ddp.DistInfo) -> None:
+    """``best.pt``: the shipped weights at the best validation score so far (rank 0)."""
+    if info.is_main:
+        atomic_torch_save(
+            {
+                "weights": learner.shipped.state_dict(),
+                "step": run.step,
+                "metrics": run.best_metrics,
+            },
+            path,
+        )
+
+
+def choose_weights(
+    best_path: Path,
+    final_weights: dict[str, torch.Tensor],
+    final_metrics: dict[str, float],
+    run: RunProgress,
+    train_cfg: TrainConfig,
+    info: ddp.DistInfo,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The weights to ship: the best validated ones when they score at least the final ones."""
+    if (
+        run.best_metrics
+        and run.best_score >= select_score(final_metrics, train_cfg.select_metric)
+        and info.is_main
+    ):
+        best = torch.load(best_path, map_location="cpu", weights_only=False)["weights"]
+        return best, {k: v for k, v in run.best_metrics.items() if k != "step"}
+    return final_weights, final_metrics

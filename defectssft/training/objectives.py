@@ -11,6 +11,8 @@ student) and returns the unsupervised loss and the per-sample mask of images tha
 * ``fairness_loss``         FreeMatch's self-adaptive fairness term: keeps the strong-view
                             predictions of the masked samples spread over the classes the way
                             the running estimates say they should be (weight ``ssl.fairness``).
+* ``unlabeled_loss``        one step of the chosen unlabeled objective: alignment, loss, mask and
+                            the state carried to the next step (``UnlabeledState``).
 * ``distribution_alignment`` rescales the weak-view probabilities so their running mean matches a
                             target class distribution (ReMixMatch). On a production stream that is
                             mostly OK parts, FixMatch's pseudo-labels drift onto the majority class;
@@ -19,10 +21,13 @@ student) and returns the unsupervised loss and the per-sample mask of images tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from defectssft.training.config import SSLConfig
 
 
 def supervised_loss(
@@ -184,4 +189,60 @@ def total_loss(loss_s: torch.Tensor, loss_u: torch.Tensor, lambda_u: float) -> t
     return loss_s + lambda_u * loss_u
 
 
-METHODS = ("supervised", "fixmatch", "freematch")
+@dataclass
+class UnlabeledState:
+    """What the unlabeled objective carries from step to step (saved in ``last.pt``): the
+    running mean prediction of distribution alignment and FreeMatch's adaptive thresholds."""
+
+    da_mean: torch.Tensor
+    adaptive: AdaptiveThresholdState
+
+    @classmethod
+    def initial(cls, num_classes: int, device: torch.device | str = "cpu") -> UnlabeledState:
+        return cls(
+            torch.full((num_classes,), 1.0 / num_classes, device=device),
+            AdaptiveThresholdState.initial(num_classes, device),
+        )
+
+
+@dataclass
+class UnlabeledStep:
+    loss: torch.Tensor
+    mask: torch.Tensor  # [U] bool: the images whose pseudo-label counted
+    probs_weak: torch.Tensor  # [U, C] the (aligned) pseudo-label probabilities
+    state: UnlabeledState
+    diagnostics: dict[str, float]
+
+
+def unlabeled_loss(
+    method: str,
+    logits_weak: torch.Tensor,
+    logits_strong: torch.Tensor,
+    state: UnlabeledState,
+    ssl: SSLConfig,
+    da_target: torch.Tensor,
+    mean_across: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> UnlabeledStep:
+    """One step of the unlabeled objective ``method`` ("fixmatch" | "freematch") with the ``ssl``
+    config section: optional distribution alignment, then the loss and mask; the new state.
+
+    ``mean_across`` averages a statistic over DDP ranks so every rank keeps the same state.
+    """
+    probs_weak = logits_weak.float().softmax(1).detach()
+    da_mean, adaptive = state.da_mean, state.adaptive
+    diagnostics: dict[str, float] = {}
+    if ssl.dist_align:
+        da_mean = update_running_mean(da_mean, mean_across(probs_weak), ssl.ema_momentum)
+        probs_weak = distribution_alignment(probs_weak, da_mean, da_target)
+    if method == "fixmatch":
+        loss, mask = fixmatch_loss(probs_weak, logits_strong, ssl.threshold)
+    else:
+        adaptive = update_adaptive_state(adaptive, probs_weak, ssl.ema_momentum)
+        adaptive = AdaptiveThresholdState(
+            mean_across(adaptive.tau), mean_across(adaptive.p), mean_across(adaptive.h)
+        )
+        loss, mask = freematch_loss(probs_weak, logits_strong, adaptive)
+        if ssl.fairness > 0:
+            loss = loss + ssl.fairness * fairness_loss(logits_strong, mask, adaptive)
+        diagnostics["tau"] = float(adaptive.tau)
+    return UnlabeledStep(loss, mask, probs_weak, UnlabeledState(da_mean, adaptive), diagnostics)

@@ -8,18 +8,24 @@ clear line at load time, never halfway through a shift. onnxruntime, numpy, Open
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from defectssft_line import preprocess
+from defectssft_line.decision import (
+    FORMAT,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    Prediction,
+    ThresholdError,
+    Thresholds,
+    decide,
+    resolve_thresholds,
+)
 
-FORMAT = "defectssft-model"
-SUPPORTED_FORMAT_VERSION = 1
-METADATA_KEY = "defectssft"
-VERDICTS = ("OK", "NG", "UNSURE")
+__all__ = ["LineError", "LineModel", "LineModelError", "Prediction", "Thresholds", "decide"]
 
 
 class LineError(Exception):
@@ -28,80 +34,6 @@ class LineError(Exception):
 
 class LineModelError(LineError):
     """A model file that is missing, corrupt, not a defectssft model, or too new."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Reject at ``score >= unsure_high``, pass at ``score < unsure_low``, UNSURE in between."""
-
-    ng: float
-    unsure_low: float
-    unsure_high: float
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Thresholds:
-        t = meta.get("thresholds") or {}
-        ng = float(t.get("ng", 0.5))
-        return cls(ng, float(t.get("unsure_low", ng)), float(t.get("unsure_high", ng)))
-
-    def override(
-        self,
-        threshold: float | None = None,
-        unsure_low: float | None = None,
-        unsure_high: float | None = None,
-    ) -> Thresholds:
-        """``threshold`` replaces the model's (no UNSURE band unless low/high are given too)."""
-        ng = self.ng if threshold is None else threshold
-        low = (
-            unsure_low if unsure_low is not None else (self.unsure_low if threshold is None else ng)
-        )
-        high = (
-            unsure_high
-            if unsure_high is not None
-            else (self.unsure_high if threshold is None else ng)
-        )
-        out = Thresholds(float(ng), float(low), float(high))
-        out.validate()
-        return out
-
-    def validate(self) -> None:
-        if not 0.0 <= self.unsure_low <= self.unsure_high <= 1.0:
-            raise LineError(
-                f"thresholds must satisfy 0 <= unsure-low ({self.unsure_low}) <= "
-                f"unsure-high ({self.unsure_high}) <= 1"
-            )
-        if not 0.0 <= self.ng <= 1.0:
-            raise LineError(f"threshold must be between 0 and 1, got {self.ng}")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    verdict: str  # OK | NG | UNSURE
-    cls: str  # the OK class for OK, else the most likely defect class
-    score: float  # defect score: 1 - p(OK), or 1 - max prob without an OK class
-    probs: tuple[float, ...]
-
-
-def decide(
-    probs: np.ndarray, score: float, classes: list[str], ok_class: str | None, thr: Thresholds
-) -> Prediction:
-    """The verdict for one image (rules in docs/ARCHITECTURE.md, "ONNX contract")."""
-    p = np.asarray(probs, dtype=np.float64)
-    if ok_class is not None and ok_class in classes:
-        ok = classes.index(ok_class)
-        defect_probs = p.copy()
-        defect_probs[ok] = -1.0
-        top_defect = classes[int(np.argmax(defect_probs))] if len(classes) > 1 else ok_class
-        if score < thr.unsure_low:
-            verdict, cls = "OK", ok_class
-        elif score >= thr.unsure_high:
-            verdict, cls = "NG", top_defect
-        else:
-            verdict, cls = "UNSURE", top_defect
-    else:
-        cls = classes[int(np.argmax(p))]
-        verdict = "UNSURE" if float(p.max()) < 1.0 - thr.unsure_high else "NG"
-    return Prediction(verdict, cls, float(score), tuple(float(x) for x in p))
 
 
 def _first_line(e: BaseException) -> str:
@@ -127,10 +59,10 @@ def read_metadata(session: Any, path: Path) -> dict[str, Any]:
     version = meta.get("format_version")
     if not isinstance(version, int):
         raise LineModelError(f"{path}: defectssft metadata without a format_version")
-    if version > SUPPORTED_FORMAT_VERSION:
+    if version > FORMAT_VERSION:
         raise LineModelError(
             f"{path}: model format_version {version} is newer than this runtime supports "
-            f"({SUPPORTED_FORMAT_VERSION}); upgrade defectssft-line"
+            f"({FORMAT_VERSION}); upgrade defectssft-line"
         )
     for key in ("classes", "input"):
         if key not in meta:
@@ -153,7 +85,7 @@ class LineModel:
         self.ok_class: str | None = meta.get("ok_class")
         inp = meta["input"]
         self.height, self.width = int(inp["height"]), int(inp["width"])
-        self.bit_depth = int(inp.get("bit_depth", 16))
+        self.bit_depth = int(inp.get("bit_depth", preprocess.DEFAULT_BIT_DEPTH))
         self.thresholds = thresholds
         self.version = str(meta.get("model_version", ""))
 
@@ -183,7 +115,12 @@ class LineModel:
         except Exception as e:  # noqa: BLE001 - truncated, corrupt, not ONNX at all
             raise LineModelError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from e
         meta = read_metadata(session, path)
-        thr = Thresholds.from_meta(meta).override(threshold, unsure_low, unsure_high)
+        try:
+            thr = resolve_thresholds(
+                meta.get("thresholds"), None, threshold, unsure_low, unsure_high
+            )
+        except ThresholdError as e:
+            raise LineError(str(e)) from e
         model = cls(path, session, meta, thr)
         model._check_signature()
         return model

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 
 # Files a camera or a user hands us; matched case-insensitively on the suffix.
+# The sensor depth 16-bit files are scaled from when neither the model nor the project says.
+DEFAULT_BIT_DEPTH = 16
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 

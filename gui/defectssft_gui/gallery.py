@@ -13,7 +13,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QSize, Qt
 from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 
-from defectssft_gui.queries import Row
+from defectssft.queries import Row
 from defectssft_gui.thumbs import THUMB_SIZE, ThumbnailLoader
 from defectssft_gui.widgets import DISAGREE_COLOUR
 

@@ -1,4 +1,4 @@
-"""Score images with a model version and store the predictions (for the grid's filters/queue).
+"""Store a model version's predictions (``defectssft.predict.predict_images``) in a child process.
 
 Run by the app as a separate process, so the window never waits on torch:
 ``python -m defectssft_gui.predict PROJECT [--version V] [--all] [--batch-size N]`` prints one JSON
@@ -12,73 +12,10 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
-
-import numpy as np
 
 from defectssft.errors import DefectssftError, ProjectError
+from defectssft.predict import predict_images
 from defectssft.project import Project
-from defectssft_line.preprocess import ImageDecodeError, load_for_model
-
-
-def predict_images(
-    project: Project,
-    version: str | None = None,
-    only_unlabeled: bool = True,
-    batch_size: int = 32,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> dict[str, object]:
-    """Predict with ``version`` (None: production, else newest); returns a small summary.
-
-    Each batch is saved (one transaction) before the next starts; ``should_stop`` is asked
-    before each batch, so a stop loses nothing already computed (``cancelled`` in the summary).
-    """
-    import torch
-
-    from defectssft.modeling import load_model_file
-    from defectssft_gui.queries import current_model
-
-    version = version or current_model(project)
-    if version is None:
-        raise ProjectError(f"{project.root}: no trained model yet (train one first)")
-    model_file = Path(project.get_model(version)["path"]) / "model.pt"
-    model, meta = load_model_file(model_file)
-    inp = meta.get("input", {})
-    h, w = int(inp.get("height", 224)), int(inp.get("width", 224))
-    depth = int(inp.get("bit_depth") or project.get_setting("input.bit_depth", 16))
-    mean = torch.tensor(meta["mean"], dtype=torch.float32)
-    std = torch.tensor(meta["std"], dtype=torch.float32)
-    records = project.query_images(unlabeled=True if only_unlabeled else None)
-    done, skipped = 0, 0
-    for start in range(0, len(records), batch_size):
-        if should_stop and should_stop():
-            break
-        batch, ids = [], []
-        for rec in records[start : start + batch_size]:
-            try:
-                batch.append(load_for_model(rec.path, h, w, depth))
-                ids.append(rec.id)
-            except ImageDecodeError:
-                skipped += 1
-        if batch:
-            x = torch.from_numpy(np.stack(batch)).float().div(255.0)
-            x = ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
-            with torch.inference_mode():
-                probs = torch.softmax(model(x), dim=1).numpy()
-            project.save_predictions(version, zip(ids, probs.tolist(), strict=True))
-        done = min(len(records), start + batch_size)
-        if progress:
-            progress(done, len(records))
-    return {
-        "version": version,
-        "predicted": done - skipped,
-        "skipped": skipped,
-        "done": done,
-        "total": len(records),
-        "cancelled": done < len(records),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

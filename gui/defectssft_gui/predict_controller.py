@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtWidgets import QProgressBar, QPushButton
 
+from defectssft import queries
 from defectssft.project import Project
-from defectssft_gui import queries
 from defectssft_gui.workers import JsonProcess, Task, start_task
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class PredictController(QObject):
             self.w.show_error("no trained model yet: train one to see heat maps")
             self.w.actions_by_name["heatmap"].setChecked(False)
             return
-        from defectssft_gui.cam import grad_cam
+        from defectssft.explain import grad_cam
 
         model_file = self.w.project.models_dir / self.w.model_version / "model.pt"
         path = cur.path
@@ -149,7 +149,7 @@ class PredictController(QObject):
         if version is None:
             self.w.show_error("no trained model yet: Model → Train first")
             return
-        from defectssft_gui.predict import predict_images
+        from defectssft.predict import predict_images
 
         try:
             batch = max(1, int(self.w.project.get_setting(PREDICT_BATCH_SETTING, 32) or 32))

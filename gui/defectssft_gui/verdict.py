@@ -63,7 +63,7 @@ def version_verdicts(project: Project, version: str | None) -> dict[int, str]:
     """image id -> verdict for every image ``version`` has predictions of ({} without)."""
     if not version:
         return {}
-    from defectssft_gui.queries import model_classes
+    from defectssft.queries import model_classes
 
     try:
         record = project.get_model(version)
@@ -102,7 +102,7 @@ def shown_version(project: Project) -> str | None:
     """The model whose suggestions the grid shows: the current model (production, else newest)
     once it has predictions; until then the newest older version that has some, so a freshly
     trained model does not blank every suggestion before its own predictions are in."""
-    from defectssft_gui.queries import current_model
+    from defectssft.queries import current_model
 
     current = current_model(project)
     if current is None:
@@ -128,7 +128,7 @@ class VerdictCache:
     """
 
     def __init__(self, project: Project, version: str | None) -> None:
-        from defectssft_gui.queries import model_classes
+        from defectssft.queries import model_classes
 
         self.project, self.version = project, version
         self._known: dict[int, str | None] = {}
@@ -187,7 +187,7 @@ def verdict_rows(project: Project, spec: str, sort: str, version: str | None) ->
     """Grid rows (``queries.Row``) for a ``verdict:`` filter: images whose line verdict
     disagrees with their label (``wrong``: escape or overkill; ``escape``; ``overkill``) or is
     UNSURE (``unsure``). Runs on the query thread (it computes every image's verdict)."""
-    from defectssft_gui import queries
+    from defectssft import queries
 
     if spec not in VERDICT_FILTERS:
         raise queries.QueryError(f"unknown filter {spec!r}")

@@ -24,15 +24,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from defectssft import queries
 from defectssft.errors import DefectssftError
+from defectssft.labeling import LabelSession
 from defectssft.project import ClassInfo, Project
-from defectssft_gui import project_flows, queries
+from defectssft.queries import Row
+from defectssft_gui import project_flows
 from defectssft_gui.actions import ACTIONS, new_action, shortcuts_for
 from defectssft_gui.gallery import ImageListModel
 from defectssft_gui.import_controller import ImportController
-from defectssft_gui.labeling import LabelSession
 from defectssft_gui.predict_controller import PredictController
-from defectssft_gui.queries import Row
 from defectssft_gui.thumbs import ThumbnailLoader, thumb_dir
 from defectssft_gui.verdict import (
     VERDICT_FILTERS,

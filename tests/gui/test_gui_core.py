@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from gui_helpers import CLASSES, add_fake_model
 
+from defectssft import queries
 from defectssft.active import rank_for_labeling, uncertainty
 from defectssft.errors import DefectssftError
-from defectssft_gui import queries
+from defectssft.labeling import LabelSession
 from defectssft_gui.actions import DEFAULT_SHORTCUTS, SHORTCUTS_SETTING, shortcuts_for
-from defectssft_gui.labeling import LabelSession
 from defectssft_gui.train_dialog import parse_overrides
 
 

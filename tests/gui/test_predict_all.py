@@ -9,7 +9,7 @@ import pytest
 from gui_helpers import CLASSES, add_fake_model, add_tiny_model
 from PySide6.QtCore import QItemSelectionModel, Qt
 
-import defectssft_gui.predict as predict_mod
+import defectssft.predict as predict_mod
 
 
 def press(qtbot, window, key, modifier=Qt.KeyboardModifier.NoModifier):

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
+pytestmark = pytest.mark.slow  # trains models in the app: `make test-fast` skips these
+
 TINY = (
     "model.name=test_efficientnet model.weights=none input.height=32 input.width=32 "
     "train.batch_size=4 train.num_workers=0 train.log_every=1 train.eval_every=2 "

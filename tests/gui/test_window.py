@@ -361,8 +361,8 @@ def test_heatmap_with_a_tiny_model(window, qtbot):
 
 
 def test_grad_cam_values(tmp_path):
+    from defectssft.explain import grad_cam
     from defectssft.modeling import build_model, save_model_file
-    from defectssft_gui.cam import grad_cam
 
     model = build_model("test_resnet", 2, weights="none")
     path = save_model_file(
@@ -462,7 +462,8 @@ def test_known_bad_pyside_is_refused_with_one_line(monkeypatch, capsys):
 
 
 def test_rows_reach_the_view_in_batches(gui_project, qapp, monkeypatch):
-    from defectssft_gui import gallery, queries
+    from defectssft import queries
+    from defectssft_gui import gallery
     from defectssft_gui.thumbs import ThumbnailLoader
 
     monkeypatch.setattr(gallery, "BATCH", 4)

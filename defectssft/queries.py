@@ -1,7 +1,8 @@
 """What the browse grid lists: image rows of a project, filtered and sorted (no Qt here).
 
-One read-only SQL query joins images, labels and the current model's predictions; filtering and
-sorting then happen in Python, which takes a few tens of milliseconds for 20,000 images. Filters
+One read-only query (``Project.image_overview``) joins images, labels and the current model's
+predictions; the defect score (``defectssft_line.decision.defect_scores``), filtering and sorting
+then happen in Python, which takes a few tens of milliseconds for 20,000 images. Filters
 are small strings so they can be stored, typed in tests and shown in a combo box:
 
 ``all``, ``unlabeled``, ``class:NAME``, ``pred:NAME``, ``uncertain``, ``misclassified``,
@@ -10,13 +11,14 @@ are small strings so they can be stored, typed in tests and shown in a combo box
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
+
+import numpy as np
 
 from defectssft.active import rank_for_labeling
 from defectssft.errors import DefectssftError
 from defectssft.project import Project
+from defectssft_line.decision import defect_scores
 
 SORTS = ("capture", "-capture", "score", "-score")
 SIMPLE_FILTERS = ("all", "unlabeled", "uncertain", "misclassified", "quarantined", "useful")
@@ -40,9 +42,7 @@ class Row:
     pred: str | None = None
     confidence: float | None = None
     margin: float | None = None
-    score: float | None = (
-        None  # defect score: 1 - p(OK) with an OK class, else 1 - confidence (summed)
-    )
+    score: float | None = None  # defect score (defectssft_line.decision.defect_scores)
     reason: str | None = None
 
     @property
@@ -120,26 +120,35 @@ def fetch_rows(
 def _image_rows(
     project: Project, version: str | None, classes: list[str], ok_idx: int | None
 ) -> list[Row]:
-    # 1 - p(OK) (else 1 - top prob) summed from the other classes, as defectssft.metrics does:
-    # 1 - p of a float32 probability is 0 for every confident OK part, and they would tie.
-    skip = str(ok_idx) if ok_idx is not None else "p.pred_class_id"
-    score_sql = (
-        f"CASE WHEN p.probs IS NULL THEN NULL ELSE "
-        f"(SELECT total(value) FROM json_each(p.probs) WHERE key != {skip}) END"
-    )
-    sql = (
-        "SELECT i.id, i.sha256, i.ext, c.name, COALESCE(i.capture_time, i.ingest_time), "
-        f"COALESCE(i.original_name, ''), p.pred_class_id, p.confidence, p.margin, {score_sql} "
-        "FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-        "LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version = ?"
-    )
-    out = []
-    root = project.images_dir
-    for r in project._con().execute(sql, (version or "",)):
-        pred = classes[r[6]] if r[6] is not None and 0 <= r[6] < len(classes) else None
-        path = f"{root}/{r[1][:2]}/{r[1]}{r[2]}"
-        out.append(Row(r[0], r[1], path, r[3], r[4] or "", r[5], pred, r[7], r[8], r[9]))
-    return out
+    overview = project.image_overview(version)
+    scores = iter(_defect_scores([r.probs for r in overview if r.probs is not None], ok_idx))
+    n_classes = len(classes)
+    return [
+        Row(
+            r.image_id,
+            r.sha256,
+            r.path,
+            r.label,
+            r.capture,
+            r.name,
+            classes[r.pred_index]
+            if r.pred_index is not None and 0 <= r.pred_index < n_classes
+            else None,
+            r.confidence,
+            r.margin,
+            next(scores) if r.probs is not None else None,
+        )
+        for r in overview
+    ]
+
+
+def _defect_scores(probs: list, ok_idx: int | None) -> list[float | None]:
+    """``decision.defect_scores`` of each stored prediction (one array op when all agree)."""
+    if not probs:
+        return []
+    if len({len(p) for p in probs}) == 1 and len(probs[0]):
+        return defect_scores(np.asarray(probs, dtype=np.float64), ok_idx).tolist()
+    return [float(defect_scores(np.asarray([p]), ok_idx)[0]) if len(p) else None for p in probs]
 
 
 def _quarantine_rows(project: Project) -> list[Row]:
@@ -185,14 +194,10 @@ def _sort(rows: list[Row], sort: str) -> list[Row]:
 
 
 def _rank_useful(project: Project, rows: list[Row], version: str | None) -> list[Row]:
-    preds: dict[int, Any] = {}
+    preds: dict[int, list[float]] = {}
     if version:
         ids = {r.image_id for r in rows}
-        for image_id, probs in project._con().execute(
-            "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)
-        ):
-            if image_id in ids:
-                preds[image_id] = json.loads(probs)
+        preds = {i: p for i, p in project.predictions(version).items() if i in ids}
     kind = str(project.get_setting("gui.uncertainty", "margin"))
     diversity = float(project.get_setting("gui.diversity", 0.3))
     order = rank_for_labeling(

@@ -1,7 +1,8 @@
 """Where the model looked: Grad-CAM heat maps of a ``model.pt`` (torch; call from a worker thread).
 
-The image is prepared exactly as in training (``defectssft_line.preprocess.load_for_model``, then
-the model's own mean/std), the class score is back-propagated to the last convolutional feature
+The image goes through the one inference path (``defectssft.inspection``): the shared
+preprocessing at the model's input size and bit depth, then the ``InspectionModel``'s own
+normalisation; the class score is back-propagated to the last convolutional feature
 map (timm's ``forward_features`` / ``forward_head`` split), and the channels are weighted by
 their mean gradient (Selvaraju et al., Grad-CAM). The map is returned at the image's own size.
 """
@@ -20,7 +21,7 @@ from defectssft.errors import ModelFileError
 from defectssft_line.preprocess import read_image, resize, to_rgb8
 
 _lock = threading.Lock()
-_cache: dict[tuple[str, float], tuple[Any, dict[str, Any]]] = {}
+_cache: dict[tuple[str, float, int | None], tuple[Any, Any]] = {}
 
 
 @dataclass
@@ -39,15 +40,15 @@ class CamResult:
         return float(max(self.probs))
 
 
-def _load(model_path: Path) -> tuple[Any, dict[str, Any]]:
-    """The model of ``model_path``, kept loaded while the file is unchanged."""
-    from defectssft.modeling import load_model_file
+def _load(model_path: Path, bit_depth: int | None) -> tuple[Any, Any]:
+    """The InspectionModel and spec of ``model_path``, kept loaded while the file is unchanged."""
+    from defectssft.inspection import load_inspection
 
-    key = (str(model_path.resolve()), model_path.stat().st_mtime)
+    key = (str(model_path.resolve()), model_path.stat().st_mtime, bit_depth)
     with _lock:
         if key not in _cache:
             _cache.clear()
-            _cache[key] = load_model_file(model_path)
+            _cache[key] = load_inspection(model_path, default_bit_depth=bit_depth)
         return _cache[key]
 
 
@@ -59,7 +60,8 @@ def grad_cam(
 ) -> CamResult:
     """Probabilities and the Grad-CAM map of ``image_path`` for ``class_index`` (None: top class).
 
-    Raises ModelFileError for a model without a convolutional feature map, ImageDecodeError for
+    The model's own bit depth is used; ``bit_depth`` (the project's) only for a model file
+    that does not declare one. Raises ModelFileError for a model without a convolutional feature map, ImageDecodeError for
     an unreadable image.
     """
     import torch
@@ -67,21 +69,17 @@ def grad_cam(
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelFileError(f"model file not found: {model_path}")
-    model, meta = _load(model_path)
-    inp = meta.get("input", {})
-    h, w = int(inp.get("height", 224)), int(inp.get("width", 224))
-    depth = int(bit_depth or inp.get("bit_depth") or 16)
+    wrapper, spec = _load(model_path, bit_depth)
+    model = wrapper.backbone
+    inp = spec.input
     raw = read_image(image_path)
-    rgb = resize(to_rgb8(raw, depth), h, w)
-    mean = torch.tensor(meta.get("mean", [0.485, 0.456, 0.406]), dtype=torch.float32)
-    std = torch.tensor(meta.get("std", [0.229, 0.224, 0.225]), dtype=torch.float32)
-    x = torch.from_numpy(rgb).float().div(255.0)
-    x = ((x - mean) / std).permute(2, 0, 1).unsqueeze(0)
+    rgb = resize(to_rgb8(raw, inp.bit_depth), inp.height, inp.width)
+    x = wrapper.normalise(torch.from_numpy(rgb).unsqueeze(0))
     with _lock:  # one model object: one backward pass at a time
         feats = model.forward_features(x)
         if feats.ndim != 4:
             raise ModelFileError(
-                f"{model_path}: {meta.get('model_name')} has no convolutional "
+                f"{model_path}: {spec.model_name} has no convolutional "
                 "feature map; heat maps need a CNN backbone"
             )
         feats = feats.detach().requires_grad_(True)
@@ -99,7 +97,7 @@ def grad_cam(
     peak = float(heat.max())
     heat = heat / peak if peak > 0 else np.zeros_like(heat)
     heat = cv2.resize(heat, (raw.shape[1], raw.shape[0]), interpolation=cv2.INTER_LINEAR)
-    classes = [str(c) for c in meta.get("classes", [])]
+    classes = list(spec.classes)
     return CamResult(
         [float(p) for p in probs.detach().tolist()], classes, idx, np.clip(heat, 0.0, 1.0)
     )

@@ -1,4 +1,4 @@
-"""Labeling with undo/redo (no Qt): every change is written to the project at once.
+"""Labeling with undo/redo, the one undo of label changes: every change is written at once.
 
 ``LabelSession.apply`` / ``apply_each`` call ``Project.set_labels_each`` (one committed
 transaction), so a crash right after a key press loses nothing. A bulk change (many images at
@@ -109,17 +109,4 @@ class LabelSession:
         return bool(self._redo)
 
     def _labels(self, ids: list[int]) -> dict[int, str | None]:
-        out: dict[int, str | None] = {}
-        con = self.project._con()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = con.execute(
-                "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-                f"WHERE i.id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            out.update({r[0]: r[1] for r in rows})
-        missing = [i for i in ids if i not in out]
-        if missing:
-            self.project.get_image(missing[0])  # raises ProjectError naming the image
-        return out
+        return self.project.labels_of(ids)

@@ -1,0 +1,140 @@
+"""The decision contract: defect score -> OK / NG / UNSURE, and which thresholds apply.
+
+One torch-free module (numpy only) that the line runtime, the core (evaluation, export, the
+demo) and the app all import, so the verdict rule, the threshold resolution and the format
+constants of the exported model are written once. The rules are documented in
+docs/ARCHITECTURE.md ("Decision contract").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+# The exported model (ONNX ``metadata_props[METADATA_KEY]``) and ``model.pt`` share the format
+# name; a reader refuses a format_version newer than FORMAT_VERSION.
+FORMAT = "defectssft-model"
+FORMAT_VERSION = 1
+METADATA_KEY = "defectssft"
+DEFAULT_THRESHOLD = 0.5
+
+
+class ThresholdError(ValueError):
+    """Thresholds outside 0 <= unsure_low <= ng <= unsure_high <= 1 (one line, user-fixable)."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Reject at ``score >= unsure_high``, pass at ``score < unsure_low``, UNSURE in between;
+    ``ng`` is the operating threshold the band surrounds (no band: all three equal)."""
+
+    ng: float
+    unsure_low: float
+    unsure_high: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.unsure_low <= self.ng <= self.unsure_high <= 1.0:
+            raise ThresholdError(
+                f"thresholds must satisfy 0 <= unsure_low ({self.unsure_low}) <= ng ({self.ng}) "
+                f"<= unsure_high ({self.unsure_high}) <= 1"
+            )
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def resolve_thresholds(
+    model_thresholds: Mapping[str, Any] | None = None,
+    operating_threshold: float | None = None,
+    threshold: float | None = None,
+    unsure_low: float | None = None,
+    unsure_high: float | None = None,
+) -> Thresholds:
+    """The thresholds to apply; the NG threshold is, first match wins: ``threshold`` (an
+    override), the model's own ``model_thresholds["ng"]``, ``operating_threshold`` (the one
+    ``defectssft evaluate`` chose), 0.5.
+
+    An overriding ``threshold`` drops the model's UNSURE band (no band unless ``unsure_low`` /
+    ``unsure_high`` are given too); without one, the model's band stays unless overridden.
+    Raises ThresholdError for an impossible combination.
+    """
+    base = model_thresholds or {}
+    ng = threshold
+    if ng is None:
+        ng = base.get("ng")
+    if ng is None:
+        ng = operating_threshold
+    ng = DEFAULT_THRESHOLD if ng is None else float(ng)
+    low = (
+        unsure_low
+        if unsure_low is not None
+        else (None if threshold is not None else base.get("unsure_low"))
+    )
+    high = (
+        unsure_high
+        if unsure_high is not None
+        else (None if threshold is not None else base.get("unsure_high"))
+    )
+    return Thresholds(ng, ng if low is None else float(low), ng if high is None else float(high))
+
+
+def defect_scores(probs: np.ndarray, ok_index: int | None) -> np.ndarray:
+    """Per-image defect score: ``1 - p(ok)`` with an OK class, else ``1 - max prob``.
+
+    Summed from the other classes instead: ``1 - p`` in float32 is exactly 0 for every p(defect)
+    below about 6e-8, so confident OK parts would all tie; the sum keeps them distinct down to the
+    smallest float32 probability. The exported graph computes the same sum
+    (``defectssft.inspection.InspectionModel``)."""
+    p = np.array(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be [N, C], got shape {p.shape}")
+    drop = p.argmax(axis=1) if ok_index is None else np.full(len(p), ok_index)
+    p[np.arange(len(p)), drop] = 0.0
+    return p.sum(axis=1)
+
+
+def verdict(score: float, thresholds: Thresholds) -> str:
+    """OK / NG / UNSURE of one defect score (a model with an OK class)."""
+    if score < thresholds.unsure_low:
+        return "OK"
+    if score >= thresholds.unsure_high:
+        return "NG"
+    return "UNSURE"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    verdict: str  # OK | NG | UNSURE
+    cls: str  # the OK class for OK, else the most likely defect class
+    score: float  # the model's defect_score output
+    probs: tuple[float, ...]
+
+
+def decide(
+    probs: np.ndarray,
+    score: float,
+    classes: list[str],
+    ok_class: str | None,
+    thresholds: Thresholds,
+) -> Prediction:
+    """The verdict and class of one image from its probabilities and defect score.
+
+    With an OK class: ``verdict(score)``; the class is the OK class for OK, else the most likely
+    defect class. Without one every part is NG with its top class, UNSURE when the top
+    probability is below ``1 - unsure_high``.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if ok_class is not None and ok_class in classes:
+        ok = classes.index(ok_class)
+        defect_probs = p.copy()
+        defect_probs[ok] = -1.0
+        top_defect = classes[int(np.argmax(defect_probs))] if len(classes) > 1 else ok_class
+        result = verdict(score, thresholds)
+        cls = ok_class if result == "OK" else top_defect
+    else:
+        cls = classes[int(np.argmax(p))]
+        result = "UNSURE" if float(p.max()) < 1.0 - thresholds.unsure_high else "NG"
+    return Prediction(result, cls, float(score), tuple(float(x) for x in p))

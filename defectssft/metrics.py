@@ -12,7 +12,9 @@ Conventions used everywhere in defectssft:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +41,14 @@ def _binary_inputs(scores, is_defect) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(s)):
         raise ValueError("scores contain NaN or infinity")
     return s, d
+
+
+def operating_threshold(metrics: Mapping[str, Any] | None) -> float | None:
+    """The NG threshold ``defectssft evaluate`` chose and stored with a model version's metrics
+    (``metrics["test"]["operating_point"]["threshold"]``; None when it has none)."""
+    operating = ((metrics or {}).get("test") or {}).get("operating_point") or {}
+    value = operating.get("threshold")
+    return None if value is None else float(value)
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:

@@ -131,6 +131,40 @@ class ModelRegistry:
                     ),
                 )
 
+    def prediction(self, version: str, image_id: int) -> list[float] | None:
+        """One image's stored probabilities under ``version`` (None: not predicted)."""
+        row = (
+            self._con()
+            .execute(
+                "SELECT probs FROM predictions WHERE model_version=? AND image_id=?",
+                (version, int(image_id)),
+            )
+            .fetchone()
+        )
+        return json.loads(row[0]) if row else None
+
+    def has_predictions(self, version: str) -> bool:
+        return (
+            self._con()
+            .execute("SELECT 1 FROM predictions WHERE model_version=? LIMIT 1", (version,))
+            .fetchone()
+            is not None
+        )
+
+    def latest_predicted_version(self, before: str) -> str | None:
+        """The newest registered version older than ``before`` that has predictions."""
+        row = (
+            self._con()
+            .execute(
+                "SELECT p.model_version FROM predictions p JOIN models m "
+                "ON m.version = p.model_version WHERE m.version < ? "
+                "ORDER BY m.version DESC LIMIT 1",
+                (before,),
+            )
+            .fetchone()
+        )
+        return row[0] if row else None
+
     def predictions(self, version: str) -> dict[int, list[float]]:
         rows = self._con().execute(
             "SELECT image_id, probs FROM predictions WHERE model_version=?", (version,)

@@ -43,7 +43,9 @@ class ImageListModel(QAbstractListModel):
         super().__init__(parent)
         self.loader = loader
         self.colours = colours or {}
-        self.verdicts: Any = None  # verdict.VerdictCache of the shown model, set by the window
+        self.verdicts: Any = (
+            None  # defectssft.verdicts.VerdictCache of the shown model, set by the window
+        )
         self.ok_known = True  # False: the project has no OK class (the score is 1 - confidence)
         self._rows: list[Row] = []
         self._shown = 0

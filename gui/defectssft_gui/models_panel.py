@@ -125,7 +125,7 @@ def confusion_html(test: dict[str, Any]) -> str:
 def disagreements(project: Project, a: str, b: str) -> list[dict[str, Any]]:
     """Images both versions predicted where they suggest different classes (or verdicts)."""
     from defectssft.queries import model_classes
-    from defectssft_gui.verdict import version_verdicts
+    from defectssft.verdicts import version_verdicts
 
     pa, pb = project.predictions(a), project.predictions(b)
     ca, cb = model_classes(project, a), model_classes(project, b)

@@ -29,20 +29,13 @@ from defectssft.errors import DefectssftError
 from defectssft.labeling import LabelSession
 from defectssft.project import ClassInfo, Project
 from defectssft.queries import Row
+from defectssft.verdicts import VERDICT_FILTERS, VerdictCache, shown_version, verdict_rows
 from defectssft_gui import project_flows
 from defectssft_gui.actions import ACTIONS, new_action, shortcuts_for
 from defectssft_gui.gallery import ImageListModel
 from defectssft_gui.import_controller import ImportController
 from defectssft_gui.predict_controller import PredictController
 from defectssft_gui.thumbs import ThumbnailLoader, thumb_dir
-from defectssft_gui.verdict import (
-    VERDICT_FILTERS,
-    VerdictCache,
-    load_rule,
-    rule_loaded,
-    shown_version,
-    verdict_rows,
-)
 from defectssft_gui.viewer import ImageViewer
 from defectssft_gui.widgets import BrowsePanel, ClassButton, FlowLayout, LevelsBar, VerdictStrip
 from defectssft_gui.workers import Task, start_task
@@ -74,7 +67,6 @@ class MainWindow(QMainWindow):
     camReady = Signal(str)  # image path whose heat map is shown
     importDone = Signal(object)  # ImportSummary
     errorShown = Signal(str)
-    verdictsReady = Signal()  # the line's rule is loaded: verdicts are shown from now on
 
     def __init__(self, project: Project | None = None, quiet: bool = False) -> None:
         super().__init__()
@@ -102,7 +94,6 @@ class MainWindow(QMainWindow):
         self._counts_timer = QTimer(self, singleShot=True, interval=300)
         self._counts_timer.timeout.connect(self._refresh_counts)
         self.verdicts: VerdictCache | None = None
-        self._rule_loading = False
         self.colours: dict[str, str] = {}
         self.setWindowTitle("defectssft")
         self.resize(1280, 800)
@@ -467,9 +458,6 @@ class MainWindow(QMainWindow):
         self.model.verdicts = self.verdicts
         self.model.ok_known = self.project.ok_class is not None
         self.model.set_rows(rows)
-        if not rule_loaded() and not self._rule_loading:
-            self._rule_loading = True  # after the first screenful: it imports torch
-            QTimer.singleShot(300, self._load_rule)
         self.count_label.setText(f"{len(rows)} images")
         target = self.model.row_of(keep.image_id) if keep and keep.image_id is not None else None
         self.go_to(target if target is not None else 0)
@@ -478,27 +466,6 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(self._after_rows_note, 15000)
             self._after_rows_note = ""
         self.rowsLoaded.emit(len(rows))
-
-    def _load_rule(self) -> None:
-        task = Task(load_rule)
-        self._tasks.add(task)
-
-        def done(_result: Any) -> None:
-            self._tasks.discard(task)
-            if self.project is not None and self.model is not None:
-                self.verdicts = VerdictCache(self.project, self.model_version)
-                self.model.verdicts = self.verdicts
-                self.model.text_changed()
-                cur = self.current_row()
-                if cur is not None:
-                    self._show_info(cur)
-            self.verdictsReady.emit()
-
-        def failed(msg: str) -> None:
-            self._tasks.discard(task)
-            self.show_error(f"the line's verdict rule could not be loaded: {msg}")
-
-        start_task(self.pool, task, done, failed)
 
     def _show_counts(self, status: dict[str, Any]) -> None:
         """The project's counts, in the status bar for good (they follow every label)."""

@@ -1,0 +1,163 @@
+"""The line's verdict (OK / NG / UNSURE) of a model version's stored predictions.
+
+The app and reports never have a rule of their own: the thresholds are resolved as
+``defectssft export`` writes them into the ONNX file (the model's own, else the operating point
+``defectssft evaluate`` stored, else 0.5) and each image goes through the decision contract
+(``defectssft_line.decision.decide``). Torch-free and Qt-free, so the window can call it on any
+thread without importing the training stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from defectssft import queries
+from defectssft.errors import DefectssftError
+from defectssft.metrics import operating_threshold
+from defectssft.project import Project
+from defectssft_line.decision import (
+    ThresholdError,
+    Thresholds,
+    decide,
+    defect_scores,
+    resolve_thresholds,
+)
+
+VERDICTS = ("OK", "NG", "UNSURE")
+
+VERDICT_FILTERS = {
+    "verdict:wrong": "line verdict ≠ label",
+    "verdict:escape": "line passes a labeled defect",
+    "verdict:overkill": "line rejects a labeled OK",
+    "verdict:unsure": "line verdict UNSURE",
+}
+
+
+def version_thresholds(
+    meta: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None,
+    threshold: float | None = None,
+    unsure_low: float | None = None,
+    unsure_high: float | None = None,
+) -> Thresholds:
+    """The thresholds the line applies to a version (``model.pt`` meta + stored metrics)."""
+    return resolve_thresholds(
+        meta.get("thresholds"), operating_threshold(metrics), threshold, unsure_low, unsure_high
+    )
+
+
+def line_verdicts(
+    probs: Sequence[Sequence[float]],
+    classes: list[str],
+    ok_class: str | None,
+    thresholds: Thresholds,
+) -> list[str]:
+    """The line's verdict for each row of ``probs``."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1, len(classes))
+    if not len(p):
+        return []
+    ok = ok_class if ok_class in classes else None
+    scores = defect_scores(p, classes.index(ok) if ok is not None else None)
+    return [
+        decide(row, float(s), classes, ok, thresholds).verdict
+        for row, s in zip(p, scores, strict=True)
+    ]
+
+
+def verdict_mismatch(label: str | None, verdict: str | None, ok_class: str | None) -> str | None:
+    """How a verdict disagrees with a human label: ``escape`` (a labeled defect the line
+    passes), ``overkill`` (a labeled OK part it rejects), ``unsure``, or None (agrees / unknown)."""
+    if label is None or verdict is None or ok_class is None:
+        return None
+    if verdict == "UNSURE":
+        return "unsure"
+    if label == ok_class and verdict == "NG":
+        return "overkill"
+    if label != ok_class and verdict == "OK":
+        return "escape"
+    return None
+
+
+class VerdictCache:
+    """Verdicts of one version's predictions, made per image when first asked and kept.
+
+    A grid shows a few dozen images at a time: deciding those on demand keeps a refresh of
+    20,000 rows as fast as before. Make a new one when the predictions change.
+    """
+
+    def __init__(self, project: Project, version: str | None) -> None:
+        self.project, self.version = project, version
+        self._known: dict[int, str | None] = {}
+        self.classes: list[str] = []
+        self.ok_class = project.ok_class
+        self.thresholds: Thresholds | None = None
+        if version:
+            try:
+                record = project.get_model(version)
+                self.classes = queries.model_classes(project, version)
+                self.thresholds = version_thresholds(
+                    record.get("meta") or {}, record.get("metrics")
+                )
+            except (DefectssftError, ThresholdError):
+                self.version = None  # thresholds the line would refuse too: no verdict
+
+    def get(self, image_id: int | None) -> str | None:
+        if image_id is None or not self.version or self.thresholds is None:
+            return None
+        if image_id not in self._known:
+            probs = self.project.prediction(self.version, image_id)
+            verdict = None
+            if probs is not None and len(probs) == len(self.classes):
+                verdict = line_verdicts([probs], self.classes, self.ok_class, self.thresholds)[0]
+            self._known[image_id] = verdict
+        return self._known[image_id]
+
+    def mismatch(self, image_id: int | None, label: str | None) -> str | None:
+        return verdict_mismatch(label, self.get(image_id), self.ok_class)
+
+
+def version_verdicts(project: Project, version: str | None) -> dict[int, str]:
+    """image id -> verdict for every image ``version`` has predictions of ({} without)."""
+    cache = VerdictCache(project, version)
+    if not cache.version or cache.thresholds is None:
+        return {}
+    preds = project.predictions(cache.version)
+    ids = [i for i, p in preds.items() if len(p) == len(cache.classes)]
+    verdicts = line_verdicts(
+        [preds[i] for i in ids], cache.classes, cache.ok_class, cache.thresholds
+    )
+    return dict(zip(ids, verdicts, strict=True))
+
+
+def verdict_rows(project: Project, spec: str, sort: str, version: str | None) -> list[queries.Row]:
+    """Grid rows for a ``verdict:`` filter: images whose line verdict disagrees with their label
+    (``wrong``: escape or overkill; ``escape``; ``overkill``) or is UNSURE (``unsure``)."""
+    if spec not in VERDICT_FILTERS:
+        raise queries.QueryError(f"unknown filter {spec!r}")
+    kind = spec.partition(":")[2]
+    verdicts = version_verdicts(project, version)
+    ok = project.ok_class
+    rows = []
+    for r in queries.fetch_rows(project, "all", sort, version):
+        v = verdicts.get(r.image_id) if r.image_id is not None else None
+        if kind == "unsure":
+            keep = v == "UNSURE"
+        else:
+            m = verdict_mismatch(r.label, v, ok)
+            keep = m in ("escape", "overkill") if kind == "wrong" else m == kind
+        if keep:
+            rows.append(r)
+    return rows
+
+
+def shown_version(project: Project) -> str | None:
+    """The model whose suggestions the grid shows: the current model (production, else newest)
+    once it has predictions; until then the newest older version that has some, so a freshly
+    trained model does not blank every suggestion before its own predictions are in."""
+    current = queries.current_model(project)
+    if current is None or project.has_predictions(current):
+        return current
+    return project.latest_predicted_version(before=current) or current

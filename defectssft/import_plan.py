@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from defectssft.errors import DefectssftError
-from defectssft.ingest import ImportSummary, IngestError, LabelRule, _yolo_label_file, expand_paths
-from defectssft.project import (
-    CLASS_NAME_RE,
-    DEFAULT_MAX_PIXELS,
-    Project,
+from defectssft.ingest import (
+    ImportSummary,
+    IngestError,
+    LabelRule,
+    _yolo_label_file,
+    expand_paths,
     prepare_image_file,
-    utcnow,
 )
+from defectssft.project import CLASS_NAME_RE, DEFAULT_MAX_PIXELS, Project, utcnow
 
 IGNORE = ":ignore"
 UNLABELED = ":unlabeled"

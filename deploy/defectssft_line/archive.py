@@ -49,7 +49,7 @@ class Archive:
         self.failures = 0
         self.last_error = ""
         self._ok_seen = 0
-        self._files: deque[tuple[Path, int]] = deque()  # oldest first
+        self._parts: deque[tuple[list[Path], int]] = deque()  # (image + JSON, bytes), oldest first
         self.total = 0
         self._scan()
 
@@ -57,17 +57,21 @@ class Archive:
         """What an earlier run left counts against the limit (oldest first)."""
         if not self.root.is_dir():
             return
-        found = []
+        parts: dict[tuple[str, str], tuple[list[Path], int]] = {}
         for dirpath, _dirs, files in os.walk(self.root):
             for f in files:
                 p = Path(dirpath) / f
                 try:
-                    found.append((p.relative_to(self.root).parts, p, p.stat().st_size))
-                except OSError:
+                    size = p.stat().st_size
+                    day = p.relative_to(self.root).parts[0]
+                except (OSError, IndexError):
                     continue
-        for _key, p, size in sorted(found, key=lambda t: (t[0][0], t[0][-1])):
-            self._files.append((p, size))
-            self.total += size
+                key = (day, f.removesuffix(".json"))  # an image and its JSON are one part
+                paths, total = parts.get(key, ([], 0))
+                parts[key] = ([*paths, p], total + size)
+        for key in sorted(parts):
+            self._parts.append(parts[key])
+            self.total += parts[key][1]
 
     def wants(self, verdict: str) -> bool:
         """Whether a part with this verdict is kept (counts OK parts for the sample)."""
@@ -106,13 +110,15 @@ class Archive:
             folder.mkdir(parents=True, exist_ok=True)
             img = folder / f"{stamp}_{base}"
             meta = img.with_name(img.name + ".json")
-            written = []
+            written: list[Path] = []
+            size = 0
             for path, blob in ((img, data), (meta, json.dumps(rec, indent=1).encode())):
                 tmp = path.with_name("." + path.name + ".partial")
                 with open(tmp, "wb") as f:
                     f.write(blob)
                 os.replace(tmp, path)
-                written.append((path, len(blob)))
+                written.append(path)
+                size += len(blob)
         except OSError as e:
             self.failures += 1
             self.last_error = f"{e.strerror or e}"
@@ -124,23 +130,23 @@ class Archive:
             for p in folder.glob(".*.partial") if folder.is_dir() else []:
                 p.unlink(missing_ok=True)
             return None
-        for path, size in written:
-            self._files.append((path, size))
-            self.total += size
+        self._parts.append((written, size))
+        self.total += size
         self.saved += 1
         self._trim()
         return img
 
     def _trim(self) -> None:
-        while self.total > self.max_bytes and self._files:
-            path, size = self._files.popleft()
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:
-                pass
+        while self.total > self.max_bytes and self._parts:
+            paths, size = self._parts.popleft()
+            for path in paths:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
             self.total -= size
             self.deleted += 1
-            parent = path.parent
+            parent = paths[0].parent
             for folder in (parent, parent.parent):  # VERDICT/ then the day
                 try:
                     if folder != self.root:

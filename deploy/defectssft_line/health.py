@@ -104,7 +104,7 @@ class Health:
                 f"mean score {mean:.3f} over the last {self.window} parts drifted from "
                 f"{self.reference_score:.3f} by more than {self.drift_limit:g}"
             )
-        if why and not self.alarm:
+        if why and why.split()[:2] != self.alarm.split()[:2]:  # raised, or another reason
             self.alarms_raised += 1
             self._log(f"ALARM: {why}")
         elif self.alarm and not why:

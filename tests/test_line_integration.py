@@ -676,3 +676,18 @@ def test_cli_plc_refusing_or_port_in_use(model, images, capsys):
             out, err = capsys.readouterr()
             errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
             assert rc == 2 and out == "" and len(errors) == 1 and "cannot start" in errors[0], err
+
+
+def test_core_capture_from_a_genicam_camera(tmp_path, capsys):
+    from defectssft.cli import main as core_main
+
+    proj = tmp_path / "proj"
+    assert core_main(["init", str(proj), "--classes", "ok,scratch"]) == 0
+    capsys.readouterr()
+    args = ["capture", str(proj), "--camera", "genicam://0", "--cti", CTI, "--max-frames", "2"]
+    assert core_main([*args, "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["frames"] == 2 and counts["added"] == 2
+    args[3] = "genicam://SN-NOPE"
+    assert core_main(args) != 0
+    assert "serial or index 'SN-NOPE'" in capsys.readouterr().err

@@ -165,10 +165,20 @@ class OpcUaServerSink(Sink):
         server.start()
 
     def _write(self, vals: dict[str, Any]) -> None:
+        """All values in one hop to the server's loop, in order (Counter/Total last)."""
         from asyncua import ua
 
-        for name, value in vals.items():
-            self._nodes[name].write_value(ua.Variant(value, self._types[name]))
+        server = self._server
+        writes = [
+            (self._nodes[name].nodeid, ua.DataValue(ua.Variant(value, self._types[name])))
+            for name, value in vals.items()
+        ]
+
+        async def write_all() -> None:
+            for nodeid, dv in writes:
+                await server.aio_obj.write_attribute_value(nodeid, dv)
+
+        server.tloop.post(write_all())
 
     def send(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "result":

@@ -14,6 +14,7 @@ A settings YAML is applied through GenICam (SFNC) node names, in this order::
     trigger_source: Line1        # hardware: TriggerSource (default Line1)
     trigger_activation: RisingEdge
     fetch_timeout: 2.0           # s a free-run/software frame may take before it counts as lost
+    buffers: 16                  # frame buffers: a short stall of the PC loses no triggered part
     nodes: {AcquisitionFrameRate: 30.0}          # any other node, by name
 
 A node the camera lacks, or a value it refuses, is one line naming the node. A frame becomes
@@ -49,6 +50,7 @@ _KEYS = {
     "trigger_source",
     "trigger_activation",
     "fetch_timeout",
+    "buffers",
     "nodes",
 }
 
@@ -69,6 +71,7 @@ class CameraSettings:
     trigger_source: str = "Line1"
     trigger_activation: str | None = None
     fetch_timeout: float = 2.0
+    buffers: int = 16
     nodes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -292,6 +295,7 @@ class GenICamOpener:
             for setting, name, value in self.settings.node_values():
                 _set_node(ia.remote_device.node_map, source, setting, name, value)
             cap = GenICamCapture(h, ia, self.settings, source, self._meta)
+            ia.num_buffers = max(ia.min_num_buffers, int(self.settings.buffers))
             ia.start()
         except BaseException:
             for step in (ia.destroy, h.reset):

@@ -17,7 +17,8 @@ YAML (default: no security, which suits a cell network only).
 Client mode (``--opcua-client URL``) writes the same values to existing nodes of a PLC's
 server: node ids ``<prefix><Name>`` (``--opcua-nodes``, default ``ns=2;s=defectssft.``) or
 a ``nodes:`` map in the sinks YAML; a name without a node is skipped. The value is written
-with the node's own data type.
+with the node's own data type. ``security: "Basic256Sha256,SignAndEncrypt,cert.der,key.pem"``
+(asyncua's security string) signs and encrypts the session.
 
 Needs the ``opcua`` extra.
 """
@@ -220,10 +221,12 @@ class OpcUaClientSink(Sink):
         prefix: str = "ns=2;s=defectssft.",
         nodes: dict[str, str] | None = None,
         timeout: float = 4.0,
+        security: str | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(f"OPC UA client {url}", **kw)
         self.url, self.timeout = url, timeout
+        self.security = security  # "Basic256Sha256,SignAndEncrypt,cert.der,key.pem"
         self.node_ids = (
             dict(nodes) if nodes else {f: f"{prefix}{f.replace('/', '.')}" for f in FIELDS}
         )
@@ -237,6 +240,8 @@ class OpcUaClientSink(Sink):
 
         client = Client(self.url, timeout=self.timeout)
         self._client = client
+        if self.security:
+            client.set_security_string(self.security)
         client.connect()
         self._nodes = {}
         for name, nid in self.node_ids.items():

@@ -158,6 +158,9 @@ def test_camera_settings_yaml(tmp_path):
     p.write_text("trigger: sometimes\n")
     with pytest.raises(LineError, match="trigger must be one of"):
         CameraSettings.load(p)
+    p.write_text("exposure: fast\n")
+    with pytest.raises(LineError, match="camera settings .*fast"):
+        CameraSettings.load(p)
 
 
 def test_genicam_camera_scores_frames_with_their_id(model, tmp_path, capsys):
@@ -207,6 +210,14 @@ def test_genicam_bad_input_is_one_line(model, tmp_path, capsys, monkeypatch):
         (
             ["--camera", "genicam://0", "--cti", CTI, "--camera-settings", str(settings2)],
             "cannot set 'PixelFormat' to 'Mono16'",
+        )
+    )
+    settings3 = tmp_path / "cam3.yaml"
+    settings3.write_text("trigger: software\n")
+    cases.append(
+        (
+            ["--camera", "genicam://0", "--cti", CTI, "--camera-settings", str(settings3)],
+            "has no GenICam node 'TriggerMode' (settings: trigger)",
         )
     )
     monkeypatch.delenv("GENICAM_GENTL64_PATH", raising=False)
@@ -671,11 +682,12 @@ def test_cli_plc_refusing_or_port_in_use(model, images, capsys):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        for flag in ("--modbus-server", "--opcua-server"):
+        for flag in ("--modbus-server", "--opcua-server", "--metrics-port"):
             rc = main(["run", "--model", str(model), "--input", str(images), flag, str(port)])
             out, err = capsys.readouterr()
             errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
-            assert rc == 2 and out == "" and len(errors) == 1 and "cannot start" in errors[0], err
+            assert rc == 2 and out == "" and len(errors) == 1, err
+            assert "cannot start" in errors[0] or "cannot listen" in errors[0], err
 
 
 def test_core_capture_from_a_genicam_camera(tmp_path, capsys):

@@ -106,6 +106,11 @@ class CameraSettings:
             raise LineError(f"camera settings {p}: roi takes x, y, width, height")
         if not isinstance(s.nodes, dict):
             raise LineError(f"camera settings {p}: nodes must map node names to values")
+        try:
+            s.node_values()
+            s.fetch_timeout, s.buffers = float(s.fetch_timeout), int(s.buffers)
+        except (TypeError, ValueError) as e:
+            raise LineError(f"camera settings {p}: {e}") from e
         return s
 
     def node_values(self) -> list[tuple[str, str, Any]]:
@@ -292,8 +297,13 @@ class GenICamOpener:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise OSError(f"cannot open {source}: {first}") from e
         try:
+            node_map = ia.remote_device.node_map
             for setting, name, value in self.settings.node_values():
-                _set_node(ia.remote_device.node_map, source, setting, name, value)
+                _set_node(node_map, source, setting, name, value)
+            if self.settings.trigger == "software" and not node_map.has_node("TriggerSoftware"):
+                raise LineError(
+                    f"camera {source} has no GenICam node 'TriggerSoftware' (settings: trigger)"
+                )
             cap = GenICamCapture(h, ia, self.settings, source, self._meta)
             ia.num_buffers = max(ia.min_num_buffers, int(self.settings.buffers))
             ia.start()

@@ -4,7 +4,7 @@ A sink never stops inspection. ``publish`` only appends to the sink's queue (``q
 messages); when the queue is full the oldest message is dropped and counted. The worker thread
 sends in order; a send that fails closes the connection, logs one line, and the same message is
 sent again after a reconnect (backoff doubling from ``first_wait`` to ``max_wait`` seconds, as
-for the cameras), so a short drop-out loses nothing. While idle the worker sends a heartbeat
+for the cameras), so a short drop-out loses nothing. The worker also sends a heartbeat
 every ``heartbeat_s`` seconds.
 
 A subclass implements ``open`` (connect or bind; raise on failure), ``send`` (one message),
@@ -79,7 +79,7 @@ class Sink:
         raise NotImplementedError
 
     def beat(self, status: dict[str, Any]) -> None:
-        """Heartbeat and status while idle (default: nothing)."""
+        """Heartbeat and status, every heartbeat_s seconds (default: nothing)."""
 
     def shut(self) -> None:
         """Close the connection (or stop the server); must not raise."""
@@ -163,6 +163,13 @@ class Sink:
         }
 
     # ---------------------------------------------------------------- worker
+    def _status(self) -> dict[str, Any]:
+        """The line's status; a failure to assemble it never costs the connection."""
+        try:
+            return self.status()
+        except Exception:  # noqa: BLE001
+            return {}
+
     def _fail(self, what: str, e: BaseException) -> None:
         self.failures += 1
         self.last_error = first_line(e)
@@ -201,13 +208,14 @@ class Sink:
                 return
             if not self.connected and not self._reconnect():
                 return
+            if time.monotonic() >= next_beat:  # also while parts keep the queue busy
+                next_beat = time.monotonic() + self.heartbeat_s
+                try:
+                    self.beat(self._status())
+                except Exception as e:  # noqa: BLE001
+                    self._fail("heartbeat", e)
+                    continue
             if msg is None:
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + self.heartbeat_s
-                    try:
-                        self.beat(self.status())
-                    except Exception as e:  # noqa: BLE001
-                        self._fail("heartbeat", e)
                 continue
             try:
                 self.send(msg)

@@ -132,7 +132,7 @@ class ModbusServerSink(Sink):
         if msg.get("type") != "result":
             return
         self._set(15, 0, coils(msg))
-        self._regs = registers(msg, self.status(), self._beat)
+        self._regs = registers(msg, self._status(), self._beat)
         self._set(16, 0, self._regs)
 
     def beat(self, status: dict[str, Any]) -> None:
@@ -220,7 +220,7 @@ class ModbusClientSink(Sink):
         if msg.get("type") != "result":
             return
         self._check(c.write_coils(self.coil_base, coils(msg), device_id=self.unit))
-        regs = registers(msg, self.status(), self._beat)
+        regs = registers(msg, self._status(), self._beat)
         self._check(c.write_registers(self.register_base, regs, device_id=self.unit))
 
     def beat(self, status: dict[str, Any]) -> None:

@@ -77,7 +77,7 @@ class MqttSink(Sink):
             if time.monotonic() > deadline:
                 raise ConnectionError(f"no CONNACK from {self.host}:{self.port}")
             time.sleep(0.01)
-        self._publish(self.status_topic, {"state": "online", **self.status()}, retain=True)
+        self._publish(self.status_topic, {"state": "online", **self._status()}, retain=True)
         self._last_status = time.monotonic()
 
     def _publish(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:

@@ -703,3 +703,107 @@ def test_core_capture_from_a_genicam_camera(tmp_path, capsys):
     args[3] = "genicam://SN-NOPE"
     assert core_main(args) != 0
     assert "serial or index 'SN-NOPE'" in capsys.readouterr().err
+
+
+class FakeNode:
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+        self.executed = 0
+
+    def execute(self) -> None:
+        self.executed += 1
+
+
+class FakeNodeMap:
+    """Node access as harvesters gives it; reading ``PixelFormat`` fails once ``gone``."""
+
+    def __init__(self) -> None:
+        self.nodes = {"PixelFormat": FakeNode("Mono8"), "TriggerSoftware": FakeNode()}
+        self.gone = False
+
+    @property
+    def PixelFormat(self) -> FakeNode:  # noqa: N802 - the GenICam name
+        return self.get_node("PixelFormat")
+
+    def has_node(self, name: str) -> bool:
+        return name in self.nodes
+
+    def get_node(self, name: str) -> FakeNode:
+        if self.gone:
+            raise OSError("device removed")
+        return self.nodes[name]
+
+
+class FakeAcquirer:
+    """``fetch`` plays a script: a frame (HxW uint8) or 'timeout'."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script = list(script)
+        self.remote_device = type("Dev", (), {"node_map": FakeNodeMap()})()
+        self.fetches = 0
+
+    def fetch(self, timeout: float) -> Any:
+        from genicam.gentl import TimeoutException
+
+        self.fetches += 1
+        item = self.script.pop(0)
+        if isinstance(item, str):
+            if item == "gone":
+                self.remote_device.node_map.gone = True
+            raise TimeoutException("no frame")
+        comp = type(
+            "C", (), {"data": item.ravel(), "data_format": "Mono8", "height": 4, "width": 6}
+        )()
+        buf = type("B", (), {})()
+        buf.payload = type("P", (), {"components": [comp]})()
+        buf.frame_id, buf.timestamp = self.fetches, 1000 * self.fetches
+        buf.__class__.__enter__ = lambda b: b
+        buf.__class__.__exit__ = lambda b, *a: None
+        return buf
+
+
+def test_software_and_hardware_trigger_reads():
+    from defectssft_line.genicam import GenICamCapture
+
+    frame = np.full((4, 6), 7, np.uint8)
+    meta: list[dict] = []
+    # software trigger: every read fires TriggerSoftware; an overdue frame = camera lost
+    ia = FakeAcquirer([frame, "timeout"])
+    cap = GenICamCapture(None, ia, CameraSettings(trigger="software"), "genicam://x", meta.append)
+    ok, got = cap.read()
+    assert ok and got.tolist() == frame.tolist() and meta[-1] == {"frame_id": 1, "camera_ts": 1000}
+    assert cap.read() == (False, None)
+    assert ia.remote_device.node_map.nodes["TriggerSoftware"].executed == 2
+    # hardware trigger: no part for a while is waiting, not a loss ...
+    ia = FakeAcquirer(["timeout", "timeout", frame])
+    cap = GenICamCapture(None, ia, CameraSettings(trigger="hardware"), "genicam://x", meta.append)
+    ok, got = cap.read()
+    assert ok and ia.fetches == 3 and meta[-1]["frame_id"] == 3
+    # ... but a camera that is gone fails the liveness read (the stream then reconnects)
+    ia = FakeAcquirer(["timeout", "gone"])
+    cap = GenICamCapture(None, ia, CameraSettings(trigger="hardware"), "genicam://x", meta.append)
+    with pytest.raises(OSError, match="device removed"):
+        cap.read()
+
+
+def test_mqtt_last_will_when_the_line_pc_vanishes():
+    port = free_port()
+    broker = Broker(port)
+    broker.start()
+    (sink,) = build_sinks({"mqtt": {"host": "127.0.0.1", "port": port, "topic": "cell2"}})
+    sink.status = lambda: {"alarm": "", "dropped_total": 0}
+    sub = None
+    try:
+        sink.start()
+        sub, got = subscriber(port, "cell2/status")
+        wait_for(lambda: any(m["state"] == "online" for _, m, _ in got))
+        sink._client.socket().close()  # the connection dies without a DISCONNECT
+        wait_for(lambda: any(m["state"] == "offline" for _, m, _ in got))
+        n = len(got)
+        wait_for(lambda: any(m["state"] == "online" for _, m, _ in got[n:]))  # back by itself
+    finally:
+        if sub is not None:
+            sub.loop_stop()
+            sub.disconnect()
+        sink.close(timeout=1)
+        broker.close()

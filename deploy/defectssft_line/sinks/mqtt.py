@@ -70,6 +70,7 @@ class MqttSink(Sink):
             client.username_pw_set(self.username, self.password)
         if self.tls:
             client.tls_set(ca_certs=self.tls)
+        client.on_connect = self._on_connect
         client.connect(self.host, self.port, keepalive=30)
         client.loop_start()
         deadline = time.monotonic() + self.timeout
@@ -79,6 +80,13 @@ class MqttSink(Sink):
             time.sleep(0.01)
         self._publish(self.status_topic, {"state": "online", **self._status()}, retain=True)
         self._last_status = time.monotonic()
+
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _p: Any) -> None:
+        """Also after paho's own reconnect: the retained status says online again (the broker
+        had published the last will)."""
+        if not getattr(reason, "is_failure", False):
+            status = {"state": "online", **self._status()}
+            client.publish(self.status_topic, json.dumps(status), qos=1, retain=True)
 
     def _publish(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
         client = self._client

@@ -606,20 +606,6 @@ def test_cli_with_all_sinks_archive_and_metrics(model, images, tmp_path, capsys)
     sinks = tmp_path / "line.yaml"
     sinks.write_text(f"queue: 50\nopcua_server: {{port: {free_port()}}}\n")
     metrics = free_port()
-    seen: dict[str, str] = {}
-    stop = threading.Event()
-
-    def scrape():  # read the metrics while the run is on
-        while not stop.is_set():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=1) as r:
-                    seen["body"] = r.read().decode()
-            except OSError:
-                pass
-            time.sleep(0.05)
-
-    t = threading.Thread(target=scrape, daemon=True)
-    t.start()
     try:
         rc = main(
             [
@@ -647,8 +633,6 @@ def test_cli_with_all_sinks_archive_and_metrics(model, images, tmp_path, capsys)
             ]
         )
     finally:
-        stop.set()
-        t.join(WAIT)
         broker.close()
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
@@ -807,3 +791,22 @@ def test_mqtt_last_will_when_the_line_pc_vanishes():
             sub.disconnect()
         sink.close(timeout=1)
         broker.close()
+
+
+def test_prometheus_metrics():
+    port = free_port()
+    h = Health(window=2, reject_rate=0.4, log=lambda m: None)
+    h.serve_metrics(port)
+    try:
+        for v in ("OK", "NG", "NG"):
+            h.observe({"verdict": v, "score": 0.9, "latency_ms": 12.0})
+        h.update_gauges({"MQTT b:1883": 4}, archive_failures=2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            body = r.read().decode()
+    finally:
+        h.close()
+    assert 'defectssft_line_verdicts_total{verdict="NG"} 2.0' in body
+    assert "defectssft_line_latency_seconds_count 3.0" in body
+    assert "defectssft_line_alarm 1.0" in body and "defectssft_line_reject_rate 1.0" in body
+    assert 'defectssft_line_sink_dropped{sink="MQTT b:1883"} 4.0' in body
+    assert "defectssft_line_archive_failures 2.0" in body

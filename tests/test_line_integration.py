@@ -810,3 +810,18 @@ def test_prometheus_metrics():
     assert "defectssft_line_alarm 1.0" in body and "defectssft_line_reject_rate 1.0" in body
     assert 'defectssft_line_sink_dropped{sink="MQTT b:1883"} 4.0' in body
     assert "defectssft_line_archive_failures 2.0" in body
+
+
+def test_opcua_security_settings_are_checked(tmp_path):
+    port = free_port()
+    bad = {"opcua_server": {"port": port, "security": {"policy": "Rot13"}}}
+    with pytest.raises(LineError, match="unknown OPC UA security policy 'Rot13'"):
+        build_sinks(bad)[0].start()
+    missing = {
+        "opcua_server": {
+            "port": port,
+            "security": {"certificate": str(tmp_path / "no.der"), "private_key": "k.pem"},
+        }
+    }
+    with pytest.raises(LineError, match="OPC UA certificate .*no.der"):
+        build_sinks(missing)[0].start()

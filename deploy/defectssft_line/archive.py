@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-KEEP = ("NG", "UNSURE", "ERROR")
+KEEP = ("NG", "UNSURE")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

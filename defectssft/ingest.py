@@ -449,9 +449,20 @@ def _start_observer(folder: Path, wake: threading.Event):  # type: ignore[no-unt
 
 
 # ------------------------------------------------------------------------ camera / video
-def open_source(source: str):  # type: ignore[no-untyped-def]
-    """An OpenCV capture for a camera index ('0'), a stream URL or a video file."""
+def open_source(source: str, camera_settings: str | None = None):  # type: ignore[no-untyped-def]
+    """An OpenCV capture for a camera index ('0'), a stream URL or a video file; a GenICam
+    camera for ``genicam://SERIAL_OR_INDEX`` (producer from GENICAM_GENTL64_PATH, settings
+    YAML as in the line runtime)."""
     import cv2
+
+    if source.startswith("genicam://"):
+        from defectssft_line.genicam import opener_for
+        from defectssft_line.model import LineError
+
+        try:
+            return opener_for(source, None, camera_settings)(source)
+        except (LineError, OSError) as e:
+            raise IngestError(str(e)) from e
 
     src: int | str = int(source) if source.isdigit() else source
     if isinstance(src, str) and "://" not in src and not Path(src).exists():
@@ -470,6 +481,7 @@ def capture(
     stop: threading.Event | None = None,
     reconnect: bool = True,
     on_result: Callable[[AddResult], None] | None = None,
+    camera_settings: str | None = None,
 ) -> dict[str, int]:
     """Store every ``every``-th frame of ``source`` (lossless PNG) in the unlabeled stream.
 
@@ -482,7 +494,7 @@ def capture(
     stop = stop or threading.Event()
     counts = {"frames": 0, "added": 0, "duplicate": 0, "quarantined": 0}
     is_file = Path(source).exists()
-    cap = open_source(source)
+    cap = open_source(source, camera_settings)
     tag = f"camera:{source}"
     try:
         while not stop.is_set():
@@ -494,7 +506,7 @@ def capture(
                 cap.release()
                 time.sleep(1.0)
                 try:
-                    cap = open_source(source)
+                    cap = open_source(source, camera_settings)
                 except IngestError:
                     continue
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import threading
 from typing import Any
@@ -183,7 +184,16 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     project = Project.open(args.project)
     stop = _stop_on_signals()
-    counts = capture(project, args.source, every=args.every, max_frames=args.max_frames, stop=stop)
+    if args.cti:  # a GenTL producer file is accepted on the standard variable
+        os.environ["GENICAM_GENTL64_PATH"] = args.cti
+    counts = capture(
+        project,
+        args.source,
+        every=args.every,
+        max_frames=args.max_frames,
+        stop=stop,
+        camera_settings=args.camera_settings,
+    )
     if args.json:
         _print_json(counts)
     else:
@@ -307,7 +317,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
 
     p = sub.add_parser("capture", help="store frames from a camera, stream or video file")
     p.add_argument("project")
-    p.add_argument("--source", required=True, help="camera index (0), rtsp://... URL or video file")
+    p.add_argument(
+        "--source",
+        "--camera",
+        dest="source",
+        required=True,
+        help="camera index (0), rtsp://... URL, video file or genicam://SERIAL_OR_INDEX",
+    )
+    p.add_argument("--cti", help="GenTL producer (.cti) for genicam:// (or GENICAM_GENTL64_PATH)")
+    p.add_argument("--camera-settings", metavar="YAML", help="GenICam settings (see deploy/README)")
     p.add_argument("--every", type=int, default=1, help="keep every N-th frame")
     p.add_argument("--max-frames", type=int, help="stop after storing this many frames")
     p.add_argument("--json", action="store_true")

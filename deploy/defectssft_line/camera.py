@@ -53,7 +53,7 @@ def _stderr(msg: str) -> None:
 
 def source_kind(source: str) -> str:
     """``device`` (index, /dev/...), ``stream`` (URL, GStreamer pipeline) or ``file``."""
-    if source.isdigit() or source.startswith("/dev/"):
+    if source.isdigit() or source.startswith(("/dev/", "genicam://")):
         return "device"
     if "://" in source or " ! " in source:
         return "stream"

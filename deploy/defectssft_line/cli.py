@@ -4,6 +4,8 @@
     defectssft-line run --model model.onnx --watch DIR         hot folder, until stopped
     defectssft-line run --model model.onnx --camera SRC        OpenCV camera index/URL/file
                                                               (live sources reconnect)
+    defectssft-line run --model model.onnx --camera genicam://0 --opcua-server 4840
+                                               GenICam camera, verdicts to a PLC (lineio)
     defectssft-line bench --model model.onnx                   latency and images/s
 
 Results go to stdout (or ``--output``) as JSON lines or CSV; a summary goes to stderr.
@@ -32,8 +34,10 @@ from defectssft_line.camera import (
     CameraStream,
     Opener,
 )
+from defectssft_line.genicam import is_genicam, opener_for
 from defectssft_line.hotfolder import HotFolder
 from defectssft_line.hotswap import ModelHolder
+from defectssft_line.lineio import LineOutputs, add_arguments, outputs_from_args
 from defectssft_line.model import LineError, LineModel
 from defectssft_line.output import (
     FORMATS,
@@ -42,7 +46,12 @@ from defectssft_line.output import (
     send_unsure_file,
     send_unsure_frame,
 )
-from defectssft_line.preprocess import ImageDecodeError, decode_image, is_image_name
+from defectssft_line.preprocess import (
+    ImageDecodeError,
+    decode_image,
+    is_image_name,
+    pixel_format_depth,
+)
 
 
 def _log(msg: str) -> None:
@@ -79,8 +88,15 @@ _positive_int = _number(int, lambda v: v >= 1, ">= 1")
 class Runner:
     """Scores images with the current model and writes one record per image."""
 
-    def __init__(self, holder: ModelHolder, writer: ResultWriter, send_unsure: Path | None):
+    def __init__(
+        self,
+        holder: ModelHolder,
+        writer: ResultWriter,
+        send_unsure: Path | None,
+        outputs: LineOutputs | None = None,
+    ):
         self.holder, self.writer, self.send_unsure = holder, writer, send_unsure
+        self.outputs = outputs  # sinks, archive, health (lineio)
         self.errors = 0
         self.skipped_frames = 0
 
@@ -107,6 +123,8 @@ class Runner:
                 send_unsure_file(source, self.send_unsure)
             except OSError as e:
                 _log(f"warning: cannot copy {name} to {self.send_unsure}: {e.strerror or e}")
+        if self.outputs is not None:
+            self.outputs.handle(rec, data=data)
         self.writer.write(rec)
         return rec
 
@@ -121,12 +139,17 @@ class Runner:
             version,
             message.splitlines()[0] if message else "error",
         )
+        if self.outputs is not None:
+            self.outputs.handle(rec)
         self.writer.write(rec)
         return rec
 
-    def score_frame(self, name: str, frame: np.ndarray) -> dict:
+    def score_frame(self, name: str, frame: np.ndarray, extra: dict | None = None) -> dict:
         """Score one camera frame. A frame that cannot be preprocessed or scored gets an ERROR
-        record and a (rate-limited) warning; the stream goes on."""
+        record and a (rate-limited) warning; the stream goes on. ``extra`` (the camera's
+        frame id and timestamp) goes into the record."""
+        if self.outputs is not None:
+            self.outputs.begin()
         model = self.holder.current()
         t0 = time.perf_counter()
         try:
@@ -152,6 +175,10 @@ class Runner:
                 send_unsure_frame(frame, self.send_unsure, f"cam-{stamp}-{name}")
             except OSError as e:
                 _log(f"warning: cannot save {name} to {self.send_unsure}: {e.strerror or e}")
+        if extra:
+            rec.update(extra)
+        if self.outputs is not None:
+            self.outputs.handle(rec, frame=frame, camera=True)
         self.writer.write(rec)
         return rec
 
@@ -240,6 +267,12 @@ def _run_camera(
     failed reopen attempts in a row. Exit status 1 when frames were skipped or the source was
     given up; LineError (status 2) when not a single frame was read."""
     read_timeout = AUTO if args.read_timeout is None else args.read_timeout
+    meta: Callable[[], dict] = dict
+    if opener is None and is_genicam(args.camera):
+        gopener = opener_for(args.camera, args.cti, args.camera_settings)
+        gopener.preflight(args.camera)  # no producer/camera, a missing node: one line, exit 2
+        opener, meta = gopener, lambda: gopener.last_meta
+        _check_depth(gopener.pixel_format, runner.holder.model.bit_depth)
     stream = CameraStream(
         args.camera,
         reconnect=args.reconnect,
@@ -263,7 +296,7 @@ def _run_camera(
         with closing(stream.frames()) as frames:
             for frame in frames:
                 n += 1
-                runner.score_frame(f"frame{n:06d}.png", frame)
+                runner.score_frame(f"frame{n:06d}.png", frame, meta())
                 if args.max_frames and n >= args.max_frames:
                     break
     finally:  # also on Ctrl+C, which may leave a read hung in the driver
@@ -281,6 +314,17 @@ def _run_camera(
     if n == 0:
         raise LineError(f"no frames from camera/video source {args.camera!r}")
     return 1 if stream.gave_up or runner.skipped_frames else 0
+
+
+def _check_depth(pixel_format: str | None, bit_depth: int) -> None:
+    """Warn when a >8-bit camera format does not match the model's sensor bit depth."""
+    if pixel_format and pixel_format_depth(pixel_format) > 8:
+        depth = pixel_format_depth(pixel_format)
+        if depth != bit_depth:
+            _log(
+                f"warning: camera sends {pixel_format} ({depth}-bit) but the model was trained "
+                f"with bit_depth {bit_depth}; set the project's bit depth to {depth} and re-export"
+            )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -301,8 +345,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"unsure=[{m.thresholds.unsure_low:.4g}, {m.thresholds.unsure_high:.4g})"
     )
     send_unsure = Path(args.send_unsure) if args.send_unsure else None
+    outputs = outputs_from_args(args, m.classes, log=_log)
+    outputs.start()  # a sink that cannot start: one line, exit 2, before any part is scored
     writer = ResultWriter(args.format, args.output)
-    runner = Runner(holder, writer, send_unsure)
+    runner = Runner(holder, writer, send_unsure, outputs)
     try:
         if args.watch:
             rc = _run_watch(runner, args)
@@ -314,6 +360,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         rc = 0
     finally:
         writer.close()
+        for line in outputs.close():
+            _log(line)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(writer.counts.items())) or "no images"
     _log(f"done: {counts}")
     return rc
@@ -354,7 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders")
     src.add_argument("--watch", metavar="DIR", help="hot folder to score new files from")
-    src.add_argument("--camera", metavar="SRC", help="OpenCV source: index (0), URL or video file")
+    src.add_argument(
+        "--camera",
+        metavar="SRC",
+        help="OpenCV source: index (0), URL or video file; or genicam://SERIAL_OR_INDEX",
+    )
     run.add_argument("--format", choices=FORMATS, default="jsonl", help="output format")
     run.add_argument("--output", metavar="FILE", help="append results here instead of stdout")
     run.add_argument("--threshold", type=_fraction, help="override the model's NG threshold")
@@ -451,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         "camera index or /dev/video* (a hardware-triggered camera may wait "
         "in a read until a part arrives) and for a video file; 0: off)",
     )
+    add_arguments(run)
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="p50/p95/p99 latency and images/s")

@@ -123,3 +123,69 @@ def prepare(img: np.ndarray, height: int, width: int, bit_depth: int = 16) -> np
 def load_for_model(path: str | Path, height: int, width: int, bit_depth: int = 16) -> np.ndarray:
     """Read a file and return the model input (HxWx3 RGB uint8)."""
     return prepare(read_image(path), height, width, bit_depth)
+
+
+# GenICam pixel formats (SFNC names) -> (bits per sample, layout). Unpacked formats only: a
+# 10/12-bit sample arrives in a 16-bit word, LSB-aligned, and keeps its value (0..1023/4095)
+# so that the model's ``bit_depth`` (the sensor's depth) scales it exactly as it scales a
+# 16-bit file from the same sensor.
+_BAYER_TO_CV = {  # GenICam names the top-left 2x2 cell; OpenCV names the cell one pixel in
+    "RG": cv2.COLOR_BayerBG2BGR,
+    "BG": cv2.COLOR_BayerRG2BGR,
+    "GR": cv2.COLOR_BayerGB2BGR,
+    "GB": cv2.COLOR_BayerGR2BGR,
+}
+_PIXEL_FORMATS: dict[str, tuple[int, str]] = {
+    "Mono8": (8, "mono"),
+    "Mono10": (10, "mono"),
+    "Mono12": (12, "mono"),
+    "Mono14": (14, "mono"),
+    "Mono16": (16, "mono"),
+    "RGB8": (8, "rgb"),
+    "BGR8": (8, "bgr"),
+    "RGBa8": (8, "rgba"),
+    "BGRa8": (8, "bgra"),
+    **{f"Bayer{p}{b}": (b, f"bayer{p}") for p in _BAYER_TO_CV for b in (8, 10, 12, 16)},
+}
+PIXEL_FORMATS = tuple(_PIXEL_FORMATS)
+
+
+def pixel_format_depth(pixel_format: str) -> int:
+    """Bits per sample of a supported GenICam pixel format (8 for Mono8, 12 for Mono12...)."""
+    if pixel_format not in _PIXEL_FORMATS:
+        raise ImageDecodeError(
+            f"pixel format {pixel_format} is not supported (use one of {', '.join(PIXEL_FORMATS)})"
+        )
+    return _PIXEL_FORMATS[pixel_format][0]
+
+
+def from_pixel_format(data: np.ndarray, pixel_format: str, height: int, width: int) -> np.ndarray:
+    """A camera buffer -> an image in the decoded-file convention (uint8 or uint16; HxW mono,
+    HxWx3 BGR or HxWx4 BGRA), so ``prepare`` treats a camera frame exactly like a file.
+
+    Bayer mosaics are demosaiced with OpenCV (to BGR, same depth). The result is a copy: the
+    camera's buffer can be handed back at once.
+    """
+    bits, layout = _PIXEL_FORMATS.get(pixel_format, (0, ""))
+    if not bits:
+        pixel_format_depth(pixel_format)  # raises the one-line error
+    dtype = np.uint8 if bits == 8 else np.uint16
+    buf = np.asarray(data)
+    if buf.dtype != dtype:
+        buf = np.frombuffer(np.ascontiguousarray(buf).tobytes(), dtype=dtype)
+    channels = {"rgb": 3, "bgr": 3, "rgba": 4, "bgra": 4}.get(layout, 1)
+    need = height * width * channels
+    if buf.size < need:
+        raise ImageDecodeError(
+            f"{pixel_format} frame {width}x{height}: {buf.size} samples, need {need}"
+        )
+    img = buf.reshape(-1)[:need].reshape(
+        (height, width, channels) if channels > 1 else (height, width)
+    )
+    if layout == "rgb":
+        return cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    if layout == "rgba":
+        return cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA)
+    if layout.startswith("bayer"):
+        return cv2.cvtColor(img, _BAYER_TO_CV[layout[5:]])
+    return img.copy()

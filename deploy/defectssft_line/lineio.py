@@ -1,0 +1,357 @@
+"""Where each result goes besides the result file: PLC/plant sinks, the archive, health.
+
+``LineOutputs.handle`` is called once per part, before the record is written: it gives the
+record its part id (``--part-id``), queues it to every sink (never blocking), archives the
+image when its verdict asks for it and updates the health counters and alarm. ``begin`` is
+called when a camera frame arrives (the Modbus ``busy`` coil). Nothing here can stop
+inspection: sinks queue and reconnect on their own, the archive warns and counts.
+
+Part id (``--part-id``): ``counter`` (the camera's frame id when it has one, else a running
+count), ``file`` (the file or frame name), ``plc`` (the value the PLC wrote to the OPC UA
+``PartIdIn`` node or Modbus register 10 before the trigger; the counter when it wrote none),
+``auto`` (default): the file name for files, the counter for a camera.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from defectssft_line.archive import Archive
+from defectssft_line.health import Health
+from defectssft_line.model import LineError
+from defectssft_line.sinks import Sink
+
+PART_IDS = ("auto", "counter", "file", "plc")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class LineOutputs:
+    def __init__(
+        self,
+        sinks: list[Sink] | None = None,
+        archive: Archive | None = None,
+        health: Health | None = None,
+        part_id: str = "auto",
+        classes: list[str] | None = None,
+        log: Callable[[str], None] = _stderr,
+    ) -> None:
+        if part_id not in PART_IDS:
+            raise LineError(f"--part-id must be one of {', '.join(PART_IDS)}")
+        self.sinks = list(sinks or [])
+        self.archive = archive
+        self.health = health or Health(log=log)
+        self.part_mode = part_id
+        self.classes = list(classes or [])
+        self._log = log
+        self.counter = 0
+        self.started = time.time()
+        self._busy_sinks = [s for s in self.sinks if getattr(s, "wants_busy", False)]
+        for s in self.sinks:
+            s.status = self.status
+
+    def start(self) -> None:
+        """Start every sink; a server that cannot start stops those already started and
+        raises LineError (one line)."""
+        started: list[Sink] = []
+        try:
+            for s in self.sinks:
+                s.start()
+                started.append(s)
+        except BaseException:
+            for s in started:
+                s.close(timeout=0.5)
+            raise
+        if self.part_mode == "plc" and not any(s.server for s in self.sinks):
+            self._log(
+                "warning: --part-id plc needs --opcua-server or --modbus-server (the PLC "
+                "writes the part id there); using the counter"
+            )
+
+    def begin(self) -> None:
+        """A frame arrived: tell the PLC the station is busy."""
+        for s in self._busy_sinks:
+            s.publish({"type": "busy"})
+
+    def _part_id(self, rec: dict[str, Any], camera: bool) -> str:
+        counter = rec.get("frame_id")
+        counter = str(counter) if counter is not None else str(self.counter)
+        mode = self.part_mode
+        if mode == "plc":
+            for s in self.sinks:
+                try:
+                    value = s.plc_part_id()
+                except Exception:  # noqa: BLE001 - a PLC value we cannot read: the counter
+                    value = None
+                if value:
+                    return value
+            return counter
+        if mode == "file" or (mode == "auto" and not camera):
+            return str(rec.get("file"))
+        return counter
+
+    def handle(
+        self,
+        rec: dict[str, Any],
+        data: bytes | None = None,
+        frame: np.ndarray | None = None,
+        camera: bool = False,
+    ) -> dict[str, Any]:
+        """Part id into ``rec``, then sinks, archive and health (see the module docstring)."""
+        self.counter += 1
+        rec["part_id"] = self._part_id(rec, camera)
+        self.health.observe(rec)
+        if self.archive is not None:
+            self.archive.save(rec, data=data, frame=frame, name=rec.get("file"))
+        if self.sinks:
+            cls = rec.get("class")
+            msg = {
+                "type": "result",
+                **rec,
+                "class_index": self.classes.index(cls) if cls in self.classes else None,
+                "counter": self.counter,
+                "counts": dict(self.health.counts),
+                "time": time.time(),
+            }
+            for s in self.sinks:
+                s.publish(msg)
+        return rec
+
+    def status(self) -> dict[str, Any]:
+        """The line's status for the status node/topic."""
+        dropped = {s.name: s.dropped for s in self.sinks}
+        out = {
+            **self.health.status(),
+            "parts": self.counter,
+            "dropped": dropped,
+            "dropped_total": sum(dropped.values()),
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+        if self.archive is not None:
+            out["archive"] = self.archive.stats()
+        self.health.update_gauges(dropped, self.archive.failures if self.archive else 0)
+        return out
+
+    def close(self, timeout: float = 2.0) -> list[str]:
+        """Flush and stop the sinks; the summary lines for the log."""
+        lines = []
+        for s in self.sinks:
+            s.close(timeout)
+            st = s.stats()
+            lines.append(
+                f"{s.name}: {st['sent']} sent, {st['dropped']} dropped, "
+                f"{st['reconnects']} reconnect(s)"
+                + (f", last error: {st['last_error']}" if st["failures"] else "")
+            )
+        if self.archive is not None:
+            a = self.archive.stats()
+            lines.append(
+                f"archive {self.archive.root}: {a['saved']} saved, {a['deleted']} deleted "
+                f"(size limit), {a['failures']} failed"
+            )
+        if self.health.alarms_raised:
+            lines.append(f"alarm raised {self.health.alarms_raised} time(s)")
+        self.health.close()
+        return lines
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(run: Any) -> None:
+    """The camera (GenICam), sink, archive and health flags of ``defectssft-line run``."""
+    import argparse
+
+    def count(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if n < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+        return n
+
+    def fraction(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0.0 <= v <= 1.0:
+            raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {v}")
+        return v
+
+    def positive(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+        return v
+
+    g = run.add_argument_group("GenICam camera (--camera genicam://SERIAL_OR_INDEX)")
+    g.add_argument(
+        "--cti",
+        metavar="PATH",
+        help="the vendor's GenTL producer (.cti); default: those on GENICAM_GENTL64_PATH",
+    )
+    g.add_argument(
+        "--camera-settings",
+        metavar="YAML",
+        help="exposure, gain, pixel format, "
+        "ROI, trigger mode (free-run/software/hardware), other nodes by name",
+    )
+    s = run.add_argument_group("verdicts to the PLC / plant (any number at once)")
+    s.add_argument("--sinks", metavar="YAML", help="sinks file (flags below add to it)")
+    s.add_argument(
+        "--opcua-server",
+        metavar="[HOST:]PORT",
+        help="serve an OPC UA Inspection object (host default 127.0.0.1)",
+    )
+    s.add_argument(
+        "--opcua-client",
+        metavar="URL",
+        help="write the values to nodes of an existing OPC UA server",
+    )
+    s.add_argument(
+        "--opcua-nodes",
+        metavar="PREFIX",
+        default="ns=2;s=defectssft.",
+        help="node id prefix for --opcua-client (default ns=2;s=defectssft.)",
+    )
+    s.add_argument(
+        "--modbus-server",
+        metavar="[HOST:]PORT",
+        help="serve Modbus TCP coils/registers (host default 127.0.0.1)",
+    )
+    s.add_argument(
+        "--modbus-client",
+        metavar="HOST[:PORT]",
+        help="write the coils/registers into a PLC (port default 502)",
+    )
+    s.add_argument("--modbus-unit", type=count, default=1, help="unit id for --modbus-client")
+    s.add_argument("--mqtt", metavar="HOST[:PORT]", help="MQTT broker (port default 1883)")
+    s.add_argument(
+        "--mqtt-topic",
+        default="defectssft/line",
+        metavar="PREFIX",
+        help="topics PREFIX/result and PREFIX/status",
+    )
+    s.add_argument(
+        "--sink-queue",
+        type=count,
+        default=None,
+        metavar="N",
+        help="messages each sink holds while its peer is away (default 1000)",
+    )
+    s.add_argument(
+        "--part-id",
+        choices=PART_IDS,
+        default="auto",
+        help="part id in each result: camera counter, file name, or the PLC's value",
+    )
+    a = run.add_argument_group("result archive and health")
+    a.add_argument("--archive", metavar="DIR", help="keep NG/UNSURE images + result JSON here")
+    a.add_argument(
+        "--archive-max-gb",
+        type=positive,
+        default=10.0,
+        metavar="N",
+        help="oldest archived parts are deleted beyond this size (default 10)",
+    )
+    a.add_argument(
+        "--archive-ok-every",
+        type=count,
+        default=0,
+        metavar="K",
+        help="also archive every K-th OK part (default 0: none)",
+    )
+    a.add_argument(
+        "--metrics-port",
+        type=count,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port",
+    )
+    a.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address")
+    a.add_argument(
+        "--alarm-window",
+        type=count,
+        default=200,
+        metavar="N",
+        help="parts in the alarm's sliding window (default 200)",
+    )
+    a.add_argument(
+        "--alarm-reject-rate",
+        type=fraction,
+        default=None,
+        metavar="R",
+        help="alarm when the NG+UNSURE share of the window is above R",
+    )
+    a.add_argument(
+        "--alarm-score-drift",
+        type=fraction,
+        default=None,
+        metavar="D",
+        help="alarm when the window's mean score moves more than D from the first",
+    )
+
+
+def sink_config(args: Any) -> dict[str, Any]:
+    """The sinks YAML merged with the sink flags (flags win)."""
+    from defectssft_line.sinks import host_port, load_config
+
+    cfg = load_config(args.sinks)
+    if args.opcua_server:
+        host, port = host_port(args.opcua_server, "127.0.0.1", 4840, "--opcua-server")
+        cfg["opcua_server"] = {**cfg.get("opcua_server", {}), "host": host, "port": port}
+    if args.opcua_client:
+        cfg["opcua_client"] = {
+            **cfg.get("opcua_client", {}),
+            "url": args.opcua_client,
+            "prefix": args.opcua_nodes,
+        }
+    if args.modbus_server:
+        host, port = host_port(args.modbus_server, "127.0.0.1", 5020, "--modbus-server")
+        cfg["modbus_server"] = {**cfg.get("modbus_server", {}), "host": host, "port": port}
+    if args.modbus_client:
+        host, port = host_port(args.modbus_client, None, 502, "--modbus-client")
+        cfg["modbus_client"] = {
+            **cfg.get("modbus_client", {}),
+            "host": host,
+            "port": port,
+            "unit": args.modbus_unit,
+        }
+    if args.mqtt:
+        host, port = host_port(args.mqtt, None, 1883, "--mqtt")
+        cfg["mqtt"] = {**cfg.get("mqtt", {}), "host": host, "port": port, "topic": args.mqtt_topic}
+    if args.sink_queue is not None:
+        cfg["queue"] = args.sink_queue
+    return cfg
+
+
+def outputs_from_args(
+    args: Any, classes: list[str], log: Callable[[str], None] = _stderr
+) -> LineOutputs:
+    """Sinks, archive and health from the flags (not started)."""
+    from defectssft_line.sinks import build_sinks
+
+    sinks = build_sinks(sink_config(args), log=log)
+    archive = None
+    if args.archive:
+        archive = Archive(
+            args.archive, int(args.archive_max_gb * 1e9), args.archive_ok_every, log=log
+        )
+    health = Health(
+        max(1, args.alarm_window), args.alarm_reject_rate, args.alarm_score_drift, log=log
+    )
+    if args.metrics_port is not None:
+        health.serve_metrics(args.metrics_port, args.metrics_host)
+    return LineOutputs(sinks, archive, health, args.part_id, classes, log=log)

@@ -1,0 +1,230 @@
+"""What every verdict sink shares: a bounded queue, a worker thread, reconnect with backoff.
+
+A sink never stops inspection. ``publish`` only appends to the sink's queue (``queue_size``
+messages); when the queue is full the oldest message is dropped and counted. The worker thread
+sends in order; a send that fails closes the connection, logs one line, and the same message is
+sent again after a reconnect (backoff doubling from ``first_wait`` to ``max_wait`` seconds, as
+for the cameras), so a short drop-out loses nothing. The worker also sends a heartbeat
+every ``heartbeat_s`` seconds.
+
+A subclass implements ``open`` (connect or bind; raise on failure), ``send`` (one message),
+``beat`` (the heartbeat and status), ``shut`` (close the connection) and, for a server the PLC
+writes to, ``plc_part_id``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from defectssft_line.camera import DEFAULT_FIRST_WAIT, DEFAULT_MAX_WAIT, backoff
+from defectssft_line.model import LineError
+
+DEFAULT_QUEUE = 1000
+HEARTBEAT_S = 1.0
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(e).__name__
+
+
+class Sink:
+    """Base class: see the module docstring."""
+
+    kind = "sink"
+    #: True for a server (bind): failing to start stops the run. A client whose peer (PLC,
+    #: broker) is not up yet keeps retrying in the background instead.
+    server = False
+
+    def __init__(
+        self,
+        name: str,
+        queue_size: int = DEFAULT_QUEUE,
+        first_wait: float = DEFAULT_FIRST_WAIT,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        heartbeat_s: float = HEARTBEAT_S,
+        log: Callable[[str], None] = _stderr,
+    ) -> None:
+        self.name = name
+        self.queue_size = max(1, int(queue_size))
+        self.first_wait, self.max_wait = first_wait, max(max_wait, first_wait)
+        self.heartbeat_s = heartbeat_s
+        self._log = log
+        self._q: deque[dict[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.sent = 0
+        self.dropped = 0
+        self.failures = 0
+        self.reconnects = 0
+        self.last_error = ""
+        self.status: Callable[[], dict[str, Any]] = dict  # the line's status (set by the hub)
+
+    # ---------------------------------------------------------------- subclass hooks
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def send(self, msg: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def beat(self, status: dict[str, Any]) -> None:
+        """Heartbeat and status, every heartbeat_s seconds (default: nothing)."""
+
+    def shut(self) -> None:
+        """Close the connection (or stop the server); must not raise."""
+
+    def farewell(self, status: dict[str, Any]) -> None:
+        """Last words on a clean exit, while still connected (default: nothing)."""
+
+    def plc_part_id(self) -> str | None:
+        """A part id the PLC wrote before the trigger, if this sink offers one."""
+        return None
+
+    # ---------------------------------------------------------------- life cycle
+    def start(self) -> None:
+        """Connect or bind now. A server that cannot bind raises LineError (one line); a
+        client that cannot connect logs one warning line and keeps retrying."""
+        try:
+            self.open()
+            self.connected = True
+        except Exception as e:  # noqa: BLE001 - every failure is one line
+            self.shut()
+            self.last_error = first_line(e)
+            if self.server:
+                raise LineError(f"{self.name}: cannot start ({self.last_error})") from e
+            self.failures += 1
+            self._log(
+                f"warning: {self.name}: cannot connect ({self.last_error}); inspection goes on, "
+                "retrying in the background"
+            )
+        self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+        self._thread.start()
+
+    def publish(self, msg: dict[str, Any]) -> None:
+        """Queue ``msg``; never blocks. A full queue drops its oldest message (counted)."""
+        with self._cond:
+            if len(self._q) >= self.queue_size:
+                self._q.popleft()
+                self.dropped += 1
+            self._q.append(msg)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._q)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the queue to empty; True when it did."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._q and time.monotonic() < deadline:
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            return not self._q
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued (up to ``timeout`` s), then stop; the rest counts as dropped."""
+        if self._thread is not None:
+            self.flush(timeout)
+            self._stop.set()
+            with self._cond:
+                self._cond.notify_all()
+            self._thread.join(timeout=max(1.0, timeout))
+        with self._cond:
+            self.dropped += len(self._q)
+            self._q.clear()
+        if self.connected:
+            try:
+                self.farewell(self.status())
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+        self.shut()
+        self.connected = False
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "pending": self.pending(),
+            "reconnects": self.reconnects,
+            "failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+    # ---------------------------------------------------------------- worker
+    def _status(self) -> dict[str, Any]:
+        """The line's status; a failure to assemble it never costs the connection."""
+        try:
+            return self.status()
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def _fail(self, what: str, e: BaseException) -> None:
+        self.failures += 1
+        self.last_error = first_line(e)
+        self.connected = False
+        self.shut()
+        if self.failures <= 10 or self.failures % 100 == 0:
+            self._log(f"warning: {self.name}: {what} failed ({self.last_error}); reconnecting")
+
+    def _reconnect(self) -> bool:
+        attempt = 0
+        while not self._stop.is_set():
+            attempt += 1
+            if self._stop.wait(backoff(attempt, self.first_wait, self.max_wait)):
+                return False
+            try:
+                self.open()
+            except Exception as e:  # noqa: BLE001
+                self.failures += 1
+                self.last_error = first_line(e)
+                self.shut()
+                continue
+            self.connected = True
+            self.reconnects += 1
+            self._log(f"{self.name}: reconnected after {attempt} attempt(s)")
+            return True
+        return False
+
+    def _work(self) -> None:
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            with self._cond:
+                if not self._q:
+                    self._cond.wait(max(0.0, next_beat - time.monotonic()))
+                msg = self._q[0] if self._q else None
+            if self._stop.is_set():
+                return
+            if not self.connected and not self._reconnect():
+                return
+            if time.monotonic() >= next_beat:  # also while parts keep the queue busy
+                next_beat = time.monotonic() + self.heartbeat_s
+                try:
+                    self.beat(self._status())
+                except Exception as e:  # noqa: BLE001
+                    self._fail("heartbeat", e)
+                    continue
+            if msg is None:
+                continue
+            try:
+                self.send(msg)
+            except Exception as e:  # noqa: BLE001 - kept in the queue, sent after reconnect
+                self._fail("send", e)
+                continue
+            with self._cond:
+                if self._q and self._q[0] is msg:
+                    self._q.popleft()
+                self._cond.notify_all()
+            if msg.get("type", "result") == "result":
+                self.sent += 1  # results only, not busy/status messages

@@ -32,7 +32,7 @@ from defectssft_line.lineio import LineOutputs
 from defectssft_line.model import LineError
 from defectssft_line.sinks import build_sinks, host_port, load_config
 from defectssft_line.sinks.base import Sink
-from tests.test_line_runtime import export_fixed
+from tests.helpers import fixed_onnx_model
 
 genicam = pytest.importorskip("genicam")
 pytest.importorskip("harvesters")
@@ -62,7 +62,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return export_fixed(tmp_path_factory.mktemp("m") / "ng.onnx", [0.0, 0.0, 0.0])
+    return fixed_onnx_model(tmp_path_factory.mktemp("m") / "ng.onnx", [0.0, 0.0, 0.0])
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from torch import nn
 from defectssft.errors import DefectssftError
 from defectssft.metrics import defect_scores, roc_auc
 from defectssft.modeling import atomic_torch_save, build_model, default_normalization
+from defectssft.safeload import load_checkpoint, plain_rng_state, rng_state_from_plain
 from defectssft.training import ddp
 from defectssft.training import objectives as obj
 from defectssft.training.augment import StrongAugment, to_model_input, weak_transform
@@ -369,7 +370,7 @@ def train(
     if resume:
         if not last_path.is_file():
             raise DefectssftError(f"nothing to resume: {last_path} not found")
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(last_path, ("classes", "model", "optimizer", "step", "rng"))
         if ck.get("classes") != data.classes:
             raise DefectssftError(
                 f"cannot resume {run_dir.name}: the project's classes changed since it started "
@@ -385,7 +386,9 @@ def train(
         start_step, best_score, best_metrics = ck["step"], ck["best_score"], ck["best_metrics"]
         elapsed_before = ck["elapsed_s"]
         running_before = dict(ck.get("running", {}))
-        restored_rng = ck["rng"][info.rank] if info.rank < len(ck["rng"]) else None
+        restored_rng = (
+            rng_state_from_plain(ck["rng"][info.rank]) if info.rank < len(ck["rng"]) else None
+        )
         log.info("resumed from %s at step %d", last_path, start_step)
     train_model: nn.Module = model
     if info.enabled:
@@ -478,7 +481,7 @@ def train(
                 "best_score": best_score,
                 "best_metrics": best_metrics,
                 "elapsed_s": elapsed(),
-                "rng": rngs,
+                "rng": [plain_rng_state(r) for r in rngs],
                 "running": running,
                 "config": cfg,
                 "classes": data.classes,
@@ -651,9 +654,7 @@ def train(
             and best_score >= select_score(metrics, tc["select_metric"])
             and info.is_main
         ):
-            weights = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)[
-                "weights"
-            ]
+            weights = load_checkpoint(run_dir / "best.pt", ("weights",))["weights"]
             metrics = {k: v for k, v in best_metrics.items() if k != "step"}
     weights = {k: v.detach().cpu() for k, v in weights.items()}
     weights, metrics = ddp.broadcast_object(info, (weights, metrics))  # rank 0's choice everywhere

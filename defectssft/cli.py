@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from defectssft import __version__, ops_cli, project_cli
+from defectssft import __version__, check_cli, ops_cli, project_cli
 from defectssft.errors import DefectssftError
 from defectssft.training import cli as training_cli
 
@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     project_cli,  # init, import, status, classes, split, watch, capture, gc
     training_cli,  # train
     ops_cli,  # evaluate, export, promote, demo
+    check_cli,  # check
 )
 
 

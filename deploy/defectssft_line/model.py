@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from defectssft_line import preprocess
+from defectssft_line.metadata import MetadataError, validate_metadata
 
 FORMAT = "defectssft-model"
 SUPPORTED_FORMAT_VERSION = 1
@@ -122,22 +123,10 @@ def read_metadata(session: Any, path: Path) -> dict[str, Any]:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise LineModelError(f"{path}: corrupt defectssft metadata ({e.msg})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise LineModelError(f"{path}: not a defectssft model (metadata format is not '{FORMAT}')")
-    version = meta.get("format_version")
-    if not isinstance(version, int):
-        raise LineModelError(f"{path}: defectssft metadata without a format_version")
-    if version > SUPPORTED_FORMAT_VERSION:
-        raise LineModelError(
-            f"{path}: model format_version {version} is newer than this runtime supports "
-            f"({SUPPORTED_FORMAT_VERSION}); upgrade defectssft-line"
-        )
-    for key in ("classes", "input"):
-        if key not in meta:
-            raise LineModelError(f"{path}: defectssft metadata lacks '{key}'")
-    if not meta["classes"]:
-        raise LineModelError(f"{path}: defectssft metadata lists no classes")
-    return meta
+    try:
+        return validate_metadata(meta)
+    except MetadataError as e:
+        raise LineModelError(f"{path}: {e}") from None
 
 
 class LineModel:

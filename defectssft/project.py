@@ -26,6 +26,7 @@ from defectssft.errors import ProjectError
 from defectssft.fsutil import atomic_path
 from defectssft.imagecheck import ImageInfo, inspect_image_bytes
 from defectssft.storelock import store_lock
+from defectssft_line.names import safe_text
 
 SCHEMA_VERSION = 1
 DB_NAME = "project.db"
@@ -222,7 +223,8 @@ class PreparedImage:
 def prepare_image_bytes(
     data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, original_path: str | None = None
 ) -> PreparedImage:
-    where = original_path or name
+    name = safe_text(name)
+    where = safe_text(original_path or name)
     sha = hashlib.sha256(data).hexdigest()
     try:
         info = inspect_image_bytes(data, name, max_pixels=max_pixels)
@@ -237,7 +239,7 @@ def prepare_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
         data = p.read_bytes()
     except OSError as e:
         return PreparedImage(
-            p.name, str(p), "", None, None, f"cannot read file ({e.strerror or e})"
+            safe_text(p.name), safe_text(p), "", None, None, f"cannot read file ({e.strerror or e})"
         )
     return prepare_image_bytes(data, p.name, max_pixels, str(p))
 
@@ -593,6 +595,7 @@ class Project:
     ) -> AddResult:
         """Store a checked image (see ``prepare_image_bytes``) and record it in one transaction."""
         where, sha = prepared.where, prepared.sha256
+        source = safe_text(source)
         if prepared.error is not None:
             return self._quarantine(where, sha, prepared.error, source)
         label_id = self._class_id(label) if label is not None else None
@@ -1154,6 +1157,7 @@ class Project:
 
     # ----------------------------------------------------------------- hot-folder bookkeeping
     def seen_file(self, path: str, size: int, mtime_ns: int) -> str | None:
+        path = safe_text(path)
         row = (
             self._con()
             .execute(
@@ -1165,6 +1169,7 @@ class Project:
         return row[0] if row else None
 
     def mark_seen(self, path: str, size: int, mtime_ns: int, outcome: str) -> None:
+        path = safe_text(path)
         with self.transaction() as tx:
             tx.execute(
                 "INSERT OR REPLACE INTO seen_files VALUES (?,?,?,?,?)",

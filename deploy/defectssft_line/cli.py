@@ -13,6 +13,7 @@ The model file is re-checked while running and a newly promoted model is swapped
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -88,7 +89,7 @@ class Runner:
         model = self.holder.current()
         t0 = time.perf_counter()
         try:
-            image = decode_image(data, name)
+            image = decode_image(data, name, model.max_pixels)
             pred = model.classify([image])[0]
         except (ImageDecodeError, ValueError) as e:
             return self._error(name, model.version, t0, str(e))
@@ -291,6 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             unsure_low=args.unsure_low,
             unsure_high=args.unsure_high,
+            max_pixels=args.max_pixels,
         )
 
     holder = ModelHolder(args.model, load, poll_s=args.reload_poll, log=_log)
@@ -366,6 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-unsure", metavar="DIR", help="copy UNSURE images here (a project's watch folder)"
     )
     run.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads")
+    run.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse (ERROR record) images whose header declares more pixels, before decoding "
+        "(default: the model's input.max_pixels, else 200,000,000)",
+    )
     run.add_argument(
         "--reload-poll",
         type=float,
@@ -475,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 never crashes a print
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if (
             getattr(args, "unsure_low", None) is not None

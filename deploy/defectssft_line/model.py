@@ -18,6 +18,8 @@ from defectssft_line import preprocess
 from defectssft_line.metadata import MetadataError, validate_metadata
 
 FORMAT = "defectssft-model"
+# Images whose header declares more pixels are refused before decoding (as import does).
+DEFAULT_MAX_PIXELS = 200_000_000
 SUPPORTED_FORMAT_VERSION = 1
 METADATA_KEY = "defectssft"
 VERDICTS = ("OK", "NG", "UNSURE")
@@ -133,7 +135,12 @@ class LineModel:
     """One loaded, checked model: ``predict`` images, ``decide`` verdicts."""
 
     def __init__(
-        self, path: Path, session: Any, meta: dict[str, Any], thresholds: Thresholds
+        self,
+        path: Path,
+        session: Any,
+        meta: dict[str, Any],
+        thresholds: Thresholds,
+        max_pixels: int | None = None,
     ) -> None:
         self.path = path
         self.session = session
@@ -142,7 +149,9 @@ class LineModel:
         self.ok_class: str | None = meta.get("ok_class")
         inp = meta["input"]
         self.height, self.width = int(inp["height"]), int(inp["width"])
-        self.bit_depth = int(inp.get("bit_depth", 16))
+        self.bit_depth = int(inp.get("bit_depth") or 16)
+        # --max-pixels, else the model's input.max_pixels, else the default
+        self.max_pixels = int(max_pixels or inp.get("max_pixels") or DEFAULT_MAX_PIXELS)
         self.thresholds = thresholds
         self.version = str(meta.get("model_version", ""))
 
@@ -154,6 +163,7 @@ class LineModel:
         threshold: float | None = None,
         unsure_low: float | None = None,
         unsure_high: float | None = None,
+        max_pixels: int | None = None,
     ) -> LineModel:
         """Open, validate and smoke-test ``path``; LineModelError with one line if unusable."""
         import onnxruntime as ort
@@ -173,7 +183,7 @@ class LineModel:
             raise LineModelError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from e
         meta = read_metadata(session, path)
         thr = Thresholds.from_meta(meta).override(threshold, unsure_low, unsure_high)
-        model = cls(path, session, meta, thr)
+        model = cls(path, session, meta, thr, max_pixels)
         model._check_signature()
         return model
 

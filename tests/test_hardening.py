@@ -390,3 +390,14 @@ def test_no_labels_error_names_real_commands_and_leaves_no_run_folder(project: P
     assert cli_main(["train", str(project.root), "--set", "model.name=test_resnet"]) == 2
     assert "no labeled training images" in capsys.readouterr().err
     assert list(project.runs_dir.iterdir()) == []
+
+
+def test_a_header_beyond_opencvs_own_limits_is_a_one_line_error(project: Project, tmp_path):
+    """Found by the fuzz suite: OpenCV raises (not returns None) for a width over 2^20."""
+    ok, buf = cv2.imencode(".bmp", noise_image(1, 4))
+    data = bytearray(buf.tobytes())
+    data[18:22] = struct.pack("<i", 0x01000001)
+    with pytest.raises(preprocess.ImageDecodeError, match="not a readable image"):
+        preprocess.decode_image(bytes(data), "wide.bmp", max_pixels=200_000_000)
+    res = project.add_image_bytes(bytes(data), "wide.bmp")
+    assert res.status == "quarantined" and "\n" not in res.reason

@@ -72,7 +72,13 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None
         if size is not None and size[0] * size[1] > max_pixels:
             raise _too_large(name, size[0], size[1], max_pixels)
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # e.g. a header whose width exceeds OpenCV's own limits
+        detail = str(e).strip().splitlines()[-1].split(") ", 1)[-1][:120] if str(e) else ""
+        raise ImageDecodeError(
+            f"{name}: not a readable image (corrupt header{': ' + detail if detail else ''})"
+        ) from None
     if img is None or img.size == 0:
         raise ImageDecodeError(f"{name}: not a readable image (corrupt or unsupported format)")
     if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:

@@ -193,8 +193,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     project = Project.open(args.project)
 
     def report(path, result) -> None:  # type: ignore[no-untyped-def]
+        from defectssft_line.names import safe_text
+
+        path = safe_text(path)
         line = {
-            "file": str(path),
+            "file": path,
             "status": result.status,
             "image_id": result.image_id,
             "reason": result.reason,

@@ -23,17 +23,30 @@ LOCK_NAME = ".store.lock"
 _local = threading.local()
 
 
+class _LockFile:
+    """An open lock file; closed when its thread ends (the thread-local dict is dropped)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
 def _fd(root: Path) -> int | None:
     """One open lock file per thread and project (flock locks belong to an open file)."""
-    fds: dict[str, int] = getattr(_local, "fds", None) or {}
-    _local.fds = fds
+    files: dict[str, _LockFile] = getattr(_local, "files", None) or {}
+    _local.files = files
     key = str(root)
-    if key not in fds:
+    if key not in files:
         try:
-            fds[key] = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+            files[key] = _LockFile(os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666))
         except OSError:
             return None  # a read-only project folder: nothing is deleted or written there anyway
-    return fds[key]
+    return files[key].fd
 
 
 @contextlib.contextmanager

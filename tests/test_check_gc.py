@@ -145,3 +145,36 @@ def test_check_reports_a_missing_or_stale_production_export(tmp_path):
     assert not rep.ok and "holds model" in rep.problems[0]
     production_path(project).unlink()
     assert "production model" in check_project(project).problems[0]
+
+
+def test_gc_with_no_grace_in_a_loop_during_a_cli_import_loses_nothing(
+    project: Project, tmp_path: Path
+):
+    """The issue's reproduction, made harsher: gc --grace 0 over and over while another process
+    imports. Only the store lock protects the files here."""
+    import subprocess
+    import sys
+
+    from tests.conftest import noise_image, write_image
+
+    repo = Path(__file__).resolve().parents[1]
+    folder = tmp_path / "batch"
+    for i in range(120):
+        write_image(folder / f"{i:03d}.png", noise_image(32, 32, seed=7000 + i))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "deploy")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "defectssft", "import", str(project.root), str(folder), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    rounds = 0
+    while proc.poll() is None or rounds == 0:
+        collect_garbage(project, grace_s=0)
+        rounds += 1
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["added"] == 120
+    report = check_project(project)
+    assert report.ok and report.images == 120, report.problems

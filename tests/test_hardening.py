@@ -62,6 +62,7 @@ def test_safe_text_keeps_valid_names_and_escapes_bad_bytes():
     assert safe_text("Prüfteil_ä.png") == "Prüfteil_ä.png"
     assert safe_text(LATIN1) == "caf\\xe9.png"
     assert safe_text("\ud800x") == "\\ud800x"
+    assert safe_text("two\nlines\r.png") == "two\\x0alines\\x0d.png"
     safe_text(LATIN1).encode("utf-8")
 
 

@@ -36,6 +36,7 @@ from defectssft_line.camera import (
 from defectssft_line.hotfolder import HotFolder
 from defectssft_line.hotswap import ModelHolder
 from defectssft_line.model import LineError, LineModel
+from defectssft_line.names import safe_text
 from defectssft_line.output import (
     FORMATS,
     ResultWriter,
@@ -88,13 +89,14 @@ class Runner:
     def score_bytes(self, name: str, data: bytes, source: Path | None = None) -> dict:
         model = self.holder.current()
         t0 = time.perf_counter()
+        shown = safe_text(name)  # a newline in a file name must not split the error line
         try:
-            image = decode_image(data, name, model.max_pixels)
+            image = decode_image(data, shown, model.max_pixels)
             pred = model.classify([image])[0]
         except (ImageDecodeError, ValueError) as e:
             return self._error(name, model.version, t0, str(e))
         except Exception as e:  # noqa: BLE001 - one odd image must never stop the line
-            return self._error(name, model.version, t0, f"{name}: {type(e).__name__}: {e}")
+            return self._error(name, model.version, t0, f"{shown}: {type(e).__name__}: {e}")
         rec = record(
             name,
             pred.verdict,

@@ -175,9 +175,10 @@ def test_sigkill_at_random_points_loses_nothing(op, base, step_counts, tmp_path)
                     assert project.production_model() == "v0002"
 
 
-def test_write_the_tally(tmp_path):
+def test_write_the_tally(step_counts):
     """Runs last: the figures for RELIABILITY.md when DEFECTSSFT_FAULT_REPORT is set."""
     target = os.environ.get("DEFECTSSFT_FAULT_REPORT")
     if target:
-        Path(target).write_text(json.dumps({"seed": SEED, "per_command": TALLY}, indent=2))
+        report = {"seed": SEED, "steps": step_counts, "per_command": TALLY}
+        Path(target).write_text(json.dumps(report, indent=2))
     assert all(t["rows_lost"] == 0 and t["problems"] == 0 for t in TALLY.values())

@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 TRIALS = int(os.environ.get("DEFECTSSFT_FAULT_TRIALS", "2"))
 SEED = int(os.environ.get("DEFECTSSFT_FAULT_SEED", "14"))
 OPERATIONS = ("import", "watch", "train", "export", "promote")
+# pytest-timeout's default 300 s per test does not fit a larger run on a busy machine.
+pytestmark = pytest.mark.timeout(300 + 150 * TRIALS)
 TALLY: dict[str, dict[str, int]] = {}
 
 

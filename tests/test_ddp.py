@@ -48,7 +48,11 @@ def test_two_process_gloo_training(tmp_path):
     script.write_text(
         SCRIPT.format(repo=str(REPO), out=str(tmp_path), project=str(project.root), tiny=tiny)
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "deploy")]),
+    }
     cmd = [
         sys.executable,
         "-m",

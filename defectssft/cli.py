@@ -7,10 +7,11 @@ collects them, so ``defectssft --help`` stays fast (heavy imports happen inside 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
-from defectssft import __version__, import_cli, ops_cli, project_cli
+from defectssft import __version__, check_cli, import_cli, ops_cli, project_cli
 from defectssft.errors import DefectssftError
 from defectssft.training import cli as training_cli
 
@@ -20,6 +21,7 @@ COMMAND_MODULES = (
     import_cli,  # imports (list, undo)
     training_cli,  # train
     ops_cli,  # evaluate, export, promote, demo
+    check_cli,  # check
 )
 
 
@@ -41,14 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 never crashes a print
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         rc = int(args.func(args) or 0)
+        sys.stdout.flush()
     except DefectssftError as e:
         print(f"error: {e}", file=sys.stderr)
         rc = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         rc = 130
+    except BrokenPipeError:  # `defectssft status | head`: the reader has gone, and that is fine
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        rc = 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun worker: see exit_process
         from defectssft.training.ddp import exit_process
 

@@ -65,7 +65,7 @@ def inspect_image_bytes(data: bytes, name: str, max_pixels: int) -> ImageInfo:
             f"{name}: image too large ({size[0]}x{size[1]} px, limit {max_pixels:,} pixels)"
         )
     try:
-        img = decode_image(data, name)
+        img = decode_image(data, name, max_pixels)
     except ImageDecodeError as e:
         raise ValueError(str(e)) from None
     h, w, c, depth = image_info(img)

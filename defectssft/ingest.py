@@ -33,6 +33,7 @@ from defectssft.project import (
     utcnow,
     validate_class_name,
 )
+from defectssft_line.names import safe_text
 from defectssft_line.preprocess import check_complete, is_image_name
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class PreparedImage:
 def prepare_image_bytes(
     data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, original_path: str | None = None
 ) -> PreparedImage:
-    where = original_path or name
+    name = safe_text(name)
+    where = safe_text(original_path or name)
     sha = hashlib.sha256(data).hexdigest()
     try:
         info = inspect_image_bytes(data, name, max_pixels=max_pixels)
@@ -71,7 +73,7 @@ def prepare_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
         data = p.read_bytes()
     except OSError as e:
         return PreparedImage(
-            p.name, str(p), "", None, None, f"cannot read file ({e.strerror or e})"
+            safe_text(p.name), safe_text(p), "", None, None, f"cannot read file ({e.strerror or e})"
         )
     return prepare_image_bytes(data, p.name, max_pixels, str(p))
 
@@ -150,6 +152,9 @@ class ImportSummary:
     labeled: int = 0
     new_classes: list[str] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # Same bytes as an image that already has another label: (path, what happened).
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+    restored: int = 0  # duplicates whose missing stored file this import wrote again
     seconds: float = 0.0
 
     @property
@@ -164,6 +169,8 @@ class ImportSummary:
             "labeled": self.labeled,
             "new_classes": self.new_classes,
             "problems": [{"path": p, "reason": r} for p, r in self.problems],
+            "conflicts": [{"path": p, "reason": r} for p, r in self.conflicts],
+            "restored": self.restored,
             "seconds": round(self.seconds, 3),
         }
 
@@ -173,6 +180,7 @@ class ImportSummary:
             self.labeled += int(labeled)
         elif result.status == "duplicate":
             self.duplicates += 1
+            self.restored += int(result.restored)
         else:
             self.quarantined += 1
             self.problems.append((result.path or "?", result.reason or "?"))
@@ -241,6 +249,18 @@ def import_paths(
     ok_class = project.ok_class or "ok"
     defect_class = next((c for c in project.class_names() if c != ok_class), "defect")
     known = set(project.class_names())
+    # Every label is read and checked before anything is stored: a folder name that is not a
+    # usable class name stops the batch with one line instead of importing part of it.
+    labels = {path: rule.label_for(path, ok_class, defect_class) for path in files}
+    for path, label in labels.items():
+        if label is not None and label not in known:
+            try:
+                validate_class_name(label)
+            except DefectssftError as e:
+                raise IngestError(
+                    f"{safe_text(path)}: {e} (label from --label-from {rule.kind}); nothing was "
+                    "imported: rename it or choose another --label-from"
+                ) from None
     workers = workers or min(4, (os.cpu_count() or 2))
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -248,7 +268,7 @@ def import_paths(
         for chunk in _chunks(files, 32):
             prepared = pool.map(lambda f: prepare_image_file(f, max_pixels), chunk)
             for path, prep in zip(chunk, prepared, strict=True):
-                label = rule.label_for(path, ok_class, defect_class)
+                label = labels[path]
                 if label is not None and label not in known and prep.error is None:
                     label = _ensure_class(
                         project,
@@ -261,6 +281,16 @@ def import_paths(
                     summary.new_classes.append(label)
                 result = project.add_prepared(prep, source=source, label=label, who=who)
                 summary.count(result, label is not None)
+                if result.status == "duplicate" and label is not None:
+                    have = project.get_image(result.image_id).label
+                    if have != label:
+                        summary.conflicts.append(
+                            (
+                                prep.where,
+                                f"same content as image {result.image_id}, labeled {have!r}: "
+                                f"label {label!r} not applied",
+                            )
+                        )
                 done += 1
                 if progress:
                     progress(done, len(files))
@@ -284,16 +314,20 @@ class _Pending:
     size: int
     mtime_ns: int
     stable_since: float
+    incomplete: bool = False  # read once at this size/mtime and found truncated or empty
 
 
 class HotFolder:
     """Ingest files dropped into ``folder``, each once, only after it is completely written.
 
     A file is taken when its size and modification time have not changed for ``settle`` seconds
-    and, for JPEG/PNG, its end marker is present. Names ending in .tmp/.part/~ or starting with
+    and, for JPEG/PNG, its end marker is present. A file that stays truncated or empty for the
+    grace period (``max(10 * settle, 5)`` s) is quarantined with its reason; until then it is
+    read once per change, not on every scan. Names ending in .tmp/.part/~ or starting with
     '.' are ignored until renamed. ``after``: 'keep' leaves files where they are (the project
     remembers path, size and mtime, so a restart does not ingest them again), 'move' moves them to
     ``_ingested/`` and bad ones to ``_quarantine/`` inside the folder, 'delete' removes them.
+    A file that cannot be handled at all is reported once and skipped until it changes.
     """
 
     def __init__(
@@ -310,17 +344,24 @@ class HotFolder:
         self.project = project
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise IngestError(f"{self.folder}: no such folder to watch")
+            raise IngestError(f"{safe_text(self.folder)}: no such folder to watch")
         if after not in ("keep", "move", "delete"):
             raise IngestError(f"--after must be keep, move or delete, not {after!r}")
         self.settle = settle
         self.after = after
-        self.source = source or f"hotfolder:{self.folder.resolve()}"
+        self.source = source or f"hotfolder:{safe_text(self.folder.resolve())}"
         self.max_pixels = max_pixels
         self.on_result = on_result
         self.clock = clock
         self._pending: dict[Path, _Pending] = {}
+        self._failed: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime) that failed
         self.counts = {"added": 0, "duplicate": 0, "quarantined": 0}
+        self.errors = 0
+
+    @property
+    def grace(self) -> float:
+        """How long a truncated or empty file may wait for its writer before quarantine."""
+        return max(10 * self.settle, 5.0)
 
     def _candidates(self) -> Iterator[Path]:
         for entry in os.scandir(self.folder):
@@ -340,38 +381,71 @@ class HotFolder:
         for path in self._candidates():
             present.add(path)
             try:
-                st = path.stat()
-            except OSError:
-                continue  # vanished between listing and stat
-            if self.after == "keep" and self.project.seen_file(
-                str(path.resolve()), st.st_size, st.st_mtime_ns
-            ):
+                result = self._scan_file(path, now)
+            except Exception as e:  # noqa: BLE001 - one file never stops the folder
+                self._failed_once(path, e)
                 continue
-            pending = self._pending.get(path)
-            if pending is None or (pending.size, pending.mtime_ns) != (st.st_size, st.st_mtime_ns):
-                self._pending[path] = _Pending(st.st_size, st.st_mtime_ns, now)
-                continue
-            if now - pending.stable_since < self.settle or st.st_size == 0:
-                continue
-            result = self._ingest(path, st)
             if result is not None:
                 results.append((path, result))
         for gone in set(self._pending) - present:
             del self._pending[gone]
+        for gone in set(self._failed) - present:
+            del self._failed[gone]
         return results
 
-    def _ingest(self, path: Path, st: os.stat_result) -> AddResult | None:
+    def _failed_once(self, path: Path, error: Exception) -> None:
+        try:
+            st = path.stat()
+            sig = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            sig = (-1, -1)
+        if self._failed.get(path) != sig:
+            self.errors += 1
+            log.error(
+                "%s: cannot ingest (%s: %s); skipped until the file changes",
+                safe_text(path),
+                type(error).__name__,
+                safe_text(str(error)),
+            )
+        self._failed[path] = sig
+        self._pending.pop(path, None)
+
+    def _scan_file(self, path: Path, now: float) -> AddResult | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None  # vanished between listing and stat
+        sig = (st.st_size, st.st_mtime_ns)
+        if path in self._failed:
+            if self._failed[path] == sig:
+                return None
+            del self._failed[path]
+        if self.after == "keep" and self.project.seen_file(
+            str(path.resolve()), st.st_size, st.st_mtime_ns
+        ):
+            return None
+        pending = self._pending.get(path)
+        if pending is None or (pending.size, pending.mtime_ns) != sig:
+            self._pending[path] = _Pending(st.st_size, st.st_mtime_ns, now)
+            return None
+        waited = now - pending.stable_since
+        if waited < self.settle:
+            return None
+        if pending.incomplete and waited < self.grace:
+            return None  # already found truncated at this size: no re-read until the grace ends
+        return self._ingest(path, st, give_up=waited >= self.grace)
+
+    def _ingest(self, path: Path, st: os.stat_result, give_up: bool = True) -> AddResult | None:
         try:
             data = path.read_bytes()
         except OSError as e:
-            log.warning("%s: cannot read (%s); will retry", path, e.strerror)
+            log.warning("%s: cannot read (%s); will retry", safe_text(path), e.strerror)
             return None
         if len(data) != st.st_size:
             return None  # still growing
-        if check_complete(data) is not None and self.clock() - self._pending[
-            path
-        ].stable_since < max(10 * self.settle, 5.0):
-            # Looks truncated: a slow writer may still be busy. Give it time before quarantining.
+        if check_complete(data) is not None and not give_up:
+            # Looks truncated (or empty): a slow writer may still be busy. Give it time.
+            self._pending[path].incomplete = True
             return None
         capture = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat(
             timespec="milliseconds"
@@ -379,8 +453,8 @@ class HotFolder:
         prep = prepare_image_bytes(data, path.name, self.max_pixels, str(path))
         result = self.project.add_prepared(prep, source=self.source, capture_time=capture)
         self.counts[result.status] += 1
+        self._pending.pop(path, None)
         self._finish(path, st, result)
-        del self._pending[path]
         if self.on_result:
             self.on_result(path, result)
         return result
@@ -402,26 +476,35 @@ class HotFolder:
                     dest = dest_dir / f"{path.stem}-{time.time_ns()}{path.suffix}"
                 shutil.move(str(path), dest)
                 if result.status == "quarantined":
-                    dest.with_name(dest.name + ".reason.txt").write_text(f"{result.reason}\n")
+                    dest.with_name(dest.name + ".reason.txt").write_text(
+                        f"{safe_text(result.reason or '')}\n", encoding="utf-8"
+                    )
         except OSError as e:
             # The image is safely in the project; a file we could not move is only marked seen.
-            log.warning("%s: ingested, but could not %s it (%s)", path, self.after, e.strerror)
+            log.warning(
+                "%s: ingested, but could not %s it (%s)", safe_text(path), self.after, e.strerror
+            )
             self.project.mark_seen(str(path.resolve()), st.st_size, st.st_mtime_ns, result.status)
 
     def run(
         self, stop: threading.Event | None = None, poll: float = 0.5, use_events: bool = True
     ) -> None:
-        """Watch until ``stop`` is set (or Ctrl-C). File-system events wake the scan early;
-        a periodic scan catches what events miss (network shares, restarts)."""
+        """Watch until ``stop`` is set (or Ctrl-C). File-system events that change the folder
+        wake the scan early (reading a file does not); a periodic scan catches what events miss
+        (network shares, restarts). The same scan error is logged once, not on every scan."""
         stop = stop or threading.Event()
         wake = threading.Event()
         observer = _start_observer(self.folder, wake) if use_events else None
+        last_error = None
         try:
             while not stop.is_set():
                 try:
                     self.scan_once()
+                    last_error = None
                 except Exception as e:  # noqa: BLE001 - a hot folder must never stop
-                    log.error("hot folder scan failed: %s; retrying", e)
+                    if str(e) != last_error:
+                        log.error("hot folder scan failed: %s; retrying", safe_text(str(e)))
+                    last_error = str(e)
                 wake.wait(poll if self._pending else max(poll, 1.0))
                 wake.clear()
         finally:
@@ -430,19 +513,30 @@ class HotFolder:
                 observer.join(timeout=5)
 
 
+# Events that change what is in the folder; reading a file (opened / closed without writing)
+# must not wake the scan, or each scan's own reads would start the next one at once.
+WAKE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
+
+
+def _wake_handler(wake: threading.Event):  # type: ignore[no-untyped-def]
+    from watchdog.events import FileSystemEventHandler
+
+    class _WakeOnChange(FileSystemEventHandler):
+        def on_any_event(self, event) -> None:  # type: ignore[no-untyped-def]
+            if event.event_type in WAKE_EVENTS:
+                wake.set()
+
+    return _WakeOnChange()
+
+
 def _start_observer(folder: Path, wake: threading.Event):  # type: ignore[no-untyped-def]
     try:
-        from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
     except ImportError:  # pragma: no cover - watchdog is a dependency; polling still works
         return None
 
-    class _Wake(FileSystemEventHandler):
-        def on_any_event(self, event) -> None:  # type: ignore[no-untyped-def]
-            wake.set()
-
     observer = Observer()
-    observer.schedule(_Wake(), str(folder), recursive=False)
+    observer.schedule(_wake_handler(wake), str(folder), recursive=False)
     observer.daemon = True
     observer.start()
     return observer
@@ -526,4 +620,8 @@ def capture(
                 break
     finally:
         cap.release()
+    if counts["frames"] == 0 and not stop.is_set():
+        raise IngestError(
+            f"{safe_text(source)}: no frames could be read (not a video, or an empty one)"
+        )
     return counts

@@ -78,9 +78,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from defectssft.export import export_project_model
+    from defectssft.export import ExportError, export_project_model
 
     project = _open(args.project)
+    if args.output is not None:
+        out = Path(args.output)
+        if out.is_dir():
+            raise ExportError(
+                f"-o {out}: is a folder; give the file to write, e.g. -o {out / 'model.onnx'}"
+            )
+        if out.parent.exists() and not out.parent.is_dir():
+            raise ExportError(f"-o {out}: {out.parent} is not a folder")
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
     result = export_project_model(
         project,

@@ -31,6 +31,8 @@ from defectssft.splits import stratified_holdout
 
 if TYPE_CHECKING:  # image preparation lives in ingest.py, which imports this module
     from defectssft.ingest import PreparedImage
+from defectssft.storelock import store_lock
+from defectssft_line.names import safe_text
 
 SCHEMA_VERSION = 1
 DB_NAME = "project.db"
@@ -189,6 +191,7 @@ class AddResult:
     sha256: str | None = None
     reason: str | None = None
     path: str | None = None
+    restored: bool = False  # a duplicate whose missing/damaged stored file was written again
 
 
 @dataclass(slots=True)
@@ -594,24 +597,39 @@ class Project(ModelRegistry):
     ) -> AddResult:
         """Store a checked image (see ``prepare_image_bytes``) and record it in one transaction."""
         where, sha = prepared.where, prepared.sha256
+        source = safe_text(source)
         if prepared.error is not None:
             return self._quarantine(where, sha, prepared.error, source)
         label_id = self._class_id(label) if label is not None else None
-        existing = self._con().execute("SELECT id FROM images WHERE sha256=?", (sha,)).fetchone()
-        if existing:
-            self._label_if_unlabeled(existing[0], label_id, who)
-            return AddResult("duplicate", existing[0], sha, DUPLICATE_REASON, where)
+        # Shared store lock: `gc` (exclusive) never deletes a file between our write and commit.
+        with store_lock(self.root):
+            return self._add_locked(prepared, source, capture_time, label_id, who)
+
+    def _add_locked(
+        self,
+        prepared: PreparedImage,
+        source: str,
+        capture_time: str | None,
+        label_id: int | None,
+        who: str,
+    ) -> AddResult:
+        where, sha = prepared.where, prepared.sha256
         info = prepared.info
         assert info is not None and prepared.data is not None
+        existing = (
+            self._con()
+            .execute("SELECT id, ext, file_size FROM images WHERE sha256=?", (sha,))
+            .fetchone()
+        )
+        if existing:
+            restored = self._restore_file(self.image_file(sha, existing[1]), prepared, verify=True)
+            self._label_if_unlabeled(existing[0], label_id, who)
+            reason = DUPLICATE_REASON + (
+                "; its missing stored file was restored" if restored else ""
+            )
+            return AddResult("duplicate", existing[0], sha, reason, where, restored=restored)
         dest = self.image_file(sha, info.ext)
-        if not dest.exists():
-            try:
-                _atomic_write(dest, prepared.data)
-            except OSError as e:
-                raise ProjectError(
-                    f"{where}: cannot store the image in {self.images_dir} ({e.strerror or e}); "
-                    "free disk space and import again (images already stored are kept)"
-                ) from e
+        self._restore_file(dest, prepared)
         now = utcnow()
         try:
             with self._disk_errors(where), self.transaction() as tx:
@@ -641,6 +659,29 @@ class Project(ModelRegistry):
             self._label_if_unlabeled(row[0], label_id, who)
             return AddResult("duplicate", row[0], sha, DUPLICATE_REASON, where)
         return AddResult("added", image_id, sha, None, where)
+
+    def _restore_file(self, dest: Path, prepared: PreparedImage, verify: bool = False) -> bool:
+        """Make sure ``dest`` holds the image: write it when missing, of the wrong size or (with
+        ``verify``) of the wrong content; True when it had to be written. A file already there
+        gets a fresh mtime, so that ``gc``'s grace period counts from this import."""
+        assert prepared.data is not None
+        try:
+            if dest.stat().st_size == len(prepared.data) and (
+                not verify or hashlib.sha256(dest.read_bytes()).hexdigest() == prepared.sha256
+            ):
+                os.utime(dest)
+                return False
+        except OSError:
+            pass  # missing or unreadable: write it again below
+        try:
+            _atomic_write(dest, prepared.data)
+        except OSError as e:
+            raise ProjectError(
+                f"{prepared.where}: cannot store the image in {self.images_dir} "
+                f"({e.strerror or e}); free disk space and import again "
+                "(images already stored are kept)"
+            ) from e
+        return True
 
     def _label_if_unlabeled(self, image_id: int, label_id: int | None, who: str) -> None:
         if label_id is None:
@@ -1033,6 +1074,7 @@ class Project(ModelRegistry):
 
     # ----------------------------------------------------------------- hot-folder bookkeeping
     def seen_file(self, path: str, size: int, mtime_ns: int) -> str | None:
+        path = safe_text(path)
         row = (
             self._con()
             .execute(
@@ -1044,6 +1086,7 @@ class Project(ModelRegistry):
         return row[0] if row else None
 
     def mark_seen(self, path: str, size: int, mtime_ns: int, outcome: str) -> None:
+        path = safe_text(path)
         with self.transaction() as tx:
             tx.execute(
                 "INSERT OR REPLACE INTO seen_files VALUES (?,?,?,?,?)",
@@ -1051,17 +1094,15 @@ class Project(ModelRegistry):
             )
 
     # ----------------------------------------------------------------- maintenance
-    def gc(self) -> int:
-        """Remove image files no row refers to (left by a process killed mid-import)."""
-        known = {r[0] + r[1] for r in self._con().execute("SELECT sha256, ext FROM images")}
-        removed = 0
-        for f in self.images_dir.glob("*/*"):
-            if f.name not in known and not f.name.endswith(".tmp"):
-                f.unlink(missing_ok=True)
-                removed += 1
-        for f in self.images_dir.glob("*/*.tmp"):
-            f.unlink(missing_ok=True)
-        return removed
+    def gc(self, grace_s: float | None = None) -> int:
+        """Remove orphan image files and stale temporary files; returns how many were removed.
+
+        Only files older than ``grace_s`` (default ``check.GC_GRACE_S``) and never while an
+        importer holds the store lock; see ``defectssft.check.collect_garbage``.
+        """
+        from defectssft.check import collect_garbage
+
+        return collect_garbage(self, grace_s).removed
 
 
 def _atomic_write(dest: Path, data: bytes) -> None:

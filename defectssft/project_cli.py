@@ -64,6 +64,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     for split, c in st["by_split"].items():
         print(f"  {split:<16} {c['labeled']:>8} {c['unlabeled']:>10}")
     print(f"models: {st['models']}  production: {st['production_model'] or '-'}")
+    from defectssft.check import missing_image_files
+
+    missing = missing_image_files(project)
+    if missing:
+        print(
+            f"warning: {len(missing)} image(s) have no stored file: run `defectssft check "
+            f"{project.root}` and import the originals again"
+        )
     if args.quarantine:
         for q in project.quarantined():
             print(f"  quarantined {q['path']}: {q['reason']}")
@@ -155,8 +163,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     project = Project.open(args.project)
 
     def report(path, result) -> None:  # type: ignore[no-untyped-def]
+        from defectssft_line.names import safe_text
+
+        path = safe_text(path)
         line = {
-            "file": str(path),
+            "file": path,
             "status": result.status,
             "image_id": result.image_id,
             "reason": result.reason,
@@ -205,8 +216,13 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    removed = Project.open(args.project).gc()
-    print(f"removed {removed} orphan image files")
+    from defectssft.check import collect_garbage
+
+    report = collect_garbage(Project.open(args.project), args.grace)
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print(report.summary())
     return 0
 
 
@@ -331,8 +347,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_capture)
 
-    p = sub.add_parser("gc", help="remove image files left by an interrupted import")
+    p = sub.add_parser(
+        "gc", help="remove image and temporary files left by interrupted imports and exports"
+    )
     p.add_argument("project")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        metavar="S",
+        help="only remove files older than this many seconds (default 3600: an import "
+        "running now may still commit them)",
+    )
+    p.add_argument("--json", action="store_true", help="list what was removed as JSON")
     p.set_defaults(func=cmd_gc)
 
 

@@ -360,7 +360,7 @@ def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
     assert proc.returncode == 130, err
     assert '"event": "stopped"' in out
     runs = list((p.root / "runs").iterdir())
-    ck = torch.load(runs[0] / "last.pt", map_location="cpu", weights_only=False)
+    ck = torch.load(runs[0] / "last.pt", map_location="cpu", weights_only=True)
     assert 1 <= ck["step"] < 100000 and ck["model"]
     assert not (p.root / "models" / "v0001").exists()
     rc = cli_main(["train", str(p.root), "--resume", runs[0].name, "--max-time", "0.001s"])

@@ -90,6 +90,7 @@ def train_project(
 
     project = Project.open(project_path)
     info = ddp.setup((config_overrides or {}).get("train", {}).get("device", "auto"))
+    run_dir: Path | None = None
     try:
         if resume:
             run_dir = find_run(project.root, resume if isinstance(resume, str) else None)
@@ -186,5 +187,11 @@ def train_project(
             if handler is not None:
                 logging.getLogger("defectssft").removeHandler(handler)
                 handler.close()
+    except BaseException:
+        # A new run that failed before its first checkpoint (bad data, bad config) leaves nothing.
+        if not resume and info.is_main and run_dir is not None:
+            if not (run_dir / "last.pt").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         ddp.cleanup(info)

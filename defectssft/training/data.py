@@ -58,8 +58,8 @@ class TrainData:
             )
         if not self.labeled:
             raise DataError(
-                "no labeled training images: label some in the app (defectssft-gui) or import "
-                "them with labels (defectssft import --label-from ...)"
+                "no labeled training images: label some in the app (defectssft-gui PROJECT) "
+                "or import labeled ones (defectssft import PROJECT DIR --label-from folder)"
             )
         bad = [lab for _, lab in self.labeled + self.val if not 0 <= lab < len(self.classes)]
         if bad:

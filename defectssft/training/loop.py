@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from defectssft import safeload
 from defectssft.errors import DefectssftError
 from defectssft.inspection import to_model_input
 from defectssft.metrics import classification_metrics
@@ -250,7 +251,7 @@ def save_checkpoint(
             "best_score": run.best_score,
             "best_metrics": run.best_metrics,
             "elapsed_s": elapsed_s,
-            "rng": rngs,
+            "rng": [safeload.plain_rng_state(r) for r in rngs],  # tensors: weights_only loads
             "running": run.running,
             "config": cfg,
             "classes": classes,
@@ -267,7 +268,7 @@ def load_checkpoint(
     DefectssftError when there is nothing to resume or the project's classes changed."""
     if not path.is_file():
         raise DefectssftError(f"nothing to resume: {path} not found")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = safeload.load_checkpoint(path, ("classes", "model", "optimizer", "step", "rng"))
     if ck.get("classes") != classes:
         raise DefectssftError(
             f"cannot resume {path.parent.name}: the project's classes changed since it started "
@@ -288,7 +289,8 @@ def load_checkpoint(
         ck["elapsed_s"],
         dict(ck.get("running", {})),
     )
-    return unlabeled, run, ck["rng"][rank] if rank < len(ck["rng"]) else None
+    rng = safeload.rng_state_from_plain(ck["rng"][rank]) if rank < len(ck["rng"]) else None
+    return unlabeled, run, rng
 
 
 def gather_rng_states(info: ddp.DistInfo) -> list[Any]:
@@ -736,6 +738,6 @@ def choose_weights(
         and run.best_score >= select_score(final_metrics, train_cfg.select_metric)
         and info.is_main
     ):
-        best = torch.load(best_path, map_location="cpu", weights_only=False)["weights"]
+        best = safeload.load_checkpoint(best_path, ("weights",))["weights"]
         return best, {k: v for k, v in run.best_metrics.items() if k != "step"}
     return final_weights, final_metrics

@@ -15,6 +15,7 @@ The model file is re-checked while running and a newly promoted model is swapped
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -39,6 +40,7 @@ from defectssft_line.hotfolder import HotFolder
 from defectssft_line.hotswap import ModelHolder
 from defectssft_line.lineio import LineOutputs, add_arguments, outputs_from_args
 from defectssft_line.model import LineError, LineModel
+from defectssft_line.names import safe_text
 from defectssft_line.output import (
     FORMATS,
     ResultWriter,
@@ -103,13 +105,14 @@ class Runner:
     def score_bytes(self, name: str, data: bytes, source: Path | None = None) -> dict:
         model = self.holder.current()
         t0 = time.perf_counter()
+        shown = safe_text(name)  # a newline in a file name must not split the error line
         try:
-            image = decode_image(data, name)
+            image = decode_image(data, shown, model.max_pixels)
             pred = model.classify([image])[0]
         except (ImageDecodeError, ValueError) as e:
             return self._error(name, model.version, t0, str(e))
         except Exception as e:  # noqa: BLE001 - one odd image must never stop the line
-            return self._error(name, model.version, t0, f"{name}: {type(e).__name__}: {e}")
+            return self._error(name, model.version, t0, f"{shown}: {type(e).__name__}: {e}")
         rec = record(
             name,
             pred.verdict,
@@ -335,6 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             unsure_low=args.unsure_low,
             unsure_high=args.unsure_high,
+            max_pixels=args.max_pixels,
         )
 
     holder = ModelHolder(args.model, load, poll_s=args.reload_poll, log=_log)
@@ -418,6 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--send-unsure", metavar="DIR", help="copy UNSURE images here (a project's watch folder)"
     )
     run.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads")
+    run.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="refuse (ERROR record) images whose header declares more pixels, before decoding "
+        "(default: the model's input.max_pixels, else 200,000,000)",
+    )
     run.add_argument(
         "--reload-poll",
         type=float,
@@ -528,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 never crashes a print
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if (
             getattr(args, "unsure_low", None) is not None

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from defectssft_line.names import safe_text
 from defectssft_line.preprocess import check_complete, is_image_name
 
 LEDGER = ".defectssft-line-done.jsonl"
@@ -150,7 +151,7 @@ class HotFolder:
         target = self._move(path, self.failed)
         if target is not None:
             target.with_name(target.name + ".reason.txt").write_text(
-                reason + "\n", encoding="utf-8"
+                safe_text(reason) + "\n", encoding="utf-8"
             )
         return target
 

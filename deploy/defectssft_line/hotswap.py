@@ -3,7 +3,8 @@
 The file is polled (size, mtime, inode). A changed file is loaded and checked in full
 (``LineModel.load``) *before* it replaces the running model; the swap is one reference
 assignment, so an image is always scored by exactly one complete model. A new file that
-fails the check is reported once and the old model keeps running; a later change retries.
+fails the check (or fails to load in any other way) is reported once and the old model keeps
+running; a later change retries.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from defectssft_line.model import LineModel, LineModelError
+from defectssft_line.model import LineError, LineModel
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -64,11 +65,13 @@ class ModelHolder:
             return False
         try:
             new = self._load(self.path)
-        except LineModelError as e:
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with the new file, keep running
             self._rejected = sig
+            reason = str(e) if isinstance(e, LineError) else f"{type(e).__name__}: {e}"
+            reason = (reason.strip().splitlines() or [type(e).__name__])[0]
             self._log(
                 f"warning: new model file rejected, still running "
-                f"{self.model.version or 'the previous model'}: {e}"
+                f"{self.model.version or 'the previous model'}: {reason}"
             )
             return False
         old = self.model

@@ -15,8 +15,6 @@ import numpy as np
 
 from defectssft_line import preprocess
 from defectssft_line.decision import (
-    FORMAT,
-    FORMAT_VERSION,
     METADATA_KEY,
     Prediction,
     ThresholdError,
@@ -24,8 +22,12 @@ from defectssft_line.decision import (
     decide,
     resolve_thresholds,
 )
+from defectssft_line.metadata import MetadataError, validate_metadata
 
 __all__ = ["LineError", "LineModel", "LineModelError", "Prediction", "Thresholds", "decide"]
+
+# Images whose header declares more pixels are refused before decoding (as import does).
+DEFAULT_MAX_PIXELS = 200_000_000
 
 
 class LineError(Exception):
@@ -54,29 +56,22 @@ def read_metadata(session: Any, path: Path) -> dict[str, Any]:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
         raise LineModelError(f"{path}: corrupt defectssft metadata ({e.msg})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise LineModelError(f"{path}: not a defectssft model (metadata format is not '{FORMAT}')")
-    version = meta.get("format_version")
-    if not isinstance(version, int):
-        raise LineModelError(f"{path}: defectssft metadata without a format_version")
-    if version > FORMAT_VERSION:
-        raise LineModelError(
-            f"{path}: model format_version {version} is newer than this runtime supports "
-            f"({FORMAT_VERSION}); upgrade defectssft-line"
-        )
-    for key in ("classes", "input"):
-        if key not in meta:
-            raise LineModelError(f"{path}: defectssft metadata lacks '{key}'")
-    if not meta["classes"]:
-        raise LineModelError(f"{path}: defectssft metadata lists no classes")
-    return meta
+    try:
+        return validate_metadata(meta)
+    except MetadataError as e:
+        raise LineModelError(f"{path}: {e}") from None
 
 
 class LineModel:
     """One loaded, checked model: ``predict`` images, ``decide`` verdicts."""
 
     def __init__(
-        self, path: Path, session: Any, meta: dict[str, Any], thresholds: Thresholds
+        self,
+        path: Path,
+        session: Any,
+        meta: dict[str, Any],
+        thresholds: Thresholds,
+        max_pixels: int | None = None,
     ) -> None:
         self.path = path
         self.session = session
@@ -86,6 +81,8 @@ class LineModel:
         inp = meta["input"]
         self.height, self.width = int(inp["height"]), int(inp["width"])
         self.bit_depth = int(inp.get("bit_depth", preprocess.DEFAULT_BIT_DEPTH))
+        # --max-pixels, else the model's input.max_pixels, else the default
+        self.max_pixels = int(max_pixels or inp.get("max_pixels") or DEFAULT_MAX_PIXELS)
         self.thresholds = thresholds
         self.version = str(meta.get("model_version", ""))
 
@@ -97,6 +94,7 @@ class LineModel:
         threshold: float | None = None,
         unsure_low: float | None = None,
         unsure_high: float | None = None,
+        max_pixels: int | None = None,
     ) -> LineModel:
         """Open, validate and smoke-test ``path``; LineModelError with one line if unusable."""
         import onnxruntime as ort
@@ -121,7 +119,7 @@ class LineModel:
             )
         except ThresholdError as e:
             raise LineError(str(e)) from e
-        model = cls(path, session, meta, thr)
+        model = cls(path, session, meta, thr, max_pixels)
         model._check_signature()
         return model
 

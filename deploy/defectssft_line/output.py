@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from defectssft_line.hotfolder import unique_path
+from defectssft_line.names import safe_text
 
 FIELDS = ("file", "verdict", "class", "score", "latency_ms", "model_version", "error")
 FORMATS = ("jsonl", "csv")
@@ -36,13 +37,13 @@ def record(
     error: str | None = None,
 ) -> dict[str, Any]:
     return {
-        "file": file,
+        "file": safe_text(file),
         "verdict": verdict,
         "class": cls,
         "score": None if score is None else round(float(score), 6),
         "latency_ms": round(float(latency_ms), 3),
         "model_version": model_version,
-        "error": error,
+        "error": None if error is None else safe_text(error),
     }
 
 
@@ -58,7 +59,9 @@ class ResultWriter:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not path.exists() or path.stat().st_size == 0
-            self._stream: IO[str] = open(path, "a", encoding="utf-8", newline="")
+            self._stream: IO[str] = open(
+                path, "a", encoding="utf-8", errors="backslashreplace", newline=""
+            )
         else:
             fresh = True
             self._stream = sys.stdout

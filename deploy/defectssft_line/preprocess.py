@@ -12,6 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from defectssft_line.imageheader import header_size
+
+# Decode failures get a one-line reason from us; OpenCV's own log lines (``imdecode_(''): can't
+# read header``) would only add noise on stderr.
+try:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
+except AttributeError:  # pragma: no cover - an OpenCV build without the logging module
+    pass
+
 # Files a camera or a user hands us; matched case-insensitively on the suffix.
 # The sensor depth 16-bit files are scaled from when neither the model nor the project says.
 DEFAULT_BIT_DEPTH = 16
@@ -35,8 +44,10 @@ def check_complete(data: bytes) -> str | None:
     if len(data) == 0:
         return "empty file (0 bytes)"
     if data[:3] == b"\xff\xd8\xff":
-        # A complete JPEG ends with the EOI marker; allow a little trailing padding.
-        if b"\xff\xd9" not in data[-64:]:
+        # A complete JPEG has its end-of-image marker after the scan data; cameras may pad the
+        # file after it. (An EXIF thumbnail's own marker comes before the first scan.)
+        sos, eoi = data.find(b"\xff\xda"), data.rfind(b"\xff\xd9")
+        if eoi < 0 or eoi < sos:
             return "truncated JPEG (no end-of-image marker)"
     elif data[:8] == b"\x89PNG\r\n\x1a\n":
         if b"IEND" not in data[-32:]:
@@ -44,18 +55,36 @@ def check_complete(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+def _too_large(name: str, w: int, h: int, max_pixels: int) -> ImageDecodeError:
+    return ImageDecodeError(f"{name}: image too large ({w}x{h} px, limit {max_pixels:,} pixels)")
+
+
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """Decode file bytes to an array as stored (uint8 or uint16; HxW, HxWx3 BGR or HxWx4 BGRA).
 
-    Raises ImageDecodeError with a one-line reason.
+    With ``max_pixels``, an image whose header declares more pixels is refused before any
+    decoding (and the decoded size is checked again). Raises ImageDecodeError with a one-line
+    reason.
     """
     reason = check_complete(data)
     if reason:
         raise ImageDecodeError(f"{name}: {reason}")
+    if max_pixels is not None:
+        size = header_size(data)
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise _too_large(name, size[0], size[1], max_pixels)
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # e.g. a header whose width exceeds OpenCV's own limits
+        detail = str(e).strip().splitlines()[-1].split(") ", 1)[-1][:120] if str(e) else ""
+        raise ImageDecodeError(
+            f"{name}: not a readable image (corrupt header{': ' + detail if detail else ''})"
+        ) from None
     if img is None or img.size == 0:
         raise ImageDecodeError(f"{name}: not a readable image (corrupt or unsupported format)")
+    if max_pixels is not None and img.shape[0] * img.shape[1] > max_pixels:
+        raise _too_large(name, img.shape[1], img.shape[0], max_pixels)
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageDecodeError(f"{name}: unsupported pixel type {img.dtype} (need 8- or 16-bit)")
     if img.ndim == 3 and img.shape[2] not in (1, 3, 4):

@@ -97,6 +97,12 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"  quarantined {path}: {reason}")
     if len(summary.problems) > 20:
         print(f"  ... and {len(summary.problems) - 20} more (see `defectssft status --json`)")
+    for path, reason in summary.conflicts[:20]:
+        print(f"  label conflict {path}: {reason}")
+    if len(summary.conflicts) > 20:
+        print(f"  ... and {len(summary.conflicts) - 20} more label conflicts (--json lists all)")
+    if summary.restored:
+        print(f"restored the missing stored file of {summary.restored} duplicate(s)")
     if summary_split is not None:
         print(f"split: {summary_split}")
     print(

@@ -441,7 +441,6 @@ class PlanSummary(ImportSummary):
 
     import_id: int | None = None
     relabeled: int = 0
-    conflicts: int = 0  # stored images with another label, kept (no relabel)
     skipped: int = 0  # files of labels mapped to :ignore
     notes: list[str] = field(default_factory=list)
 
@@ -450,7 +449,6 @@ class PlanSummary(ImportSummary):
             **super().as_dict(),
             "import_id": self.import_id,
             "relabeled": self.relabeled,
-            "conflicts": self.conflicts,
             "skipped": self.skipped,
             "notes": self.notes,
         }
@@ -489,6 +487,7 @@ def apply_plan(
     import_id = _start_record(project, plan, source, who)
     summary.import_id = import_id
     con = project._con()  # noqa: SLF001
+    class_names = {cid: name for name, cid in class_ids.items()}
     workers = workers or min(4, os.cpu_count() or 2)
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -518,7 +517,13 @@ def apply_plan(
                         records.append((import_id, image_id, False, previous, label_id))
                         summary.relabeled += 1
                     elif previous != label_id:
-                        summary.conflicts += 1
+                        kept = class_names.get(previous, "another class")
+                        summary.conflicts.append(
+                            (
+                                prep.where,
+                                f"stored already as {kept!r}, kept (not {label!r}; --relabel)",
+                            )
+                        )
                 done += 1
                 if progress:
                     progress(done, len(todo))
@@ -526,7 +531,7 @@ def apply_plan(
     summary.seconds = time.perf_counter() - start
     if summary.conflicts:
         summary.notes.append(
-            f"{summary.conflicts} images already in the project carry another label: kept "
+            f"{len(summary.conflicts)} images already in the project carry another label: kept "
             "(import again with --relabel to change them)"
         )
     with project.transaction() as tx:

@@ -13,6 +13,8 @@ export of a model with the same fixed head gives the same outputs.
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -273,3 +275,38 @@ def cli_sets(steps: int) -> list[str]:
         for k, v in values.items():
             out += ["--set", f"{section}.{k}={steps if k == 'steps' else v}"]
     return out
+
+
+def with_metadata(src: Path, dest: Path, change) -> Path:
+    """Copy the model ``src`` to ``dest`` with its defectssft metadata passed through ``change``."""
+    import onnx
+
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if prop.key == "defectssft":
+            prop.value = json.dumps(change(json.loads(prop.value)))
+    onnx.save(model, str(dest))
+    return dest
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def huge_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A few hundred bytes whose header claims width x height 8-bit gray pixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1) * 4)  # a few rows; the rest is 'missing'
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def add_bytes(project: Project, data: bytes, name: str, **kwargs):
+    """``Project.add_prepared`` of image bytes (what an import does with a file's content)."""
+    from defectssft.ingest import prepare_image_bytes
+
+    return project.add_prepared(prepare_image_bytes(data, name), **kwargs)

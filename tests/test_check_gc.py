@@ -119,7 +119,7 @@ def test_check_finds_missing_and_changed_files_and_reimport_restores_them(
 
 
 def test_check_reports_a_registered_model_without_its_file(tmp_path):
-    from tests.test_export import add_model, make_project
+    from tests.helpers import add_model, make_project
 
     project = make_project(tmp_path, per_class=2, unlabeled=0)
     version = add_model(project)
@@ -131,7 +131,7 @@ def test_check_reports_a_registered_model_without_its_file(tmp_path):
 
 def test_check_reports_a_missing_or_stale_production_export(tmp_path):
     from defectssft.promote import force_promote, production_path
-    from tests.test_export import add_model, make_project
+    from tests.helpers import add_model, make_project
 
     project = make_project(tmp_path, per_class=3, unlabeled=0)
     v1 = add_model(project)

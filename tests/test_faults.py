@@ -31,7 +31,7 @@ from defectssft.check import check_project, collect_garbage
 from defectssft.cli import main as cli_main
 from defectssft.project import Project
 from tests.conftest import noise_image, write_image
-from tests.test_training import _cli_sets, _tiny_project
+from tests.helpers import cli_sets, tiny_project
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = int(os.environ.get("DEFECTSSFT_FAULT_TRIALS", "1"))
@@ -55,9 +55,9 @@ def _sha(path: Path) -> str:
 def base(tmp_path_factory) -> Path:
     """A project with v0001 (production) and v0002, and the files the commands will take."""
     root = tmp_path_factory.mktemp("faults")
-    project = _tiny_project(root, unlabeled=4, test_fraction=0.25)
+    project = tiny_project(root, unlabeled=4, test_fraction=0.25)
     for _ in range(2):
-        assert cli_main(["train", str(project.root), *_cli_sets(2)]) == 0
+        assert cli_main(["train", str(project.root), *cli_sets(2)]) == 0
     assert cli_main(["promote", str(project.root), "v0001", "--force"]) == 0
     for k, label in enumerate(("ok", "dent")):
         for i in range(12):
@@ -74,7 +74,7 @@ def _command(op: str, project: Path, trial: Path) -> list[str]:
         "import": ["import", str(project), str(trial / "new"), "--label-from", "folder"],
         "watch": ["watch", str(project), str(trial / "hot"), "--settle", "0", "--poll", "0.05"]
         + ["--after", "move"],
-        "train": ["train", str(project), *_cli_sets(4)],
+        "train": ["train", str(project), *cli_sets(4)],
         "export": ["export", str(project), "--model", "v0002"],
         "promote": ["promote", str(project), "v0002", "--force"],
     }[op]

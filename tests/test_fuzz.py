@@ -21,6 +21,7 @@ from defectssft.check import check_project
 from defectssft.ingest import import_paths
 from defectssft.project import Project
 from defectssft_line.preprocess import ImageDecodeError, decode_image
+from tests.helpers import add_bytes
 
 EXAMPLES = int(os.environ.get("DEFECTSSFT_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(
@@ -111,7 +112,7 @@ def store(tmp_path_factory) -> Project:
 @given(case=mutated())
 def test_ingest_bytes_stores_or_quarantines_with_a_reason(store: Project, case):
     data, ext, _ = case
-    result = store.add_image_bytes(data, "part" + ext, source="fuzz")
+    result = add_bytes(store, data, "part" + ext, source="fuzz")
     assert result.status in ("added", "duplicate", "quarantined")
     if result.status == "quarantined":
         assert _one_line(result.reason), result.reason
@@ -164,7 +165,7 @@ def runner(tmp_path_factory):
     from defectssft_line.hotswap import ModelHolder
     from defectssft_line.model import LineModel
     from defectssft_line.output import ResultWriter
-    from tests.test_line_runtime import export_fixed
+    from tests.helpers import fixed_onnx_model as export_fixed
 
     model = export_fixed(tmp_path_factory.mktemp("model") / "m.onnx", [0.0, 0.0, 0.0])
     out = tmp_path_factory.mktemp("out") / "out.jsonl"

@@ -8,7 +8,6 @@ import os
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,7 @@ from defectssft_line.cli import main as line_main
 from defectssft_line.imageheader import header_size
 from defectssft_line.names import safe_text
 from tests.conftest import noise_image, write_image
+from tests.helpers import add_bytes, huge_png
 
 REPO = Path(__file__).resolve().parents[1]
 LATIN1 = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name from a Windows share: not valid UTF-8
@@ -40,19 +40,6 @@ def png_bytes(value: int = 0, h: int = 20, w: int = 24) -> bytes:
     ok, buf = cv2.imencode(".png", noise_image(h, w, seed=value))
     assert ok
     return buf.tobytes()
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def huge_png(width: int = 20000, height: int = 20000) -> bytes:
-    """A few hundred bytes whose header claims width x height 8-bit gray pixels."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\0" * (width + 1) * 4)  # a few rows; the rest is 'missing'
-    return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-    )
 
 
 # ----------------------------------------------------------------------- 4. non-UTF-8 names
@@ -100,7 +87,7 @@ def test_watch_ingests_a_non_utf8_name_and_every_file_after_it(project: Project,
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_line_output_with_a_non_utf8_name_survives_restarts(fmt, tmp_path):
-    from tests.test_line_runtime import export_fixed
+    from tests.helpers import fixed_onnx_model as export_fixed
 
     model = export_fixed(tmp_path / "m.onnx", [0.0, 0.0, 0.0])
     src = tmp_path / "in"
@@ -124,7 +111,7 @@ def test_line_output_with_a_non_utf8_name_survives_restarts(fmt, tmp_path):
 
 
 def test_line_watch_fails_a_bad_file_with_a_non_utf8_name(tmp_path):
-    from tests.test_line_runtime import export_fixed
+    from tests.helpers import fixed_onnx_model as export_fixed
 
     model = export_fixed(tmp_path / "m.onnx", [0.0, 0.0, 0.0])
     hot = tmp_path / "hot"
@@ -171,7 +158,7 @@ def test_header_size_of_every_format(tmp_path):
 
 
 def test_line_refuses_a_huge_header_before_decoding(tmp_path, monkeypatch, capsys):
-    from tests.test_line_runtime import export_fixed
+    from tests.helpers import fixed_onnx_model as export_fixed
 
     model = export_fixed(tmp_path / "m.onnx", [0.0, 0.0, 0.0])
     (tmp_path / "bomb.png").write_bytes(huge_png())
@@ -189,7 +176,8 @@ def test_line_refuses_a_huge_header_before_decoding(tmp_path, monkeypatch, capsy
 
 
 def test_max_pixels_flag_and_model_metadata(tmp_path, capsys):
-    from tests.test_line_runtime import _with_metadata, export_fixed
+    from tests.helpers import fixed_onnx_model as export_fixed
+    from tests.helpers import with_metadata
 
     model = export_fixed(tmp_path / "m.onnx", [0.0, 0.0, 0.0])
     write_image(tmp_path / "img" / "big.png", noise_image(100, 100))
@@ -198,7 +186,7 @@ def test_max_pixels_flag_and_model_metadata(tmp_path, capsys):
     assert "limit 9,999 pixels" in capsys.readouterr().out
     assert line_main([*args, "--max-pixels", "10000"]) == 0
     capsys.readouterr()
-    limited = _with_metadata(
+    limited = with_metadata(
         model,
         tmp_path / "limited.onnx",
         lambda m: {**m, "input": {**m["input"], "max_pixels": 5000}},
@@ -339,14 +327,19 @@ def test_invalid_folder_label_stops_the_batch_before_anything_is_stored(
     with pytest.raises(IngestError, match="nothing was imported"):
         import_paths(project, [tmp_path / "src"], label_from="folder")
     assert project.count_images() == 0
-    assert cli_main(["import", str(project.root), str(tmp_path / "src"), "--label-from", "folder"])
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "'bad label!'" in err and "\n" not in err
-    assert project.count_images() == 0 and project.class_names() == ["ok", "scratch", "dent"]
+    # The CLI's import plans first: the unusable folder name maps to a valid new class, said in
+    # its output, and the whole batch is imported (`--dry-run` shows the mapping beforehand).
+    assert (
+        cli_main(["import", str(project.root), str(tmp_path / "src"), "--label-from", "folder"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "new classes: bad_label" in out
+    assert project.count_images() == 3 and "bad_label" in project.class_names()
 
 
 def test_export_to_an_existing_folder_is_refused_before_exporting(tmp_path, capsys):
-    from tests.test_export import add_model, make_project
+    from tests.helpers import add_model, make_project
 
     project = make_project(tmp_path, per_class=2, unlabeled=0)
     add_model(project)
@@ -387,7 +380,7 @@ def test_no_labels_error_names_real_commands_and_leaves_no_run_folder(project: P
     with pytest.raises(DataError) as e:
         TrainData(classes=["ok", "dent"], labeled=[]).check(need_unlabeled=False)
     assert "defectssft label" not in str(e.value) and "defectssft-gui" in str(e.value)
-    project.add_image_bytes(png_bytes(50), "u.png")
+    add_bytes(project, png_bytes(50), "u.png")
     assert cli_main(["train", str(project.root), "--set", "model.name=test_resnet"]) == 2
     assert "no labeled training images" in capsys.readouterr().err
     assert list(project.runs_dir.iterdir()) == []
@@ -400,5 +393,5 @@ def test_a_header_beyond_opencvs_own_limits_is_a_one_line_error(project: Project
     data[18:22] = struct.pack("<i", 0x01000001)
     with pytest.raises(preprocess.ImageDecodeError, match="not a readable image"):
         preprocess.decode_image(bytes(data), "wide.bmp", max_pixels=200_000_000)
-    res = project.add_image_bytes(bytes(data), "wide.bmp")
+    res = add_bytes(project, bytes(data), "wide.bmp")
     assert res.status == "quarantined" and "\n" not in res.reason

@@ -153,7 +153,7 @@ def test_relabel_changes_labels_with_history_and_undo_puts_them_back(tmp_path, s
     p = Project.create(tmp_path / "p", classes=["good", "defective", "crack"], ok_class="good")
     first = import_with_plan(p, [samples / "kolektorsdd"], "folder")
     again = import_with_plan(p, [samples / "kolektorsdd"], "folder", {"defective": "crack"})
-    assert (again.duplicates, again.relabeled, again.conflicts) == (16, 0, 6)
+    assert (again.duplicates, again.relabeled, len(again.conflicts)) == (16, 0, 6)
     assert any("--relabel" in n for n in again.notes)
     assert p.status()["by_class"]["crack"] == 0
     scan = scan_import([samples / "kolektorsdd"], "folder", p)

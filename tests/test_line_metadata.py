@@ -13,7 +13,8 @@ from defectssft_line.cli import main
 from defectssft_line.hotswap import ModelHolder
 from defectssft_line.metadata import MetadataError, validate_metadata
 from defectssft_line.model import LineModel, LineModelError
-from tests.test_line_runtime import _with_metadata, export_fixed
+from tests.helpers import fixed_onnx_model as export_fixed
+from tests.helpers import with_metadata
 
 
 def _input(**change):
@@ -39,7 +40,7 @@ MALFORMED = {
     "ng_high": (_thresholds(ng="high"), "thresholds.ng must be a number"),
     "ng_nan": (_thresholds(ng=float("nan")), "thresholds.ng must be a number"),
     "ng_two": (_thresholds(ng=2), "thresholds.ng must be between 0 and 1"),
-    "band_reversed": (_thresholds(unsure_low=0.9, unsure_high=0.1), "must not be above"),
+    "band_reversed": (_thresholds(unsure_low=0.9, unsure_high=0.1), "thresholds must satisfy"),
     "thresholds_str": (lambda m: {**m, "thresholds": "x"}, "thresholds must be an object"),
     "no_classes": (lambda m: {**m, "classes": []}, "lists no classes"),
     "class_numbers": (lambda m: {**m, "classes": [1, 2, 3]}, "classes must be distinct"),
@@ -60,7 +61,7 @@ def good(tmp_path_factory) -> Path:
 def malformed(good, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bad")
     return {
-        name: _with_metadata(good, d / f"{name}.onnx", change)
+        name: with_metadata(good, d / f"{name}.onnx", change)
         for name, (change, _) in MALFORMED.items()
     }
 
@@ -100,7 +101,7 @@ def test_hot_swap_keeps_the_running_model_on_any_bad_file(good, malformed, tmp_p
     holder = ModelHolder(live, LineModel.load, poll_s=0, log=logs.append)
     first = holder.model
     corrupt = tmp_path / "corrupt.onnx"
-    corrupt.write_bytes(good.read_bytes()[:3000])
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     bad_files = [*malformed.values(), corrupt]
     for bad in bad_files:
         _replace(bad, live)

@@ -21,7 +21,7 @@ import pytest
 
 from defectssft_line.cli import main
 from defectssft_line.model import LineModel, LineModelError, Thresholds, decide
-from tests.helpers import REPO
+from tests.helpers import REPO, with_metadata
 from tests.helpers import fixed_onnx_model as export_fixed
 
 SCORE = 2 / 3  # defect score of a zero-bias model
@@ -185,17 +185,6 @@ def test_csv_output_to_file_appends(models, images, tmp_path, capsys):
     }
 
 
-def _with_metadata(src: Path, dest: Path, change) -> Path:
-    import onnx
-
-    model = onnx.load(str(src))
-    for prop in model.metadata_props:
-        if prop.key == "defectssft":
-            prop.value = json.dumps(change(json.loads(prop.value)))
-    onnx.save(model, str(dest))
-    return dest
-
-
 def test_bad_model_files_are_refused(models, tmp_path, images, capsys):
     import onnx
     from onnx import TensorProto, helper
@@ -211,12 +200,10 @@ def test_bad_model_files_are_refused(models, tmp_path, images, capsys):
     truncated = tmp_path / "truncated.onnx"
     whole = models["ng"].read_bytes()
     truncated.write_bytes(whole[: len(whole) // 2])
-    newer = _with_metadata(
+    newer = with_metadata(
         models["ng"], tmp_path / "newer.onnx", lambda m: {**m, "format_version": 2}
     )
-    foreign = _with_metadata(
-        models["ng"], tmp_path / "foreign.onnx", lambda m: {**m, "format": "x"}
-    )
+    foreign = with_metadata(models["ng"], tmp_path / "foreign.onnx", lambda m: {**m, "format": "x"})
     cases = {
         plain: "not a defectssft model",
         truncated: "not a loadable ONNX model",

@@ -25,8 +25,8 @@ import pytest
 
 from defectssft_line.names import safe_text
 from tests.conftest import noise_image
-from tests.test_hardening import huge_png
-from tests.test_line_runtime import _with_metadata, export_fixed
+from tests.helpers import fixed_onnx_model as export_fixed
+from tests.helpers import huge_png, with_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = int(os.environ.get("DEFECTSSFT_SOAK_FILES", "60"))
@@ -94,10 +94,10 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
         "v0001": v1,
         "v0002": export_fixed(d / "v2.onnx", [5.0, 0.0, 0.0], version="v0002"),
         "corrupt": corrupt,
-        "malformed": _with_metadata(
+        "malformed": with_metadata(
             v1, d / "malformed.onnx", lambda m: {**m, "input": {"width": 32}}
         ),
-        "newer": _with_metadata(v1, d / "newer.onnx", lambda m: {**m, "format_version": 99}),
+        "newer": with_metadata(v1, d / "newer.onnx", lambda m: {**m, "format_version": 99}),
         "hostile": hostile,
         "v0003": export_fixed(d / "v3.onnx", [0.0, 5.0, 0.0], version="v0003"),
     }

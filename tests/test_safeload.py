@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,7 @@ from defectssft.cli import main as cli_main
 from defectssft.errors import DefectssftError, ModelFileError
 from defectssft.modeling import load_model_file, read_model_meta, read_state_dict
 from defectssft.safeload import load_checkpoint, plain_rng_state, rng_state_from_plain
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_training import _cli_sets, _tiny_project, cfg, tiny_data_at  # noqa: E402
+from tests.helpers import cfg, cli_sets, tiny_data_at, tiny_project
 
 
 class _Payload:
@@ -63,10 +60,10 @@ def test_hostile_checkpoint_is_refused_without_running(tmp_path, maker):
 @pytest.mark.parametrize("named", [True, False])
 def test_resume_from_a_hostile_last_pt_runs_no_code(tmp_path, capsys, named):
     """A run folder dropped into PROJECT/runs/ with a hostile last.pt: `train --resume [RUN]`."""
-    p = _tiny_project(tmp_path)
+    p = tiny_project(tmp_path)
     run = p.root / "runs" / "20990101-000000-fixmatch"
     run.mkdir(parents=True)
-    assert cli_main(["train", str(p.root), "--print-config", *_cli_sets(2)]) == 0
+    assert cli_main(["train", str(p.root), "--print-config", *cli_sets(2)]) == 0
     (run / "config.yaml").write_text(capsys.readouterr().out)
     marker = tmp_path / "pwned"
     _hostile_torch(run / "last.pt", marker)

@@ -87,7 +87,7 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("soak-models")
     v1 = export_fixed(d / "v1.onnx", [0.0, 0.0, 0.0], version="v0001")
     corrupt = d / "corrupt.onnx"
-    corrupt.write_bytes(v1.read_bytes()[:4000])
+    corrupt.write_bytes(v1.read_bytes()[: v1.stat().st_size // 2])
     hostile = d / "hostile.onnx"
     hostile.write_bytes(b"\x80\x04cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
     return {

@@ -191,7 +191,7 @@ def scan_import(
                     progress(i + 1, len(files))
     stored: dict[str, str | None] = {}
     if project is not None and any(hashes):
-        stored = _stored_labels(project, {h for h in hashes if h})
+        stored = project.labels_of_hashes({h for h in hashes if h})
     this_import: set[str] = set()
     for (path, root), digest in zip(files, hashes, strict=True):
         label, at_root, missing = _file_label(rule, path, root)
@@ -210,22 +210,6 @@ def scan_import(
     return ImportScan(
         path_list, label_from, out, groups, yolo_missing, hashed=hash_files and project is not None
     )
-
-
-def _stored_labels(project: Project, hashes: set[str]) -> dict[str, str | None]:
-    """sha256 -> current label name (None: unlabeled) for the hashes already in the project."""
-    con = project._con()  # noqa: SLF001 - a read on the same store
-    found: dict[str, str | None] = {}
-    items = sorted(hashes)
-    for i in range(0, len(items), 500):
-        chunk = items[i : i + 500]
-        rows = con.execute(
-            "SELECT i.sha256, c.name FROM images i LEFT JOIN classes c ON c.id=i.label_class_id "
-            f"WHERE i.sha256 IN ({','.join('?' * len(chunk))})",
-            chunk,
-        )
-        found.update({r[0]: r[1] for r in rows})
-    return found
 
 
 # ------------------------------------------------------------------------ plan

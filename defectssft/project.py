@@ -924,20 +924,29 @@ class Project(ModelRegistry):
 
     def labels_of(self, image_ids: Sequence[int]) -> dict[int, str | None]:
         """The current label (None: unlabeled) of each image; ProjectError for an unknown id."""
-        out: dict[int, str | None] = {}
         ids = [int(i) for i in image_ids]
-        con = self._con()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            rows = con.execute(
-                "SELECT i.id, c.name FROM images i LEFT JOIN classes c ON c.id = i.label_class_id "
-                f"WHERE i.id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
-            out.update({r[0]: r[1] for r in rows})
+        out = self._labels_where("id", ids)
         missing = [i for i in ids if i not in out]
         if missing:
             self.get_image(missing[0])  # raises ProjectError naming the image
+        return out
+
+    def labels_of_hashes(self, hashes: Sequence[str]) -> dict[str, str | None]:
+        """sha256 -> current label (None: unlabeled) for the hashes already stored."""
+        return self._labels_where("sha256", sorted(set(hashes)))
+
+    def _labels_where(self, column: str, values: Sequence[Any]) -> dict[Any, str | None]:
+        assert column in ("id", "sha256")
+        out: dict[Any, str | None] = {}
+        con = self._con()
+        for start in range(0, len(values), 500):
+            chunk = list(values[start : start + 500])
+            rows = con.execute(
+                f"SELECT i.{column}, c.name FROM images i LEFT JOIN classes c "
+                f"ON c.id = i.label_class_id WHERE i.{column} IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update({r[0]: r[1] for r in rows})
         return out
 
     # ----------------------------------------------------------------- splits

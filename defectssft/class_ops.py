@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from defectssft.classes import CLASS_KEYED_SETTINGS
 from defectssft.errors import ProjectError
-from defectssft.project import CLASS_KEYED_SETTINGS, Project, utcnow
+from defectssft.project import Project, utcnow
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from defectssft.classes import CLASS_KEYED_SETTINGS
 from defectssft.errors import DefectssftError
-from defectssft.project import CLASS_KEYED_SETTINGS, Project, utcnow
+from defectssft.project import Project, utcnow
 
 UNDO_MODES = ("images", "labels")
 

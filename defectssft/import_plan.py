@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defectssft.classes import CLASS_NAME_RE
 from defectssft.errors import DefectssftError
 from defectssft.ingest import (
     ImportSummary,
@@ -34,7 +35,7 @@ from defectssft.ingest import (
     expand_paths,
     prepare_image_file,
 )
-from defectssft.project import CLASS_NAME_RE, DEFAULT_MAX_PIXELS, Project, utcnow
+from defectssft.project import DEFAULT_MAX_PIXELS, Project, utcnow
 
 IGNORE = ":ignore"
 UNLABELED = ":unlabeled"

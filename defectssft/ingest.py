@@ -24,15 +24,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from defectssft.classes import validate_class_name
 from defectssft.errors import DefectssftError
 from defectssft.imagecheck import ImageInfo, inspect_image_bytes
-from defectssft.project import (
-    DEFAULT_MAX_PIXELS,
-    AddResult,
-    Project,
-    utcnow,
-    validate_class_name,
-)
+from defectssft.project import DEFAULT_MAX_PIXELS, AddResult, Project, utcnow
 from defectssft_line.names import safe_text
 from defectssft_line.preprocess import check_complete, is_image_name
 

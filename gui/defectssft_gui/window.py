@@ -25,9 +25,10 @@ from PySide6.QtWidgets import (
 )
 
 from defectssft import queries
+from defectssft.classes import ClassInfo
 from defectssft.errors import DefectssftError
 from defectssft.labeling import LabelSession
-from defectssft.project import ClassInfo, Project
+from defectssft.project import Project
 from defectssft.queries import Row
 from defectssft.verdicts import VERDICT_FILTERS, VerdictCache, shown_version, verdict_rows
 from defectssft_gui import project_flows

@@ -282,7 +282,7 @@ class ClassesPage(QWizardPage):
         self.ok_combo.setCurrentIndex(max(0, self.ok_combo.findData(name)))
 
     def validatePage(self) -> bool:  # noqa: N802 - Qt
-        from defectssft.project import validate_class_name
+        from defectssft.classes import validate_class_name
         from defectssft_gui.actions import shortcuts_for
 
         reserved = {k for keys in shortcuts_for(None).values() for k in keys}

@@ -622,6 +622,35 @@ def table(results: list[dict[str, Any]]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def merge(files: list[Path], stem: Path) -> int:
+    """One results file and table from several runs (e.g. data sets run in parallel processes).
+
+    For the same data set / k / seed / mode the entry with the most finished arms wins."""
+    best: dict[tuple, dict[str, Any]] = {}
+    sources = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{f}: not a default_path results file ({e})") from None
+        sources.append(
+            {"file": f.name, "command": data.get("command"), "minutes": data.get("minutes")}
+        )
+        for res in data.get("results", []):
+            if "arms" not in res:
+                continue
+            key = (res["dataset"], res["k"], res["seed"], res["mode"])
+            done = sum("error" not in a for a in res["arms"].values())
+            if key not in best or done > sum("error" not in a for a in best[key]["arms"].values()):
+                best[key] = res
+    results = [best[k] for k in sorted(best)]
+    payload = {"benchmark": "default_path", "merged_from": sources, "results": results}
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    stem.with_suffix(".md").write_text(table(results))
+    print(table(results))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -665,7 +694,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per process (default 1)")
     ap.add_argument("--name", help="results file stem (default default_path[_quick|_smoke])")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    ap.add_argument(
+        "--merge", type=Path, nargs="+", metavar="JSON", help="combine results files, run nothing"
+    )
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out / f"{args.name or 'default_path_merged'}")
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     datasets, ks, seeds, extra = MODES[mode_name]
     datasets, ks, seeds = args.datasets or datasets, args.k or ks, args.seeds or seeds

@@ -316,6 +316,7 @@ def parse_evaluate(text: str) -> dict[str, Any]:
     }
     sup = re.findall(r"^\s+(\S+)\s+P [0-9.]+\s+R [0-9.]+\s+F1 [0-9.]+\s+n (\d+)", text, re.M)
     claims["test_support"] = {c: int(n) for c, n in sup}
+    claims["n_defective"] = sum(n for c, n in claims["test_support"].items() if c != OK) or None
     return claims
 
 
@@ -613,6 +614,9 @@ def table(results: list[dict[str, Any]]) -> str:
             if "balanced_accuracy_class" in line:
                 ba += f" (classes {_pct(line['balanced_accuracy_class'])})"
             n = "—" if c["n"] is None else c["n"] if isinstance(c["n"], str) else int(c["n"])
+            n_def = sum(v for name, v in c.get("test_support", {}).items() if name != OK)
+            if n_def:
+                n = f"{n} ({n_def} defective)"
             auc = "—" if c["roc_auc"] is None else f"{c['roc_auc']:.3f}"
             claim = f"{n}, {c['accuracy_pct']} %, {c['escape_pct']} %, {auc}"
             rows.append(

@@ -109,7 +109,7 @@ def test_parse_evaluate_reads_the_printout(dp):
     c = dp.parse_evaluate(text)
     assert c["n"] == 7 and c["accuracy_pct"] == 85.71 and c["roc_auc"] == 1.0
     assert c["threshold"] == 0.1315 and c["escape_pct"] == 50.0 and c["overkill_pct"] == 0.0
-    assert c["test_support"] == {"good": 5, "defect": 2}
+    assert c["test_support"] == {"good": 5, "defect": 2} and c["n_defective"] == 2
     assert dp.parse_evaluate("error: the test split is empty")["n"] is None
 
 

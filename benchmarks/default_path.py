@@ -593,11 +593,31 @@ def _rate_cell(r: dict[str, Any]) -> str:
     return f"{r['x']}/{r['n']} = {_pct(r['rate'])} % [{_pct(lo)}, {_pct(hi)}]"
 
 
+def _claim_cell(c: dict[str, Any], line: dict[str, Any]) -> str:
+    """What ``evaluate`` claimed: test n, accuracy, escapes as a count with its 95 % Wilson
+    interval (the product prints none) and whether that interval holds the line's escape rate."""
+    if "refused" in c:
+        return "refused: " + c["refused"].split(";")[0].split(": ")[-1][:60]
+    if c.get("n") is None:
+        return "—"
+    n_def = sum(v for name, v in c.get("test_support", {}).items() if name != OK)
+    out = f"n {int(c['n'])}: acc. {c['accuracy_pct']} %"
+    if c.get("escape_pct") is not None and n_def:
+        x = round(c["escape_pct"] / 100 * n_def)
+        lo, hi = wilson(x, n_def)
+        seen = line["escapes"]["rate"]
+        held = "" if seen is None else " ✓" if lo <= seen <= hi else " ✗"
+        out += f", escapes {x}/{n_def} [{_pct(lo)}, {_pct(hi)}]{held}"
+    if c.get("roc_auc") is not None:
+        out += f", AUROC {c['roc_auc']:.3f}"
+    return out
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown table: one row per data set / k / seed / arm."""
     head = (
         "| data set | k | seed | arm | balanced acc. (line) | escapes (line) | overkill (line) "
-        "| UNSURE | `evaluate` claimed: n, acc., escape, AUROC | min |\n"
+        "| UNSURE (line) | `evaluate` claimed (test split) | min |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
@@ -608,17 +628,10 @@ def table(results: list[dict[str, Any]]) -> str:
                 rows.append(key + f"| error: {r['error'][:80]} | | | | | |")
                 continue
             line, c = r["line"], r["claims"]
-            if "refused" in c:
-                c = {"accuracy_pct": "—", "escape_pct": "—", "roc_auc": None, "n": "refused"}
             ba = _pct(line["balanced_accuracy"])
             if "balanced_accuracy_class" in line:
                 ba += f" (classes {_pct(line['balanced_accuracy_class'])})"
-            n = "—" if c["n"] is None else c["n"] if isinstance(c["n"], str) else int(c["n"])
-            n_def = sum(v for name, v in c.get("test_support", {}).items() if name != OK)
-            if n_def:
-                n = f"{n} ({n_def} defective)"
-            auc = "—" if c["roc_auc"] is None else f"{c['roc_auc']:.3f}"
-            claim = f"{n}, {c['accuracy_pct']} %, {c['escape_pct']} %, {auc}"
+            claim = _claim_cell(c, line)
             rows.append(
                 key + f"| {ba} | {_rate_cell(line['escapes'])} | {_rate_cell(line['overkill'])} "
                 f"| {_rate_cell(line['unsure'])} | {claim} | {r['seconds'] / 60:.1f} |"

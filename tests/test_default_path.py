@@ -156,3 +156,20 @@ def test_merge_keeps_the_most_finished_entry(dp, tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(SystemExit, match="not a default_path results file"):
         dp.main(["--merge", str(tmp_path / "bad.json"), "--out", str(tmp_path)])
+
+
+def test_claim_cell_says_whether_the_claim_holds_on_unseen_parts(dp):
+    claims = {
+        "n": 7,
+        "accuracy_pct": 85.71,
+        "escape_pct": 0.0,
+        "roc_auc": 1.0,
+        "test_support": {"good": 2, "defect": 5},
+    }
+    line = {"escapes": dp.rate(10, 50)}  # 20 %: inside 0/5's interval [0, 43.4 %]
+    assert "escapes 0/5 [0.0, 43.5] ✓" in dp._claim_cell(claims, line)
+    line = {"escapes": dp.rate(30, 50)}  # 60 %: outside
+    assert dp._claim_cell(claims, line).endswith("✗, AUROC 1.000")
+    assert dp._claim_cell({"refused": "error: P: the test split is empty; label more"}, line) == (
+        "refused: the test split is empty"
+    )

@@ -460,12 +460,34 @@ def run_arm(
         ),
         "train_said": [x for x in train_out.strip().splitlines() if x.strip()][-3:],
         "splits": splits,
+        "checkpoint": checkpoint_choice(project, version),
         "claims": parse_evaluate(ev) if ev_rc == 0 else {"refused": ev.strip().splitlines()[-1]},
         "evaluate_printed": ev.strip().split("\n\n")[0],
         "line": score_verdicts(held, records),
         "seconds": round(time.perf_counter() - t0, 1),
         "commands": run.commands[n_cmd:],
     }
+
+
+def checkpoint_choice(project: Path, version: str) -> dict[str, Any] | None:
+    """Which step's weights the version ships, from the run's JSON-lines log (``metrics.jsonl``):
+    the last evaluation marked best, every validation evaluation, and the final step."""
+    log = project / "models" / version / "metrics.jsonl"
+    if not log.exists():
+        return None
+    evals, final = [], None
+    for text in log.read_text().splitlines():
+        try:
+            ev = json.loads(text)
+        except ValueError:
+            continue
+        if ev.get("event") == "eval":
+            keep = ("step", "best", "balanced_accuracy", "auroc", "nll")
+            evals.append({k: ev.get(k) for k in keep})
+        elif ev.get("event") == "done":
+            final = ev.get("step")
+    best = [e["step"] for e in evals if e.get("best")]
+    return {"shipped_step": best[-1] if best else final, "final_step": final, "evals": evals}
 
 
 def _split_counts(status: Any) -> Any:
@@ -574,7 +596,7 @@ def _progress(dataset: str, k: int, seed: int, arm: str, r: dict[str, Any]) -> N
         f"overkill {line['overkill']['x']}/{line['overkill']['n']}, "
         f"unsure {line['unsure']['x']}/{line['unsure']['n']}; evaluate claimed acc "
         f"{c['accuracy_pct']} % escape {c['escape_pct']} % AUROC {c['roc_auc']} on n={c['n']} "
-        f"({r['seconds']:.0f} s)",
+        f"({r['seconds']:.0f} s; shipped step {(r.get('checkpoint') or {}).get('shipped_step')})",
         flush=True,
     )
 
@@ -613,19 +635,23 @@ def _claim_cell(c: dict[str, Any], line: dict[str, Any]) -> str:
     return out
 
 
+def _steps(ck: dict[str, Any] | None) -> str:
+    return "—" if not ck else f"{ck['shipped_step']} of {ck['final_step']}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown table: one row per data set / k / seed / arm."""
     head = (
         "| data set | k | seed | arm | balanced acc. (line) | escapes (line) | overkill (line) "
-        "| UNSURE (line) | `evaluate` claimed (test split) | min |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| UNSURE (line) | `evaluate` claimed (test split) | weights: step of | min |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for res in results:
         for arm, r in res["arms"].items():
             key = f"| {res['dataset']} | {res['k']} | {res['seed']} | {arm} "
             if "error" in r:
-                rows.append(key + f"| error: {r['error'][:80]} | | | | | |")
+                rows.append(key + f"| error: {r['error'][:80]} | | | | | | |")
                 continue
             line, c = r["line"], r["claims"]
             ba = _pct(line["balanced_accuracy"])
@@ -634,7 +660,8 @@ def table(results: list[dict[str, Any]]) -> str:
             claim = _claim_cell(c, line)
             rows.append(
                 key + f"| {ba} | {_rate_cell(line['escapes'])} | {_rate_cell(line['overkill'])} "
-                f"| {_rate_cell(line['unsure'])} | {claim} | {r['seconds'] / 60:.1f} |"
+                f"| {_rate_cell(line['unsure'])} | {claim} | {_steps(r.get('checkpoint'))} "
+                f"| {r['seconds'] / 60:.1f} |"
             )
     return head + "\n".join(rows) + "\n"
 
@@ -657,6 +684,10 @@ def merge(files: list[Path], stem: Path) -> int:
             if "arms" not in res:
                 continue
             key = (res["dataset"], res["k"], res["seed"], res["mode"])
+            for arm in res["arms"].values():  # results from before the checkpoint was recorded
+                if "checkpoint" not in arm and arm.get("commands") and arm.get("version"):
+                    project = Path(arm["commands"][0]["cmd"].split()[2])
+                    arm["checkpoint"] = checkpoint_choice(project, arm["version"])
             done = sum("error" not in a for a in res["arms"].values())
             if key not in best or done > sum("error" not in a for a in best[key]["arms"].values()):
                 best[key] = res

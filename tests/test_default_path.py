@@ -128,6 +128,7 @@ def test_smoke_runs_the_default_path_through_the_clis(dp, tmp_path):
     line = arm["line"]
     held = res["protocol"]["held"]
     assert line["missing"] == 0 and line["errors"] == 0
+    assert arm["checkpoint"]["final_step"] == 2  # what the run log says it shipped
     assert line["n_good"] == held["good"] and line["n_defective"] == held["defect"]
     assert line["escapes"]["n"] == held["defect"] and line["escapes"]["ci95"] is not None
     # nothing held out was imported: the project holds only labeled + stream images

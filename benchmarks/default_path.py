@@ -663,6 +663,21 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {_rate_cell(line['unsure'])} | {claim} | {_steps(r.get('checkpoint'))} "
                 f"| {r['seconds'] / 60:.1f} |"
             )
+    graded = [
+        f"- {res['dataset']} k={res['k']} seed {res['seed']} {arm}: "
+        + "; ".join(
+            f"{g}: " + ", ".join(f"{v} {n}" for v, n in sorted(c.items()))
+            for g, c in r["line"]["graded_verdicts"].items()
+        )
+        for res in results
+        for arm, r in res["arms"].items()
+        if "line" in r and r["line"].get("graded_verdicts")
+    ]
+    if graded:
+        rows.append(
+            "\nVerdicts on the held-out cells annotators graded 0.33 / 0.67 (not scored):\n"
+        )
+        rows += graded
     return head + "\n".join(rows) + "\n"
 
 

@@ -113,6 +113,7 @@ def test_parse_evaluate_reads_the_printout(dp):
     assert dp.parse_evaluate("error: the test split is empty")["n"] is None
 
 
+@pytest.mark.slow
 def test_smoke_runs_the_default_path_through_the_clis(dp, tmp_path):
     """The whole path on samples/kolektorsdd: init, import, train, evaluate, export, promote,
     defectssft-line run on the held-out parts; every held-out part gets a scored verdict."""

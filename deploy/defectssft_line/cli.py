@@ -22,11 +22,10 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from defectssft_line import __version__
+from defectssft_line import __version__, argtypes
 from defectssft_line.camera import (
     AUTO,
     DEFAULT_FIRST_WAIT,
@@ -58,30 +57,6 @@ from defectssft_line.preprocess import (
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str], Any]:
-    """An argparse ``type=`` that parses ``kind`` and checks ``ok``, with a one-line error."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"not {'an integer' if kind is int else 'a number'}: {text!r}"
-            ) from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
-        return value
-
-    return parse
-
-
-_fraction = _number(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
-_positive_float = _number(float, lambda v: v > 0, "> 0")
-_non_negative_float = _number(float, lambda v: v >= 0, ">= 0")
-_count = _number(int, lambda v: v >= 0, ">= 0")
-_positive_int = _number(int, lambda v: v >= 1, ">= 1")
 
 
 # --------------------------------------------------------------------------- run
@@ -413,18 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--format", choices=FORMATS, default="jsonl", help="output format")
     run.add_argument("--output", metavar="FILE", help="append results here instead of stdout")
-    run.add_argument("--threshold", type=_fraction, help="override the model's NG threshold")
     run.add_argument(
-        "--unsure-low", type=_fraction, help="scores from here to --unsure-high are UNSURE"
+        "--threshold", type=argtypes.fraction, help="override the model's NG threshold"
     )
-    run.add_argument("--unsure-high", type=_fraction, help="scores at or above this are NG")
+    run.add_argument(
+        "--unsure-low", type=argtypes.fraction, help="scores from here to --unsure-high are UNSURE"
+    )
+    run.add_argument("--unsure-high", type=argtypes.fraction, help="scores at or above this are NG")
     run.add_argument(
         "--send-unsure", metavar="DIR", help="copy UNSURE images here (a project's watch folder)"
     )
-    run.add_argument("--threads", type=_positive_int, default=1, help="onnxruntime threads")
+    run.add_argument("--threads", type=argtypes.positive_int, default=1, help="onnxruntime threads")
     run.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=argtypes.positive_int,
         default=None,
         metavar="N",
         help="refuse (ERROR record) images whose header declares more pixels, before decoding "
@@ -484,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cam.add_argument(
         "--reconnect-wait",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=DEFAULT_FIRST_WAIT,
         metavar="S",
         help="first wait before reopening; doubles after each failure "
@@ -492,21 +469,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cam.add_argument(
         "--reconnect-max-wait",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=DEFAULT_MAX_WAIT,
         metavar="S",
         help=f"cap on the wait between attempts (default {DEFAULT_MAX_WAIT:g})",
     )
     cam.add_argument(
         "--max-reconnects",
-        type=_count,
+        type=argtypes.count,
         default=0,
         metavar="N",
         help="give up after N reopen attempts in a row without a frame (0: never)",
     )
     cam.add_argument(
         "--read-timeout",
-        type=_non_negative_float,
+        type=argtypes.non_negative_float,
         default=None,
         metavar="S",
         help="abandon an open or a read that hangs in the driver for S seconds, "
@@ -523,11 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--images", nargs="*", metavar="PATH", help="real images (default: random pixels)"
     )
-    bench.add_argument("--batch", nargs="+", type=_positive_int, default=[1, 8])
+    bench.add_argument("--batch", nargs="+", type=argtypes.positive_int, default=[1, 8])
     bench.add_argument(
-        "--threads", nargs="+", type=_positive_int, help="thread counts (default 1..cores)"
+        "--threads", nargs="+", type=argtypes.positive_int, help="thread counts (default 1..cores)"
     )
-    bench.add_argument("--iters", type=_positive_int, default=50)
+    bench.add_argument("--iters", type=argtypes.positive_int, default=50)
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--json", metavar="FILE", help="also write the table as JSON")
     bench.set_defaults(func=cmd_bench)

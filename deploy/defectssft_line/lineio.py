@@ -167,34 +167,8 @@ class LineOutputs:
 
 def add_arguments(run: Any) -> None:
     """The camera (GenICam), sink, archive and health flags of ``defectssft-line run``."""
-    import argparse
-
-    def count(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if n < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-        return n
-
-    def fraction(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not 0.0 <= v <= 1.0:
-            raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {v}")
-        return v
-
-    def positive(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-        return v
+    from defectssft_line.argtypes import count, fraction
+    from defectssft_line.argtypes import positive_float as positive
 
     g = run.add_argument_group("GenICam camera (--camera genicam://SERIAL_OR_INDEX)")
     g.add_argument(

@@ -34,6 +34,7 @@ from defectssft_line.camera import (
     CameraStream,
     Opener,
 )
+from defectssft_line.decision import Prediction
 from defectssft_line.genicam import is_genicam, opener_for
 from defectssft_line.hotfolder import HotFolder
 from defectssft_line.hotswap import ModelHolder
@@ -53,6 +54,12 @@ from defectssft_line.preprocess import (
     is_image_name,
     pixel_format_depth,
 )
+
+
+def _verdict_record(name: str, pred: Prediction, t0: float, version: str) -> dict:
+    """The output record of a scored image or frame (latency counted from ``t0``)."""
+    latency_ms = (time.perf_counter() - t0) * 1000
+    return record(name, pred.verdict, pred.cls, pred.score, latency_ms, version)
 
 
 def _log(msg: str) -> None:
@@ -88,14 +95,7 @@ class Runner:
             return self._error(name, model.version, t0, str(e))
         except Exception as e:  # noqa: BLE001 - one odd image must never stop the line
             return self._error(name, model.version, t0, f"{shown}: {type(e).__name__}: {e}")
-        rec = record(
-            name,
-            pred.verdict,
-            pred.cls,
-            pred.score,
-            (time.perf_counter() - t0) * 1000,
-            model.version,
-        )
+        rec = _verdict_record(name, pred, t0, model.version)
         if pred.verdict == "UNSURE" and self.send_unsure is not None and source is not None:
             try:
                 send_unsure_file(source, self.send_unsure)
@@ -139,14 +139,7 @@ class Runner:
             if n <= 10 or n % 100 == 0:
                 _log(f"warning: frame skipped ({n} so far): {message}")
             return self._error(name, model.version, t0, message)
-        rec = record(
-            name,
-            pred.verdict,
-            pred.cls,
-            pred.score,
-            (time.perf_counter() - t0) * 1000,
-            model.version,
-        )
+        rec = _verdict_record(name, pred, t0, model.version)
         if pred.verdict == "UNSURE" and self.send_unsure is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             try:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defectssft.metrics import operating_threshold
+from defectssft.metrics import operating_point
 from defectssft_line.decision import FORMAT, FORMAT_VERSION, Thresholds, resolve_thresholds
 from defectssft_line.preprocess import DEFAULT_BIT_DEPTH
 
@@ -118,7 +118,7 @@ class ModelSpec:
         """The thresholds the line will use (``decision.resolve_thresholds``): overrides, the
         model's own, the operating threshold ``defectssft evaluate`` stored in ``metrics``, 0.5."""
         return resolve_thresholds(
-            self.thresholds, operating_threshold(metrics), threshold, unsure_low, unsure_high
+            self.thresholds, operating_point(metrics), threshold, unsure_low, unsure_high
         )
 
     def onnx_metadata(

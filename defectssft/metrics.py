@@ -43,12 +43,33 @@ def _binary_inputs(scores, is_defect) -> tuple[np.ndarray, np.ndarray]:
     return s, d
 
 
+def operating_point(metrics: Mapping[str, Any] | None) -> dict[str, float] | None:
+    """The operating point stored with a model version's metrics: ``{"ng", "unsure_low",
+    "unsure_high"}`` (the band edges may be absent), or None when it has none.
+
+    First match wins: ``metrics["operating_point"]``, the one chosen explicitly for the version
+    (``Project.set_operating_point``: the app's operating-point panel or the CLI), then
+    ``metrics["test"]["operating_point"]``, the one ``defectssft evaluate`` chose (its
+    ``threshold`` is the NG threshold).
+    """
+    metrics = metrics or {}
+    chosen = metrics.get("operating_point") or {}
+    if chosen.get("ng") is None:
+        chosen = (metrics.get("test") or {}).get("operating_point") or {}
+        if chosen.get("threshold") is None:
+            return None
+        chosen = {**chosen, "ng": chosen["threshold"]}
+    return {
+        k: float(chosen[k])
+        for k in ("ng", "unsure_low", "unsure_high")
+        if chosen.get(k) is not None
+    }
+
+
 def operating_threshold(metrics: Mapping[str, Any] | None) -> float | None:
-    """The NG threshold ``defectssft evaluate`` chose and stored with a model version's metrics
-    (``metrics["test"]["operating_point"]["threshold"]``; None when it has none)."""
-    operating = ((metrics or {}).get("test") or {}).get("operating_point") or {}
-    value = operating.get("threshold")
-    return None if value is None else float(value)
+    """The NG threshold of the stored operating point (``operating_point``), None without one."""
+    point = operating_point(metrics)
+    return None if point is None else point["ng"]
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:

@@ -74,6 +74,32 @@ class ModelRegistry:
                 (json.dumps(merged, default=str), version),
             )
 
+    def set_operating_point(
+        self,
+        version: str,
+        ng: float | None,
+        unsure_low: float | None = None,
+        unsure_high: float | None = None,
+        source: str = "operator",
+    ) -> dict[str, Any] | None:
+        """Store the operating point the line should use for ``version`` (the next export writes
+        it; ``metrics.operating_point`` reads it). ``ng=None`` clears it, falling back to the one
+        ``defectssft evaluate`` chose. Raises ThresholdError (one line) for an impossible band;
+        nothing is stored then."""
+        from defectssft_line.decision import Thresholds
+
+        if ng is None:
+            point = None
+        else:
+            t = Thresholds(
+                float(ng),
+                float(ng if unsure_low is None else unsure_low),
+                float(ng if unsure_high is None else unsure_high),
+            )
+            point = {**t.as_dict(), "source": source, "set_at": _utcnow()}
+        self.update_model_metrics(version, {"operating_point": point})
+        return point
+
     def models(self) -> list[dict[str, Any]]:
         rows = self._con().execute(
             "SELECT version, created, meta, metrics, status FROM models ORDER BY version"

@@ -16,7 +16,7 @@ import numpy as np
 
 from defectssft import queries
 from defectssft.errors import DefectssftError
-from defectssft.metrics import operating_threshold
+from defectssft.metrics import operating_point
 from defectssft.project import Project
 from defectssft_line.decision import (
     ThresholdError,
@@ -45,7 +45,7 @@ def version_thresholds(
 ) -> Thresholds:
     """The thresholds the line applies to a version (``model.pt`` meta + stored metrics)."""
     return resolve_thresholds(
-        meta.get("thresholds"), operating_threshold(metrics), threshold, unsure_low, unsure_high
+        meta.get("thresholds"), operating_point(metrics), threshold, unsure_low, unsure_high
     )
 
 

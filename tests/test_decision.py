@@ -39,6 +39,15 @@ def test_resolution_order():
         resolve_thresholds(own, threshold=0.5, unsure_low=0.7)
 
 
+def test_the_operating_point_brings_its_band():
+    point = {"ng": 0.3, "unsure_low": 0.1, "unsure_high": 0.6}
+    assert resolve_thresholds(None, point) == Thresholds(0.3, 0.1, 0.6)
+    assert resolve_thresholds({"ng": 0.4}, point) == Thresholds(0.4, 0.4, 0.4)  # model's own wins
+    assert resolve_thresholds(None, point, threshold=0.5) == Thresholds(0.5, 0.5, 0.5)
+    assert resolve_thresholds(None, point, unsure_high=0.9) == Thresholds(0.3, 0.1, 0.9)
+    assert resolve_thresholds(None, {"ng": 0.2}) == Thresholds(0.2, 0.2, 0.2)
+
+
 def test_verdict_band_edges():
     t = Thresholds(0.5, 0.3, 0.7)
     assert [verdict(s, t) for s in (0.0, 0.2999, 0.3, 0.6999, 0.7, 1.0)] == [

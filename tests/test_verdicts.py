@@ -70,3 +70,23 @@ def test_verdicts_never_import_torch():
     code = "import sys, defectssft.verdicts; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_operating_point_set_for_a_version_is_what_the_line_uses(project):
+    from defectssft.metrics import operating_point
+
+    version, _ = project.new_model_dir()
+    project.register_model(version, {"classes": ["ok", "scratch", "dent"], "ok_class": "ok"}, {})
+    project.update_model_metrics(version, {"test": {"operating_point": {"threshold": 0.2}}})
+    record = project.get_model(version)
+    assert verdicts.version_thresholds(record["meta"], record["metrics"]).ng == 0.2
+    project.set_operating_point(version, 0.4, 0.3, 0.7)
+    record = project.get_model(version)
+    assert operating_point(record["metrics"]) == {"ng": 0.4, "unsure_low": 0.3, "unsure_high": 0.7}
+    t = verdicts.version_thresholds(record["meta"], record["metrics"])
+    assert (t.ng, t.unsure_low, t.unsure_high) == (0.4, 0.3, 0.7)
+    with pytest.raises(ThresholdError):
+        project.set_operating_point(version, 0.4, 0.5, 0.7)  # band does not contain ng
+    assert operating_point(project.get_model(version)["metrics"])["ng"] == 0.4  # kept
+    project.set_operating_point(version, None)  # cleared: back to what evaluate chose
+    assert operating_point(project.get_model(version)["metrics"]) == {"ng": 0.2}

@@ -48,36 +48,36 @@ class Thresholds:
 
 def resolve_thresholds(
     model_thresholds: Mapping[str, Any] | None = None,
-    operating_threshold: float | None = None,
+    operating: float | Mapping[str, Any] | None = None,
     threshold: float | None = None,
     unsure_low: float | None = None,
     unsure_high: float | None = None,
 ) -> Thresholds:
-    """The thresholds to apply; the NG threshold is, first match wins: ``threshold`` (an
-    override), the model's own ``model_thresholds["ng"]``, ``operating_threshold`` (the one
-    ``defectssft evaluate`` chose), 0.5.
+    """The thresholds to apply; first match wins for the NG threshold: ``threshold`` (an
+    override), the model's own ``model_thresholds["ng"]``, the project's ``operating`` point
+    (a number, or a mapping ``{"ng", "unsure_low", "unsure_high"}``: what ``defectssft evaluate``
+    calibrated or the operator set), 0.5.
 
-    An overriding ``threshold`` drops the model's UNSURE band (no band unless ``unsure_low`` /
-    ``unsure_high`` are given too); without one, the model's band stays unless overridden.
-    Raises ThresholdError for an impossible combination.
+    The UNSURE band comes from the same source as the NG threshold. An overriding ``threshold``
+    drops the band (no band unless ``unsure_low`` / ``unsure_high`` are given too); otherwise
+    ``unsure_low`` / ``unsure_high`` override one edge of it. Raises ThresholdError for an
+    impossible combination.
     """
+    if isinstance(operating, Mapping):
+        point: Mapping[str, Any] = operating
+    else:
+        point = {} if operating is None else {"ng": operating}
     base = model_thresholds or {}
-    ng = threshold
-    if ng is None:
-        ng = base.get("ng")
-    if ng is None:
-        ng = operating_threshold
-    ng = DEFAULT_THRESHOLD if ng is None else float(ng)
-    low = (
-        unsure_low
-        if unsure_low is not None
-        else (None if threshold is not None else base.get("unsure_low"))
-    )
-    high = (
-        unsure_high
-        if unsure_high is not None
-        else (None if threshold is not None else base.get("unsure_high"))
-    )
+    if threshold is not None:
+        ng, band = float(threshold), {}
+    elif base.get("ng") is not None:
+        ng, band = float(base["ng"]), base
+    elif point.get("ng") is not None:
+        ng, band = float(point["ng"]), point
+    else:
+        ng, band = DEFAULT_THRESHOLD, {}
+    low = unsure_low if unsure_low is not None else band.get("unsure_low")
+    high = unsure_high if unsure_high is not None else band.get("unsure_high")
     return Thresholds(ng, ng if low is None else float(low), ng if high is None else float(high))
 
 

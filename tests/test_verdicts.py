@@ -90,3 +90,19 @@ def test_an_operating_point_set_for_a_version_is_what_the_line_uses(project):
     assert operating_point(project.get_model(version)["metrics"])["ng"] == 0.4  # kept
     project.set_operating_point(version, None)  # cleared: back to what evaluate chose
     assert operating_point(project.get_model(version)["metrics"]) == {"ng": 0.2}
+
+
+def test_out_of_fold_evidence_round_trip_and_bad_file(tmp_path):
+    import numpy as np
+
+    from defectssft.errors import DefectssftError
+    from defectssft.evidence import Evidence, load_oof, save_oof
+
+    assert load_oof(tmp_path) is None
+    ev = Evidence(np.arange(3), np.array([0, 1, 1]), np.full((3, 2), 0.5), np.array([0, 1, 0]))
+    save_oof(tmp_path, ev)
+    back = load_oof(tmp_path)
+    assert back is not None and back.labels.tolist() == [0, 1, 1] and back.probs.shape == (3, 2)
+    (tmp_path / "oof.npz").write_bytes(b"not an npz")
+    with pytest.raises(DefectssftError, match="unreadable out-of-fold"):
+        load_oof(tmp_path)

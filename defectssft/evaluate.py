@@ -1,32 +1,38 @@
-"""Evaluate a model version on the project's frozen test split and store the metrics.
+"""Evaluate a model version on the project's frozen test split, calibrate its operating point
+and store both.
 
 Images go through the shared preprocessing (``defectssft_line.preprocess``) and the same
 ``InspectionModel`` graph that is exported, so evaluation scores what the line will score.
 
-The operating threshold (what export writes into the ONNX file and promotion compares) is,
-first match wins: the model file's own threshold; the threshold for the target escape rate
-chosen on the **validation** split (so the test escape rate is not tuned on itself); the same
-chosen on the test split when val has no defective images; 0.5.
+The operating point (NG threshold and UNSURE band, what export writes into the ONNX file) is
+calibrated by ``defectssft.calibration`` from the evidence the version has: the validation
+split, the out-of-fold scores training wrote (``models/vNNNN/oof.npz``) and a bounded sample of
+the unlabeled stream; never from the test split, which stays an honest check. A model file with
+thresholds of its own keeps them. Every rate is reported with its count and a 95 % exact
+interval, with a one-line warning when the split is too small to support it; the verdicts
+(OK / NG / UNSURE) are those of ``defectssft_line.decision``, the line's own rule.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from defectssft import calibration as C
 from defectssft import metrics as M
 from defectssft.errors import DefectssftError
 
-DEFAULT_MAX_ESCAPE = 0.005
+DEFAULT_MAX_ESCAPE = 0.0
+VERDICTS = ("OK", "NG", "UNSURE")
 
 
 class EvaluationError(DefectssftError):
-    """Evaluation impossible as asked (no test images, bad target)."""
+    """Evaluation impossible as asked (no images to evaluate on, bad target)."""
 
 
 @dataclass
@@ -40,6 +46,9 @@ class Evaluation:
     paths: list[Path]
     report: Path | None = None
     names: list[str] | None = None  # original file names, for the report
+    verdicts: list[str] = field(default_factory=list)  # the line's verdict per test image
+    # every probability computed (test, val, stream sample): image id -> probs, to store
+    scored: dict[int, list[float]] = field(default_factory=dict)
 
 
 def split_hash(image_ids: list[int], labels: list[int]) -> str:
@@ -60,59 +69,98 @@ def predict_paths(wrapper, paths: list[Path], spec, batch_size: int = 32) -> np.
         images = load_images(paths[i : i + batch_size], inp.height, inp.width, inp.bit_depth)
         chunks.append(run_torch(wrapper, images, batch_size))
     if not chunks:
-        return np.zeros((0, 0), np.float32)
+        return np.zeros((0, len(spec.classes)), np.float32)
     return np.concatenate(chunks)
 
 
-def _choose_threshold(
+def _probs_for(
+    wrapper, spec, items: list[tuple[int, Path]], cache: dict[int, list[float]]
+) -> np.ndarray:
+    """probs of ``(image id, path)`` items; ids in ``cache`` (this version's stored
+    predictions) are not scored again. Fills ``cache`` with the new ones."""
+    n_classes = len(spec.classes)
+    todo = [(i, p) for i, p in items if len(cache.get(i) or ()) != n_classes]
+    if todo:
+        fresh = predict_paths(wrapper, [p for _, p in todo], spec)
+        for (i, _), row in zip(todo, fresh.tolist(), strict=True):
+            cache[i] = row
+    if not items:
+        return np.zeros((0, n_classes), np.float32)
+    return np.asarray([cache[i] for i, _ in items], dtype=np.float64)
+
+
+def verdict_counts(
+    labels: np.ndarray, verdicts: list[str], classes: list[str]
+) -> dict[str, dict[str, int]]:
+    """Line verdicts by true class: ``{class: {"OK": n, "NG": n, "UNSURE": n}}``."""
+    out = {c: dict.fromkeys(VERDICTS, 0) for c in classes}
+    for y, v in zip(labels.tolist(), verdicts, strict=True):
+        out[classes[int(y)]][v] += 1
+    return out
+
+
+def decision_claims(is_defect: np.ndarray, verdicts: list[str]) -> dict[str, Any]:
+    """Escapes (defective parts passed), overkill (good parts rejected) and UNSURE, each as a
+    count with its 95 % interval (``metrics.rate_claim``)."""
+    v = np.asarray(verdicts, dtype=object)
+    d = np.asarray(is_defect, dtype=bool)
+    n_def, n_good = int(d.sum()), int((~d).sum())
+    escapes = int(np.sum(d & (v == "OK"))) if v.size else 0
+    overkill = int(np.sum(~d & (v == "NG"))) if v.size else 0
+    unsure = int(np.sum(v == "UNSURE")) if v.size else 0
+    return {
+        "escapes": M.rate_claim(escapes, n_def),
+        "overkill": M.rate_claim(overkill, n_good),
+        "unsure": M.rate_claim(unsure, n_def + n_good),
+        "escape_rate": escapes / n_def if n_def else None,
+        "overkill_rate": overkill / n_good if n_good else None,
+        "unsure_rate": unsure / (n_def + n_good) if n_def + n_good else None,
+    }
+
+
+def claim_warnings(claims: dict[str, Any], where: str) -> list[str]:
+    out = []
+    for name, what in (("escapes", "defective"), ("overkill", "good")):
+        w = M.support_warning(name, claims[name], f"{what} {where} parts")
+        if w:
+            out.append(w)
+    return out
+
+
+def _calibrate(
     meta: dict[str, Any],
-    val_choice: M.ThresholdChoice | None,
-    test_choice: M.ThresholdChoice | None,
-) -> tuple[float, str]:
-    """The operating threshold (``decision.resolve_thresholds``: the model's own, else the one
-    chosen on val, else on test, else 0.5) and where it came from."""
-    from defectssft_line.decision import resolve_thresholds
-
-    chosen, source = (val_choice, "val") if val_choice is not None else (test_choice, "test")
-    if chosen is None:
-        source = "default"
-    own = meta.get("thresholds")
-    if (own or {}).get("ng") is not None:
-        source = "model"
-    threshold = resolve_thresholds(own, chosen.threshold if chosen is not None else None).ng
-    return threshold, source
-
-
-def _inspection(
-    meta: dict[str, Any],
-    probs: np.ndarray,
-    labels: np.ndarray,
     ok_index: int,
     val: tuple[np.ndarray, np.ndarray] | None,
+    oof,
+    stream: np.ndarray | None,
     max_escape: float,
-) -> tuple[dict, dict]:
-    scores = M.defect_scores(probs, ok_index)
-    is_defect = labels != ok_index
-    test_choice = (
-        M.threshold_for_max_escape(scores, is_defect, max_escape) if is_defect.any() else None
-    )
-    val_choice = None
-    if val is not None:
-        v_scores = M.defect_scores(val[0], ok_index)
-        v_defect = val[1] != ok_index
-        if v_defect.any():
-            val_choice = M.threshold_for_max_escape(v_scores, v_defect, max_escape)
-    threshold, source = _choose_threshold(meta, val_choice, test_choice)
-    insp = M.inspection_report(scores, is_defect, threshold, max_escape)
-    op = {
-        "threshold": threshold,
-        "chosen_on": source,
-        "escape_rate": insp["escape_rate"],
-        "overkill_rate": insp["overkill_rate"],
-    }
-    if val_choice is not None:
-        op["val_choice"] = val_choice.as_dict()
-    return insp, op
+    review_rate: float,
+    margin_logit: float,
+) -> dict[str, Any]:
+    """The stored operating point: the calibrated one, or the model file's own thresholds."""
+    sources = []
+    if val is not None and len(val[1]):
+        sources.append(C.Source("val", M.defect_scores(val[0], ok_index), val[1] != ok_index))
+    if oof is not None and len(oof):
+        sources.append(
+            C.Source("oof", M.defect_scores(oof.probs, ok_index), oof.labels != ok_index)
+        )
+    if stream is not None and len(stream):
+        sources.append(C.Source("stream", M.defect_scores(stream, ok_index)))
+    point = C.calibrate(sources, review_rate, margin_logit, max_escape).as_dict()
+    own = meta.get("thresholds") or {}
+    if own.get("ng") is not None:
+        from defectssft_line.decision import resolve_thresholds
+
+        t = resolve_thresholds(own)
+        return {
+            "threshold": t.ng,
+            "unsure_low": t.unsure_low,
+            "unsure_high": t.unsure_high,
+            "chosen_on": "model",
+            "calibrated": point,
+        }
+    return point
 
 
 def evaluate_loaded(
@@ -122,18 +170,45 @@ def evaluate_loaded(
     test_ids: list[int],
     val: list[tuple[Path, int]] | None = None,
     max_escape: float = DEFAULT_MAX_ESCAPE,
+    *,
+    val_ids: list[int] | None = None,
+    stream: list[tuple[int, Path]] | None = None,
+    oof=None,
+    review_rate: float = C.DEFAULT_REVIEW_RATE,
+    margin_logit: float = C.DEFAULT_MARGIN_LOGIT,
+    chosen_point: dict[str, float] | None = None,
+    cache: dict[int, list[float]] | None = None,
 ) -> Evaluation:
-    """Metrics of a loaded model on labeled images (pure computation, no project writes)."""
+    """Metrics of a loaded model on labeled images (pure computation, no project writes).
+
+    ``val`` / ``oof`` (``evidence.Evidence``) / ``stream`` (unlabeled ``(id, path)``) are the
+    calibration evidence; ``chosen_point`` an operating point set explicitly for the version
+    (``Project.set_operating_point``), which the line uses instead of the calibrated one, so
+    the verdicts here are computed with it.
+    """
     from defectssft.inspection import ModelSpec, inspection_model
+    from defectssft.verdicts import line_verdicts
+    from defectssft_line.decision import resolve_thresholds
 
     if not 0.0 <= max_escape < 1.0:
         raise EvaluationError(f"--max-escape must be in [0, 1), got {max_escape}")
+    try:
+        C.check_settings(review_rate, margin_logit)
+    except C.CalibrationError as e:
+        raise EvaluationError(str(e)) from None
     spec = ModelSpec.from_meta(meta)
     classes = list(meta["classes"])
+    if len(classes) < 2:
+        raise EvaluationError(
+            f"the model has one class ({', '.join(classes)}): there is nothing to decide between; "
+            "add a defect class, label some parts and train again"
+        )
+    cache = {} if cache is None else cache
     wrapper = inspection_model(model, spec)
     paths = [p for p, _ in test]
     labels = np.asarray([c for _, c in test], dtype=np.int64)
-    probs = predict_paths(wrapper, paths, spec)
+    probs = _probs_for(wrapper, spec, list(zip(test_ids, paths, strict=True)), cache)
+    n = len(labels)
     out: dict[str, Any] = {
         "version": meta.get("version", ""),
         "backbone": meta.get("model_name", ""),
@@ -145,20 +220,87 @@ def evaluate_loaded(
         "max_escape": max_escape,
         **M.classification_report(labels, probs, classes),
     }
-    out["error_rate"] = 1.0 - out["accuracy"]
+    out["accuracy_claim"] = M.rate_claim(int(np.trace(np.asarray(out["confusion_matrix"]))), n)
+    if n == 0:
+        out["accuracy"] = None
+    out["error_rate"] = None if n == 0 else 1.0 - out["accuracy"]
+    warnings: list[str] = []
+    if n == 0:
+        warnings.append(
+            "warning: the test split is empty: no claim on labeled parts the model never saw "
+            "(the operating point is calibrated from the other evidence)"
+        )
     ok = meta.get("ok_class")
+    verdicts: list[str] = []
     if ok in classes:
+        ok_index = classes.index(ok)
         val_arrays = None
         if val:
-            v_probs = predict_paths(wrapper, [p for p, _ in val], spec)
+            ids = val_ids or [-(k + 1) for k in range(len(val))]  # no ids: never cached
+            v_probs = _probs_for(
+                wrapper, spec, [(i, p) for i, (p, _) in zip(ids, val, strict=True)], cache
+            )
             val_arrays = (v_probs, np.asarray([c for _, c in val], dtype=np.int64))
-        out["inspection"], out["operating_point"] = _inspection(
-            meta, probs, labels, classes.index(ok), val_arrays, max_escape
+        s_probs = _probs_for(wrapper, spec, list(stream or []), cache) if stream else None
+        if oof is not None and oof.probs.shape[1:] != (len(classes),):
+            warnings.append("warning: out-of-fold evidence has another class count: not used")
+            oof = None
+        point = _calibrate(
+            meta, ok_index, val_arrays, oof, s_probs, max_escape, review_rate, margin_logit
         )
+        applied = resolve_thresholds(
+            meta.get("thresholds"), chosen_point or {**point, "ng": point["threshold"]}
+        )
+        verdicts = line_verdicts(probs, classes, ok, applied)
+        is_defect = labels != ok_index
+        scores = M.defect_scores(probs, ok_index) if n else np.zeros(0)
+        claims = decision_claims(is_defect, verdicts)
+        insp = {
+            "n_defective": int(is_defect.sum()),
+            "n_good": int((~is_defect).sum()),
+            "roc_auc": M.roc_auc(scores, is_defect),
+            "average_precision": M.average_precision(scores, is_defect),
+            "max_escape": max_escape,
+        }
+        point.update(claims)
+        point["applied"] = {
+            **applied.as_dict(),
+            "source": "chosen" if chosen_point else point["chosen_on"],
+        }
+        out["inspection"], out["operating_point"] = insp, point
+        out["verdicts"] = verdict_counts(labels, verdicts, classes)
+        warnings += [f"note: {t}" for t in point.get("notes", [])]
+        warnings += claim_warnings(claims, "test") if n else []
+        if oof is not None and len(oof):
+            o_scores = M.defect_scores(oof.probs, ok_index)
+            o_verdicts = line_verdicts(oof.probs, classes, ok, applied)
+            o_defect = oof.labels != ok_index
+            out["oof"] = {
+                "n": len(oof),
+                "n_defective": int(o_defect.sum()),
+                "n_good": int((~o_defect).sum()),
+                "roc_auc": M.roc_auc(o_scores, o_defect),
+                **decision_claims(o_defect, o_verdicts),
+                "note": "scored by fold models that did not train on them; the NG threshold "
+                "was calibrated on these scores, so its escapes here are not an independent test",
+            }
     else:
         # Every class is a defect: the verdict is always NG, what matters is the class.
-        out["operating_point"] = {"error_rate": out["error_rate"], "chosen_on": "none"}
-    return Evaluation(out, probs, labels, list(test_ids), paths)
+        errors = n - int(np.trace(np.asarray(out["confusion_matrix"])))
+        out["operating_point"] = {
+            "error_rate": out["error_rate"],
+            "errors": M.rate_claim(errors, n),
+            "chosen_on": "none",
+            "note": "no OK class: every part is NG with its class; no threshold to calibrate",
+        }
+        if n:
+            w = M.support_warning("errors", out["operating_point"]["errors"], "test parts")
+            if w:
+                warnings.append(w)
+    out["warnings"] = warnings
+    ev = Evaluation(out, probs, labels, list(test_ids), paths, verdicts=verdicts)
+    ev.scored = cache
+    return ev
 
 
 def evaluate_project_model(
@@ -168,21 +310,34 @@ def evaluate_project_model(
     report: bool = True,
     store: bool = True,
 ) -> Evaluation:
-    """Evaluate a model version (default: production, else newest) on the frozen test split.
+    """Evaluate a model version (default: production, else newest) on the frozen test split and
+    calibrate its operating point (``defectssft.calibration``, the project's ``decision.*``
+    settings).
 
-    Stores the metrics under ``metrics["test"]`` of the version and, with ``report``, writes
-    ``models/vNNNN/eval/report.md``.
+    Stores the metrics under ``metrics["test"]`` of the version (the operating point under
+    ``metrics["test"]["operating_point"]``, which export writes), the probabilities it computed
+    (test, val and the stream sample) as the version's predictions and, with ``report``,
+    writes ``models/vNNNN/eval/report.md``.
     """
+    from defectssft.evidence import load_oof
+    from defectssft.metrics import operating_point
     from defectssft.modeling import load_model_file
 
     record = project.get_model(version)
     data = project.training_data()
-    if not data.test:
+    try:
+        review_rate, margin, sample = C.project_settings(project)
+    except C.CalibrationError as e:
+        raise EvaluationError(str(e)) from None
+    folder = Path(record["path"])
+    oof = load_oof(folder)
+    if not (data.test or data.val or data.unlabeled or oof is not None):
         raise EvaluationError(
-            f"{project.root}: the test split is empty; label more images (at least 3 per class) "
-            "so that a test split can be drawn"
+            f"{project.root}: the test split is empty and there is no other evidence (val, "
+            "out-of-fold, unlabeled stream); label more images (at least 3 per class) so that "
+            "a test split can be drawn"
         )
-    model, meta = load_model_file(Path(record["path"]) / "model.pt")
+    model, meta = load_model_file(folder / "model.pt")
     meta["version"] = meta.get("version") or record["version"]
     # A class renamed since the model was trained keeps its output: evaluate under today's name.
     current = project.current_class_names(meta["classes"])
@@ -194,17 +349,36 @@ def evaluate_project_model(
             f"model {record['version']} has classes {meta['classes']} but the project has "
             f"{data.classes}; retrain it"
         )
-    ev = evaluate_loaded(model, meta, data.test, data.test_ids, data.val, max_escape)
+    picked = C.stream_sample(data.unlabeled_ids, sample)
+    stream = [(data.unlabeled_ids[i], Path(data.unlabeled[i])) for i in picked]
+    chosen = (record.get("metrics") or {}).get("operating_point")
+    chosen_point = operating_point({"operating_point": chosen}) if chosen else None
+    cache = project.predictions(record["version"])
+    ev = evaluate_loaded(
+        model,
+        meta,
+        data.test,
+        data.test_ids,
+        data.val,
+        max_escape,
+        val_ids=data.val_ids,
+        stream=stream,
+        oof=oof,
+        review_rate=review_rate,
+        margin_logit=margin,
+        chosen_point=chosen_point,
+        cache=cache,
+    )
     ev.metrics["project"] = project.name
     ev.names = [project.get_image(i).original_name or "" for i in ev.image_ids]
     ev.metrics["data_hash"] = meta.get("data_hash", "")
     if report:
-        ev.report = write_evaluation_report(Path(record["path"]) / "eval", ev)
+        ev.report = write_evaluation_report(folder / "eval", ev)
         ev.metrics["report"] = str(ev.report)
     if store:
         project.update_model_metrics(record["version"], {"test": ev.metrics})
         project.save_predictions(
-            record["version"], zip(ev.image_ids, ev.probs.tolist(), strict=True)
+            record["version"], [(i, p) for i, p in ev.scored.items() if i >= 0]
         )
     return ev
 
@@ -219,6 +393,7 @@ def write_evaluation_report(folder: Path, ev: Evaluation) -> Path:
         scores = M.defect_scores(ev.probs, classes.index(ok))
         is_defect = ev.labels != classes.index(ok)
     names = ev.names or [p.name for p in ev.paths]
+    verdicts = ev.verdicts or [None] * len(ev.paths)
     items = [
         Item(
             image_id,
@@ -228,6 +403,7 @@ def write_evaluation_report(folder: Path, ev: Evaluation) -> Path:
             float(np.max(p)),
             None if scores is None else float(scores[k]),
             names[k] or path.name,
+            verdicts[k],
         )
         for k, (image_id, path, t, p) in enumerate(
             zip(ev.image_ids, ev.paths, ev.labels, ev.probs, strict=True)
@@ -236,24 +412,29 @@ def write_evaluation_report(folder: Path, ev: Evaluation) -> Path:
     return write_report(folder, ev.metrics, items, scores, is_defect)
 
 
+def _count(claim: dict[str, Any] | None) -> str:
+    return "-" if not claim else f"{claim['k']}/{claim['n']}"
+
+
 def comparison_table(project) -> str:
-    """One line per evaluated model version, so runs can be compared at a glance."""
-    head = f"{'version':<8} {'status':<10} {'accuracy':>8} {'escape':>8} {'overkill':>8} {'thresh':>7} test split"
+    """One line per evaluated model version, so runs can be compared at a glance (counts, not
+    rates: 0/3 and 0/300 escapes are different claims)."""
+    head = (
+        f"{'version':<8} {'status':<10} {'accuracy':>9} {'escapes':>8} {'overkill':>8} "
+        f"{'unsure':>8} {'NG at':>8} test split"
+    )
     lines = [head]
     for m in project.models():
         t = m["metrics"].get("test")
         if not t:
-            lines.append(f"{m['version']:<8} {m['status']:<10} {'(not evaluated)':>8}")
+            lines.append(f"{m['version']:<8} {m['status']:<10} {'(not evaluated)':>9}")
             continue
         op = t.get("operating_point", {})
-
-        def pct(x):
-            return f"{100 * x:7.2f}%" if isinstance(x, int | float) else f"{'-':>8}"
-
+        acc = t.get("accuracy_claim")
         thr = op.get("threshold")
         lines.append(
-            f"{m['version']:<8} {m['status']:<10} {pct(t['accuracy'])} {pct(op.get('escape_rate'))} "
-            f"{pct(op.get('overkill_rate'))} {thr if thr is None else f'{thr:7.4f}'!s:>7} "
-            f"{t['test_hash'][:12]}"
+            f"{m['version']:<8} {m['status']:<10} {_count(acc):>9} {_count(op.get('escapes')):>8} "
+            f"{_count(op.get('overkill')):>8} {_count(op.get('unsure')):>8} "
+            f"{'-' if thr is None else f'{thr:.4g}':>8} {t['test_hash'][:12]}"
         )
     return "\n".join(lines)

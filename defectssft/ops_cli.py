@@ -20,6 +20,23 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _review_rate(text: str) -> float:
+    value = _fraction(text)
+    if value >= 0.5:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.5), got {value}")
+    return value
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 10.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 10] logits, got {value}")
+    return value
+
+
 def _open(path: str):
     from defectssft.project import Project
 
@@ -34,9 +51,15 @@ def _pct(x: float | None) -> str:
 
 
 def print_evaluation(m: dict) -> None:
+    from defectssft.metrics import format_rate
+
+    def claim(name: str, c: dict | None) -> str:
+        return f"{name} n/a" if not c else format_rate(name, c)
+
+    acc = m.get("accuracy_claim")
     print(
-        f"model {m['version']} on the test split ({m['n']} images): accuracy {_pct(m['accuracy'])}, "
-        f"macro F1 {m['macro_f1']:.3f}"
+        f"model {m['version']} on the test split ({m['n']} images): accuracy "
+        f"{_pct(m['accuracy'])} ({claim('correct', acc)}), macro F1 {m['macro_f1']:.3f}"
     )
     for name, pc in m["per_class"].items():
         print(
@@ -50,22 +73,54 @@ def print_evaluation(m: dict) -> None:
             f"  OK/NG: ROC AUC {'n/a' if auc is None else f'{auc:.4f}'}, "
             f"AP {'n/a' if ap is None else f'{ap:.4f}'}"
         )
+        ev = op.get("evidence") or op.get("calibrated", {}).get("evidence") or {}
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ev.items())
         print(
-            f"  operating threshold {op['threshold']:.4f} (from {op['chosen_on']}): "
-            f"escape {_pct(op['escape_rate'])}, overkill {_pct(op['overkill_rate'])}"
+            f"  operating threshold {op['threshold']:.4g} (from {op['chosen_on']}; {counts}), "
+            f"UNSURE band [{op.get('unsure_low', op['threshold']):.4g}, "
+            f"{op.get('unsure_high', op['threshold']):.4g})"
         )
-        tm = insp.get("threshold_for_max_escape")
-        if tm:
+        applied = op.get("applied") or {}
+        if applied.get("source") == "chosen":
             print(
-                f"  for escape <= {_pct(insp['max_escape'])} on test: threshold {tm['threshold']:.4f}, "
-                f"escape {_pct(tm['escape_rate'])}, overkill {_pct(tm['overkill_rate'])}"
+                f"  the line uses the operating point chosen for this version: NG from "
+                f"{applied['unsure_high']:.4g}, UNSURE from {applied['unsure_low']:.4g}"
             )
+        print(
+            f"  line verdicts on test: {claim('escapes', op.get('escapes'))}; "
+            f"{claim('overkill', op.get('overkill'))}; {claim('UNSURE', op.get('unsure'))}"
+        )
+        pred = op.get("predicted") or {}
+        if pred.get("stream_review_rate") is not None:
+            print(
+                f"  unlabeled stream ({ev.get('stream', 0)} scored): "
+                f"{_pct(pred['stream_review_rate'])} to review (target "
+                f"{_pct(op['review_rate'])}), {_pct(pred['stream_ng_rate'])} rejected"
+            )
+        verdicts = m.get("verdicts") or {}
+        for name, v in verdicts.items():
+            print(f"  {name:<20} verdicts: OK {v['OK']}  NG {v['NG']}  UNSURE {v['UNSURE']}")
+    elif op.get("errors"):
+        print(f"  {op['note']}: {claim('errors', op['errors'])}")
+    oof = m.get("oof")
+    if oof:
+        print(
+            f"  out-of-fold ({oof['n']} labeled images): {claim('escapes', oof['escapes'])}; "
+            f"{claim('overkill', oof['overkill'])}; {claim('UNSURE', oof['unsure'])}"
+        )
+    for w in m.get("warnings", []):
+        print(w)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from defectssft.calibration import SETTING_MARGIN, SETTING_REVIEW_RATE
     from defectssft.evaluate import comparison_table, evaluate_project_model
 
     project = _open(args.project)
+    if args.review_rate is not None:
+        project.set_setting(SETTING_REVIEW_RATE, args.review_rate)
+    if args.margin is not None:
+        project.set_setting(SETTING_MARGIN, args.margin)
     ev = evaluate_project_model(project, args.model, args.max_escape, report=not args.no_report)
     print_evaluation(ev.metrics)
     if ev.report:
@@ -156,7 +211,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-escape",
         type=_fraction,
         default=DEFAULT_MAX_ESCAPE,
-        help="target escape rate for choosing the threshold (default 0.005)",
+        help="escapes allowed among the evidence defects when calibrating (default 0: the NG "
+        "threshold sits a margin below the lowest one)",
+    )
+    p.add_argument(
+        "--review-rate",
+        type=_review_rate,
+        help="share of the unlabeled stream the UNSURE band may send to review; stored as the "
+        "project setting decision.review_rate (default 0.02)",
+    )
+    p.add_argument(
+        "--margin",
+        type=_margin,
+        help="NG margin below the lowest evidence defect, in logits; stored as the project "
+        "setting decision.margin_logit (default 1.0)",
     )
     p.add_argument("--no-report", action="store_true", help="metrics only, no report folder")
     p.set_defaults(func=cmd_evaluate)

@@ -32,6 +32,19 @@ class Item:
     confidence: float
     score: float | None
     name: str = ""  # the original file name
+    verdict: str | None = None  # the line's verdict (OK / NG / UNSURE), None without an OK class
+
+    def mistake(self, ok_class: str | None = None) -> str | None:
+        """What is wrong with this image's result: ``escape`` / ``overkill`` / ``unsure`` (by
+        the line's verdict), ``class`` (right verdict, wrong class), or None."""
+        if self.verdict is not None and ok_class is not None:
+            if self.verdict == "UNSURE":
+                return "unsure"
+            if self.true == ok_class and self.verdict == "NG":
+                return "overkill"
+            if self.true != ok_class and self.verdict == "OK":
+                return "escape"
+        return "class" if self.true != self.pred else None
 
 
 def _pyplot():
@@ -71,7 +84,13 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     return path
 
 
-def plot_scores(scores: np.ndarray, is_defect: np.ndarray, threshold: float, path: Path) -> Path:
+def plot_scores(
+    scores: np.ndarray,
+    is_defect: np.ndarray,
+    threshold: float,
+    path: Path,
+    band: tuple[float | None, float | None] = (None, None),
+) -> Path:
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -79,7 +98,10 @@ def plot_scores(scores: np.ndarray, is_defect: np.ndarray, threshold: float, pat
     bins = np.linspace(0, 1, 41)
     ax.hist(scores[~is_defect], bins=bins, alpha=0.6, label="good (OK)", color="#2ca02c")
     ax.hist(scores[is_defect], bins=bins, alpha=0.6, label="defective", color="#d62728")
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"NG threshold {threshold:.3g}")
+    low, high = band
+    if low is not None and high is not None and high > low:
+        ax.axvspan(low, high, color="#ff7f0e", alpha=0.2, label="UNSURE band")
     ax.set_xlabel("defect score (1 - p(OK))")
     ax.set_ylabel("images")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts are whole numbers
@@ -106,16 +128,23 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float | None, path: Path) ->
     return path
 
 
+_MISTAKE_ORDER = {"escape": 0, "overkill": 1, "unsure": 2, "class": 3}
+
+
 def write_gallery(
-    items: Sequence[Item], folder: Path, max_items: int = GALLERY_MAX
+    items: Sequence[Item], folder: Path, max_items: int = GALLERY_MAX, ok_class: str | None = None
 ) -> list[tuple[Item, str]]:
-    """Thumbnails of misclassified images, the most confident mistakes first."""
+    """Thumbnails of the mistakes: by the line's verdict first (escapes, overkill, UNSURE), then
+    wrong classes; the most confident first within each."""
     from defectssft_line.preprocess import ImageDecodeError, read_image, to_rgb8
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.jpg"):
         old.unlink()
-    wrong = sorted((i for i in items if i.true != i.pred), key=lambda i: -i.confidence)
+    wrong = sorted(
+        (i for i in items if i.mistake(ok_class)),
+        key=lambda i: (_MISTAKE_ORDER[i.mistake(ok_class) or "class"], -i.confidence),
+    )
     out = []
     for item in wrong[:max_items]:
         try:
@@ -126,7 +155,8 @@ def write_gallery(
         s = min(THUMB_MIN_PX / min(h, w), THUMB_MAX_PX / max(h, w))
         interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_NEAREST  # enlarged: pixels stay sharp
         thumb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp)
-        name = f"{item.image_id}_{item.true}_as_{item.pred}.jpg"
+        shown = item.pred if item.verdict is None else f"{item.verdict}-{item.pred}"
+        name = f"{item.image_id}_{item.true}_as_{shown}.jpg"
         cv2.imwrite(str(folder / name), cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
         out.append((item, f"{folder.name}/{name}"))
     return out
@@ -140,6 +170,12 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+def _claim(name: str, claim: dict[str, Any] | None) -> str:
+    from defectssft.metrics import format_rate
+
+    return f"{name} n/a" if not claim else format_rate(name, claim)
+
+
 def _markdown(
     metrics: dict[str, Any], plots: dict[str, str], gallery: list[tuple[Item, str]], n_wrong: int
 ) -> str:
@@ -149,27 +185,66 @@ def _markdown(
         "",
         f"Project `{metrics.get('project', '')}`, backbone `{metrics.get('backbone', '')}`, "
         f"evaluated {metrics['evaluated_at']} on the frozen **test split** "
-        f"({metrics['n']} images, split hash `{metrics['test_hash'][:12]}`).",
+        f"({metrics['n']} images, split hash `{metrics['test_hash'][:12]}`). Every rate comes "
+        "with its count and its exact 95 % interval: what this many parts can tell.",
         "",
-        f"* Accuracy: **{_pct(metrics['accuracy'])}**, macro F1 {_num(metrics['macro_f1'])}",
     ]
+    lines += [f"> {w}" for w in metrics.get("warnings", [])]
+    if metrics.get("warnings"):
+        lines.append("")
+    acc = metrics.get("accuracy_claim")
+    lines.append(
+        f"* Top class right: {_claim('correct', acc)}, macro F1 {_num(metrics['macro_f1'])}"
+    )
     insp = metrics.get("inspection")
     op = metrics.get("operating_point")
     if insp and op:
+        applied = op.get("applied") or {}
         lines += [
             f"* ROC AUC {_num(insp['roc_auc'])}, average precision {_num(insp['average_precision'])} "
             f"({insp['n_defective']} defective, {insp['n_good']} good)",
-            f"* Operating threshold **{op['threshold']:.4f}** (from {op['chosen_on']}): "
-            f"escape rate **{_pct(op['escape_rate'])}**, overkill rate **{_pct(op['overkill_rate'])}**",
+            f"* Operating point (calibrated on {op['chosen_on']}): NG at score >= "
+            f"**{op['threshold']:.4g}**, UNSURE in [{op.get('unsure_low', op['threshold']):.4g}, "
+            f"{op.get('unsure_high', op['threshold']):.4g})",
         ]
-        tm = insp.get("threshold_for_max_escape")
-        if tm:
+        if applied.get("source") == "chosen":
             lines.append(
-                f"* For escape <= {_pct(insp['max_escape'])} on this test split the threshold would be "
-                f"{tm['threshold']:.4f}: escape {_pct(tm['escape_rate'])}, overkill {_pct(tm['overkill_rate'])}"
+                f"* The line uses the operating point chosen for this version: NG >= "
+                f"{applied['unsure_high']:.4g}, UNSURE from {applied['unsure_low']:.4g}"
+            )
+        lines.append(
+            f"* Line verdicts on the test split: **{_claim('escapes', op.get('escapes'))}**; "
+            f"{_claim('overkill', op.get('overkill'))}; {_claim('UNSURE', op.get('unsure'))}"
+        )
+        pred = op.get("predicted") or {}
+        if pred.get("stream_review_rate") is not None:
+            lines.append(
+                f"* On the unlabeled stream ({op['evidence'].get('stream', 0)} images scored): "
+                f"{100 * pred['stream_review_rate']:.1f} % would go to review (UNSURE), "
+                f"{100 * pred['stream_ng_rate']:.1f} % rejected (target review rate "
+                f"{100 * op['review_rate']:.1f} %)"
             )
     elif op:
-        lines.append(f"* No OK class: error rate {_pct(op['error_rate'])}")
+        lines.append(f"* {op.get('note', 'No OK class')}: {_claim('errors', op.get('errors'))}")
+    oof = metrics.get("oof")
+    if oof:
+        lines.append(
+            f"* Out-of-fold evidence ({oof['n']} labeled images): "
+            f"{_claim('escapes', oof['escapes'])}; {_claim('overkill', oof['overkill'])}; "
+            f"{_claim('UNSURE', oof['unsure'])} ({oof['note']})"
+        )
+    verdicts = metrics.get("verdicts")
+    if verdicts:
+        lines += [
+            "",
+            "## Line verdicts by class (test split)",
+            "",
+            "| true class | OK | NG | UNSURE |",
+            "|---|---:|---:|---:|",
+        ]
+        for name in classes:
+            v = verdicts.get(name, {})
+            lines.append(f"| {name} | {v.get('OK', 0)} | {v.get('NG', 0)} | {v.get('UNSURE', 0)} |")
     lines += [
         "",
         "## Per class",
@@ -186,13 +261,18 @@ def _markdown(
     lines += ["", "## Plots", ""]
     for title, rel in plots.items():
         lines.append(f"![{title}]({rel})")
-    lines += ["", f"## Misclassified images ({n_wrong}, showing {len(gallery)})", ""]
+    lines += ["", f"## Mistakes ({n_wrong}, showing {len(gallery)})", ""]
     if gallery:
-        lines += ["| image | true | predicted | confidence | file |", "|---|---|---|---:|---|"]
+        lines += [
+            "| image | true | line verdict | predicted class | confidence | score | file |",
+            "|---|---|---|---|---:|---:|---|",
+        ]
         for item, rel in gallery:
+            score = "n/a" if item.score is None else f"{item.score:.4g}"
             lines.append(
-                f"| ![]({rel}) | {item.true} | {item.pred} | {item.confidence:.3f} | "
-                f"`{item.name or item.path.name}` (id {item.image_id}) |"
+                f"| ![]({rel}) | {item.true} | {item.verdict or '-'} | {item.pred} | "
+                f"{item.confidence:.3f} | {score} | `{item.name or item.path.name}` "
+                f"(id {item.image_id}) |"
             )
     else:
         lines.append("None.")
@@ -218,12 +298,17 @@ def write_report(
     op = metrics.get("operating_point") or {}
     if scores is not None and is_defect is not None and is_defect.any() and (~is_defect).any():
         plots["defect scores"] = plot_scores(
-            scores, is_defect, op.get("threshold", 0.5), folder / "scores.png"
+            scores,
+            is_defect,
+            op.get("threshold", 0.5),
+            folder / "scores.png",
+            band=(op.get("unsure_low"), op.get("unsure_high")),
         ).name
         fpr, tpr, _ = M.roc_curve(scores, is_defect)
         plots["ROC"] = plot_roc(fpr, tpr, M.roc_auc(scores, is_defect), folder / "roc.png").name
-    gallery = write_gallery(items, folder / "gallery")
-    n_wrong = sum(1 for i in items if i.true != i.pred)
+    ok = metrics.get("ok_class")
+    gallery = write_gallery(items, folder / "gallery", ok_class=ok)
+    n_wrong = sum(1 for i in items if i.mistake(ok))
     (folder / "metrics.json").write_text(
         json.dumps(metrics, indent=2, default=str), encoding="utf-8"
     )

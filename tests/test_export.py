@@ -193,14 +193,16 @@ def test_evaluate_and_export_project_model(tmp_path):
     assert m["n"] == len(project.training_data().test) > 0
     assert sum(map(sum, m["confusion_matrix"])) == m["n"]
     op = m["operating_point"]
-    assert op["chosen_on"] in ("val", "test") and op["escape_rate"] is not None
+    assert op["chosen_on"] in ("val", "val+oof") and op["escape_rate"] is not None
+    assert op["escapes"]["n"] == m["inspection"]["n_defective"]  # a count with its interval
     report = Path(ev.report)
     assert report.is_file()
     for plot in ("confusion.png", "scores.png", "roc.png"):
         assert (report.parent / plot).is_file()
-    assert "Misclassified images" in report.read_text()
+    assert "## Mistakes" in report.read_text() and "line verdict" in report.read_text()
     assert json.loads((report.parent / "metrics.json").read_text())["version"] == version
-    assert len(project.predictions(version)) == m["n"]
+    data = project.training_data()  # test, val and the stream sample are stored predictions
+    assert len(project.predictions(version)) == m["n"] + len(data.val) + len(data.unlabeled)
 
     res = export_project_model(project, version)
     assert Path(res.path) == Path(project.get_model(version)["path"]) / "model.onnx"

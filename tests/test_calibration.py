@@ -1,0 +1,231 @@
+"""Calibration: a margin below the lowest evidence defect in logit space, a real UNSURE band sized
+to the review rate on the stream, honest fallbacks, and what `evaluate` stores and prints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defectssft import calibration as C
+from defectssft import metrics as M
+from defectssft.evidence import Evidence, save_oof
+from defectssft_line.decision import verdict
+from tests.helpers import CLASSES, add_model, make_project
+
+RNG = np.random.default_rng(0)
+
+
+def _val(defects, goods):
+    scores = np.r_[defects, goods]
+    return C.Source("val", scores, np.r_[np.ones(len(defects)), np.zeros(len(goods))])
+
+
+def test_the_threshold_keeps_a_logit_margin_below_the_lowest_defect():
+    val = _val([0.13149966, 0.6, 0.9], [0.01, 0.02, 0.05])
+    point = C.calibrate([val], review_rate=0.0, margin_logit=1.0)
+    assert point.anchor == pytest.approx(0.13149966)
+    assert C.logit(point.anchor) - C.logit(point.threshold) == pytest.approx(1.0)
+    # the defect it was set on, and the same defect after a torch -> ONNX wobble, stay NG
+    for wobble in (0.0, -1e-5, -1e-3):
+        assert verdict(0.13149966 + wobble, point.thresholds) == "NG"
+    assert point.chosen_on == "val" and point.evidence == {"val_defective": 3, "val_good": 3}
+    assert point.unsure_low == point.unsure_high == point.threshold  # review rate 0: no band
+
+
+def test_the_unsure_band_holds_the_review_rate_of_the_stream():
+    stream = C.Source("stream", RNG.beta(1, 30, 1000))  # mostly good parts, low scores
+    val = _val([0.5, 0.8], [0.01, 0.02])
+    point = C.calibrate([val, stream], review_rate=0.02, margin_logit=1.0)
+    assert point.unsure_high == point.threshold > point.unsure_low
+    assert point.predicted["stream_review_rate"] == pytest.approx(0.02, abs=0.002)
+    s = stream.scores
+    assert np.mean((s >= point.unsure_low) & (s < point.threshold)) == pytest.approx(0.02, abs=2e-3)
+    # a part just below the NG threshold goes to review instead of passing
+    assert verdict(point.threshold * 0.999, point.thresholds) == "UNSURE"
+
+
+def test_no_defects_in_the_evidence_falls_back_to_the_stream_quantile_and_says_so():
+    stream = C.Source("stream", np.linspace(0, 1, 201))
+    val = _val([], [0.01, 0.02, 0.03])
+    point = C.calibrate([val, stream], review_rate=0.02)
+    assert point.chosen_on == "stream-quantile"
+    assert point.threshold == pytest.approx(np.quantile(stream.scores, C.FALLBACK_QUANTILE))
+    assert any("no defective parts in the evidence" in n for n in point.notes)
+    assert point.anchor is None
+    # no stream either: a margin above the highest OK score; nothing at all: 0.5
+    only_ok = C.calibrate([val], review_rate=0.02, margin_logit=1.0)
+    assert only_ok.chosen_on == "ok-evidence" and only_ok.threshold > 0.03
+    assert C.calibrate([], review_rate=0.02).threshold == 0.5
+
+
+@pytest.mark.parametrize("rate,margin", [(0.7, 1.0), (-0.1, 1.0), (0.02, -1.0), (0.02, 11.0)])
+def test_settings_out_of_range_are_one_line_errors(rate, margin):
+    with pytest.raises(C.CalibrationError, match="must be in"):
+        C.calibrate([], review_rate=rate, margin_logit=margin)
+
+
+def test_allowed_escapes_move_the_anchor_up():
+    val = _val([0.1, 0.5, 0.6, 0.7], [0.01])
+    assert C.calibrate([val], 0.0, 0.0, max_escape=0.25).anchor == pytest.approx(0.5)
+
+
+def test_stream_sample_is_bounded_and_stable():
+    ids = list(range(1000, 0, -1))
+    a = C.stream_sample(ids, 50)
+    assert len(a) == 50 and a == C.stream_sample(ids, 50)
+    assert C.stream_sample(ids[:10], 50) == list(range(10))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@pytest.fixture
+def project(tmp_path):
+    return make_project(tmp_path, unlabeled=12)
+
+
+def test_evaluate_stores_the_calibrated_triple_with_counts_and_intervals(project, capsys):
+    from defectssft.cli import main
+    from defectssft.metrics import operating_point
+
+    version = add_model(project, seed=1)
+    assert main(["evaluate", str(project.root), "--no-report", "--review-rate", "0.1"]) == 0
+    out = capsys.readouterr().out
+    test = project.get_model(version)["metrics"]["test"]
+    op = test["operating_point"]
+    for key in ("threshold", "unsure_low", "unsure_high", "chosen_on", "evidence", "escapes"):
+        assert key in op
+    assert op["evidence"]["stream"] == 12 and op["review_rate"] == 0.1
+    assert op["unsure_low"] < op["unsure_high"] == op["threshold"]  # a real band
+    assert operating_point(project.get_model(version)["metrics"]) == {
+        "ng": op["threshold"],
+        "unsure_low": op["unsure_low"],
+        "unsure_high": op["unsure_high"],
+    }
+    assert project.get_setting(C.SETTING_REVIEW_RATE) == 0.1
+    assert "at 95 %" in out and "escapes" in out and "verdicts: OK" in out
+    assert sum(sum(v.values()) for v in test["verdicts"].values()) == test["n"]
+    # few test parts: the claim is flagged as unsupported
+    assert "warning:" in out and "cannot tell" in out
+
+
+def test_evaluate_uses_out_of_fold_evidence_and_reports_it_beside_test(project, capsys):
+    from defectssft.cli import main
+
+    version = add_model(project, seed=2)
+    data = project.training_data()
+    ids = np.asarray(data.labeled_ids)
+    labels = np.asarray([c for _, c in data.labeled])
+    probs = np.full((len(ids), 3), 0.1, np.float32)
+    probs[np.arange(len(ids)), labels] = 0.8
+    probs[labels == 1] = [0.45, 0.5, 0.05]  # a weak defect: the anchor
+    save_oof(project.get_model(version)["path"], Evidence(ids, labels, probs, ids % 3))
+    assert main(["evaluate", str(project.root), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    test = project.get_model(version)["metrics"]["test"]
+    assert "oof" in test["operating_point"]["chosen_on"]
+    assert test["operating_point"]["anchor"] <= 0.55 + 1e-6
+    assert test["oof"]["n"] == len(ids) and "out-of-fold" in out
+
+
+def test_evaluate_without_test_defects_says_so(tmp_path, capsys):
+    from defectssft.cli import main
+    from defectssft.project import Project
+    from tests.helpers import synthetic_image
+
+    import cv2
+
+    project = Project.create(tmp_path / "p", classes=CLASSES, ok_class="ok")
+    for i in range(8):
+        path = tmp_path / f"u{i}.png"
+        cv2.imwrite(str(path), synthetic_image("ok", i))
+        project.add_image(path)  # only an unlabeled stream
+    add_model(project)
+    assert main(["evaluate", str(project.root), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "no defective parts in the evidence" in out
+    assert "test split is empty" in out
+    op = project.get_model(project.models()[-1]["version"])["metrics"]["test"]["operating_point"]
+    assert op["chosen_on"] == "stream-quantile"
+
+
+def test_a_project_with_one_class_is_one_line(tmp_path, capsys):
+    import cv2
+    import torch
+
+    from defectssft.cli import main
+    from defectssft.modeling import build_model, save_model_file
+    from defectssft.project import Project
+    from tests.helpers import synthetic_image, tiny_meta
+
+    project = Project.create(tmp_path / "p", classes=["ok"], ok_class="ok")
+    for i in range(6):
+        path = tmp_path / f"o{i}.png"
+        cv2.imwrite(str(path), synthetic_image("ok", i))
+        project.add_image(path, label="ok")
+    project.assign_splits(val_fraction=0.3, test_fraction=0.3)
+    version, folder = project.new_model_dir()
+    torch.manual_seed(0)
+    meta = {**tiny_meta(version), "classes": ["ok"]}
+    save_model_file(folder / "model.pt", build_model("test_efficientnet", 1, weights="none"), meta)
+    project.register_model(version, {k: v for k, v in meta.items() if k != "thresholds"}, {})
+    assert main(["evaluate", str(project.root), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "one class" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--review-rate", "0.7"], "must be in [0, 0.5)"),
+        (["--margin", "-1"], "must be in [0, 10]"),
+        (["--margin", "x"], "not a number"),
+    ],
+)
+def test_evaluate_rejects_bad_settings_in_one_line(project, capsys, flags, message):
+    from defectssft.cli import main
+
+    add_model(project)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(project.root), *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_bad_stored_setting_is_one_line(project, capsys):
+    from defectssft.cli import main
+
+    add_model(project)
+    project.set_setting(C.SETTING_REVIEW_RATE, 3)
+    assert main(["evaluate", str(project.root), "--no-report"]) == 2
+    assert "review rate must be in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--threshold", "0.5", "--unsure-low", "0.7"], "unsure_low"),
+        (["--threshold", "1.5"], "must be in [0, 1)"),
+        (["--unsure-high", "-0.1"], "must be in [0, 1)"),
+    ],
+)
+def test_export_thresholds_out_of_order_or_range_are_one_line(project, capsys, flags, message):
+    from defectssft.cli import main
+
+    add_model(project)
+    try:
+        rc = main(["export", str(project.root), *flags])
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith(("error:", "usage:", "defectssft"))
+
+
+def test_rate_claims_are_exact_intervals():
+    assert M.clopper_pearson(0, 3)[1] == pytest.approx(0.7076, abs=1e-4)
+    low, high = M.clopper_pearson(1, 3)
+    assert low == pytest.approx(0.0084, abs=1e-4) and high == pytest.approx(0.9057, abs=1e-4)
+    assert M.format_rate("escapes", M.rate_claim(0, 3)) == "escapes 0 / 3, ≤ 70.8 % at 95 %"
+    assert M.format_rate("overkill", M.rate_claim(2, 40)).startswith("overkill 2 / 40 = 5.0 %")
+    assert M.support_warning("escapes", M.rate_claim(0, 300), "defective parts") is None
+    assert "cannot tell" in M.support_warning("escapes", M.rate_claim(0, 3), "defective parts")

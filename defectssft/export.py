@@ -63,6 +63,8 @@ class ExportResult:
     seconds: float = 0.0
     size_bytes: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    verdict_check: dict[str, Any] = field(default_factory=dict)  # exportcheck.check_verdicts
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -441,10 +443,14 @@ def export_project_model(
     max_calib: int = 64,
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
 ) -> ExportResult:
-    """Export a project's model version (default: production, else newest) with its checks."""
+    """Export a project's model version (default: production, else newest) with its checks
+    (``defectssft.exportcheck``: evaluated first if it never was; no verdict may flip)."""
+    from defectssft import exportcheck
     from defectssft.modeling import load_model_file
 
     record = project.get_model(version)
+    note = exportcheck.ensure_evaluated(project, record["version"], threshold is not None)
+    record = project.get_model(record["version"])
     model_dir = Path(record["path"])
     model, meta = load_model_file(model_dir / "model.pt")
     meta["version"] = meta.get("version") or record["version"]
@@ -461,17 +467,19 @@ def export_project_model(
         raise ExportError(f"{project.root}: no images to check the export on; import some first")
     check = load_images(check_paths, height, width, bit_depth)
     calib = load_images(calib_paths, height, width, bit_depth) if precision == "int8" else None
-    result = export_onnx(
+    result = exportcheck.checked_export(
+        project,
         model,
         meta,
         out or default_output(model_dir, precision),
+        thresholds,
+        precision,
         check_images=check,
         check_labels=labels,
         calib_images=calib,
-        precision=precision,
-        thresholds=thresholds,
         project=project.name,
         max_int8_drop=max_int8_drop,
     )
+    result.notes += [note] if note else []
     project.update_model_metrics(record["version"], {f"export_{precision}": result.as_dict()})
     return result

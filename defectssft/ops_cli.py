@@ -156,10 +156,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_int8_drop=args.max_int8_drop,
     )
     t = result.metadata["thresholds"]
+    for note in result.notes:
+        print(note)
     print(f"exported {result.summary()}")
     print(
-        f"thresholds: ng {t['ng']:.4f}, unsure band [{t['unsure_low']:.4f}, {t['unsure_high']:.4f})"
+        f"thresholds: ng {t['ng']:.4g}, unsure band [{t['unsure_low']:.4g}, {t['unsure_high']:.4g})"
     )
+    check = result.verdict_check
+    if check.get("n"):
+        print(
+            f"verdicts: the same as torch on all {check['n']} val/test/stream images "
+            f"(max |dscore| {check['max_score_diff']:.2e})"
+        )
+    op = (project.get_model(result.metadata["model_version"])["metrics"].get("test") or {}).get(
+        "operating_point"
+    ) or {}
+    pred = op.get("predicted") or {}
+    if pred.get("stream_review_rate") is not None and t["ng"] == op.get("threshold"):
+        print(
+            f"predicted on the unlabeled stream: {_pct(pred['stream_review_rate'])} to review "
+            f"(UNSURE), {_pct(pred['stream_ng_rate'])} rejected"
+        )
     print(f"run it: defectssft-line run --model {result.path} --input IMAGES...")
     return 0
 

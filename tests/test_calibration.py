@@ -129,11 +129,11 @@ def test_evaluate_uses_out_of_fold_evidence_and_reports_it_beside_test(project, 
 
 
 def test_evaluate_without_test_defects_says_so(tmp_path, capsys):
+    import cv2
+
     from defectssft.cli import main
     from defectssft.project import Project
     from tests.helpers import synthetic_image
-
-    import cv2
 
     project = Project.create(tmp_path / "p", classes=CLASSES, ok_class="ok")
     for i in range(8):

@@ -89,7 +89,9 @@ def test_demo_kolektor_tiny_ok_ng(tmp_path, capsys):
     assert test["inspection"]["n_defective"] == 1 and test["inspection"]["n_good"] == 1
     assert test["operating_point"]["chosen_on"] == "val"
     report = Path(summary["report"]).read_text()
-    assert "ROC AUC" in report and "escape rate" in report and "overkill rate" in report
+    assert (
+        "ROC AUC" in report and "escapes" in report and "overkill" in report and "at 95 %" in report
+    )
 
     line = LineModel.load(summary["onnx"])
     assert line.ok_class == "good" and (line.height, line.width) == (64, 32)

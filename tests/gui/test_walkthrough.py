@@ -32,8 +32,11 @@ def test_new_user_walkthrough(qtbot, qapp, tmp_path):
     # The unlabeled images got the new model's suggestions and the line's verdicts by themselves.
     assert all(v in ("OK", "NG", "UNSURE") for v in out["verdicts"])
     assert out["strip_verdict"] in ("OK", "NG", "UNSURE")
-    # Promoted from the panel with the CLI's rule (the first model: published).
-    assert out["promoted"][0] == "v0001" and "first production model" in out["promoted"][1]
+    # Promoted from the panel: the CLI's evidence rule refuses a first model on a handful of
+    # test images, so the walkthrough publishes it with --force, which says what it overrides.
+    assert out["promoted"][0] == "v0001" and (
+        "first production model" in out["promoted"][1] or "overrides" in out["promoted"][1]
+    )
     assert out["second"][0] in ("v0001", "v0002")  # promoted only if not worse
     # Rolled back: v0001 is production again, published, and the window follows.
     assert out["rolled_back"][0] == "v0001" and "forced" in out["rolled_back"][1]

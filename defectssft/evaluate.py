@@ -29,6 +29,7 @@ from defectssft.errors import DefectssftError
 
 DEFAULT_MAX_ESCAPE = 0.0
 VERDICTS = ("OK", "NG", "UNSURE")
+STREAM_REJECT_WARNING = 0.20  # a stream (mostly good parts) rejected beyond this gets a warning
 
 
 class EvaluationError(DefectssftError):
@@ -270,6 +271,12 @@ def evaluate_loaded(
         out["inspection"], out["operating_point"] = insp, point
         out["verdicts"] = verdict_counts(labels, verdicts, classes)
         warnings += [f"note: {t}" for t in point.get("notes", [])]
+        stream_ng = (point.get("predicted") or {}).get("stream_ng_rate")
+        if stream_ng is not None and stream_ng > STREAM_REJECT_WARNING:
+            warnings.append(
+                f"warning: this operating point rejects {100 * stream_ng:.0f} % of the unlabeled "
+                "stream: the model does not separate its evidence defects from the good parts"
+            )
         warnings += claim_warnings(claims, "test") if n else []
         if oof is not None and len(oof):
             o_scores = M.defect_scores(oof.probs, ok_index)

@@ -1,0 +1,426 @@
+"""Decisions from a few labels, as a user gets them: the line runtime's verdicts at the default
+operating point on held-out parts, flips between torch and the exported files, the coverage of the
+intervals the product reports, and the calibration rule (margin, UNSURE band) chosen by benchmark.
+
+Per data set and seed, in a temporary folder, with the CLIs (``benchmarks/default_path.py``'s
+protocol helpers, imported): ``defectssft init`` / ``import`` (labeled + unlabeled stream) /
+``train`` / ``evaluate`` / ``export`` (fp32 and ``--int8``), then ``defectssft-line run`` on the
+held-out parts (never imported) with each file. Torch scores the same held-out parts (the
+product's own inference path) to count verdict flips. Then, offline from what ``evaluate``
+stored (val/test/stream predictions, out-of-fold evidence), the calibration candidates (logit
+margin × UNSURE band on/off, and the old rule: the lowest val defect, no margin, no band) are
+scored on the same held-out parts: this is how the default margin was chosen. Commands and
+results: BENCHMARKS.md, "Decisions".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "deploy"), str(ROOT / "benchmarks")]
+
+import default_path as dp  # noqa: E402 - H12's protocol helpers (not edited here)
+
+RESULTS = ROOT / "benchmarks" / "results"
+OK = dp.OK
+QUICK_SETS = ["train.steps=60", "input.height=64", "input.width=64", "train.eval_every=20"]
+MARGINS = (0.0, 0.5, 1.0, 2.0)
+
+
+def neu_okng_pool(root: Path) -> dict[str, list[Path]]:
+    """NEU-DET as OK/NG: ``rolled-in_scale`` is the good parts, the other five one defect class."""
+    pool = dp.neu_pool(root / "neu-det")
+    return {OK: pool[OK], "defect": sorted(p for c, v in pool.items() if c != OK for p in v)}
+
+
+def protocol(dataset: str, seed: int, quick: bool, root: Path) -> dp.Protocol:
+    """10 defective + 30 good labeled, the rest of the good parts (≤ 400) + 4 % defects as the
+    unlabeled stream, held-out parts fixed per data set."""
+    if dataset == "kolektor":
+        pool = dp.kolektor_pool(root / "kolektorsdd")
+        held = {OK: 60 if quick else 120, "defect": 16 if quick else 22}
+        return dp.build_protocol("kolektor", pool, held, 10, seed, min_ok_labels=30)
+    if dataset in ("elpv-mono", "elpv-poly"):
+        pool, graded = dp.elpv_pool(root / "elpv", dataset.split("-")[1])
+        held = {OK: 60 if quick else 150, "defect": 30 if quick else 60}
+        return dp.build_protocol(
+            dataset, pool, held, 10, seed, min_ok_labels=30, graded=graded,
+            graded_n=10 if quick else 30,
+        )  # fmt: skip
+    if dataset == "neu":
+        pool = neu_okng_pool(root)
+        held = {OK: 50 if quick else 100, "defect": 50 if quick else 100}
+        return dp.build_protocol("neu-okng", pool, held, 10, seed, min_ok_labels=30)
+    raise SystemExit(f"unknown data set {dataset!r}")
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def torch_scores(model_pt: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(probs, defect scores, meta) of the torch model on image files (the product's path)."""
+    import torch
+
+    from defectssft.inspection import load_images, load_inspection, predict_arrays
+
+    torch.set_num_threads(1)
+    wrapper, spec = load_inspection(model_pt)
+    inp = spec.input
+    images = load_images(paths, inp.height, inp.width, inp.bit_depth)
+    probs, scores = predict_arrays(wrapper, images)
+    return probs, scores, {"classes": list(spec.classes), "ok_class": spec.ok_class}
+
+
+def verdict_of(score: float, t: dict[str, float]) -> str:
+    if score < t["unsure_low"]:
+        return "OK"
+    if score >= t["unsure_high"]:
+        return "NG"
+    return "UNSURE"
+
+
+def rates(defective: np.ndarray, verdicts: list[str]) -> dict[str, Any]:
+    v = np.asarray(verdicts, dtype=object)
+    n_d, n_g = int(defective.sum()), int((~defective).sum())
+    esc = int(np.sum(defective & (v == "OK")))
+    ovk = int(np.sum(~defective & (v == "NG")))
+    uns = int(np.sum(v == "UNSURE"))
+    return {
+        "escapes": [esc, n_d],
+        "overkill": [ovk, n_g],
+        "unsure": [uns, n_d + n_g],
+        "overkill_plus_unsure_good": [ovk + int(np.sum(~defective & (v == "UNSURE"))), n_g],
+    }
+
+
+def candidates(project_dir: Path, version: str, held_scores: np.ndarray, held_defect: np.ndarray):
+    """Each calibration candidate's thresholds and its verdicts on the held-out parts (torch
+    scores), from the evidence ``evaluate`` stored."""
+    from defectssft import calibration as C
+    from defectssft import metrics as M
+    from defectssft.evidence import load_oof
+    from defectssft.project import Project
+
+    p = Project.open(project_dir)
+    data = p.training_data()
+    preds = p.predictions(version)
+    ok_index = data.classes.index(data.ok_class)
+    val = [(i, c) for i, (_, c) in zip(data.val_ids, data.val, strict=True) if i in preds]
+    sources = []
+    if val:
+        probs = np.asarray([preds[i] for i, _ in val])
+        lab = np.asarray([c for _, c in val])
+        sources.append(C.Source("val", M.defect_scores(probs, ok_index), lab != ok_index))
+    oof = load_oof(Path(p.get_model(version)["path"]))
+    if oof is not None and len(oof):
+        sources.append(
+            C.Source("oof", M.defect_scores(oof.probs, ok_index), oof.labels != ok_index)
+        )
+    stream_ids = [i for i in data.unlabeled_ids if i in preds]
+    if stream_ids:
+        probs = np.asarray([preds[i] for i in stream_ids])
+        sources.append(C.Source("stream", M.defect_scores(probs, ok_index)))
+    out = {}
+    val_src = [s for s in sources if s.name == "val"]
+    if val_src and val_src[0].is_defect.any():  # the rule before issue #13
+        ng = float(val_src[0].scores[val_src[0].is_defect].min())
+        t = {"ng": ng, "unsure_low": ng, "unsure_high": ng}
+        out["old: lowest val defect, no band"] = t
+    for margin in MARGINS:
+        for rate in (0.0, C.DEFAULT_REVIEW_RATE):
+            point = C.calibrate(sources, rate, margin)
+            name = f"margin {margin:g}" + (f", band {100 * rate:g} %" if rate else ", no band")
+            out[name] = {
+                "ng": point.threshold,
+                "unsure_low": point.unsure_low,
+                "unsure_high": point.unsure_high,
+                "chosen_on": point.chosen_on,
+            }
+    return {
+        name: {**t, **rates(held_defect, [verdict_of(s, t) for s in held_scores])}
+        for name, t in out.items()
+    }
+
+
+def unchecked_int8(project_dir: Path, version: str, out: Path) -> Path:
+    """The INT8 file ``export --int8`` would have written without its verdict check (to count
+    flips on the held-out parts when the check refused it): same calibration images, same
+    thresholds, through ``export.export_onnx``."""
+    from defectssft.export import _project_images, export_onnx
+    from defectssft.inspection import ModelSpec, load_images
+    from defectssft.modeling import load_model_file
+    from defectssft.project import Project
+
+    p = Project.open(project_dir)
+    record = p.get_model(version)
+    model, meta = load_model_file(Path(record["path"]) / "model.pt")
+    spec = ModelSpec.from_meta(meta)
+    thresholds = spec.resolve_thresholds(record.get("metrics"))
+    check, labels, calib = _project_images(p, 32, 64)
+    inp = spec.input
+    export_onnx(
+        model,
+        meta,
+        out,
+        check_images=load_images(check, inp.height, inp.width, inp.bit_depth),
+        check_labels=labels,
+        calib_images=load_images(calib, inp.height, inp.width, inp.bit_depth),
+        precision="int8",
+        thresholds=thresholds,
+        max_int8_drop=1.0,
+    )
+    return out
+
+
+def covers(claim: dict[str, Any] | None, k: int, n: int) -> bool | None:
+    """Does the product's reported interval hold the rate measured on the held-out parts?"""
+    if not claim or not claim.get("n") or not n:
+        return None
+    return claim["low"] - 1e-9 <= k / n <= claim["high"] + 1e-9
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_case(dataset: str, seed: int, quick: bool, root: Path, work: Path) -> dict[str, Any]:
+    proto = protocol(dataset, seed, quick, root)
+    case = work / f"{dataset}-s{seed}"
+    shutil.rmtree(case, ignore_errors=True)
+    case.mkdir(parents=True)
+    dirs = dp.stage(proto, case)
+    run = dp.Runner(case / "commands.log", threads=1)
+    project = case / "project"
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"dataset": dataset, "seed": seed, "protocol": proto.notes}
+    sets = [a for s in (QUICK_SETS if quick else []) for a in ("--set", s)]
+    if seed:
+        sets += ["--set", f"train.seed={seed}"]
+    run("defectssft", "init", project, "--classes", ",".join(proto.classes), "--ok-class", OK)
+    run("defectssft", "import", project, dirs["labeled"], "--label-from", "folder")
+    run("defectssft", "import", project, dirs["stream"])
+    run("defectssft", "train", project, *sets)
+    version = dp._newest_version(project)  # noqa: SLF001
+    _, ev_text = run("defectssft", "evaluate", project, "--model", version, "--no-report")
+    out["evaluate_printed"] = ev_text.strip().split("\n\n")[0]
+    files = {}
+    for precision, flag in (("fp32", []), ("int8", ["--int8"])):
+        target = case / f"{precision}.onnx"
+        rc, text = run(
+            "defectssft", "export", project, "--model", version, "-o", target, *flag, check=False
+        )
+        out[f"export_{precision}"] = {"rc": rc, "said": text.strip().splitlines()[-4:]}
+        if rc == 0:
+            files[precision] = target
+    if "int8" not in files:  # refused: measure what the line would have got anyway
+        try:
+            files["int8"] = unchecked_int8(project, version, case / "int8-unchecked.onnx")
+            out["export_int8"]["unchecked_file_measured"] = True
+        except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+            out["export_int8"]["unchecked_error"] = str(e)
+    held = [p for p in proto.held if not p.grade]
+    graded = [p for p in proto.held if p.grade]
+    held_paths = [case / "held" / dp._held_name(p) for p in proto.held]  # noqa: SLF001
+    probs, scores, _ = torch_scores(project / "models" / version / "model.pt", held_paths)
+    from defectssft.project import Project
+
+    test = Project.open(project).get_model(version)["metrics"]["test"]
+    op = test["operating_point"]
+    t = op.get("applied") or {
+        "ng": op["threshold"],
+        "unsure_low": op["unsure_low"],
+        "unsure_high": op["unsure_high"],
+    }
+    out["thresholds"] = {k: t[k] for k in ("ng", "unsure_low", "unsure_high")}
+    out["calibration"] = {
+        k: op.get(k) for k in ("chosen_on", "anchor", "evidence", "predicted", "notes")
+    }
+    torch_v = [verdict_of(float(s), t) for s in scores]
+    line: dict[str, list[str]] = {}
+    for precision, path in files.items():
+        res = case / f"line-{precision}.jsonl"
+        run(
+            "defectssft-line", "run", "--model", path, "--input", case / "held",
+            "--format", "jsonl", "--output", res, "--threads", "1",
+        )  # fmt: skip
+        recs = {Path(r["file"]).name: r for r in map(json.loads, res.read_text().splitlines())}
+        line[precision] = [recs[p.name]["verdict"] for p in held_paths]
+    n_scored = len(held)
+    defective = np.asarray([p.defective for p in proto.held])
+    scored = np.asarray([not p.grade for p in proto.held])
+    reference = line.get("fp32", torch_v)
+    out["line"] = rates(defective[scored], [v for v, s in zip(reference, scored, strict=True) if s])
+    out["line"]["n"] = n_scored
+    out["flips"] = {
+        f"torch_vs_{precision}": sum(a != b for a, b in zip(torch_v, line[precision], strict=True))
+        for precision in line
+    }
+    out["flips"]["n"] = len(held_paths)
+    if graded:
+        g = Counter()
+        for p, v in zip(proto.held, reference, strict=True):
+            if p.grade:
+                g[(p.grade, v)] += 1
+        out["graded"] = {
+            grade: {v: g[(grade, v)] for v in ("OK", "UNSURE", "NG") if g[(grade, v)]}
+            for grade in sorted({p.grade for p in graded})
+        }
+    esc, ovk = out["line"]["escapes"], out["line"]["overkill"]
+    out["coverage"] = {
+        "escapes": covers(op.get("escapes"), *esc),
+        "overkill": covers(op.get("overkill"), *ovk),
+        "claimed": {k: op.get(k) for k in ("escapes", "overkill", "unsure")},
+        "oof_claimed": {k: (test.get("oof") or {}).get(k) for k in ("escapes", "overkill")},
+    }
+    out["candidates"] = candidates(
+        project, version, scores[scored].astype(np.float64), defective[scored]
+    )
+    out["minutes"] = round((time.perf_counter() - t0) / 60, 1)
+    return out
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _r(pair: list[int]) -> str:
+    k, n = pair
+    return f"{k}/{n}" + ("" if not n else f" = {100 * k / n:.0f} %")
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| data set | seed | NG / UNSURE from | escapes (line) | overkill (line) | UNSURE (line) "
+        "| overkill + UNSURE of good | flips torch→fp32 / int8 | claimed escapes (test) ✓/✗ "
+        "| claimed overkill (test) ✓/✗ | min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['dataset']} | {r['seed']} | error: {r['error'][:90]} ||||||||")
+            continue
+        t, ln, f, c = r["thresholds"], r["line"], r["flips"], r["coverage"]
+
+        def claim(name: str, c: dict[str, Any] = c) -> str:
+            cl = c["claimed"].get(name)
+            if not cl:
+                return "—"
+            mark = {True: " ✓", False: " ✗", None: ""}[c[name]]
+            return f"{cl['k']}/{cl['n']} [{100 * cl['low']:.0f}, {100 * cl['high']:.0f}]{mark}"
+
+        int8_refused = (r.get("export_int8") or {}).get("rc", 0) != 0
+        flips = (
+            " / ".join(
+                str(f.get(f"torch_vs_{p}", "—"))
+                + (" (refused by export)" if p == "int8" and int8_refused else "")
+                for p in ("fp32", "int8")
+            )
+            + f" of {f['n']}"
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['seed']} | {t['unsure_high']:.3g} / {t['unsure_low']:.3g} "
+            f"({r['calibration']['chosen_on']}) | {_r(ln['escapes'])} | {_r(ln['overkill'])} "
+            f"| {_r(ln['unsure'])} | {_r(ln['overkill_plus_unsure_good'])} | {flips} "
+            f"| {claim('escapes')} | {claim('overkill')} | {r['minutes']} |"
+        )
+    cand: dict[str, dict[str, list[int]]] = {}
+    for r in results:
+        for name, c in (r.get("candidates") or {}).items():
+            agg = cand.setdefault(name, {"escapes": [0, 0], "good_flagged": [0, 0], "runs": [0, 0]})
+            for key, src in (("escapes", "escapes"), ("good_flagged", "overkill_plus_unsure_good")):
+                agg[key][0] += c[src][0]
+                agg[key][1] += c[src][1]
+            agg["runs"][0] += int(c["escapes"][0] == 0)
+            agg["runs"][1] += 1
+    lines += [
+        "",
+        "Calibration candidates on the same held-out parts (torch scores, all runs pooled):",
+        "",
+        "| rule | escapes | good parts NG or UNSURE | runs with 0 escapes |",
+        "|---|---|---|---|",
+    ]
+    for name, a in cand.items():
+        lines.append(
+            f"| {name} | {_r(a['escapes'])} | {_r(a['good_flagged'])} | "
+            f"{a['runs'][0]} of {a['runs'][1]} |"
+        )
+    graded = [r for r in results if r.get("graded")]
+    if graded:
+        lines += ["", "ELPV cells graded 0.33 / 0.67 by the annotators (line verdicts, fp32):", ""]
+        for r in graded:
+            lines.append(
+                f"- {r['dataset']} seed {r['seed']}: "
+                + "; ".join(
+                    f"{g}: " + ", ".join(f"{v} {n}" for v, n in c.items())
+                    for g, c in r["graded"].items()
+                )
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="60 steps at 64 px, fewer held parts")
+    ap.add_argument(
+        "--datasets", nargs="+", default=["kolektor", "elpv-mono", "neu"],
+        help="kolektor, elpv-mono, elpv-poly, neu (default: kolektor elpv-mono neu)",
+    )  # fmt: skip
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--kolektor-only-seeds", action="store_true",
+                    help="all seeds on kolektor, seed 0 only on the others")  # fmt: skip
+    ap.add_argument("--root", type=Path, default=dp.DATASETS)
+    ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--merge", nargs="+", type=Path, help="results files to merge into --name")
+    args = ap.parse_args(argv)
+    if args.merge:
+        merged = [r for f in args.merge for r in json.loads(f.read_text())["results"]]
+        stem = RESULTS / (args.name or "decisions_merged")
+        payload = {"benchmark": "decisions", "merged_from": [f.name for f in args.merge]}
+        stem.with_suffix(".json").write_text(json.dumps({**payload, "results": merged}, indent=1))
+        stem.with_suffix(".md").write_text(table(merged))
+        print(table(merged))
+        return 0
+    name = args.name or ("decisions_quick" if args.quick else "decisions")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="decisions-"))
+    results: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / name
+    for dataset in args.datasets:
+        seeds = args.seeds if (dataset == "kolektor" or not args.kolektor_only_seeds) else [0]
+        for seed in seeds:
+            try:
+                r = run_case(dataset, seed, args.quick, args.root, work)
+            except (RuntimeError, KeyError, ValueError) as e:
+                r = {"dataset": dataset, "seed": seed, "error": str(e)}
+            results.append(r)
+            print(table([r]).splitlines()[2], flush=True)
+            payload = {
+                "benchmark": "decisions",
+                "command": " ".join(sys.argv),
+                "quick": args.quick,
+                "minutes": round((time.perf_counter() - t0) / 60, 1),
+                "machine": platform.platform(),
+                "load": os.getloadavg(),
+                "results": results,
+            }
+            stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+            stem.with_suffix(".md").write_text(table(results))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

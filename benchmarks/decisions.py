@@ -38,6 +38,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 OK = dp.OK
 QUICK_SETS = ["train.steps=60", "input.height=64", "input.width=64", "train.eval_every=20"]
 MARGINS = (0.0, 0.5, 1.0, 2.0)
+STREAM_CAPS = (0.9, 0.95)
 
 
 def neu_okng_pool(root: Path) -> dict[str, list[Path]]:
@@ -139,16 +140,19 @@ def candidates(project_dir: Path, version: str, held_scores: np.ndarray, held_de
         ng = float(val_src[0].scores[val_src[0].is_defect].min())
         t = {"ng": ng, "unsure_low": ng, "unsure_high": ng}
         out["old: lowest val defect, no band"] = t
-    for margin in MARGINS:
-        for rate in (0.0, C.DEFAULT_REVIEW_RATE):
-            point = C.calibrate(sources, rate, margin)
-            name = f"margin {margin:g}" + (f", band {100 * rate:g} %" if rate else ", no band")
-            out[name] = {
-                "ng": point.threshold,
-                "unsure_low": point.unsure_low,
-                "unsure_high": point.unsure_high,
-                "chosen_on": point.chosen_on,
-            }
+    for margin, rate, cap in [
+        *((m, r, None) for m in MARGINS for r in (0.0, C.DEFAULT_REVIEW_RATE)),
+        *((m, C.DEFAULT_REVIEW_RATE, q) for m in (1.0, 2.0) for q in STREAM_CAPS),
+    ]:
+        point = C.calibrate(sources, rate, margin, stream_cap=cap)
+        name = f"margin {margin:g}" + (f", band {100 * rate:g} %" if rate else ", no band")
+        name += f", cap at stream q{100 * cap:g}" if cap else ""
+        out[name] = {
+            "ng": point.threshold,
+            "unsure_low": point.unsure_low,
+            "unsure_high": point.unsure_high,
+            "chosen_on": point.chosen_on,
+        }
     return {
         name: {**t, **rates(held_defect, [verdict_of(s, t) for s in held_scores])}
         for name, t in out.items()
@@ -369,6 +373,30 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reanalyse(results_file: Path, work: Path, root: Path) -> int:
+    """Recompute ``candidates`` for every finished case of a results file from its projects
+    (no training: torch scores the held-out parts again), and rewrite the file and its table."""
+    data = json.loads(results_file.read_text())
+    for r in data["results"]:
+        if "error" in r:
+            continue
+        proto = protocol(r["dataset"], r["seed"], data["quick"], root)
+        case = work / f"{r['dataset']}-s{r['seed']}"
+        project = case / "project"
+        version = dp._newest_version(project)  # noqa: SLF001
+        paths = [case / "held" / dp._held_name(p) for p in proto.held]  # noqa: SLF001
+        _, scores, _ = torch_scores(project / "models" / version / "model.pt", paths)
+        scored = np.asarray([not p.grade for p in proto.held])
+        defective = np.asarray([p.defective for p in proto.held])
+        r["candidates"] = candidates(
+            project, version, scores[scored].astype(np.float64), defective[scored]
+        )
+    results_file.write_text(json.dumps(data, indent=1, default=str))
+    results_file.with_suffix(".md").write_text(table(data["results"]))
+    print(table(data["results"]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="60 steps at 64 px, fewer held parts")
@@ -383,7 +411,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--name", default=None)
     ap.add_argument("--merge", nargs="+", type=Path, help="results files to merge into --name")
+    ap.add_argument(
+        "--reanalyse",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="recompute the calibration candidates of a finished run (its --workdir must exist)",
+    )
     args = ap.parse_args(argv)
+    if args.reanalyse:
+        return reanalyse(args.reanalyse, args.workdir, args.root)
     if args.merge:
         merged = [r for f in args.merge for r in json.loads(f.read_text())["results"]]
         stem = RESULTS / (args.name or "decisions_merged")

@@ -40,7 +40,11 @@ DEFAULT_REVIEW_RATE = 0.02
 DEFAULT_MARGIN_LOGIT = 1.0  # chosen by benchmarks/decisions.py (BENCHMARKS.md, "Decisions")
 DEFAULT_STREAM_SAMPLE = 512
 FALLBACK_QUANTILE = 0.95  # no defect in the evidence: the stream's top 5 % are NG
-_EPS = 1e-9  # scores are clipped to [_EPS, 1 - _EPS] before the logit
+# Scores are clipped to [_LOW, 1 - _HIGH] before the logit. The line compares float32 scores,
+# which resolve 6e-8 near 1: a defect scored 1.0 is "saturated", and a margin measured from
+# logit(1 - 1e-9) would leave a threshold only exact 1.0 reaches. Near 0 they keep their
+# precision (the score is a sum of small probabilities), so the low end is clipped far lower.
+_LOW, _HIGH = 1e-30, 1e-6
 
 
 class CalibrationError(ValueError):
@@ -48,7 +52,7 @@ class CalibrationError(ValueError):
 
 
 def logit(s: float | np.ndarray) -> Any:
-    s = np.clip(np.asarray(s, dtype=np.float64), _EPS, 1.0 - _EPS)
+    s = np.clip(np.asarray(s, dtype=np.float64), _LOW, 1.0 - _HIGH)
     return np.log(s) - np.log1p(-s)
 
 
@@ -122,8 +126,13 @@ def calibrate(
     review_rate: float = DEFAULT_REVIEW_RATE,
     margin_logit: float = DEFAULT_MARGIN_LOGIT,
     max_escape: float = 0.0,
+    stream_cap: float | None = None,
 ) -> OperatingPoint:
-    """The operating point from the evidence (module docstring: the rule)."""
+    """The operating point from the evidence (module docstring: the rule).
+
+    ``stream_cap`` (a quantile, e.g. 0.95; off by default, a candidate ``benchmarks/decisions.py``
+    measures): the NG threshold is never above that quantile of the stream, so a few evidence
+    defects that all score high cannot put it above every part the stream calls suspicious."""
     check_settings(review_rate, margin_logit)
     if not 0.0 <= max_escape < 1.0:
         raise CalibrationError(f"max escape must be in [0, 1), got {max_escape}")
@@ -165,6 +174,11 @@ def calibrate(
         ng = 0.5
         chosen = "default"
         notes.append("no evidence at all (no val, out-of-fold or stream scores): threshold 0.5")
+    if stream_cap is not None and stream.size and defects.size:
+        cap = float(np.quantile(stream, stream_cap))
+        if cap < ng:
+            ng = cap
+            chosen += f", capped at the stream's {100 * stream_cap:g}th percentile"
     # Round-off: the threshold must stay a valid probability strictly inside (0, 1].
     ng = min(max(ng, 0.0), 1.0)
     population = stream if stream.size else goods

@@ -64,6 +64,16 @@ def test_settings_out_of_range_are_one_line_errors(rate, margin):
         C.calibrate([], review_rate=rate, margin_logit=margin)
 
 
+def test_a_saturated_defect_score_still_leaves_a_margin_the_line_can_see():
+    import numpy as np
+
+    val = _val([1.0, 1.0], [0.01])  # float32 scores of confident defects are exactly 1.0
+    t = C.calibrate([val], review_rate=0.0, margin_logit=1.0).threshold
+    assert np.float32(t) < np.float32(1.0) - 1e-6  # a part at 1 - 1e-6 is still NG
+    tiny = C.calibrate([_val([1e-12], [1e-14])], review_rate=0.0, margin_logit=1.0)
+    assert 0 < tiny.threshold < 1e-12  # far below 1: the margin is still measured in odds
+
+
 def test_allowed_escapes_move_the_anchor_up():
     val = _val([0.1, 0.5, 0.6, 0.7], [0.01])
     assert C.calibrate([val], 0.0, 0.0, max_escape=0.25).anchor == pytest.approx(0.5)

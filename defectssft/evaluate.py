@@ -113,9 +113,11 @@ def decision_claims(is_defect: np.ndarray, verdicts: list[str]) -> dict[str, Any
         "escapes": M.rate_claim(escapes, n_def),
         "overkill": M.rate_claim(overkill, n_good),
         "unsure": M.rate_claim(unsure, n_def + n_good),
-        "escape_rate": escapes / n_def if n_def else None,
-        "overkill_rate": overkill / n_good if n_good else None,
-        "unsure_rate": unsure / (n_def + n_good) if n_def + n_good else None,
+        # 0 with no parts (as metrics.escape_overkill, what older readers expect); the claims
+        # above say n = 0, which is what a reader that cares looks at.
+        "escape_rate": escapes / n_def if n_def else 0.0,
+        "overkill_rate": overkill / n_good if n_good else 0.0,
+        "unsure_rate": unsure / (n_def + n_good) if n_def + n_good else 0.0,
     }
 
 

@@ -239,3 +239,28 @@ def test_rate_claims_are_exact_intervals():
     assert M.format_rate("overkill", M.rate_claim(2, 40)).startswith("overkill 2 / 40 = 5.0 %")
     assert M.support_warning("escapes", M.rate_claim(0, 300), "defective parts") is None
     assert "cannot tell" in M.support_warning("escapes", M.rate_claim(0, 3), "defective parts")
+
+
+def test_a_project_without_an_ok_class_says_there_is_no_threshold(tmp_path, capsys):
+    import cv2
+
+    from defectssft.cli import main
+    from defectssft.modeling import save_model_file
+    from defectssft.project import Project
+    from tests.helpers import synthetic_image, tiny_meta, tiny_model
+
+    project = Project.create(tmp_path / "p", classes=CLASSES, ok_class=None)
+    for k, kind in enumerate(CLASSES * 4):
+        path = tmp_path / f"{kind}{k}.png"
+        cv2.imwrite(str(path), synthetic_image(kind, k))
+        project.add_image(path, label=kind)
+    project.assign_splits(val_fraction=0.25, test_fraction=0.25)
+    version, folder = project.new_model_dir()
+    meta = {**tiny_meta(version), "ok_class": None}
+    save_model_file(folder / "model.pt", tiny_model(), meta)
+    project.register_model(version, {k: v for k, v in meta.items() if k != "thresholds"}, {})
+    assert main(["evaluate", str(project.root), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "no OK class: every part is NG with its class" in out and "errors" in out
+    op = project.get_model(version)["metrics"]["test"]["operating_point"]
+    assert op["chosen_on"] == "none" and op["errors"]["n"] == 3

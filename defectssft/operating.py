@@ -182,7 +182,8 @@ def load_operating_data(project: Project, version: str | None = None) -> Operati
     if own is not None:
         source = "the model file's own thresholds"
     elif saved is not None:
-        source = f"saved by {saved.get('source', 'operator')} {str(saved.get('set_at', ''))[:16]}"
+        at = str(saved.get("set_at", ""))[:16].replace("T", " ")
+        source = f"saved by {saved.get('source', 'operator')} {at}"
     elif operating_point(metrics) is not None:
         source = f"chosen by `defectssft evaluate` (on {evaluated.get('chosen_on', '?')})"
     else:
@@ -441,13 +442,13 @@ def table_text(table: RatesTable) -> str:
     lines = [
         f"NG threshold {t.ng:.6g}, UNSURE band [{t.unsure_low:.6g}, {t.unsure_high:.6g})"
         + ("  (no band)" if t.unsure_low == t.unsure_high else ""),
-        f"  {'part':<12} {'OK':>5} {'NG':>5}  {'escapes (NG passed)':<30} "
-        f"{'overkill (OK rejected)':<30} {'UNSURE':<30}",
+        f"  {'part':<12} {'OK':>4} {'def.':>4}  {'escapes (defect passed)':<27} "
+        f"{'overkill (OK rejected)':<27} UNSURE (to review)",
     ]
     for name, r in table.parts.items():
         lines.append(
-            f"  {PART_NAMES[name]:<12} {r.n_ok:>5} {r.n_defect:>5}  {r.escapes.text():<30} "
-            f"{r.overkill.text():<30} {r.unsure.text():<30}"
+            f"  {PART_NAMES[name]:<12} {r.n_ok:>4} {r.n_defect:>4}  {r.escapes.text():<27} "
+            f"{r.overkill.text():<27} {r.unsure.text()}"
         )
     s = table.stream
     lines.append(

@@ -208,7 +208,16 @@ class ScoreHistogram(QWidget):
             p.setPen(QPen(colour, width, style))
             p.drawLine(QPointF(x, r.top() - 6), QPointF(x, r.bottom()))
         p.setPen(QPen(DEFECT_COLOUR))
-        p.drawText(QPointF(xn + 4, r.top() - 8), f"NG ≥ {self.ng:.4g}")
+        if self.low == self.high:
+            p.drawText(QPointF(xn + 4, r.top() - 8), f"NG ≥ {self.ng:.4g}")
+        else:
+            p.drawText(QPointF(xn + 4, r.top() - 8), f"threshold {self.ng:.4g}")
+            p.setPen(QPen(BAND_COLOUR.darker(130)))
+            p.drawText(QPointF(xh + 4, r.bottom() - 6), f"NG ≥ {self.high:.4g}")
+            text = f"UNSURE ≥ {self.low:.4g}"
+            p.drawText(
+                QPointF(xl - 4 - p.fontMetrics().horizontalAdvance(text), r.bottom() - 6), text
+            )
         self._legend(p, r)
         p.end()
 
@@ -342,7 +351,6 @@ class OperatingPointDialog(QDialog):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setToolTip("count / parts = rate [95 % Wilson interval]")
-        self.table.setMaximumHeight(150)
 
         self.notes = QLabel("")
         self.notes.setWordWrap(True)
@@ -486,6 +494,9 @@ class OperatingPointDialog(QDialog):
             for c, text in enumerate(cells):
                 self.table.setItem(r, c, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
+        height = self.table.horizontalHeader().height() + 2 * self.table.frameWidth() + 2
+        height += sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        self.table.setFixedHeight(height)
         self._sync_buttons()
 
     # ------------------------------------------------------------ actions

@@ -175,19 +175,9 @@ def load_operating_data(project: Project, version: str | None = None) -> Operati
     labeled = split(union)
     meta, metrics = record.get("meta") or {}, record.get("metrics") or {}
     current = version_thresholds(meta, metrics)
-    evaluated = (metrics.get("test") or {}).get("operating_point") or {}
     own, saved = meta.get("thresholds") or None, metrics.get("operating_point") or None
     own = own if own and own.get("ng") is not None else None
     saved = saved if saved and saved.get("ng") is not None else None
-    if own is not None:
-        source = "the model file's own thresholds"
-    elif saved is not None:
-        at = str(saved.get("set_at", ""))[:16].replace("T", " ")
-        source = f"saved by {saved.get('source', 'operator')} {at}"
-    elif operating_point(metrics) is not None:
-        source = f"chosen by `defectssft evaluate` (on {evaluated.get('chosen_on', '?')})"
-    else:
-        source = "the default 0.5 (never evaluated)"
     out = OperatingData(
         version,
         classes,
@@ -198,12 +188,27 @@ def load_operating_data(project: Project, version: str | None = None) -> Operati
         current,
         saved,
         own,
-        source.strip(),
+        source_text(own, saved, metrics),
         {k: v for k, v in missing.items() if v},
         notes,
     )
     out.notes.extend(evidence_notes(out))
     return out
+
+
+def source_text(
+    own: Mapping[str, Any] | None, saved: Mapping[str, Any] | None, metrics: Mapping[str, Any]
+) -> str:
+    """Where a version's thresholds come from, in words (the order of ``resolve_thresholds``)."""
+    if own is not None:
+        return "the model file's own thresholds"
+    if saved is not None:
+        at = str(saved.get("set_at", ""))[:16].replace("T", " ")
+        return f"saved by {saved.get('source', 'operator')} {at}".strip()
+    if operating_point(metrics) is not None:
+        evaluated = (metrics.get("test") or {}).get("operating_point") or {}
+        return f"chosen by `defectssft evaluate` (on {evaluated.get('chosen_on', '?')})"
+    return "the default 0.5 (never evaluated)"
 
 
 def unscored_ids(project: Project, version: str) -> list[int]:

@@ -545,12 +545,16 @@ class OperatingPointDialog(QDialog):
         except ThresholdError as e:
             self._say(f"error: {e}; nothing saved")
             return False
-        self.project.set_operating_point(
+        point = self.project.set_operating_point(
             self.version, t.ng, t.unsure_low, t.unsure_high, source="app"
         )
-        if self.data is not None:
-            self.data = O.load_operating_data(self.project, self.version)
-            self.title.setText(f"{self.data.version}: operating point {self.data.source}")
+        if self.data is not None:  # no reload of every score: only the point changed
+            d = self.data
+            d.saved = point
+            if d.model_own is None:
+                d.current = t
+            d.source = O.source_text(d.model_own, point, {})
+            self.title.setText(f"{d.version}: operating point {d.source}")
         self._say(
             f"saved for {self.version}: NG ≥ {t.unsure_high:.6g}, UNSURE from {t.unsure_low:.6g} "
             f"(threshold {t.ng:.6g}); the next export writes them"

@@ -938,6 +938,9 @@ class MainWindow(QMainWindow):
         models = getattr(self, "models_dialog", None)
         if models is not None:
             models.pool.waitForDone(60000)  # a promotion in flight finishes (all or nothing)
+        operating = getattr(self, "operating_dialog", None)
+        if operating is not None:
+            operating.pool.waitForDone(60000)  # an export in flight finishes (atomic file)
         self.pool.waitForDone(10000)
         self.query_pool.waitForDone(10000)
         self.viewer.cache.close()

@@ -142,12 +142,18 @@ def test_window_verdicts_follow_the_saved_point(qtbot, op_project):
     win.close()
 
 
-def test_export_with_these_thresholds_runs_on_a_worker(qtbot, op_project):
+def test_score_missing_then_export_with_these_thresholds_on_a_worker(qtbot, op_project):
     from defectssft.export import read_metadata
 
     version = add_tiny_model(op_project)
-    _scores(op_project, version)
     dlg = open_panel(qtbot, op_project, version)
+    # Nothing scored by the new version yet: the panel says so and scores them on its worker.
+    assert dlg.data.missing and dlg.score_button.isEnabled() and not len(dlg.data.labeled)
+    dlg.score_missing()
+    qtbot.waitUntil(lambda: not dlg._tasks and not dlg.data.missing, timeout=120000)
+    split = op_project.training_data(assign=False)
+    assert len(dlg.data.labeled) == len(split.val_ids) + len(split.test_ids)
+    assert dlg.data.stream.size == 10 and not dlg.score_button.isEnabled()
     dlg.set_thresholds(0.2, 0.35, 0.6)
     with qtbot.waitSignal(dlg.exported, timeout=120000) as done:
         dlg.export()

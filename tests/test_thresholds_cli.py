@@ -61,6 +61,10 @@ def test_show_set_clear_and_export_uses_the_saved_point(scored, capsys, tmp_path
     assert main(["export", root, "--model", version, "-o", str(out2)]) == 0
     assert read_metadata(out2)["thresholds"] == {"ng": 0.3, "unsure_low": 0.3, "unsure_high": 0.3}
 
+    project.set_production(version)  # the line runs exports/production.onnx: say how to update it
+    assert main(["thresholds", root, "--ng", "0.35"]) == 0
+    assert f"promote {root} {version} --force" in capsys.readouterr().out
+
     assert main(["thresholds", root, "--clear"]) == 0
     assert "cleared" in capsys.readouterr().out
     assert operating_point(project.get_model(version)["metrics"]) is None

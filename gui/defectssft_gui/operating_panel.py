@@ -364,6 +364,11 @@ class OperatingPointDialog(QDialog):
             "Predict the val, test and unlabeled images this version has not scored yet"
         )
         self.reset_button = QPushButton("Back to saved")
+        self.clear_button = QPushButton("Forget saved")
+        self.clear_button.setToolTip(
+            "Remove the saved operating point: back to the one `defectssft evaluate` chose "
+            "(`defectssft thresholds PROJECT --clear`)"
+        )
         self.save_button = QPushButton("Save")
         self.save_button.setToolTip(
             "Store these thresholds for the version: the app's verdicts follow at once and the "
@@ -376,10 +381,11 @@ class OperatingPointDialog(QDialog):
         )
         self.score_button.clicked.connect(self.score_missing)
         self.reset_button.clicked.connect(self.reset)
+        self.clear_button.clicked.connect(self.clear_saved)
         self.save_button.clicked.connect(lambda: self.save())
         self.export_button.clicked.connect(lambda: self.export())
         buttons = QHBoxLayout()
-        for b in (self.score_button, self.reset_button):
+        for b in (self.score_button, self.reset_button, self.clear_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         for b in (self.save_button, self.export_button):
@@ -510,6 +516,9 @@ class OperatingPointDialog(QDialog):
         self.save_button.setEnabled(ready)
         self.export_button.setEnabled(ready)
         self.reset_button.setEnabled(self.data is not None and not busy)
+        self.clear_button.setEnabled(
+            self.data is not None and self.data.saved is not None and not busy
+        )
         missing = self.data is not None and bool(self.data.missing)
         self.score_button.setEnabled(missing and not busy)
 
@@ -537,6 +546,15 @@ class OperatingPointDialog(QDialog):
         if self.data is not None:
             c = self.data.current
             self.set_thresholds(c.unsure_low, c.ng, c.unsure_high)
+
+    def clear_saved(self) -> None:
+        """Forget the saved point (the window's verdicts follow), then reload what applies now."""
+        if self.data is None or self._tasks:
+            return
+        self.project.set_operating_point(self.version, None)
+        self._say(f"the saved operating point of {self.version} is forgotten")
+        self.saved.emit(self.version)
+        self.reload()
 
     def save(self) -> bool:
         """Store the shown thresholds for the version; a bad band is refused (nothing stored)."""

@@ -117,6 +117,11 @@ def test_a_bad_band_is_refused_and_nothing_is_stored(qtbot, op_project):
     }
     dlg.reset()  # back to what is saved
     assert dlg.ng_spin.value() == 0.45 and dlg.save_button.isEnabled()
+    with qtbot.waitSignal(dlg.saved):
+        dlg.clear_button.click()  # forget it: back to the line's default (never evaluated)
+    qtbot.waitUntil(lambda: not dlg._tasks, timeout=20000)
+    assert operating_point(op_project.get_model("v0001")["metrics"]) is None
+    assert dlg.ng_spin.value() == 0.5 and not dlg.clear_button.isEnabled()
 
 
 def test_window_verdicts_follow_the_saved_point(qtbot, op_project):

@@ -500,7 +500,7 @@ class OperatingPointDialog(QDialog):
             for c, text in enumerate(cells):
                 self.table.setItem(r, c, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
-        height = self.table.horizontalHeader().height() + 2 * self.table.frameWidth() + 2
+        height = self.table.horizontalHeader().height() + 2 * self.table.frameWidth() + 4
         height += sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
         self.table.setFixedHeight(height)
         self._sync_buttons()
@@ -577,6 +577,7 @@ class OperatingPointDialog(QDialog):
             f"saved for {self.version}: NG ≥ {t.unsure_high:.6g}, UNSURE from {t.unsure_low:.6g} "
             f"(threshold {t.ng:.6g}); the next export writes them"
         )
+        self._sync_buttons()
         self.saved.emit(self.version)
         return True
 

@@ -97,6 +97,7 @@ def test_spin_and_drag_change_the_rates_and_save_stores(qtbot, op_project):
     assert point["ng"] == pytest.approx(0.3) and point["unsure_high"] > 0.6
     assert op_project.get_model("v0001")["metrics"]["operating_point"]["source"] == "app"
     assert "saved by app" in dlg.title.text()
+    assert dlg.clear_button.isEnabled()  # what is saved can be forgotten
 
 
 def test_a_bad_band_is_refused_and_nothing_is_stored(qtbot, op_project):

@@ -174,3 +174,16 @@ def test_operating_never_imports_torch():
     code = "import sys, defectssft.operating; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_thresholds_in_the_model_file_win_and_are_said(tmp_path):
+    p, version = build(tmp_path)
+    p.register_model(
+        version,
+        {"classes": CLASSES, "ok_class": "ok", "thresholds": {"ng": 0.7}},
+        p.get_model(version)["metrics"],
+    )
+    p.set_operating_point(version, 0.4)
+    data = operating.load_operating_data(p, version)
+    assert data.current.ng == 0.7 and data.source == "the model file's own thresholds"
+    assert any("carries its own thresholds (ng 0.7)" in n for n in data.notes)

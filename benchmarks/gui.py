@@ -100,6 +100,25 @@ def time_queries(project: Project) -> dict[str, float]:
     return out
 
 
+def time_operating(project: Project) -> dict[str, float]:
+    """The operating-point panel's work: loading the version's scores and binning them (its pool
+    thread), and the rates of one candidate (on the GUI thread, per mouse move of a drag)."""
+    from defectssft import operating
+
+    t0 = time.perf_counter()
+    data = operating.load_operating_data(project, "v0001")
+    operating.histogram(data)
+    load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for k in range(100):
+        operating.rates(data, operating.candidate(0.5, 0.2 + k / 1000, 0.8))
+    return {
+        "load_and_histogram_ms": round(load * 1000, 1),
+        "rates_per_candidate_ms": round((time.perf_counter() - t0) * 10, 3),
+        "stream": int(data.stream.size),
+    }
+
+
 def wait_until(app, cond, timeout: float = 60.0) -> bool:
     end = time.perf_counter() + timeout
     while not cond():
@@ -235,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.workdir or tmp) / "project"
         project, build_s = build_project(root, n, args.size)
         queries_ms = time_queries(project)
+        operating_ms = time_operating(project)
         project.close()
         cold = first_thumbnails(app, root)
         warm = first_thumbnails(app, root)
@@ -247,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "panels_open": PANELS,
         "build_s": round(build_s, 1),
         "queries_ms": queries_ms,
+        "operating_point_panel": operating_ms,
         "first_thumbnails_cold": cold,
         "first_thumbnails_warm": warm,
         "label_to_next_paced": paced,
@@ -263,6 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'measure':44s} {'value':>12s}")
     for k, v in queries_ms.items():
         print(f"{'grid query ' + k:44s} {v:>9.1f} ms")
+    print(
+        f"{'operating point: load + histogram':44s} "
+        f"{operating_ms['load_and_histogram_ms']:>9.1f} ms"
+    )
+    print(
+        f"{'operating point: rates of a candidate':44s} "
+        f"{operating_ms['rates_per_candidate_ms']:>9.3f} ms"
+    )
     for name, r in (("cold cache", cold), ("warm cache", warm)):
         print(
             f"{'first thumbnails, ' + name:44s} {r['first_thumbnails_s']:>10.3f} s"

@@ -7,7 +7,7 @@ the model's input size and bit depth, then the ``InspectionModel`` that is also 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,10 @@ def predict_images(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    image_ids: Sequence[int] | None = None,
 ) -> dict[str, object]:
     """Predict with ``version`` (None: production, else newest); returns a small summary.
+    ``image_ids``: only these images (``only_unlabeled`` is then ignored).
 
     Each batch is saved (one transaction) before the next starts; ``should_stop`` is asked
     before each batch, so a stop loses nothing already computed (``cancelled`` in the summary).
@@ -41,7 +43,10 @@ def predict_images(
         model_file, default_bit_depth=project.get_setting("input.bit_depth", None)
     )
     inp = spec.input
-    records = project.query_images(unlabeled=True if only_unlabeled else None)
+    if image_ids is not None:
+        records = [project.get_image(i) for i in image_ids]
+    else:
+        records = project.query_images(unlabeled=True if only_unlabeled else None)
     done, skipped = 0, 0
     for start in range(0, len(records), batch_size):
         if should_stop and should_stop():

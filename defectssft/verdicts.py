@@ -85,7 +85,9 @@ class VerdictCache:
     """Verdicts of one version's predictions, made per image when first asked and kept.
 
     A grid shows a few dozen images at a time: deciding those on demand keeps a refresh of
-    20,000 rows as fast as before. Make a new one when the predictions change.
+    20,000 rows as fast as before. Make a new one when the predictions or the version's operating
+    point change (the window does on every refresh, and refreshes when the operating-point panel
+    saves one).
     """
 
     def __init__(self, project: Project, version: str | None) -> None:

@@ -8,8 +8,12 @@ step of a new user's first session.
    a tiny model trained, its verdicts, promoted from the Models panel, a second model, roll back
    -> walk-01-new-project.png … walk-09-rolled-back.png. ``tests/gui/test_walkthrough.py`` runs
    the same function (without pictures) as a test.
+3. ``operating``: the operating-point panel on a copy of an existing project with a trained
+   model (``--project PATH``; the copy is scored and changed, the original never):
+   -> operating-point.png, operating-point-band.png, operating-point-verdicts.png.
 
     python scripts/screenshots.py [--out docs/screenshots] [--only walkthrough]
+    python scripts/screenshots.py --only operating --project PROJECT [--model VERSION]
 
 All offscreen (``QWidget.grab()``).
 """
@@ -226,6 +230,69 @@ def walkthrough(app, root: Path, wait, shoot=None, steps: int = 4) -> dict:
     return out
 
 
+def operating_point_shots(app, source: Path, out: Path, version: str | None = None) -> list[str]:
+    """The operating-point panel on a copy of ``source``: as evaluated, then with an UNSURE band
+    saved, and the main window's UNSURE filter that follows it."""
+    import shutil
+
+    from defectssft.project import Project
+    from defectssft_gui.window import MainWindow
+
+    names = []
+    with tempfile.TemporaryDirectory(prefix="operating-") as tmp:
+        root = Path(tmp) / source.name
+        shutil.copytree(source, root, ignore=shutil.ignore_patterns("runs", "cache", "*.onnx"))
+        project = Project.open(root)
+        window = MainWindow(project, quiet=True)
+        window.resize(1400, 860)
+        window.show()
+        wait(app, lambda: window.current_row() is not None, 60, "the grid")
+        window.open_operating_point(version)
+        dlg = window.operating_dialog
+        dlg.resize(1150, 780)
+        wait(app, lambda: dlg.data is not None and not dlg._tasks, 120, "the scores")
+        if dlg.data.missing:
+            dlg.score_missing()
+            wait(app, lambda: not dlg._tasks and dlg.data is not None, 900, "scoring")
+            wait(app, lambda: not dlg._tasks, 120, "the scores")
+
+        def shoot(widget, name: str) -> None:
+            for _ in range(5):
+                app.processEvents()
+                time.sleep(0.02)
+            widget.grab().save(str(out / f"{name}.png"))
+            names.append(f"{name}.png")
+
+        shoot(dlg, "operating-point")
+        # An UNSURE band around the threshold, 1.5 either side on the logit axis.
+        from defectssft.operating import from_logit, to_logit
+
+        ng = dlg.data.current.ng
+        low, high = (float(from_logit(to_logit(ng) + d)) for d in (-1.5, 1.5))
+        dlg.set_thresholds(low, ng, high)
+        loaded: list[int] = []
+        window.rowsLoaded.connect(loaded.append)
+        dlg.save()
+        shoot(dlg, "operating-point-band")
+        wait(app, lambda: bool(loaded), 60, "the grid")
+        loaded.clear()
+        window.set_filter("verdict:unsure")
+        wait(app, lambda: bool(loaded), 60, "the UNSURE filter")
+        wait(
+            app,
+            lambda: all(
+                window.model.has_thumbnail(i) for i in range(min(12, window.model.total()))
+            ),
+            30,
+            "thumbnails",
+        )
+        shoot(window, "operating-point-verdicts")
+        dlg.close()
+        window.close()
+        app.processEvents()
+    return names
+
+
 def build_project(root: Path):
     from defectssft.ingest import import_paths
     from defectssft.project import Project
@@ -246,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Screenshots of the app for the README.")
     parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--only", choices=["walkthrough"], default=None)
+    parser.add_argument("--only", choices=["walkthrough", "operating"], default=None)
+    parser.add_argument("--project", help="with --only operating: a project with a trained model")
+    parser.add_argument("--model", help="with --only operating: the version (default: current)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     from defectssft_gui.window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    if args.only == "operating":
+        if not args.project:
+            parser.error("--only operating needs --project PATH")
+        for name in operating_point_shots(app, Path(args.project), out, args.model):
+            print(out / name)
+        return 0
     with tempfile.TemporaryDirectory(prefix="walk-") as tmp:
         names: list[str] = []
 

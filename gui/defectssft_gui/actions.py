@@ -73,6 +73,12 @@ ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
         "Ctrl+M",
         "Versions and their test metrics, compare, promote, roll back, the evaluation report",
     ),
+    "operating_point": (
+        "&Operating point…",
+        "Ctrl+Shift+O",
+        "NG threshold and UNSURE band of the current model: score histogram, escapes, overkill, "
+        "review rate; save them, export with them",
+    ),
     "history": (
         "Label &history…",
         "Ctrl+Shift+L",

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from defectssft.metrics import wilson_interval
+from defectssft.metrics import operating_point, wilson_interval
 from defectssft.project import Project
 from defectssft_gui.workers import Task, start_task
 
@@ -90,6 +90,10 @@ def model_row(m: dict[str, Any]) -> list[str]:
         ]
     err, n = counts.get("errors", (0, 0))
     thr = (test.get("operating_point") or {}).get("threshold")
+    saved = operating_point({"operating_point": (m.get("metrics") or {}).get("operating_point")})
+    threshold = "" if thr is None else f"{float(thr):.4f}"
+    if saved is not None:  # set in the operating-point panel / `defectssft thresholds`
+        threshold = f"{saved['ng']:.4f} saved" + (f" (evaluated {threshold})" if threshold else "")
     return [
         m["version"],
         status,
@@ -98,7 +102,7 @@ def model_row(m: dict[str, Any]) -> list[str]:
         rate_text(n - err, n),
         rate_text(*counts["escapes"]) if "escapes" in counts else "no OK class",
         rate_text(*counts["overkill"]) if "overkill" in counts else "—",
-        "" if thr is None else f"{float(thr):.4f}",
+        threshold,
     ]
 
 
@@ -156,6 +160,7 @@ class ModelsDialog(QDialog):
 
     productionChanged = Signal(str)
     busyChanged = Signal(bool)
+    operatingPointRequested = Signal(str)  # the window opens the operating-point panel
 
     def __init__(self, project: Project, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -190,6 +195,14 @@ class ModelsDialog(QDialog):
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.setToolTip("defectssft evaluate VERSION (writes the report)")
         self.report_button = QPushButton("Show report")
+        self.operating_button = QPushButton("Operating point…")
+        self.operating_button.setToolTip(
+            "NG threshold and UNSURE band of the selected version: histogram, escapes, overkill, "
+            "review rate; save, export with them"
+        )
+        self.operating_button.clicked.connect(
+            lambda: self.operatingPointRequested.emit(self.selected_version() or "")
+        )
         self.promote_button.clicked.connect(lambda: self.promote(force=False))
         self.force_button.clicked.connect(lambda: self.promote(force=True, ask=True))
         self.evaluate_button.clicked.connect(self.evaluate)
@@ -198,7 +211,13 @@ class ModelsDialog(QDialog):
         self.message.setWordWrap(True)
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         buttons = QHBoxLayout()
-        for b in (self.promote_button, self.force_button, self.evaluate_button, self.report_button):
+        for b in (
+            self.promote_button,
+            self.force_button,
+            self.evaluate_button,
+            self.report_button,
+            self.operating_button,
+        ):
             buttons.addWidget(b)
         buttons.addStretch(1)
         versions = QWidget()
@@ -294,6 +313,7 @@ class ModelsDialog(QDialog):
         self.promote_button.setEnabled(v is not None and not busy and v != prod)
         self.force_button.setEnabled(v is not None and not busy and v != prod)
         self.report_button.setEnabled(v is not None and self._report_path(v) is not None)
+        self.operating_button.setEnabled(v is not None)
 
     def _report_path(self, version: str) -> Path | None:
         path = Path(self.project.models_dir) / version / "eval" / "report.md"

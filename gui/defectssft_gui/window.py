@@ -170,6 +170,7 @@ class MainWindow(QMainWindow):
             "close": self.close,
             "history": self.open_history,
             "models": self.open_models,
+            "operating_point": lambda: self.open_operating_point(),
             "next": lambda: self.step(1),
             "prev": lambda: self.step(-1),
             "accept": self.accept_suggestion,
@@ -239,7 +240,15 @@ class MainWindow(QMainWindow):
                 "reset_levels",
                 "refresh",
             ],
-            "&Model": ["predict", "predict_all", "cancel_predict", None, "train", "models"],
+            "&Model": [
+                "predict",
+                "predict_all",
+                "cancel_predict",
+                None,
+                "train",
+                "models",
+                "operating_point",
+            ],
             "&Settings": ["settings"],
         }
         for title, names in menus.items():
@@ -819,11 +828,44 @@ class MainWindow(QMainWindow):
         if dlg is None or dlg.project is not self.project:
             dlg = ModelsDialog(self.project, self)
             dlg.productionChanged.connect(lambda _v: (self.reload_classes(), self.refresh()))
+            dlg.operatingPointRequested.connect(self.open_operating_point)
             self.models_dialog = dlg
         else:
             dlg.reload()
         dlg.show()
         dlg.raise_()
+
+    def open_operating_point(self, version: str | None = None) -> None:
+        """The operating-point panel of ``version`` (default: the model the grid shows)."""
+        from defectssft_gui.operating_panel import OperatingPointDialog
+
+        if self.project is None:
+            return
+        version = version or self.model_version or queries.current_model(self.project)
+        if version is None:
+            self.show_error("no trained model yet: train one first (Model → Train and export…)")
+            return
+        dlg = getattr(self, "operating_dialog", None)
+        if dlg is not None and dlg.project is self.project and dlg.version == version:
+            dlg.reload()
+        else:
+            if dlg is not None:
+                dlg.close()
+            try:
+                dlg = OperatingPointDialog(self.project, version, self)
+            except DefectssftError as e:
+                self.show_error(str(e))
+                return
+            dlg.saved.connect(self._operating_point_saved)
+            self.operating_dialog = dlg
+        dlg.show()
+        dlg.raise_()
+
+    def _operating_point_saved(self, _version: str) -> None:
+        """A new operating point: verdicts, verdict filters and the Models panel follow now
+        (the refresh makes a new VerdictCache with the saved thresholds)."""
+        self.refresh()
+        self._reload_models_panel()
 
     def open_label_book(self) -> None:
         from defectssft_gui.dialogs import LabelBookDialog
@@ -896,6 +938,9 @@ class MainWindow(QMainWindow):
         models = getattr(self, "models_dialog", None)
         if models is not None:
             models.pool.waitForDone(60000)  # a promotion in flight finishes (all or nothing)
+        operating = getattr(self, "operating_dialog", None)
+        if operating is not None:
+            operating.pool.waitForDone(60000)  # an export in flight finishes (atomic file)
         self.pool.waitForDone(10000)
         self.query_pool.waitForDone(10000)
         self.viewer.cache.close()

@@ -21,7 +21,8 @@ A node the camera lacks, or a value it refuses, is one line naming the node. A f
 an image in the decoded-file convention through ``preprocess.from_pixel_format``, so it is
 scored exactly like a file. ``GenICamOpener`` plugs into ``camera.CameraStream``: a camera that
 disappears is reopened with the same capped backoff as the OpenCV sources; the camera's
-timestamp and frame id of the last frame are in ``opener.last_meta``.
+timestamp and frame id of the last frame are in ``opener.last_meta``. ``opener.stop()`` ends a
+hardware-triggered wait for the next part within ``fetch_timeout``.
 
 Needs the ``genicam`` extra (``pip install defectssft-line[genicam]``).
 """
@@ -29,6 +30,7 @@ Needs the ``genicam`` extra (``pip install defectssft-line[genicam]``).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,10 +205,17 @@ class GenICamCapture:
     """One opened camera, acquiring; ``read()`` -> (ok, frame) like cv2.VideoCapture."""
 
     def __init__(
-        self, harvester: Any, acquirer: Any, settings: CameraSettings, uri: str, on_meta: Any
+        self,
+        harvester: Any,
+        acquirer: Any,
+        settings: CameraSettings,
+        uri: str,
+        on_meta: Any,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.harvester, self.ia, self.settings, self.uri = harvester, acquirer, settings, uri
         self._on_meta = on_meta
+        self._stopping = stopping or threading.Event()
         self.node_map = acquirer.remote_device.node_map
         self.pixel_format = str(self.node_map.PixelFormat.value)
 
@@ -220,7 +229,7 @@ class GenICamCapture:
             try:
                 buffer = self.ia.fetch(timeout=s.fetch_timeout)
             except TimeoutException:
-                if s.trigger != "hardware":
+                if s.trigger != "hardware" or self._stopping.is_set():
                     return False, None  # free-run / software: a frame is overdue, camera lost
                 # hardware trigger: no part yet; still reachable? (a read fails when it is gone)
                 self.node_map.get_node("PixelFormat").value  # noqa: B018 - liveness probe
@@ -252,6 +261,11 @@ class GenICamOpener:
         self.last_meta: dict[str, Any] = {}
         self.pixel_format: str | None = None
         self._ready: GenICamCapture | None = None
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """End a hardware-triggered wait for a part (its read returns no frame)."""
+        self._stopping.set()
 
     def _meta(self, meta: dict[str, Any]) -> None:
         self.last_meta = meta
@@ -304,7 +318,7 @@ class GenICamOpener:
                 raise LineError(
                     f"camera {source} has no GenICam node 'TriggerSoftware' (settings: trigger)"
                 )
-            cap = GenICamCapture(h, ia, self.settings, source, self._meta)
+            cap = GenICamCapture(h, ia, self.settings, source, self._meta, self._stopping)
             ia.num_buffers = max(ia.min_num_buffers, int(self.settings.buffers))
             ia.start()
         except BaseException:

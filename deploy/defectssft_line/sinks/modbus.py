@@ -131,9 +131,14 @@ class ModbusServerSink(Sink):
             return
         if msg.get("type") != "result":
             return
-        self._set(15, 0, coils(msg))
         self._regs = registers(msg, self._status(), self._beat)
-        self._set(16, 0, self._regs)
+        server, bits, regs = self._server, coils(msg), self._regs
+
+        async def write() -> None:  # one hop to the server's loop: coils, then registers
+            await server.async_setValues(0, 15, 0, bits)
+            await server.async_setValues(0, 16, 0, regs)
+
+        self._run(write())
 
     def beat(self, status: dict[str, Any]) -> None:
         self._beat = (self._beat + 1) & 0xFFFF

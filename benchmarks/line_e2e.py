@@ -5,12 +5,12 @@ simulated GenTL producer of PyPI ``genicam`` (``viky.cti``, RGBa8 400x400) read 
 own thread (``prefetch.FramePrefetcher``), ``Runner.score_frame`` (the one preprocessing
 definition, the ONNX model at 1 thread), the record to a JSON-lines file and to the sinks.
 
-Part 1, latency: the camera free-runs at ``--latency-fps`` (default 25 fps, below what the PC
+Part 1, latency: the camera free-runs at ``--latency-fps`` (default 10 fps, well below what the PC
 can score, as on a triggered line), into an OPC UA server and a Modbus TCP server sink at once.
 Two separate processes stand in for PLCs: one reads ``Inspection/Counter/Total`` over OPC UA,
 the other registers 2-3 over Modbus, every ``--poll-ms`` (default 1 ms) plus the read itself.
 Latency per part = the first read that shows the part's counter minus the moment the camera
-driver handed the frame over (harvesters' ``fetch`` returned; ``perf_counter`` is
+driver handed the frame over (harvesters' ``try_fetch`` returned it; ``perf_counter`` is
 CLOCK_MONOTONIC, shared by the processes). Also timed in-process: the moment each server held
 the value. Against bare ``LineModel.classify`` (preprocess + ONNX) of the camera's own frames,
 before and after, and against each part's own inference time (its record's ``latency_ms``).
@@ -263,14 +263,15 @@ def camera(fps: float, stamps: dict[int, float] | None = None) -> tuple[Any, Any
     opener = GenICamOpener(CTI, CameraSettings(nodes={"AcquisitionFrameRate": float(fps)}))
     cap = opener.preflight("genicam://0")  # a bad setting is an error here, not a reconnect
     if stamps is not None:
-        fetch = cap.ia.fetch
+        fetch = cap.ia.try_fetch
 
         def timed_fetch(*a: Any, **k: Any) -> Any:
             buffer = fetch(*a, **k)
-            stamps[int(buffer.frame_id)] = time.perf_counter()
+            if buffer is not None:
+                stamps[int(buffer.frame_id)] = time.perf_counter()
             return buffer
 
-        cap.ia.fetch = timed_fetch
+        cap.ia.try_fetch = timed_fetch
     return opener, CameraStream("genicam://0", opener=opener, log=lambda m: None)
 
 
@@ -592,7 +593,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--frames", type=int, default=None, help="timed parts per phase")
-    ap.add_argument("--latency-fps", type=float, default=25.0)
+    ap.add_argument("--latency-fps", type=float, default=10.0)
     ap.add_argument("--poll-ms", type=float, default=1.0)
     ap.add_argument("--soak-only", action="store_true")
     ap.add_argument("--no-soak", action="store_true")

@@ -719,22 +719,21 @@ class FakeNodeMap:
 
 
 class FakeAcquirer:
-    """``fetch`` plays a script: a frame (HxW uint8) or 'timeout'."""
+    """``try_fetch`` plays a script: a frame (HxW uint8) or 'timeout' (None: no frame yet; with
+    ``fetch_timeout: 0`` one look is one whole fetch timeout)."""
 
     def __init__(self, script: list[Any]) -> None:
         self.script = list(script)
         self.remote_device = type("Dev", (), {"node_map": FakeNodeMap()})()
         self.fetches = 0
 
-    def fetch(self, timeout: float) -> Any:
-        from genicam.gentl import TimeoutException
-
+    def try_fetch(self, timeout: float) -> Any:
         self.fetches += 1
         item = self.script.pop(0)
         if isinstance(item, str):
             if item == "gone":
                 self.remote_device.node_map.gone = True
-            raise TimeoutException("no frame")
+            return None
         comp = type(
             "C", (), {"data": item.ravel(), "data_format": "Mono8", "height": 4, "width": 6}
         )()
@@ -753,19 +752,21 @@ def test_software_and_hardware_trigger_reads():
     meta: list[dict] = []
     # software trigger: every read fires TriggerSoftware; an overdue frame = camera lost
     ia = FakeAcquirer([frame, "timeout"])
-    cap = GenICamCapture(None, ia, CameraSettings(trigger="software"), "genicam://x", meta.append)
+    soft = CameraSettings(trigger="software", fetch_timeout=0)
+    cap = GenICamCapture(None, ia, soft, "genicam://x", meta.append)
     ok, got = cap.read()
     assert ok and got.tolist() == frame.tolist() and meta[-1] == {"frame_id": 1, "camera_ts": 1000}
     assert cap.read() == (False, None)
     assert ia.remote_device.node_map.nodes["TriggerSoftware"].executed == 2
     # hardware trigger: no part for a while is waiting, not a loss ...
+    hard = CameraSettings(trigger="hardware", fetch_timeout=0)
     ia = FakeAcquirer(["timeout", "timeout", frame])
-    cap = GenICamCapture(None, ia, CameraSettings(trigger="hardware"), "genicam://x", meta.append)
+    cap = GenICamCapture(None, ia, hard, "genicam://x", meta.append)
     ok, got = cap.read()
     assert ok and ia.fetches == 3 and meta[-1]["frame_id"] == 3
     # ... but a camera that is gone fails the liveness read (the stream then reconnects)
     ia = FakeAcquirer(["timeout", "gone"])
-    cap = GenICamCapture(None, ia, CameraSettings(trigger="hardware"), "genicam://x", meta.append)
+    cap = GenICamCapture(None, ia, hard, "genicam://x", meta.append)
     with pytest.raises(OSError, match="device removed"):
         cap.read()
 

@@ -385,14 +385,18 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
         "opcua_held_ms": since_frame(held_opc, first=False),
         "modbus_held_ms": since_frame(held_mb, first=False),
     }
+
     # a part whose counter the poller never saw (two parts between two reads) is not timed
+    def over_own(d: dict[int, Any], first: bool = True) -> list[float]:
+        return [
+            ((d[k][0] if first else d[k]) - t_frame[k]) * 1000 - infer[k] for k in t_frame if k in d
+        ]
+
     over = {
-        "opcua_seen_over_own_ms": [
-            (seen_opc[k][0] - t_frame[k]) * 1000 - infer[k] for k in t_frame if k in seen_opc
-        ],
-        "modbus_seen_over_own_ms": [
-            (seen_mb[k][0] - t_frame[k]) * 1000 - infer[k] for k in t_frame if k in seen_mb
-        ],
+        "opcua_seen_over_own_ms": over_own(seen_opc),
+        "modbus_seen_over_own_ms": over_own(seen_mb),
+        "opcua_held_over_own_ms": over_own(held_opc, first=False),
+        "modbus_held_over_own_ms": over_own(held_mb, first=False),
     }
     ids = [r["frame_id"] for r in recs]
     return {
@@ -575,9 +579,13 @@ def report(lat: dict, tp: dict) -> None:
             f"(+{100 * (s['median'] / b - 1):.1f} % over bare), p99 {s['p99']:.2f} ms "
             f"({s['p99'] / s['median']:.2f} x median), n {s['n']}"
         )
-    for k in ("opcua", "modbus"):
-        s = lat[f"{k}_seen_over_own_ms"]
-        print(f"{k} seen minus the part's own inference: median {s['median']:.2f} ms")
+    own = lat["inference_in_run_ms"]["median"]
+    for k in ("opcua_seen", "modbus_seen", "opcua_held", "modbus_held"):
+        s = lat[f"{k}_over_own_ms"]
+        print(
+            f"{k.replace('_', ' ')} minus the part's own inference: median {s['median']:.2f} ms "
+            f"({100 * s['median'] / own:.1f} % of the median inference), p99 {s['p99']:.2f} ms"
+        )
     print(
         f"CPU per frame (process): line {lat['line_cpu_ms_per_frame']:.2f} ms at "
         f"{lat['camera_fps']:g} fps while polled, bare {lat['bare_cpu_ms_per_frame']:.2f} ms"

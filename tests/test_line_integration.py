@@ -583,6 +583,24 @@ def test_part_id_modes():
         LineOutputs(part_id="barcode")
 
 
+def test_the_plc_gets_the_verdict_before_the_archive_writes_the_image(tmp_path):
+    order: list[str] = []
+
+    class Recorder(Sink):
+        def publish(self, msg: dict[str, Any]) -> None:
+            order.append(f"sink {msg['verdict']}")
+
+    class Disk(Archive):
+        def save(self, rec: dict[str, Any], **kw: Any) -> Any:
+            order.append(f"archive {rec['verdict']}")
+            return super().save(rec, **kw)
+
+    out = LineOutputs([Recorder("plc")], archive=Disk(tmp_path / "a", 10**6), part_id="counter")
+    out.handle({"verdict": "NG", "file": "f1"}, frame=np.zeros((4, 4), np.uint8), camera=True)
+    assert order == ["sink NG", "archive NG"]
+    assert len(list((tmp_path / "a").rglob("*.png"))) == 1
+
+
 def test_sink_config_errors(tmp_path):
     p = tmp_path / "line.yaml"
     p.write_text("opcua_server: {port: 4840}\nmodbus: {port: 502}\n")

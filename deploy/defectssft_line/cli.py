@@ -143,16 +143,16 @@ class Runner:
                 _log(f"warning: frame skipped ({n} so far): {message}")
             return self._error(name, model.version, t0, message)
         rec = _verdict_record(name, pred, t0, model.version)
+        if extra:
+            rec.update(extra)
+        if self.outputs is not None:  # the PLC first; images to disk after
+            self.outputs.handle(rec, frame=frame, camera=True)
         if pred.verdict == "UNSURE" and self.send_unsure is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             try:
                 send_unsure_frame(frame, self.send_unsure, f"cam-{stamp}-{name}")
             except OSError as e:
                 _log(f"warning: cannot save {name} to {self.send_unsure}: {e.strerror or e}")
-        if extra:
-            rec.update(extra)
-        if self.outputs is not None:
-            self.outputs.handle(rec, frame=frame, camera=True)
         self.writer.write(rec)
         return rec
 

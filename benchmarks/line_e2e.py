@@ -254,9 +254,13 @@ def make_runner(model_path: Path, outputs: Any, out_file: Path) -> tuple[Any, An
     return Runner(holder, writer, None, outputs), writer
 
 
-def camera(fps: float, stamps: dict[int, float] | None = None) -> tuple[Any, Any]:
+def camera(
+    fps: float, stamps: dict[int, float] | None = None, requeue_ms: list[float] | None = None
+) -> tuple[Any, Any]:
     """(opener, stream) of the simulated camera free-running at ``fps``; with ``stamps``,
-    the moment the driver handed each frame over, by frame id."""
+    the moment the driver handed each frame over, by frame id; with ``requeue_ms``, how long
+    each hand-back of a buffer to the producer took (the simulated producer draws the next
+    image there, holding the GIL)."""
     from defectssft_line.camera import CameraStream
     from defectssft_line.genicam import CameraSettings, GenICamOpener
 
@@ -272,7 +276,26 @@ def camera(fps: float, stamps: dict[int, float] | None = None) -> tuple[Any, Any
             return buffer
 
         cap.ia.try_fetch = timed_fetch
+    if requeue_ms is not None:
+        from harvesters.core import Buffer
+
+        queue = Buffer.queue
+
+        def timed_queue(buffer: Any) -> None:
+            t0 = time.perf_counter()
+            queue(buffer)
+            requeue_ms.append((time.perf_counter() - t0) * 1000)
+
+        timed_queue.__wrapped__ = queue  # type: ignore[attr-defined]
+
+        Buffer.queue = timed_queue  # until untime_requeue()
     return opener, CameraStream("genicam://0", opener=opener, log=lambda m: None)
+
+
+def untime_requeue() -> None:
+    from harvesters.core import Buffer
+
+    Buffer.queue = getattr(Buffer.queue, "__wrapped__", Buffer.queue)
 
 
 def prefetcher(opener: Any, stream: Any, limit: int = 0) -> Any:
@@ -338,6 +361,14 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
     timed_sends(mbs, held_mb)
     outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
     outputs.start()
+    t_publish: dict[int, float] = {}
+    handle = outputs.handle
+
+    def timed_handle(rec: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        t_publish[outputs.counter + 1] = time.perf_counter()
+        return handle(rec, **kw)
+
+    outputs.handle = timed_handle
     runner, writer = make_runner(model_path, outputs, work / "e2e.jsonl")
     n_parts = frames + WARMUP
     ctx = mp.get_context("spawn")
@@ -352,16 +383,21 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
     r_opc.wait(60)
     r_mb.wait(60)
     stamps: dict[int, float] = {}
-    opener, stream = camera(fps, stamps)
+    requeue_ms: list[float] = []
+    opener, stream = camera(fps, stamps, requeue_ms)
     p = prefetcher(opener, stream, limit=n_parts)
     c0, w0 = time.process_time(), time.perf_counter()
     n = 0
+    t_read: dict[int, float] = {}
+    t_score: dict[int, float] = {}
     for frame in p:
         n += 1
+        t_read[n], t_score[n] = frame.t_read, time.perf_counter()
         runner.score_frame(f"f{n}", frame.image, frame.meta)
     cpu_line = (time.process_time() - c0) * 1000 / n
     wall = time.perf_counter() - w0
     p.close()
+    untime_requeue()
     seen_opc, seen_mb = q_opc.get(timeout=120), q_mb.get(timeout=120)
     for proc in procs:
         proc.join(30)
@@ -399,9 +435,30 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
         "modbus_held_over_own_ms": over_own(held_mb, first=False),
     }
     ids = [r["frame_id"] for r in recs]
+    ms = 1000.0
+    # where the time over the part's own inference goes (medians; the counter k is part k)
+    stages = {
+        "driver_to_read_ahead_done": [(t_read[k] - t_frame[k]) * ms for k in t_frame],
+        "read_ahead_to_scoring": [(t_score[k] - t_read[k]) * ms for k in t_frame],
+        "scoring_minus_inference_to_sinks": [
+            (t_publish[k] - t_score[k]) * ms - infer[k] for k in t_frame
+        ],
+        "sinks_to_opcua_held": [
+            (held_opc[k] - t_publish[k]) * ms for k in t_frame if k in held_opc
+        ],
+        "sinks_to_modbus_held": [(held_mb[k] - t_publish[k]) * ms for k in t_frame if k in held_mb],
+        "opcua_held_to_seen": [
+            (seen_opc[k][0] - held_opc[k]) * ms for k in t_frame if k in seen_opc and k in held_opc
+        ],
+        "modbus_held_to_seen": [
+            (seen_mb[k][0] - held_mb[k]) * ms for k in t_frame if k in seen_mb and k in held_mb
+        ],
+    }
+    stages["of_which_simulated_camera_requeue"] = requeue_ms[WARMUP:]
     return {
         "frames": frames,
         "camera_fps": fps,
+        "stages_ms": {k: stats(v) for k, v in stages.items()},
         "poll_ms": poll_s * 1000,
         "load_start_end": [load_start, load_end],
         "bare_ms": stats(bare),
@@ -586,6 +643,10 @@ def report(lat: dict, tp: dict) -> None:
             f"{k.replace('_', ' ')} minus the part's own inference: median {s['median']:.2f} ms "
             f"({100 * s['median'] / own:.1f} % of the median inference), p99 {s['p99']:.2f} ms"
         )
+    print(
+        "stages, median ms: "
+        + ", ".join(f"{k} {v['median']:.2f}" for k, v in lat["stages_ms"].items())
+    )
     print(
         f"CPU per frame (process): line {lat['line_cpu_ms_per_frame']:.2f} ms at "
         f"{lat['camera_fps']:g} fps while polled, bare {lat['bare_cpu_ms_per_frame']:.2f} ms"

@@ -308,15 +308,23 @@ def prefetcher(opener: Any, stream: Any, limit: int = 0) -> Any:
 
 
 def timed_sends(sink: Any, done: dict[int, float]) -> None:
-    """Note when the sink's peer holds each result (benchmark instrumentation)."""
-    send = sink.send
+    """Note when the sink's peer holds each result (benchmark instrumentation): a server
+    sink applies messages on its loop (``apply``), others send from their thread."""
+    send, apply = sink.send, sink.apply
 
-    def timed(msg: dict[str, Any]) -> None:
-        send(msg)
+    def note(msg: dict[str, Any]) -> None:
         if msg.get("type") == "result":
             done[int(msg["counter"])] = time.perf_counter()
 
-    sink.send = timed
+    def timed(msg: dict[str, Any]) -> None:
+        send(msg)
+        note(msg)
+
+    async def timed_apply(msg: dict[str, Any]) -> None:
+        await apply(msg)
+        note(msg)
+
+    sink.send, sink.apply = timed, timed_apply
 
 
 def bare_run(model: Any, frames: list[np.ndarray], n: int) -> tuple[list[float], float, float]:

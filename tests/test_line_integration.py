@@ -401,6 +401,37 @@ def test_modbus_server_coils_registers_and_plc_part_id():
         sink.close(timeout=1)
 
 
+def test_server_sink_applies_on_its_loop_in_order_and_bounded():
+    """A server sink hands each message straight to its loop (not its worker's queue); a loop
+    that falls behind keeps the newest ``queue_size`` messages and counts the rest dropped."""
+    from pymodbus.client import ModbusTcpClient
+
+    from defectssft_line.sinks.modbus import ModbusServerSink
+
+    port = free_port()
+    sink = ModbusServerSink(port=port, queue_size=3)
+    sink.start()
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    gate = threading.Event()
+    try:
+        loop = sink.direct_loop()
+        assert loop is not None
+        loop.call_soon_threadsafe(gate.wait, WAIT)  # the loop stands still meanwhile
+        for n in range(1, 6):
+            sink.publish(result_msg(n))
+        assert sink.pending() == 5 and not sink._q  # all with the loop, none with the worker
+        gate.set()
+        assert sink.flush(WAIT)
+        assert (sink.sent, sink.dropped) == (3, 2)  # 3, 4, 5 applied; 1, 2 dropped
+        assert client.connect()
+        assert client.read_holding_registers(2, count=2).registers == [5, 0]
+    finally:
+        gate.set()
+        client.close()
+        sink.close(timeout=1)
+    assert sink.stats()["pending"] == 0
+
+
 def test_modbus_client_writes_into_a_plc_and_survives_its_restart():
     from pymodbus.client import ModbusTcpClient
 

@@ -170,8 +170,8 @@ class OpcUaServerSink(Sink):
         self._nodes["PartIdIn"].set_writable()
         server.start()
 
-    def _write(self, vals: dict[str, Any]) -> None:
-        """All values in one hop to the server's loop, in order (Counter/Total last)."""
+    async def _write_async(self, vals: dict[str, Any]) -> None:
+        """The values that changed, in order (Counter/Total last), on the server's loop."""
         from asyncua import ua
 
         server, shown = self._server, self._shown
@@ -181,16 +181,23 @@ class OpcUaServerSink(Sink):
             if name not in shown or shown[name] != value or type(shown[name]) is not type(value)
         ]
         shown.update(vals)
+        for nodeid, dv in writes:
+            await server.aio_obj.write_attribute_value(nodeid, dv)
 
-        async def write_all() -> None:
-            for nodeid, dv in writes:
-                await server.aio_obj.write_attribute_value(nodeid, dv)
-
-        server.tloop.post(write_all())
+    def _write(self, vals: dict[str, Any]) -> None:
+        """All values in one hop to the server's loop (from the worker thread)."""
+        self._server.tloop.post(self._write_async(vals))
 
     def send(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "result":
             self._write(values(msg))
+
+    def direct_loop(self) -> Any:
+        return self._server.tloop.loop if self._server is not None else None
+
+    async def apply(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "result":
+            await self._write_async(values(msg))
 
     def beat(self, status: dict[str, Any]) -> None:
         self._beat = (self._beat + 1) % 2**32

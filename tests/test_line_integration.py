@@ -287,10 +287,42 @@ def test_sink_queue_is_bounded_and_keeps_order_across_a_drop():
     for n in range(1, 6):
         s.publish(result_msg(n))
     assert s.dropped == 2  # the oldest two
+    s.publish({"type": "busy"})  # pushes out result 3
+    for n in (6, 7):
+        s.publish(result_msg(n))  # push out 4 and 5
+    assert s.dropped == 5
+    s.publish(result_msg(8))  # pushes out the busy message: not a result, not counted
+    assert s.dropped == 5
     s.up.set()
-    wait_for(lambda: s.got == [3, 4, 5])
+    wait_for(lambda: s.got == [6, 7, 8])
     s.close(timeout=1)
     assert s.stats()["sent"] == 3 and s.reconnects >= 1
+
+
+def test_a_result_pushed_out_while_on_its_way_counts_as_sent_not_dropped():
+    class Slow(Sink):
+        def __init__(self) -> None:
+            super().__init__("slow", queue_size=2)
+            self.gate, self.inside, self.got = threading.Event(), threading.Event(), []
+
+        def open(self) -> None:
+            pass
+
+        def send(self, msg: dict[str, Any]) -> None:
+            self.inside.set()
+            self.gate.wait(WAIT)
+            self.got.append(msg["counter"])
+
+    s = Slow()
+    s.start()
+    s.publish(result_msg(1))
+    wait_for(s.inside.is_set)  # 1 is on its way
+    for n in (2, 3, 4):
+        s.publish(result_msg(n))  # the full queue pushes out 1 (on its way), then 2
+    s.gate.set()
+    assert s.flush(WAIT)
+    s.close(timeout=1)
+    assert s.got == [1, 3, 4] and (s.sent, s.dropped) == (3, 1)
 
 
 # --------------------------------------------------------------------------- OPC UA

@@ -1,7 +1,8 @@
 """What every verdict sink shares: a bounded queue, a worker thread, reconnect with backoff.
 
 A sink never stops inspection. ``publish`` only appends to the sink's queue (``queue_size``
-messages); when the queue is full the oldest message is dropped and counted. The worker thread
+messages); when the queue is full the oldest message is dropped, and counted when it is a
+result (``sent`` and ``dropped`` count results, not busy or status messages). The worker thread
 sends in order; a send that fails closes the connection, logs one line, and the same message is
 sent again after a reconnect (backoff doubling from ``first_wait`` to ``max_wait`` seconds, as
 for the cameras), so a short drop-out loses nothing. The worker also sends a heartbeat
@@ -39,6 +40,11 @@ HEARTBEAT_S = 1.0
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _results(msgs: Any) -> int:
+    """How many of ``msgs`` are results (what ``sent`` and ``dropped`` count)."""
+    return sum(1 for m in msgs if m.get("type", "result") == "result")
 
 
 def first_line(e: BaseException) -> str:
@@ -130,8 +136,7 @@ class Sink:
     def _arrive(self, msg: dict[str, Any]) -> None:
         """On the loop: queue ``msg`` for ``_consume`` (bounded like the worker's queue)."""
         if len(self._lq) >= self.queue_size:
-            self._lq.popleft()
-            self._settle(dropped=1)
+            self._settle(dropped=_results([self._lq.popleft()]))
         self._lq.append(msg)
         if self._wake is not None:
             self._wake.set()
@@ -163,7 +168,7 @@ class Sink:
             self._consumer.cancel()
             self._consumer = None
         with self._cond:
-            self.dropped += self._inflight
+            self.dropped += _results(list(self._lq))  # (those still on their way: not seen)
             self._inflight = 0
             self._cond.notify_all()
         self._lq, self._wake = deque(), None
@@ -203,8 +208,7 @@ class Sink:
                     self._inflight -= 1
         with self._cond:
             if len(self._q) >= self.queue_size:
-                self._q.popleft()
-                self.dropped += 1
+                self.dropped += _results([self._q.popleft()])
             self._q.append(msg)
             self._cond.notify()
 
@@ -229,7 +233,7 @@ class Sink:
                 self._cond.notify_all()
             self._thread.join(timeout=max(1.0, timeout))
         with self._cond:
-            self.dropped += len(self._q)
+            self.dropped += _results(self._q)
             self._q.clear()
         if self.connected:
             try:
@@ -313,9 +317,12 @@ class Sink:
             except Exception as e:  # noqa: BLE001 - kept in the queue, sent after reconnect
                 self._fail("send", e)
                 continue
+            result = msg.get("type", "result") == "result"  # sent counts results only
             with self._cond:
                 if self._q and self._q[0] is msg:
                     self._q.popleft()
+                elif result:  # pushed out of a full queue while it was on its way: it arrived
+                    self.dropped -= 1
                 self._cond.notify_all()
-            if msg.get("type", "result") == "result":
-                self.sent += 1  # results only, not busy/status messages
+            if result:
+                self.sent += 1

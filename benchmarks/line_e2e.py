@@ -1,46 +1,63 @@
 """Line end to end: simulated GenICam camera -> preprocess -> ONNX -> a value a PLC can read.
 
-Part 1 (latency, throughput): frames from the simulated GenTL producer of PyPI ``genicam``
-(``viky.cti``, RGBa8 400x400) go through the line runtime's camera stream, ``Runner`` (the one
-preprocessing definition, the ONNX model at 1 thread) and two sinks at once, an OPC UA server
-and a Modbus TCP server. A separate process polls both as a PLC would (OPC UA read of
-``Inspection/Counter/Total``, Modbus read of registers 2-3) and notes when each part's counter
-first becomes readable. Latency = that moment minus the moment the frame left the camera
-driver (``perf_counter`` is CLOCK_MONOTONIC, shared by the processes). The same frames through
-``LineModel.classify`` alone give the bare inference time and rate.
+Every part runs the line runtime's own camera loop (``defectssft-line run --camera``): the
+simulated GenTL producer of PyPI ``genicam`` (``viky.cti``, RGBa8 400x400) read ahead on its
+own thread (``prefetch.FramePrefetcher``), ``Runner.score_frame`` (the one preprocessing
+definition, the ONNX model at 1 thread), the record to a JSON-lines file and to the sinks.
 
-Part 2 (bounded soak): N frames from the camera at a fixed rate, a Modbus *client* sink
-writing into a PLC stand-in (a Modbus server) that is stopped and restarted every K frames.
-Reported: frames read vs records written, camera frame ids missed, sink messages sent /
-dropped, reconnects, RSS at start and end.
+Part 1, latency: the camera free-runs at ``--latency-fps`` (default 10 fps, well below what the PC
+can score, as on a triggered line), into an OPC UA server and a Modbus TCP server sink at once.
+Two separate processes stand in for PLCs: one reads ``Inspection/Counter/Total`` over OPC UA,
+the other registers 2-3 over Modbus, every ``--poll-ms`` (default 1 ms) plus the read itself.
+Latency per part = the first read that shows the part's counter minus the moment the camera
+driver handed the frame over (harvesters' ``try_fetch`` returned it; ``perf_counter`` is
+CLOCK_MONOTONIC, shared by the processes). Also timed in-process: the moment each server held
+the value. Against bare ``LineModel.classify`` (preprocess + ONNX) of the camera's own frames,
+before and after, and against each part's own inference time (its record's ``latency_ms``).
 
-The model is ``tf_efficientnet_lite0`` (ImageNet weights, untrained 2-class head; its
-accuracy is irrelevant here), exported to fp32 ONNX at 224 px.
+Part 2, throughput: the camera free-runs at 200 fps (the PC is the bottleneck); blocks of 20
+frames of bare ``classify`` alternate with blocks of 20 frames through the whole line (sinks
+on, nobody polling), so the load of a shared machine hits both alike. Frames/s and the
+process's CPU time per frame (``time.process_time``: all its threads, the simulated camera's
+included) for each.
 
-    python benchmarks/line_e2e.py --quick     # 200 frames, soak 300 frames (~2 min)
-    python benchmarks/line_e2e.py             # 1000 frames, soak 3000 frames
+Part 3, soak: N frames from the camera at ``--soak-fps`` into a Modbus *client* sink that writes
+into a PLC stand-in (a Modbus TCP server that records every write) which drops all
+connections and refuses new ones for ``--drop-for-s`` seconds every ``--drop-every-s``
+seconds. Checked: every camera frame id read has its record, every record's counter reached
+the PLC or is counted dropped by the sink's bounded queue; RSS at start and end. Torch never
+enters this process (the model is exported in a child process), so RSS is the line's.
+
+    python benchmarks/line_e2e.py --quick                  # 200 + 200 frames, soak 300 (~2 min)
+    python benchmarks/line_e2e.py                          # 1000 + 1000 frames, soak 3000
+    python benchmarks/line_e2e.py --soak-only --soak-frames 5400 --soak-fps 3   # 30 min soak
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
+import platform
+import struct
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import genicam
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import genicam  # noqa: E402
-from common import write_results  # noqa: E402
-
-POLL_S = 0.001  # the PLC stand-in reads both every millisecond (plus the read time)
 CTI = str(Path(genicam.__file__).parent / "viky.cti")
+RESULTS = Path(__file__).resolve().parent / "results"
+WARMUP = 20  # first parts of the latency phase not timed (the camera's backlog, warm caches)
+BLOCK = 20  # frames per block in the interleaved throughput phase
 
 
 def rss_mb() -> float:
@@ -48,6 +65,10 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def export_lite0(path: Path, size: int) -> Path:
@@ -74,44 +95,12 @@ def export_lite0(path: Path, size: int) -> Path:
     return path
 
 
-def poller(opc_url: str, modbus_port: int, n: int, out: mp.Queue, ready: mp.Event) -> None:
-    """A PLC stand-in: poll the counter over OPC UA and Modbus; first-seen times per part."""
-    from asyncua.sync import Client
-    from pymodbus.client import ModbusTcpClient
-
-    client = Client(opc_url, timeout=10)
-    client.connect()
-    idx = client.get_namespace_index("urn:defectssft:line")
-    total = client.nodes.objects.get_child([f"{idx}:Inspection", f"{idx}:Counter", f"{idx}:Total"])
-    mb = ModbusTcpClient("127.0.0.1", port=modbus_port, timeout=10)
-    mb.connect()
-    seen_opc: dict[int, float] = {}
-    seen_mb: dict[int, float] = {}
-    ready.set()
-    deadline = time.monotonic() + 600
-    last_opc = last_mb = 0
-    while (last_opc < n or last_mb < n) and time.monotonic() < deadline:
-        if last_opc < n:
-            v = int(total.read_value())
-            t = time.perf_counter()
-            if v > last_opc:
-                seen_opc.setdefault(v, t)
-                last_opc = v
-        if last_mb < n:
-            r = mb.read_holding_registers(2, count=2).registers
-            t = time.perf_counter()
-            v = r[0] | (r[1] << 16)
-            if v > last_mb:
-                seen_mb.setdefault(v, t)
-                last_mb = v
-        time.sleep(POLL_S)
-    client.disconnect()
-    mb.close()
-    out.put((seen_opc, seen_mb))
-
-
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def stats(v: list[float]) -> dict[str, float]:
+    return {"median": pct(v, 50), "p99": pct(v, 99), "n": len(v)}
 
 
 def free_port() -> int:
@@ -122,7 +111,139 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_runner(model_path: Path, outputs, out_file: Path):
+# --------------------------------------------------------------------------- PLC stand-ins
+
+
+def poll_opcua(url: str, n: int, poll_s: float, out: Any, ready: Any) -> None:
+    """Read Counter/Total every poll_s; {counter: (first read showing it returned, the read
+    before it started)}."""
+    from asyncua.sync import Client
+
+    client = Client(url, timeout=10)
+    client.connect()
+    idx = client.get_namespace_index("urn:defectssft:line")
+    total = client.nodes.objects.get_child([f"{idx}:Inspection", f"{idx}:Counter", f"{idx}:Total"])
+    seen: dict[int, tuple[float, float]] = {}
+    ready.set()
+    deadline, last, prev_start = time.monotonic() + 900, 0, time.perf_counter()
+    while last < n and time.monotonic() < deadline:
+        start = time.perf_counter()
+        v = int(total.read_value())
+        if v > last:
+            seen[v] = (time.perf_counter(), prev_start)
+            last = v
+        prev_start = start
+        time.sleep(poll_s)
+    client.disconnect()
+    out.put(seen)
+
+
+def poll_modbus(port: int, n: int, poll_s: float, out: Any, ready: Any) -> None:
+    """As poll_opcua, over Modbus (holding registers 2-3: the counter)."""
+    from pymodbus.client import ModbusTcpClient
+
+    mb = ModbusTcpClient("127.0.0.1", port=port, timeout=10)
+    mb.connect()
+    seen: dict[int, tuple[float, float]] = {}
+    ready.set()
+    deadline, last, prev_start = time.monotonic() + 900, 0, time.perf_counter()
+    while last < n and time.monotonic() < deadline:
+        start = time.perf_counter()
+        r = mb.read_holding_registers(2, count=2).registers
+        v = r[0] | (r[1] << 16)
+        if v > last:
+            seen[v] = (time.perf_counter(), prev_start)
+            last = v
+        prev_start = start
+        time.sleep(poll_s)
+    mb.close()
+    out.put(seen)
+
+
+class RecordingPlc:
+    """A PLC stand-in for the soak: a minimal Modbus TCP server (function codes 3, 5, 6, 15,
+    16) that records every result write (holding registers from 0: counter in 2-3, frame id
+    low word in 5). ``drop(s)`` closes every connection and refuses new ones for s seconds."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[tuple[int, int]] = []  # (counter, frame id low word), in order
+        self.connections = 0
+        self.drops = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: Any = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    def start(self) -> RecordingPlc:
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        regs = [0] * 64
+        try:
+            while True:
+                tid, _pid, length, uid = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                fc = pdu[0]
+                if fc == 16:
+                    addr, qty = struct.unpack(">HH", pdu[1:5])
+                    vals = struct.unpack(f">{qty}H", pdu[6 : 6 + 2 * qty])
+                    regs[addr : addr + qty] = vals
+                    if addr == 0 and qty >= 6:  # a result (a heartbeat writes from 7)
+                        self.received.append((vals[2] | (vals[3] << 16), vals[5]))
+                    resp = struct.pack(">BHH", 16, addr, qty)
+                elif fc in (5, 6):
+                    resp = pdu[:5]
+                elif fc == 15:
+                    resp = pdu[:5]
+                elif fc == 3:
+                    addr, qty = struct.unpack(">HH", pdu[1:5])
+                    resp = struct.pack(f">BB{qty}H", 3, 2 * qty, *regs[addr : addr + qty])
+                else:
+                    resp = struct.pack(">BB", fc | 0x80, 1)
+                writer.write(struct.pack(">HHHB", tid, 0, len(resp) + 1, uid) + resp)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _drop(self) -> None:
+        self._server.close()
+        for w in list(self._writers):
+            w.close()
+        await self._server.wait_closed()
+
+    def drop(self, seconds: float) -> None:
+        """The PLC goes away (cable, reboot) and comes back after ``seconds``."""
+        self.drops += 1
+        self._call(self._drop())
+        time.sleep(seconds)
+        self._call(self._listen())
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._call(self._drop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+# --------------------------------------------------------------------------- the line
+
+
+def make_runner(model_path: Path, outputs: Any, out_file: Path) -> tuple[Any, Any]:
     from defectssft_line.cli import Runner
     from defectssft_line.hotswap import ModelHolder
     from defectssft_line.model import LineModel
@@ -133,239 +254,472 @@ def make_runner(model_path: Path, outputs, out_file: Path):
     return Runner(holder, writer, None, outputs), writer
 
 
-def camera_stream(fps: float):
+def camera(
+    fps: float, stamps: dict[int, float] | None = None, requeue_ms: list[float] | None = None
+) -> tuple[Any, Any]:
+    """(opener, stream) of the simulated camera free-running at ``fps``; with ``stamps``,
+    the moment the driver handed each frame over, by frame id; with ``requeue_ms``, how long
+    each hand-back of a buffer to the producer took (the simulated producer draws the next
+    image there, holding the GIL)."""
     from defectssft_line.camera import CameraStream
     from defectssft_line.genicam import CameraSettings, GenICamOpener
 
     opener = GenICamOpener(CTI, CameraSettings(nodes={"AcquisitionFrameRate": float(fps)}))
-    opener.preflight("genicam://0")  # a bad setting is an error here, not a reconnect loop
+    cap = opener.preflight("genicam://0")  # a bad setting is an error here, not a reconnect
+    if stamps is not None:
+        fetch = cap.ia.try_fetch
+
+        def timed_fetch(*a: Any, **k: Any) -> Any:
+            buffer = fetch(*a, **k)
+            if buffer is not None:
+                stamps[int(buffer.frame_id)] = time.perf_counter()
+            return buffer
+
+        cap.ia.try_fetch = timed_fetch
+    if requeue_ms is not None:
+        from harvesters.core import Buffer
+
+        queue = Buffer.queue
+
+        def timed_queue(buffer: Any) -> None:
+            t0 = time.perf_counter()
+            queue(buffer)
+            requeue_ms.append((time.perf_counter() - t0) * 1000)
+
+        timed_queue.__wrapped__ = queue  # type: ignore[attr-defined]
+
+        Buffer.queue = timed_queue  # until untime_requeue()
     return opener, CameraStream("genicam://0", opener=opener, log=lambda m: None)
 
 
-def part_latency(model_path: Path, frames: int, work: Path) -> dict:
+def untime_requeue() -> None:
+    from harvesters.core import Buffer
+
+    Buffer.queue = getattr(Buffer.queue, "__wrapped__", Buffer.queue)
+
+
+def prefetcher(opener: Any, stream: Any, limit: int = 0) -> Any:
+    """The read-ahead exactly as ``defectssft-line run --camera`` sets it up."""
+    from defectssft_line.prefetch import FramePrefetcher
+
+    return FramePrefetcher(
+        stream, lambda: opener.last_meta, limit=limit, on_stop=opener.stop
+    ).start()
+
+
+def timed_sends(sink: Any, done: dict[int, float]) -> None:
+    """Note when the sink's peer holds each result (benchmark instrumentation): a server
+    sink applies messages on its loop (``apply``), others send from their thread."""
+    send, apply = sink.send, sink.apply
+
+    def note(msg: dict[str, Any]) -> None:
+        if msg.get("type") == "result":
+            done[int(msg["counter"])] = time.perf_counter()
+
+    def timed(msg: dict[str, Any]) -> None:
+        send(msg)
+        note(msg)
+
+    async def timed_apply(msg: dict[str, Any]) -> None:
+        await apply(msg)
+        note(msg)
+
+    sink.send, sink.apply = timed, timed_apply
+
+
+def bare_run(model: Any, frames: list[np.ndarray], n: int) -> tuple[list[float], float, float]:
+    """(ms per classify, frames/s, process CPU ms per frame) of bare classify."""
+    times = []
+    c0, t_start = time.process_time(), time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        model.classify([frames[i % len(frames)]])
+        times.append((time.perf_counter() - t0) * 1000)
+    wall = time.perf_counter() - t_start
+    return times, n / wall, (time.process_time() - c0) * 1000 / n
+
+
+def grab(n: int) -> list[np.ndarray]:
+    opener, stream = camera(200.0)
+    p = prefetcher(opener, stream, limit=n)
+    frames = [f.image for f in p]
+    p.close()
+    return frames
+
+
+def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work: Path) -> dict:
     from defectssft_line.lineio import LineOutputs
     from defectssft_line.model import LineModel
     from defectssft_line.sinks.modbus import ModbusServerSink
     from defectssft_line.sinks.opcua import OpcUaServerSink, endpoint_url
 
-    # bare inference on the camera's own frames, before and after the end-to-end run
-    opener, stream = camera_stream(200.0)
-    grabbed = []
-    with contextlib.closing(stream.frames()) as it:
-        for frame in it:
-            grabbed.append(frame)
-            if len(grabbed) >= 50:
-                break
+    grabbed = grab(50)
     model = LineModel.load(model_path, threads=1)
     for f in grabbed[:10]:
         model.classify([f])
-
-    def bare_run() -> tuple[list[float], float]:
-        times = []
-        t_start = time.perf_counter()
-        for i in range(frames // 2):
-            t0 = time.perf_counter()
-            model.classify([grabbed[i % len(grabbed)]])
-            times.append((time.perf_counter() - t0) * 1000)
-        return times, len(times) / (time.perf_counter() - t_start)
-
-    bare, rate_before = bare_run()
+    load_start = load()
+    bare, rate_before, cpu_before = bare_run(model, grabbed, frames // 2)
 
     opc_port, mb_port = free_port(), free_port()
     opc = OpcUaServerSink(port=opc_port, log=lambda m: None)
     mbs = ModbusServerSink(port=mb_port, log=lambda m: None)
+    held_opc: dict[int, float] = {}
+    held_mb: dict[int, float] = {}
+    timed_sends(opc, held_opc)
+    timed_sends(mbs, held_mb)
     outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
     outputs.start()
+    t_publish: dict[int, float] = {}
+    handle = outputs.handle
+
+    def timed_handle(rec: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        t_publish[outputs.counter + 1] = time.perf_counter()
+        return handle(rec, **kw)
+
+    outputs.handle = timed_handle
     runner, writer = make_runner(model_path, outputs, work / "e2e.jsonl")
+    n_parts = frames + WARMUP
     ctx = mp.get_context("spawn")
-    q, ready = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(
-        target=poller, args=(endpoint_url("127.0.0.1", opc_port), mb_port, frames, q, ready)
-    )
-    proc.start()
-    ready.wait(60)
-    opener, stream = camera_stream(200.0)
-    t_frame: dict[int, float] = {}
+    q_opc, q_mb, r_opc, r_mb = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
+    url = endpoint_url("127.0.0.1", opc_port)
+    procs = [
+        ctx.Process(target=poll_opcua, args=(url, n_parts, poll_s, q_opc, r_opc)),
+        ctx.Process(target=poll_modbus, args=(mb_port, n_parts, poll_s, q_mb, r_mb)),
+    ]
+    for p in procs:
+        p.start()
+    r_opc.wait(60)
+    r_mb.wait(60)
+    stamps: dict[int, float] = {}
+    requeue_ms: list[float] = []
+    opener, stream = camera(fps, stamps, requeue_ms)
+    p = prefetcher(opener, stream, limit=n_parts)
+    c0, w0 = time.process_time(), time.perf_counter()
     n = 0
-    t_start = time.perf_counter()
-    with contextlib.closing(stream.frames()) as it:
-        for frame in it:
-            t0 = time.perf_counter()
-            n += 1
-            t_frame[n] = t0
-            runner.score_frame(f"f{n}", frame, opener.last_meta)
-            if n >= frames:
-                break
-    seen_opc, seen_mb = q.get(timeout=120)
-    wall = time.perf_counter() - t_start
-    proc.join(30)
-    # throughput, interleaved so that the load of a shared machine hits both alike: blocks of
-    # 20 frames bare (classify on grabbed frames), then 20 through camera + runner + sinks
-    # (no client polling them: a PLC on its own machine)
-    block, t_bare, t_line, n_bare, n_line = 20, 0.0, 0.0, 0, 0
-    with contextlib.closing(stream.frames()) as it:
-        for r in range(max(1, frames // (2 * block))):
-            t0 = time.perf_counter()
-            for i in range(block):
-                model.classify([grabbed[(r * block + i) % len(grabbed)]])
-            t_bare += time.perf_counter() - t0
-            n_bare += block
-            t0 = time.perf_counter()
-            for i, frame in enumerate(it):
-                runner.score_frame(f"q{r}-{i}", frame, opener.last_meta)
-                if i + 1 >= block:
-                    break
-            t_line += time.perf_counter() - t0
-            n_line += block
+    t_read: dict[int, float] = {}
+    t_score: dict[int, float] = {}
+    for frame in p:
+        n += 1
+        t_read[n], t_score[n] = frame.t_read, time.perf_counter()
+        runner.score_frame(f"f{n}", frame.image, frame.meta)
+    cpu_line = (time.process_time() - c0) * 1000 / n
+    wall = time.perf_counter() - w0
+    p.close()
+    untime_requeue()
+    seen_opc, seen_mb = q_opc.get(timeout=120), q_mb.get(timeout=120)
+    for proc in procs:
+        proc.join(30)
     outputs.close(timeout=2)
     writer.close()
-    bare_after, rate_after = bare_run()
+    bare_after, rate_after, cpu_after = bare_run(model, grabbed, frames // 2)
     bare += bare_after
-    # the model's own time for each part of the same run (the record's latency_ms)
-    infer = {
-        i + 1: json.loads(line)["latency_ms"]
-        for i, line in enumerate((work / "e2e.jsonl").read_text().splitlines()[:frames])
+    load_end = load()
+
+    recs = [json.loads(line) for line in (work / "e2e.jsonl").read_text().splitlines()]
+    # counter k is the k-th record; time from the driver's hand-over of that record's frame
+    t_frame = {k: stamps[r["frame_id"]] for k, r in enumerate(recs, 1) if k > WARMUP}
+    infer = {k: recs[k - 1]["latency_ms"] for k in t_frame}
+
+    def since_frame(d: dict[int, Any], first: bool = True) -> list[float]:
+        return [((d[k][0] if first else d[k]) - t_frame[k]) * 1000 for k in t_frame if k in d]
+
+    lat = {
+        "opcua_seen_ms": since_frame(seen_opc),
+        "modbus_seen_ms": since_frame(seen_mb),
+        "opcua_held_ms": since_frame(held_opc, first=False),
+        "modbus_held_ms": since_frame(held_mb, first=False),
     }
-    lat_opc = [(seen_opc[k] - t_frame[k]) * 1000 for k in t_frame if k in seen_opc]
-    lat_mb = [(seen_mb[k] - t_frame[k]) * 1000 for k in t_frame if k in seen_mb]
-    over_opc = [(seen_opc[k] - t_frame[k]) * 1000 - infer[k] for k in t_frame if k in seen_opc]
-    over_mb = [(seen_mb[k] - t_frame[k]) * 1000 - infer[k] for k in t_frame if k in seen_mb]
-    # a value the poller skipped (two parts between two reads) is not timed
 
-    def stats(v: list[float]) -> dict:
-        return {"median": pct(v, 50), "p99": pct(v, 99), "n": len(v)}
+    # a part whose counter the poller never saw (two parts between two reads) is not timed
+    def over_own(d: dict[int, Any], first: bool = True) -> list[float]:
+        return [
+            ((d[k][0] if first else d[k]) - t_frame[k]) * 1000 - infer[k] for k in t_frame if k in d
+        ]
 
+    over = {
+        "opcua_seen_over_own_ms": over_own(seen_opc),
+        "modbus_seen_over_own_ms": over_own(seen_mb),
+        "opcua_held_over_own_ms": over_own(held_opc, first=False),
+        "modbus_held_over_own_ms": over_own(held_mb, first=False),
+    }
+    ids = [r["frame_id"] for r in recs]
+    ms = 1000.0
+    # where the time over the part's own inference goes (medians; the counter k is part k)
+    stages = {
+        "driver_to_read_ahead_done": [(t_read[k] - t_frame[k]) * ms for k in t_frame],
+        "read_ahead_to_scoring": [(t_score[k] - t_read[k]) * ms for k in t_frame],
+        "scoring_minus_inference_to_sinks": [
+            (t_publish[k] - t_score[k]) * ms - infer[k] for k in t_frame
+        ],
+        "sinks_to_opcua_held": [
+            (held_opc[k] - t_publish[k]) * ms for k in t_frame if k in held_opc
+        ],
+        "sinks_to_modbus_held": [(held_mb[k] - t_publish[k]) * ms for k in t_frame if k in held_mb],
+        "opcua_held_to_seen": [
+            (seen_opc[k][0] - held_opc[k]) * ms for k in t_frame if k in seen_opc and k in held_opc
+        ],
+        "modbus_held_to_seen": [
+            (seen_mb[k][0] - held_mb[k]) * ms for k in t_frame if k in seen_mb and k in held_mb
+        ],
+    }
+    stages["of_which_simulated_camera_requeue"] = requeue_ms[WARMUP:]
     return {
         "frames": frames,
+        "camera_fps": fps,
+        "stages_ms": {k: stats(v) for k, v in stages.items()},
+        "poll_ms": poll_s * 1000,
+        "load_start_end": [load_start, load_end],
         "bare_ms": stats(bare),
-        "bare_rate_fps": (rate_before + rate_after) / 2,
         "bare_rate_fps_before_after": [rate_before, rate_after],
+        "bare_cpu_ms_per_frame": (cpu_before + cpu_after) / 2,
         "inference_in_run_ms": stats(list(infer.values())),
-        "opcua_ms": stats(lat_opc),
-        "modbus_ms": stats(lat_mb),
-        "opcua_overhead_ms": stats(over_opc),
-        "modbus_overhead_ms": stats(over_mb),
-        "e2e_rate_fps_polled": frames / wall,
-        "interleaved_bare_fps": n_bare / t_bare,
-        "interleaved_line_fps": n_line / t_line,
+        **{k: stats(v) for k, v in {**lat, **over}.items()},
+        "line_cpu_ms_per_frame": cpu_line,
+        "line_wall_s": wall,
+        "records": len(recs),
+        "frame_ids_in_order": ids == sorted(ids) and len(set(ids)) == len(ids),
     }
 
 
-def soak(model_path: Path, frames: int, fps: float, drop_every: int, work: Path) -> dict:
+def throughput(model_path: Path, frames: int, work: Path) -> dict:
     from defectssft_line.lineio import LineOutputs
-    from defectssft_line.sinks.modbus import ModbusClientSink, ModbusServerSink
+    from defectssft_line.model import LineModel
+    from defectssft_line.sinks.modbus import ModbusServerSink
+    from defectssft_line.sinks.opcua import OpcUaServerSink
+
+    grabbed = grab(50)
+    model = LineModel.load(model_path, threads=1)
+    opc = OpcUaServerSink(port=free_port(), log=lambda m: None)
+    mbs = ModbusServerSink(port=free_port(), log=lambda m: None)
+    outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
+    outputs.start()
+    runner, writer = make_runner(model_path, outputs, work / "tp.jsonl")
+    opener, stream = camera(200.0)
+    p = prefetcher(opener, stream)
+    it = iter(p)
+    for i in range(10):  # warm-up
+        model.classify([grabbed[i]])
+        runner.score_frame(f"w{i}", next(it).image, {})
+    load_start = load()
+    t_bare = t_line = c_bare = c_line = 0.0
+    n_bare = n_line = 0
+    for r in range(max(1, frames // (2 * BLOCK))):
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(BLOCK):
+            model.classify([grabbed[(r * BLOCK + i) % len(grabbed)]])
+        t_bare += time.perf_counter() - t0
+        c_bare += time.process_time() - c0
+        n_bare += BLOCK
+        c0, t0 = time.process_time(), time.perf_counter()
+        for i in range(BLOCK):
+            frame = next(it)
+            runner.score_frame(f"q{r}-{i}", frame.image, frame.meta)
+        t_line += time.perf_counter() - t0
+        c_line += time.process_time() - c0
+        n_line += BLOCK
+    p.close()
+    outputs.close(timeout=2)
+    writer.close()
+    return {
+        "frames_each": n_bare,
+        "load_start_end": [load_start, load()],
+        "bare_fps": n_bare / t_bare,
+        "line_fps": n_line / t_line,
+        "ratio": (n_line / t_line) / (n_bare / t_bare),
+        "bare_cpu_ms_per_frame": c_bare * 1000 / n_bare,
+        "line_cpu_ms_per_frame": c_line * 1000 / n_line,
+    }
+
+
+def soak(
+    model_path: Path,
+    frames: int,
+    fps: float,
+    drop_every_s: float,
+    drop_for_s: float,
+    queue: int,
+    work: Path,
+    progress: Callable[[str], None] = print,
+) -> dict:
+    from defectssft_line.lineio import LineOutputs
+    from defectssft_line.sinks.modbus import ModbusClientSink
 
     port = free_port()
-    plc = ModbusServerSink(port=port, log=lambda m: None)
-    plc.start()
+    plc = RecordingPlc(port).start()
     sink = ModbusClientSink(
-        "127.0.0.1", port=port, first_wait=0.1, max_wait=0.5, log=lambda m: None
+        "127.0.0.1", port=port, queue_size=queue, log=lambda m: None, timeout=2.0
     )
     outputs = LineOutputs([sink], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
     outputs.start()
     runner, writer = make_runner(model_path, outputs, work / "soak.jsonl")
-    opener, stream = camera_stream(fps)
-    ids: list[int] = []
-    drops = 0
-    rss_start = None
-    holder = {"plc": plc}
+    opener, stream = camera(fps)
+    stop = threading.Event()
 
-    def bounce() -> None:  # the PLC drops off for half a second
-        holder["plc"].close(timeout=0.2)
-        time.sleep(0.5)
-        p = ModbusServerSink(port=port, log=lambda m: None)
-        p.start()
-        holder["plc"] = p
+    def dropper() -> None:
+        while not stop.wait(drop_every_s):
+            plc.drop(drop_for_s)
 
-    bouncers = []
-    t_start = time.perf_counter()
-    with contextlib.closing(stream.frames()) as it:
-        for frame in it:
-            runner.score_frame(f"s{len(ids)}", frame, opener.last_meta)
-            ids.append(opener.last_meta.get("frame_id", 0))
-            if len(ids) == 20:
-                rss_start = rss_mb()
-            if drop_every and len(ids) % drop_every == 0:
-                drops += 1
-                t = threading.Thread(target=bounce)
-                t.start()
-                bouncers.append(t)
-            if len(ids) >= frames:
-                break
+    threading.Thread(target=dropper, daemon=True).start()
+    rss: list[tuple[int, float]] = []
+    p = prefetcher(opener, stream, limit=frames)
+    c0, t_start = time.process_time(), time.perf_counter()
+    n = 0
+    for frame in p:
+        n += 1
+        runner.score_frame(f"s{n}", frame.image, frame.meta)
+        # RSS while the camera is open (the reader ends a frame or two before the last)
+        if n == 20 or (n % max(1, frames // 10) == 0 and n < frames - 5) or n == frames - 5:
+            rss.append((n, round(rss_mb(), 1)))
+            progress(
+                f"soak: {n}/{frames} frames, RSS {rss[-1][1]} MB, sink sent {sink.sent} "
+                f"dropped {sink.dropped} reconnects {sink.reconnects}, PLC drops {plc.drops}"
+            )
     wall = time.perf_counter() - t_start
-    for t in bouncers:
-        t.join(30)
-    sink.flush(30)
-    rss_end = rss_mb()
-    records = sum(writer.counts.values())
-    outputs.close(timeout=5)
+    cpu = time.process_time() - c0
+    p.close()
+    stop.set()
+    sink.flush(30)  # the PLC may be away right now: what is queued goes once it is back
+    outputs.close(timeout=10)
     writer.close()
-    holder["plc"].close(timeout=0.5)
-    missed = int(sum(max(0, b - a - 1) for a, b in zip(ids, ids[1:], strict=False)))
+    plc.close()
+    recs = [json.loads(line) for line in (work / "soak.jsonl").read_text().splitlines()]
+    ids = [r["frame_id"] for r in recs]
+    counters = [c for c, _ in plc.received]
+    got = set(counters)
+    # the PLC saw counter k with the frame id of the k-th record
+    mismatched = sum(1 for c, fid in plc.received if fid != ids[c - 1] & 0xFFFF)
+    missing = [k for k in range(1, len(recs) + 1) if k not in got]
     return {
         "frames": frames,
         "camera_fps": fps,
-        "plc_drops": drops,
-        "records": records,
-        "camera_frame_ids_missed": missed,
+        "frames_read": p.read,
+        "records": len(recs),
+        "camera_frame_ids_missed": int(
+            sum(max(0, b - a - 1) for a, b in zip(ids, ids[1:], strict=False))
+        ),
+        "frame_ids_in_order": ids == sorted(ids) and len(set(ids)) == len(ids),
+        "plc_drops": plc.drops,
+        "plc_connections": plc.connections,
+        "plc_results_received": len(counters),
+        "plc_distinct_counters": len(got),
+        "plc_duplicates": len(counters) - len(got),  # re-sent after a lost reply
+        "plc_frame_id_mismatches": mismatched,
+        "records_not_at_plc": len(missing),
         "sink_sent": sink.sent,
         "sink_dropped": sink.dropped,
         "sink_reconnects": sink.reconnects,
-        "rss_mb_start": rss_start,
-        "rss_mb_end": rss_end,
+        "every_record_at_plc_or_counted_dropped": len(missing) == sink.dropped,
+        "rss_mb": rss,  # (frames scored, MB) while the camera is open
+        "rss_mb_start_end": [rss[0][1], rss[-1][1]],
         "wall_s": wall,
+        "cpu_ms_per_frame": cpu * 1000 / max(1, n),
+        "load_end": load(),
     }
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """Like benchmarks/common.py's, without importing torch into this process."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    body = {
+        "benchmark": name,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **payload,
+    }
+    out.write_text(json.dumps(body, indent=2))
+    return out
+
+
+def report(lat: dict, tp: dict) -> None:
+    b = lat["bare_ms"]["median"]
+    print(f"load (1/5/15 min) at start/end: {lat['load_start_end']} / {tp['load_start_end']}")
+    print(f"bare classify: median {b:.2f} ms, p99 {lat['bare_ms']['p99']:.2f} ms")
+    print(f"inference in the run (records): median {lat['inference_in_run_ms']['median']:.2f} ms")
+    for k in ("opcua_seen", "modbus_seen", "opcua_held", "modbus_held"):
+        s = lat[f"{k}_ms"]
+        print(
+            f"frame -> {k.replace('_', ' ')}: median {s['median']:.2f} ms "
+            f"(+{100 * (s['median'] / b - 1):.1f} % over bare), p99 {s['p99']:.2f} ms "
+            f"({s['p99'] / s['median']:.2f} x median), n {s['n']}"
+        )
+    own = lat["inference_in_run_ms"]["median"]
+    for k in ("opcua_seen", "modbus_seen", "opcua_held", "modbus_held"):
+        s = lat[f"{k}_over_own_ms"]
+        print(
+            f"{k.replace('_', ' ')} minus the part's own inference: median {s['median']:.2f} ms "
+            f"({100 * s['median'] / own:.1f} % of the median inference), p99 {s['p99']:.2f} ms"
+        )
+    print(
+        "stages, median ms: "
+        + ", ".join(f"{k} {v['median']:.2f}" for k, v in lat["stages_ms"].items())
+    )
+    print(
+        f"CPU per frame (process): line {lat['line_cpu_ms_per_frame']:.2f} ms at "
+        f"{lat['camera_fps']:g} fps while polled, bare {lat['bare_cpu_ms_per_frame']:.2f} ms"
+    )
+    print(
+        f"throughput (interleaved blocks): bare {tp['bare_fps']:.1f} fps, line "
+        f"{tp['line_fps']:.1f} fps = {tp['ratio']:.2f} x; CPU per frame bare "
+        f"{tp['bare_cpu_ms_per_frame']:.2f} ms, line {tp['line_cpu_ms_per_frame']:.2f} ms"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--frames", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=None, help="timed parts per phase")
+    ap.add_argument("--latency-fps", type=float, default=10.0)
+    ap.add_argument("--poll-ms", type=float, default=1.0)
+    ap.add_argument("--soak-only", action="store_true")
+    ap.add_argument("--no-soak", action="store_true")
     ap.add_argument("--soak-frames", type=int, default=None)
     ap.add_argument("--soak-fps", type=float, default=20.0)
-    ap.add_argument("--drop-every", type=int, default=100, help="PLC drop every K soak frames")
+    ap.add_argument("--drop-every-s", type=float, default=None, help="PLC drop period")
+    ap.add_argument("--drop-for-s", type=float, default=None, help="how long the PLC is away")
+    ap.add_argument("--sink-queue", type=int, default=1000)
+    ap.add_argument("--model", type=Path, help="an exported lite0 ONNX (default: export one)")
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--name", help="results file name (default by mode)")
     args = ap.parse_args()
     frames = args.frames or (200 if args.quick else 1000)
     soak_frames = args.soak_frames or (300 if args.quick else 3000)
+    drop_every = args.drop_every_s or (5.0 if args.quick else 60.0)
+    drop_for = args.drop_for_s or (1.0 if args.quick else 5.0)
+    result: dict[str, Any] = {"command": " ".join(sys.argv), "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        # exported in a child process: torch never enters the measured process (RSS)
-        child = mp.get_context("spawn").Process(
-            target=export_lite0, args=(work / "lite0.onnx", args.size)
-        )
-        child.start()
-        child.join(600)
-        model_path = work / "lite0.onnx"
-        lat = part_latency(model_path, frames, work)
-        print(
-            f"bare ONNX: median {lat['bare_ms']['median']:.2f} ms, p99 {lat['bare_ms']['p99']:.2f}"
-            f" ms, {lat['bare_rate_fps']:.1f} fps",
-            flush=True,
-        )
-        print(
-            f"inference in the same run: median {lat['inference_in_run_ms']['median']:.2f} ms",
-            flush=True,
-        )
-        for k in ("opcua_ms", "modbus_ms", "opcua_overhead_ms", "modbus_overhead_ms"):
-            print(
-                f"frame -> readable ({k[:-3]}): median {lat[k]['median']:.2f} ms, p99 "
-                f"{lat[k]['p99']:.2f} ms (n {lat[k]['n']})",
-                flush=True,
+        model_path = args.model
+        if model_path is None:  # exported in a child process: torch never enters this one
+            model_path = work / "lite0.onnx"
+            child = mp.get_context("spawn").Process(
+                target=export_lite0, args=(model_path, args.size)
             )
-        print(
-            f"throughput (interleaved blocks): bare {lat['interleaved_bare_fps']:.1f} fps, "
-            f"camera + sinks {lat['interleaved_line_fps']:.1f} fps; while polled "
-            f"{lat['e2e_rate_fps_polled']:.1f} fps",
-            flush=True,
-        )
-        s = soak(model_path, soak_frames, args.soak_fps, args.drop_every, work)
-        print(f"soak: {s}", flush=True)
-    name = "line_e2e_quick" if args.quick else "line_e2e"
-    out = write_results(
-        name, {"size": args.size, "latency": lat, "soak": s, "command": " ".join(sys.argv)}
+            child.start()
+            child.join(600)
+        if not args.soak_only:
+            lat = part_latency(model_path, frames, args.latency_fps, args.poll_ms / 1000, work)
+            tp = throughput(model_path, frames, work)
+            result.update(latency=lat, throughput=tp)
+            report(lat, tp)
+        if not args.no_soak:
+            s = soak(
+                model_path,
+                soak_frames,
+                args.soak_fps,
+                drop_every,
+                drop_for,
+                args.sink_queue,
+                work,
+                progress=lambda m: print(m, flush=True),
+            )
+            result["soak"] = s
+            print(f"soak: {json.dumps(s)}", flush=True)
+    name = args.name or (
+        "line_soak" if args.soak_only else "line_e2e_quick" if args.quick else "line_e2e"
     )
-    print(f"wrote {out}")
+    print(f"wrote {write_results(name, result)}")
 
 
 if __name__ == "__main__":

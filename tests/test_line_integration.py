@@ -287,10 +287,42 @@ def test_sink_queue_is_bounded_and_keeps_order_across_a_drop():
     for n in range(1, 6):
         s.publish(result_msg(n))
     assert s.dropped == 2  # the oldest two
+    s.publish({"type": "busy"})  # pushes out result 3
+    for n in (6, 7):
+        s.publish(result_msg(n))  # push out 4 and 5
+    assert s.dropped == 5
+    s.publish(result_msg(8))  # pushes out the busy message: not a result, not counted
+    assert s.dropped == 5
     s.up.set()
-    wait_for(lambda: s.got == [3, 4, 5])
+    wait_for(lambda: s.got == [6, 7, 8])
     s.close(timeout=1)
     assert s.stats()["sent"] == 3 and s.reconnects >= 1
+
+
+def test_a_result_pushed_out_while_on_its_way_counts_as_sent_not_dropped():
+    class Slow(Sink):
+        def __init__(self) -> None:
+            super().__init__("slow", queue_size=2)
+            self.gate, self.inside, self.got = threading.Event(), threading.Event(), []
+
+        def open(self) -> None:
+            pass
+
+        def send(self, msg: dict[str, Any]) -> None:
+            self.inside.set()
+            self.gate.wait(WAIT)
+            self.got.append(msg["counter"])
+
+    s = Slow()
+    s.start()
+    s.publish(result_msg(1))
+    wait_for(s.inside.is_set)  # 1 is on its way
+    for n in (2, 3, 4):
+        s.publish(result_msg(n))  # the full queue pushes out 1 (on its way), then 2
+    s.gate.set()
+    assert s.flush(WAIT)
+    s.close(timeout=1)
+    assert s.got == [1, 3, 4] and (s.sent, s.dropped) == (3, 1)
 
 
 # --------------------------------------------------------------------------- OPC UA
@@ -399,6 +431,37 @@ def test_modbus_server_coils_registers_and_plc_part_id():
     finally:
         client.close()
         sink.close(timeout=1)
+
+
+def test_server_sink_applies_on_its_loop_in_order_and_bounded():
+    """A server sink hands each message straight to its loop (not its worker's queue); a loop
+    that falls behind keeps the newest ``queue_size`` messages and counts the rest dropped."""
+    from pymodbus.client import ModbusTcpClient
+
+    from defectssft_line.sinks.modbus import ModbusServerSink
+
+    port = free_port()
+    sink = ModbusServerSink(port=port, queue_size=3)
+    sink.start()
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    gate = threading.Event()
+    try:
+        loop = sink.direct_loop()
+        assert loop is not None
+        loop.call_soon_threadsafe(gate.wait, WAIT)  # the loop stands still meanwhile
+        for n in range(1, 6):
+            sink.publish(result_msg(n))
+        assert sink.pending() == 5 and not sink._q  # all with the loop, none with the worker
+        gate.set()
+        assert sink.flush(WAIT)
+        assert (sink.sent, sink.dropped) == (3, 2)  # 3, 4, 5 applied; 1, 2 dropped
+        assert client.connect()
+        assert client.read_holding_registers(2, count=2).registers == [5, 0]
+    finally:
+        gate.set()
+        client.close()
+        sink.close(timeout=1)
+    assert sink.stats()["pending"] == 0
 
 
 def test_modbus_client_writes_into_a_plc_and_survives_its_restart():
@@ -583,6 +646,24 @@ def test_part_id_modes():
         LineOutputs(part_id="barcode")
 
 
+def test_the_plc_gets_the_verdict_before_the_archive_writes_the_image(tmp_path):
+    order: list[str] = []
+
+    class Recorder(Sink):
+        def publish(self, msg: dict[str, Any]) -> None:
+            order.append(f"sink {msg['verdict']}")
+
+    class Disk(Archive):
+        def save(self, rec: dict[str, Any], **kw: Any) -> Any:
+            order.append(f"archive {rec['verdict']}")
+            return super().save(rec, **kw)
+
+    out = LineOutputs([Recorder("plc")], archive=Disk(tmp_path / "a", 10**6), part_id="counter")
+    out.handle({"verdict": "NG", "file": "f1"}, frame=np.zeros((4, 4), np.uint8), camera=True)
+    assert order == ["sink NG", "archive NG"]
+    assert len(list((tmp_path / "a").rglob("*.png"))) == 1
+
+
 def test_sink_config_errors(tmp_path):
     p = tmp_path / "line.yaml"
     p.write_text("opcua_server: {port: 4840}\nmodbus: {port: 502}\n")
@@ -719,22 +800,21 @@ class FakeNodeMap:
 
 
 class FakeAcquirer:
-    """``fetch`` plays a script: a frame (HxW uint8) or 'timeout'."""
+    """``try_fetch`` plays a script: a frame (HxW uint8) or 'timeout' (None: no frame yet; with
+    ``fetch_timeout: 0`` one look is one whole fetch timeout)."""
 
     def __init__(self, script: list[Any]) -> None:
         self.script = list(script)
         self.remote_device = type("Dev", (), {"node_map": FakeNodeMap()})()
         self.fetches = 0
 
-    def fetch(self, timeout: float) -> Any:
-        from genicam.gentl import TimeoutException
-
+    def try_fetch(self, timeout: float) -> Any:
         self.fetches += 1
         item = self.script.pop(0)
         if isinstance(item, str):
             if item == "gone":
                 self.remote_device.node_map.gone = True
-            raise TimeoutException("no frame")
+            return None
         comp = type(
             "C", (), {"data": item.ravel(), "data_format": "Mono8", "height": 4, "width": 6}
         )()
@@ -753,19 +833,21 @@ def test_software_and_hardware_trigger_reads():
     meta: list[dict] = []
     # software trigger: every read fires TriggerSoftware; an overdue frame = camera lost
     ia = FakeAcquirer([frame, "timeout"])
-    cap = GenICamCapture(None, ia, CameraSettings(trigger="software"), "genicam://x", meta.append)
+    soft = CameraSettings(trigger="software", fetch_timeout=0)
+    cap = GenICamCapture(None, ia, soft, "genicam://x", meta.append)
     ok, got = cap.read()
     assert ok and got.tolist() == frame.tolist() and meta[-1] == {"frame_id": 1, "camera_ts": 1000}
     assert cap.read() == (False, None)
     assert ia.remote_device.node_map.nodes["TriggerSoftware"].executed == 2
     # hardware trigger: no part for a while is waiting, not a loss ...
+    hard = CameraSettings(trigger="hardware", fetch_timeout=0)
     ia = FakeAcquirer(["timeout", "timeout", frame])
-    cap = GenICamCapture(None, ia, CameraSettings(trigger="hardware"), "genicam://x", meta.append)
+    cap = GenICamCapture(None, ia, hard, "genicam://x", meta.append)
     ok, got = cap.read()
     assert ok and ia.fetches == 3 and meta[-1]["frame_id"] == 3
     # ... but a camera that is gone fails the liveness read (the stream then reconnects)
     ia = FakeAcquirer(["timeout", "gone"])
-    cap = GenICamCapture(None, ia, CameraSettings(trigger="hardware"), "genicam://x", meta.append)
+    cap = GenICamCapture(None, ia, hard, "genicam://x", meta.append)
     with pytest.raises(OSError, match="device removed"):
         cap.read()
 

@@ -23,6 +23,10 @@ stream (URL, GStreamer pipeline) gets 30 s; a device and a file get none, since 
 triggered industrial camera may legitimately block in ``read()`` until a part arrives. ``None``
 or ``0`` turns it off: the open and the read are then called directly, on the caller's thread.
 
+``stop()`` (from any thread) ends ``frames()`` soon: a reconnect wait is cut short, a threaded
+open/read the caller waits for is abandoned as on Ctrl+C, and no reconnect follows. The line
+runtime reads the stream on a thread of its own (``prefetch.FramePrefetcher``) and stops it so.
+
 The opener and the sleep are parameters, so tests need no camera and no waiting.
 """
 
@@ -80,6 +84,9 @@ def open_capture(source: str) -> Any:
 def wait(seconds: float) -> None:
     """The backoff sleep (tests replace it). Ctrl+C interrupts it at once."""
     time.sleep(seconds)
+
+
+_TIME_WAIT = wait  # the real one: a stream replaces it by a wait that stop() cuts short
 
 
 def backoff(
@@ -143,6 +150,7 @@ class _Call:
 
 
 _TIMED_OUT = object()
+_STOPPED = object()
 
 
 class CameraStream:
@@ -173,6 +181,7 @@ class CameraStream:
         self.max_attempts = max_attempts
         self._open = opener or open_capture
         self._sleep = sleep or wait
+        self._stopping = threading.Event()
         self._log = log
         self.frames_read = 0
         self.reconnects = 0  # times a lost source came back with frames
@@ -181,6 +190,21 @@ class CameraStream:
         self.gave_up = False
         self._lock = threading.Lock()
         self._hung = 0
+
+    def stop(self) -> None:
+        """End ``frames()`` soon, from any thread (see the module docstring)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _pause(self, seconds: float) -> None:
+        """The reconnect wait; stop() ends the real one at once."""
+        if self._sleep is _TIME_WAIT:
+            self._stopping.wait(seconds)
+        else:
+            self._sleep(seconds)
 
     @property
     def hung_reads(self) -> int:
@@ -191,8 +215,8 @@ class CameraStream:
 
     def _call(self, fn: Callable[[], Any], cleanup: Callable[[Any], None]) -> Any:
         """``fn()`` on a daemon thread: its result (its exception is raised here) if it returns
-        within ``read_timeout``, else ``_TIMED_OUT``. A call given up on (timeout, or Ctrl+C
-        while waiting) is left to its thread, which runs ``cleanup(result)`` if ``fn`` ever
+        within ``read_timeout``, else ``_TIMED_OUT`` (``_STOPPED`` after stop()). A call given
+        up on (timeout, stop(), or Ctrl+C while waiting) is left to its thread, which runs ``cleanup(result)`` if ``fn`` ever
         returns: a capture in use by the driver is never released from here."""
         assert self.read_timeout
         call = _Call(fn, cleanup, self)
@@ -200,12 +224,15 @@ class CameraStream:
         deadline = time.monotonic() + self.read_timeout
         try:  # short slices: Ctrl+C (KeyboardInterrupt) gets through on every platform
             while not call.done.wait(min(_WAIT_SLICE, max(0.0, deadline - time.monotonic()))):
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline or self._stopping.is_set():
                     break
         except BaseException:
             if not call.abandon():  # it returned meanwhile: its result is ours to clean up
                 cleanup(call.result)
             raise
+        if self._stopping.is_set() and not call.done.is_set():
+            if call.abandon():  # like Ctrl+C: left to its thread, not a timeout
+                return _STOPPED
         if call.abandon():
             self.timeouts += 1
             return _TIMED_OUT
@@ -218,6 +245,8 @@ class CameraStream:
         try:
             if self.read_timeout:
                 cap = self._call(lambda: self._open(self.source), _release_if_any)
+                if cap is _STOPPED:
+                    return None, "stopped", True
                 if cap is _TIMED_OUT:
                     return (
                         None,
@@ -236,6 +265,8 @@ class CameraStream:
         try:
             if self.read_timeout:
                 got = self._call(cap.read, lambda _: _release(cap))
+                if got is _STOPPED:
+                    return None, "stopped", True
                 if got is _TIMED_OUT:
                     return (
                         None,
@@ -255,10 +286,12 @@ class CameraStream:
 
     def frames(self) -> Iterator[np.ndarray]:
         """Frames until the source ends (file), fails without reconnect, or ``max_attempts``
-        reopen attempts in a row fail. Raises LineError when the source never opens and is not
-        to be reconnected. Closing the iterator releases the capture."""
+        reopen attempts in a row fail, or stop(). Raises LineError when the source never opens
+        and is not to be reconnected. Closing the iterator releases the capture."""
         name = f"camera {self.source}"
         cap, reason, hung = self._try_open()
+        if cap is None and self._stopping.is_set():
+            return
         if cap is None and not self.reconnect:
             why = f" within {self.read_timeout:g} s (open hung in the driver)" if hung else ""
             raise LineError(f"cannot open camera/video source {self.source!r}{why}")
@@ -269,6 +302,8 @@ class CameraStream:
         replay = False  # reopening a file that ended (--reconnect on a file), not a drop-out
         try:
             while True:
+                if self._stopping.is_set():
+                    return
                 if cap is None:
                     assert reason is not None
                     if not self.reconnect:
@@ -298,11 +333,14 @@ class CameraStream:
                             f"warning: {name}: {reason}; {verb} in {delay:g} s "
                             f"(attempt {attempts}{limit})"
                         )
-                    self._sleep(delay)
+                    self._pause(delay)
+                    if self._stopping.is_set():
+                        return
                     cap, reason, hung = self._try_open()
                     fresh = True
                     if cap is None:
-                        self.failed_attempts += 1
+                        if not self._stopping.is_set():
+                            self.failed_attempts += 1
                         continue
                 try:
                     frame, reason, hung = self._read(cap)
@@ -314,7 +352,7 @@ class CameraStream:
                     if not hung:  # a hung read's thread releases its capture, if it returns
                         _release(cap)
                     cap = None
-                    if fresh:
+                    if fresh and not self._stopping.is_set():
                         self.failed_attempts += 1  # opened, but no frame came
                     continue
                 if attempts and not (replay and attempts == 1):

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +48,14 @@ from defectssft_line.output import (
     send_unsure_file,
     send_unsure_frame,
 )
+from defectssft_line.prefetch import FramePrefetcher
 from defectssft_line.preprocess import (
     ImageDecodeError,
     decode_image,
     is_image_name,
     pixel_format_depth,
 )
+from defectssft_line.stopping import StopOnSignal, end_by_sigterm
 
 
 def _verdict_record(name: str, pred: Prediction, t0: float, version: str) -> dict:
@@ -83,6 +85,7 @@ class Runner:
         self.outputs = outputs  # sinks, archive, health (lineio)
         self.errors = 0
         self.skipped_frames = 0
+        self.stopped_by: int | None = None  # the signal that stopped a camera run
 
     def score_bytes(self, name: str, data: bytes, source: Path | None = None) -> dict:
         model = self.holder.current()
@@ -140,16 +143,16 @@ class Runner:
                 _log(f"warning: frame skipped ({n} so far): {message}")
             return self._error(name, model.version, t0, message)
         rec = _verdict_record(name, pred, t0, model.version)
+        if extra:
+            rec.update(extra)
+        if self.outputs is not None:  # the PLC first; images to disk after
+            self.outputs.handle(rec, frame=frame, camera=True)
         if pred.verdict == "UNSURE" and self.send_unsure is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             try:
                 send_unsure_frame(frame, self.send_unsure, f"cam-{stamp}-{name}")
             except OSError as e:
                 _log(f"warning: cannot save {name} to {self.send_unsure}: {e.strerror or e}")
-        if extra:
-            rec.update(extra)
-        if self.outputs is not None:
-            self.outputs.handle(rec, frame=frame, camera=True)
         self.writer.write(rec)
         return rec
 
@@ -234,9 +237,11 @@ def _run_camera(
     opener: Opener | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> int:
-    """Score frames until the source ends (a file), --max-frames, Ctrl+C, or --max-reconnects
-    failed reopen attempts in a row. Exit status 1 when frames were skipped or the source was
-    given up; LineError (status 2) when not a single frame was read."""
+    """Score frames until the source ends (a file), --max-frames, Ctrl+C / SIGTERM, or
+    --max-reconnects failed reopen attempts in a row. The camera is read ahead on its own
+    thread (prefetch.py); a signal stops the reading and the frames already read are scored
+    (stopping.py). Exit status 1 when frames were skipped or the source was given up;
+    LineError (status 2) when not a single frame was read."""
     read_timeout = AUTO if args.read_timeout is None else args.read_timeout
     meta: Callable[[], dict] = dict
     if opener is None and is_genicam(args.camera):
@@ -263,14 +268,19 @@ def _run_camera(
         f"{runner.holder.model.version or '?'}); Ctrl+C to stop"
     )
     n = 0
+    prefetch = FramePrefetcher(
+        stream, meta, limit=args.max_frames, on_stop=getattr(opener, "stop", None)
+    )
+    stop = StopOnSignal(prefetch.stop)
     try:
-        with closing(stream.frames()) as frames:
-            for frame in frames:
+        with stop:
+            prefetch.start()
+            for frame in prefetch:
                 n += 1
-                runner.score_frame(f"frame{n:06d}.png", frame, meta())
-                if args.max_frames and n >= args.max_frames:
-                    break
-    finally:  # also on Ctrl+C, which may leave a read hung in the driver
+                runner.score_frame(f"frame{n:06d}.png", frame.image, frame.meta)
+    finally:  # also on a second Ctrl+C; a read may be left hung in the driver
+        prefetch.close()
+        runner.stopped_by = stop.signum
         hung = stream.hung_reads
         if stream.reconnects or stream.failed_attempts or stream.timeouts or hung:
             summary = (
@@ -282,7 +292,7 @@ def _run_camera(
             if hung:
                 summary += f", {hung} still hung in the driver"
             _log(summary)
-    if n == 0:
+    if n == 0 and stop.signum is None:
         raise LineError(f"no frames from camera/video source {args.camera!r}")
     return 1 if stream.gave_up or runner.skipped_frames else 0
 
@@ -336,6 +346,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             _log(line)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(writer.counts.items())) or "no images"
     _log(f"done: {counts}")
+    if runner.stopped_by == signal.SIGTERM:
+        end_by_sigterm()
     return rc
 
 

@@ -21,7 +21,14 @@ A node the camera lacks, or a value it refuses, is one line naming the node. A f
 an image in the decoded-file convention through ``preprocess.from_pixel_format``, so it is
 scored exactly like a file. ``GenICamOpener`` plugs into ``camera.CameraStream``: a camera that
 disappears is reopened with the same capped backoff as the OpenCV sources; the camera's
-timestamp and frame id of the last frame are in ``opener.last_meta``.
+timestamp and frame id of the last frame are in ``opener.last_meta``. ``opener.stop()`` ends a
+hardware-triggered wait for the next part at once.
+
+Waiting for a frame never holds Python's GIL: harvesters' ``fetch`` waits inside the producer
+in 1 ms calls that keep the GIL, which starves every other thread of the process (the scoring
+thread, the sinks, the OPC UA / Modbus servers) for as long as the camera waits for a part.
+Instead the producer is asked without waiting, every ``POLL_S`` seconds, the GIL free in
+between.
 
 Needs the ``genicam`` extra (``pip install defectssft-line[genicam]``).
 """
@@ -29,6 +36,8 @@ Needs the ``genicam`` extra (``pip install defectssft-line[genicam]``).
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,7 @@ from defectssft_line.preprocess import from_pixel_format
 PREFIX = "genicam://"
 ENV_CTI = "GENICAM_GENTL64_PATH"
 TRIGGERS = ("free-run", "software", "hardware")
+POLL_S = 0.0005  # seconds between two checks for a new frame (see the module docstring)
 _KEYS = {
     "pixel_format",
     "roi",
@@ -203,24 +213,39 @@ class GenICamCapture:
     """One opened camera, acquiring; ``read()`` -> (ok, frame) like cv2.VideoCapture."""
 
     def __init__(
-        self, harvester: Any, acquirer: Any, settings: CameraSettings, uri: str, on_meta: Any
+        self,
+        harvester: Any,
+        acquirer: Any,
+        settings: CameraSettings,
+        uri: str,
+        on_meta: Any,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.harvester, self.ia, self.settings, self.uri = harvester, acquirer, settings, uri
         self._on_meta = on_meta
+        self._stopping = stopping or threading.Event()
         self.node_map = acquirer.remote_device.node_map
         self.pixel_format = str(self.node_map.PixelFormat.value)
 
-    def read(self) -> tuple[bool, np.ndarray | None]:
-        from genicam.gentl import TimeoutException
+    def _fetch(self, timeout: float) -> Any:
+        """The next filled buffer, or None after ``timeout`` s or a stop (module docstring)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            buffer = self.ia.try_fetch(timeout=1e-5)  # one look, no wait in the producer
+            if buffer is not None:
+                return buffer
+            if time.monotonic() >= deadline or self._stopping.is_set():
+                return None
+            time.sleep(POLL_S)
 
+    def read(self) -> tuple[bool, np.ndarray | None]:
         s = self.settings
         while True:
             if s.trigger == "software":
                 self.node_map.get_node("TriggerSoftware").execute()
-            try:
-                buffer = self.ia.fetch(timeout=s.fetch_timeout)
-            except TimeoutException:
-                if s.trigger != "hardware":
+            buffer = self._fetch(s.fetch_timeout)
+            if buffer is None:
+                if s.trigger != "hardware" or self._stopping.is_set():
                     return False, None  # free-run / software: a frame is overdue, camera lost
                 # hardware trigger: no part yet; still reachable? (a read fails when it is gone)
                 self.node_map.get_node("PixelFormat").value  # noqa: B018 - liveness probe
@@ -252,6 +277,11 @@ class GenICamOpener:
         self.last_meta: dict[str, Any] = {}
         self.pixel_format: str | None = None
         self._ready: GenICamCapture | None = None
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """End a hardware-triggered wait for a part (its read returns no frame)."""
+        self._stopping.set()
 
     def _meta(self, meta: dict[str, Any]) -> None:
         self.last_meta = meta
@@ -304,8 +334,9 @@ class GenICamOpener:
                 raise LineError(
                     f"camera {source} has no GenICam node 'TriggerSoftware' (settings: trigger)"
                 )
-            cap = GenICamCapture(h, ia, self.settings, source, self._meta)
+            cap = GenICamCapture(h, ia, self.settings, source, self._meta, self._stopping)
             ia.num_buffers = max(ia.min_num_buffers, int(self.settings.buffers))
+            ia.timeout_period_on_update_event_data_call = 0  # ms: GenTL looks, never waits
             ia.start()
         except BaseException:
             for step in (ia.destroy, h.reset):

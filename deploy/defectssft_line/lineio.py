@@ -1,8 +1,9 @@
 """Where each result goes besides the result file: PLC/plant sinks, the archive, health.
 
 ``LineOutputs.handle`` is called once per part, before the record is written: it gives the
-record its part id (``--part-id``), queues it to every sink (never blocking), archives the
-image when its verdict asks for it and updates the health counters and alarm. ``begin`` is
+record its part id (``--part-id``), updates the health counters and alarm, queues the result
+to every sink (never blocking) and then archives the image when its verdict asks for it (the
+PNG and the disk come after the PLC's verdict, not before). ``begin`` is
 called when a camera frame arrives (the Modbus ``busy`` coil). Nothing here can stop
 inspection: sinks queue and reconnect on their own, the archive warns and counts.
 
@@ -108,8 +109,6 @@ class LineOutputs:
         self.counter += 1
         rec["part_id"] = self._part_id(rec, camera)
         self.health.observe(rec)
-        if self.archive is not None:
-            self.archive.save(rec, data=data, frame=frame, name=rec.get("file"))
         if self.sinks:
             cls = rec.get("class")
             msg = {
@@ -122,6 +121,8 @@ class LineOutputs:
             }
             for s in self.sinks:
                 s.publish(msg)
+        if self.archive is not None:
+            self.archive.save(rec, data=data, frame=frame, name=rec.get("file"))
         return rec
 
     def status(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """What every verdict sink shares: a bounded queue, a worker thread, reconnect with backoff.
 
 A sink never stops inspection. ``publish`` only appends to the sink's queue (``queue_size``
-messages); when the queue is full the oldest message is dropped and counted. The worker thread
+messages); when the queue is full the oldest message is dropped, and counted when it is a
+result (``sent`` and ``dropped`` count results, not busy or status messages). The worker thread
 sends in order; a send that fails closes the connection, logs one line, and the same message is
 sent again after a reconnect (backoff doubling from ``first_wait`` to ``max_wait`` seconds, as
 for the cameras), so a short drop-out loses nothing. The worker also sends a heartbeat
@@ -10,10 +11,19 @@ every ``heartbeat_s`` seconds.
 A subclass implements ``open`` (connect or bind; raise on failure), ``send`` (one message),
 ``beat`` (the heartbeat and status), ``shut`` (close the connection) and, for a server the PLC
 writes to, ``plc_part_id``.
+
+A server in this process that runs on an asyncio loop (OPC UA, Modbus) also implements
+``direct_loop`` and ``apply`` (the send, as a coroutine on that loop): ``publish`` then hands
+each message straight to that loop, one thread hop from the scoring thread instead of two (no
+worker-thread wake-up in between). The loop keeps the order and the same bound: past
+``queue_size`` waiting messages the oldest is dropped and counted. The worker thread then only
+beats (and takes over again, with the queue, if the loop goes away).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import sys
 import threading
 import time
@@ -30,6 +40,11 @@ HEARTBEAT_S = 1.0
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _results(msgs: Any) -> int:
+    """How many of ``msgs`` are results (what ``sent`` and ``dropped`` count)."""
+    return sum(1 for m in msgs if m.get("type", "result") == "result")
 
 
 def first_line(e: BaseException) -> str:
@@ -70,6 +85,11 @@ class Sink:
         self.reconnects = 0
         self.last_error = ""
         self.status: Callable[[], dict[str, Any]] = dict  # the line's status (set by the hub)
+        self._direct: asyncio.AbstractEventLoop | None = None  # see the module docstring
+        self._lq: deque[dict[str, Any]] = deque()  # waiting on the loop (touched there only)
+        self._wake: asyncio.Event | None = None
+        self._consumer: concurrent.futures.Future[None] | None = None
+        self._inflight = 0  # handed to the loop, not yet applied or dropped (under _cond)
 
     # ---------------------------------------------------------------- subclass hooks
     def open(self) -> None:
@@ -91,6 +111,68 @@ class Sink:
         """A part id the PLC wrote before the trigger, if this sink offers one."""
         return None
 
+    def direct_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The running loop ``apply`` runs on, for a server in this process (default: none)."""
+        return None
+
+    async def apply(self, msg: dict[str, Any]) -> None:
+        """``send`` as a coroutine on ``direct_loop`` (sinks that have one)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- the direct path
+    def _go_direct(self) -> None:
+        loop = self.direct_loop()
+        if loop is not None:
+            self._lq = lq = deque()
+            self._consumer = asyncio.run_coroutine_threadsafe(self._consume(lq), loop)
+            self._direct = loop
+
+    def _settle(self, dropped: int = 0) -> None:
+        with self._cond:
+            self._inflight = max(0, self._inflight - 1)
+            self.dropped += dropped
+            self._cond.notify_all()
+
+    def _arrive(self, msg: dict[str, Any]) -> None:
+        """On the loop: queue ``msg`` for ``_consume`` (bounded like the worker's queue)."""
+        if len(self._lq) >= self.queue_size:
+            self._settle(dropped=_results([self._lq.popleft()]))
+        self._lq.append(msg)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _consume(self, lq: deque[dict[str, Any]]) -> None:
+        """On the loop: apply the messages in order (cancelled when the loop goes away)."""
+        wake = self._wake = asyncio.Event()
+        while True:
+            while not lq:
+                wake.clear()
+                await wake.wait()
+            msg = lq.popleft()
+            try:
+                await self.apply(msg)
+                if msg.get("type", "result") == "result":
+                    self.sent += 1
+            except Exception as e:  # noqa: BLE001 - one line, counted; the server goes on
+                self.failures += 1
+                self.last_error = first_line(e)
+                if self.failures <= 10 or self.failures % 100 == 0:
+                    self._log(f"warning: {self.name}: send failed ({self.last_error})")
+            finally:
+                self._settle()
+
+    def _leave_direct(self) -> None:
+        """The loop is going away: what it still holds counts as dropped."""
+        self._direct = None
+        if self._consumer is not None:
+            self._consumer.cancel()
+            self._consumer = None
+        with self._cond:
+            self.dropped += _results(list(self._lq))  # (those still on their way: not seen)
+            self._inflight = 0
+            self._cond.notify_all()
+        self._lq, self._wake = deque(), None
+
     # ---------------------------------------------------------------- life cycle
     def start(self) -> None:
         """Connect or bind now. A server that cannot bind raises LineError (one line); a
@@ -98,6 +180,7 @@ class Sink:
         try:
             self.open()
             self.connected = True
+            self._go_direct()
         except Exception as e:  # noqa: BLE001 - every failure is one line
             self.shut()
             self.last_error = first_line(e)
@@ -113,24 +196,33 @@ class Sink:
 
     def publish(self, msg: dict[str, Any]) -> None:
         """Queue ``msg``; never blocks. A full queue drops its oldest message (counted)."""
+        loop = self._direct
+        if loop is not None:
+            with self._cond:
+                self._inflight += 1
+            try:
+                loop.call_soon_threadsafe(self._arrive, msg)
+                return
+            except RuntimeError:  # the loop was closed meanwhile: the worker's queue
+                with self._cond:
+                    self._inflight -= 1
         with self._cond:
             if len(self._q) >= self.queue_size:
-                self._q.popleft()
-                self.dropped += 1
+                self.dropped += _results([self._q.popleft()])
             self._q.append(msg)
             self._cond.notify()
 
     def pending(self) -> int:
         with self._cond:
-            return len(self._q)
+            return len(self._q) + self._inflight
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the queue to empty; True when it did."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._q and time.monotonic() < deadline:
+            while (self._q or self._inflight) and time.monotonic() < deadline:
                 self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-            return not self._q
+            return not self._q and not self._inflight
 
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued (up to ``timeout`` s), then stop; the rest counts as dropped."""
@@ -141,13 +233,14 @@ class Sink:
                 self._cond.notify_all()
             self._thread.join(timeout=max(1.0, timeout))
         with self._cond:
-            self.dropped += len(self._q)
+            self.dropped += _results(self._q)
             self._q.clear()
         if self.connected:
             try:
                 self.farewell(self.status())
             except Exception:  # noqa: BLE001 - best effort
                 pass
+        self._leave_direct()
         self.shut()
         self.connected = False
 
@@ -174,6 +267,7 @@ class Sink:
         self.failures += 1
         self.last_error = first_line(e)
         self.connected = False
+        self._leave_direct()
         self.shut()
         if self.failures <= 10 or self.failures % 100 == 0:
             self._log(f"warning: {self.name}: {what} failed ({self.last_error}); reconnecting")
@@ -193,6 +287,7 @@ class Sink:
                 continue
             self.connected = True
             self.reconnects += 1
+            self._go_direct()
             self._log(f"{self.name}: reconnected after {attempt} attempt(s)")
             return True
         return False
@@ -222,9 +317,12 @@ class Sink:
             except Exception as e:  # noqa: BLE001 - kept in the queue, sent after reconnect
                 self._fail("send", e)
                 continue
+            result = msg.get("type", "result") == "result"  # sent counts results only
             with self._cond:
                 if self._q and self._q[0] is msg:
                     self._q.popleft()
+                elif result:  # pushed out of a full queue while it was on its way: it arrived
+                    self.dropped -= 1
                 self._cond.notify_all()
-            if msg.get("type", "result") == "result":
-                self.sent += 1  # results only, not busy/status messages
+            if result:
+                self.sent += 1

@@ -125,15 +125,21 @@ class ModbusServerSink(Sink):
     def _set(self, fc: int, address: int, vals: list[Any]) -> None:
         self._run(self._server.async_setValues(0, fc, address, vals))
 
-    def send(self, msg: dict[str, Any]) -> None:
+    async def apply(self, msg: dict[str, Any]) -> None:
+        """One message, on the server's loop: the busy coil, or coils then registers."""
+        server = self._server
         if msg.get("type") == "busy":
-            self._set(5, 3, [True])
-            return
-        if msg.get("type") != "result":
-            return
-        self._set(15, 0, coils(msg))
-        self._regs = registers(msg, self._status(), self._beat)
-        self._set(16, 0, self._regs)
+            await server.async_setValues(0, 5, 3, [True])
+        elif msg.get("type") == "result":
+            self._regs = registers(msg, self._status(), self._beat)
+            await server.async_setValues(0, 15, 0, coils(msg))
+            await server.async_setValues(0, 16, 0, self._regs)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self._run(self.apply(msg))  # from the worker thread: one hop to the loop
+
+    def direct_loop(self) -> Any:
+        return self._loop if self._server is not None else None
 
     def beat(self, status: dict[str, Any]) -> None:
         self._beat = (self._beat + 1) & 0xFFFF

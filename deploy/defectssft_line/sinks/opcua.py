@@ -9,7 +9,8 @@ Objects, an ``Inspection`` object (namespace ``urn:defectssft:line``)::
     Status (String, JSON: sinks' dropped counts, alarm, archive)  PartIdIn (String, writable)
 
 Per part the values are written first and ``Counter/Total`` last, so a client that watches
-the counter reads a consistent set. A PLC that wants its own part id writes ``PartIdIn`` before
+the counter reads a consistent set; the server skips values that did not change (the counters
+of the other verdicts, the model version), which no client can tell apart. A PLC that wants its own part id writes ``PartIdIn`` before
 it triggers the camera (``--part-id plc``). Security: ``security: {policy:
 Basic256Sha256_SignAndEncrypt, certificate: cert.der, private_key: key.pem}`` in the sinks
 YAML (default: no security, which suits a cell network only).
@@ -113,6 +114,7 @@ class OpcUaServerSink(Sink):
         self._server: Any = None
         self._nodes: dict[str, Any] = {}
         self._types: dict[str, Any] = {}
+        self._shown: dict[str, Any] = {}  # the value each node holds (written by this sink)
         self._beat = 0
 
     def open(self) -> None:
@@ -154,36 +156,48 @@ class OpcUaServerSink(Sink):
             "Alarm": (False, vt.Boolean),
             "Status": ("{}", vt.String),
         }
+        self._shown = {}
         for name, (init, t) in kinds.items():
             self._nodes[name] = obj.add_variable(idx, name, init, varianttype=t)
             self._types[name] = t
+            self._shown[name] = init
         counter = obj.add_object(idx, "Counter")
         for v in ("Total", *VERDICT_NAMES):
             self._nodes[f"Counter/{v}"] = counter.add_variable(idx, v, 0, varianttype=vt.UInt32)
             self._types[f"Counter/{v}"] = vt.UInt32
+            self._shown[f"Counter/{v}"] = 0
         self._nodes["PartIdIn"] = obj.add_variable(idx, "PartIdIn", "", varianttype=vt.String)
         self._nodes["PartIdIn"].set_writable()
         server.start()
 
-    def _write(self, vals: dict[str, Any]) -> None:
-        """All values in one hop to the server's loop, in order (Counter/Total last)."""
+    async def _write_async(self, vals: dict[str, Any]) -> None:
+        """The values that changed, in order (Counter/Total last), on the server's loop."""
         from asyncua import ua
 
-        server = self._server
+        server, shown = self._server, self._shown
         writes = [
             (self._nodes[name].nodeid, ua.DataValue(ua.Variant(value, self._types[name])))
             for name, value in vals.items()
+            if name not in shown or shown[name] != value or type(shown[name]) is not type(value)
         ]
+        shown.update(vals)
+        for nodeid, dv in writes:
+            await server.aio_obj.write_attribute_value(nodeid, dv)
 
-        async def write_all() -> None:
-            for nodeid, dv in writes:
-                await server.aio_obj.write_attribute_value(nodeid, dv)
-
-        server.tloop.post(write_all())
+    def _write(self, vals: dict[str, Any]) -> None:
+        """All values in one hop to the server's loop (from the worker thread)."""
+        self._server.tloop.post(self._write_async(vals))
 
     def send(self, msg: dict[str, Any]) -> None:
         if msg.get("type") == "result":
             self._write(values(msg))
+
+    def direct_loop(self) -> Any:
+        return self._server.tloop.loop if self._server is not None else None
+
+    async def apply(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "result":
+            await self._write_async(values(msg))
 
     def beat(self, status: dict[str, Any]) -> None:
         self._beat = (self._beat + 1) % 2**32

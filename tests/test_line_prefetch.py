@@ -1,0 +1,180 @@
+"""The camera read ahead of scoring (defectssft_line.prefetch) and the clean stop on a signal
+(defectssft_line.stopping): frames keep their order and their own camera metadata, ``limit``
+reads no frame too many, a stop hands out every frame already read, and SIGTERM / Ctrl+C
+during a camera run end it with every frame read scored and the summary printed.
+
+Waits are bounded; nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from defectssft_line.camera import CameraStream
+from defectssft_line.model import LineError
+from defectssft_line.prefetch import FramePrefetcher
+from tests.helpers import REPO
+
+WAIT = 20.0
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if got := cond():
+            return got
+        time.sleep(0.01)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+class CountingCapture:
+    """Frame k is filled with k; ``meta`` is this capture's last-read metadata, as a GenICam
+    opener's ``last_meta`` is: overwritten by each read."""
+
+    def __init__(self, frames: int | None = None) -> None:
+        self.frames = frames  # None: endless
+        self.reads = 0
+        self.read_threads: set[threading.Thread] = set()
+        self.released_by: threading.Thread | None = None
+        self.meta: dict[str, int] = {}
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        self.read_threads.add(threading.current_thread())
+        if self.frames is not None and self.reads >= self.frames:
+            return False, None
+        self.reads += 1
+        self.meta = {"frame_id": self.reads}
+        return True, np.full((4, 4, 3), self.reads % 256, np.uint8)
+
+    def release(self) -> None:
+        self.released_by = threading.current_thread()
+
+
+def stream_of(cap: CountingCapture, **kw: Any) -> CameraStream:
+    return CameraStream("clip.avi", opener=lambda source: cap, log=lambda m: None, **kw)
+
+
+def test_frames_keep_their_order_and_their_own_metadata():
+    cap = CountingCapture(frames=6)
+    p = FramePrefetcher(stream_of(cap), meta=lambda: cap.meta).start()
+    got = []
+    for frame in p:
+        got.append(frame)
+        if len(got) == 1:  # while frame 1 is "scored", the next one is read
+            wait_for(lambda: cap.reads >= 2)
+            assert cap.meta == {"frame_id": 2}
+    assert p.close()
+    assert [f.meta["frame_id"] for f in got] == [1, 2, 3, 4, 5, 6]
+    assert [int(f.image[0, 0, 0]) for f in got] == [1, 2, 3, 4, 5, 6]
+    assert all(a.t_read <= b.t_read for a, b in zip(got, got[1:], strict=False))
+    assert threading.current_thread() not in cap.read_threads and len(cap.read_threads) == 1
+    assert cap.released_by in cap.read_threads  # released by the thread that read it
+
+
+def test_limit_reads_no_frame_that_would_not_be_scored():
+    cap = CountingCapture()  # endless
+    p = FramePrefetcher(stream_of(cap, reconnect=False), limit=3).start()
+    assert [int(f.image[0, 0, 0]) for f in p] == [1, 2, 3]
+    assert p.close() and cap.reads == 3 and cap.released_by is not None
+
+
+def test_stop_hands_out_every_frame_already_read():
+    cap = CountingCapture()  # endless
+    p = FramePrefetcher(stream_of(cap, reconnect=False), depth=2).start()
+    seen = []
+    for frame in p:
+        seen.append(int(frame.image[0, 0, 0]))
+        if len(seen) == 2:
+            wait_for(lambda: p.read >= 4)  # two more read ahead (the queue holds two)
+            p.stop()
+    assert p.close()
+    assert seen == list(range(1, p.read + 1)) and p.read >= 4  # none read and dropped
+
+
+def test_the_streams_error_is_raised_to_the_consumer():
+    stream = CameraStream("clip.avi", opener=lambda s: None, reconnect=False, log=lambda m: None)
+    p = FramePrefetcher(stream).start()
+    with pytest.raises(LineError, match="cannot open camera/video source 'clip.avi'"):
+        list(p)
+    assert p.close()
+
+
+def test_close_ends_the_reader_when_the_consumer_gave_up():
+    cap = CountingCapture()  # endless; the reader waits for room in the queue
+    p = FramePrefetcher(stream_of(cap, reconnect=False)).start()
+    with pytest.raises(RuntimeError):
+        for _frame in p:
+            raise RuntimeError("the scoring loop failed")
+    assert p.close() and cap.released_by is not None
+
+
+def test_stop_cuts_a_reconnect_wait_short():
+    stream = CameraStream(
+        "0", opener=lambda s: None, first_wait=600, max_wait=600, log=lambda m: None
+    )
+    p = FramePrefetcher(stream).start()
+    wait_for(lambda: stream.failed_attempts >= 1)  # now in the 600 s wait
+    p.stop()
+    assert list(p) == [] and p.close()
+
+
+ENDLESS_CAMERA = """
+import sys, time
+import cv2, numpy as np
+class Endless:
+    def __init__(self, source): self.n = 0
+    def isOpened(self): return True
+    def read(self):
+        time.sleep(0.02)
+        self.n += 1
+        print(f"fake: read {self.n}", file=sys.stderr, flush=True)
+        return True, np.full((16, 16, 3), self.n % 256, np.uint8)
+    def release(self): print("fake: released", file=sys.stderr, flush=True)
+cv2.VideoCapture = Endless
+from defectssft_line.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_ends_a_camera_run_with_every_frame_read_scored(tmp_path, sig):
+    from tests.helpers import fixed_onnx_model
+
+    model = fixed_onnx_model(tmp_path / "m.onnx", [0.0, 0.0, 0.0])
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "deploy")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ENDLESS_CAMERA, "run", "--model", str(model)]
+        + ["--camera", "0", "--output", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reads = err.count("fake: read ")
+    names = [json.loads(line)["file"] for line in out.read_text().splitlines()]
+    assert names == [f"frame{i:06d}.png" for i in range(1, reads + 1)], err  # none lost
+    assert "fake: released" in err and f"done: NG {reads}" in err
+    assert "Traceback" not in err
+    # Ctrl+C: exit 0; SIGTERM: the process still ends by SIGTERM (what a service manager sent)
+    assert proc.returncode == (0 if sig == signal.SIGINT else -signal.SIGTERM)

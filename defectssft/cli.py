@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 
-from defectssft import __version__, check_cli, import_cli, ops_cli, project_cli
+from defectssft import __version__, anomaly_cli, check_cli, import_cli, ops_cli, project_cli
 from defectssft.errors import DefectssftError
 from defectssft.training import cli as training_cli
 
@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     import_cli,  # imports (list, undo)
     training_cli,  # train
     ops_cli,  # evaluate, export, promote, demo
+    anomaly_cli,  # fit-anomaly
     check_cli,  # check
 )
 

@@ -8,8 +8,9 @@ each patch's distance to its nearest bank feature, its anomaly score the map's m
 
 * ``fit_project_anomaly`` fits it for a model version (``defectssft fit-anomaly`` and the last
   step of ``defectssft train``): OK-labeled train images plus unlabeled images the classifier
-  calls OK with confidence (a project without an OK class: every train image, so the score means
-  "unlike anything trained on"); the threshold is calibrated on held-out good parts (the
+  calls OK with confidence (a project without an OK class: every labeled train image plus the
+  unlabeled ones the classifier puts in a known class with confidence, so the score means
+  "unlike every known class"); the threshold is calibrated on held-out good parts (the
   validation split's, else a held-back part of the fit images) and stored with the bank.
 * ``models/vNNNN/anomaly.npz`` (the bank, read with ``allow_pickle=False``) and
   ``anomaly.json`` (everything else) hold it; ``load_anomaly`` reads them.
@@ -50,6 +51,7 @@ DEFAULT_MAX_FIT_IMAGES = 400
 DEFAULT_NOVEL_RATE = 0.01  # fraction of held-out good parts allowed above the threshold
 CONFIDENT_OK = 0.05  # an unlabeled image joins the fit when its defect score is below this
 MIN_HELD_OUT = 5
+DEFAULT_MAX_SCORED = 5000  # unlabeled images scored for the app's "novel" filter
 OUTPUT_NAMES = ("probs", "logits", "defect_score", "anomaly_score", "anomaly_map")
 
 
@@ -306,6 +308,31 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
     return AnomalyModel(bank=bank, **{k: v for k, v in info.items() if k in keys})
 
 
+def score_unlabeled(
+    project,
+    model_dir: Path,
+    inspection: nn.Module,
+    model: AnomalyModel,
+    load: Callable[[list[Path]], np.ndarray],
+    max_images: int = DEFAULT_MAX_SCORED,
+    batch: int = 32,
+) -> int:
+    """Score the project's unlabeled images (the newest ``max_images``) with the head and store
+    them for the app's "novel" filter (``defectssft.novel_scores``); returns how many."""
+    from defectssft.novel_scores import save_scores
+
+    data = project.training_data()
+    pairs = list(zip(data.unlabeled_ids, data.unlabeled, strict=True))[-max_images:]
+    ids, scores = [], []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch]
+        feats, _ = extract_patches(inspection, load([Path(p) for _, p in chunk]), model.indices)
+        scores.append(nearest_distances(feats, model.bank).reshape(len(chunk), -1).max(1))
+        ids += [int(j) for j, _ in chunk]
+    save_scores(model_dir, ids, np.concatenate(scores) if scores else np.zeros(0, np.float32))
+    return len(ids)
+
+
 @dataclass
 class FitPlan:
     """Which project images a fit uses, and why (printed by the CLI)."""
@@ -330,8 +357,12 @@ def plan_fit(project, max_images: int = DEFAULT_MAX_FIT_IMAGES, seed: int = 0) -
         held = [Path(p) for p, _ in data.val]
         what = "validation images"
     unlabeled = [Path(p) for p in data.unlabeled]
-    if len(unlabeled) > max_images:
-        unlabeled = [unlabeled[i] for i in sorted(rng.permutation(len(unlabeled))[:max_images])]
+    fit, unlabeled = (
+        [ps[i] for i in sorted(rng.permutation(len(ps))[:max_images])]
+        if len(ps) > max_images
+        else ps
+        for ps in (fit, unlabeled)
+    )
     if not fit and not unlabeled:
         raise AnomalyError(
             f"{project.root}: no good parts to fit the anomaly model on (no OK-labeled and no "
@@ -372,8 +403,9 @@ def fit_project_anomaly(
         n_unl = 0
         if plan.unlabeled_candidates:
             f_u, s_u = extract_patches(inspection, load(plan.unlabeled_candidates))
-            # Without an OK class every image is fit on; with one, the confident OK calls only.
-            keep = s_u < CONFIDENT_OK if spec.ok_index is not None else np.ones(len(s_u), bool)
+            # With an OK class: the confident OK calls; without one, the confident calls of any
+            # known class (the defect score is then 1 - the top probability).
+            keep = s_u < CONFIDENT_OK
             extra_feats, n_unl = f_u[keep], int(keep.sum())
     except DefectssftError as e:
         raise AnomalyError(str(e)) from e
@@ -433,10 +465,12 @@ def fit_project_anomaly(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     model.save(model_dir)
+    n_scored = score_unlabeled(project, model_dir, inspection, model, load)
     summary = {
         k: v for k, v in model.info().items() if k not in ("indices", "format", "format_version")
     }
     summary["fit_unlabeled"] = n_unl
+    summary["scored_unlabeled"] = n_scored
     project.update_model_metrics(record["version"], {"anomaly": summary})
     return model
 
@@ -509,3 +543,44 @@ def check_export(
         )
     same = float(np.mean((scores >= thr) == (ref_scores >= thr))) if len(images) else 1.0
     return {"max_rel_diff": diff, "novel_agreement": same, "threshold": thr, "map": len(names) > 1}
+
+
+# --------------------------------------------------------------------------- the app's map
+
+
+@dataclass
+class AnomalyView:
+    """One image's anomaly score and its map as the app draws it (``novelty.heat_weights``)."""
+
+    score: float
+    threshold: float
+    heat: np.ndarray  # HxW in [0, 1] at the image's own size, zero where the map is low
+
+    @property
+    def novel(self) -> bool:
+        return self.score >= self.threshold
+
+
+def anomaly_view(
+    model_dir: str | Path, image_path: str | Path, bit_depth: int | None = None
+) -> AnomalyView:
+    """The anomaly map of ``image_path`` under the version in ``model_dir`` (torch; call from a
+    worker thread). AnomalyError when the version has no head (fit one with fit-anomaly)."""
+    from defectssft.inspection import load_inspection
+    from defectssft_line.novelty import heat_weights
+    from defectssft_line.preprocess import read_image, resize, to_rgb8
+
+    model_dir = Path(model_dir)
+    head = load_anomaly(model_dir)
+    if head is None:
+        raise AnomalyError(
+            f"model {model_dir.name} has no anomaly head; fit one with "
+            f"`defectssft fit-anomaly PROJECT --model {model_dir.name}`"
+        )
+    inspection, spec = load_inspection(model_dir / "model.pt", default_bit_depth=bit_depth)
+    raw = read_image(image_path)
+    rgb = resize(to_rgb8(raw, spec.input.bit_depth), spec.input.height, spec.input.width)
+    feats, _ = extract_patches(inspection, rgb[None], head.indices)
+    amap = nearest_distances(feats, head.bank)[0]
+    heat = heat_weights(amap, head.threshold, raw.shape[0], raw.shape[1])
+    return AnomalyView(float(amap.max()), float(head.threshold), heat)

@@ -239,3 +239,17 @@ def test_model_meta_round_trip_keeps_fields(fitted):
     assert info["bank_rows"] == model.bank.shape[0] and info["format"] == "defectssft-anomaly"
     again = AnomalyModel(bank=model.bank, threshold=model.threshold)
     assert again.onnx_metadata(with_map=False)["map"] is None
+
+
+def test_fit_scores_unlabeled_images_for_the_novel_filter(fitted):
+    from defectssft.novel_scores import load_scores
+    from defectssft.queries import fetch_rows
+
+    project, version, _ = fitted
+    scores = load_scores(Path(project.get_model(version)["path"]))
+    unlabeled = project.training_data().unlabeled_ids
+    assert set(scores) == set(unlabeled) and len(scores) == 6
+    rows = fetch_rows(project, "novel", version=version)
+    assert [r.image_id for r in rows] == sorted(scores, key=lambda i: -scores[i])
+    assert all(r.label is None and r.anomaly == scores[r.image_id] for r in rows)
+    assert project.get_model(version)["metrics"]["anomaly"]["scored_unlabeled"] == 6

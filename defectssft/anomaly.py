@@ -229,6 +229,7 @@ class AnomalyModel:
     subsampled: str = ""
     version: str = ""
     created: str = ""
+    test: dict[str, Any] = field(default_factory=dict)  # evaluate_on_test, not stored in the file
 
     @property
     def bank_mb(self) -> float:
@@ -237,6 +238,7 @@ class AnomalyModel:
     def info(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("bank")
+        d.pop("test")
         d.update(
             format=ANOMALY_FORMAT,
             format_version=ANOMALY_FORMAT_VERSION,
@@ -306,6 +308,39 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
         ) from e
     keys = {f for f in AnomalyModel.__dataclass_fields__ if f != "bank"}
     return AnomalyModel(bank=bank, **{k: v for k, v in info.items() if k in keys})
+
+
+def evaluate_on_test(
+    project,
+    inspection: nn.Module,
+    model: AnomalyModel,
+    load: Callable[[list[Path]], np.ndarray],
+    ok_index: int | None,
+    batch: int = 32,
+) -> dict[str, Any]:
+    """The head on the frozen test split (never fitted or calibrated on): novel rate of the test
+    parts per class and, with an OK class and defective test parts, the anomaly score's AUROC
+    separating defective from good parts."""
+    from defectssft.metrics import roc_auc
+
+    data = project.training_data()
+    if not data.test:
+        return {}
+    scores = []
+    for i in range(0, len(data.test), batch):
+        chunk = [Path(p) for p, _ in data.test[i : i + batch]]
+        feats, _ = extract_patches(inspection, load(chunk), model.indices)
+        scores.append(nearest_distances(feats, model.bank).reshape(len(chunk), -1).max(1))
+    s = np.concatenate(scores)
+    cls = np.array([c for _, c in data.test])
+    novel = s >= model.threshold
+    out: dict[str, Any] = {
+        "n": int(len(s)),
+        "novel_rate": {data.classes[c]: float(novel[cls == c].mean()) for c in np.unique(cls)},
+    }
+    if ok_index is not None:
+        out["auroc_defective_vs_ok"] = roc_auc(s, (cls != ok_index).astype(int))
+    return out
 
 
 def score_unlabeled(
@@ -466,11 +501,14 @@ def fit_project_anomaly(
     )
     model.save(model_dir)
     n_scored = score_unlabeled(project, model_dir, inspection, model, load)
+    test = evaluate_on_test(project, inspection, model, load, spec.ok_index)
     summary = {
         k: v for k, v in model.info().items() if k not in ("indices", "format", "format_version")
     }
     summary["fit_unlabeled"] = n_unl
     summary["scored_unlabeled"] = n_scored
+    summary["test"] = test
+    model.test = test
     project.update_model_metrics(record["version"], {"anomaly": summary})
     return model
 

@@ -66,12 +66,18 @@ def register(subparsers: Any) -> None:
 
 
 def describe(m: AnomalyModel) -> str:
-    """One line: what was fitted and how the threshold was calibrated."""
-    return (
+    """What was fitted, how the threshold was calibrated, and how it does on the test split."""
+    line = (
         f"anomaly head of {m.version}: {m.bank.shape[0]} x {m.bank.shape[1]} bank "
         f"({m.bank_mb:.1f} MB) from {m.n_fit_images} good images; threshold {m.threshold:.4g} "
         f"calibrated on {m.calibrated_on}; novel parts -> {m.on_novel}"
     )
+    if m.test:
+        rates = ", ".join(f"{c} {r:.1%}" for c, r in m.test["novel_rate"].items())
+        line += f"\ntest split ({m.test['n']} parts): novel rate {rates}"
+        if m.test.get("auroc_defective_vs_ok") is not None:
+            line += f"; anomaly-score AUROC defective vs OK {m.test['auroc_defective_vs_ok']:.3f}"
+    return line
 
 
 def cmd_fit_anomaly(args: argparse.Namespace) -> int:

@@ -253,3 +253,15 @@ def test_fit_scores_unlabeled_images_for_the_novel_filter(fitted):
     assert [r.image_id for r in rows] == sorted(scores, key=lambda i: -scores[i])
     assert all(r.label is None and r.anomaly == scores[r.image_id] for r in rows)
     assert project.get_model(version)["metrics"]["anomaly"]["scored_unlabeled"] == 6
+
+
+def test_fit_reports_the_test_split(fitted, capsys):
+    from defectssft.anomaly_cli import describe
+
+    project, version, model = fitted
+    test = project.get_model(version)["metrics"]["anomaly"]["test"]
+    assert test["n"] == len(project.training_data().test)
+    assert set(test["novel_rate"]) <= set(CLASSES)
+    assert all(0.0 <= r <= 1.0 for r in test["novel_rate"].values())
+    assert 0.0 <= test["auroc_defective_vs_ok"] <= 1.0
+    assert "test split" in describe(model) and "AUROC" in describe(model)

@@ -285,7 +285,8 @@ def kolektor(args, log) -> dict:
         t0 = time.time()
         feats = {k: extract_patches(ins, v)[0] for k, v in imgs.items()}
         t_feat = time.time() - t0
-        for ratio, min_bank in ((0.01, 1024), (0.1, 1024)):
+        for ratio in args.ratios:
+            min_bank = 1024
             t0 = time.time()
             bank, test_maps = patchcore(feats["fit"], feats["test"], ratio, min_bank)
             cal_scores = nearest_distances(feats["cal"], bank).reshape(len(cal), -1).max(1)
@@ -386,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-fit", type=int, default=120, help="--quick: fit images")
     ap.add_argument("--iters", type=int, default=200, help="latency timings per graph")
     ap.add_argument("--no-cost", action="store_true")
+    ap.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.1],
+        help="PatchCore coreset ratios (the product: 0.01)",
+    )
     ap.add_argument("--neu", action="store_true", help="also NEU-DET leave-one-class-out")
     ap.add_argument("--neu-k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)

@@ -265,3 +265,18 @@ def test_fit_reports_the_test_split(fitted, capsys):
     assert all(0.0 <= r <= 1.0 for r in test["novel_rate"].values())
     assert 0.0 <= test["auroc_defective_vs_ok"] <= 1.0
     assert "test split" in describe(model) and "AUROC" in describe(model)
+
+
+@pytest.mark.slow
+def test_train_fits_the_head_as_its_last_step(tmp_path, capsys):
+    from tests.helpers import cli_sets, tiny_project
+
+    p = tiny_project(tmp_path)
+    assert main(["train", str(p.root), "--json-progress", *cli_sets(2)]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    fitted = [r for r in out if r["event"] == "anomaly"]
+    assert fitted and fitted[0]["fitted"] is True and fitted[0]["version"] == "v0001"
+    assert out[-1] == {"event": "model", "version": "v0001"}  # still the last event
+    assert load_anomaly(p.root / "models" / "v0001") is not None
+    assert main(["export", str(p.root)]) == 0
+    assert "anomaly" in read_metadata(p.root / "models" / "v0001" / "model.onnx")

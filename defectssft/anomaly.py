@@ -51,6 +51,7 @@ DEFAULT_MAX_FIT_IMAGES = 400
 DEFAULT_NOVEL_RATE = 0.01  # fraction of held-out good parts allowed above the threshold
 CONFIDENT_OK = 0.05  # an unlabeled image joins the fit when its defect score is below this
 MIN_HELD_OUT = 5
+MAX_FIT_PATCHES = 200_000  # patches the coreset is chosen from (a random subset beyond)
 DEFAULT_MAX_SCORED = 5000  # unlabeled images scored for the app's "novel" filter
 OUTPUT_NAMES = ("probs", "logits", "defect_score", "anomaly_score", "anomaly_map")
 
@@ -466,6 +467,9 @@ def fit_project_anomaly(
         )
     n_img, gh, gw, dim = feats.shape
     patches = feats.reshape(-1, dim)
+    n_patches = len(patches)
+    if n_patches > MAX_FIT_PATCHES:  # bounds the coreset's time: a random subset first
+        patches = patches[np.sort(rng.permutation(n_patches)[:MAX_FIT_PATCHES])]
     rows = bank_rows(len(patches), dim, bank_mb, coreset_ratio, min_bank)
     budget_rows = max(1, int(bank_mb * 1e6 // (4 * dim)))
     note = ""
@@ -473,6 +477,8 @@ def fit_project_anomaly(
         note = f"coreset of {rows} from {len(patches)} patches" + (
             f" (the {bank_mb:g} MB budget holds {budget_rows})" if rows == budget_rows else ""
         )
+        if n_patches > len(patches):
+            note += f", chosen from a random {len(patches)} of {n_patches}"
         say(f"anomaly bank: {note}")
     bank = patches[greedy_coreset(patches, rows, seed)]
     if held_feats is not None:
@@ -492,7 +498,7 @@ def fit_project_anomaly(
         on_novel=on_novel,
         calibrated_on=calibrated_on,
         n_fit_images=int(n_img),
-        n_fit_patches=int(len(patches)),
+        n_fit_patches=int(n_patches),
         n_held_out=0 if held_feats is None else int(len(held_feats)),
         held_out_max=held_max,
         subsampled=note,

@@ -280,3 +280,13 @@ def test_train_fits_the_head_as_its_last_step(tmp_path, capsys):
     assert load_anomaly(p.root / "models" / "v0001") is not None
     assert main(["export", str(p.root)]) == 0
     assert "anomaly" in read_metadata(p.root / "models" / "v0001" / "model.onnx")
+
+
+def test_too_many_patches_are_subsampled_before_the_coreset(tmp_path, monkeypatch):
+    import defectssft.anomaly as anomaly
+
+    monkeypatch.setattr(anomaly, "MAX_FIT_PATCHES", 20)
+    project = make_project(tmp_path)
+    m = fit_project_anomaly(project, add_model(project), min_bank=8)
+    assert m.bank.shape[0] == 8 and m.n_fit_patches > 20
+    assert f"a random 20 of {m.n_fit_patches}" in m.subsampled

@@ -17,6 +17,7 @@
 
     python benchmarks/open_set.py --quick                 # 256x96, frozen only, ~5 min
     python benchmarks/open_set.py --finetune 150 --neu    # + fine-tuned features, Grad-CAM, NEU
+    python benchmarks/open_set.py --neu --skip-kolektor   # NEU-DET leave-one-class-out only
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """
@@ -396,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--neu", action="store_true", help="also NEU-DET leave-one-class-out")
     ap.add_argument("--neu-k", type=int, default=10)
+    ap.add_argument("--skip-kolektor", action="store_true", help="with --neu: NEU-DET only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)  # fmt: skip
@@ -409,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     t0 = time.time()
-    payload = {"kolektor": kolektor(args, log)}
+    payload = {} if args.skip_kolektor else {"kolektor": kolektor(args, log)}
     if args.neu:
         payload["neu_loco"] = neu_loco(args, log)
     payload["wall_s"] = time.time() - t0

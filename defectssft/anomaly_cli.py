@@ -111,11 +111,14 @@ def fit_and_report(project_path: str, version: str, emit: Any = None) -> Anomaly
             version,
             say=lambda msg: print(msg, file=sys.stderr, flush=True),
         )
-    except DefectssftError as e:
-        line = f"anomaly head not fitted: {e}"
+    except Exception as e:  # noqa: BLE001 - the training has succeeded: never fail it here
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text else type(e).__name__
+        if not isinstance(e, DefectssftError):
+            reason = f"{type(e).__name__}: {reason}"
         if emit is not None:
-            emit({"event": "anomaly", "version": version, "fitted": False, "reason": str(e)})
-        print(line, file=sys.stderr, flush=True)
+            emit({"event": "anomaly", "version": version, "fitted": False, "reason": reason})
+        print(f"anomaly head not fitted: {reason}", file=sys.stderr, flush=True)
         return None
     if emit is not None:
         emit({"event": "anomaly", "version": version, "fitted": True, **_brief(model)})

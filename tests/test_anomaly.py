@@ -290,3 +290,17 @@ def test_too_many_patches_are_subsampled_before_the_coreset(tmp_path, monkeypatc
     m = fit_project_anomaly(project, add_model(project), min_bank=8)
     assert m.bank.shape[0] == 8 and m.n_fit_patches > 20
     assert f"a random 20 of {m.n_fit_patches}" in m.subsampled
+
+
+def test_train_last_step_survives_an_unexpected_failure(tmp_path, monkeypatch, capsys):
+    import defectssft.anomaly as anomaly
+    from defectssft.anomaly_cli import fit_and_report
+
+    def boom(*_a, **_k):
+        raise RuntimeError("shape mismatch\nsecond line")
+
+    monkeypatch.setattr(anomaly, "fit_project_anomaly", boom)
+    p = make_project(tmp_path)
+    assert fit_and_report(str(p.root), add_model(p)) is None
+    err = capsys.readouterr().err
+    assert err == "anomaly head not fitted: RuntimeError: shape mismatch\n"

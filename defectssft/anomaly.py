@@ -195,12 +195,20 @@ def bank_rows(n_patches: int, dim: int, bank_mb: float, ratio: float, min_bank: 
     return int(min(n_patches, want, budget))
 
 
-def nearest_distances(feats: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    """Per-patch nearest-bank distance maps [N, h, w] of features [N, h, w, D] (the head's math)."""
+def nearest_distances(
+    feats: np.ndarray, bank: np.ndarray, max_floats: int = 16_000_000
+) -> np.ndarray:
+    """Per-patch nearest-bank distance maps [N, h, w] of features [N, h, w, D] (the head's math),
+    a few images at a time so the distance matrix stays under ``max_floats`` values."""
     head = AnomalyHead(bank)
+    n, h, w = feats.shape[:3]
+    step = max(1, max_floats // max(1, h * w * len(bank)))
+    out = []
     with torch.inference_mode():
-        _, amap = head(torch.from_numpy(np.ascontiguousarray(feats)).permute(0, 3, 1, 2))
-    return amap.numpy()
+        for i in range(0, n, step):
+            chunk = torch.from_numpy(np.ascontiguousarray(feats[i : i + step]))
+            out.append(head(chunk.permute(0, 3, 1, 2))[1].numpy())
+    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
 
 
 def calibrate_threshold(scores: np.ndarray, novel_rate: float = DEFAULT_NOVEL_RATE) -> float:

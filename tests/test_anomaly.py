@@ -304,3 +304,16 @@ def test_train_last_step_survives_an_unexpected_failure(tmp_path, monkeypatch, c
     assert fit_and_report(str(p.root), add_model(p)) is None
     err = capsys.readouterr().err
     assert err == "anomaly head not fitted: RuntimeError: shape mismatch\n"
+
+
+def test_nearest_distances_in_chunks_equal_one_pass():
+    from defectssft.anomaly import nearest_distances
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(5, 3, 4, 6)).astype(np.float32)
+    bank = rng.normal(size=(7, 6)).astype(np.float32)
+    whole = nearest_distances(feats, bank)
+    assert whole.shape == (5, 3, 4)
+    np.testing.assert_allclose(nearest_distances(feats, bank, max_floats=1), whole, rtol=1e-6)
+    brute = np.sqrt(((feats[..., None, :] - bank) ** 2).sum(-1)).min(-1)
+    np.testing.assert_allclose(whole, brute, rtol=1e-4, atol=1e-5)

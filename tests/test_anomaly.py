@@ -317,3 +317,15 @@ def test_nearest_distances_in_chunks_equal_one_pass():
     np.testing.assert_allclose(nearest_distances(feats, bank, max_floats=1), whole, rtol=1e-6)
     brute = np.sqrt(((feats[..., None, :] - bank) ** 2).sum(-1)).min(-1)
     np.testing.assert_allclose(whole, brute, rtol=1e-4, atol=1e-5)
+
+
+def test_a_single_good_image_is_fitted_and_says_so(tmp_path):
+    p = _empty_project(tmp_path)
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((40, 40), 123, np.uint8))
+    p.add_image(tmp_path / "good.png", label="ok")
+    p.assign_splits(val_fraction=0.0, test_fraction=0.0)
+    said: list[str] = []
+    m = fit_project_anomaly(p, add_model(p), say=said.append)
+    assert m.n_fit_images == 1 and m.n_held_out == 0
+    assert m.calibrated_on == "the single fit image (nothing to hold out)"
+    assert any("only one good image" in s for s in said)

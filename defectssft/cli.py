@@ -11,7 +11,15 @@ import contextlib
 import os
 import sys
 
-from defectssft import __version__, check_cli, import_cli, ops_cli, project_cli, thresholds_cli
+from defectssft import (
+    __version__,
+    anomaly_cli,
+    check_cli,
+    import_cli,
+    ops_cli,
+    project_cli,
+    thresholds_cli,
+)
 from defectssft.errors import DefectssftError
 from defectssft.training import cli as training_cli
 
@@ -22,6 +30,7 @@ COMMAND_MODULES = (
     training_cli,  # train
     ops_cli,  # evaluate, export, promote, demo
     thresholds_cli,  # thresholds
+    anomaly_cli,  # fit-anomaly
     check_cli,  # check
 )
 

@@ -65,6 +65,7 @@ class ExportResult:
     metadata: dict[str, Any] = field(default_factory=dict)
     verdict_check: dict[str, Any] = field(default_factory=dict)  # exportcheck.check_verdicts
     notes: list[str] = field(default_factory=list)
+    anomaly: dict[str, Any] | None = None  # the anomaly head's check (defectssft.anomaly)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,6 +82,11 @@ class ExportResult:
             line += (
                 f", accuracy {self.accuracy_export:.1%} vs {self.accuracy_reference:.1%} "
                 f"({(self.accuracy_export - self.accuracy_reference) * 100:+.1f} pt)"
+            )
+        if self.anomaly is not None:
+            line += (
+                f"; anomaly head: max |dscore| {self.anomaly['max_rel_diff']:.1e} of its "
+                f"threshold, novel agreement {self.anomaly['novel_agreement']:.1%}"
             )
         return line
 
@@ -127,7 +133,7 @@ def _torch_to_onnx(wrapper: InspectionModel, height: int, width: int):
 
     dummy = torch.zeros((1, height, width, 3), dtype=torch.uint8)
     buf = io.BytesIO()
-    names = ["probs", "logits", "defect_score"]
+    names = list(getattr(wrapper, "output_names", ("probs", "logits", "defect_score")))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
@@ -340,8 +346,13 @@ def export_onnx(
     project: str | None = None,
     max_prob_diff: float | None = None,
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
+    anomaly: Any = None,
+    anomaly_map: bool = True,
 ) -> ExportResult:
     """Write ``out_path`` (one ONNX file) after checking it on ``check_images`` (uint8 NHWC).
+
+    ``anomaly`` (a ``defectssft.anomaly.AnomalyModel``) adds the anomaly head's outputs
+    (``anomaly_map`` unless ``anomaly_map`` is False), metadata and check.
 
     Raises ExportError, leaving any existing ``out_path`` untouched, if the check fails.
     """
@@ -371,7 +382,10 @@ def export_onnx(
     metadata = spec.onnx_metadata(resolved, precision, project)
     wrapper = inspection_model(model, spec)
     reference = run_torch(wrapper, images)
-    graph = _torch_to_onnx(wrapper, height, width)
+    from defectssft import anomaly as _anomaly
+
+    with_head = _anomaly.export_graph(wrapper, anomaly, anomaly_map, metadata)
+    graph = _torch_to_onnx(with_head or wrapper, height, width)
 
     with atomic_path(out_path) as tmp:
         fp32_tmp = tmp.with_suffix(".fp32.tmp")
@@ -403,6 +417,8 @@ def export_onnx(
                 max_prob_diff,
                 max_int8_drop,
             )
+            if with_head is not None:
+                result.anomaly = _anomaly.check_export(tmp, with_head, images, precision)
         finally:
             fp32_tmp.unlink(missing_ok=True)
     result.path = str(out_path)
@@ -442,10 +458,14 @@ def export_project_model(
     max_check: int = 32,
     max_calib: int = 64,
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
+    anomaly: bool = True,
+    anomaly_map: bool = True,
 ) -> ExportResult:
     """Export a project's model version (default: production, else newest) with its checks
-    (``defectssft.exportcheck``: evaluated first if it never was; no verdict may flip)."""
+    (``defectssft.exportcheck``: evaluated first if it never was; no verdict may flip) and with
+    its anomaly head when it has one (``anomaly=False``: without)."""
     from defectssft import exportcheck
+    from defectssft.anomaly import load_anomaly
     from defectssft.modeling import load_model_file
 
     record = project.get_model(version)
@@ -479,6 +499,8 @@ def export_project_model(
         calib_images=calib,
         project=project.name,
         max_int8_drop=max_int8_drop,
+        anomaly=load_anomaly(model_dir) if anomaly else None,
+        anomaly_map=anomaly_map,
     )
     result.notes += [note] if note else []
     project.update_model_metrics(record["version"], {f"export_{precision}": result.as_dict()})

@@ -154,6 +154,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         unsure_low=args.unsure_low,
         unsure_high=args.unsure_high,
         max_int8_drop=args.max_int8_drop,
+        anomaly=not args.no_anomaly,
+        anomaly_map=not args.no_map,
     )
     t = result.metadata["thresholds"]
     for note in result.notes:
@@ -177,6 +179,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"predicted on the unlabeled stream: {_pct(pred['stream_review_rate'])} to review "
             f"(UNSURE), {_pct(pred['stream_ng_rate'])} rejected"
         )
+    if result.metadata.get("anomaly"):
+        a = result.metadata["anomaly"]
+        print(f"anomaly head: novel at score >= {a['threshold']:.4g} -> {a['on_novel']}")
     print(f"run it: defectssft-line run --model {result.path} --input IMAGES...")
     return 0
 
@@ -267,6 +272,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_fraction,
         default=0.02,
         help="refuse INT8 if accuracy drops more than this (default 0.02 = 2 pt)",
+    )
+    p.add_argument(
+        "--no-map",
+        action="store_true",
+        help="with an anomaly head: output anomaly_score only, not anomaly_map",
+    )
+    p.add_argument(
+        "--no-anomaly",
+        action="store_true",
+        help="leave the version's anomaly head (defectssft fit-anomaly) out of the export",
     )
     p.set_defaults(func=cmd_export)
 

@@ -6,7 +6,8 @@ then happen in Python, which takes a few tens of milliseconds for 20,000 images.
 are small strings so they can be stored, typed in tests and shown in a combo box:
 
 ``all``, ``unlabeled``, ``class:NAME``, ``pred:NAME``, ``uncertain``, ``misclassified``,
-``quarantined`` and ``useful`` (unlabeled images, most useful to label first).
+``quarantined``, ``useful`` (unlabeled images, most useful to label first) and ``novel``
+(unlabeled images the version's anomaly head scored, most anomalous first: ``novel_scores``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from defectssft.project import Project
 from defectssft_line.decision import defect_scores
 
 SORTS = ("capture", "-capture", "score", "-score")
-SIMPLE_FILTERS = ("all", "unlabeled", "uncertain", "misclassified", "quarantined", "useful")
+SIMPLE_FILTERS = (
+    "all",
+    "unlabeled",
+    "uncertain",
+    "misclassified",
+    "quarantined",
+    "useful",
+    "novel",
+)
 DEFAULT_UNCERTAIN_MARGIN = 0.2
 
 
@@ -44,6 +53,7 @@ class Row:
     margin: float | None = None
     score: float | None = None  # defect score (defectssft_line.decision.defect_scores)
     reason: str | None = None
+    anomaly: float | None = None  # anomaly score ("novel" filter; defectssft.novel_scores)
 
     @property
     def key(self) -> str:
@@ -114,6 +124,8 @@ def fetch_rows(
     rows = _apply_filter(rows, spec, uncertain_margin)
     if spec == "useful":
         return _rank_useful(project, rows, version)
+    if spec == "novel":
+        return _rank_novel(project, rows, version)
     return _sort(rows, sort)
 
 
@@ -170,7 +182,7 @@ def _apply_filter(rows: list[Row], spec: str, uncertain_margin: float) -> list[R
     kind, _, name = spec.partition(":")
     if spec == "all":
         return rows
-    if spec in ("unlabeled", "useful"):
+    if spec in ("unlabeled", "useful", "novel"):
         return [r for r in rows if r.label is None]
     if kind == "class":
         return [r for r in rows if r.label == name]
@@ -205,3 +217,17 @@ def _rank_useful(project: Project, rows: list[Row], version: str | None) -> list
     )
     by_id = {r.image_id: r for r in rows}
     return [by_id[i] for i in order]
+
+
+def _rank_novel(project: Project, rows: list[Row], version: str | None) -> list[Row]:
+    """Unlabeled rows the anomaly head scored, most anomalous first (none without a head)."""
+    from defectssft.novel_scores import load_scores
+
+    scores = load_scores(project.models_dir / version) if version else {}
+    out = []
+    for r in rows:
+        if r.image_id in scores:
+            r.anomaly = scores[r.image_id]
+            out.append(r)
+    out.sort(key=lambda r: (-(r.anomaly or 0.0), r.image_id or 0))
+    return out

@@ -182,7 +182,10 @@ def test_csv_output_to_file_appends(models, images, tmp_path, capsys):
         "latency_ms",
         "model_version",
         "error",
+        "anomaly_score",  # empty for a model without an anomaly head
+        "novel",
     }
+    assert rows[0]["anomaly_score"] == rows[0]["novel"] == ""
 
 
 def test_bad_model_files_are_refused(models, tmp_path, images, capsys):

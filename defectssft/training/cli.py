@@ -101,6 +101,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             _json_line({"event": "stopped"})
         print("training stopped; checkpoint saved (resume with --resume)", file=sys.stderr)
         return 130
+    if os.environ.get("RANK", "0") == "0":  # the anomaly head (defectssft.anomaly); never fails
+        from defectssft.anomaly_cli import fit_and_report
+
+        fit_and_report(args.project, version, _json_line if args.json_progress else None)
     if args.json_progress:
         _json_line({"event": "model", "version": version})
     else:

@@ -41,6 +41,7 @@ from defectssft_line.hotswap import ModelHolder
 from defectssft_line.lineio import LineOutputs, add_arguments, outputs_from_args
 from defectssft_line.model import LineError, LineModel
 from defectssft_line.names import safe_text
+from defectssft_line.novelty import ON_NOVEL_CHOICES, save_map_overlay
 from defectssft_line.output import (
     FORMATS,
     ResultWriter,
@@ -61,7 +62,11 @@ from defectssft_line.stopping import StopOnSignal, end_by_sigterm
 def _verdict_record(name: str, pred: Prediction, t0: float, version: str) -> dict:
     """The output record of a scored image or frame (latency counted from ``t0``)."""
     latency_ms = (time.perf_counter() - t0) * 1000
-    return record(name, pred.verdict, pred.cls, pred.score, latency_ms, version)
+    rec = record(name, pred.verdict, pred.cls, pred.score, latency_ms, version)
+    if pred.anomaly_score is not None:  # a model with an anomaly head (novelty.py)
+        rec["anomaly_score"] = round(float(pred.anomaly_score), 6)
+        rec["novel"] = bool(pred.novel)
+    return rec
 
 
 def _log(msg: str) -> None:
@@ -86,6 +91,24 @@ class Runner:
         self.errors = 0
         self.skipped_frames = 0
         self.stopped_by: int | None = None  # the signal that stopped a camera run
+        self.save_maps: Path | None = None  # --save-maps: anomaly overlays of NG/UNSURE parts
+
+    def _save_map(self, model: LineModel, name: str, image: np.ndarray, pred: Prediction) -> None:
+        if self.save_maps is None or pred.anomaly_map is None or model.novelty is None:
+            return
+        if pred.verdict not in ("NG", "UNSURE"):
+            return
+        try:
+            save_map_overlay(
+                self.save_maps,
+                name,
+                image,
+                pred.anomaly_map,
+                model.novelty.threshold,
+                model.bit_depth,
+            )
+        except (OSError, ValueError) as e:
+            _log(f"warning: cannot save the anomaly map of {safe_text(name)}: {e}")
 
     def score_bytes(self, name: str, data: bytes, source: Path | None = None) -> dict:
         model = self.holder.current()
@@ -99,6 +122,7 @@ class Runner:
         except Exception as e:  # noqa: BLE001 - one odd image must never stop the line
             return self._error(name, model.version, t0, f"{shown}: {type(e).__name__}: {e}")
         rec = _verdict_record(name, pred, t0, model.version)
+        self._save_map(model, Path(name).name, image, pred)
         if pred.verdict == "UNSURE" and self.send_unsure is not None and source is not None:
             try:
                 send_unsure_file(source, self.send_unsure)
@@ -147,6 +171,7 @@ class Runner:
             rec.update(extra)
         if self.outputs is not None:  # the PLC first; images to disk after
             self.outputs.handle(rec, frame=frame, camera=True)
+        self._save_map(model, name, frame, pred)
         if pred.verdict == "UNSURE" and self.send_unsure is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             try:
@@ -317,6 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             unsure_low=args.unsure_low,
             unsure_high=args.unsure_high,
             max_pixels=args.max_pixels,
+            on_novel=args.on_novel,
         )
 
     holder = ModelHolder(args.model, load, poll_s=args.reload_poll, log=_log)
@@ -326,11 +352,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"classes {m.classes}; thresholds ng={m.thresholds.ng:.4g} "
         f"unsure=[{m.thresholds.unsure_low:.4g}, {m.thresholds.unsure_high:.4g})"
     )
+    if m.novelty is not None:
+        _log(f"anomaly head: novel at score >= {m.novelty.threshold:.4g} -> {m.novelty.on_novel}")
+    elif args.save_maps or args.on_novel:
+        _log("warning: this model has no anomaly head; --save-maps / --on-novel do nothing")
     send_unsure = Path(args.send_unsure) if args.send_unsure else None
     outputs = outputs_from_args(args, m.classes, log=_log)
     outputs.start()  # a sink that cannot start: one line, exit 2, before any part is scored
     writer = ResultWriter(args.format, args.output)
     runner = Runner(holder, writer, send_unsure, outputs)
+    runner.save_maps = Path(args.save_maps) if args.save_maps else None
     try:
         if args.watch:
             rc = _run_watch(runner, args)
@@ -402,6 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--unsure-high", type=argtypes.fraction, help="scores at or above this are NG")
     run.add_argument(
         "--send-unsure", metavar="DIR", help="copy UNSURE images here (a project's watch folder)"
+    )
+    run.add_argument(
+        "--on-novel",
+        choices=ON_NOVEL_CHOICES,
+        default=None,
+        help="verdict of a part the classifier passes but the anomaly head finds novel "
+        "(default: the model's own, UNSURE); models with an anomaly head only",
+    )
+    run.add_argument(
+        "--save-maps",
+        metavar="DIR",
+        help="write an anomaly-map overlay PNG of each NG/UNSURE part here "
+        "(models exported with the anomaly map)",
     )
     run.add_argument("--threads", type=argtypes.positive_int, default=1, help="onnxruntime threads")
     run.add_argument(

@@ -9,7 +9,7 @@ docs/ARCHITECTURE.md ("Decision contract").
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -111,6 +111,11 @@ class Prediction:
     cls: str  # the OK class for OK, else the most likely defect class
     score: float  # the model's defect_score output
     probs: tuple[float, ...]
+    # Models with an anomaly head (defectssft_line.novelty): its score, whether the part is
+    # novel, and the map [h, w] (for overlays; not part of equality).
+    anomaly_score: float | None = None
+    novel: bool = False
+    anomaly_map: Any = field(default=None, compare=False, repr=False)
 
 
 def decide(

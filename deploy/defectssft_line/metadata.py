@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from defectssft_line.decision import FORMAT, FORMAT_VERSION, ThresholdError, resolve_thresholds
+from defectssft_line.novelty import NoveltyMetadataError, validate_anomaly_metadata
 
 MAX_SIDE = 16384  # model input height/width
 THRESHOLD_KEYS = ("ng", "unsure_low", "unsure_high")
@@ -91,6 +92,10 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
             resolve_thresholds(values)  # the order the decision contract needs
         except ThresholdError as e:
             raise MetadataError(str(e)) from None
+    try:
+        validate_anomaly_metadata(meta.get("anomaly"))
+    except NoveltyMetadataError as e:
+        raise MetadataError(str(e)) from None
     for key in ("model_version", "backbone", "precision", "project"):
         v = meta.get(key)
         if v is not None and (not isinstance(v, (str, int)) or isinstance(v, bool)):

@@ -8,6 +8,7 @@ clear line at load time, never halfway through a shift. onnxruntime, numpy, Open
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from defectssft_line.decision import (
     resolve_thresholds,
 )
 from defectssft_line.metadata import MetadataError, validate_metadata
+from defectssft_line.novelty import NoveltyRule, apply_novelty
 
 __all__ = ["LineError", "LineModel", "LineModelError", "Prediction", "Thresholds", "decide"]
 
@@ -72,6 +74,7 @@ class LineModel:
         meta: dict[str, Any],
         thresholds: Thresholds,
         max_pixels: int | None = None,
+        on_novel: str | None = None,
     ) -> None:
         self.path = path
         self.session = session
@@ -85,6 +88,7 @@ class LineModel:
         self.max_pixels = int(max_pixels or inp.get("max_pixels") or DEFAULT_MAX_PIXELS)
         self.thresholds = thresholds
         self.version = str(meta.get("model_version", ""))
+        self.novelty = NoveltyRule.from_metadata(meta, on_novel)  # None: no anomaly head
 
     @classmethod
     def load(
@@ -95,6 +99,7 @@ class LineModel:
         unsure_low: float | None = None,
         unsure_high: float | None = None,
         max_pixels: int | None = None,
+        on_novel: str | None = None,
     ) -> LineModel:
         """Open, validate and smoke-test ``path``; LineModelError with one line if unusable."""
         import onnxruntime as ort
@@ -119,7 +124,7 @@ class LineModel:
             )
         except ThresholdError as e:
             raise LineError(str(e)) from e
-        model = cls(path, session, meta, thr, max_pixels)
+        model = cls(path, session, meta, thr, max_pixels, on_novel)
         model._check_signature()
         return model
 
@@ -129,6 +134,8 @@ class LineModel:
         if len(inputs) != 1 or inputs[0].name != "image" or inputs[0].type != "tensor(uint8)":
             raise LineModelError(f"{self.path}: expected one uint8 input named 'image'")
         missing = {"probs", "defect_score"} - outputs
+        if self.novelty is not None:
+            missing |= set(self.novelty.output_names()) - outputs
         if missing:
             raise LineModelError(f"{self.path}: model lacks output(s) {', '.join(sorted(missing))}")
         try:
@@ -158,5 +165,21 @@ class LineModel:
         if not images:
             return []
         batch = np.stack([self.prepare(im) for im in images])
+        if self.novelty is not None:
+            return self._classify_novel(batch)
         probs, scores = self.predict(batch)
         return [self.decide(p, float(s)) for p, s in zip(probs, scores, strict=True)]
+
+    def _classify_novel(self, batch: np.ndarray) -> list[Prediction]:
+        """Verdicts with the anomaly head's score (and map): ``novelty.apply_novelty``."""
+        rule = self.novelty
+        assert rule is not None
+        outs = self.session.run(["probs", "defect_score", *rule.output_names()], {"image": batch})
+        maps = outs[3] if rule.has_map else [None] * len(batch)
+        return [
+            replace(
+                apply_novelty(self.decide(p, float(s)), float(a), rule, self.ok_class),
+                anomaly_map=m,
+            )
+            for p, s, a, m in zip(outs[0], outs[1], outs[2], maps, strict=True)
+        ]

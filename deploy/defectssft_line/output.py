@@ -1,7 +1,8 @@
 """Result records (JSON lines or CSV) and the UNSURE hand-back folder.
 
 One record per image: ``file, verdict, class, score, latency_ms`` plus ``model_version`` and
-``error`` (verdict ``ERROR`` for an image that could not be read). Images the model is unsure
+``error`` (verdict ``ERROR`` for an image that could not be read), and ``anomaly_score`` and
+``novel`` for a model with an anomaly head (CSV: empty for one without). Images the model is unsure
 about are copied to a folder that the project's ``defectssft watch`` ingests, so operators
 label exactly the parts the model finds hard.
 """
@@ -23,7 +24,17 @@ import numpy as np
 from defectssft_line.hotfolder import unique_path
 from defectssft_line.names import safe_text
 
-FIELDS = ("file", "verdict", "class", "score", "latency_ms", "model_version", "error")
+FIELDS = (
+    "file",
+    "verdict",
+    "class",
+    "score",
+    "latency_ms",
+    "model_version",
+    "error",
+    "anomaly_score",  # models with an anomaly head only (defectssft_line.novelty)
+    "novel",
+)
 FORMATS = ("jsonl", "csv")
 
 

@@ -33,6 +33,7 @@ from defectssft.queries import Row
 from defectssft.verdicts import VERDICT_FILTERS, VerdictCache, shown_version, verdict_rows
 from defectssft_gui import project_flows
 from defectssft_gui.actions import ACTIONS, new_action, shortcuts_for
+from defectssft_gui.anomaly_view import NOVEL_FILTER, AnomalyMapController
 from defectssft_gui.gallery import ImageListModel
 from defectssft_gui.import_controller import ImportController
 from defectssft_gui.predict_controller import PredictController
@@ -103,6 +104,7 @@ class MainWindow(QMainWindow):
         self._setup_widgets()
         self._setup_actions()
         self._setup_menus()
+        self.anomaly = AnomalyMapController(self)  # View → Anomaly map (anomaly_view.py)
         if project is not None:
             self.open_project(project)
         else:
@@ -345,6 +347,7 @@ class MainWindow(QMainWindow):
             ("all images", "all"),
             ("unlabeled", "unlabeled"),
             ("next most useful", "useful"),
+            NOVEL_FILTER,
         ]
         entries += [(f"labeled {c.name}", f"class:{c.name}") for c in classes]
         entries += [(f"predicted {c.name}", f"pred:{c.name}") for c in classes]
@@ -553,6 +556,7 @@ class MainWindow(QMainWindow):
         self._show_info(r)
         if self.actions_by_name["heatmap"].isChecked():
             self.compute_heatmap()
+        self.anomaly.on_image_shown()
 
     def _show_info(self, r: Row) -> None:
         hist = getattr(self, "history_dialog", None)

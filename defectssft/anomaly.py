@@ -1,0 +1,643 @@
+"""Novel defects: a good-part feature model beside the classifier, in the same exported graph.
+
+A PatchCore-style memory bank (the choice and its measurements: BENCHMARKS.md, "Open set"):
+mid-level patch features of the model's own backbone (two stages, each 3x3 average-pooled so a
+patch sees its neighbours, the coarser one upsampled to the finer grid and concatenated) from
+good parts, subsampled by a greedy k-center coreset to a bounded bank. A part's anomaly map is
+each patch's distance to its nearest bank feature, its anomaly score the map's maximum.
+
+* ``fit_project_anomaly`` fits it for a model version (``defectssft fit-anomaly`` and the last
+  step of ``defectssft train``): OK-labeled train images plus unlabeled images the classifier
+  calls OK with confidence (a project without an OK class: every labeled train image plus the
+  unlabeled ones the classifier puts in a known class with confidence, so the score means
+  "unlike every known class"); the threshold is calibrated on held-out good parts (the
+  validation split's, else a held-back part of the fit images) and stored with the bank.
+* ``models/vNNNN/anomaly.npz`` (the bank, read with ``allow_pickle=False``) and
+  ``anomaly.json`` (everything else) hold it; ``load_anomaly`` reads them.
+* ``AnomalyInspectionModel`` is the graph export writes when a version has the head: the
+  classifier's outputs unchanged plus ``anomaly_score`` [N] and ``anomaly_map`` [N, h, w]
+  (nearest-neighbour distance as MatMul + ReduceMin: pure ONNX ops). The verdict rule on the
+  score is the line's (``defectssft_line.novelty``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from defectssft.errors import DefectssftError
+from defectssft.fsutil import atomic_path
+from defectssft_line.novelty import ON_NOVEL_CHOICES
+
+BANK_FILE = "anomaly.npz"
+META_FILE = "anomaly.json"
+ANOMALY_FORMAT = "defectssft-anomaly"
+ANOMALY_FORMAT_VERSION = 1
+FEATURE_INDICES = (2, 3)  # timm feature stages: stride 8 and 16 (mid-level, as PatchCore)
+DEFAULT_BANK_MB = 20.0
+DEFAULT_CORESET_RATIO = 0.01  # of all fit patches; the nearest-neighbour search costs M * D
+DEFAULT_MIN_BANK = 1024
+DEFAULT_MAX_FIT_IMAGES = 400
+DEFAULT_NOVEL_RATE = 0.01  # fraction of held-out good parts allowed above the threshold
+CONFIDENT_OK = 0.05  # an unlabeled image joins the fit when its defect score is below this
+MIN_HELD_OUT = 5
+MAX_FIT_PATCHES = 200_000  # patches the coreset is chosen from (a random subset beyond)
+DEFAULT_MAX_SCORED = 5000  # unlabeled images scored for the app's "novel" filter
+OUTPUT_NAMES = ("probs", "logits", "defect_score", "anomaly_score", "anomaly_map")
+
+
+class AnomalyError(DefectssftError):
+    """Nothing to fit on, a backbone without intermediate features, or an unreadable head."""
+
+
+# --------------------------------------------------------------------------- the network
+
+
+def _intermediates(backbone: nn.Module, x: torch.Tensor, indices: Sequence[int]):
+    if not hasattr(backbone, "forward_intermediates"):
+        raise AnomalyError(
+            f"backbone {type(backbone).__name__} has no intermediate features "
+            "(timm forward_intermediates); the anomaly head needs one that does"
+        )
+    return backbone.forward_intermediates(x, indices=list(indices))
+
+
+def patch_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stage feature maps -> [N, D, h, w] patch features on the finest stage's grid."""
+    size = maps[0].shape[-2:]
+    out = []
+    for m in maps:
+        m = F.avg_pool2d(m.float(), kernel_size=3, stride=1, padding=1)
+        if m.shape[-2:] != size:
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        out.append(m)
+    return torch.cat(out, dim=1)
+
+
+class AnomalyHead(nn.Module):
+    """Patch features [N, D, h, w] -> (anomaly score [N], anomaly map [N, h, w]).
+
+    The bank is a buffer (it saves and exports with the graph); the squared distance to every
+    bank row is ``|f|^2 - 2 f.b + |b|^2`` (one MatMul), its minimum the nearest neighbour.
+    Features and bank are centred on the bank's mean first: the three terms are then small and
+    their float32 cancellation (torch and onnxruntime sum in different orders) stays small too."""
+
+    def __init__(self, bank: torch.Tensor | np.ndarray) -> None:
+        super().__init__()
+        bank64 = np.asarray(bank, dtype=np.float64)
+        centre = bank64.mean(axis=0)
+        bank = torch.as_tensor((bank64 - centre).astype(np.float32))
+        self.register_buffer("centre", torch.as_tensor(centre.astype(np.float32)).view(1, -1))
+        self.register_buffer("bank_t", bank.t().contiguous())
+        self.register_buffer("bank_sq", (bank * bank).sum(dim=1).view(1, -1))
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, d, h, w = feats.shape
+        f = feats.permute(0, 2, 3, 1).reshape(-1, d) - self.centre
+        d2 = (f * f).sum(dim=1, keepdim=True) - 2.0 * (f @ self.bank_t) + self.bank_sq
+        nearest = d2.min(dim=1).values.clamp_min(0.0).sqrt()
+        amap = nearest.reshape(n, h, w)
+        return amap.flatten(1).max(dim=1).values, amap
+
+
+class AnomalyInspectionModel(nn.Module):
+    """The classifier (``InspectionModel``) plus the anomaly head, in one pass of the backbone.
+
+    Outputs ``OUTPUT_NAMES``; probs/logits/defect_score are the classifier's (a test checks they
+    equal ``InspectionModel``'s)."""
+
+    output_names = OUTPUT_NAMES
+
+    def __init__(self, inspection: nn.Module, head: AnomalyHead, indices: Sequence[int]) -> None:
+        super().__init__()
+        self.inspection = inspection
+        self.head = head
+        self.indices = tuple(int(i) for i in indices)
+        self.with_map = True
+        self.threshold = 0.0
+
+    def forward(self, image: torch.Tensor):
+        ins = self.inspection
+        bb = ins.backbone
+        final, inter = _intermediates(bb, ins.normalise(image), self.indices)
+        logits = bb.forward_head(final).to(torch.float32)
+        probs = torch.softmax(logits, dim=1)
+        # The defect score of InspectionModel.forward (defectssft_line.decision.defect_scores).
+        if ins.ok_index is None:
+            drop = probs.argmax(dim=1, keepdim=True)
+        else:
+            drop = torch.full(
+                (probs.shape[0], 1), ins.ok_index, dtype=torch.int64, device=probs.device
+            )
+        score = probs.scatter(1, drop, 0.0).sum(dim=1)
+        a_score, a_map = self.head(patch_features(inter))
+        if not self.with_map:
+            return probs, logits, score, a_score
+        return probs, logits, score, a_score, a_map
+
+
+@torch.inference_mode()
+def extract_patches(
+    inspection: nn.Module,
+    images: np.ndarray,
+    indices: Sequence[int] = FEATURE_INDICES,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(patch features [N, h, w, D] float32, defect scores [N]) of uint8 NHWC images."""
+    feats, scores = [], []
+    bb = inspection.backbone
+    for i in range(0, len(images), batch_size):
+        x = inspection.normalise(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+        final, inter = _intermediates(bb, x, indices)
+        probs = torch.softmax(bb.forward_head(final).float(), dim=1).numpy()
+        feats.append(patch_features(inter).permute(0, 2, 3, 1).numpy())
+        scores.append(_defect_scores(probs, inspection.ok_index))
+    return np.concatenate(feats), np.concatenate(scores)
+
+
+def _defect_scores(probs: np.ndarray, ok_index: int | None) -> np.ndarray:
+    from defectssft_line.decision import defect_scores
+
+    return defect_scores(probs, ok_index).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def greedy_coreset(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``k`` rows of ``x`` chosen by k-center greedy (PatchCore's coreset): each next
+    row is the one farthest from all chosen so far, so the bank covers the whole feature cloud."""
+    n = len(x)
+    if k >= n:
+        return np.arange(n)
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    sq = (t * t).sum(1)
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(n))]
+    dist = (sq - 2 * t @ t[chosen[0]] + sq[chosen[0]]).clamp_min(0)
+    for _ in range(k - 1):
+        j = int(torch.argmax(dist))
+        chosen.append(j)
+        dist = torch.minimum(dist, (sq - 2 * t @ t[j] + sq[j]).clamp_min(0))
+    return np.asarray(chosen)
+
+
+def bank_rows(n_patches: int, dim: int, bank_mb: float, ratio: float, min_bank: int) -> int:
+    """How many patches the bank keeps: ``ratio`` of them (at least ``min_bank``), at most what
+    ``bank_mb`` megabytes of float32 hold."""
+    budget = max(1, int(bank_mb * 1e6 // (4 * dim)))
+    want = max(min_bank, int(math.ceil(ratio * n_patches)))
+    return int(min(n_patches, want, budget))
+
+
+def nearest_distances(
+    feats: np.ndarray, bank: np.ndarray, max_floats: int = 16_000_000
+) -> np.ndarray:
+    """Per-patch nearest-bank distance maps [N, h, w] of features [N, h, w, D] (the head's math),
+    a few images at a time so the distance matrix stays under ``max_floats`` values."""
+    head = AnomalyHead(bank)
+    n, h, w = feats.shape[:3]
+    step = max(1, max_floats // max(1, h * w * len(bank)))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, n, step):
+            chunk = torch.from_numpy(np.ascontiguousarray(feats[i : i + step]))
+            out.append(head(chunk.permute(0, 3, 1, 2))[1].numpy())
+    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
+
+
+def calibrate_threshold(scores: np.ndarray, novel_rate: float = DEFAULT_NOVEL_RATE) -> float:
+    """The anomaly threshold: the ``1 - novel_rate`` quantile of held-out good parts' scores
+    (with fewer than ``1 / novel_rate`` parts, their maximum), nudged up so those parts pass."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    q = float(np.quantile(s, 1.0 - novel_rate, method="higher"))
+    return float(np.nextafter(np.float32(q), np.float32(np.inf)))
+
+
+@dataclass
+class AnomalyModel:
+    """A fitted head: the bank and what the export and the line need to use it."""
+
+    bank: np.ndarray  # [M, D] float32
+    threshold: float
+    indices: list[int] = field(default_factory=lambda: list(FEATURE_INDICES))
+    map_size: list[int] = field(default_factory=list)  # [h, w] of anomaly_map
+    method: str = "patchcore"
+    features: str = "model"  # the version's own (fine-tuned) backbone
+    on_novel: str = "UNSURE"
+    calibrated_on: str = ""
+    n_fit_images: int = 0
+    n_fit_patches: int = 0
+    n_held_out: int = 0
+    held_out_max: float = 0.0
+    subsampled: str = ""
+    version: str = ""
+    created: str = ""
+    test: dict[str, Any] = field(default_factory=dict)  # evaluate_on_test, not stored in the file
+
+    @property
+    def bank_mb(self) -> float:
+        return self.bank.nbytes / 1e6
+
+    def info(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("bank")
+        d.pop("test")
+        d.update(
+            format=ANOMALY_FORMAT,
+            format_version=ANOMALY_FORMAT_VERSION,
+            bank_rows=int(self.bank.shape[0]),
+            bank_dim=int(self.bank.shape[1]),
+            bank_mb=round(self.bank_mb, 3),
+        )
+        return d
+
+    def onnx_metadata(self, with_map: bool) -> dict[str, Any]:
+        """The ``anomaly`` entry of the ONNX metadata (``defectssft_line.metadata`` checks it)."""
+        meta: dict[str, Any] = {
+            "threshold": float(self.threshold),
+            "on_novel": self.on_novel,
+            "method": self.method,
+            "features": self.features,
+            "calibrated_on": self.calibrated_on,
+            "map": list(self.map_size) if with_map else None,
+        }
+        return meta
+
+    def head(self) -> AnomalyHead:
+        return AnomalyHead(self.bank)
+
+    def wrap(self, inspection: nn.Module) -> AnomalyInspectionModel:
+        graph = AnomalyInspectionModel(inspection, self.head(), self.indices).eval()
+        graph.threshold = float(self.threshold)
+        return graph
+
+    def save(self, model_dir: str | Path) -> None:
+        """``anomaly.npz`` then ``anomaly.json``, each atomically (the JSON marks it complete)."""
+        model_dir = Path(model_dir)
+        with atomic_path(model_dir / BANK_FILE) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, bank=self.bank.astype(np.float32))
+        with atomic_path(model_dir / META_FILE) as tmp:
+            tmp.write_text(json.dumps(self.info(), indent=1), encoding="utf-8")
+
+
+def has_anomaly(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / META_FILE).is_file()
+
+
+def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
+    """The head stored with a version, None if it has none; AnomalyError if it is unreadable.
+
+    No pickle: ``np.load(allow_pickle=False)`` and JSON."""
+    model_dir = Path(model_dir)
+    if not has_anomaly(model_dir):
+        return None
+    try:
+        info = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
+        if info.get("format") != ANOMALY_FORMAT:
+            raise ValueError("not a defectssft anomaly head")
+        if int(info.get("format_version", 0)) > ANOMALY_FORMAT_VERSION:
+            raise ValueError("written by a newer defectssft")
+        with np.load(model_dir / BANK_FILE, allow_pickle=False) as z:
+            bank = np.asarray(z["bank"], dtype=np.float32)
+        if bank.ndim != 2 or bank.shape[0] < 1:
+            raise ValueError(f"bank of shape {bank.shape}")
+        if bank.shape[1] != int(info.get("bank_dim", bank.shape[1])):
+            raise ValueError("bank does not match its description")
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise AnomalyError(
+            f"{model_dir}: unreadable anomaly head ({e}); fit it again with "
+            "`defectssft fit-anomaly`"
+        ) from e
+    keys = {f for f in AnomalyModel.__dataclass_fields__ if f != "bank"}
+    return AnomalyModel(bank=bank, **{k: v for k, v in info.items() if k in keys})
+
+
+def evaluate_on_test(
+    project,
+    inspection: nn.Module,
+    model: AnomalyModel,
+    load: Callable[[list[Path]], np.ndarray],
+    ok_index: int | None,
+    batch: int = 32,
+) -> dict[str, Any]:
+    """The head on the frozen test split (never fitted or calibrated on): novel rate of the test
+    parts per class and, with an OK class and defective test parts, the anomaly score's AUROC
+    separating defective from good parts."""
+    from defectssft.metrics import roc_auc
+
+    data = project.training_data()
+    if not data.test:
+        return {}
+    scores = []
+    for i in range(0, len(data.test), batch):
+        chunk = [Path(p) for p, _ in data.test[i : i + batch]]
+        feats, _ = extract_patches(inspection, load(chunk), model.indices)
+        scores.append(nearest_distances(feats, model.bank).reshape(len(chunk), -1).max(1))
+    s = np.concatenate(scores)
+    cls = np.array([c for _, c in data.test])
+    novel = s >= model.threshold
+    out: dict[str, Any] = {
+        "n": int(len(s)),
+        "novel_rate": {data.classes[c]: float(novel[cls == c].mean()) for c in np.unique(cls)},
+    }
+    if ok_index is not None:
+        out["auroc_defective_vs_ok"] = roc_auc(s, (cls != ok_index).astype(int))
+    return out
+
+
+def score_unlabeled(
+    project,
+    model_dir: Path,
+    inspection: nn.Module,
+    model: AnomalyModel,
+    load: Callable[[list[Path]], np.ndarray],
+    max_images: int = DEFAULT_MAX_SCORED,
+    batch: int = 32,
+) -> int:
+    """Score the project's unlabeled images (the newest ``max_images``) with the head and store
+    them for the app's "novel" filter (``defectssft.novel_scores``); returns how many."""
+    from defectssft.novel_scores import save_scores
+
+    data = project.training_data()
+    pairs = list(zip(data.unlabeled_ids, data.unlabeled, strict=True))[-max_images:]
+    ids, scores = [], []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch]
+        feats, _ = extract_patches(inspection, load([Path(p) for _, p in chunk]), model.indices)
+        scores.append(nearest_distances(feats, model.bank).reshape(len(chunk), -1).max(1))
+        ids += [int(j) for j, _ in chunk]
+    save_scores(model_dir, ids, np.concatenate(scores) if scores else np.zeros(0, np.float32))
+    return len(ids)
+
+
+@dataclass
+class FitPlan:
+    """Which project images a fit uses, and why (printed by the CLI)."""
+
+    fit: list[Path]
+    held_out: list[Path]
+    unlabeled_candidates: list[Path]
+    calibrated_on: str
+
+
+def plan_fit(project, max_images: int = DEFAULT_MAX_FIT_IMAGES, seed: int = 0) -> FitPlan:
+    """The good parts to fit on and to calibrate on (module doc); AnomalyError if none."""
+    data = project.training_data()
+    ok = data.classes.index(data.ok_class) if data.ok_class in data.classes else None
+    rng = np.random.default_rng(seed)
+    if ok is not None:
+        fit = [Path(p) for p, c in data.labeled if c == ok]
+        held = [Path(p) for p, c in data.val if c == ok]
+        what = "validation OK images"
+    else:
+        fit = [Path(p) for p, _ in data.labeled]
+        held = [Path(p) for p, _ in data.val]
+        what = "validation images"
+    unlabeled = [Path(p) for p in data.unlabeled]
+    fit, unlabeled = (
+        [ps[i] for i in sorted(rng.permutation(len(ps))[:max_images])]
+        if len(ps) > max_images
+        else ps
+        for ps in (fit, unlabeled)
+    )
+    if not fit and not unlabeled:
+        raise AnomalyError(
+            f"{project.root}: no good parts to fit the anomaly model on (no OK-labeled and no "
+            "unlabeled images); import unlabeled production images or label some OK"
+        )
+    return FitPlan(fit, held, unlabeled, what)
+
+
+def fit_project_anomaly(
+    project,
+    version: str | None = None,
+    *,
+    bank_mb: float = DEFAULT_BANK_MB,
+    coreset_ratio: float = DEFAULT_CORESET_RATIO,
+    min_bank: int = DEFAULT_MIN_BANK,
+    max_images: int = DEFAULT_MAX_FIT_IMAGES,
+    novel_rate: float = DEFAULT_NOVEL_RATE,
+    on_novel: str = "UNSURE",
+    seed: int = 0,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> AnomalyModel:
+    """Fit, calibrate and store the anomaly head of a version (default: production, else newest)."""
+    from defectssft.inspection import load_images, load_inspection
+
+    if on_novel not in ON_NOVEL_CHOICES:
+        raise AnomalyError(f"on_novel must be one of {', '.join(ON_NOVEL_CHOICES)}, got {on_novel}")
+    if bank_mb <= 0:
+        raise AnomalyError(f"the bank budget must be > 0 MB, got {bank_mb}")
+    record = project.get_model(version)
+    model_dir = Path(record["path"])
+    plan = plan_fit(project, max_images, seed)
+    inspection, spec = load_inspection(model_dir / "model.pt")
+    h, w, depth = spec.input.height, spec.input.width, spec.input.bit_depth
+    try:
+        load = lambda paths: load_images(paths, h, w, depth)  # noqa: E731
+        feats_l, _ = extract_patches(inspection, load(plan.fit)) if plan.fit else (None, None)
+        extra_feats = None
+        n_unl = 0
+        if plan.unlabeled_candidates:
+            f_u, s_u = extract_patches(inspection, load(plan.unlabeled_candidates))
+            # With an OK class: the confident OK calls; without one, the confident calls of any
+            # known class (the defect score is then 1 - the top probability).
+            keep = s_u < CONFIDENT_OK
+            extra_feats, n_unl = f_u[keep], int(keep.sum())
+    except DefectssftError as e:
+        raise AnomalyError(str(e)) from e
+    parts = [f for f in (feats_l, extra_feats) if f is not None and len(f)]
+    if not parts:
+        raise AnomalyError(
+            f"{project.root}: no good parts to fit the anomaly model on (the classifier calls "
+            "none of the unlabeled images OK with confidence); label some OK images"
+        )
+    feats = np.concatenate(parts)
+    rng = np.random.default_rng(seed)
+    held_feats = None
+    calibrated_on = plan.calibrated_on
+    if len(plan.held_out) >= MIN_HELD_OUT:
+        held_feats, _ = extract_patches(inspection, load(plan.held_out))
+        calibrated_on = f"{len(plan.held_out)} {plan.calibrated_on}"
+    elif len(feats) >= 2:
+        n_hold = max(1, len(feats) // 5)
+        order = rng.permutation(len(feats))
+        held_feats, feats = feats[order[:n_hold]], feats[order[n_hold:]]
+        calibrated_on = (
+            f"{n_hold} fit images held back (fewer than {MIN_HELD_OUT} {plan.calibrated_on})"
+        )
+    n_img, gh, gw, dim = feats.shape
+    patches = feats.reshape(-1, dim)
+    n_patches = len(patches)
+    if n_patches > MAX_FIT_PATCHES:  # bounds the coreset's time: a random subset first
+        patches = patches[np.sort(rng.permutation(n_patches)[:MAX_FIT_PATCHES])]
+    rows = bank_rows(len(patches), dim, bank_mb, coreset_ratio, min_bank)
+    budget_rows = max(1, int(bank_mb * 1e6 // (4 * dim)))
+    note = ""
+    if rows < len(patches):
+        note = f"coreset of {rows} from {len(patches)} patches" + (
+            f" (the {bank_mb:g} MB budget holds {budget_rows})" if rows == budget_rows else ""
+        )
+        if n_patches > len(patches):
+            note += f", chosen from a random {len(patches)} of {n_patches}"
+        say(f"anomaly bank: {note}")
+    bank = patches[greedy_coreset(patches, rows, seed)]
+    if held_feats is not None:
+        held_scores = nearest_distances(held_feats, bank).reshape(len(held_feats), -1).max(1)
+        threshold = calibrate_threshold(held_scores, novel_rate)
+        held_max = float(held_scores.max())
+    else:  # a single fit image: nothing held out; the threshold is the largest fit distance
+        fit_scores = nearest_distances(feats, bank).reshape(len(feats), -1).max(1)
+        threshold = calibrate_threshold(fit_scores, novel_rate)
+        held_max = float(fit_scores.max())
+        calibrated_on = "the single fit image (nothing to hold out)"
+        say("anomaly threshold: only one good image, calibrated on the fit image itself")
+    model = AnomalyModel(
+        bank=bank.astype(np.float32),
+        threshold=threshold,
+        map_size=[int(gh), int(gw)],
+        on_novel=on_novel,
+        calibrated_on=calibrated_on,
+        n_fit_images=int(n_img),
+        n_fit_patches=int(n_patches),
+        n_held_out=0 if held_feats is None else int(len(held_feats)),
+        held_out_max=held_max,
+        subsampled=note,
+        version=str(record["version"]),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    model.save(model_dir)
+    n_scored = score_unlabeled(project, model_dir, inspection, model, load)
+    test = evaluate_on_test(project, inspection, model, load, spec.ok_index)
+    summary = {
+        k: v for k, v in model.info().items() if k not in ("indices", "format", "format_version")
+    }
+    summary["fit_unlabeled"] = n_unl
+    summary["scored_unlabeled"] = n_scored
+    summary["test"] = test
+    model.test = test
+    project.update_model_metrics(record["version"], {"anomaly": summary})
+    return model
+
+
+# --------------------------------------------------------------------------- export
+
+
+# Largest |anomaly_score(onnxruntime) - anomaly_score(torch)| accepted, relative to the threshold.
+MAX_SCORE_DIFF = {"fp32": 5e-3, "fp16": 2e-2, "int8": 0.1}
+
+
+def export_graph(
+    inspection: nn.Module, anomaly: AnomalyModel | None, with_map: bool, metadata: dict[str, Any]
+) -> AnomalyInspectionModel | None:
+    """The graph to export for a version with a head (None without one); adds the ``anomaly``
+    metadata entry (``defectssft_line.novelty`` reads and checks it)."""
+    if anomaly is None:
+        return None
+    metadata["anomaly"] = anomaly.onnx_metadata(with_map)
+    graph = anomaly.wrap(inspection)
+    graph.with_map = with_map
+    graph.output_names = OUTPUT_NAMES if with_map else OUTPUT_NAMES[:4]
+    return graph
+
+
+def torch_anomaly(graph: AnomalyInspectionModel, images: np.ndarray, batch_size: int = 16):
+    """(anomaly scores [N], maps [N, h, w]) of the torch graph on uint8 NHWC images."""
+    scores, maps = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            out = graph(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+            scores.append(out[3].numpy())
+            if len(out) > 4:
+                maps.append(out[4].numpy())
+    if not maps:
+        return np.concatenate(scores), None
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def check_export(
+    path: str | Path, graph: AnomalyInspectionModel, images: np.ndarray, precision: str
+) -> dict[str, Any]:
+    """Compare the written file's anomaly outputs with torch's on ``images``; ExportError if
+    they differ by more than ``MAX_SCORE_DIFF`` (relative to the threshold)."""
+    from defectssft.export import ExportError, ort_session
+
+    names = list(graph.output_names[3:])
+    ref_scores, ref_maps = torch_anomaly(graph, images)
+    session = ort_session(path)
+    got = [session.run(names, {"image": images[i : i + 16]}) for i in range(0, len(images), 16)]
+    scores = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.float32)
+    thr = graph.threshold
+    scale = max(thr, 1e-6)
+    diff = float(np.max(np.abs(scores - ref_scores))) / scale if len(images) else 0.0
+    if not np.all(np.isfinite(scores)):
+        raise ExportError(f"the exported {precision} graph produces NaN/inf anomaly scores")
+    if len(names) > 1 and len(images):
+        amaps = np.concatenate([g[1] for g in got])
+        if amaps.shape != ref_maps.shape:
+            raise ExportError(
+                f"exported anomaly_map has shape {amaps.shape}, torch {ref_maps.shape}"
+            )
+        diff = max(diff, float(np.max(np.abs(amaps - ref_maps))) / scale)
+    bound = MAX_SCORE_DIFF[precision]
+    if diff > bound:
+        raise ExportError(
+            f"export check failed: the exported anomaly score differs from torch by {diff:.2e} "
+            f"of its threshold (limit {bound:g}) on {len(images)} project images; export "
+            "fp32 or without the head (--no-anomaly)"
+        )
+    same = float(np.mean((scores >= thr) == (ref_scores >= thr))) if len(images) else 1.0
+    return {"max_rel_diff": diff, "novel_agreement": same, "threshold": thr, "map": len(names) > 1}
+
+
+# --------------------------------------------------------------------------- the app's map
+
+
+@dataclass
+class AnomalyView:
+    """One image's anomaly score and its map as the app draws it (``novelty.heat_weights``)."""
+
+    score: float
+    threshold: float
+    heat: np.ndarray  # HxW in [0, 1] at the image's own size, zero where the map is low
+
+    @property
+    def novel(self) -> bool:
+        return self.score >= self.threshold
+
+
+def anomaly_view(
+    model_dir: str | Path, image_path: str | Path, bit_depth: int | None = None
+) -> AnomalyView:
+    """The anomaly map of ``image_path`` under the version in ``model_dir`` (torch; call from a
+    worker thread). AnomalyError when the version has no head (fit one with fit-anomaly)."""
+    from defectssft.inspection import load_inspection
+    from defectssft_line.novelty import heat_weights
+    from defectssft_line.preprocess import read_image, resize, to_rgb8
+
+    model_dir = Path(model_dir)
+    head = load_anomaly(model_dir)
+    if head is None:
+        raise AnomalyError(
+            f"model {model_dir.name} has no anomaly head; fit one with "
+            f"`defectssft fit-anomaly PROJECT --model {model_dir.name}`"
+        )
+    inspection, spec = load_inspection(model_dir / "model.pt", default_bit_depth=bit_depth)
+    raw = read_image(image_path)
+    rgb = resize(to_rgb8(raw, spec.input.bit_depth), spec.input.height, spec.input.width)
+    feats, _ = extract_patches(inspection, rgb[None], head.indices)
+    amap = nearest_distances(feats, head.bank)[0]
+    heat = heat_weights(amap, head.threshold, raw.shape[0], raw.shape[1])
+    return AnomalyView(float(amap.max()), float(head.threshold), heat)

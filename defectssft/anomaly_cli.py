@@ -1,0 +1,131 @@
+"""``defectssft fit-anomaly PROJECT [--model vN]``: fit a version's anomaly head (novel parts).
+
+``fit_and_report`` is also the last step of ``defectssft train``, where a fit that is impossible
+(no good parts) is said in one line and does not fail the training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from defectssft_line.novelty import ON_NOVEL_CHOICES
+
+if TYPE_CHECKING:  # defectssft.anomaly imports torch: only inside the commands
+    from defectssft.anomaly import AnomalyModel
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _rate(text: str) -> float:
+    v = _positive(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return v
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "fit-anomaly",
+        help="fit a version's anomaly head on good parts (flags novel defects on the line)",
+        description="Fit a good-part memory bank for a model version (done after `train` too); "
+        "the next export carries anomaly_score and anomaly_map.",
+    )
+    p.add_argument("project", help="project folder")
+    p.add_argument(
+        "--model", metavar="VERSION", help="model version (default: production, else newest)"
+    )
+    p.add_argument(
+        "--bank-mb",
+        type=_positive,
+        default=None,
+        help="largest memory bank in MB (default 20); a larger one is subsampled",
+    )
+    p.add_argument(
+        "--novel-rate",
+        type=_rate,
+        default=None,
+        help="share of held-out good parts allowed above the threshold (default 0.01)",
+    )
+    p.add_argument(
+        "--on-novel",
+        choices=ON_NOVEL_CHOICES,
+        default="UNSURE",
+        help="verdict of a novel part the classifier passes (default UNSURE)",
+    )
+    p.set_defaults(func=cmd_fit_anomaly)
+
+
+def describe(m: AnomalyModel) -> str:
+    """What was fitted, how the threshold was calibrated, and how it does on the test split."""
+    line = (
+        f"anomaly head of {m.version}: {m.bank.shape[0]} x {m.bank.shape[1]} bank "
+        f"({m.bank_mb:.1f} MB) from {m.n_fit_images} good images; threshold {m.threshold:.4g} "
+        f"calibrated on {m.calibrated_on}; novel parts -> {m.on_novel}"
+    )
+    if m.test:
+        rates = ", ".join(f"{c} {r:.1%}" for c, r in m.test["novel_rate"].items())
+        line += f"\ntest split ({m.test['n']} parts): novel rate {rates}"
+        if m.test.get("auroc_defective_vs_ok") is not None:
+            line += f"; anomaly-score AUROC defective vs OK {m.test['auroc_defective_vs_ok']:.3f}"
+    return line
+
+
+def cmd_fit_anomaly(args: argparse.Namespace) -> int:
+    from defectssft.anomaly import fit_project_anomaly
+    from defectssft.project import Project
+
+    project = Project.open(args.project)
+    given = {"bank_mb": args.bank_mb, "novel_rate": args.novel_rate}
+    model = fit_project_anomaly(
+        project,
+        args.model,
+        **{k: v for k, v in given.items() if v is not None},
+        on_novel=args.on_novel,
+        say=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
+    print(describe(model))
+    print("export it: defectssft export PROJECT (or promote) carries anomaly_score and anomaly_map")
+    return 0
+
+
+def fit_and_report(project_path: str, version: str, emit: Any = None) -> AnomalyModel | None:
+    """The last step of ``defectssft train``: fit the new version's head, or say in one line
+    why not (the training has succeeded either way). ``emit``: the JSON-progress printer."""
+    from defectssft.anomaly import fit_project_anomaly
+    from defectssft.errors import DefectssftError
+    from defectssft.project import Project
+
+    try:
+        model = fit_project_anomaly(
+            Project.open(project_path),
+            version,
+            say=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    except Exception as e:  # noqa: BLE001 - the training has succeeded: never fail it here
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text else type(e).__name__
+        if not isinstance(e, DefectssftError):
+            reason = f"{type(e).__name__}: {reason}"
+        if emit is not None:
+            emit({"event": "anomaly", "version": version, "fitted": False, "reason": reason})
+        print(f"anomaly head not fitted: {reason}", file=sys.stderr, flush=True)
+        return None
+    if emit is not None:
+        emit({"event": "anomaly", "version": version, "fitted": True, **_brief(model)})
+    else:
+        print(describe(model), flush=True)
+    return model
+
+
+def _brief(m: AnomalyModel) -> dict[str, Any]:
+    return {"threshold": m.threshold, "bank_rows": int(m.bank.shape[0]), "bank_mb": m.bank_mb}

@@ -1,0 +1,331 @@
+"""The anomaly head (``defectssft.anomaly``): fit on good parts, bounded bank, storage without
+pickle, the exported graph's new outputs checked against torch, ``fit-anomaly`` and its bad
+inputs, and ``train``'s last step that never fails the training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from defectssft.anomaly import (
+    BANK_FILE,
+    META_FILE,
+    AnomalyError,
+    AnomalyModel,
+    bank_rows,
+    calibrate_threshold,
+    fit_project_anomaly,
+    greedy_coreset,
+    load_anomaly,
+)
+from defectssft.cli import main
+from defectssft.export import export_onnx, export_project_model, read_metadata
+from defectssft.inspection import inspection_model
+from defectssft.project import Project
+from tests.helpers import CLASSES, SIZE, add_model, make_project, random_images, tiny_meta
+from tests.helpers import tiny_model as make_tiny
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("anomaly")
+    project = make_project(root)
+    version = add_model(project)
+    model = fit_project_anomaly(project, version)
+    return project, version, model
+
+
+def test_greedy_coreset_covers_every_cluster():
+    rng = np.random.default_rng(0)
+    clusters = [rng.normal(c, 0.01, (200, 4)) for c in (0.0, 5.0, -5.0)]
+    x = np.concatenate(clusters).astype(np.float32)
+    chosen = greedy_coreset(x, 3)
+    assert len(set(chosen.tolist())) == 3
+    assert sorted(int(i) // 200 for i in chosen) == [0, 1, 2]
+    assert len(greedy_coreset(x, 10_000)) == len(x)
+
+
+def test_bank_rows_respects_the_budget_and_the_ratio():
+    assert bank_rows(100_000, 100, bank_mb=20, ratio=0.01, min_bank=1024) == 1024
+    assert bank_rows(1_000_000, 100, bank_mb=20, ratio=0.1, min_bank=1024) == 50_000  # 20 MB
+    assert bank_rows(500, 100, bank_mb=20, ratio=0.01, min_bank=1024) == 500
+
+
+def test_threshold_passes_the_held_out_parts():
+    scores = np.array([0.1, 0.3, 0.2])
+    thr = calibrate_threshold(scores)
+    assert thr > 0.3 and thr == pytest.approx(0.3, rel=1e-6)
+
+
+def test_fit_stores_a_head_loaded_without_pickle(fitted):
+    project, version, model = fitted
+    folder = Path(project.get_model(version)["path"])
+    assert (folder / BANK_FILE).is_file() and (folder / META_FILE).is_file()
+    again = load_anomaly(folder)
+    assert again is not None and np.array_equal(again.bank, model.bank)
+    assert again.threshold == model.threshold > 0
+    assert again.map_size == [SIZE // 8, SIZE // 8]
+    info = json.loads((folder / META_FILE).read_text())
+    assert info["n_fit_images"] >= 1 and info["calibrated_on"]
+    assert project.get_model(version)["metrics"]["anomaly"]["threshold"] == model.threshold
+
+
+def test_a_pickled_or_broken_bank_is_refused(tmp_path, fitted):
+    _, _, model = fitted
+    model.save(tmp_path)
+    with open(tmp_path / BANK_FILE, "wb") as f:
+        np.savez(f, bank=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(AnomalyError, match="unreadable anomaly head"):
+        load_anomaly(tmp_path)
+    (tmp_path / META_FILE).write_text("{not json")
+    with pytest.raises(AnomalyError, match="fit-anomaly"):
+        load_anomaly(tmp_path)
+    assert load_anomaly(tmp_path / "nothing") is None
+
+
+def test_bank_over_budget_is_subsampled_and_said(tmp_path):
+    project = make_project(tmp_path)
+    version = add_model(project)
+    said: list[str] = []
+    m = fit_project_anomaly(project, version, bank_mb=0.001, say=said.append)
+    assert m.bank.nbytes <= 1000 + 4 * m.bank.shape[1]
+    assert "coreset of" in m.subsampled and "budget" in m.subsampled
+    assert any("coreset of" in s for s in said)
+
+
+def test_combined_graph_keeps_the_classifier_outputs(fitted):
+    _, _, model = fitted
+    tiny = make_tiny()
+    ins = inspection_model(tiny, tiny_meta())
+    graph = model.wrap(ins)
+    x = torch.from_numpy(random_images(4))
+    with torch.inference_mode():
+        p0, l0, s0 = ins(x)
+        p1, l1, s1, a, amap = graph(x)
+    assert torch.equal(p0, p1) and torch.equal(l0, l1) and torch.equal(s0, s1)
+    assert a.shape == (4,) and amap.shape == (4, SIZE // 8, SIZE // 8)
+    assert torch.allclose(a, amap.flatten(1).max(1).values)
+
+
+def test_an_unlike_image_scores_above_the_threshold(fitted):
+    project, _, model = fitted
+    graph = model.wrap(inspection_model(make_tiny(), tiny_meta()))
+    odd = np.zeros((1, SIZE, SIZE, 3), np.uint8)
+    odd[:, :, :, 0] = 255  # a saturated red part, unlike the gray fit images
+    with torch.inference_mode():
+        score = float(graph(torch.from_numpy(odd))[3][0])
+    assert score >= model.threshold
+
+
+def test_export_with_the_head_matches_torch(tmp_path, fitted):
+    import onnxruntime as ort
+
+    _, _, model = fitted
+    out = tmp_path / "m.onnx"
+    res = export_onnx(
+        make_tiny(), tiny_meta("v0001"), out, check_images=random_images(5), anomaly=model
+    )
+    assert res.anomaly is not None and res.anomaly["max_rel_diff"] < 1e-3
+    assert "anomaly head" in res.summary()
+    meta = read_metadata(out)
+    assert meta["anomaly"]["threshold"] == pytest.approx(model.threshold)
+    assert meta["anomaly"]["on_novel"] == "UNSURE" and meta["anomaly"]["map"] == model.map_size
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    assert names == ["probs", "logits", "defect_score", "anomaly_score", "anomaly_map"]
+    _, _, _, a, amap = sess.run(None, {"image": random_images(3)})
+    assert a.shape == (3,) and amap.shape == (3, *model.map_size)
+
+
+def test_export_no_map_and_no_anomaly(tmp_path, fitted):
+    import onnxruntime as ort
+
+    project, version, _ = fitted
+    res = export_project_model(project, version, out=tmp_path / "a.onnx", anomaly_map=False)
+    sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score"]
+    assert read_metadata(res.path)["anomaly"]["map"] is None
+    res = export_project_model(project, version, out=tmp_path / "b.onnx", anomaly=False)
+    sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
+    assert len(sess.get_outputs()) == 3 and "anomaly" not in read_metadata(res.path)
+
+
+def test_version_without_head_exports_and_runs_as_before(tmp_path):
+    from defectssft_line.model import LineModel
+
+    project = make_project(tmp_path)
+    version = add_model(project)
+    res = export_project_model(project, version)
+    assert res.anomaly is None and "anomaly" not in res.metadata
+    line = LineModel.load(res.path)
+    assert line.novelty is None
+    pred = line.classify([random_images(1)[0]])[0]
+    assert pred.anomaly_score is None and pred.novel is False
+
+
+def test_exported_head_flags_a_novel_part_on_the_line(tmp_path, fitted):
+    from defectssft_line.model import LineModel
+
+    project, version, model = fitted
+    res = export_project_model(project, version, out=tmp_path / "m.onnx")
+    line = LineModel.load(res.path)
+    assert line.novelty is not None and line.novelty.threshold == pytest.approx(model.threshold)
+    odd = np.zeros((SIZE, SIZE, 3), np.uint8)
+    odd[:, :, 2] = 255  # BGR red, as decoded from a file
+    pred = line.classify([odd])[0]
+    assert pred.novel is True and pred.anomaly_score >= model.threshold
+    assert pred.anomaly_map.shape == tuple(model.map_size)
+
+
+def _empty_project(root: Path) -> Project:
+    """Only defect labels, no OK image and nothing unlabeled: nothing to fit on."""
+    p = Project.create(root / "p", classes=CLASSES, ok_class="ok")
+    for i in range(4):
+        img = np.full((40, 40), 40 * i, np.uint8)
+        cv2.imwrite(str(root / f"s{i}.png"), img)
+        p.add_image(root / f"s{i}.png", label="scratch")
+    return p
+
+
+def test_nothing_to_fit_is_one_line_and_export_still_works(tmp_path, capsys):
+    p = _empty_project(tmp_path)
+    version = add_model(p)
+    with pytest.raises(AnomalyError, match="no good parts to fit"):
+        fit_project_anomaly(p, version)
+    assert main(["fit-anomaly", str(p.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not (Path(p.get_model(version)["path"]) / META_FILE).exists()
+    assert main(["export", str(p.root)]) == 0  # the classifier still exports
+
+
+def test_fit_anomaly_cli(tmp_path, capsys):
+    p = make_project(tmp_path)
+    add_model(p)
+    assert main(["fit-anomaly", str(p.root), "--bank-mb", "0.002", "--on-novel", "NG"]) == 0
+    out, err = capsys.readouterr()
+    assert "anomaly head of v0001" in out and "coreset of" in err
+    m = load_anomaly(Path(p.get_model("v0001")["path"]))
+    assert m is not None and m.on_novel == "NG"
+    assert main(["export", str(p.root)]) == 0
+    assert "anomaly head: novel at score >=" in capsys.readouterr().out
+    for bad in (["--bank-mb", "0"], ["--novel-rate", "1.5"], ["--on-novel", "OK"]):
+        with pytest.raises(SystemExit):
+            main(["fit-anomaly", str(p.root), *bad])
+
+
+def test_train_last_step_reports_and_never_fails(tmp_path, capsys):
+    from defectssft.anomaly_cli import fit_and_report
+
+    p = _empty_project(tmp_path)
+    version = add_model(p)
+    events: list[dict] = []
+    assert fit_and_report(str(p.root), version, events.append) is None
+    assert events[0]["event"] == "anomaly" and events[0]["fitted"] is False
+    assert "anomaly head not fitted: " in capsys.readouterr().err
+    ok = make_project(tmp_path / "ok")
+    assert fit_and_report(str(ok.root), add_model(ok)) is not None
+    assert "anomaly head of v0001" in capsys.readouterr().out
+
+
+def test_model_meta_round_trip_keeps_fields(fitted):
+    _, _, model = fitted
+    info = model.info()
+    assert info["bank_rows"] == model.bank.shape[0] and info["format"] == "defectssft-anomaly"
+    again = AnomalyModel(bank=model.bank, threshold=model.threshold)
+    assert again.onnx_metadata(with_map=False)["map"] is None
+
+
+def test_fit_scores_unlabeled_images_for_the_novel_filter(fitted):
+    from defectssft.novel_scores import load_scores
+    from defectssft.queries import fetch_rows
+
+    project, version, _ = fitted
+    scores = load_scores(Path(project.get_model(version)["path"]))
+    unlabeled = project.training_data().unlabeled_ids
+    assert set(scores) == set(unlabeled) and len(scores) == 6
+    rows = fetch_rows(project, "novel", version=version)
+    assert [r.image_id for r in rows] == sorted(scores, key=lambda i: -scores[i])
+    assert all(r.label is None and r.anomaly == scores[r.image_id] for r in rows)
+    assert project.get_model(version)["metrics"]["anomaly"]["scored_unlabeled"] == 6
+
+
+def test_fit_reports_the_test_split(fitted, capsys):
+    from defectssft.anomaly_cli import describe
+
+    project, version, model = fitted
+    test = project.get_model(version)["metrics"]["anomaly"]["test"]
+    assert test["n"] == len(project.training_data().test)
+    assert set(test["novel_rate"]) <= set(CLASSES)
+    assert all(0.0 <= r <= 1.0 for r in test["novel_rate"].values())
+    assert 0.0 <= test["auroc_defective_vs_ok"] <= 1.0
+    assert "test split" in describe(model) and "AUROC" in describe(model)
+
+
+@pytest.mark.slow
+def test_train_fits_the_head_as_its_last_step(tmp_path, capsys):
+    from tests.helpers import cli_sets, tiny_project
+
+    p = tiny_project(tmp_path)
+    assert main(["train", str(p.root), "--json-progress", *cli_sets(2)]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    fitted = [r for r in out if r["event"] == "anomaly"]
+    assert fitted and fitted[0]["fitted"] is True and fitted[0]["version"] == "v0001"
+    assert out[-1] == {"event": "model", "version": "v0001"}  # still the last event
+    assert load_anomaly(p.root / "models" / "v0001") is not None
+    assert main(["export", str(p.root)]) == 0
+    assert "anomaly" in read_metadata(p.root / "models" / "v0001" / "model.onnx")
+
+
+def test_too_many_patches_are_subsampled_before_the_coreset(tmp_path, monkeypatch):
+    import defectssft.anomaly as anomaly
+
+    monkeypatch.setattr(anomaly, "MAX_FIT_PATCHES", 20)
+    project = make_project(tmp_path)
+    m = fit_project_anomaly(project, add_model(project), min_bank=8)
+    assert m.bank.shape[0] == 8 and m.n_fit_patches > 20
+    assert f"a random 20 of {m.n_fit_patches}" in m.subsampled
+
+
+def test_train_last_step_survives_an_unexpected_failure(tmp_path, monkeypatch, capsys):
+    import defectssft.anomaly as anomaly
+    from defectssft.anomaly_cli import fit_and_report
+
+    def boom(*_a, **_k):
+        raise RuntimeError("shape mismatch\nsecond line")
+
+    monkeypatch.setattr(anomaly, "fit_project_anomaly", boom)
+    p = make_project(tmp_path)
+    assert fit_and_report(str(p.root), add_model(p)) is None
+    err = capsys.readouterr().err
+    assert err == "anomaly head not fitted: RuntimeError: shape mismatch\n"
+
+
+def test_nearest_distances_in_chunks_equal_one_pass():
+    from defectssft.anomaly import nearest_distances
+
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(5, 3, 4, 6)).astype(np.float32)
+    bank = rng.normal(size=(7, 6)).astype(np.float32)
+    whole = nearest_distances(feats, bank)
+    assert whole.shape == (5, 3, 4)
+    np.testing.assert_allclose(nearest_distances(feats, bank, max_floats=1), whole, rtol=1e-6)
+    brute = np.sqrt(((feats[..., None, :] - bank) ** 2).sum(-1)).min(-1)
+    np.testing.assert_allclose(whole, brute, rtol=1e-4, atol=1e-5)
+
+
+def test_a_single_good_image_is_fitted_and_says_so(tmp_path):
+    p = _empty_project(tmp_path)
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((40, 40), 123, np.uint8))
+    p.add_image(tmp_path / "good.png", label="ok")
+    p.assign_splits(val_fraction=0.0, test_fraction=0.0)
+    said: list[str] = []
+    m = fit_project_anomaly(p, add_model(p), say=said.append)
+    assert m.n_fit_images == 1 and m.n_held_out == 0
+    assert m.calibrated_on == "the single fit image (nothing to hold out)"
+    assert any("only one good image" in s for s in said)

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 
-from defectssft import __version__, check_cli, import_cli, ops_cli, project_cli
+from defectssft import __version__, check_cli, import_cli, ops_cli, project_cli, roi_cli
 from defectssft.errors import DefectssftError
 from defectssft.training import cli as training_cli
 
@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     training_cli,  # train
     ops_cli,  # evaluate, export, promote, demo
     check_cli,  # check
+    roi_cli,  # roi
 )
 
 

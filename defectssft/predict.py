@@ -32,6 +32,7 @@ def predict_images(
     """
     from defectssft.inspection import load_inspection, predict_arrays
     from defectssft.queries import current_model
+    from defectssft.tiling import score_paths
 
     version = version or current_model(project)
     if version is None:
@@ -49,11 +50,18 @@ def predict_images(
         batch, ids = [], []
         for rec in records[start : start + batch_size]:
             try:
-                batch.append(load_for_model(rec.path, inp.height, inp.width, inp.bit_depth))
+                if inp.tiles is not None:  # scored tile by tile, pooled (defectssft.tiling)
+                    batch.append(score_paths(wrapper, [rec.path], spec, batch_size)[0][0])
+                else:
+                    batch.append(
+                        load_for_model(rec.path, inp.height, inp.width, inp.bit_depth, inp.roi)
+                    )
                 ids.append(rec.id)
             except ImageDecodeError:
                 skipped += 1
-        if batch:
+        if batch and inp.tiles is not None:
+            project.save_predictions(version, zip(ids, np.stack(batch).tolist(), strict=True))
+        elif batch:
             probs, _ = predict_arrays(wrapper, np.stack(batch), batch_size)
             project.save_predictions(version, zip(ids, probs.tolist(), strict=True))
         done = min(len(records), start + batch_size)

@@ -272,7 +272,9 @@ def load_images(
     (``roi``: the model's region of interest, ``defectssft_line.roi``)."""
     from defectssft.export import ExportError
     from defectssft_line.preprocess import ImageDecodeError, load_for_model
+    from defectssft_line.roi import as_roi
 
+    roi = as_roi(roi)  # once, not per image (a mask is decoded here)
     arrays = []
     for p in paths:
         try:

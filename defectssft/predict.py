@@ -15,6 +15,7 @@ import numpy as np
 from defectssft.errors import ProjectError
 from defectssft.project import Project
 from defectssft_line.preprocess import ImageDecodeError, load_for_model
+from defectssft_line.roi import Roi
 
 
 def predict_images(
@@ -42,6 +43,7 @@ def predict_images(
         model_file, default_bit_depth=project.get_setting("input.bit_depth", None)
     )
     inp = spec.input
+    roi = Roi.from_meta(inp.roi)  # once, not per image
     records = project.query_images(unlabeled=True if only_unlabeled else None)
     done, skipped = 0, 0
     for start in range(0, len(records), batch_size):
@@ -54,7 +56,7 @@ def predict_images(
                     batch.append(score_paths(wrapper, [rec.path], spec, batch_size)[0][0])
                 else:
                     batch.append(
-                        load_for_model(rec.path, inp.height, inp.width, inp.bit_depth, inp.roi)
+                        load_for_model(rec.path, inp.height, inp.width, inp.bit_depth, roi)
                     )
                 ids.append(rec.id)
             except ImageDecodeError:

@@ -72,11 +72,16 @@ def load_mask(path: str | Path) -> Any:
 
 
 def set_roi(
-    project: Any, rects: Sequence[str | Sequence[int]], mask_path: str | Path | None = None
+    project: Any,
+    rects: Sequence[str | Sequence[int]],
+    mask_path: str | Path | None = None,
+    mask: Any = None,
 ) -> tuple[Roi, RoiCheck]:
-    """Check and store the project's ROI; ProjectError (one line, nothing changed) when a
+    """Check and store the project's ROI (``mask_path``: a mask image file; ``mask``: a mask
+    array, e.g. the one already stored); ProjectError (one line, nothing changed) when a
     rectangle is malformed or the ROI lies outside any of the project's images."""
-    mask = load_mask(mask_path) if mask_path is not None else None
+    if mask_path is not None:
+        mask = load_mask(mask_path)
     if not rects and mask is not None:  # a mask alone: the rectangle is the whole mask
         rects = [(0, 0, int(mask.shape[1]), int(mask.shape[0]))]
     try:

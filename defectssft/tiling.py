@@ -208,3 +208,35 @@ def export_tiled(
     metrics = {**result.as_dict(), "tiled_parity": parity}
     project.update_model_metrics(record["version"], {f"export_{precision}": metrics})
     return result
+
+
+def cam_input(wrapper: Any, raw: np.ndarray, spec: Any, name: str = "image") -> tuple[Any, Any]:
+    """What a heat map explains for a model with an ROI or tiles: (the model input HxWx3, the
+    box (x, y, w, h) of the original image it covers). With tiles: the part's highest-scoring
+    tile, which shows which tile made the verdict and, in the map, where in it."""
+    inp, roi, tiling = spec.input, roi_of(spec), tiles_of(spec)
+    ox, oy = (roi.bbox[0], roi.bbox[1]) if roi is not None else (0, 0)
+    if tiling is None:
+        from defectssft_line.preprocess import prepare
+
+        rgb = prepare(raw, inp.height, inp.width, inp.bit_depth, roi)
+        w, h = (roi.bbox[2], roi.bbox[3]) if roi is not None else (raw.shape[1], raw.shape[0])
+        return rgb, (ox, oy, w, h)
+    source = T.tile_source(raw, tiling, inp.bit_depth, roi, name)
+    best = T.score_source(torch_predict(wrapper), source, tiling)
+    y, x = best.tile
+    s = tiling.scale
+    box = (ox + round(x / s), oy + round(y / s), round(tiling.width / s), round(tiling.height / s))
+    return np.ascontiguousarray(T.cut(source, tiling, y, x)), box
+
+
+def paste_heat(heat: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, ...]) -> Any:
+    """A heat map of ``box`` placed into zeros of the original image's (height, width)."""
+    import cv2
+
+    x, y, w, h = box
+    full = np.zeros(shape[:2], np.float32)
+    placed = cv2.resize(heat.astype(np.float32), (max(1, w), max(1, h)))
+    y1, x1 = min(shape[0], y + h), min(shape[1], x + w)
+    full[y:y1, x:x1] = placed[: y1 - y, : x1 - x]  # a padded tile runs past the edge
+    return full

@@ -188,3 +188,41 @@ def test_tiled_model_trains_evaluates_exports_and_runs_on_the_line(tmp_path, cap
     paths = [r.path for r in project.query_images()][:2]
     preds = line.classify([read_image(p) for p in paths])
     assert len(preds) == 2 and all(p.verdict in ("OK", "NG", "UNSURE") for p in preds)
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_heat_map_of_a_roi_or_tiled_model_covers_only_what_it_explains(tmp_path, tiled):
+    from defectssft.explain import grad_cam
+    from defectssft.modeling import save_model_file
+    from tests.helpers import tiny_meta, tiny_model
+
+    meta = tiny_meta("v0001")
+    meta["input"]["roi"] = {"rects": [[8, 4, 48, 32]]}
+    if tiled:
+        meta["input"]["tiles"] = {"scale": 1.0, "overlap": 0.0, "pool": "max", "top_k": 1}
+    save_model_file(tmp_path / "model.pt", tiny_model(), meta)
+    img = tmp_path / "part.png"
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 255, (48, 80), dtype=np.uint8))
+    cam = grad_cam(tmp_path / "model.pt", img)
+    assert cam.heat.shape == (48, 80)
+    outside = np.ones((48, 80), bool)
+    outside[4:36, 8:56] = False
+    assert cam.heat[outside].max() == 0.0  # nothing outside the ROI
+    if tiled:  # one 32 x 32 tile of the 48 x 32 ROI: at most 32 columns lit
+        assert (cam.heat.max(axis=0) > 0).sum() <= 32
+
+
+def test_init_like_proposes_height_width_and_the_tile_grid(tmp_path, capsys):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(1260, 500), (1240, 500), (1250, 500)]):
+        cv2.imwrite(str(folder / f"p{i}.png"), np.zeros((h, w), np.uint8))
+    rc, out, _ = run(
+        ["init", str(tmp_path / "proj"), "--classes", "ok,ng", "--like", str(folder)], capsys
+    )
+    assert rc == 0
+    assert "median 500x1250 px (w x h), 3 different sizes" in out
+    assert "--set input.height=192 --set input.width=96" in out  # tall parts stay tall
+    assert "13x5 = 65 tiles of 128x128 px per 500x1250 image" in out
+    rc, _, err = run(["init", str(tmp_path / "p2"), "--like", str(tmp_path / "none")], capsys)
+    assert rc == 2 and "no such file or folder" in err and not (tmp_path / "p2").exists()

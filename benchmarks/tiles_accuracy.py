@@ -167,10 +167,19 @@ def run_arm(data: TrainData, test: list, overrides: dict, run_dir: Path) -> dict
     )
     export_onnx(model, spec.to_meta(), onnx_path, check_images=check)
     line = LineModel.load(onnx_path, threads=1)
-    score = np.array([line.classify([read_image(p)])[0].score for p in paths])
     labels = np.array([c for _, c in test])
+    pooled = {}
+    if line.tiles is None:
+        score = np.array([line.classify([read_image(p)])[0].score for p in paths])
+    else:  # the same tile scores pooled both ways (the pooling is chosen by this benchmark)
+        tile_scores = [line.score_tiles(read_image(p)).scores for p in paths]
+        score = np.array([float(s.max()) for s in tile_scores])
+        for k in (2, 3, 5):
+            topk = np.array([float(np.sort(s)[-k:].mean()) for s in tile_scores])
+            pooled[f"top{k}_mean"] = binary_metrics(topk, labels)
     return {
         **binary_metrics(score, labels),
+        "other_pooling": pooled,
         "hardest_defects": hardest_defects(score, labels, [p for p, _ in test]),
         "train_s": round(train_s),
         "test_s": round(time.time() - t1),

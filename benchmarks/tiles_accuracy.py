@@ -8,8 +8,8 @@ a fixed held-out test set; AUROC, AP and the overkill at zero escapes of the par
   instance training, max over tiles). The split is ``benchmarks/ssl_kolektor.py``'s.
 * ``stress``: small defects on large parts. 2,000 x 2,000 clean surfaces, each a mosaic of
   eight 500 x 1,000 px crops of good KolektorSDD parts; a defective part gets one real defect
-  (the outline of a KolektorSDD defect, cut from its image) shrunk to 3-10 px and pasted at a
-  random place. ``resize``: 2,000 x 2,000 -> 128 x 128; ``tiles``: native, 128 x 128 tiles.
+  (the outline of a KolektorSDD defect, cut from its image) shrunk so its long side is 3-10 px
+  (``paste_defect``) and blended in at a random place. ``resize``: 2,000 x 2,000 -> 128 x 128; ``tiles``: native, 128 x 128 tiles.
 
 Test parts are scored by the trained model exported to ONNX (fp32) in the line runtime
 (``LineModel``: ROI, tiles, pooling by the file's own metadata), 1 thread. Training on 2 shared CPU cores is slow: ``--quick`` runs
@@ -84,6 +84,22 @@ def _defect_patches(root: Path) -> list[np.ndarray]:
     return patches
 
 
+def paste_defect(part: np.ndarray, patch: np.ndarray, side: int, rng: random.Random) -> None:
+    """Shrink a defect (gray, mask) so its long side is ``side`` px (its short side at least 2)
+    and blend it into ``part`` at a random place: alpha = the shrunk mask's coverage, colour =
+    the defect's own pixels (their mean under the mask, not the surface around them)."""
+    ph, pw = patch.shape[:2]
+    f = side / max(ph, pw)
+    w, h = max(2, round(pw * f)), max(2, round(ph * f))
+    gray, mask = patch[:, :, 0].astype(np.float32), (patch[:, :, 1] > 0).astype(np.float32)
+    area = cv2.INTER_AREA
+    alpha = cv2.resize(mask, (w, h), interpolation=area)
+    shade = cv2.resize(gray * mask, (w, h), interpolation=area) / np.maximum(alpha, 1e-6)
+    y, x = rng.randrange(0, part.shape[0] - h), rng.randrange(0, part.shape[1] - w)
+    region = part[y : y + h, x : x + w].astype(np.float32)
+    part[y : y + h, x : x + w] = np.clip(region * (1 - alpha) + shade * alpha, 0, 255).round()
+
+
 def make_stress_set(out: Path, n_good: int, n_bad: int, seed: int = 0) -> list[tuple[str, int]]:
     """Write ``n_good`` clean and ``n_bad`` defective 2,000 x 2,000 parts (see the docstring)."""
     root = DATASETS / "kolektorsdd"
@@ -101,16 +117,7 @@ def make_stress_set(out: Path, n_good: int, n_bad: int, seed: int = 0) -> list[t
         part = np.vstack([np.hstack(tiles[:4]), np.hstack(tiles[4:])])
         bad = i >= n_good
         if bad:
-            patch = rng.choice(patches)
-            side = rng.randint(3, 10)
-            ph, pw = patch.shape[:2]
-            f = side / max(ph, pw)
-            size = (max(1, round(pw * f)), max(1, round(ph * f)))
-            small = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
-            y, x = rng.randrange(0, 2000 - size[1]), rng.randrange(0, 2000 - size[0])
-            region = part[y : y + size[1], x : x + size[0]]
-            keep = small[:, :, 1] > 127
-            region[keep] = small[:, :, 0][keep]
+            paste_defect(part, rng.choice(patches), rng.randint(3, 10), rng)
         path = out / f"{'ng' if bad else 'ok'}_{i:03d}.png"
         cv2.imwrite(str(path), part)
         items.append((str(path), int(bad)))

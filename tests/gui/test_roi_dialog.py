@@ -46,3 +46,25 @@ def test_bad_rectangles_are_refused_in_the_dialog(window, qtbot):
     assert "does not fit 12 of 12 project image(s)" in dlg.error.text()
     assert dlg.isVisible()
     assert project_roi(window.project).rects == ((1, 1, 5, 5),)  # nothing saved
+
+
+def test_train_dialog_proposes_shape_or_the_tile_size(tmp_path, qtbot):
+    import cv2
+    import numpy as np
+
+    from defectssft.project import Project
+    from defectssft_gui.train_dialog import TrainDialog
+
+    project = Project.create(tmp_path / "tall", classes=["ok", "ng"], ok_class="ok")
+    for i in range(3):
+        f = tmp_path / f"t{i}.png"
+        cv2.imwrite(str(f), np.full((1260, 500), 40 + i, np.uint8))
+        project.add_image(f)
+    project.close()
+    dlg = TrainDialog(tmp_path / "tall")
+    qtbot.addWidget(dlg)
+    dlg.preset.setCurrentText("quick")
+    assert dlg.input_h.value() > dlg.input_w.value() > 0  # tall parts stay tall
+    dlg.preset.setCurrentText("tiles")
+    assert (dlg.input_h.value(), dlg.input_w.value()) == (0, 0)  # the preset's 128 x 128 tiles
+    assert "tiles of 128 × 128 at native resolution" in dlg.size_note.text()

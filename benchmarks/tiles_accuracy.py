@@ -26,6 +26,7 @@ Writes benchmarks/results/tiles_<dataset>[_quick].json after every run.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import sys
 import tempfile
@@ -43,21 +44,22 @@ from defectssft.export import export_onnx  # noqa: E402
 from defectssft.inspection import InputSpec, ModelSpec, load_images  # noqa: E402
 from defectssft.modeling import create_backbone  # noqa: E402
 from defectssft.tiling import sample_tiles  # noqa: E402
-from defectssft.training.config import resolve_config  # noqa: E402
+from defectssft.training.config import load_preset, resolve_config  # noqa: E402
 from defectssft.training.data import TrainData  # noqa: E402
 from defectssft.training.loop import train  # noqa: E402
 from defectssft.training.tiles import tiles_meta  # noqa: E402
 from defectssft_line.model import LineModel  # noqa: E402
 from defectssft_line.preprocess import read_image  # noqa: E402
 
+TILES_PRESET = load_preset("tiles")  # what `defectssft train --preset tiles` runs
 ARMS = {
     "kolektor": {
         "resize": {"input": {"height": 256, "width": 96}},
-        "tiles": {"input": {"height": 128, "width": 128}, "tiles": {"enabled": True}},
+        "tiles": TILES_PRESET,
     },
     "stress": {
         "resize": {"input": {"height": 128, "width": 128}},
-        "tiles": {"input": {"height": 128, "width": 128}, "tiles": {"enabled": True}},
+        "tiles": TILES_PRESET,
     },
 }
 
@@ -209,12 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], help="extra section.key=value for every run")
+    ap.add_argument("--name", help="results file name (default tiles_DATASET[_quick])")
     args = ap.parse_args(argv)
     if args.quick:  # a step costs 30 s on the shared 2-core machine with 16 + 48 images
         args.seeds, args.steps = [0], 100
         args.set = ["train.batch_size=8", "ssl.mu=1", *args.set]
     torch.set_num_threads(args.threads)
-    name = f"tiles_{args.dataset}" + ("_quick" if args.quick else "")
+    name = args.name or f"tiles_{args.dataset}" + ("_quick" if args.quick else "")
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="tiles_acc_") as tmp:
         for seed in args.seeds:
@@ -223,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 data, test = stress_split(Path(tmp) / f"stress_{seed}", seed)
             for arm in args.arms:
-                base = {
-                    **ARMS[args.dataset][arm],
-                    "train": {
+                base = copy.deepcopy(ARMS[args.dataset][arm])
+                base["train"] = {
+                    **base.get("train", {}),
+                    **{
                         "steps": args.steps,
                         "seed": seed,
                         "eval_every": 10**9,

@@ -137,7 +137,8 @@ def test_mil_gives_a_defective_part_its_top_scoring_tile(tmp_path):
     assert mil.due(0)
     # before a refresh the defective part's tile is random; after, it holds the defect
     mil.refresh(0, BrightSpot(), [0.0] * 3, [1.0] * 3, torch.device("cpu"))
-    assert ds.selected[1, 0].tolist() == [48, 80] and ds.selected[0, 0].tolist() == [-1, -1]
+    assert ds.selected[1, 0].tolist() == [48, 80]
+    assert ds.selected[0, 0, 0] >= 0  # the good part's hard negative
     for seed in range(5):
         x, label = ds[(1, seed)]
         assert label == 1 and int(x.max()) == 255
@@ -145,6 +146,18 @@ def test_mil_gives_a_defective_part_its_top_scoring_tile(tmp_path):
     # a good part: any of its tiles, by the sample's seed
     seen = {tuple(ds[(0, s)][0].shape) for s in range(5)}
     assert seen == {(3, 16, 16)}
+
+
+def test_mil_starts_from_the_tile_least_like_the_good_parts(tmp_path):
+    from defectssft.modeling import build_model
+
+    good, bad = _parts(tmp_path)
+    torch.manual_seed(0)
+    net = build_model("test_efficientnet", 2, weights="none").eval()
+    ds = TileDataset([(good, 0), (bad, 1)], TileSpec(16, 16, overlap=0.0), 8, None,
+                     random_labels=(0,))  # fmt: skip
+    MilSelection(ds, every=5, batch=8).refresh(0, net, [0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    assert ds.selected[1, 0].tolist() == [48, 80]  # the only tile unlike every good tile
 
 
 def test_tiled_validation_pools_whole_parts(tmp_path):

@@ -3,12 +3,14 @@
 Each training sample is one tile (the model's input size) cut by the model's tiling rule
 (``defectssft_line.tiles``) from the ROI of a project image:
 
-* a good part (the OK class): any of its tiles, at random, carries the OK label (a good part's
-  tiles are all good);
+* a good part (the OK class): any of its tiles carries the OK label (a good part's tiles are
+  all good): in half its samples a random one, in the other half its highest-scoring one
+  (a hard negative: the part's score is its highest tile's);
 * a labeled part of another class: one of its ``tiles.mil_top`` highest-scoring tiles (the
   probability of its label, scored by the shipped network, EMA teacher or student) carries the
-  label; the choice is refreshed every ``tiles.mil_every`` steps (``MilSelection.refresh``), and
-  before that first refresh a random tile stands in;
+  label; the choice is refreshed every ``tiles.mil_every`` steps (``MilSelection.refresh``); at
+  the start of a run, with an untrained head, the tile least like any good part's tile (in the
+  ImageNet backbone's features) is chosen instead;
 * an unlabeled image: a random tile, whose weak and strong views must agree (the usual
   consistency loss, per tile).
 
@@ -90,7 +92,9 @@ class TileDataset(ImageDataset):
         src = self.source(i)
         rng = np.random.default_rng(self._seed)
         chosen = [tuple(p) for p in self.selected[i].tolist() if p[0] >= 0]
-        if chosen and self.items[i][1] not in self.random_labels and self.items[i][1] >= 0:
+        label = self.items[i][1]
+        # a good part's chosen tile is a hard negative for half its samples (MilSelection)
+        if chosen and label >= 0 and (label not in self.random_labels or rng.random() < 0.5):
             y, x = chosen[int(rng.integers(len(chosen)))]
         else:
             ys = T.axis_starts(src.shape[0], self.spec.height, self.spec.overlap)
@@ -132,14 +136,39 @@ def defect_score(probs: np.ndarray, ok_index: int | None) -> np.ndarray:
 
 
 class MilSelection:
-    """Which tiles of each labeled non-OK part carry its label, refreshed by the network."""
+    """Which tile of each labeled part carries its label, refreshed by the network.
 
-    def __init__(self, dataset: TileDataset, every: int, batch: int) -> None:
-        self.dataset, self.every, self.batch = dataset, every, batch
+    A labeled non-OK part: its tile(s) with the highest probability of its label, except at the
+    very start of a run, when the head is untrained: then the tile(s) least like any tile of
+    the good parts (cosine distance of the backbone's pooled features to a bank of good
+    tiles). A good part: its highest-scoring tile among ``sample`` random ones, which stands in
+    for a random tile in half its samples (hard negatives: the part's score is its highest tile,
+    so that is the tile to teach).
+    """
+
+    def __init__(self, dataset: TileDataset, every: int, batch: int, sample: int = 16) -> None:
+        self.dataset, self.every, self.batch, self.sample = dataset, every, batch, sample
         self.refreshed_at: int | None = None
 
     def due(self, step: int) -> bool:
         return self.refreshed_at is None or (step % self.every == 0 and step != self.refreshed_at)
+
+    def _tiles(self, i: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        ds = self.dataset
+        try:
+            src = ds.source(i)
+        except ImageDecodeError as e:
+            raise DataError(str(e)) from e
+        ys = T.axis_starts(src.shape[0], ds.spec.height, ds.spec.overlap)
+        xs = T.axis_starts(src.shape[1], ds.spec.width, ds.spec.overlap)
+        return src, [(y, x) for y in ys for x in xs]
+
+    def _choose(self, i: int, positions: list[tuple[int, int]], score: np.ndarray) -> None:
+        k = self.dataset.selected.shape[1]
+        chosen = torch.full((k, 2), -1, dtype=torch.int32)
+        for j, t in enumerate(np.argsort(-score, kind="stable")[:k]):
+            chosen[j] = torch.tensor(positions[int(t)], dtype=torch.int32)
+        self.dataset.selected[i].copy_(chosen)
 
     @torch.no_grad()
     def refresh(
@@ -154,22 +183,64 @@ class MilSelection:
         ds = self.dataset
         was_training = model.training
         model.eval()
-        k = ds.selected.shape[1]
+        first = self.refreshed_at is None and step == 0
+        use_features = first and hasattr(model, "forward_features")
+        rng = np.random.default_rng(step)
+        bank = []
+        run = _Runner(model, mean, std, device, dtype, self.batch)
         for i, (_, label) in enumerate(ds.items):
-            if label in ds.random_labels:
+            if label not in ds.random_labels or label < 0:
                 continue
-            try:
-                src = ds.source(i)
-            except ImageDecodeError as e:
-                raise DataError(str(e)) from e
-            probs, positions = _scores(model, src, ds.spec, mean, std, device, dtype, self.batch)
-            top = np.argsort(-probs[:, label], kind="stable")[:k]
-            chosen = torch.full((k, 2), -1, dtype=torch.int32)
-            for j, t in enumerate(top):
-                chosen[j] = torch.tensor(positions[int(t)], dtype=torch.int32)
-            ds.selected[i].copy_(chosen)
+            src, positions = self._tiles(i)
+            pick = rng.choice(len(positions), min(self.sample, len(positions)), replace=False)
+            positions = [positions[int(j)] for j in sorted(pick)]
+            tiles = np.stack([T.cut(src, ds.spec, y, x) for y, x in positions])
+            probs, feats = run(tiles, use_features)
+            self._choose(i, positions, 1.0 - probs[:, label])
+            if feats is not None:
+                bank.append(feats)
+        bank_t = torch.from_numpy(np.concatenate(bank)) if bank else None
+        for i, (_, label) in enumerate(ds.items):
+            if label in ds.random_labels or label < 0:
+                continue
+            src, positions = self._tiles(i)
+            tiles = np.stack([T.cut(src, ds.spec, y, x) for y, x in positions])
+            probs, feats = run(tiles, bank_t is not None)
+            if bank_t is not None and feats is not None:  # least like any good tile
+                sim = torch.from_numpy(feats) @ bank_t.T
+                score = -sim.max(dim=1).values.numpy()
+            else:
+                score = probs[:, label]
+            self._choose(i, positions, score)
         model.train(was_training)
         self.refreshed_at = step
+
+
+class _Runner:
+    """Tiles (uint8 NHWC) -> softmax probabilities, and L2-normalised pooled backbone
+    features when asked (timm's ``forward_features``), ``batch`` at a time."""
+
+    def __init__(self, model, mean, std, device, dtype, batch) -> None:  # noqa: ANN001
+        self.model, self.mean, self.std = model, mean, std
+        self.device, self.dtype, self.batch = device, dtype, batch
+
+    def __call__(self, tiles: np.ndarray, features: bool) -> tuple[np.ndarray, Any]:
+        probs, feats = [], []
+        for i in range(0, len(tiles), self.batch):
+            x = torch.from_numpy(np.ascontiguousarray(tiles[i : i + self.batch]))
+            x = to_model_input(x.permute(0, 3, 1, 2).to(self.device), self.mean, self.std)
+            with (
+                torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+            ):
+                if features:
+                    f = self.model.forward_features(x)
+                    logits = self.model.forward_head(f)
+                    pooled = f.float().mean(dim=(2, 3)) if f.ndim == 4 else f.float()
+                    feats.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())
+                else:
+                    logits = self.model(x)
+            probs.append(logits.float().softmax(1).cpu().numpy())
+        return np.concatenate(probs), (np.concatenate(feats) if features else None)
 
 
 class TiledVal:

@@ -18,6 +18,7 @@ from defectssft import (
     import_cli,
     ops_cli,
     project_cli,
+    roi_cli,
     thresholds_cli,
 )
 from defectssft.errors import DefectssftError
@@ -32,6 +33,7 @@ COMMAND_MODULES = (
     thresholds_cli,  # thresholds
     anomaly_cli,  # fit-anomaly
     check_cli,  # check
+    roi_cli,  # roi
 )
 
 

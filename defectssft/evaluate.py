@@ -65,6 +65,10 @@ def predict_paths(wrapper, paths: list[Path], spec, batch_size: int = 32) -> np.
     from defectssft.inspection import load_images, run_torch
 
     inp = spec.input
+    if inp.roi is not None or inp.tiles is not None:  # region of interest / tiles
+        from defectssft.tiling import score_paths
+
+        return score_paths(wrapper, paths, spec, batch_size)[0]
     chunks = []
     for i in range(0, len(paths), batch_size):
         images = load_images(paths[i : i + batch_size], inp.height, inp.width, inp.bit_depth)

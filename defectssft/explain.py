@@ -73,7 +73,13 @@ def grad_cam(
     model = wrapper.backbone
     inp = spec.input
     raw = read_image(image_path)
-    rgb = resize(to_rgb8(raw, inp.bit_depth), inp.height, inp.width)
+    box = None  # ROI / tiles: the part of the image the map explains (defectssft.tiling)
+    if inp.roi is not None or inp.tiles is not None:
+        from defectssft.tiling import cam_input
+
+        rgb, box = cam_input(wrapper, raw, spec, str(image_path))
+    else:
+        rgb = resize(to_rgb8(raw, inp.bit_depth), inp.height, inp.width)
     x = wrapper.normalise(torch.from_numpy(rgb).unsqueeze(0))
     with _lock:  # one model object: one backward pass at a time
         feats = model.forward_features(x)
@@ -96,7 +102,12 @@ def grad_cam(
     heat = cam.astype(np.float32)
     peak = float(heat.max())
     heat = heat / peak if peak > 0 else np.zeros_like(heat)
-    heat = cv2.resize(heat, (raw.shape[1], raw.shape[0]), interpolation=cv2.INTER_LINEAR)
+    if box is not None:
+        from defectssft.tiling import paste_heat
+
+        heat = paste_heat(heat, box, raw.shape)
+    else:
+        heat = cv2.resize(heat, (raw.shape[1], raw.shape[0]), interpolation=cv2.INTER_LINEAR)
     classes = list(spec.classes)
     return CamResult(
         [float(p) for p in probs.detach().tolist()], classes, idx, np.clip(heat, 0.0, 1.0)

@@ -485,13 +485,20 @@ def export_project_model(
     check_paths, labels, calib_paths = _project_images(project, max_check, max_calib)
     if not check_paths:
         raise ExportError(f"{project.root}: no images to check the export on; import some first")
-    check = load_images(check_paths, height, width, bit_depth)
-    calib = load_images(calib_paths, height, width, bit_depth) if precision == "int8" else None
+    roi = spec.input.roi
+    out = Path(out or default_output(model_dir, precision))
+    if spec.input.tiles is not None:  # tiles: the graph is checked on tiles, then whole parts
+        from defectssft.tiling import export_tiled
+
+        return export_tiled(project, record, model, meta, spec, out, precision, thresholds,
+                            check_paths, calib_paths, max_int8_drop)  # fmt: skip
+    check = load_images(check_paths, height, width, bit_depth, roi)
+    calib = load_images(calib_paths, height, width, bit_depth, roi) if precision == "int8" else None
     result = exportcheck.checked_export(
         project,
         model,
         meta,
-        out or default_output(model_dir, precision),
+        out,
         thresholds,
         precision,
         check_images=check,

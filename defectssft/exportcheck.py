@@ -130,7 +130,7 @@ def check_verdicts(
     if not ids:
         return {"n": 0, "flips": 0}
     inp = spec.input
-    images = load_images(paths, inp.height, inp.width, inp.bit_depth)
+    images = load_images(paths, inp.height, inp.width, inp.bit_depth, inp.roi)
     reference = predict_arrays(inspection_model(model, spec), images)
     mine = _run_exported(exported, images)
     classes, ok = list(spec.classes), spec.ok_class

@@ -48,9 +48,16 @@ class InputSpec:
     height: int = DEFAULT_INPUT_SIZE
     width: int = DEFAULT_INPUT_SIZE
     bit_depth: int = DEFAULT_BIT_DEPTH
+    # region of interest and tiling rule, in their metadata form (defectssft_line.roi / .tiles);
+    # None: the whole image resized to height x width
+    roi: dict[str, Any] | None = field(default=None, compare=False)
+    tiles: dict[str, Any] | None = field(default=None, compare=False)
 
-    def as_dict(self) -> dict[str, int]:
-        return {"height": self.height, "width": self.width, "bit_depth": self.bit_depth}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"height": self.height, "width": self.width}
+        out["bit_depth"] = self.bit_depth
+        out.update({k: v for k, v in (("roi", self.roi), ("tiles", self.tiles)) if v is not None})
+        return out
 
 
 @dataclass
@@ -85,6 +92,8 @@ class ModelSpec:
                 int(inp.get("height", DEFAULT_INPUT_SIZE)),
                 int(inp.get("width", DEFAULT_INPUT_SIZE)),
                 int(depth),
+                inp.get("roi"),
+                inp.get("tiles"),
             ),
             mean=tuple(float(v) for v in meta.get("mean", IMAGENET_MEAN)),
             std=tuple(float(v) for v in meta.get("std", IMAGENET_STD)),
@@ -140,6 +149,7 @@ class ModelSpec:
                 "color": "rgb",
                 "resize": "area",
                 "bit_depth": self.input.bit_depth,
+                **{k: v for k, v in self.input.as_dict().items() if k in ("roi", "tiles")},
             },
             "normalize": {"mean": list(self.mean), "std": list(self.std)},
             "thresholds": thresholds.as_dict(),
@@ -255,15 +265,20 @@ def run_torch(wrapper: InspectionModel, images: np.ndarray, batch_size: int = 16
     return predict_arrays(wrapper, images, batch_size)[0]
 
 
-def load_images(paths: Sequence[str | Path], height: int, width: int, bit_depth: int) -> np.ndarray:
-    """Project images as one uint8 [N, H, W, 3] array through the shared preprocessing."""
+def load_images(
+    paths: Sequence[str | Path], height: int, width: int, bit_depth: int, roi: Any = None
+) -> np.ndarray:
+    """Project images as one uint8 [N, H, W, 3] array through the shared preprocessing
+    (``roi``: the model's region of interest, ``defectssft_line.roi``)."""
     from defectssft.export import ExportError
     from defectssft_line.preprocess import ImageDecodeError, load_for_model
+    from defectssft_line.roi import as_roi
 
+    roi = as_roi(roi)  # once, not per image (a mask is decoded here)
     arrays = []
     for p in paths:
         try:
-            arrays.append(load_for_model(p, height, width, bit_depth))
+            arrays.append(load_for_model(p, height, width, bit_depth, roi))
         except ImageDecodeError as e:
             raise ExportError(f"cannot read project image: {e}") from e
     if not arrays:

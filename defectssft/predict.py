@@ -15,6 +15,7 @@ import numpy as np
 from defectssft.errors import ProjectError
 from defectssft.project import Project
 from defectssft_line.preprocess import ImageDecodeError, load_for_model
+from defectssft_line.roi import Roi
 
 
 def predict_images(
@@ -34,6 +35,7 @@ def predict_images(
     """
     from defectssft.inspection import load_inspection, predict_arrays
     from defectssft.queries import current_model
+    from defectssft.tiling import score_paths
 
     version = version or current_model(project)
     if version is None:
@@ -43,6 +45,7 @@ def predict_images(
         model_file, default_bit_depth=project.get_setting("input.bit_depth", None)
     )
     inp = spec.input
+    roi = Roi.from_meta(inp.roi)  # once, not per image
     if image_ids is not None:
         records = [project.get_image(i) for i in image_ids]
     else:
@@ -54,11 +57,18 @@ def predict_images(
         batch, ids = [], []
         for rec in records[start : start + batch_size]:
             try:
-                batch.append(load_for_model(rec.path, inp.height, inp.width, inp.bit_depth))
+                if inp.tiles is not None:  # scored tile by tile, pooled (defectssft.tiling)
+                    batch.append(score_paths(wrapper, [rec.path], spec, batch_size)[0][0])
+                else:
+                    batch.append(
+                        load_for_model(rec.path, inp.height, inp.width, inp.bit_depth, roi)
+                    )
                 ids.append(rec.id)
             except ImageDecodeError:
                 skipped += 1
-        if batch:
+        if batch and inp.tiles is not None:
+            project.save_predictions(version, zip(ids, np.stack(batch).tolist(), strict=True))
+        elif batch:
             probs, _ = predict_arrays(wrapper, np.stack(batch), batch_size)
             project.save_predictions(version, zip(ids, probs.tolist(), strict=True))
         done = min(len(records), start + batch_size)

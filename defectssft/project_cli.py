@@ -24,6 +24,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     ok = args.ok_class
     if ok is None and "ok" in classes:
         ok = "ok"
+    like = None
+    if args.like:  # read before creating: a bad path creates nothing
+        from defectssft.input_proposal import image_files, proposal, sizes_of
+
+        like = proposal(sizes_of(image_files(args.like)))
     project = Project.create(args.project, classes=classes, ok_class=ok)
     if args.bit_depth:
         project.set_setting("input.bit_depth", args.bit_depth)
@@ -34,6 +39,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(
             f"classes: {', '.join(classes) or '(none yet)'}" + (f"  (OK class: {ok})" if ok else "")
         )
+        for line in like or []:
+            print(line.replace("PROJECT", str(project.root)))
     return 0
 
 
@@ -237,6 +244,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
         choices=range(8, 17),
         metavar="8..16",
         help="sensor bit depth of 16-bit images (e.g. 12); default 16",
+    )
+    p.add_argument(
+        "--like",
+        nargs="+",
+        metavar="IMAGES",
+        help="images or folders like the project's: propose the input height x width from "
+        "their aspect ratio, and the tile grid at native resolution",
     )
     p.add_argument("--json", action="store_true", help="print the new project's status as JSON")
     p.set_defaults(func=cmd_init)

@@ -87,6 +87,7 @@ def train_project(
     from defectssft.training.config import merge, resolve_config, validate
     from defectssft.training.data import from_project
     from defectssft.training.loop import train
+    from defectssft.training.tiles import describe_input, tiles_meta
 
     project = Project.open(project_path)
     info = ddp.setup((config_overrides or {}).get("train", {}).get("device", "auto"))
@@ -114,6 +115,8 @@ def train_project(
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
             ddp.barrier(info)
         data = from_project(project)
+        if info.is_main:  # what the model will see: ROI, tile grid (defectssft.tiling)
+            log.info("input: %s", describe_input(cfg, data, project))
         handler = _attach_log_file(run_dir / "train.log") if info.is_main else None
         try:
             log.info(
@@ -156,6 +159,8 @@ def train_project(
                     cfg["input"]["height"],
                     cfg["input"]["width"],
                     cfg["input"]["bit_depth"] or data.bit_depth,
+                    data.roi,
+                    tiles_meta(cfg),
                 ),
                 mean=tuple(result.mean),
                 std=tuple(result.std),

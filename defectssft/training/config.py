@@ -151,6 +151,20 @@ class TrainConfig(Section):
 
 
 @dataclass
+class TilesConfig(Section):
+    """Tiles at native resolution (``defectssft_line.tiles``; training: ``training.tiles``)."""
+
+    enabled: bool = setting(False)  # off: the whole ROI resized to input.height x input.width
+    scale: float = setting(1.0, ge=0.01, le=4.0)  # ROI resized by this before tiling (1: native)
+    overlap: float = setting(0.25, ge=0.0, le=0.9)  # share of a tile its neighbour covers too
+    pool: str = setting("max", choices=("max", "topk"))  # part score from its tiles' scores
+    top_k: int = setting(3, ge=1, le=1000)  # tiles averaged by pool: topk
+    mil_top: int = setting(1, ge=1, le=64)  # top tiles of a defective part that carry its label
+    mil_every: int = setting(50, ge=1)  # steps between re-choosing those tiles
+    batch: int = setting(16, ge=1, le=1024)  # tiles scored at once (validation, MIL)
+
+
+@dataclass
 class Config:
     """A validated training config with attribute access (``Config.from_dict(d).train.steps``);
     ``as_dict`` gives the plain nested dict stored in ``config.yaml`` and ``model.pt``."""
@@ -160,6 +174,7 @@ class Config:
     ssl: SSLConfig = field(default_factory=SSLConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tiles: TilesConfig = field(default_factory=TilesConfig)
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> Config:
@@ -177,6 +192,7 @@ SECTIONS: dict[str, type] = {
     "ssl": SSLConfig,
     "augment": AugmentConfig,
     "train": TrainConfig,
+    "tiles": TilesConfig,
 }
 DEFAULTS: dict[str, dict[str, Any]] = Config().as_dict()
 PRESET_DIR = "presets"

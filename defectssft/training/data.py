@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from defectssft.errors import DefectssftError
 from defectssft.training.augment import apply_weak
 from defectssft_line.preprocess import ImageDecodeError, load_for_model
+from defectssft_line.roi import Roi
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class TrainData:
     # Benchmarks only: the hidden true class of each unlabeled image, so a run can log how often
     # its pseudo-labels are right (``pl_acc``). A project never knows these; leave it None.
     unlabeled_truth: list[int] | None = None
+    # the project's region of interest, metadata form (defectssft_line.roi); None: whole image
+    roi: dict[str, Any] | None = None
 
     def check(self, need_unlabeled: bool) -> None:
         if len(self.classes) < 2:
@@ -86,6 +89,8 @@ class TrainData:
 
 def from_project(project: Any) -> TrainData:
     """TrainData from a ``defectssft.project.Project`` (human labels of the train split, etc.)."""
+    from defectssft.project_roi import roi_meta
+
     td = project.training_data()
     bit_depth = project.get_setting("input.bit_depth", 16)
     return TrainData(
@@ -97,6 +102,7 @@ def from_project(project: Any) -> TrainData:
         ok_class=td.ok_class,
         data_hash=td.data_hash,
         bit_depth=int(bit_depth or 16),
+        roi=roi_meta(project),
     )
 
 
@@ -117,8 +123,10 @@ class ImageDataset(Dataset):
         bit_depth: int = 16,
         transform: A.Compose | None = None,
         skip_unreadable: bool = False,
+        roi: Any = None,
     ) -> None:
         self.items = list(items)
+        self.roi = Roi.from_meta(roi) if isinstance(roi, dict) else roi
         self.height, self.width, self.bit_depth = height, width, bit_depth
         self.transform = transform
         self.skip_unreadable = skip_unreadable
@@ -128,7 +136,7 @@ class ImageDataset(Dataset):
 
     def _load(self, i: int) -> np.ndarray:
         path = self.items[i][0]
-        return load_for_model(path, self.height, self.width, self.bit_depth)
+        return load_for_model(path, self.height, self.width, self.bit_depth, self.roi)
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         i, seed = (index, 0) if isinstance(index, int) else index
@@ -211,8 +219,9 @@ def eval_loader(
     bit_depth: int,
     batch_size: int = 64,
     num_workers: int = 0,
+    roi: Any = None,
 ) -> DataLoader:
-    ds = ImageDataset(items, height, width, bit_depth)
+    ds = ImageDataset(items, height, width, bit_depth, roi=roi)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 

@@ -54,6 +54,7 @@ from defectssft.training.runlog import (
     seed_everything,
     set_rng_state,
 )
+from defectssft.training.tiles import tile_streams
 
 log = logging.getLogger("defectssft.training")
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -160,6 +161,8 @@ def predict(
     dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and labels over a loader of (uint8 images, labels)."""
+    if hasattr(loader, "predict_pooled"):  # tiles: whole parts, pooled (training.tiles)
+        return loader.predict_pooled(model, mean, std, device, dtype)
     was_training = model.training
     model.eval()
     probs, labels = [], []
@@ -326,7 +329,8 @@ def make_streams(
     weak = weak_transform(augment_cfg.hflip, augment_cfg.vflip, augment_cfg.shift)
     workers, batch, seed = train_cfg.num_workers, train_cfg.batch_size, train_cfg.seed
     unlabeled_batch = batch * cfg.ssl.mu
-    labeled_ds = ImageDataset(data.labeled, height, width, bit_depth, transform=weak)
+    roi = data.roi  # the project's region of interest (defectssft_line.roi), None: whole image
+    labeled_ds = ImageDataset(data.labeled, height, width, bit_depth, transform=weak, roi=roi)
     labeled = infinite_loader(
         labeled_ds,
         batch,
@@ -345,12 +349,16 @@ def make_streams(
             else path_items(data.unlabeled)
         )
         unlabeled_ds = ImageDataset(
-            items, height, width, bit_depth, transform=weak, skip_unreadable=True
+            items, height, width, bit_depth, transform=weak, skip_unreadable=True, roi=roi
         )
         unlabeled = infinite_loader(
             unlabeled_ds, unlabeled_batch, seed + 1, start_step, workers, info.rank, info.world, pin
         )
-    val = eval_loader(data.val, height, width, bit_depth, num_workers=0) if data.val else None
+    val = (
+        eval_loader(data.val, height, width, bit_depth, num_workers=0, roi=roi)
+        if data.val
+        else None
+    )
     return Streams(labeled, unlabeled, val, unlabeled_batch, data.unlabeled_truth is not None)
 
 
@@ -589,7 +597,13 @@ def train(
         )
         log.info("resumed from %s at step %d", last_path, run.step)
     net = ddp.wrap(learner.model, info, device)
-    streams = make_streams(data, config, use_unlabeled, run.step, info, device.type == "cuda")
+    mil = None  # tiles: which tiles of a defective part carry its label (training.tiles)
+    if config.tiles.enabled:
+        streams, mil = tile_streams(
+            data, config, use_unlabeled, run.step, info, device.type == "cuda"
+        )
+    else:
+        streams = make_streams(data, config, use_unlabeled, run.step, info, device.type == "cuda")
     if restored_rng is not None:  # after the loaders: their creation draws from the global RNG
         set_rng_state(restored_rng)
 
@@ -644,6 +658,8 @@ def train(
                 status = "time_budget"
                 break
             lr = set_learning_rate(learner.optimizer, train_cfg, run.step, clock.elapsed())
+            if mil is not None and mil.due(run.step):
+                mil.refresh(run.step, learner.shipped, mean, std, device, autocast_dtype)
 
             # -- one batch: labeled, and unlabeled weak view (strong view made here, batched)
             batch = next_batch(streams, device, mean, std)

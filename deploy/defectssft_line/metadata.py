@@ -83,6 +83,7 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
     for key, want in (("channels", 3), ("dtype", "uint8"), ("layout", "NHWC")):
         if key in inp and inp[key] != want:
             raise MetadataError(f"input.{key} must be {want!r}, got {inp[key]!r}")
+    _check_roi_tiles(inp)
     thresholds = meta.get("thresholds")
     if thresholds is not None:
         if not isinstance(thresholds, dict):
@@ -101,3 +102,15 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
         if v is not None and (not isinstance(v, (str, int)) or isinstance(v, bool)):
             raise MetadataError(f"{key} must be a string, got {v!r}")
     return meta
+
+
+def _check_roi_tiles(inp: dict[str, Any]) -> None:
+    """``input.roi`` and ``input.tiles`` (optional): their own modules read them."""
+    from defectssft_line.roi import Roi, RoiError
+    from defectssft_line.tiles import TileError, TileSpec
+
+    try:
+        Roi.from_meta(inp.get("roi"))
+        TileSpec.from_meta(inp.get("tiles"), inp["height"], inp["width"])
+    except (RoiError, TileError) as e:
+        raise MetadataError(str(e)) from None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from defectssft_line import preprocess
+from defectssft_line import preprocess, tiles
 from defectssft_line.decision import (
     METADATA_KEY,
     Prediction,
@@ -25,6 +25,8 @@ from defectssft_line.decision import (
 )
 from defectssft_line.metadata import MetadataError, validate_metadata
 from defectssft_line.novelty import NoveltyRule, apply_novelty
+from defectssft_line.roi import Roi
+from defectssft_line.tiles import TiledScore, TileSpec
 
 __all__ = ["LineError", "LineModel", "LineModelError", "Prediction", "Thresholds", "decide"]
 
@@ -89,6 +91,11 @@ class LineModel:
         self.thresholds = thresholds
         self.version = str(meta.get("model_version", ""))
         self.novelty = NoveltyRule.from_metadata(meta, on_novel)  # None: no anomaly head
+        # region of interest and tiling rule (defectssft_line.roi / .tiles; None: whole image,
+        # resized)
+        self.roi = Roi.from_meta(inp.get("roi"))
+        self.tiles = TileSpec.from_meta(inp.get("tiles"), self.height, self.width)
+        self.tile_batch = tiles.DEFAULT_BATCH
 
     @classmethod
     def load(
@@ -155,7 +162,7 @@ class LineModel:
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """A decoded image (any depth/colour/size) -> this model's HxWx3 RGB uint8 input."""
-        return preprocess.prepare(image, self.height, self.width, self.bit_depth)
+        return preprocess.prepare(image, self.height, self.width, self.bit_depth, self.roi)
 
     def decide(self, probs: np.ndarray, score: float) -> Prediction:
         return decide(probs, score, self.classes, self.ok_class, self.thresholds)
@@ -164,6 +171,8 @@ class LineModel:
         """Verdicts for decoded images (as read from files or a camera)."""
         if not images:
             return []
+        if self.tiles is not None:
+            return [self.decide(t.probs, t.score) for t in map(self.score_tiles, images)]
         batch = np.stack([self.prepare(im) for im in images])
         if self.novelty is not None:
             return self._classify_novel(batch)
@@ -183,3 +192,10 @@ class LineModel:
             )
             for p, s, a, m in zip(outs[0], outs[1], outs[2], maps, strict=True)
         ]
+
+    def score_tiles(self, image: np.ndarray) -> TiledScore:
+        """A decoded image scored tile by tile (``self.tile_batch`` tiles a run) and pooled, by
+        the model's tiling rule (``defectssft_line.tiles``)."""
+        assert self.tiles is not None
+        source = tiles.tile_source(image, self.tiles, self.bit_depth, self.roi)
+        return tiles.score_source(self.predict, source, self.tiles, self.tile_batch)

@@ -8,6 +8,7 @@ See docs/ARCHITECTURE.md ("Image normalisation") for the rules and why.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -144,14 +145,29 @@ def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-def prepare(img: np.ndarray, height: int, width: int, bit_depth: int = 16) -> np.ndarray:
-    """Decoded image -> the model input: HxWx3 RGB uint8 at (height, width)."""
-    return resize(to_rgb8(img, bit_depth), height, width)
+def crop_roi(img: np.ndarray, roi: Any, name: str = "image") -> np.ndarray:
+    """The region of interest of a decoded image (``defectssft_line.roi``; None: all of it).
+    Applied first, on the decoded pixels, by every path below."""
+    if roi is None:
+        return img
+    from defectssft_line.roi import as_roi
+
+    return as_roi(roi).apply(img, name)
 
 
-def load_for_model(path: str | Path, height: int, width: int, bit_depth: int = 16) -> np.ndarray:
-    """Read a file and return the model input (HxWx3 RGB uint8)."""
-    return prepare(read_image(path), height, width, bit_depth)
+def prepare(
+    img: np.ndarray, height: int, width: int, bit_depth: int = 16, roi: Any = None
+) -> np.ndarray:
+    """Decoded image -> the model input: its ROI as HxWx3 RGB uint8 at (height, width)."""
+    return resize(to_rgb8(crop_roi(img, roi), bit_depth), height, width)
+
+
+def load_for_model(
+    path: str | Path, height: int, width: int, bit_depth: int = 16, roi: Any = None
+) -> np.ndarray:
+    """Read a file and return the model input (HxWx3 RGB uint8; ``roi``: see ``prepare``)."""
+    img = read_image(path)
+    return prepare(crop_roi(img, roi, str(path)), height, width, bit_depth)
 
 
 # GenICam pixel formats (SFNC names) -> (bits per sample, layout). Unpacked formats only: a

@@ -68,6 +68,11 @@ ACTIONS: dict[str, tuple[str, str | list[str], str]] = {
         "Stop the running prediction after its current batch (saved ones stay)",
     ),
     "train": ("&Train and export…", "Ctrl+T", "Train a model in a separate process"),
+    "roi": (
+        "Region of &interest…",
+        "",
+        "The part of the images the model inspects: rectangles drawn on the current image",
+    ),
     "models": (
         "&Models…",
         "Ctrl+M",

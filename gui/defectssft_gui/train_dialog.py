@@ -236,7 +236,13 @@ class TrainDialog(QDialog):
         try:
             from defectssft.training.config import load_preset
 
-            side = int((load_preset(self.preset.currentText()).get("input") or {}).get("height", 0))
+            preset = load_preset(self.preset.currentText())
+            side = int((preset.get("input") or {}).get("height", 0))
+            if (preset.get("tiles") or {}).get("enabled"):  # tiles: the preset's tile size
+                self.input_h.setValue(0)
+                self.input_w.setValue(0)
+                self.size_note.setText(f"tiles of {side} × {side} at native resolution")
+                return
             project = Project.open(self.root)
             try:
                 sizes = image_sizes(project)

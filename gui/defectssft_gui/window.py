@@ -192,6 +192,7 @@ class MainWindow(QMainWindow):
             "cancel_predict": self.predictor.cancel_predict,
             "train": self.open_training,
             "label_book": self.open_label_book,
+            "roi": self.open_roi,
             "settings": self.open_settings,
             "refresh": self.refresh,
         }
@@ -247,6 +248,7 @@ class MainWindow(QMainWindow):
                 "predict_all",
                 "cancel_predict",
                 None,
+                "roi",
                 "train",
                 "models",
                 "operating_point",
@@ -881,6 +883,17 @@ class MainWindow(QMainWindow):
         dlg.classesChanged.connect(self._classes_changed)
         self.label_book = dlg
         dlg.show()
+
+    def open_roi(self) -> None:
+        """The region-of-interest dialog on the current image (defectssft_gui.roi_dialog)."""
+        from defectssft_gui.roi_dialog import RoiDialog
+
+        if self.project is None:
+            return
+        row = self.current_row()
+        path = row.path if row is not None and row.image_id is not None else None
+        self.roi_dialog = RoiDialog(self.project, path, self)
+        self.roi_dialog.show()
 
     def open_settings(self) -> None:
         from defectssft_gui.dialogs import SettingsDialog

@@ -444,9 +444,14 @@ def fit_project_anomaly(
     model_dir = Path(record["path"])
     plan = plan_fit(project, max_images, seed)
     inspection, spec = load_inspection(model_dir / "model.pt")
-    h, w, depth = spec.input.height, spec.input.width, spec.input.bit_depth
+    h, w, depth, roi = spec.input.height, spec.input.width, spec.input.bit_depth, spec.input.roi
+    if spec.input.tiles is not None:
+        raise AnomalyError(
+            "the anomaly head is not fitted for tiled models yet: the line scores their tiles "
+            "with the classifier alone"
+        )
     try:
-        load = lambda paths: load_images(paths, h, w, depth)  # noqa: E731
+        load = lambda paths: load_images(paths, h, w, depth, roi)  # noqa: E731
         feats_l, _ = extract_patches(inspection, load(plan.fit)) if plan.fit else (None, None)
         extra_feats = None
         n_unl = 0

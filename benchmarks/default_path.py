@@ -458,7 +458,7 @@ def run_arm(
             if thr
             else None
         ),
-        "train_said": [x for x in train_out.strip().splitlines() if x.strip()][-3:],
+        "train_said": _train_said(train_out),
         "splits": splits,
         "checkpoint": checkpoint_choice(project, version),
         "claims": parse_evaluate(ev) if ev_rc == 0 else {"refused": ev.strip().splitlines()[-1]},
@@ -467,6 +467,17 @@ def run_arm(
         "seconds": round(time.perf_counter() - t0, 1),
         "commands": run.commands[n_cmd:],
     }
+
+
+_LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) ")
+
+
+def _train_said(out: str) -> list[str]:
+    """What ``train`` printed about its decisions: the lines from ``model vNNNN`` on (else the
+    last three lines)."""
+    lines = [x for x in out.strip().splitlines() if x.strip() and not _LOG_LINE.match(x)]
+    starts = [i for i, x in enumerate(lines) if re.match(r"^model v\d+$", x)]
+    return lines[starts[-1] :] if starts else lines[-3:]
 
 
 def checkpoint_choice(project: Path, version: str) -> dict[str, Any] | None:
@@ -752,6 +763,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, nargs="+", help="labels per defect type (default 2 5 10)")
     ap.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
     ap.add_argument("--arms", nargs="+", choices=ARMS, help="default: all three")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a training setting for every arm (a variant of the default path; recorded)",
+    )
     ap.add_argument("--root", type=Path, help="data sets folder (default ../shared/datasets)")
     ap.add_argument("--workdir", type=Path, help="keep the projects here (default: a temp dir)")
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per process (default 1)")
@@ -766,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     datasets, ks, seeds, extra = MODES[mode_name]
     datasets, ks, seeds = args.datasets or datasets, args.k or ks, args.seeds or seeds
+    extra = [*extra, *args.sets]
     arms = args.arms or (["default"] if mode_name == "smoke" else list(ARMS))
     if mode_name == "smoke":
         root = args.root or ROOT / "samples" / "kolektorsdd"

@@ -61,23 +61,33 @@ def _attach_log_file(path: Path) -> logging.Handler:
 
 
 def _input_size(project: Any, cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """(``cfg`` with an empty ``input.height`` / ``input.width`` proposed from the project's
-    images, where the size came from). ``defectssft.inputsize`` proposes about ``input.side``
-    squared pixels at the images' median aspect ratio; a value given is kept."""
-    from defectssft.inputsize import image_sizes, propose_input_size
+    """(``cfg`` with an empty ``input.height`` / ``input.width`` filled from the project's
+    images, where the size came from). Both empty: ``defectssft.inputsize`` proposes about
+    ``input.side`` squared pixels at the images' median aspect ratio; one given: the other
+    follows that ratio. Values given are kept."""
+    from defectssft.inputsize import MULTIPLE, image_sizes, propose_input_size
 
     inp = cfg["input"]
     if inp["height"] is not None and inp["width"] is not None:
         return cfg, "set in the config"
     sizes = image_sizes(project)
-    h, w = propose_input_size(sizes, inp["side"])
-    out = {**cfg, "input": {**inp}}
-    out["input"]["height"] = inp["height"] if inp["height"] is not None else h
-    out["input"]["width"] = inp["width"] if inp["width"] is not None else w
-    ratios = sorted(w_ / h_ for w_, h_ in sizes if w_ > 0 and h_ > 0)
-    median = f", median width/height {ratios[len(ratios) // 2]:.2f}" if ratios else ""
-    why = f"from the shape of {len(sizes)} images{median}, about {inp['side']}^2 px (input.side)"
-    log.info("input size %d x %d px %s", out["input"]["height"], out["input"]["width"], why)
+    ratios = sorted(w / h for w, h in sizes if w > 0 and h > 0)
+    aspect = ratios[len(ratios) // 2] if ratios else 1.0
+
+    def snap(x: float) -> int:
+        return min(4096, max(MULTIPLE, int(round(x / MULTIPLE)) * MULTIPLE))
+
+    if inp["height"] is not None:
+        h, w = inp["height"], snap(inp["height"] * aspect)
+    elif inp["width"] is not None:
+        h, w = snap(inp["width"] / aspect), inp["width"]
+    else:
+        h, w = propose_input_size(sizes, inp["side"])
+    out = {**cfg, "input": {**inp, "height": h, "width": w}}
+    why = f"from the shape of {len(sizes)} images, median width/height {aspect:.2f}"
+    if inp["height"] is None and inp["width"] is None:
+        why += f", about {inp['side']}^2 px (input.side)"
+    log.info("input size %d x %d px %s", h, w, why)
     return out, why
 
 
@@ -287,9 +297,6 @@ def train_project(
             for name in ("metrics.jsonl", "metrics.csv"):
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, model_dir / name)
-            log.info("model %s written to %s (%s)", version, model_dir, result.status)
-            handler.flush()
-            shutil.copyfile(run_dir / "train.log", model_dir / "train.log")
             metrics: dict[str, Any] = {f"val_{k}": v for k, v in result.metrics.items()}
             decisions["weights"] = result.weights_from
             if crossfit is not None:
@@ -314,6 +321,9 @@ def train_project(
                     handler.emit(
                         log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None)
                     )
+            log.info("model %s written to %s (%s)", version, model_dir, result.status)
+            handler.flush()
+            shutil.copyfile(run_dir / "train.log", model_dir / "train.log")
             project.register_model(
                 version, {k: v for k, v in meta.items() if k != "config"}, metrics
             )

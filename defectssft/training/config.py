@@ -161,9 +161,10 @@ class TrainConfig(Section):
 
 
 def parse_cross_fit(value: Any) -> str | int:
-    """evidence.cross_fit: 'auto', 'off' or a fold count K >= 2."""
+    """evidence.cross_fit: 'auto', 'off' or a fold count K >= 2 (YAML's off/false: 'off',
+    on/true: 'auto')."""
     if isinstance(value, bool):
-        raise ConfigError(f"evidence.cross_fit must be auto, off or a fold count >= 2, got {value}")
+        return "auto" if value else "off"
     text = str(value).strip().lower()
     if text in ("auto", "off"):
         return text

@@ -168,6 +168,7 @@ def test_a_large_validation_split_chooses_the_weights(tmp_path):
 # ----------------------------------------------------------------------------- a whole run
 
 
+@pytest.mark.slow
 def test_few_labels_train_on_everything_and_cross_fit_with_out_of_fold_evidence(tmp_path, capsys):
     p = few_labels_project(tmp_path)
     sets = [*cli_sets(4), "--set", "evidence.folds=2", "--set", "evidence.fold_steps=0.5"]
@@ -198,6 +199,7 @@ def test_few_labels_train_on_everything_and_cross_fit_with_out_of_fold_evidence(
     assert "cross-fitting fold 2/2 (supervised, run 4 of 4)" in log and "method: " in log
 
 
+@pytest.mark.slow
 def test_cross_fit_off_and_the_guard_off(tmp_path):
     p = few_labels_project(tmp_path)
     v = train_project(
@@ -213,6 +215,7 @@ def test_cross_fit_off_and_the_guard_off(tmp_path):
     assert d2["cross_fit"]["arms"] == ["fixmatch"] and d2["guard"]["method"] == "fixmatch"
 
 
+@pytest.mark.slow
 def test_a_stop_inside_a_fold_is_clean_and_resume_skips_finished_folds(tmp_path):
     p = few_labels_project(tmp_path)
     stop, phases = threading.Event(), []
@@ -241,6 +244,7 @@ def test_a_stop_inside_a_fold_is_clean_and_resume_skips_finished_folds(tmp_path)
     assert load_oof(p.root / "models" / "v0001") is not None
 
 
+@pytest.mark.slow
 def test_input_size_comes_from_the_images_unless_set(tmp_path):
     p = few_labels_project(tmp_path, size=(80, 40))  # tall parts, 40 wide x 80 high
     over = tiny_overrides(

@@ -154,8 +154,9 @@ class TrainConfig(Section):
     # which weights ship: auto = the best validated ones only when the val split is large enough
     # to choose (VAL_MIN_PER_CLASS images of every class), else the final (EMA) ones
     checkpoint: str = setting("auto", choices=("auto", "final", "best"))
-    # labeled batches drawn class-balanced (each class equally often) instead of uniformly
-    class_balanced: bool = setting(False)
+    # labeled batches drawn class-balanced (each class equally often) instead of uniformly;
+    # on by default: benchmarks/default_path.py --quick (BENCHMARKS.md)
+    class_balanced: bool = setting(True)
     # logit adjustment of the supervised loss (Menon et al. 2021): + tau * log(labeled prior)
     logit_adjust: float = setting(0.0, ge=0.0, le=4.0)
 

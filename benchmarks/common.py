@@ -164,7 +164,8 @@ def predict_items(
 
     model = create_backbone(cfg["model"]["name"], num_classes)
     model.load_state_dict(result.weights)
-    loader = eval_loader(items, cfg["input"]["height"], cfg["input"]["width"], bit_depth)
+    size = (result.config or cfg)["input"]  # as run: an empty height/width resolved
+    loader = eval_loader(items, size["height"], size["width"], bit_depth)
     return predict(model, loader, result.mean, result.std, torch.device("cpu"))
 
 

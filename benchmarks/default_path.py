@@ -255,6 +255,7 @@ def score_verdicts(held: list[Part], records: list[dict]) -> dict[str, Any]:
     by_name = {Path(r["file"]).name: r for r in records}
     graded: dict[str, Counter] = defaultdict(Counter)
     good, bad, classes = Counter(), Counter(), defaultdict(Counter)
+    scores: dict[bool, list[float]] = {True: [], False: []}
     missing = 0
     for part in held:
         r = by_name.get(_held_name(part))
@@ -266,6 +267,8 @@ def score_verdicts(held: list[Part], records: list[dict]) -> dict[str, Any]:
             graded[part.grade][v] += 1
             continue
         (bad if part.defective else good)[v] += 1
+        if isinstance(r.get("score"), int | float):
+            scores[part.defective].append(float(r["score"]))
         classes[part.cls]["right" if r.get("class") == part.cls else "wrong"] += 1
     n_good, n_bad = sum(good.values()), sum(bad.values())
     n = n_good + n_bad
@@ -282,6 +285,7 @@ def score_verdicts(held: list[Part], records: list[dict]) -> dict[str, Any]:
         "errors": good["ERROR"] + bad["ERROR"],
         "missing": missing,
         "verdicts": {"good": dict(good), "defective": dict(bad)},
+        "auroc": auroc(scores[False], scores[True]),
     }
     if len(classes) > 2:  # multi-class: the line's top class against the true class
         recalls = [c["right"] / (c["right"] + c["wrong"]) for c in classes.values()]
@@ -292,6 +296,15 @@ def score_verdicts(held: list[Part], records: list[dict]) -> dict[str, Any]:
     if graded:
         out["graded_verdicts"] = {g: dict(c) for g, c in sorted(graded.items())}
     return out
+
+
+def auroc(good: list[float], bad: list[float]) -> float | None:
+    """Threshold-free: the chance a defective part scores above a good one (ties count half);
+    None without both kinds of part."""
+    if not good or not bad:
+        return None
+    above = sum((b > g) + 0.5 * (b == g) for b in bad for g in good)
+    return round(above / (len(good) * len(bad)), 4)
 
 
 _PCT = r"([0-9.]+|n/a)\s*%?"
@@ -458,7 +471,7 @@ def run_arm(
             if thr
             else None
         ),
-        "train_said": [x for x in train_out.strip().splitlines() if x.strip()][-3:],
+        "train_said": _train_said(train_out),
         "splits": splits,
         "checkpoint": checkpoint_choice(project, version),
         "claims": parse_evaluate(ev) if ev_rc == 0 else {"refused": ev.strip().splitlines()[-1]},
@@ -467,6 +480,17 @@ def run_arm(
         "seconds": round(time.perf_counter() - t0, 1),
         "commands": run.commands[n_cmd:],
     }
+
+
+_LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR) ")
+
+
+def _train_said(out: str) -> list[str]:
+    """What ``train`` printed about its decisions: the lines from ``model vNNNN`` on (else the
+    last three lines)."""
+    lines = [x for x in out.strip().splitlines() if x.strip() and not _LOG_LINE.match(x)]
+    starts = [i for i, x in enumerate(lines) if re.match(r"^model v\d+$", x)]
+    return lines[starts[-1] :] if starts else lines[-3:]
 
 
 def checkpoint_choice(project: Path, version: str) -> dict[str, Any] | None:
@@ -642,24 +666,27 @@ def _steps(ck: dict[str, Any] | None) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown table: one row per data set / k / seed / arm."""
     head = (
-        "| data set | k | seed | arm | balanced acc. (line) | escapes (line) | overkill (line) "
-        "| UNSURE (line) | `evaluate` claimed (test split) | weights: step of | min |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| data set | k | seed | arm | balanced acc. (line) | AUROC (line) | escapes (line) "
+        "| overkill (line) | UNSURE (line) | `evaluate` claimed (test split) | weights: step of "
+        "| min |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for res in results:
         for arm, r in res["arms"].items():
             key = f"| {res['dataset']} | {res['k']} | {res['seed']} | {arm} "
             if "error" in r:
-                rows.append(key + f"| error: {r['error'][:80]} | | | | | | |")
+                rows.append(key + f"| error: {r['error'][:80]} | | | | | | | |")
                 continue
             line, c = r["line"], r["claims"]
             ba = _pct(line["balanced_accuracy"])
             if "balanced_accuracy_class" in line:
                 ba += f" (classes {_pct(line['balanced_accuracy_class'])})"
             claim = _claim_cell(c, line)
+            auc = "—" if line.get("auroc") is None else f"{line['auroc']:.3f}"
             rows.append(
-                key + f"| {ba} | {_rate_cell(line['escapes'])} | {_rate_cell(line['overkill'])} "
+                key + f"| {ba} | {auc} | {_rate_cell(line['escapes'])} "
+                f"| {_rate_cell(line['overkill'])} "
                 f"| {_rate_cell(line['unsure'])} | {claim} | {_steps(r.get('checkpoint'))} "
                 f"| {r['seconds'] / 60:.1f} |"
             )
@@ -681,6 +708,13 @@ def table(results: list[dict[str, Any]]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _rescore(res: dict[str, Any], verdicts: Path) -> dict[str, Any]:
+    """The line's verdicts of a finished arm scored again (its work folder still there)."""
+    proto = protocol(res["dataset"], res["k"], res["seed"], res["mode"], DATASETS)
+    records = [json.loads(x) for x in verdicts.read_text().splitlines() if x.strip()]
+    return score_verdicts(proto.held, records)
+
+
 def merge(files: list[Path], stem: Path) -> int:
     """One results file and table from several runs (e.g. data sets run in parallel processes).
 
@@ -699,15 +733,21 @@ def merge(files: list[Path], stem: Path) -> int:
             if "arms" not in res:
                 continue
             key = (res["dataset"], res["k"], res["seed"], res["mode"])
-            for arm in res["arms"].values():  # results from before the checkpoint was recorded
-                if "checkpoint" not in arm and arm.get("commands") and arm.get("version"):
-                    project = Path(arm["commands"][0]["cmd"].split()[2])
+            for name, arm in res["arms"].items():  # results from before a field was recorded
+                if not (arm.get("commands") and arm.get("version")):
+                    continue
+                project = Path(arm["commands"][0]["cmd"].split()[2])
+                if "checkpoint" not in arm:
                     arm["checkpoint"] = checkpoint_choice(project, arm["version"])
+                verdicts = project.parent / f"{name}.jsonl"
+                if "auroc" not in arm.get("line", {}) and verdicts.is_file():
+                    arm["line"] = _rescore(res, verdicts)
             done = sum("error" not in a for a in res["arms"].values())
             if key not in best or done > sum("error" not in a for a in best[key]["arms"].values()):
                 best[key] = res
     results = [best[k] for k in sorted(best)]
     payload = {"benchmark": "default_path", "merged_from": sources, "results": results}
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
     stem.with_suffix(".md").write_text(table(results))
     print(table(results))
@@ -752,6 +792,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, nargs="+", help="labels per defect type (default 2 5 10)")
     ap.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
     ap.add_argument("--arms", nargs="+", choices=ARMS, help="default: all three")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a training setting for every arm (a variant of the default path; recorded)",
+    )
     ap.add_argument("--root", type=Path, help="data sets folder (default ../shared/datasets)")
     ap.add_argument("--workdir", type=Path, help="keep the projects here (default: a temp dir)")
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per process (default 1)")
@@ -766,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     datasets, ks, seeds, extra = MODES[mode_name]
     datasets, ks, seeds = args.datasets or datasets, args.k or ks, args.seeds or seeds
+    extra = [*extra, *args.sets]
     arms = args.arms or (["default"] if mode_name == "smoke" else list(ARMS))
     if mode_name == "smoke":
         root = args.root or ROOT / "samples" / "kolektorsdd"

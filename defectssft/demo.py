@@ -194,7 +194,7 @@ def build_project(workdir: Path, samples: Path, data: DemoData):
     unlabeled = [f for _, unl, _ in parts.values() for f in unl]
     s1 = import_paths(project, labeled, label_from=data.label_from, source="demo")
     s2 = import_paths(project, unlabeled, source="demo")
-    split = project.assign_splits(val_fraction=0.2, test_fraction=0.2, seed=0)
+    split = project.assign_splits(val_fraction=0.2, test_fraction=0.2, seed=0, min_labels=3)
     held_dir = workdir / "line-input"
     held_dir.mkdir(exist_ok=True)
     truth = {}

@@ -31,7 +31,7 @@ from defectssft.classes import (
 from defectssft.errors import ProjectError
 from defectssft.fsutil import atomic_path
 from defectssft.registry import ModelRegistry
-from defectssft.splits import stratified_holdout
+from defectssft.splits import MIN_HOLDOUT_LABELS, stratified_holdout
 
 if TYPE_CHECKING:  # image preparation lives in ingest.py, which imports this module
     from defectssft.ingest import PreparedImage
@@ -766,14 +766,23 @@ class Project(ClassCatalog, ModelRegistry):
 
     # ----------------------------------------------------------------- splits
     def assign_splits(
-        self, val_fraction: float | None = None, test_fraction: float | None = None, seed: int = 0
+        self,
+        val_fraction: float | None = None,
+        test_fraction: float | None = None,
+        seed: int = 0,
+        min_labels: int | None = None,
     ) -> dict[str, int]:
         """Draw a stratified val/test hold-out from labeled images whose split is not yet frozen.
 
         Once an image is given a split it never moves, so test metrics stay comparable across
-        retrains. Classes with fewer than 3 labeled images keep them all for training.
-        Returns how many images went to each split in this call.
+        retrains. A class with fewer than ``min_labels`` labeled images (default: the project's
+        setting ``split.min_labels``, else ``splits.MIN_HOLDOUT_LABELS``) keeps them for
+        training. Returns how many images went to each split in this call.
         """
+        if min_labels is None:
+            min_labels = int(self.get_setting("split.min_labels", MIN_HOLDOUT_LABELS))
+        if min_labels < 0:
+            raise ProjectError(f"split.min_labels must be 0 or more, got {min_labels}")
         val_fraction = float(
             self.get_setting("split.val_fraction", 0.15) if val_fraction is None else val_fraction
         )
@@ -800,7 +809,7 @@ class Project(ClassCatalog, ModelRegistry):
                 for (class_id,) in tx.execute("SELECT id FROM classes ORDER BY id").fetchall()
             ]
             for image_id, split in stratified_holdout(
-                classes, val_fraction, test_fraction, seed
+                classes, val_fraction, test_fraction, seed, min_labels
             ).items():
                 tx.execute(
                     "UPDATE images SET split=?, split_frozen=1 WHERE id=?", (split, image_id)

@@ -142,6 +142,10 @@ def cmd_split(args: argparse.Namespace) -> int:
         project.set_setting("split.val_fraction", args.val)
     if args.test is not None:
         project.set_setting("split.test_fraction", args.test)
+    if args.min_labels is not None:
+        if args.min_labels < 0:
+            raise ProjectError(f"--min-labels must be 0 or more, got {args.min_labels}")
+        project.set_setting("split.min_labels", args.min_labels)
     moved = project.assign_splits(seed=args.seed)
     st = project.status()["by_split"]
     if args.json:
@@ -321,6 +325,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("project")
     p.add_argument("--val", type=float, help="validation fraction (saved in the project)")
     p.add_argument("--test", type=float, help="test fraction (saved in the project)")
+    p.add_argument(
+        "--min-labels",
+        type=int,
+        metavar="N",
+        help="hold out from a class only once it has N labels (saved in the project; default 30)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_split)

@@ -127,6 +127,9 @@ def walkthrough(app, root: Path, wait, shoot=None, steps: int = 4) -> dict:
     out["labeled"] = dict(p.status()["by_class"])
     wait(lambda: "10 labeled" in window.counts_label.text(), 10, "the counts")
     snap(window, "walk-03-labeled")
+    # The whole cycle needs a test split from 5 labels a class (`defectssft split --min-labels
+    # 3`): by default a class is held out from only at 30 labels, and training cross-fits.
+    p.set_setting("split.min_labels", 3)
 
     # 4. Train a tiny model in the training dialog; it is evaluated, then predicts by itself.
     def train(seed: int = 0) -> str:

@@ -148,7 +148,7 @@ def make_project(root: Path, per_class: int = 10, unlabeled: int = 6) -> Project
         path = src / f"u_{i}.png"
         cv2.imwrite(str(path), synthetic_image(CLASSES[i % 3], 1000 + i))
         project.add_image(path)
-    project.assign_splits(val_fraction=0.2, test_fraction=0.3, seed=0)
+    project.assign_splits(val_fraction=0.2, test_fraction=0.3, seed=0, min_labels=3)
     return project
 
 
@@ -265,7 +265,7 @@ def tiny_project(root: Path, unlabeled: int = 8, test_fraction: float = 0.0, see
             p.set_label(r.image_id, name, who="test", source="human")
     for i in range(unlabeled):
         p.add_image(write_gray(root / "src" / f"u{i}.png", 60 + 130 * (i % 2), seed + 100 + i))
-    p.assign_splits(val_fraction=0.25, test_fraction=test_fraction)
+    p.assign_splits(val_fraction=0.25, test_fraction=test_fraction, min_labels=3)
     return p
 
 

@@ -96,6 +96,8 @@ def test_score_verdicts_counts_escapes_overkill_unsure(dp, tmp_path):
     assert s["balanced_accuracy"] == 0.25  # good: 1/2 OK; defective: 0/2 NG (UNSURE is not NG)
     assert s["graded_verdicts"] == {"0.33": {"NG": 1}}
     assert s["balanced_accuracy_class"] == pytest.approx((0.5 + 0 + 1) / 3, abs=1e-4)
+    assert s["auroc"] is None  # no scores in these records
+    assert dp.auroc([0.1, 0.5], [0.5, 0.9]) == 0.875  # 3 of 4 pairs above, one tie
 
 
 def test_parse_evaluate_reads_the_printout(dp):

@@ -403,7 +403,7 @@ def _labeled_project(project: Project, make_image, per_class: int) -> dict[str, 
 
 def test_splits_are_stratified_and_frozen(project: Project, make_image) -> None:
     _labeled_project(project, make_image, per_class=20)
-    moved = project.assign_splits(val_fraction=0.2, test_fraction=0.1, seed=1)
+    moved = project.assign_splits(val_fraction=0.2, test_fraction=0.1, seed=1, min_labels=3)
     assert moved == {"train": 42, "val": 12, "test": 6}
     for cls in project.class_names():
         splits = [r.split for r in project.query_images(label=cls)]
@@ -413,7 +413,7 @@ def test_splits_are_stratified_and_frozen(project: Project, make_image) -> None:
     for i in range(10):
         image_id = project.add_image(make_image(f"late_{i}.png")).image_id
         project.set_label(image_id, "dent")
-    project.assign_splits(val_fraction=0.2, test_fraction=0.1, seed=99)
+    project.assign_splits(val_fraction=0.2, test_fraction=0.1, seed=99, min_labels=3)
     after = {r.id: r.split for r in project.query_images()}
     assert all(after[i] == s for i, s in before.items())
     dent = [r.split for r in project.query_images(label="dent")]
@@ -429,6 +429,7 @@ def test_tiny_classes_keep_their_images_for_training(project: Project, make_imag
 def test_training_data(project: Project, make_image) -> None:
     _labeled_project(project, make_image, per_class=10)
     unlabeled = [project.add_image(make_image(f"u{i}.png")).image_id for i in range(7)]
+    project.assign_splits(min_labels=3)
     data = project.training_data()
     assert data.classes == ["ok", "scratch", "dent"] and data.ok_class == "ok"
     assert len(data.labeled) + len(data.val) + len(data.test) == 30

@@ -133,7 +133,8 @@ def test_checkpoints_hold_only_safe_types_and_resume_restores_the_rng(tmp_path):
     from defectssft.training.loop import rng_state, set_rng_state, train
 
     data = tiny_data_at(tmp_path / "imgs")
-    train(cfg(train={"steps": 2, "eval_every": 2}), data, tmp_path / "run", handle_signals=False)
+    cfg2 = cfg(train={"steps": 2, "eval_every": 2, "checkpoint": "best"})  # writes best.pt
+    train(cfg2, data, tmp_path / "run", handle_signals=False)
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert ck["step"] == 2 and best["weights"]

@@ -57,7 +57,11 @@ def test_each_method_trains_logs_and_evaluates(tiny_data, tmp_path, method, extr
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert any(json.loads(x)["event"] == "eval" for x in lines)
     assert (tmp_path / "run" / "metrics.csv").read_text().startswith("event,step")
-    assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "best.pt").is_file()
+    assert (tmp_path / "run" / "last.pt").is_file()
+    # 3 validation images a class cannot choose a checkpoint: the final weights ship, no best.pt
+    assert not (tmp_path / "run" / "best.pt").exists()
+    assert result.weights_from["which"] == "final" and result.weights_from["step"] == 4
+    assert "fewer than 10 images" in result.weights_from["why"]
 
 
 def test_pseudo_label_accuracy_by_hand():

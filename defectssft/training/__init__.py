@@ -27,20 +27,22 @@ def _run_name(method: str) -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{method}"
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    """A run folder with something to resume: the main run's or a cross-fitting fold's
+    checkpoint, or finished folds."""
+    return (run_dir / "last.pt").is_file() or any((run_dir / "folds").glob("*/last.pt"))
+
+
 def find_run(project_root: Path, run: str | None) -> Path:
     """The run folder to resume: ``run`` by name (or path), else the newest unfinished one."""
     runs_dir = project_root / "runs"
     if run:
         candidate = Path(run) if Path(run).is_absolute() else runs_dir / run
-        if not (candidate / "last.pt").is_file():
+        if not _has_checkpoint(candidate):
             raise DefectssftError(f"no resumable run '{run}' (expected {candidate / 'last.pt'})")
         return candidate
     unfinished = sorted(
-        (
-            p
-            for p in runs_dir.glob("*")
-            if (p / "last.pt").is_file() and not (p / "done.json").exists()
-        ),
+        (p for p in runs_dir.glob("*") if _has_checkpoint(p) and not (p / "done.json").exists()),
         key=lambda p: p.name,
     )
     if not unfinished:
@@ -56,6 +58,73 @@ def _attach_log_file(path: Path) -> logging.Handler:
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     return handler
+
+
+def _input_size(project: Any, cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(``cfg`` with an empty ``input.height`` / ``input.width`` filled from the project's
+    images, where the size came from). Both empty: ``defectssft.inputsize`` proposes about
+    ``input.side`` squared pixels at the images' median aspect ratio; one given: the other
+    follows that ratio. Values given are kept."""
+    from defectssft.inputsize import MULTIPLE, image_sizes, propose_input_size
+
+    inp = cfg["input"]
+    if inp["height"] is not None and inp["width"] is not None:
+        return cfg, "set in the config"
+    sizes = image_sizes(project)
+    ratios = sorted(w / h for w, h in sizes if w > 0 and h > 0)
+    aspect = ratios[len(ratios) // 2] if ratios else 1.0
+
+    def snap(x: float) -> int:
+        return min(4096, max(MULTIPLE, int(round(x / MULTIPLE)) * MULTIPLE))
+
+    if inp["height"] is not None:
+        h, w = inp["height"], snap(inp["height"] * aspect)
+    elif inp["width"] is not None:
+        h, w = snap(inp["width"] / aspect), inp["width"]
+    else:
+        h, w = propose_input_size(sizes, inp["side"])
+    out = {**cfg, "input": {**inp, "height": h, "width": w}}
+    why = f"from the shape of {len(sizes)} images, median width/height {aspect:.2f}"
+    if inp["height"] is None and inp["width"] is None:
+        why += f", about {inp['side']}^2 px (input.side)"
+    log.info("input size %d x %d px %s", h, w, why)
+    return out, why
+
+
+def _split_decisions(
+    project: Any, data: Any, cfg: dict[str, Any], input_from: str
+) -> dict[str, Any]:
+    """The run's decisions so far: how the labels were split and the input size."""
+    from defectssft.splits import MIN_HOLDOUT_LABELS
+    from defectssft.training.summary import label_split
+
+    labels = label_split(
+        data,
+        int(project.get_setting("split.min_labels", MIN_HOLDOUT_LABELS)),
+        float(project.get_setting("split.val_fraction", 0.15)),
+        float(project.get_setting("split.test_fraction", 0.15)),
+    )
+    return {
+        "labels": labels,
+        "input": {
+            "height": cfg["input"]["height"],
+            "width": cfg["input"]["width"],
+            "from": input_from,
+        },
+    }
+
+
+def _cross_fit_decision(folds: int, why: str, crossfit: Any, cfg: dict[str, Any]) -> dict:
+    if crossfit is None:
+        return {"folds": 0, "why": why}
+    return {
+        "folds": folds,
+        "fold_steps": crossfit.fold_steps,
+        "why": why,
+        "arms": list(crossfit.summary),
+        "evidence": crossfit.summary,
+        "seconds": crossfit.seconds,
+    }
 
 
 def train_project(
@@ -80,13 +149,17 @@ def train_project(
     """
     import yaml
 
+    from defectssft.evidence import save_oof
     from defectssft.inspection import InputSpec, ModelSpec
     from defectssft.modeling import save_model_file
     from defectssft.project import Project
     from defectssft.training import ddp
     from defectssft.training.config import merge, resolve_config, validate
+    from defectssft.training.crossfit import arms_of, fold_steps_of, run_cross_fit
     from defectssft.training.data import from_project
     from defectssft.training.loop import train
+    from defectssft.training.policy import cross_fit_folds
+    from defectssft.training.summary import describe
     from defectssft.training.tiles import describe_input, tiles_meta
 
     project = Project.open(project_path)
@@ -96,6 +169,7 @@ def train_project(
         if resume:
             run_dir = find_run(project.root, resume if isinstance(resume, str) else None)
             cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+            input_from = "the resumed run's config"
             if preset or config_file or config_overrides or sets:
                 log.warning(
                     "resuming %s with its saved config; other settings are ignored", run_dir.name
@@ -106,6 +180,7 @@ def train_project(
             cfg = resolve_config(preset, config_file, config_overrides, sets)
             if max_time is not None:
                 cfg = validate(merge(cfg, {"train": {"max_time": max_time}}))
+            cfg, input_from = _input_size(project, cfg)
             name = ddp.broadcast_object(
                 info, _run_name(cfg["ssl"]["method"]) if info.is_main else None
             )
@@ -127,13 +202,61 @@ def train_project(
                 len(data.val),
                 data.classes,
             )
+            decisions = _split_decisions(project, data, cfg, input_from)
+            folds, why = cross_fit_folds(
+                cfg["evidence"]["cross_fit"],
+                cfg["evidence"]["folds"],
+                [lab for _, lab in data.labeled],
+                [lab for _, lab in data.val],
+                len(data.classes),
+            )
+            crossfit, main_cfg = None, cfg
+            if folds:
+                budget = cfg["train"]["max_time"]
+                fold_total = len(arms_of(cfg)) * folds * fold_steps_of(cfg)
+                share = fold_total / (fold_total + cfg["train"]["steps"])
+                log.info("cross-fitting: %d folds, because %s", folds, why)
+                crossfit = run_cross_fit(
+                    cfg,
+                    data,
+                    run_dir,
+                    folds,
+                    resume=bool(resume),
+                    progress=progress_callback,
+                    stop_event=stop_event,
+                    handle_signals=handle_signals,
+                    dist_info=info,
+                    max_time=None if budget is None else budget * share,
+                )
+                if crossfit is None:
+                    log.warning(
+                        "stopped while cross-fitting; resume with: defectssft train %s --resume %s",
+                        project.root,
+                        run_dir.name,
+                    )
+                    return None
+                main_cfg = validate(
+                    merge(
+                        cfg,
+                        {
+                            "ssl": {"method": crossfit.method},
+                            "train": {
+                                "max_time": None
+                                if budget is None
+                                else max(1.0, budget - crossfit.seconds)
+                            },
+                        },
+                    )
+                )
+                log.info("cross-fitting done: the shipped model trains with %s", crossfit.method)
+            decisions["cross_fit"] = _cross_fit_decision(folds, why, crossfit, cfg)
             result = train(
-                cfg,
+                main_cfg,
                 data,
                 run_dir,
                 progress=progress_callback,
                 stop_event=stop_event,
-                resume=bool(resume),
+                resume=bool(resume) and (run_dir / "last.pt").is_file(),
                 handle_signals=handle_signals,
                 progress_bar=progress_bar,
                 dist_info=info,
@@ -179,10 +302,33 @@ def train_project(
             for name in ("metrics.jsonl", "metrics.csv"):
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, model_dir / name)
+            metrics: dict[str, Any] = {f"val_{k}": v for k, v in result.metrics.items()}
+            decisions["weights"] = result.weights_from
+            if crossfit is not None:
+                save_oof(model_dir, crossfit.evidence(data.labeled, data.labeled_ids))
+                decisions["guard"] = {
+                    "method": crossfit.method,
+                    "configured": cfg["ssl"]["method"],
+                    "why": crossfit.why,
+                }
+                ev = crossfit.summary[crossfit.method]
+                decisions["evidence"] = {"source": f"out of fold, {crossfit.method}", **ev}
+            elif result.metrics:
+                ev = {
+                    k: result.metrics[k]
+                    for k in ("balanced_accuracy", "auroc", "nll")
+                    if k in result.metrics
+                }
+                decisions["evidence"] = {"source": "validation split", "n": len(data.val), **ev}
+            metrics["training"] = decisions
+            if handler is not None:  # into train.log; `defectssft train` prints them itself
+                for line in describe(decisions):
+                    handler.emit(
+                        log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None)
+                    )
             log.info("model %s written to %s (%s)", version, model_dir, result.status)
             handler.flush()
             shutil.copyfile(run_dir / "train.log", model_dir / "train.log")
-            metrics = {f"val_{k}": v for k, v in result.metrics.items()}
             project.register_model(
                 version, {k: v for k, v in meta.items() if k != "config"}, metrics
             )
@@ -195,7 +341,7 @@ def train_project(
     except BaseException:
         # A new run that failed before its first checkpoint (bad data, bad config) leaves nothing.
         if not resume and info.is_main and run_dir is not None:
-            if not (run_dir / "last.pt").exists():
+            if not _has_checkpoint(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:

@@ -78,6 +78,7 @@ def _json_line(row: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from defectssft.training import train_project
     from defectssft.training.config import dump_yaml, merge, resolve_config, validate
+    from defectssft.training.summary import describe
 
     if args.print_config:
         cfg = resolve_config(args.preset, args.config, None, args.sets)
@@ -105,13 +106,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         from defectssft.anomaly_cli import fit_and_report
 
         fit_and_report(args.project, version, _json_line if args.json_progress else None)
+    decisions = _decisions(args.project, version)
     if args.json_progress:
+        if decisions:
+            _json_line({"event": "decisions", "version": version, **decisions})
         _json_line({"event": "model", "version": version})
     else:
         print(f"model {version}", flush=True)
+        for line in describe(decisions):
+            print(line, flush=True)
     if args.promote_if_better and os.environ.get("RANK", "0") == "0":
         _promote(args, version)
     return 0
+
+
+def _decisions(project: str, version: str) -> dict[str, Any]:
+    """What the default path decided for ``version`` (``metrics["training"]``), {} if none."""
+    from defectssft.project import Project
+
+    if os.environ.get("RANK", "0") != "0":
+        return {}
+    return Project.open(project).get_model(version)["metrics"].get("training") or {}
 
 
 def _promote(args: argparse.Namespace, version: str) -> None:

@@ -93,8 +93,11 @@ class ModelConfig(Section):
 
 @dataclass
 class InputConfig(Section):
-    height: int = setting(128, ge=16, le=4096)
-    width: int = setting(128, ge=16, le=4096)
+    # empty: proposed from the images' median aspect ratio at about side x side pixels
+    # (defectssft.inputsize); a value given wins
+    height: int | None = setting(None, kind=int, nullable=True, ge=16, le=4096)
+    width: int | None = setting(None, kind=int, nullable=True, ge=16, le=4096)
+    side: int = setting(128, ge=16, le=4096)
     # None: the project's setting input.bit_depth (default 16)
     bit_depth: int | None = setting(None, kind=int, nullable=True, ge=8, le=16)
 
@@ -148,6 +151,47 @@ class TrainConfig(Section):
     threads: int = setting(0, ge=0, le=1024)  # torch CPU threads; 0 = torch default
     device: str = setting("auto")  # auto | cpu | cuda | cuda:N
     select_metric: str = setting("auto", choices=("auto", "balanced_accuracy", "auroc", "macro_f1"))
+    # which weights ship: auto = the best validated ones only when the val split is large enough
+    # to choose (VAL_MIN_PER_CLASS images of every class), else the final (EMA) ones
+    checkpoint: str = setting("auto", choices=("auto", "final", "best"))
+    # labeled batches drawn class-balanced (each class equally often) instead of uniformly;
+    # on by default: benchmarks/default_path.py --quick (BENCHMARKS.md)
+    class_balanced: bool = setting(True)
+    # logit adjustment of the supervised loss (Menon et al. 2021): + tau * log(labeled prior)
+    logit_adjust: float = setting(0.0, ge=0.0, le=4.0)
+
+
+def parse_cross_fit(value: Any) -> str | int:
+    """evidence.cross_fit: 'auto', 'off' or a fold count K >= 2 (YAML's off/false: 'off',
+    on/true: 'auto')."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    text = str(value).strip().lower()
+    if text in ("auto", "off"):
+        return text
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 2 or k > 20:
+        raise ConfigError(
+            f"evidence.cross_fit must be auto, off or a fold count from 2 to 20, got {value!r}"
+        )
+    return k
+
+
+@dataclass
+class EvidenceConfig(Section):
+    """Cross-fitting (defectssft.training.crossfit): K fold models, each trained without one
+    fold of the labeled images, score that fold (models/vNNNN/oof.npz); the shipped model
+    trains on every label. auto: only when some class has no validation images."""
+
+    cross_fit: str | int = setting("auto", kind=str, parse=parse_cross_fit)
+    folds: int = setting(4, ge=2, le=20)  # K when cross_fit is auto
+    fold_steps: float = setting(0.25, ge=0.01, le=1.0)  # a fold run's steps / train.steps
+    # also cross-fit the supervised-only baseline and ship it when it beats the semi-supervised
+    # method out of fold (the supervised guard)
+    guard: bool = setting(True)
 
 
 @dataclass
@@ -174,6 +218,7 @@ class Config:
     ssl: SSLConfig = field(default_factory=SSLConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     tiles: TilesConfig = field(default_factory=TilesConfig)
 
     @classmethod
@@ -192,6 +237,7 @@ SECTIONS: dict[str, type] = {
     "ssl": SSLConfig,
     "augment": AugmentConfig,
     "train": TrainConfig,
+    "evidence": EvidenceConfig,
     "tiles": TilesConfig,
 }
 DEFAULTS: dict[str, dict[str, Any]] = Config().as_dict()
@@ -357,6 +403,9 @@ def resolve_for_data(cfg: dict[str, Any], has_ok_class: bool) -> dict[str, Any]:
     ``train.weight_decay`` takes the optimizer's default.
     """
     cfg = copy.deepcopy(cfg)
+    for key in ("height", "width"):  # train_project proposes them from the images first
+        if cfg["input"][key] is None:
+            cfg["input"][key] = cfg["input"]["side"]
     recipe = AUTO_RECIPE["ok_ng" if has_ok_class else "defect_types"]
     if cfg["train"]["optimizer"] == "auto":
         cfg["train"]["optimizer"] = recipe["optimizer"]

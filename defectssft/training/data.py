@@ -51,6 +51,9 @@ class TrainData:
     # Benchmarks only: the hidden true class of each unlabeled image, so a run can log how often
     # its pseudo-labels are right (``pl_acc``). A project never knows these; leave it None.
     unlabeled_truth: list[int] | None = None
+    # the project's image id of each labeled image (out-of-fold evidence names them); empty
+    # when the data did not come from a project
+    labeled_ids: list[int] = field(default_factory=list)
     # the project's region of interest, metadata form (defectssft_line.roi); None: whole image
     roi: dict[str, Any] | None = None
 
@@ -102,6 +105,7 @@ def from_project(project: Any) -> TrainData:
         ok_class=td.ok_class,
         data_hash=td.data_hash,
         bit_depth=int(bit_depth or 16),
+        labeled_ids=[int(i) for i in td.labeled_ids],
         roi=roi_meta(project),
     )
 
@@ -185,6 +189,35 @@ class SeededSampler(Sampler):
         return 2**62
 
 
+class ClassBalancedSampler(SeededSampler):
+    """``SeededSampler`` whose epochs draw every class equally often: each class's images are
+    repeated (in seeded shuffles) up to the largest class's count, then the whole epoch is
+    permuted. Positional like its parent, so resume stays exact."""
+
+    def __init__(
+        self, labels: Sequence[int], seed: int, start: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
+        by_class: dict[int, list[int]] = {}
+        for i, c in enumerate(labels):
+            by_class.setdefault(int(c), []).append(i)
+        if not by_class:
+            raise ValueError("ClassBalancedSampler needs a non-empty dataset")
+        self.by_class = [by_class[c] for c in sorted(by_class)]
+        self.per_class = max(len(v) for v in self.by_class)
+        super().__init__(self.per_class * len(self.by_class), seed, start, rank, world)
+
+    def _perm(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        epoch_items: list[int] = []
+        for idx in self.by_class:
+            reps = -(-self.per_class // len(idx))
+            pool = [
+                idx[j] for _ in range(reps) for j in torch.randperm(len(idx), generator=g).tolist()
+            ]
+            epoch_items += pool[: self.per_class]
+        return [epoch_items[j] for j in torch.randperm(len(epoch_items), generator=g).tolist()]
+
+
 def infinite_loader(
     dataset: ImageDataset,
     batch_size: int,
@@ -194,11 +227,17 @@ def infinite_loader(
     rank: int = 0,
     world: int = 1,
     pin_memory: bool = False,
+    class_balanced: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches forever, beginning at batch ``start_batch`` of the seeded stream (exact resume)."""
-    sampler = SeededSampler(
-        len(dataset), seed, start=start_batch * batch_size, rank=rank, world=world
-    )
+    """Batches forever, beginning at batch ``start_batch`` of the seeded stream (exact resume);
+    ``class_balanced``: each class drawn equally often (``ClassBalancedSampler``)."""
+    start = start_batch * batch_size
+    sampler: SeededSampler
+    if class_balanced:
+        labels = [int(item[1]) for item in dataset.items]
+        sampler = ClassBalancedSampler(labels, seed, start=start, rank=rank, world=world)
+    else:
+        sampler = SeededSampler(len(dataset), seed, start=start, rank=rank, world=world)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -47,6 +47,7 @@ from defectssft.training.data import (
     infinite_loader,
     path_items,
 )
+from defectssft.training.policy import can_choose_checkpoint
 from defectssft.training.runlog import (
     MetricsWriter,
     StopFlag,
@@ -66,12 +67,14 @@ class TrainResult:
     step: int
     steps: int
     run_dir: Path
-    weights: dict[str, torch.Tensor]  # what to ship: best (else final) EMA/student weights
+    weights: dict[str, torch.Tensor]  # what to ship: best or final EMA/student weights
     config: dict[str, Any] = field(default_factory=dict)  # the config as run (every auto resolved)
     metrics: dict[str, float] = field(default_factory=dict)  # validation metrics of `weights`
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
+    # which weights ``weights`` are and why: {"which": "final"|"best", "step": int, "why": str}
+    weights_from: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -340,6 +343,7 @@ def make_streams(
         info.rank,
         info.world,
         pin,
+        class_balanced=train_cfg.class_balanced,
     )
     unlabeled = None
     if use_unlabeled:
@@ -360,6 +364,19 @@ def make_streams(
         else None
     )
     return Streams(labeled, unlabeled, val, unlabeled_batch, data.unlabeled_truth is not None)
+
+
+def logit_adjustment(
+    data: TrainData, train_cfg: TrainConfig, device: torch.device
+) -> torch.Tensor | None:
+    """``tau * log(prior)`` added to the labeled logits in the supervised loss (logit adjustment,
+    Menon et al. 2021), the prior being the class frequencies the loss sees: the labeled ones, or
+    uniform under class-balanced sampling (then nothing to adjust). None when off."""
+    if train_cfg.logit_adjust <= 0 or train_cfg.class_balanced:
+        return None
+    counts = torch.tensor(data.class_counts(), dtype=torch.float32, device=device)
+    prior = (counts + 1) / (counts + 1).sum()
+    return train_cfg.logit_adjust * prior.log()
 
 
 def alignment_target(data: TrainData, ssl_cfg: SSLConfig, device: torch.device) -> torch.Tensor:
@@ -446,11 +463,14 @@ def compute_loss(
     da_target: torch.Tensor,
     info: ddp.DistInfo,
     step: int,
+    logit_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], obj.UnlabeledState]:
     """L = L_s + lambda_u * L_u; (loss, the numbers to log, the unlabeled state for the next
-    step). DefectssftError when the loss is not finite."""
+    step). ``logit_bias``: added to the labeled logits in L_s (``logit_adjustment``).
+    DefectssftError when the loss is not finite."""
     ssl_cfg = cfg.ssl
-    loss_s = obj.supervised_loss(logits.labeled, batch.y_labeled, cfg.train.label_smoothing)
+    labeled = logits.labeled if logit_bias is None else logits.labeled.float() + logit_bias
+    loss_s = obj.supervised_loss(labeled, batch.y_labeled, cfg.train.label_smoothing)
     loss_u, mask_rate, diagnostics = torch.zeros((), device=loss_s.device), 0.0, {}
     if method != "supervised":
         u = obj.unlabeled_loss(
@@ -587,6 +607,8 @@ def train(
     learner, mean, std = build_learner(config, len(data.classes), device, autocast_dtype)
     strong = StrongAugment(*strong_settings(augment_cfg)).to(device)
     da_target = alignment_target(data, ssl_cfg, device)
+    logit_bias = logit_adjustment(data, train_cfg, device)
+    may_choose, choose_why = checkpoint_rule(data, train_cfg)
     unlabeled_state = obj.UnlabeledState.initial(len(data.classes), device)
 
     # ---- resume: everything needed to continue exactly where last.pt stopped
@@ -626,7 +648,7 @@ def train(
     def validate() -> None:
         metrics = evaluate()
         score = select_score(metrics, train_cfg.select_metric)
-        is_best = not math.isnan(score) and score > run.best_score
+        is_best = may_choose and not math.isnan(score) and score > run.best_score
         if is_best:
             run.best_score, run.best_metrics = score, {**metrics, "step": run.step}
             save_best(run_dir / "best.pt", learner, run, info)
@@ -666,7 +688,15 @@ def train(
             with autocast(device, autocast_dtype):
                 logits = forward_batch(net, learner.teacher, batch, strong, mean, std, ssl_cfg)
             loss, logged, unlabeled_state = compute_loss(
-                method, logits, batch, unlabeled_state, config, da_target, info, run.step
+                method,
+                logits,
+                batch,
+                unlabeled_state,
+                config,
+                da_target,
+                info,
+                run.step,
+                logit_bias,
             )
             optimizer_step(learner, loss, train_cfg, info, run.step)
             run.step += 1
@@ -693,17 +723,54 @@ def train(
 
     checkpoint()
     weights, metrics = learner.shipped.state_dict(), {}
+    shipped = "final (EMA)" if learner.teacher is not None else "final"
+    weights_from = {"which": "final", "step": run.step, "why": choose_why}
     if streams.val is not None and status != "interrupted":
-        weights, metrics = choose_weights(
-            run_dir / "best.pt", weights, evaluate(), run, train_cfg, info
-        )
+        final_metrics = evaluate()
+        metrics = final_metrics
+        if may_choose:
+            weights, metrics = choose_weights(
+                run_dir / "best.pt", weights, final_metrics, run, train_cfg, info
+            )
+            if metrics is not final_metrics:
+                step = int(run.best_metrics.get("step", run.step))
+                weights_from = {"which": "best", "step": step, "why": choose_why}
+            else:
+                weights_from["why"] = choose_why + "; the final weights scored best"
+    weights_from["label"] = shipped if weights_from["which"] == "final" else "best validated"
     weights = {k: v.detach().cpu() for k, v in weights.items()}
-    weights, metrics = ddp.broadcast_object(info, (weights, metrics))  # rank 0's choice everywhere
+    weights, metrics, weights_from = ddp.broadcast_object(
+        info, (weights, metrics, weights_from)
+    )  # rank 0's choice everywhere
     done = {"event": "done", "status": status, "step": run.step, "steps": steps}
-    emit({**done, "elapsed_s": clock.elapsed(), **metrics})
+    emit({**done, "elapsed_s": clock.elapsed(), "weights": weights_from["which"], **metrics})
     writer.close()
     return TrainResult(
-        status, run.step, steps, run_dir, weights, resolved, metrics, mean, std, clock.elapsed()
+        status,
+        run.step,
+        steps,
+        run_dir,
+        weights,
+        resolved,
+        metrics,
+        mean,
+        std,
+        clock.elapsed(),
+        weights_from,
+    )
+
+
+def checkpoint_rule(data: TrainData, train_cfg: TrainConfig) -> tuple[bool, str]:
+    """(whether validation may choose the shipped weights, why): ``train.checkpoint`` final or
+    best, else (auto) ``policy.can_choose_checkpoint`` on the run's labeled and val images."""
+    if not data.val:
+        return False, "no validation split"
+    if train_cfg.checkpoint == "final":
+        return False, "train.checkpoint=final"
+    if train_cfg.checkpoint == "best":
+        return True, "train.checkpoint=best"
+    return can_choose_checkpoint(
+        [lab for _, lab in data.labeled], [lab for _, lab in data.val], len(data.classes)
     )
 
 

@@ -26,6 +26,7 @@ def labeled_window(window, image_files, qtbot):
     ids = p.image_ids()
     for i, image_id in enumerate(ids[:15]):
         p.set_label(image_id, ["ok", "scratch", "dent"][i % 3])
+    p.assign_splits(min_labels=3)  # the splits of old (the default holds out from 30 labels)
     return window
 
 

@@ -310,6 +310,27 @@ def auroc(good: list[float], bad: list[float]) -> float | None:
 _PCT = r"([0-9.]+|n/a)\s*%?"
 
 
+def _rate_claim(text: str, where: str, name: str) -> dict[str, Any] | None:
+    """One rate as ``evaluate`` prints it (``metrics.format_rate``): ``escapes 0 / 3, ≤ 70.8 %``
+    or ``escapes 2 / 40 = 5.0 % [0.6, 16.9]``, on the line that starts with ``where``: its count,
+    parts and the product's own 95 % interval (fractions)."""
+    line = re.search(rf"^\s*{where}[^\n]*$", text, re.M)
+    if not line:
+        return None
+    m = re.search(
+        rf"{name} (\d+) / (\d+)(?:, ≤ ([0-9.]+) %| = [0-9.]+ % \[([0-9.]+), ([0-9.]+)\])?",
+        line.group(0),
+    )
+    if not m:
+        return None
+    k, n = int(m.group(1)), int(m.group(2))
+    if not n:
+        return {"k": k, "n": n, "low": 0.0, "high": 1.0}
+    if m.group(3) is not None:
+        return {"k": k, "n": n, "low": 0.0, "high": float(m.group(3)) / 100}
+    return {"k": k, "n": n, "low": float(m.group(4)) / 100, "high": float(m.group(5)) / 100}
+
+
 def parse_evaluate(text: str) -> dict[str, Any]:
     """What ``defectssft evaluate`` claimed, parsed from its printout (raw text kept too)."""
 
@@ -327,6 +348,12 @@ def parse_evaluate(text: str) -> dict[str, Any]:
         "escape_pct": num(r"operating threshold [^:]*: escape " + _PCT),
         "overkill_pct": num(r"operating threshold [^\n]*overkill " + _PCT),
     }
+    for key, where in (("test", r"line verdicts on test:"), ("oof", r"out-of-fold \(")):
+        for name in ("escapes", "overkill", "UNSURE"):
+            claims[f"{key}_{name.lower()}"] = _rate_claim(text, where, name)
+    esc = claims["test_escapes"]
+    if claims["escape_pct"] is None and esc and esc["n"]:
+        claims["escape_pct"] = 100.0 * esc["k"] / esc["n"]
     sup = re.findall(r"^\s+(\S+)\s+P [0-9.]+\s+R [0-9.]+\s+F1 [0-9.]+\s+n (\d+)", text, re.M)
     claims["test_support"] = {c: int(n) for c, n in sup}
     claims["n_defective"] = sum(n for c, n in claims["test_support"].items() if c != OK) or None
@@ -640,15 +667,25 @@ def _rate_cell(r: dict[str, Any]) -> str:
 
 
 def _claim_cell(c: dict[str, Any], line: dict[str, Any]) -> str:
-    """What ``evaluate`` claimed: test n, accuracy, escapes as a count with its 95 % Wilson
-    interval (the product prints none) and whether that interval holds the line's escape rate."""
+    """What ``evaluate`` claimed: test n, accuracy, escapes as a count with the product's own
+    95 % interval, on test and out of fold (before #13, which printed none: a Wilson interval
+    of the printed rate), and whether that interval holds the line's escape rate."""
     if "refused" in c:
         return "refused: " + c["refused"].split(";")[0].split(": ")[-1][:60]
-    if c.get("n") is None:
+    if c.get("n") is None and not (c.get("oof_escapes") or {}).get("n"):
         return "—"
     n_def = sum(v for name, v in c.get("test_support", {}).items() if name != OK)
-    out = f"n {int(c['n'])}: acc. {c['accuracy_pct']} %"
-    if c.get("escape_pct") is not None and n_def:
+    out = "no test split" if c.get("n") is None else f"n {int(c['n'])}: acc. {c['accuracy_pct']} %"
+    seen = line["escapes"]["rate"]
+    own = [(w, c.get(f"{w}_escapes")) for w in ("test", "oof")]
+    own = [(w, e) for w, e in own if e and e["n"]]
+    for where, e in own:  # the product's own count and 95 % interval (since #13)
+        held = "" if seen is None else " ✓" if e["low"] <= seen <= e["high"] else " ✗"
+        out += (
+            f", {'' if where == 'test' else 'out-of-fold '}escapes {e['k']}/{e['n']} "
+            f"[{_pct(e['low'])}, {_pct(e['high'])}]{held}"
+        )
+    if not own and c.get("escape_pct") is not None and n_def:
         x = round(c["escape_pct"] / 100 * n_def)
         lo, hi = wilson(x, n_def)
         seen = line["escapes"]["rate"]

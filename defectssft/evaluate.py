@@ -335,6 +335,7 @@ def evaluate_project_model(
     from defectssft.evidence import load_oof
     from defectssft.metrics import operating_point
     from defectssft.modeling import load_model_file
+    from defectssft.splits import MIN_HOLDOUT_LABELS
 
     record = project.get_model(version)
     data = project.training_data()
@@ -347,8 +348,10 @@ def evaluate_project_model(
     if not (data.test or data.val or data.unlabeled or oof is not None):
         raise EvaluationError(
             f"{project.root}: the test split is empty and there is no other evidence (val, "
-            "out-of-fold, unlabeled stream); label more images (at least 3 per class) so that "
-            "a test split can be drawn"
+            "out-of-fold, unlabeled stream); train with cross-fitting (the default with few "
+            "labels), import unlabeled images, or label a class up to "
+            f"{int(project.get_setting('split.min_labels', MIN_HOLDOUT_LABELS))} images so "
+            "that a test split is drawn"
         )
     model, meta = load_model_file(folder / "model.pt")
     meta["version"] = meta.get("version") or record["version"]

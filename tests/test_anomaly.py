@@ -201,7 +201,9 @@ def test_nothing_to_fit_is_one_line_and_export_still_works(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert not (Path(p.get_model(version)["path"]) / META_FILE).exists()
-    assert main(["export", str(p.root)]) == 0  # the classifier still exports
+    # the classifier still exports (an explicit threshold: the empty project has nothing to
+    # evaluate it on)
+    assert main(["export", str(p.root), "--threshold", "0.5"]) == 0
 
 
 def test_fit_anomaly_cli(tmp_path, capsys):

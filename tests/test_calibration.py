@@ -173,7 +173,7 @@ def test_a_project_with_one_class_is_one_line(tmp_path, capsys):
         path = tmp_path / f"o{i}.png"
         cv2.imwrite(str(path), synthetic_image("ok", i))
         project.add_image(path, label="ok")
-    project.assign_splits(val_fraction=0.3, test_fraction=0.3)
+    project.assign_splits(val_fraction=0.3, test_fraction=0.3, min_labels=3)
     version, folder = project.new_model_dir()
     torch.manual_seed(0)
     meta = {**tiny_meta(version), "classes": ["ok"]}
@@ -254,7 +254,7 @@ def test_a_project_without_an_ok_class_says_there_is_no_threshold(tmp_path, caps
         path = tmp_path / f"{kind}{k}.png"
         cv2.imwrite(str(path), synthetic_image(kind, k))
         project.add_image(path, label=kind)
-    project.assign_splits(val_fraction=0.25, test_fraction=0.25)
+    project.assign_splits(val_fraction=0.25, test_fraction=0.25, min_labels=3)
     version, folder = project.new_model_dir()
     meta = {**tiny_meta(version), "ok_class": None}
     save_model_file(folder / "model.pt", tiny_model(), meta)

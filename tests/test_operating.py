@@ -32,7 +32,7 @@ def build(tmp_path, n_ok=20, n_def=10, n_unl=12, ok_score=0.1, def_score=0.8):
         label = "ok" if i < n_ok else "scratch" if i < n_ok + n_def else None
         r = p.add_image(write_gray(tmp_path / "src" / f"{i}.png", 10 + i, seed=i), label=label)
         assert r.status == "added"
-    p.assign_splits(val_fraction=0.25, test_fraction=0.25, seed=0)
+    p.assign_splits(val_fraction=0.25, test_fraction=0.25, seed=0, min_labels=3)
     version, _ = p.new_model_dir()
     p.register_model(version, {"classes": CLASSES, "ok_class": "ok"}, {})
     labels = p.labels_of(p.image_ids())

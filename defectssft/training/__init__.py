@@ -70,6 +70,10 @@ def _input_size(project: Any, cfg: dict[str, Any]) -> tuple[dict[str, Any], str]
     inp = cfg["input"]
     if inp["height"] is not None and inp["width"] is not None:
         return cfg, "set in the config"
+    if (cfg.get("tiles") or {}).get("enabled"):  # a tile is square, the grid follows the part
+        side = inp["side"]
+        h, w = inp["height"] or side, inp["width"] or side
+        return {**cfg, "input": {**inp, "height": h, "width": w}}, "tiles of input.side px"
     sizes = image_sizes(project)
     ratios = sorted(w / h for w, h in sizes if w > 0 and h > 0)
     aspect = ratios[len(ratios) // 2] if ratios else 1.0

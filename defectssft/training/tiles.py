@@ -47,12 +47,14 @@ def tile_spec(cfg: Any) -> TileSpec | None:
         t, inp = cfg.get("tiles") or {}, cfg["input"]
         if not t.get("enabled"):
             return None
-        h, w = inp["height"], inp["width"]
+        side = inp.get("side") or 128
+        h, w = inp["height"] or side, inp["width"] or side  # a side left empty: a square tile
         return TileSpec(h, w, float(t["scale"]), float(t["overlap"]), t["pool"], int(t["top_k"]))
     if not cfg.tiles.enabled:
         return None
-    t = cfg.tiles
-    return TileSpec(cfg.input.height, cfg.input.width, t.scale, t.overlap, t.pool, t.top_k)
+    t, inp = cfg.tiles, cfg.input
+    h, w = inp.height or inp.side, inp.width or inp.side
+    return TileSpec(h, w, t.scale, t.overlap, t.pool, t.top_k)
 
 
 def tiles_meta(cfg: dict[str, Any]) -> dict[str, Any] | None:

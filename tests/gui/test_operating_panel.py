@@ -36,7 +36,7 @@ def op_project(tmp_path: Path):
     for i in range(34):
         label = "ok" if i < 16 else "scratch" if i < 24 else None
         p.add_image(write_png(tmp_path / "src" / f"{i}.png", seed=i), label=label)
-    p.assign_splits(val_fraction=0.25, test_fraction=0.25, seed=0)
+    p.assign_splits(val_fraction=0.25, test_fraction=0.25, seed=0, min_labels=3)
     p.models_dir.joinpath("v0001").mkdir(parents=True)
     p.register_model("v0001", {"classes": CLASSES, "ok_class": "ok"}, {})
     _scores(p, "v0001")

@@ -10,27 +10,14 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from defectssft_line import argtypes
 from defectssft_line.novelty import ON_NOVEL_CHOICES
 
 if TYPE_CHECKING:  # defectssft.anomaly imports torch: only inside the commands
     from defectssft.anomaly import AnomalyModel
 
 
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def _rate(text: str) -> float:
-    v = _positive(text)
-    if v >= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return v
+_rate = argtypes.number(float, lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +33,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--bank-mb",
-        type=_positive,
+        type=argtypes.positive_float,
         default=None,
         help="largest memory bank in MB (default 20); a larger one is subsampled",
     )

@@ -361,13 +361,7 @@ def export_onnx(
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     t0 = time.perf_counter()
-    out_path = Path(out_path)
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(
-            f"{out_path.parent}: cannot create the output folder ({e.strerror})"
-        ) from e
+    out_path = output_path(out_path)
     spec = ModelSpec.from_meta(meta)
     height, width = spec.input.height, spec.input.width
     images = np.asarray(check_images, dtype=np.uint8)
@@ -441,6 +435,18 @@ def _project_images(project, max_check: int, max_calib: int):
     rng = np.random.default_rng(0)
     calib = [pool[i] for i in rng.permutation(len(pool))[:max_calib]] if pool else check_paths
     return check_paths, labels, calib
+
+
+def output_path(out_path: str | Path) -> Path:
+    """``out_path`` as a Path, its folder created (ExportError in one line when it cannot be)."""
+    out_path = Path(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(
+            f"{out_path.parent}: cannot create the output folder ({e.strerror})"
+        ) from e
+    return out_path
 
 
 def default_output(model_dir: Path, precision: str) -> Path:

@@ -159,15 +159,9 @@ def checked_export(
 ):
     """``export.export_onnx`` to a temporary file, the verdict check, then the rename: a file
     that flips a verdict never replaces anything."""
-    from defectssft.export import ExportError, export_onnx
+    from defectssft.export import export_onnx, output_path
 
-    out_path = Path(out_path)
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(
-            f"{out_path.parent}: cannot create the output folder ({e.strerror})"
-        ) from e
+    out_path = output_path(out_path)
     with atomic_path(out_path) as staged:
         result = export_onnx(
             model, meta, staged, precision=precision, thresholds=thresholds, **export_kwargs

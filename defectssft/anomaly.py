@@ -131,15 +131,7 @@ class AnomalyInspectionModel(nn.Module):
         bb = ins.backbone
         final, inter = _intermediates(bb, ins.normalise(image), self.indices)
         logits = bb.forward_head(final).to(torch.float32)
-        probs = torch.softmax(logits, dim=1)
-        # The defect score of InspectionModel.forward (defectssft_line.decision.defect_scores).
-        if ins.ok_index is None:
-            drop = probs.argmax(dim=1, keepdim=True)
-        else:
-            drop = torch.full(
-                (probs.shape[0], 1), ins.ok_index, dtype=torch.int64, device=probs.device
-            )
-        score = probs.scatter(1, drop, 0.0).sum(dim=1)
+        probs, score = ins.probs_and_score(logits)  # as InspectionModel.forward
         a_score, a_map = self.head(patch_features(inter))
         if not self.with_map:
             return probs, logits, score, a_score

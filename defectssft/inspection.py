@@ -207,16 +207,20 @@ class InspectionModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.backbone(self.normalise(image)).to(torch.float32)
+        probs, score = self.probs_and_score(logits)
+        return probs, logits, score
+
+    def probs_and_score(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax and the defect score of ``defectssft_line.decision.defect_scores``, as graph
+        operations (float32 logits [N, C] -> probs [N, C], score [N])."""
         probs = torch.softmax(logits, dim=1)
-        # The defect score of defectssft_line.decision.defect_scores, as graph operations.
         if self.ok_index is None:
             drop = probs.argmax(dim=1, keepdim=True)
         else:
             drop = torch.full(
                 (probs.shape[0], 1), self.ok_index, dtype=torch.int64, device=probs.device
             )
-        score = probs.scatter(1, drop, 0.0).sum(dim=1)
-        return probs, logits, score
+        return probs, probs.scatter(1, drop, 0.0).sum(dim=1)
 
 
 def inspection_model(model: nn.Module, spec: ModelSpec | Mapping[str, Any]) -> InspectionModel:

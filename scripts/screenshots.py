@@ -54,6 +54,16 @@ def wait(app, cond, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def wait_thumbnails(app, window, first: int = 12) -> None:
+    """Until the grid's first ``first`` thumbnails are drawn."""
+    wait(
+        app,
+        lambda: all(window.model.has_thumbnail(i) for i in range(min(first, window.model.total()))),
+        30,
+        "thumbnails",
+    )
+
+
 WALK_TINY = (
     "model.name=test_efficientnet model.weights=none "
     "train.batch_size=4 train.num_workers=0 train.log_every=1 train.eval_every=2 "
@@ -281,14 +291,7 @@ def operating_point_shots(app, source: Path, out: Path, version: str | None = No
         loaded.clear()
         window.set_filter("verdict:unsure")
         wait(app, lambda: bool(loaded), 60, "the UNSURE filter")
-        wait(
-            app,
-            lambda: all(
-                window.model.has_thumbnail(i) for i in range(min(12, window.model.total()))
-            ),
-            30,
-            "thumbnails",
-        )
+        wait_thumbnails(app, window)
         shoot(window, "operating-point-verdicts")
         dlg.close()
         window.close()
@@ -388,14 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         window.actions_by_name["heatmap"].setChecked(True)
         window.compute_heatmap()
         wait(app, lambda: bool(shown), 120, "the heat map")
-        wait(
-            app,
-            lambda: all(
-                window.model.has_thumbnail(i) for i in range(min(12, window.model.total()))
-            ),
-            30,
-            "thumbnails",
-        )
+        wait_thumbnails(app, window)
         app.processEvents()
         window.grab().save(str(out / "main-window.png"))
 

@@ -54,6 +54,8 @@ from typing import Any
 import genicam
 import numpy as np
 
+from defectssft_line.placement import Placement, scoring_cpu
+
 CTI = str(Path(genicam.__file__).parent / "viky.cti")
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20  # first parts of the latency phase not timed (the camera's backlog, warm caches)
@@ -114,9 +116,18 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- PLC stand-ins
 
 
-def poll_opcua(url: str, n: int, poll_s: float, out: Any, ready: Any) -> None:
+def pin_self(cpus: list[int] | None) -> None:
+    """A stand-in for another machine runs on the CPUs the line leaves free of scoring."""
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
+
+
+def poll_opcua(
+    url: str, n: int, poll_s: float, out: Any, ready: Any, cpus: list[int] | None = None
+) -> None:
     """Read Counter/Total every poll_s; {counter: (first read showing it returned, the read
     before it started)}."""
+    pin_self(cpus)
     from asyncua.sync import Client
 
     client = Client(url, timeout=10)
@@ -138,8 +149,11 @@ def poll_opcua(url: str, n: int, poll_s: float, out: Any, ready: Any) -> None:
     out.put(seen)
 
 
-def poll_modbus(port: int, n: int, poll_s: float, out: Any, ready: Any) -> None:
+def poll_modbus(
+    port: int, n: int, poll_s: float, out: Any, ready: Any, cpus: list[int] | None = None
+) -> None:
     """As poll_opcua, over Modbus (holding registers 2-3: the counter)."""
+    pin_self(cpus)
     from pymodbus.client import ModbusTcpClient
 
     mb = ModbusTcpClient("127.0.0.1", port=port, timeout=10)
@@ -243,7 +257,9 @@ class RecordingPlc:
 # --------------------------------------------------------------------------- the line
 
 
-def make_runner(model_path: Path, outputs: Any, out_file: Path) -> tuple[Any, Any]:
+def make_runner(
+    model_path: Path, outputs: Any, out_file: Path, placement: Any = None
+) -> tuple[Any, Any]:
     from defectssft_line.cli import Runner
     from defectssft_line.hotswap import ModelHolder
     from defectssft_line.model import LineModel
@@ -251,7 +267,9 @@ def make_runner(model_path: Path, outputs: Any, out_file: Path) -> tuple[Any, An
 
     holder = ModelHolder(model_path, lambda p: LineModel.load(p, threads=1), poll_s=3600)
     writer = ResultWriter("jsonl", out_file)
-    return Runner(holder, writer, None, outputs), writer
+    runner = Runner(holder, writer, None, outputs)
+    runner.placement = placement  # as ``defectssft-line run --scoring-cpu``
+    return runner, writer
 
 
 def camera(
@@ -328,7 +346,8 @@ def timed_sends(sink: Any, done: dict[int, float]) -> None:
 
 
 def bare_run(model: Any, frames: list[np.ndarray], n: int) -> tuple[list[float], float, float]:
-    """(ms per classify, frames/s, process CPU ms per frame) of bare classify."""
+    """(ms per classify, frames/s, process CPU ms per frame) of bare classify, on the calling
+    thread (pinned to the scoring CPU when the placement is on, as the line's)."""
     times = []
     c0, t_start = time.process_time(), time.perf_counter()
     for i in range(n):
@@ -347,7 +366,9 @@ def grab(n: int) -> list[np.ndarray]:
     return frames
 
 
-def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work: Path) -> dict:
+def part_latency(
+    model_path: Path, frames: int, fps: float, poll_s: float, work: Path, placement: Any
+) -> dict:
     from defectssft_line.lineio import LineOutputs
     from defectssft_line.model import LineModel
     from defectssft_line.sinks.modbus import ModbusServerSink
@@ -355,6 +376,7 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
 
     grabbed = grab(50)
     model = LineModel.load(model_path, threads=1)
+    placement.apply()  # this thread scores, bare and in the line alike
     for f in grabbed[:10]:
         model.classify([f])
     load_start = load()
@@ -377,14 +399,15 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
         return handle(rec, **kw)
 
     outputs.handle = timed_handle
-    runner, writer = make_runner(model_path, outputs, work / "e2e.jsonl")
+    runner, writer = make_runner(model_path, outputs, work / "e2e.jsonl", placement)
     n_parts = frames + WARMUP
     ctx = mp.get_context("spawn")
     q_opc, q_mb, r_opc, r_mb = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
     url = endpoint_url("127.0.0.1", opc_port)
+    free = sorted(placement.others) or None  # the stand-ins: other machines
     procs = [
-        ctx.Process(target=poll_opcua, args=(url, n_parts, poll_s, q_opc, r_opc)),
-        ctx.Process(target=poll_modbus, args=(mb_port, n_parts, poll_s, q_mb, r_mb)),
+        ctx.Process(target=poll_opcua, args=(url, n_parts, poll_s, q_opc, r_opc, free)),
+        ctx.Process(target=poll_modbus, args=(mb_port, n_parts, poll_s, q_mb, r_mb, free)),
     ]
     for p in procs:
         p.start()
@@ -394,7 +417,7 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
     requeue_ms: list[float] = []
     opener, stream = camera(fps, stamps, requeue_ms)
     p = prefetcher(opener, stream, limit=n_parts)
-    c0, w0 = time.process_time(), time.perf_counter()
+    c0, w0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
     n = 0
     t_read: dict[int, float] = {}
     t_score: dict[int, float] = {}
@@ -403,6 +426,7 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
         t_read[n], t_score[n] = frame.t_read, time.perf_counter()
         runner.score_frame(f"f{n}", frame.image, frame.meta)
     cpu_line = (time.process_time() - c0) * 1000 / n
+    thread_line = (time.thread_time() - th0) * 1000 / n
     wall = time.perf_counter() - w0
     p.close()
     untime_requeue()
@@ -411,9 +435,12 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
         proc.join(30)
     outputs.close(timeout=2)
     writer.close()
+    th0 = time.thread_time()
     bare_after, rate_after, cpu_after = bare_run(model, grabbed, frames // 2)
+    thread_bare = (time.thread_time() - th0) * 1000 / (frames // 2)
     bare += bare_after
     load_end = load()
+    placement.release()
 
     recs = [json.loads(line) for line in (work / "e2e.jsonl").read_text().splitlines()]
     # counter k is the k-th record; time from the driver's hand-over of that record's frame
@@ -475,13 +502,14 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
         "inference_in_run_ms": stats(list(infer.values())),
         **{k: stats(v) for k, v in {**lat, **over}.items()},
         "line_cpu_ms_per_frame": cpu_line,
+        "scoring_thread_cpu_ms_per_frame_line_bare": [thread_line, thread_bare],
         "line_wall_s": wall,
         "records": len(recs),
         "frame_ids_in_order": ids == sorted(ids) and len(set(ids)) == len(ids),
     }
 
 
-def throughput(model_path: Path, frames: int, work: Path) -> dict:
+def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dict:
     from defectssft_line.lineio import LineOutputs
     from defectssft_line.model import LineModel
     from defectssft_line.sinks.modbus import ModbusServerSink
@@ -493,7 +521,8 @@ def throughput(model_path: Path, frames: int, work: Path) -> dict:
     mbs = ModbusServerSink(port=free_port(), log=lambda m: None)
     outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
     outputs.start()
-    runner, writer = make_runner(model_path, outputs, work / "tp.jsonl")
+    runner, writer = make_runner(model_path, outputs, work / "tp.jsonl", placement)
+    placement.apply()
     opener, stream = camera(200.0)
     p = prefetcher(opener, stream)
     it = iter(p)
@@ -520,6 +549,7 @@ def throughput(model_path: Path, frames: int, work: Path) -> dict:
     p.close()
     outputs.close(timeout=2)
     writer.close()
+    placement.release()
     return {
         "frames_each": n_bare,
         "load_start_end": [load_start, load()],
@@ -659,11 +689,27 @@ def report(lat: dict, tp: dict) -> None:
         f"CPU per frame (process): line {lat['line_cpu_ms_per_frame']:.2f} ms at "
         f"{lat['camera_fps']:g} fps while polled, bare {lat['bare_cpu_ms_per_frame']:.2f} ms"
     )
+    th_line, th_bare = lat["scoring_thread_cpu_ms_per_frame_line_bare"]
+    print(f"scoring thread CPU per frame: line {th_line:.2f} ms, bare {th_bare:.2f} ms")
     print(
         f"throughput (interleaved blocks): bare {tp['bare_fps']:.1f} fps, line "
         f"{tp['line_fps']:.1f} fps = {tp['ratio']:.2f} x; CPU per frame bare "
         f"{tp['bare_cpu_ms_per_frame']:.2f} ms, line {tp['line_cpu_ms_per_frame']:.2f} ms"
     )
+    print("aims (issue #18):")
+    for k in ("held", "seen"):
+        o, m = lat[f"opcua_{k}_ms"]["median"], lat[f"modbus_{k}_ms"]["median"]
+        oo, mo = lat[f"opcua_{k}_over_own_ms"]["median"], lat[f"modbus_{k}_over_own_ms"]["median"]
+        print(
+            f"  frame -> value {k} (OPC UA / Modbus), added to the median: over bare "
+            f"{100 * (o / b - 1):+.1f} / {100 * (m / b - 1):+.1f} %, over the part's own "
+            f"inference {100 * oo / own:+.1f} / {100 * mo / own:+.1f} % (aim <= 10 %)"
+        )
+    ratios = [
+        lat[f"{k}_ms"]["p99"] / lat[f"{k}_ms"]["median"] for k in ("opcua_seen", "modbus_seen")
+    ]
+    print(f"  p99 / median, frame -> seen: {ratios[0]:.2f} / {ratios[1]:.2f} (aim <= 2)")
+    print(f"  throughput line / bare: {tp['ratio']:.2f} (aim >= 0.9)")
 
 
 def main() -> None:
@@ -682,12 +728,34 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="an exported lite0 ONNX (default: export one)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--name", help="results file name (default by mode)")
+    ap.add_argument(
+        "--scoring-cpu",
+        type=scoring_cpu,
+        default="auto",
+        help="as defectssft-line run --scoring-cpu (auto|off|N); the stand-in PLCs and the "
+        "line's other threads go to the other CPUs, bare classify runs on the scoring CPU",
+    )
+    ap.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval for this run (default: Python's, 5 ms)",
+    )
     args = ap.parse_args()
+    placement = Placement(args.scoring_cpu, log=print)
+    print(placement.summary())
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     frames = args.frames or (200 if args.quick else 1000)
     soak_frames = args.soak_frames or (300 if args.quick else 3000)
     drop_every = args.drop_every_s or (5.0 if args.quick else 60.0)
     drop_for = args.drop_for_s or (1.0 if args.quick else 5.0)
-    result: dict[str, Any] = {"command": " ".join(sys.argv), "size": args.size}
+    result: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "size": args.size,
+        "placement": placement.summary(),
+        "switch_interval_ms": sys.getswitchinterval() * 1000,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_path = args.model
@@ -699,8 +767,10 @@ def main() -> None:
             child.start()
             child.join(600)
         if not args.soak_only:
-            lat = part_latency(model_path, frames, args.latency_fps, args.poll_ms / 1000, work)
-            tp = throughput(model_path, frames, work)
+            lat = part_latency(
+                model_path, frames, args.latency_fps, args.poll_ms / 1000, work, placement
+            )
+            tp = throughput(model_path, frames, work, placement)
             result.update(latency=lat, throughput=tp)
             report(lat, tp)
         if not args.no_soak:

@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -180,12 +181,21 @@ class Runner:
         self._save_map(model, name, frame, pred)
         if pred.verdict == "UNSURE" and self.send_unsure is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            try:
-                send_unsure_frame(frame, self.send_unsure, f"cam-{stamp}-{name}")
-            except OSError as e:
-                _log(f"warning: cannot save {name} to {self.send_unsure}: {e.strerror or e}")
+            write = partial(self._send_unsure_frame, frame, f"cam-{stamp}-{name}", name)
+            images = self.outputs.images if self.outputs is not None else None
+            if images is not None:
+                images.put(write, droppable=False)  # off this thread, never dropped
+            else:
+                write()
         self.writer.write(rec)
         return rec
+
+    def _send_unsure_frame(self, frame: np.ndarray, file_name: str, name: str) -> None:
+        assert self.send_unsure is not None
+        try:
+            send_unsure_frame(frame, self.send_unsure, file_name)
+        except OSError as e:
+            _log(f"warning: cannot save {name} to {self.send_unsure}: {e.strerror or e}")
 
     def score_file(self, path: Path) -> dict:
         try:

@@ -9,7 +9,8 @@ inspection: sinks queue and reconnect on their own, the archive warns and counts
 
 Part id (``--part-id``): ``counter`` (the camera's frame id when it has one, else a running
 count), ``file`` (the file or frame name), ``plc`` (the value the PLC wrote to the OPC UA
-``PartIdIn`` node or Modbus register 10 before the trigger; the counter when it wrote none),
+``PartIdIn`` node or Modbus register 10 before the trigger: of this process's server, or read
+from the PLC by a client sink when the frame arrives; the counter when there is none),
 ``auto`` (default): the file name for files, the counter for a camera.
 """
 
@@ -57,8 +58,10 @@ class LineOutputs:
         self.classes = list(classes or [])
         self._log = log
         self.counter = 0
+        self._requested = False  # begin() asked the client sinks for this part's id
         self.started = time.time()
         self._busy_sinks = [s for s in self.sinks if getattr(s, "wants_busy", False)]
+        self._part_readers = [s for s in self.sinks if s.reads_part_id] if part_id == "plc" else []
         for s in self.sinks:
             s.status = self.status
 
@@ -76,22 +79,30 @@ class LineOutputs:
             raise
         if self.images is not None:
             self.images.start()
-        if self.part_mode == "plc" and not any(s.server for s in self.sinks):
+        if self.part_mode == "plc" and not any(s.server or s.reads_part_id for s in self.sinks):
             self._log(
-                "warning: --part-id plc needs --opcua-server or --modbus-server (the PLC "
-                "writes the part id there); using the counter"
+                "warning: --part-id plc needs an OPC UA or Modbus sink (a server the PLC "
+                "writes the part id to, or a client that reads it from the PLC); using the counter"
             )
 
     def begin(self) -> None:
-        """A frame arrived: tell the PLC the station is busy."""
+        """A frame arrived: tell the PLC the station is busy; client sinks read the part id
+        the PLC wrote for it (``--part-id plc``) while the frame is scored."""
         for s in self._busy_sinks:
             s.publish({"type": "busy"})
+        for s in self._part_readers:
+            s.request_part_id()
+        self._requested = True
 
     def _part_id(self, rec: dict[str, Any], camera: bool) -> str:
         counter = rec.get("frame_id")
         counter = str(counter) if counter is not None else str(self.counter)
         mode = self.part_mode
         if mode == "plc":
+            if not self._requested:  # a file: no frame arrival announced it
+                for s in self._part_readers:
+                    s.request_part_id()
+            self._requested = False
             for s in self.sinks:
                 try:
                     value = s.plc_part_id()

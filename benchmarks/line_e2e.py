@@ -60,6 +60,7 @@ CTI = str(Path(genicam.__file__).parent / "viky.cti")
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20  # first parts of the latency phase not timed (the camera's backlog, warm caches)
 BLOCK = 20  # frames per block in the interleaved throughput phase
+STANDINS_PINNED = True  # --standins: the stand-in PLCs on the CPUs the line leaves free
 
 
 def rss_mb() -> float:
@@ -117,7 +118,11 @@ def free_port() -> int:
 
 
 def pin_self(cpus: list[int] | None) -> None:
-    """A stand-in for another machine runs on the CPUs the line leaves free of scoring."""
+    """A stand-in for another machine runs on the CPUs the line leaves free of scoring, in a
+    session of its own: with the kernel's autogroup scheduling a session shares the CPUs
+    fairly with the others, so it does not count against the line's share."""
+    with contextlib.suppress(OSError):
+        os.setsid()
     if cpus:
         os.sched_setaffinity(0, set(cpus))
 
@@ -146,6 +151,7 @@ def poll_opcua(
         prev_start = start
         time.sleep(poll_s)
     client.disconnect()
+    seen[0] = (time.process_time(), 0.0)  # the stand-in's own CPU time
     out.put(seen)
 
 
@@ -171,6 +177,7 @@ def poll_modbus(
         prev_start = start
         time.sleep(poll_s)
     mb.close()
+    seen[0] = (time.process_time(), 0.0)
     out.put(seen)
 
 
@@ -345,14 +352,61 @@ def timed_sends(sink: Any, done: dict[int, float]) -> None:
     sink.send, sink.apply = timed, timed_apply
 
 
-def bare_run(model: Any, frames: list[np.ndarray], n: int) -> tuple[list[float], float, float]:
+def schedstat() -> tuple[float, float]:
+    """(ms on a CPU, ms waiting in a run queue) of the calling thread so far (Linux)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on, queued = f.read().split()[:2]
+        return int(on) / 1e6, int(queued) / 1e6
+    except OSError:
+        return float("nan"), float("nan")
+
+
+class Split:
+    """Where the scoring thread's time per part goes: on a CPU, waiting for a CPU (run
+    queue), and asleep, which for a part being scored is waiting for the GIL."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float, float]] = []
+
+    def __enter__(self) -> Split:
+        self._t = time.perf_counter()
+        self._s = schedstat()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = (time.perf_counter() - self._t) * 1000
+        on, queued = (b - a for a, b in zip(self._s, schedstat(), strict=True))
+        self.rows.append((on, queued, wall - on - queued))
+
+    def medians(self) -> dict[str, float]:
+        a = np.asarray(self.rows[WARMUP:] if len(self.rows) > 2 * WARMUP else self.rows)
+        keys = ("on_cpu_ms", "run_queue_ms", "asleep_gil_ms")
+        return {k: float(np.median(a[:, i])) for i, k in enumerate(keys)} if len(a) else {}
+
+
+def thread_cpus() -> dict[str, list[int]]:
+    """The CPUs each thread of this process may run on, by name (native threads by id)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, list[int]] = {}
+    for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError):
+            out[f"{names.get(tid, 'native')} {tid}"] = sorted(os.sched_getaffinity(tid))
+    return out
+
+
+def bare_run(
+    model: Any, frames: list[np.ndarray], n: int, split: Split | None = None
+) -> tuple[list[float], float, float]:
     """(ms per classify, frames/s, process CPU ms per frame) of bare classify, on the calling
     thread (pinned to the scoring CPU when the placement is on, as the line's)."""
     times = []
     c0, t_start = time.process_time(), time.perf_counter()
+    split = split or Split()
     for i in range(n):
         t0 = time.perf_counter()
-        model.classify([frames[i % len(frames)]])
+        with split:
+            model.classify([frames[i % len(frames)]])
         times.append((time.perf_counter() - t0) * 1000)
     wall = time.perf_counter() - t_start
     return times, n / wall, (time.process_time() - c0) * 1000 / n
@@ -380,7 +434,8 @@ def part_latency(
     for f in grabbed[:10]:
         model.classify([f])
     load_start = load()
-    bare, rate_before, cpu_before = bare_run(model, grabbed, frames // 2)
+    split_bare, split_line = Split(), Split()
+    bare, rate_before, cpu_before = bare_run(model, grabbed, frames // 2, split_bare)
 
     opc_port, mb_port = free_port(), free_port()
     opc = OpcUaServerSink(port=opc_port, log=lambda m: None)
@@ -404,7 +459,7 @@ def part_latency(
     ctx = mp.get_context("spawn")
     q_opc, q_mb, r_opc, r_mb = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
     url = endpoint_url("127.0.0.1", opc_port)
-    free = sorted(placement.others) or None  # the stand-ins: other machines
+    free = (sorted(placement.others) or None) if STANDINS_PINNED else None  # other machines
     procs = [
         ctx.Process(target=poll_opcua, args=(url, n_parts, poll_s, q_opc, r_opc, free)),
         ctx.Process(target=poll_modbus, args=(mb_port, n_parts, poll_s, q_mb, r_mb, free)),
@@ -424,19 +479,22 @@ def part_latency(
     for frame in p:
         n += 1
         t_read[n], t_score[n] = frame.t_read, time.perf_counter()
-        runner.score_frame(f"f{n}", frame.image, frame.meta)
+        with split_line:
+            runner.score_frame(f"f{n}", frame.image, frame.meta)
     cpu_line = (time.process_time() - c0) * 1000 / n
     thread_line = (time.thread_time() - th0) * 1000 / n
+    placed = thread_cpus()  # while the line still runs
     wall = time.perf_counter() - w0
     p.close()
     untime_requeue()
     seen_opc, seen_mb = q_opc.get(timeout=120), q_mb.get(timeout=120)
+    standin_cpu_s = [seen_opc.pop(0)[0], seen_mb.pop(0)[0]]
     for proc in procs:
         proc.join(30)
     outputs.close(timeout=2)
     writer.close()
     th0 = time.thread_time()
-    bare_after, rate_after, cpu_after = bare_run(model, grabbed, frames // 2)
+    bare_after, rate_after, cpu_after = bare_run(model, grabbed, frames // 2, split_bare)
     thread_bare = (time.thread_time() - th0) * 1000 / (frames // 2)
     bare += bare_after
     load_end = load()
@@ -503,6 +561,10 @@ def part_latency(
         **{k: stats(v) for k, v in {**lat, **over}.items()},
         "line_cpu_ms_per_frame": cpu_line,
         "scoring_thread_cpu_ms_per_frame_line_bare": [thread_line, thread_bare],
+        "thread_cpus": placed,
+        "scoring_thread_per_part_bare": split_bare.medians(),
+        "scoring_thread_per_part_line": split_line.medians(),
+        "standin_cpu_share_opcua_modbus": [c / wall for c in standin_cpu_s],
         "line_wall_s": wall,
         "records": len(recs),
         "frame_ids_in_order": ids == sorted(ids) and len(set(ids)) == len(ids),
@@ -691,6 +753,18 @@ def report(lat: dict, tp: dict) -> None:
     )
     th_line, th_bare = lat["scoring_thread_cpu_ms_per_frame_line_bare"]
     print(f"scoring thread CPU per frame: line {th_line:.2f} ms, bare {th_bare:.2f} ms")
+    for k in ("bare", "line"):
+        sp = lat[f"scoring_thread_per_part_{k}"]
+        print(
+            f"scoring thread per part, {k} (medians): on a CPU {sp['on_cpu_ms']:.2f} ms, "
+            f"waiting for a CPU {sp['run_queue_ms']:.2f} ms, asleep (the GIL) "
+            f"{sp['asleep_gil_ms']:.2f} ms"
+        )
+    so, sm = lat["standin_cpu_share_opcua_modbus"]
+    print(
+        f"process CPU while polled: line {lat['line_cpu_ms_per_frame'] / (1000 / lat['camera_fps']):.0%}"
+        f" of a CPU; stand-ins OPC UA {so:.0%}, Modbus {sm:.0%}"
+    )
     print(
         f"throughput (interleaved blocks): bare {tp['bare_fps']:.1f} fps, line "
         f"{tp['line_fps']:.1f} fps = {tp['ratio']:.2f} x; CPU per frame bare "
@@ -741,8 +815,25 @@ def main() -> None:
         default=None,
         help="sys.setswitchinterval for this run (default: Python's, 5 ms)",
     )
+    ap.add_argument(
+        "--standins",
+        choices=("rest", "free"),
+        default="rest",
+        help="stand-in PLCs on the CPUs other than the scoring one (default) or anywhere",
+    )
+    ap.add_argument(
+        "--helpers",
+        choices=("rest", "all"),
+        default="rest",
+        help="the line's other threads on the CPUs other than the scoring one (default, as "
+        "the runtime does) or on all CPUs (the scoring thread alone is pinned)",
+    )
     args = ap.parse_args()
+    global STANDINS_PINNED
+    STANDINS_PINNED = args.standins == "rest"
     placement = Placement(args.scoring_cpu, log=print)
+    if args.helpers == "all" and placement.active:
+        placement.others = placement.others | {placement.scoring}  # type: ignore[operator]
     print(placement.summary())
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
@@ -754,6 +845,8 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "size": args.size,
         "placement": placement.summary(),
+        "standins": args.standins,
+        "helpers": args.helpers,
         "switch_interval_ms": sys.getswitchinterval() * 1000,
     }
     with tempfile.TemporaryDirectory() as tmp:

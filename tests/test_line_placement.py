@@ -202,3 +202,12 @@ def test_cli_one_cpu_says_so_once(model, frames, capsys, monkeypatch):
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if "CPU placement" in line]
     assert len(said) == 1 and "only CPU 0 is usable; threads not pinned" in said[0]
+
+
+def test_cli_several_onnx_threads_turn_auto_placement_off(model, frames, capsys):
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    assert main(["run", "--model", str(model), "--camera", frames, "--threads", "2"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "CPU placement" in line]
+    assert said == ["CPU placement off: --threads 2 runs ONNX on several CPUs"]
+    if before is not None:
+        assert os.sched_getaffinity(ME()) == before

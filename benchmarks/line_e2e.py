@@ -484,6 +484,7 @@ def part_latency(
     cpu_line = (time.process_time() - c0) * 1000 / n
     thread_line = (time.thread_time() - th0) * 1000 / n
     placed = thread_cpus()  # while the line still runs
+    placement_end = placement.summary()  # "given up" if the scoring CPU was busy
     wall = time.perf_counter() - w0
     p.close()
     untime_requeue()
@@ -562,6 +563,7 @@ def part_latency(
         "line_cpu_ms_per_frame": cpu_line,
         "scoring_thread_cpu_ms_per_frame_line_bare": [thread_line, thread_bare],
         "thread_cpus": placed,
+        "placement_at_end": placement_end,
         "scoring_thread_per_part_bare": split_bare.medians(),
         "scoring_thread_per_part_line": split_line.medians(),
         "standin_cpu_share_opcua_modbus": [c / wall for c in standin_cpu_s],
@@ -727,6 +729,7 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 def report(lat: dict, tp: dict) -> None:
     b = lat["bare_ms"]["median"]
     print(f"load (1/5/15 min) at start/end: {lat['load_start_end']} / {tp['load_start_end']}")
+    print(f"placement at the end of the latency phase: {lat['placement_at_end']}")
     print(f"bare classify: median {b:.2f} ms, p99 {lat['bare_ms']['p99']:.2f} ms")
     print(f"inference in the run (records): median {lat['inference_in_run_ms']['median']:.2f} ms")
     for k in ("opcua_seen", "modbus_seen", "opcua_held", "modbus_held"):

@@ -211,3 +211,54 @@ def test_cli_several_onnx_threads_turn_auto_placement_off(model, frames, capsys)
     assert said == ["CPU placement off: --threads 2 runs ONNX on several CPUs"]
     if before is not None:
         assert os.sched_getaffinity(ME()) == before
+
+
+class Clock:
+    """A settable clock and a scoring thread's (on a CPU, waiting for one) seconds."""
+
+    def __init__(self) -> None:
+        self.now, self.on, self.waited = 0.0, 0.0, 0.0
+
+    def advance(self, seconds: float, on: float, waited: float) -> None:
+        self.now, self.on, self.waited = self.now + seconds, self.on + on, self.waited + waited
+
+
+def watched(k: Kernel, choice: str | int, c: Clock) -> Placement:
+    return placement(
+        k, choice, isolated=set(), schedstat=lambda: (c.on, c.waited), clock=lambda: c.now
+    )
+
+
+def test_auto_gives_the_cpus_back_when_the_scoring_cpu_is_busy():
+    k, c = Kernel({0, 1}), Clock()
+    p = watched(k, "auto", c)
+    p.apply()
+    p.keep()  # the first look
+    c.advance(11, on=2.0, waited=0.2)  # a dedicated CPU: it ran, it hardly waited
+    p.keep()
+    assert p.active and p.logs == []  # type: ignore[attr-defined]
+    c.advance(11, on=2.0, waited=5.0)  # other work on its CPU: it waited more than it ran
+    p.keep()
+    assert not p.active and k.affinity == {ME(): {0, 1}, 100: {0, 1}, 101: {0, 1}}
+    (said,) = p.logs  # type: ignore[attr-defined]
+    assert "the scoring CPU 1 is busy with other work" in said and "given up" in said
+    assert "given up" in p.summary()
+    c.advance(11, on=2.0, waited=5.0)
+    p.keep()
+    assert len(p.logs) == 1  # type: ignore[attr-defined]
+
+
+def test_an_explicit_cpu_stays_pinned_and_warns_once_an_idle_line_says_nothing():
+    k, c = Kernel({0, 1}), Clock()
+    p = watched(k, 1, c)
+    p.apply()
+    p.keep()
+    c.advance(11, on=0.1, waited=5.0)  # hardly any parts: no judgement
+    p.keep()
+    assert p.logs == []  # type: ignore[attr-defined]
+    for _ in range(2):
+        c.advance(11, on=2.0, waited=5.0)
+        p.keep()
+    assert p.active and k.affinity[ME()] == {1}
+    (said,) = p.logs  # type: ignore[attr-defined]
+    assert said.endswith("(--scoring-cpu 1 keeps it pinned)")

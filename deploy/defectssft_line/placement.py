@@ -22,6 +22,13 @@ thread back the CPUs it had, so a run inside a longer-lived process leaves no tr
 
 Pinning never stops inspection: a refusal by the kernel (a container's cpuset, a CPU taken
 offline) is one warning line and the threads are left where they are.
+
+A pinned thread cannot move away from a busy CPU: on a PC that also runs other heavy work the
+scoring thread would wait for its one CPU (BENCHMARKS.md measured 2-3 x slower parts). So
+``keep()`` watches how long the scoring thread waited for its CPU (the kernel's run-queue time,
+``/proc/thread-self/schedstat``) against how long it ran, over windows of ``WINDOW_S``: when it
+waited more than ``BUSY_WAIT`` times as long as it ran, ``auto`` gives the CPUs back for the
+rest of the run and says so in one warning line; an explicit ``N`` stays pinned and warns once.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -36,6 +44,9 @@ from defectssft_line.model import LineError
 
 CHOICES_HELP = "auto, off, or a CPU number"
 ISOLATED = Path("/sys/devices/system/cpu/isolated")
+WINDOW_S = 10.0  # seconds between looks at the scoring thread's waiting for its CPU
+BUSY_WAIT = 0.5  # waited for the CPU more than this times its running time: the CPU is busy
+MIN_RUN_S = 0.5  # a window in which the scoring thread ran less than this says nothing
 
 
 def scoring_cpu(text: str) -> str | int:
@@ -89,6 +100,16 @@ def _tasks() -> list[int]:
         return []
 
 
+def thread_schedstat() -> tuple[float, float]:
+    """(seconds on a CPU, seconds waiting for one) of the calling thread; zeros if unknown."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on, waited = f.read().split()[:2]
+        return int(on) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
+        return 0.0, 0.0
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -112,8 +133,14 @@ class Placement:
         setter: Callable[[int, set[int]], None] | None = None,
         getter: Callable[[int], set[int]] | None = None,
         tasks: Callable[[], list[int]] = _tasks,
+        schedstat: Callable[[], tuple[float, float]] = thread_schedstat,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = log
+        self._schedstat, self._clock = schedstat, clock
+        self._window: tuple[float, float, float] | None = None  # (when, on, waited)
+        self.fallback = choice == "auto"  # a busy scoring CPU: give the CPUs back
+        self.busy_warned = False
         self._set = setter or getattr(os, "sched_setaffinity", None)
         self._get = getter or getattr(os, "sched_getaffinity", None)
         self._tasks = tasks
@@ -207,12 +234,44 @@ class Placement:
         thread again if another thread scores now)."""
         if not self.active:
             return
+        self._watch()
+        if not self.active:
+            return
         if (
             frozenset(self._tasks()) == self._seen
             and threading.get_native_id() == self._scoring_tid
         ):
             return
         self.apply()
+
+    def _watch(self) -> None:
+        """Every WINDOW_S: did the scoring thread wait for its CPU (see the module docstring)?"""
+        now = self._clock()
+        if self._window is None or threading.get_native_id() != self._scoring_tid:
+            self._window = (now, *self._schedstat())
+            return
+        if now - self._window[0] < WINDOW_S:
+            return
+        on, waited = self._schedstat()
+        ran, queued = on - self._window[1], waited - self._window[2]
+        self._window = (now, on, waited)
+        if ran < MIN_RUN_S or queued <= BUSY_WAIT * ran:
+            return
+        what = (
+            f"the scoring CPU {self.scoring} is busy with other work: the scoring thread waited "
+            f"{queued:.1f} s for it while it ran {ran:.1f} s"
+        )
+        if self.fallback:
+            self._log(
+                f"warning: {what}; CPU placement given up for this run (threads placed by the "
+                "system, as --scoring-cpu off)"
+            )
+            self.release()
+            self.scoring, self.others = None, set()
+            self.note = "CPU placement given up: the scoring CPU was busy with other work"
+        elif not self.busy_warned:
+            self.busy_warned = True
+            self._log(f"warning: {what} (--scoring-cpu {self.scoring} keeps it pinned)")
 
     def _give_up(self, e: OSError) -> None:
         self._log(

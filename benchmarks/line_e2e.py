@@ -54,10 +54,13 @@ from typing import Any
 import genicam
 import numpy as np
 
+from defectssft_line.placement import Placement, scoring_cpu
+
 CTI = str(Path(genicam.__file__).parent / "viky.cti")
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20  # first parts of the latency phase not timed (the camera's backlog, warm caches)
 BLOCK = 20  # frames per block in the interleaved throughput phase
+STANDINS_PINNED = True  # --standins: the stand-in PLCs on the CPUs the line leaves free
 
 
 def rss_mb() -> float:
@@ -114,9 +117,22 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- PLC stand-ins
 
 
-def poll_opcua(url: str, n: int, poll_s: float, out: Any, ready: Any) -> None:
+def pin_self(cpus: list[int] | None) -> None:
+    """A stand-in for another machine runs on the CPUs the line leaves free of scoring, in a
+    session of its own: with the kernel's autogroup scheduling a session shares the CPUs
+    fairly with the others, so it does not count against the line's share."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
+
+
+def poll_opcua(
+    url: str, n: int, poll_s: float, out: Any, ready: Any, cpus: list[int] | None = None
+) -> None:
     """Read Counter/Total every poll_s; {counter: (first read showing it returned, the read
     before it started)}."""
+    pin_self(cpus)
     from asyncua.sync import Client
 
     client = Client(url, timeout=10)
@@ -135,11 +151,15 @@ def poll_opcua(url: str, n: int, poll_s: float, out: Any, ready: Any) -> None:
         prev_start = start
         time.sleep(poll_s)
     client.disconnect()
+    seen[0] = (time.process_time(), 0.0)  # the stand-in's own CPU time
     out.put(seen)
 
 
-def poll_modbus(port: int, n: int, poll_s: float, out: Any, ready: Any) -> None:
+def poll_modbus(
+    port: int, n: int, poll_s: float, out: Any, ready: Any, cpus: list[int] | None = None
+) -> None:
     """As poll_opcua, over Modbus (holding registers 2-3: the counter)."""
+    pin_self(cpus)
     from pymodbus.client import ModbusTcpClient
 
     mb = ModbusTcpClient("127.0.0.1", port=port, timeout=10)
@@ -157,6 +177,7 @@ def poll_modbus(port: int, n: int, poll_s: float, out: Any, ready: Any) -> None:
         prev_start = start
         time.sleep(poll_s)
     mb.close()
+    seen[0] = (time.process_time(), 0.0)
     out.put(seen)
 
 
@@ -243,7 +264,9 @@ class RecordingPlc:
 # --------------------------------------------------------------------------- the line
 
 
-def make_runner(model_path: Path, outputs: Any, out_file: Path) -> tuple[Any, Any]:
+def make_runner(
+    model_path: Path, outputs: Any, out_file: Path, placement: Any = None
+) -> tuple[Any, Any]:
     from defectssft_line.cli import Runner
     from defectssft_line.hotswap import ModelHolder
     from defectssft_line.model import LineModel
@@ -251,7 +274,9 @@ def make_runner(model_path: Path, outputs: Any, out_file: Path) -> tuple[Any, An
 
     holder = ModelHolder(model_path, lambda p: LineModel.load(p, threads=1), poll_s=3600)
     writer = ResultWriter("jsonl", out_file)
-    return Runner(holder, writer, None, outputs), writer
+    runner = Runner(holder, writer, None, outputs)
+    runner.placement = placement  # as ``defectssft-line run --scoring-cpu``
+    return runner, writer
 
 
 def camera(
@@ -327,13 +352,61 @@ def timed_sends(sink: Any, done: dict[int, float]) -> None:
     sink.send, sink.apply = timed, timed_apply
 
 
-def bare_run(model: Any, frames: list[np.ndarray], n: int) -> tuple[list[float], float, float]:
-    """(ms per classify, frames/s, process CPU ms per frame) of bare classify."""
+def schedstat() -> tuple[float, float]:
+    """(ms on a CPU, ms waiting in a run queue) of the calling thread so far (Linux)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on, queued = f.read().split()[:2]
+        return int(on) / 1e6, int(queued) / 1e6
+    except OSError:
+        return float("nan"), float("nan")
+
+
+class Split:
+    """Where the scoring thread's time per part goes: on a CPU, waiting for a CPU (run
+    queue), and asleep, which for a part being scored is waiting for the GIL."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float, float]] = []
+
+    def __enter__(self) -> Split:
+        self._t = time.perf_counter()
+        self._s = schedstat()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = (time.perf_counter() - self._t) * 1000
+        on, queued = (b - a for a, b in zip(self._s, schedstat(), strict=True))
+        self.rows.append((on, queued, wall - on - queued))
+
+    def medians(self) -> dict[str, float]:
+        a = np.asarray(self.rows[WARMUP:] if len(self.rows) > 2 * WARMUP else self.rows)
+        keys = ("on_cpu_ms", "run_queue_ms", "asleep_gil_ms")
+        return {k: float(np.median(a[:, i])) for i, k in enumerate(keys)} if len(a) else {}
+
+
+def thread_cpus() -> dict[str, list[int]]:
+    """The CPUs each thread of this process may run on, by name (native threads by id)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, list[int]] = {}
+    for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError):
+            out[f"{names.get(tid, 'native')} {tid}"] = sorted(os.sched_getaffinity(tid))
+    return out
+
+
+def bare_run(
+    model: Any, frames: list[np.ndarray], n: int, split: Split | None = None
+) -> tuple[list[float], float, float]:
+    """(ms per classify, frames/s, process CPU ms per frame) of bare classify, on the calling
+    thread (pinned to the scoring CPU when the placement is on, as the line's)."""
     times = []
     c0, t_start = time.process_time(), time.perf_counter()
+    split = split or Split()
     for i in range(n):
         t0 = time.perf_counter()
-        model.classify([frames[i % len(frames)]])
+        with split:
+            model.classify([frames[i % len(frames)]])
         times.append((time.perf_counter() - t0) * 1000)
     wall = time.perf_counter() - t_start
     return times, n / wall, (time.process_time() - c0) * 1000 / n
@@ -347,7 +420,9 @@ def grab(n: int) -> list[np.ndarray]:
     return frames
 
 
-def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work: Path) -> dict:
+def part_latency(
+    model_path: Path, frames: int, fps: float, poll_s: float, work: Path, placement: Any
+) -> dict:
     from defectssft_line.lineio import LineOutputs
     from defectssft_line.model import LineModel
     from defectssft_line.sinks.modbus import ModbusServerSink
@@ -355,10 +430,12 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
 
     grabbed = grab(50)
     model = LineModel.load(model_path, threads=1)
+    placement.apply()  # this thread scores, bare and in the line alike
     for f in grabbed[:10]:
         model.classify([f])
     load_start = load()
-    bare, rate_before, cpu_before = bare_run(model, grabbed, frames // 2)
+    split_bare, split_line = Split(), Split()
+    bare, rate_before, cpu_before = bare_run(model, grabbed, frames // 2, split_bare)
 
     opc_port, mb_port = free_port(), free_port()
     opc = OpcUaServerSink(port=opc_port, log=lambda m: None)
@@ -377,14 +454,15 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
         return handle(rec, **kw)
 
     outputs.handle = timed_handle
-    runner, writer = make_runner(model_path, outputs, work / "e2e.jsonl")
+    runner, writer = make_runner(model_path, outputs, work / "e2e.jsonl", placement)
     n_parts = frames + WARMUP
     ctx = mp.get_context("spawn")
     q_opc, q_mb, r_opc, r_mb = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
     url = endpoint_url("127.0.0.1", opc_port)
+    free = (sorted(placement.others) or None) if STANDINS_PINNED else None  # other machines
     procs = [
-        ctx.Process(target=poll_opcua, args=(url, n_parts, poll_s, q_opc, r_opc)),
-        ctx.Process(target=poll_modbus, args=(mb_port, n_parts, poll_s, q_mb, r_mb)),
+        ctx.Process(target=poll_opcua, args=(url, n_parts, poll_s, q_opc, r_opc, free)),
+        ctx.Process(target=poll_modbus, args=(mb_port, n_parts, poll_s, q_mb, r_mb, free)),
     ]
     for p in procs:
         p.start()
@@ -394,26 +472,34 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
     requeue_ms: list[float] = []
     opener, stream = camera(fps, stamps, requeue_ms)
     p = prefetcher(opener, stream, limit=n_parts)
-    c0, w0 = time.process_time(), time.perf_counter()
+    c0, w0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
     n = 0
     t_read: dict[int, float] = {}
     t_score: dict[int, float] = {}
     for frame in p:
         n += 1
         t_read[n], t_score[n] = frame.t_read, time.perf_counter()
-        runner.score_frame(f"f{n}", frame.image, frame.meta)
+        with split_line:
+            runner.score_frame(f"f{n}", frame.image, frame.meta)
     cpu_line = (time.process_time() - c0) * 1000 / n
+    thread_line = (time.thread_time() - th0) * 1000 / n
+    placed = thread_cpus()  # while the line still runs
+    placement_end = placement.summary()  # "given up" if the scoring CPU was busy
     wall = time.perf_counter() - w0
     p.close()
     untime_requeue()
     seen_opc, seen_mb = q_opc.get(timeout=120), q_mb.get(timeout=120)
+    standin_cpu_s = [seen_opc.pop(0)[0], seen_mb.pop(0)[0]]
     for proc in procs:
         proc.join(30)
     outputs.close(timeout=2)
     writer.close()
-    bare_after, rate_after, cpu_after = bare_run(model, grabbed, frames // 2)
+    th0 = time.thread_time()
+    bare_after, rate_after, cpu_after = bare_run(model, grabbed, frames // 2, split_bare)
+    thread_bare = (time.thread_time() - th0) * 1000 / (frames // 2)
     bare += bare_after
     load_end = load()
+    placement.release()
 
     recs = [json.loads(line) for line in (work / "e2e.jsonl").read_text().splitlines()]
     # counter k is the k-th record; time from the driver's hand-over of that record's frame
@@ -475,13 +561,19 @@ def part_latency(model_path: Path, frames: int, fps: float, poll_s: float, work:
         "inference_in_run_ms": stats(list(infer.values())),
         **{k: stats(v) for k, v in {**lat, **over}.items()},
         "line_cpu_ms_per_frame": cpu_line,
+        "scoring_thread_cpu_ms_per_frame_line_bare": [thread_line, thread_bare],
+        "thread_cpus": placed,
+        "placement_at_end": placement_end,
+        "scoring_thread_per_part_bare": split_bare.medians(),
+        "scoring_thread_per_part_line": split_line.medians(),
+        "standin_cpu_share_opcua_modbus": [c / wall for c in standin_cpu_s],
         "line_wall_s": wall,
         "records": len(recs),
         "frame_ids_in_order": ids == sorted(ids) and len(set(ids)) == len(ids),
     }
 
 
-def throughput(model_path: Path, frames: int, work: Path) -> dict:
+def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dict:
     from defectssft_line.lineio import LineOutputs
     from defectssft_line.model import LineModel
     from defectssft_line.sinks.modbus import ModbusServerSink
@@ -493,7 +585,8 @@ def throughput(model_path: Path, frames: int, work: Path) -> dict:
     mbs = ModbusServerSink(port=free_port(), log=lambda m: None)
     outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
     outputs.start()
-    runner, writer = make_runner(model_path, outputs, work / "tp.jsonl")
+    runner, writer = make_runner(model_path, outputs, work / "tp.jsonl", placement)
+    placement.apply()
     opener, stream = camera(200.0)
     p = prefetcher(opener, stream)
     it = iter(p)
@@ -520,6 +613,7 @@ def throughput(model_path: Path, frames: int, work: Path) -> dict:
     p.close()
     outputs.close(timeout=2)
     writer.close()
+    placement.release()
     return {
         "frames_each": n_bare,
         "load_start_end": [load_start, load()],
@@ -635,6 +729,7 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 def report(lat: dict, tp: dict) -> None:
     b = lat["bare_ms"]["median"]
     print(f"load (1/5/15 min) at start/end: {lat['load_start_end']} / {tp['load_start_end']}")
+    print(f"placement at the end of the latency phase: {lat['placement_at_end']}")
     print(f"bare classify: median {b:.2f} ms, p99 {lat['bare_ms']['p99']:.2f} ms")
     print(f"inference in the run (records): median {lat['inference_in_run_ms']['median']:.2f} ms")
     for k in ("opcua_seen", "modbus_seen", "opcua_held", "modbus_held"):
@@ -659,11 +754,39 @@ def report(lat: dict, tp: dict) -> None:
         f"CPU per frame (process): line {lat['line_cpu_ms_per_frame']:.2f} ms at "
         f"{lat['camera_fps']:g} fps while polled, bare {lat['bare_cpu_ms_per_frame']:.2f} ms"
     )
+    th_line, th_bare = lat["scoring_thread_cpu_ms_per_frame_line_bare"]
+    print(f"scoring thread CPU per frame: line {th_line:.2f} ms, bare {th_bare:.2f} ms")
+    for k in ("bare", "line"):
+        sp = lat[f"scoring_thread_per_part_{k}"]
+        print(
+            f"scoring thread per part, {k} (medians): on a CPU {sp['on_cpu_ms']:.2f} ms, "
+            f"waiting for a CPU {sp['run_queue_ms']:.2f} ms, asleep (the GIL) "
+            f"{sp['asleep_gil_ms']:.2f} ms"
+        )
+    so, sm = lat["standin_cpu_share_opcua_modbus"]
+    print(
+        f"process CPU while polled: line {lat['line_cpu_ms_per_frame'] / (1000 / lat['camera_fps']):.0%}"
+        f" of a CPU; stand-ins OPC UA {so:.0%}, Modbus {sm:.0%}"
+    )
     print(
         f"throughput (interleaved blocks): bare {tp['bare_fps']:.1f} fps, line "
         f"{tp['line_fps']:.1f} fps = {tp['ratio']:.2f} x; CPU per frame bare "
         f"{tp['bare_cpu_ms_per_frame']:.2f} ms, line {tp['line_cpu_ms_per_frame']:.2f} ms"
     )
+    print("aims (issue #18):")
+    for k in ("held", "seen"):
+        o, m = lat[f"opcua_{k}_ms"]["median"], lat[f"modbus_{k}_ms"]["median"]
+        oo, mo = lat[f"opcua_{k}_over_own_ms"]["median"], lat[f"modbus_{k}_over_own_ms"]["median"]
+        print(
+            f"  frame -> value {k} (OPC UA / Modbus), added to the median: over bare "
+            f"{100 * (o / b - 1):+.1f} / {100 * (m / b - 1):+.1f} %, over the part's own "
+            f"inference {100 * oo / own:+.1f} / {100 * mo / own:+.1f} % (aim <= 10 %)"
+        )
+    ratios = [
+        lat[f"{k}_ms"]["p99"] / lat[f"{k}_ms"]["median"] for k in ("opcua_seen", "modbus_seen")
+    ]
+    print(f"  p99 / median, frame -> seen: {ratios[0]:.2f} / {ratios[1]:.2f} (aim <= 2)")
+    print(f"  throughput line / bare: {tp['ratio']:.2f} (aim >= 0.9)")
 
 
 def main() -> None:
@@ -682,12 +805,53 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="an exported lite0 ONNX (default: export one)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--name", help="results file name (default by mode)")
+    ap.add_argument(
+        "--scoring-cpu",
+        type=scoring_cpu,
+        default="auto",
+        help="as defectssft-line run --scoring-cpu (auto|off|N); the stand-in PLCs and the "
+        "line's other threads go to the other CPUs, bare classify runs on the scoring CPU",
+    )
+    ap.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval for this run (default: Python's, 5 ms)",
+    )
+    ap.add_argument(
+        "--standins",
+        choices=("rest", "free"),
+        default="rest",
+        help="stand-in PLCs on the CPUs other than the scoring one (default) or anywhere",
+    )
+    ap.add_argument(
+        "--helpers",
+        choices=("rest", "all"),
+        default="rest",
+        help="the line's other threads on the CPUs other than the scoring one (default, as "
+        "the runtime does) or on all CPUs (the scoring thread alone is pinned)",
+    )
     args = ap.parse_args()
+    global STANDINS_PINNED
+    STANDINS_PINNED = args.standins == "rest"
+    placement = Placement(args.scoring_cpu, log=print)
+    if args.helpers == "all" and placement.active:
+        placement.others = placement.others | {placement.scoring}  # type: ignore[operator]
+    print(placement.summary())
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     frames = args.frames or (200 if args.quick else 1000)
     soak_frames = args.soak_frames or (300 if args.quick else 3000)
     drop_every = args.drop_every_s or (5.0 if args.quick else 60.0)
     drop_for = args.drop_for_s or (1.0 if args.quick else 5.0)
-    result: dict[str, Any] = {"command": " ".join(sys.argv), "size": args.size}
+    result: dict[str, Any] = {
+        "command": " ".join(sys.argv),
+        "size": args.size,
+        "placement": placement.summary(),
+        "standins": args.standins,
+        "helpers": args.helpers,
+        "switch_interval_ms": sys.getswitchinterval() * 1000,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_path = args.model
@@ -699,8 +863,10 @@ def main() -> None:
             child.start()
             child.join(600)
         if not args.soak_only:
-            lat = part_latency(model_path, frames, args.latency_fps, args.poll_ms / 1000, work)
-            tp = throughput(model_path, frames, work)
+            lat = part_latency(
+                model_path, frames, args.latency_fps, args.poll_ms / 1000, work, placement
+            )
+            tp = throughput(model_path, frames, work, placement)
             result.update(latency=lat, throughput=tp)
             report(lat, tp)
         if not args.no_soak:

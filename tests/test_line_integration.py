@@ -654,9 +654,9 @@ def test_the_plc_gets_the_verdict_before_the_archive_writes_the_image(tmp_path):
             order.append(f"sink {msg['verdict']}")
 
     class Disk(Archive):
-        def save(self, rec: dict[str, Any], **kw: Any) -> Any:
+        def write(self, rec: dict[str, Any], *a: Any, **kw: Any) -> Any:
             order.append(f"archive {rec['verdict']}")
-            return super().save(rec, **kw)
+            return super().write(rec, *a, **kw)
 
     out = LineOutputs([Recorder("plc")], archive=Disk(tmp_path / "a", 10**6), part_id="counter")
     out.handle({"verdict": "NG", "file": "f1"}, frame=np.zeros((4, 4), np.uint8), camera=True)

@@ -91,10 +91,25 @@ class Archive:
     ) -> Path | None:
         """Keep the part if its verdict asks for it; returns the image path (None if not kept
         or the disk refused: a warning and ``failures`` + 1)."""
-        verdict = str(rec.get("verdict"))
-        if not self.wants(verdict):
+        if not self.wants(str(rec.get("verdict"))):
             return None
-        now = self._clock()
+        return self.write(rec, data, frame, name)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def write(
+        self,
+        rec: dict[str, Any],
+        data: bytes | None = None,
+        frame: np.ndarray | None = None,
+        name: str | None = None,
+        now: float | None = None,
+    ) -> Path | None:
+        """Write a part ``wants`` kept (``now``: when it was inspected, default now); what
+        ``save`` returns. The line runs it on the image writer's thread (imagequeue.py)."""
+        verdict = str(rec.get("verdict"))
+        now = self._clock() if now is None else now
         stamp = time.strftime("%H%M%S", time.localtime(now)) + f"-{int(now % 1 * 1e6):06d}"
         base = _SAFE.sub("_", Path(name or rec.get("file") or "frame").name)[-80:]
         folder = self.root / time.strftime("%Y-%m-%d", time.localtime(now)) / verdict

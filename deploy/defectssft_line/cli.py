@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,7 @@ from defectssft_line.output import (
     send_unsure_file,
     send_unsure_frame,
 )
+from defectssft_line.placement import Placement, scoring_cpu
 from defectssft_line.prefetch import FramePrefetcher
 from defectssft_line.preprocess import (
     ImageDecodeError,
@@ -92,6 +94,7 @@ class Runner:
         self.skipped_frames = 0
         self.stopped_by: int | None = None  # the signal that stopped a camera run
         self.save_maps: Path | None = None  # --save-maps: anomaly overlays of NG/UNSURE parts
+        self.placement: Placement | None = None  # --scoring-cpu: kept before each part
 
     def _save_map(self, model: LineModel, name: str, image: np.ndarray, pred: Prediction) -> None:
         if self.save_maps is None or pred.anomaly_map is None or model.novelty is None:
@@ -111,6 +114,8 @@ class Runner:
             _log(f"warning: cannot save the anomaly map of {safe_text(name)}: {e}")
 
     def score_bytes(self, name: str, data: bytes, source: Path | None = None) -> dict:
+        if self.placement is not None:
+            self.placement.keep()
         model = self.holder.current()
         t0 = time.perf_counter()
         shown = safe_text(name)  # a newline in a file name must not split the error line
@@ -153,6 +158,8 @@ class Runner:
         """Score one camera frame. A frame that cannot be preprocessed or scored gets an ERROR
         record and a (rate-limited) warning; the stream goes on. ``extra`` (the camera's
         frame id and timestamp) goes into the record."""
+        if self.placement is not None:
+            self.placement.keep()
         if self.outputs is not None:
             self.outputs.begin()
         model = self.holder.current()
@@ -174,12 +181,21 @@ class Runner:
         self._save_map(model, name, frame, pred)
         if pred.verdict == "UNSURE" and self.send_unsure is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            try:
-                send_unsure_frame(frame, self.send_unsure, f"cam-{stamp}-{name}")
-            except OSError as e:
-                _log(f"warning: cannot save {name} to {self.send_unsure}: {e.strerror or e}")
+            write = partial(self._send_unsure_frame, frame, f"cam-{stamp}-{name}", name)
+            images = self.outputs.images if self.outputs is not None else None
+            if images is not None:
+                images.put(write, droppable=False)  # off this thread, never dropped
+            else:
+                write()
         self.writer.write(rec)
         return rec
+
+    def _send_unsure_frame(self, frame: np.ndarray, file_name: str, name: str) -> None:
+        assert self.send_unsure is not None
+        try:
+            send_unsure_frame(frame, self.send_unsure, file_name)
+        except OSError as e:
+            _log(f"warning: cannot save {name} to {self.send_unsure}: {e.strerror or e}")
 
     def score_file(self, path: Path) -> dict:
         try:
@@ -333,6 +349,23 @@ def _check_depth(pixel_format: str | None, bit_depth: int) -> None:
             )
 
 
+def _placement(args: argparse.Namespace) -> Placement:
+    """The --scoring-cpu plan, logged once (placement.py)."""
+    choice = args.scoring_cpu
+    if args.threads > 1:
+        if isinstance(choice, int):
+            raise LineError(
+                f"--scoring-cpu {choice} gives scoring one CPU: use it with --threads 1 "
+                f"(got --threads {args.threads})"
+            )
+        if choice == "auto":
+            _log(f"CPU placement off: --threads {args.threads} runs ONNX on several CPUs")
+            return Placement("off", log=_log)
+    placement = Placement(choice, log=_log)
+    _log(placement.summary())
+    return placement
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     def load(path: Path) -> LineModel:
         return LineModel.load(
@@ -357,12 +390,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.save_maps or args.on_novel:
         _log("warning: this model has no anomaly head; --save-maps / --on-novel do nothing")
     send_unsure = Path(args.send_unsure) if args.send_unsure else None
+    placement = _placement(args)
     outputs = outputs_from_args(args, m.classes, log=_log)
     outputs.start()  # a sink that cannot start: one line, exit 2, before any part is scored
     writer = ResultWriter(args.format, args.output)
     runner = Runner(holder, writer, send_unsure, outputs)
     runner.save_maps = Path(args.save_maps) if args.save_maps else None
+    runner.placement = placement
     try:
+        placement.apply()  # this thread scores; the sinks' threads go to the other CPUs
         if args.watch:
             rc = _run_watch(runner, args)
         elif args.camera is not None:
@@ -372,6 +408,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         rc = 0
     finally:
+        placement.release()
         writer.close()
         for line in outputs.close():
             _log(line)
@@ -448,6 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(models exported with the anomaly map)",
     )
     run.add_argument("--threads", type=argtypes.positive_int, default=1, help="onnxruntime threads")
+    run.add_argument(
+        "--scoring-cpu",
+        type=scoring_cpu,
+        default="auto",
+        metavar="auto|off|N",
+        help="pin the thread that scores parts to one CPU and the runtime's other threads "
+        "(camera read-ahead, sinks, servers) to the rest (default auto: an isolated CPU, "
+        "else the last one; Linux, 2+ CPUs, --threads 1)",
+    )
     run.add_argument(
         "--max-pixels",
         type=argtypes.positive_int,

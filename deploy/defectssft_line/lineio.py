@@ -9,7 +9,8 @@ inspection: sinks queue and reconnect on their own, the archive warns and counts
 
 Part id (``--part-id``): ``counter`` (the camera's frame id when it has one, else a running
 count), ``file`` (the file or frame name), ``plc`` (the value the PLC wrote to the OPC UA
-``PartIdIn`` node or Modbus register 10 before the trigger; the counter when it wrote none),
+``PartIdIn`` node or Modbus register 10 before the trigger: of this process's server, or read
+from the PLC by a client sink when the frame arrives; the counter when there is none),
 ``auto`` (default): the file name for files, the counter for a camera.
 """
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from defectssft_line.archive import Archive
 from defectssft_line.health import Health
+from defectssft_line.imagequeue import DEFAULT_JOBS, ImageQueue
 from defectssft_line.model import LineError
 from defectssft_line.sinks import Sink
 
@@ -43,18 +46,22 @@ class LineOutputs:
         part_id: str = "auto",
         classes: list[str] | None = None,
         log: Callable[[str], None] = _stderr,
+        images: ImageQueue | None = None,
     ) -> None:
         if part_id not in PART_IDS:
             raise LineError(f"--part-id must be one of {', '.join(PART_IDS)}")
         self.sinks = list(sinks or [])
         self.archive = archive
+        self.images = images  # archive and send-unsure image writes (imagequeue.py)
         self.health = health or Health(log=log)
         self.part_mode = part_id
         self.classes = list(classes or [])
         self._log = log
         self.counter = 0
+        self._requested = False  # begin() asked the client sinks for this part's id
         self.started = time.time()
         self._busy_sinks = [s for s in self.sinks if getattr(s, "wants_busy", False)]
+        self._part_readers = [s for s in self.sinks if s.reads_part_id] if part_id == "plc" else []
         for s in self.sinks:
             s.status = self.status
 
@@ -70,22 +77,32 @@ class LineOutputs:
             for s in started:
                 s.close(timeout=0.5)
             raise
-        if self.part_mode == "plc" and not any(s.server for s in self.sinks):
+        if self.images is not None:
+            self.images.start()
+        if self.part_mode == "plc" and not any(s.server or s.reads_part_id for s in self.sinks):
             self._log(
-                "warning: --part-id plc needs --opcua-server or --modbus-server (the PLC "
-                "writes the part id there); using the counter"
+                "warning: --part-id plc needs an OPC UA or Modbus sink (a server the PLC "
+                "writes the part id to, or a client that reads it from the PLC); using the counter"
             )
 
     def begin(self) -> None:
-        """A frame arrived: tell the PLC the station is busy."""
+        """A frame arrived: tell the PLC the station is busy; client sinks read the part id
+        the PLC wrote for it (``--part-id plc``) while the frame is scored."""
         for s in self._busy_sinks:
             s.publish({"type": "busy"})
+        for s in self._part_readers:
+            s.request_part_id()
+        self._requested = True
 
     def _part_id(self, rec: dict[str, Any], camera: bool) -> str:
         counter = rec.get("frame_id")
         counter = str(counter) if counter is not None else str(self.counter)
         mode = self.part_mode
         if mode == "plc":
+            if not self._requested:  # a file: no frame arrival announced it
+                for s in self._part_readers:
+                    s.request_part_id()
+            self._requested = False
             for s in self.sinks:
                 try:
                     value = s.plc_part_id()
@@ -121,8 +138,19 @@ class LineOutputs:
             }
             for s in self.sinks:
                 s.publish(msg)
-        if self.archive is not None:
-            self.archive.save(rec, data=data, frame=frame, name=rec.get("file"))
+        if self.archive is not None and self.archive.wants(str(rec.get("verdict"))):
+            write = partial(
+                self.archive.write,
+                dict(rec),
+                data=data,
+                frame=frame,
+                name=rec.get("file"),
+                now=self.archive.now(),
+            )
+            if self.images is not None:
+                self.images.put(write)  # off the scoring thread (imagequeue.py)
+            else:
+                write()
         return rec
 
     def status(self) -> dict[str, Any]:
@@ -137,12 +165,22 @@ class LineOutputs:
         }
         if self.archive is not None:
             out["archive"] = self.archive.stats()
+        if self.images is not None:
+            out["images_dropped"] = self.images.dropped
         self.health.update_gauges(dropped, self.archive.failures if self.archive else 0)
         return out
 
     def close(self, timeout: float = 2.0) -> list[str]:
-        """Flush and stop the sinks; the summary lines for the log."""
+        """Write the queued images, flush and stop the sinks; the summary lines for the log."""
         lines = []
+        if self.images is not None:
+            self.images.close()  # every image queued so far is written
+            st = self.images.stats()
+            if st["dropped"] or st["failed"]:
+                lines.append(
+                    f"image writer: {st['written']} written, {st['dropped']} dropped "
+                    f"(queue full), {st['failed']} failed"
+                )
         for s in self.sinks:
             s.close(timeout)
             st = s.stats()
@@ -249,6 +287,14 @@ def add_arguments(run: Any) -> None:
         help="also archive every K-th OK part (default 0: none)",
     )
     a.add_argument(
+        "--image-queue",
+        type=count,
+        default=DEFAULT_JOBS,
+        metavar="N",
+        help="archive and --send-unsure images waiting to be written off the scoring thread; "
+        f"when full the oldest archive image is dropped (default {DEFAULT_JOBS})",
+    )
+    a.add_argument(
         "--metrics-port",
         type=count,
         default=None,
@@ -329,4 +375,7 @@ def outputs_from_args(
     )
     if args.metrics_port is not None:
         health.serve_metrics(args.metrics_port, args.metrics_host)
-    return LineOutputs(sinks, archive, health, args.part_id, classes, log=log)
+    images = None
+    if args.archive or getattr(args, "send_unsure", None):
+        images = ImageQueue(max(1, args.image_queue), log=log)
+    return LineOutputs(sinks, archive, health, args.part_id, classes, log=log, images=images)

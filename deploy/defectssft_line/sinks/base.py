@@ -12,6 +12,13 @@ A subclass implements ``open`` (connect or bind; raise on failure), ``send`` (on
 ``beat`` (the heartbeat and status), ``shut`` (close the connection) and, for a server the PLC
 writes to, ``plc_part_id``.
 
+A client that can read the part id the PLC wrote before the trigger (``--part-id plc``)
+sets ``reads_part_id`` and implements ``read_part_id``: ``request_part_id`` (when a frame
+arrives) queues the read behind the messages already waiting, the worker thread does it,
+and ``plc_part_id`` (when the verdict is ready) waits for that read at most
+``PART_ID_WAIT_S``; a read that comes too late, or fails, gives no part id (the line then
+uses its counter) and is never taken for the next part's.
+
 A server in this process that runs on an asyncio loop (OPC UA, Modbus) also implements
 ``direct_loop`` and ``apply`` (the send, as a coroutine on that loop): ``publish`` then hands
 each message straight to that loop, one thread hop from the scoring thread instead of two (no
@@ -36,6 +43,7 @@ from defectssft_line.model import LineError
 
 DEFAULT_QUEUE = 1000
 HEARTBEAT_S = 1.0
+PART_ID_WAIT_S = 0.25  # how long a verdict waits for the PLC's part id (client sinks)
 
 
 def _stderr(msg: str) -> None:
@@ -59,6 +67,8 @@ class Sink:
     #: True for a server (bind): failing to start stops the run. A client whose peer (PLC,
     #: broker) is not up yet keeps retrying in the background instead.
     server = False
+    #: True for a client that reads the PLC's part id (``read_part_id``).
+    reads_part_id = False
 
     def __init__(
         self,
@@ -90,6 +100,8 @@ class Sink:
         self._wake: asyncio.Event | None = None
         self._consumer: concurrent.futures.Future[None] | None = None
         self._inflight = 0  # handed to the loop, not yet applied or dropped (under _cond)
+        self._part_seq = 0  # the latest part-id read asked for (under _cond)
+        self._part: tuple[int, str | None] = (0, None)  # (read number, value) last read
 
     # ---------------------------------------------------------------- subclass hooks
     def open(self) -> None:
@@ -108,8 +120,39 @@ class Sink:
         """Last words on a clean exit, while still connected (default: nothing)."""
 
     def plc_part_id(self) -> str | None:
-        """A part id the PLC wrote before the trigger, if this sink offers one."""
-        return None
+        """A part id the PLC wrote before the trigger, if this sink offers one (a client:
+        the value of the read ``request_part_id`` asked for, waited for a short while)."""
+        if not self.reads_part_id:
+            return None
+        deadline = time.monotonic() + PART_ID_WAIT_S
+        with self._cond:
+            if self._part[0] != self._part_seq:
+                if not self.connected:
+                    return None
+            while self._part[0] != self._part_seq and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            seq, value = self._part
+            return value if seq == self._part_seq else None
+
+    def read_part_id(self) -> str | None:
+        """Read the part id from the PLC (clients with ``reads_part_id``); raise on failure."""
+        raise NotImplementedError
+
+    def request_part_id(self) -> None:
+        """A frame arrived: read the PLC's part id for it (on the worker thread)."""
+        if not self.reads_part_id:
+            return
+        with self._cond:
+            self._part_seq += 1
+            seq = self._part_seq
+        self.publish({"type": "part_id", "seq": seq})
+
+    def _read_part(self, msg: dict[str, Any]) -> None:
+        """On the worker thread: do a requested read (a failure raises: reconnect)."""
+        value = self.read_part_id()
+        with self._cond:
+            self._part = (int(msg["seq"]), value)
+            self._cond.notify_all()
 
     def direct_loop(self) -> asyncio.AbstractEventLoop | None:
         """The running loop ``apply`` runs on, for a server in this process (default: none)."""
@@ -313,7 +356,11 @@ class Sink:
             if msg is None:
                 continue
             try:
-                self.send(msg)
+                if msg.get("type") == "part_id":
+                    if msg["seq"] == self._part_seq:  # a read nobody waits for is skipped
+                        self._read_part(msg)
+                else:
+                    self.send(msg)
             except Exception as e:  # noqa: BLE001 - kept in the queue, sent after reconnect
                 self._fail("send", e)
                 continue

@@ -14,7 +14,8 @@ Holding registers (0-based, from ``register_base``; one write per part, counter 
     3 counter, high word              4 verdict (0 OK, 1 NG, 2 UNSURE, 3 ERROR)
     5 frame id (low word)             6 part id (low word, when numeric)
     7 dropped messages (all sinks)    8 alarm (0/1)                  9 heartbeat (+1 a second)
-    10 part id in: the PLC writes it before the trigger (server mode, ``--part-id plc``)
+    10 part id in: the PLC writes it before the trigger (``--part-id plc``; in client mode
+       the line reads it from the PLC when a frame arrives)
 
 Coils are written before the registers: a PLC that sees the counter change reads a finished
 result. Needs the ``modbus`` extra.
@@ -182,6 +183,7 @@ class ModbusClientSink(Sink):
 
     kind = "modbus-client"
     wants_busy = True
+    reads_part_id = True
 
     def __init__(
         self,
@@ -228,6 +230,14 @@ class ModbusClientSink(Sink):
         self._check(c.write_coils(self.coil_base, coils(msg), device_id=self.unit))
         regs = registers(msg, self._status(), self._beat)
         self._check(c.write_registers(self.register_base, regs, device_id=self.unit))
+
+    def read_part_id(self) -> str | None:
+        resp = self._client.read_holding_registers(
+            self.register_base + PART_ID_IN, count=1, device_id=self.unit
+        )
+        self._check(resp)
+        value = resp.registers[0]
+        return str(value) if value else None
 
     def beat(self, status: dict[str, Any]) -> None:
         self._beat = (self._beat + 1) & 0xFFFF

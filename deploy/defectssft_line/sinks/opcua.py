@@ -18,7 +18,8 @@ YAML (default: no security, which suits a cell network only).
 Client mode (``--opcua-client URL``) writes the same values to existing nodes of a PLC's
 server: node ids ``<prefix><Name>`` (``--opcua-nodes``, default ``ns=2;s=defectssft.``) or
 a ``nodes:`` map in the sinks YAML; a name without a node is skipped. The value is written
-with the node's own data type. ``security: "Basic256Sha256,SignAndEncrypt,cert.der,key.pem"``
+with the node's own data type. With ``--part-id plc`` the line reads the PLC's part id from
+its node ``PartIdIn`` (``<prefix>PartIdIn``, or ``PartIdIn`` in the map) when a frame arrives. ``security: "Basic256Sha256,SignAndEncrypt,cert.der,key.pem"``
 (asyncua's security string) signs and encrypts the session.
 
 Needs the ``opcua`` extra.
@@ -228,6 +229,7 @@ class OpcUaClientSink(Sink):
     """Writes the values to nodes of an existing OPC UA server (a PLC's)."""
 
     kind = "opcua-client"
+    reads_part_id = True
 
     def __init__(
         self,
@@ -244,8 +246,10 @@ class OpcUaClientSink(Sink):
         self.node_ids = (
             dict(nodes) if nodes else {f: f"{prefix}{f.replace('/', '.')}" for f in FIELDS}
         )
+        self.part_node_id = self.node_ids.pop("PartIdIn", f"{prefix}PartIdIn")
         self._client: Any = None
         self._nodes: dict[str, tuple[Any, Any]] = {}
+        self._part_node: Any = None
         self._beat = 0
 
     def open(self) -> None:
@@ -281,11 +285,18 @@ class OpcUaClientSink(Sink):
         if msg.get("type") == "result":
             self._write(values(msg))
 
+    def read_part_id(self) -> str | None:
+        if self._part_node is None:
+            self._part_node = self._client.get_node(self.part_node_id)
+        value = self._part_node.read_value()
+        return str(value) if value not in (None, "", 0) else None
+
     def beat(self, status: dict[str, Any]) -> None:
         self._beat = (self._beat + 1) % 2**32
         self._write(status_values(status, self._beat))
 
     def shut(self) -> None:
+        self._part_node = None
         client, self._client = self._client, None
         if client is None:
             return

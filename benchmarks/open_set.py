@@ -39,6 +39,8 @@ from common import DATASETS, neu_split, write_results  # noqa: E402
 from ssl_kolektor import split as kolektor_split  # noqa: E402
 
 from defectssft.anomaly import (  # noqa: E402
+    DEFAULT_MIN_BANK,
+    DEFAULT_SMOOTH,
     AnomalyModel,
     bank_rows,
     calibrate_threshold,
@@ -104,11 +106,11 @@ def pooled(ins: InspectionModel, images: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- methods
 
 
-def patchcore(fit_f: np.ndarray, test_f: np.ndarray, ratio: float, min_bank: int):
+def patchcore(fit_f: np.ndarray, test_f: np.ndarray, ratio: float, min_bank: int, smooth: float):
     patches = fit_f.reshape(-1, fit_f.shape[-1])
     rows = bank_rows(len(patches), patches.shape[1], 20.0, ratio, min_bank)
     bank = patches[greedy_coreset(patches, rows)]
-    return bank, nearest_distances(test_f, bank)
+    return bank, nearest_distances(test_f, bank, smooth=smooth)
 
 
 def padim(fit_f: np.ndarray, test_f: np.ndarray, dims: int = 100, seed: int = 0) -> np.ndarray:
@@ -196,9 +198,34 @@ def grad_cam_maps(ins: InspectionModel, images: np.ndarray, class_index: int = 1
 # --------------------------------------------------------------------------- cost
 
 
-def latency(ins: InspectionModel, head: AnomalyModel, images: np.ndarray, iters: int) -> dict:
+def graph_scores(session, images: np.ndarray) -> np.ndarray:
+    got = [session.run(["anomaly_score"], {"image": images[i : i + 16]})[0]
+           for i in range(0, len(images), 16)]  # fmt: skip
+    return np.concatenate(got)
+
+
+def exported_threshold(sess, head: AnomalyModel, cal: np.ndarray, test: np.ndarray, labels) -> dict:
+    """The exported graph's own anomaly scores: AUROC on test, and escape/overkill under the
+    fitted (torch) threshold against one recalibrated on the graph's scores of the same
+    calibration parts."""
+    own = calibrate_threshold(graph_scores(sess, cal))
+    scores = graph_scores(sess, test)
+    return {
+        "auroc": roc_auc(scores, labels),
+        "fitted_threshold": head.threshold,
+        "own_threshold": own,
+        "with_fitted": binary(scores, labels, head.threshold),
+        "with_own": binary(scores, labels, own),
+    }
+
+
+def latency(
+    ins: InspectionModel, head: AnomalyModel, images: np.ndarray, iters: int, cal=None, labels=None
+) -> dict:
     """Median batch-1 latency (ms, 1 thread) of the exported graph without/with the head; the
-    four graphs are timed in turn, one run each per round, so load changes hit them alike."""
+    four graphs are timed in turn, one run each per round, so load changes hit them alike.
+    With ``cal`` images and test ``labels``: each head graph's threshold check
+    (``exported_threshold``; ``images`` are the test parts)."""
     from defectssft.export import ExportError, export_onnx, ort_session
 
     h, w = images.shape[1:3]
@@ -225,6 +252,10 @@ def latency(ins: InspectionModel, head: AnomalyModel, images: np.ndarray, iters:
                 out[key] = {"mb": res.size_bytes / 1e6}
                 if res.anomaly is not None:
                     out[key]["check"] = res.anomaly
+                    if cal is not None:
+                        out[key]["threshold"] = exported_threshold(
+                            sessions[key], head, cal, images, labels
+                        )
         times: dict[str, list[float]] = {k: [] for k in sessions}
         for i in range(iters + 5):
             x = images[i % len(images) : i % len(images) + 1]
@@ -284,17 +315,20 @@ def kolektor(args, log) -> dict:
                                                      Path(tmp) / "run")  # fmt: skip
         log(f"  fine-tuned {args.finetune} steps in {time.time() - t0:.0f} s")
     results: dict = {"fit": len(fit), "calibrate": len(cal), "test": len(test),
-                     "test_defective": int(labels.sum()), "size": [h, w], "runs": {}}  # fmt: skip
+                     "test_defective": int(labels.sum()), "size": [h, w], "smooth": args.smooth,
+                     "min_bank": args.min_bank, "runs": {}}  # fmt: skip
     head_for_cost = None
     for name, ins in backbones.items():
         t0 = time.time()
         feats = {k: extract_patches(ins, v)[0] for k, v in imgs.items()}
         t_feat = time.time() - t0
         for ratio in args.ratios:
-            min_bank = 1024
             t0 = time.time()
-            bank, test_maps = patchcore(feats["fit"], feats["test"], ratio, min_bank)
-            cal_scores = nearest_distances(feats["cal"], bank).reshape(len(cal), -1).max(1)
+            bank, test_maps = patchcore(
+                feats["fit"], feats["test"], ratio, args.min_bank, args.smooth
+            )
+            cal_scores = nearest_distances(feats["cal"], bank, smooth=args.smooth)
+            cal_scores = cal_scores.reshape(len(cal), -1).max(1)
             thr = calibrate_threshold(cal_scores)
             scores = test_maps.reshape(len(test), -1).max(1)
             key = f"{name}/patchcore_{ratio:g}"
@@ -309,8 +343,15 @@ def kolektor(args, log) -> dict:
             if ratio == 0.01 and (head_for_cost is None or name == "finetuned"):
                 head_for_cost = (
                     ins,
-                    AnomalyModel(bank=bank, threshold=thr, map_size=list(test_maps.shape[1:])),
+                    AnomalyModel(
+                        bank=bank,
+                        threshold=thr,
+                        map_size=list(test_maps.shape[1:]),
+                        smooth=args.smooth,
+                    ),
                 )  # noqa: E501
+        if args.no_baselines:
+            continue
         pm = padim(feats["fit"], feats["test"])
         pc = padim(feats["fit"], feats["cal"]).reshape(len(cal), -1).max(1)
         ps = pm.reshape(len(test), -1).max(1)
@@ -339,7 +380,7 @@ def kolektor(args, log) -> dict:
             )
     if not args.no_cost and head_for_cost is not None:
         ins, head = head_for_cost
-        results["cost"] = latency(ins, head, imgs["test"], args.iters)
+        results["cost"] = latency(ins, head, imgs["test"], args.iters, imgs["cal"], labels)
         results["cost"]["features"] = "finetuned" if ins is backbones.get("finetuned") else "frozen"
         log(f"  cost: {results['cost']}")
     return results
@@ -362,7 +403,7 @@ def neu_loco(args, log) -> dict:
     folds = {}
     for held, cname in enumerate(data.classes):
         known = lab_cls != held
-        _, maps = patchcore(lab_f[known], test_f, 0.01, 1024)
+        _, maps = patchcore(lab_f[known], test_f, 0.01, args.min_bank, args.smooth)
         novel = (test_cls == held).astype(int)
         folds[cname] = {
             "patchcore": roc_auc(maps.reshape(len(test_f), -1).max(1), novel),
@@ -372,7 +413,8 @@ def neu_loco(args, log) -> dict:
     mean = {
         m: float(np.mean([f[m] for f in folds.values()])) for m in ("patchcore", "knn_penultimate")
     }
-    return {"k": args.neu_k, "test": len(test_items), "folds": folds, "mean": mean}
+    return {"k": args.neu_k, "test": len(test_items), "folds": folds, "mean": mean,
+            "smooth": args.smooth, "min_bank": args.min_bank}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also fine-tune lite0 supervised on 10 NG + 30 OK (features + Grad-CAM)",
     )
     ap.add_argument("--max-fit", type=int, default=120, help="--quick: fit images")
+    ap.add_argument("--no-baselines", action="store_true", help="PatchCore only (no PaDiM, no kNN)")
     ap.add_argument("--iters", type=int, default=200, help="latency timings per graph")
     ap.add_argument("--no-cost", action="store_true")
     ap.add_argument(
@@ -398,6 +441,18 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[0.01, 0.1],
         help="PatchCore coreset ratios (the product: 0.01)",
+    )
+    ap.add_argument(
+        "--smooth",
+        type=float,
+        default=DEFAULT_SMOOTH,
+        help=f"PatchCore map's Gaussian sigma in patches (the product: {DEFAULT_SMOOTH:g})",
+    )
+    ap.add_argument(
+        "--min-bank",
+        type=int,
+        default=DEFAULT_MIN_BANK,
+        help=f"PatchCore's smallest bank (the product: {DEFAULT_MIN_BANK})",
     )
     ap.add_argument("--neu", action="store_true", help="also NEU-DET leave-one-class-out")
     ap.add_argument("--neu-k", type=int, default=10)

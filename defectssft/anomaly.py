@@ -145,7 +145,7 @@ class AnomalyInspectionModel(nn.Module):
     def __init__(self, inspection: nn.Module, head: AnomalyHead, indices: Sequence[int]) -> None:
         super().__init__()
         self.inspection = inspection
-        self.head = head
+        self.anomaly_head = head  # its ONNX nodes are named /anomaly_head/... (int8_excluded)
         self.indices = tuple(int(i) for i in indices)
         self.with_map = True
         self.threshold = 0.0
@@ -156,7 +156,7 @@ class AnomalyInspectionModel(nn.Module):
         final, inter = _intermediates(bb, ins.normalise(image), self.indices)
         logits = bb.forward_head(final).to(torch.float32)
         probs, score = ins.probs_and_score(logits)  # as InspectionModel.forward
-        a_score, a_map = self.head(patch_features(inter))
+        a_score, a_map = self.anomaly_head(patch_features(inter))
         if not self.with_map:
             return probs, logits, score, a_score
         return probs, logits, score, a_score, a_map
@@ -591,6 +591,13 @@ def export_graph(
     graph.with_map = with_map
     graph.output_names = OUTPUT_NAMES if with_map else OUTPUT_NAMES[:4]
     return graph
+
+
+def int8_excluded(model) -> list[str]:
+    """The anomaly head's ONNX nodes, kept in float by the INT8 export: quantizing its Adds and
+    smoothing convolutions puts Quantize/Dequantize pairs on the [patches, bank] distance matrix,
+    which costs time and moves the score (BENCHMARKS.md, "Open set")."""
+    return [n.name for n in model.graph.node if n.name.startswith("/anomaly_head/")]
 
 
 def torch_anomaly(graph: AnomalyInspectionModel, images: np.ndarray, batch_size: int = 16):

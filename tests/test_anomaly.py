@@ -389,3 +389,23 @@ def test_fit_anomaly_smooth_flag(tmp_path, capsys):
     with pytest.raises(AnomalyError, match="smoothing"):
         fit_project_anomaly(p, "v0001", smooth=-0.5)
     assert load_anomaly(Path(p.get_model("v0001")["path"])).smooth == 0.0  # kept
+
+
+def test_int8_export_keeps_the_head_in_float(tmp_path, fitted):
+    import onnx
+
+    from defectssft.export import _to_int8, int8_excluded_nodes
+
+    _, _, model = fitted
+    imgs = random_images(8)
+    export_onnx(
+        make_tiny(), tiny_meta("v0001"), tmp_path / "m.onnx", check_images=imgs, anomaly=model
+    )
+    head = [n for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if "anomaly_head/" in n.name]
+    assert {"MatMul", "Add", "ReduceMin", "Conv"} <= {n.op_type for n in head}
+    assert {n.name for n in head} <= set(int8_excluded_nodes(onnx.load(str(tmp_path / "m.onnx"))))
+    _to_int8(tmp_path / "m.onnx", tmp_path / "m8.onnx", imgs)
+    nodes = onnx.load(str(tmp_path / "m8.onnx")).graph.node
+    quant = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert quant  # the backbone is quantized, the head is not
+    assert not [n for n in quant if "anomaly_head" in n.name or "anomaly_head" in n.input[0]]

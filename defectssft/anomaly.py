@@ -48,7 +48,7 @@ ANOMALY_FORMAT_VERSION = 2  # 2: the ``smooth`` key (a head without it is unsmoo
 FEATURE_INDICES = (2, 3)  # timm feature stages: stride 8 and 16 (mid-level, as PatchCore)
 DEFAULT_BANK_MB = 20.0
 DEFAULT_CORESET_RATIO = 0.01  # of all fit patches; the nearest-neighbour search costs M * D
-DEFAULT_MIN_BANK = 1024
+DEFAULT_MIN_BANK = 512
 DEFAULT_SMOOTH = 1.0  # sigma of the map's Gaussian in patch cells (8 px at input scale)
 MAX_SMOOTH = 8.0
 DEFAULT_MAX_FIT_IMAGES = 400
@@ -101,9 +101,11 @@ def gaussian_taps(sigma: float) -> np.ndarray:
 class AnomalyHead(nn.Module):
     """Patch features [N, D, h, w] -> (anomaly score [N], anomaly map [N, h, w]).
 
-    The bank is a buffer (it saves and exports with the graph); the squared distance to every
-    bank row is ``|f|^2 - 2 f.b + |b|^2`` (one MatMul), its minimum the nearest neighbour.
-    Features and bank are centred on the bank's mean first: the three terms are then small and
+    The bank is a buffer (it saves and exports with the graph); the squared distance to the
+    nearest bank row is ``|f|^2 + min_b(|b|^2 - 2 f.b)``: one MatMul against ``-2 b`` plus the
+    row bias ``|b|^2`` (onnxruntime fuses them) and a ReduceMin are all that touch the
+    [patches, bank] matrix; ``|f|^2`` is added after the minimum.
+    Features and bank are centred on the bank's mean first: the terms are then small and
     their float32 cancellation (torch and onnxruntime sum in different orders) stays small too.
     The distance map is then smoothed by a separable Gaussian of ``smooth`` patch cells (two
     fixed convolutions over an edge-padded map, pure ONNX ops) before its maximum is taken."""
@@ -118,14 +120,14 @@ class AnomalyHead(nn.Module):
         centre = bank64.mean(axis=0)
         bank = torch.as_tensor((bank64 - centre).astype(np.float32))
         self.register_buffer("centre", torch.as_tensor(centre.astype(np.float32)).view(1, -1))
-        self.register_buffer("bank_t", bank.t().contiguous())
-        self.register_buffer("bank_sq", (bank * bank).sum(dim=1).view(1, -1))
+        self.register_buffer("bank_t_m2", (-2.0 * bank).t().contiguous())
+        self.register_buffer("bank_sq", (bank * bank).sum(dim=1))
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, d, h, w = feats.shape
         f = feats.permute(0, 2, 3, 1).reshape(-1, d) - self.centre
-        d2 = (f * f).sum(dim=1, keepdim=True) - 2.0 * (f @ self.bank_t) + self.bank_sq
-        nearest = d2.min(dim=1).values.clamp_min(0.0).sqrt()
+        d2 = (f * f).sum(dim=1) + (f @ self.bank_t_m2 + self.bank_sq).min(dim=1).values
+        nearest = d2.clamp_min(0.0).sqrt()
         amap = nearest.reshape(n, h, w)
         if self.radius:
             r = self.radius

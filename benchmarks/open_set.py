@@ -41,6 +41,7 @@ from ssl_kolektor import split as kolektor_split  # noqa: E402
 from defectssft.anomaly import (  # noqa: E402
     DEFAULT_MIN_BANK,
     DEFAULT_SMOOTH,
+    FEATURE_INDICES,
     AnomalyModel,
     bank_rows,
     calibrate_threshold,
@@ -316,11 +317,11 @@ def kolektor(args, log) -> dict:
         log(f"  fine-tuned {args.finetune} steps in {time.time() - t0:.0f} s")
     results: dict = {"fit": len(fit), "calibrate": len(cal), "test": len(test),
                      "test_defective": int(labels.sum()), "size": [h, w], "smooth": args.smooth,
-                     "min_bank": args.min_bank, "runs": {}}  # fmt: skip
+                     "min_bank": args.min_bank, "layers": args.layers, "runs": {}}  # fmt: skip
     head_for_cost = None
     for name, ins in backbones.items():
         t0 = time.time()
-        feats = {k: extract_patches(ins, v)[0] for k, v in imgs.items()}
+        feats = {k: extract_patches(ins, v, args.layers)[0] for k, v in imgs.items()}
         t_feat = time.time() - t0
         for ratio in args.ratios:
             t0 = time.time()
@@ -348,6 +349,7 @@ def kolektor(args, log) -> dict:
                         threshold=thr,
                         map_size=list(test_maps.shape[1:]),
                         smooth=args.smooth,
+                        indices=list(args.layers),
                     ),
                 )  # noqa: E501
         if args.no_baselines:
@@ -386,9 +388,22 @@ def kolektor(args, log) -> dict:
     return results
 
 
+def confident_calls(lab_p: np.ndarray, lab_cls: np.ndarray, unl_p: np.ndarray, k: int = 5):
+    """Unlabeled images a stand-in classifier calls a known class with confidence: all ``k``
+    nearest labeled images (cosine, pooled features) are of one class. Returns a bool mask."""
+    a = lab_p / np.linalg.norm(lab_p, axis=1, keepdims=True)
+    b = unl_p / np.linalg.norm(unl_p, axis=1, keepdims=True)
+    nearest = np.argsort(-(b @ a.T), axis=1)[:, :k]
+    votes = lab_cls[nearest]
+    return np.all(votes == votes[:, :1], axis=1)
+
+
 def neu_loco(args, log) -> dict:
     """Leave one class out on NEU-DET: fit on k labeled images of each of 5 classes (frozen
-    features, no OK class: all of them), AUROC held-out class vs known classes' test images."""
+    features, no OK class: all of them), AUROC held-out class vs known classes' test images.
+    ``--neu-unlabeled N``: as the product's fit, also on the unlabeled images (N of each of the
+    6 classes' stream, the held-out class's included) that a classifier calls a known class
+    with confidence (here a stand-in: ``confident_calls`` on frozen pooled features)."""
     size = 128
     data = neu_split(k=args.neu_k, seed=0)
     ins = frozen_model()
@@ -397,15 +412,36 @@ def neu_loco(args, log) -> dict:
     test_items = data.test[::2] if args.quick else data.test
     test_imgs = load_images([p for p, _ in test_items], size, size, 8)
     test_cls = np.array([c for _, c in test_items])
-    lab_f, _ = extract_patches(ins, lab_imgs)
-    test_f, _ = extract_patches(ins, test_imgs)
+    lab_f, _ = extract_patches(ins, lab_imgs, args.layers)
+    test_f, _ = extract_patches(ins, test_imgs, args.layers)
     lab_p, test_p = pooled(ins, lab_imgs), pooled(ins, test_imgs)
+    unl = [
+        (p, c)
+        for c in range(len(data.classes))
+        for p in [q for q, t in zip(data.unlabeled, data.unlabeled_truth, strict=True) if t == c][
+            : args.neu_unlabeled
+        ]
+    ]
+    unl_f = unl_p = None
+    unl_cls = np.array([c for _, c in unl], dtype=int)
+    if unl:
+        unl_imgs = load_images([p for p, _ in unl], size, size, 8)
+        unl_f, _ = extract_patches(ins, unl_imgs, args.layers)
+        unl_p = pooled(ins, unl_imgs)
     folds = {}
     for held, cname in enumerate(data.classes):
         known = lab_cls != held
-        _, maps = patchcore(lab_f[known], test_f, 0.01, args.min_bank, args.smooth)
+        fit_f = lab_f[known]
+        added = {}
+        if unl_f is not None:
+            keep = confident_calls(lab_p[known], lab_cls[known], unl_p)
+            fit_f = np.concatenate([fit_f, unl_f[keep]])
+            added = {"fit_unlabeled": int(keep.sum()),
+                     "of_held_out_class": int((keep & (unl_cls == held)).sum())}  # fmt: skip
+        _, maps = patchcore(fit_f, test_f, 0.01, args.min_bank, args.smooth)
         novel = (test_cls == held).astype(int)
         folds[cname] = {
+            **added,
             "patchcore": roc_auc(maps.reshape(len(test_f), -1).max(1), novel),
             "knn_penultimate": roc_auc(knn_pooled(lab_p[known], test_p), novel),
         }
@@ -413,8 +449,9 @@ def neu_loco(args, log) -> dict:
     mean = {
         m: float(np.mean([f[m] for f in folds.values()])) for m in ("patchcore", "knn_penultimate")
     }
-    return {"k": args.neu_k, "test": len(test_items), "folds": folds, "mean": mean,
-            "smooth": args.smooth, "min_bank": args.min_bank}  # fmt: skip
+    return {"k": args.neu_k, "unlabeled_per_class": args.neu_unlabeled, "test": len(test_items),
+            "folds": folds, "mean": mean, "smooth": args.smooth, "min_bank": args.min_bank,
+            "layers": args.layers}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,8 +491,22 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MIN_BANK,
         help=f"PatchCore's smallest bank (the product: {DEFAULT_MIN_BANK})",
     )
+    ap.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=list(FEATURE_INDICES),
+        help="backbone stages of the patch features (the product: 2 3, strides 8 and 16)",
+    )
     ap.add_argument("--neu", action="store_true", help="also NEU-DET leave-one-class-out")
     ap.add_argument("--neu-k", type=int, default=10)
+    ap.add_argument(
+        "--neu-unlabeled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fit on confident calls among N unlabeled images of each class",
+    )
     ap.add_argument("--skip-kolektor", action="store_true", help="with --neu: NEU-DET only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)

@@ -11,13 +11,17 @@
    (the map's maximum inside the defect; also within 16 px of it) and pixel AUROC (all test parts),
    the anomaly map against Grad-CAM of the fine-tuned classifier (needs ``--finetune``).
 3. Cost: onnxruntime latency (batch 1, 1 thread, median) of the exported graph with and without
-   the head, fp32 and INT8, at the benchmark's input size.
+   the head, fp32 and INT8, at the benchmark's input size. With the head: the graph's own scores on the
+   calibration parts give its own threshold, compared with the fitted (torch) one on test.
 4. NEU-DET leave-one-class-out (``--neu``): fit on k labeled images of each of 5 classes, AUROC of
    the anomaly score separating the 6th class's test images from the known classes' test images.
 
     python benchmarks/open_set.py --quick                 # 256x96, frozen only, ~5 min
     python benchmarks/open_set.py --finetune 150 --neu    # + fine-tuned features, Grad-CAM, NEU
     python benchmarks/open_set.py --neu --skip-kolektor   # NEU-DET leave-one-class-out only
+    python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu
+                                  # the suite the head's defaults are chosen on (--smooth,
+                                  # --min-bank, --layers: one change at a time)
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """

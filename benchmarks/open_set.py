@@ -11,13 +11,17 @@
    (the map's maximum inside the defect; also within 16 px of it) and pixel AUROC (all test parts),
    the anomaly map against Grad-CAM of the fine-tuned classifier (needs ``--finetune``).
 3. Cost: onnxruntime latency (batch 1, 1 thread, median) of the exported graph with and without
-   the head, fp32 and INT8, at the benchmark's input size.
+   the head, fp32 and INT8, at the benchmark's input size. With the head: the graph's own scores on the
+   calibration parts give its own threshold, compared with the fitted (torch) one on test.
 4. NEU-DET leave-one-class-out (``--neu``): fit on k labeled images of each of 5 classes, AUROC of
    the anomaly score separating the 6th class's test images from the known classes' test images.
 
     python benchmarks/open_set.py --quick                 # 256x96, frozen only, ~5 min
     python benchmarks/open_set.py --finetune 150 --neu    # + fine-tuned features, Grad-CAM, NEU
     python benchmarks/open_set.py --neu --skip-kolektor   # NEU-DET leave-one-class-out only
+    python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu
+                                  # the suite the head's defaults are chosen on (--smooth,
+                                  # --min-bank, --layers: one change at a time)
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """
@@ -39,6 +43,9 @@ from common import DATASETS, neu_split, write_results  # noqa: E402
 from ssl_kolektor import split as kolektor_split  # noqa: E402
 
 from defectssft.anomaly import (  # noqa: E402
+    DEFAULT_MIN_BANK,
+    DEFAULT_SMOOTH,
+    FEATURE_INDICES,
     AnomalyModel,
     bank_rows,
     calibrate_threshold,
@@ -104,11 +111,11 @@ def pooled(ins: InspectionModel, images: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- methods
 
 
-def patchcore(fit_f: np.ndarray, test_f: np.ndarray, ratio: float, min_bank: int):
+def patchcore(fit_f: np.ndarray, test_f: np.ndarray, ratio: float, min_bank: int, smooth: float):
     patches = fit_f.reshape(-1, fit_f.shape[-1])
     rows = bank_rows(len(patches), patches.shape[1], 20.0, ratio, min_bank)
     bank = patches[greedy_coreset(patches, rows)]
-    return bank, nearest_distances(test_f, bank)
+    return bank, nearest_distances(test_f, bank, smooth=smooth)
 
 
 def padim(fit_f: np.ndarray, test_f: np.ndarray, dims: int = 100, seed: int = 0) -> np.ndarray:
@@ -196,9 +203,34 @@ def grad_cam_maps(ins: InspectionModel, images: np.ndarray, class_index: int = 1
 # --------------------------------------------------------------------------- cost
 
 
-def latency(ins: InspectionModel, head: AnomalyModel, images: np.ndarray, iters: int) -> dict:
+def graph_scores(session, images: np.ndarray) -> np.ndarray:
+    got = [session.run(["anomaly_score"], {"image": images[i : i + 16]})[0]
+           for i in range(0, len(images), 16)]  # fmt: skip
+    return np.concatenate(got)
+
+
+def exported_threshold(sess, head: AnomalyModel, cal: np.ndarray, test: np.ndarray, labels) -> dict:
+    """The exported graph's own anomaly scores: AUROC on test, and escape/overkill under the
+    fitted (torch) threshold against one recalibrated on the graph's scores of the same
+    calibration parts."""
+    own = calibrate_threshold(graph_scores(sess, cal))
+    scores = graph_scores(sess, test)
+    return {
+        "auroc": roc_auc(scores, labels),
+        "fitted_threshold": head.threshold,
+        "own_threshold": own,
+        "with_fitted": binary(scores, labels, head.threshold),
+        "with_own": binary(scores, labels, own),
+    }
+
+
+def latency(
+    ins: InspectionModel, head: AnomalyModel, images: np.ndarray, iters: int, cal=None, labels=None
+) -> dict:
     """Median batch-1 latency (ms, 1 thread) of the exported graph without/with the head; the
-    four graphs are timed in turn, one run each per round, so load changes hit them alike."""
+    four graphs are timed in turn, one run each per round, so load changes hit them alike.
+    With ``cal`` images and test ``labels``: each head graph's threshold check
+    (``exported_threshold``; ``images`` are the test parts)."""
     from defectssft.export import ExportError, export_onnx, ort_session
 
     h, w = images.shape[1:3]
@@ -225,6 +257,10 @@ def latency(ins: InspectionModel, head: AnomalyModel, images: np.ndarray, iters:
                 out[key] = {"mb": res.size_bytes / 1e6}
                 if res.anomaly is not None:
                     out[key]["check"] = res.anomaly
+                    if cal is not None:
+                        out[key]["threshold"] = exported_threshold(
+                            sessions[key], head, cal, images, labels
+                        )
         times: dict[str, list[float]] = {k: [] for k in sessions}
         for i in range(iters + 5):
             x = images[i % len(images) : i % len(images) + 1]
@@ -284,17 +320,20 @@ def kolektor(args, log) -> dict:
                                                      Path(tmp) / "run")  # fmt: skip
         log(f"  fine-tuned {args.finetune} steps in {time.time() - t0:.0f} s")
     results: dict = {"fit": len(fit), "calibrate": len(cal), "test": len(test),
-                     "test_defective": int(labels.sum()), "size": [h, w], "runs": {}}  # fmt: skip
+                     "test_defective": int(labels.sum()), "size": [h, w], "smooth": args.smooth,
+                     "min_bank": args.min_bank, "layers": args.layers, "runs": {}}  # fmt: skip
     head_for_cost = None
     for name, ins in backbones.items():
         t0 = time.time()
-        feats = {k: extract_patches(ins, v)[0] for k, v in imgs.items()}
+        feats = {k: extract_patches(ins, v, args.layers)[0] for k, v in imgs.items()}
         t_feat = time.time() - t0
         for ratio in args.ratios:
-            min_bank = 1024
             t0 = time.time()
-            bank, test_maps = patchcore(feats["fit"], feats["test"], ratio, min_bank)
-            cal_scores = nearest_distances(feats["cal"], bank).reshape(len(cal), -1).max(1)
+            bank, test_maps = patchcore(
+                feats["fit"], feats["test"], ratio, args.min_bank, args.smooth
+            )
+            cal_scores = nearest_distances(feats["cal"], bank, smooth=args.smooth)
+            cal_scores = cal_scores.reshape(len(cal), -1).max(1)
             thr = calibrate_threshold(cal_scores)
             scores = test_maps.reshape(len(test), -1).max(1)
             key = f"{name}/patchcore_{ratio:g}"
@@ -309,8 +348,16 @@ def kolektor(args, log) -> dict:
             if ratio == 0.01 and (head_for_cost is None or name == "finetuned"):
                 head_for_cost = (
                     ins,
-                    AnomalyModel(bank=bank, threshold=thr, map_size=list(test_maps.shape[1:])),
+                    AnomalyModel(
+                        bank=bank,
+                        threshold=thr,
+                        map_size=list(test_maps.shape[1:]),
+                        smooth=args.smooth,
+                        indices=list(args.layers),
+                    ),
                 )  # noqa: E501
+        if args.no_baselines:
+            continue
         pm = padim(feats["fit"], feats["test"])
         pc = padim(feats["fit"], feats["cal"]).reshape(len(cal), -1).max(1)
         ps = pm.reshape(len(test), -1).max(1)
@@ -339,15 +386,28 @@ def kolektor(args, log) -> dict:
             )
     if not args.no_cost and head_for_cost is not None:
         ins, head = head_for_cost
-        results["cost"] = latency(ins, head, imgs["test"], args.iters)
+        results["cost"] = latency(ins, head, imgs["test"], args.iters, imgs["cal"], labels)
         results["cost"]["features"] = "finetuned" if ins is backbones.get("finetuned") else "frozen"
         log(f"  cost: {results['cost']}")
     return results
 
 
+def confident_calls(lab_p: np.ndarray, lab_cls: np.ndarray, unl_p: np.ndarray, k: int = 5):
+    """Unlabeled images a stand-in classifier calls a known class with confidence: all ``k``
+    nearest labeled images (cosine, pooled features) are of one class. Returns a bool mask."""
+    a = lab_p / np.linalg.norm(lab_p, axis=1, keepdims=True)
+    b = unl_p / np.linalg.norm(unl_p, axis=1, keepdims=True)
+    nearest = np.argsort(-(b @ a.T), axis=1)[:, :k]
+    votes = lab_cls[nearest]
+    return np.all(votes == votes[:, :1], axis=1)
+
+
 def neu_loco(args, log) -> dict:
     """Leave one class out on NEU-DET: fit on k labeled images of each of 5 classes (frozen
-    features, no OK class: all of them), AUROC held-out class vs known classes' test images."""
+    features, no OK class: all of them), AUROC held-out class vs known classes' test images.
+    ``--neu-unlabeled N``: as the product's fit, also on the unlabeled images (N of each of the
+    6 classes' stream, the held-out class's included) that a classifier calls a known class
+    with confidence (here a stand-in: ``confident_calls`` on frozen pooled features)."""
     size = 128
     data = neu_split(k=args.neu_k, seed=0)
     ins = frozen_model()
@@ -356,15 +416,36 @@ def neu_loco(args, log) -> dict:
     test_items = data.test[::2] if args.quick else data.test
     test_imgs = load_images([p for p, _ in test_items], size, size, 8)
     test_cls = np.array([c for _, c in test_items])
-    lab_f, _ = extract_patches(ins, lab_imgs)
-    test_f, _ = extract_patches(ins, test_imgs)
+    lab_f, _ = extract_patches(ins, lab_imgs, args.layers)
+    test_f, _ = extract_patches(ins, test_imgs, args.layers)
     lab_p, test_p = pooled(ins, lab_imgs), pooled(ins, test_imgs)
+    unl = [
+        (p, c)
+        for c in range(len(data.classes))
+        for p in [q for q, t in zip(data.unlabeled, data.unlabeled_truth, strict=True) if t == c][
+            : args.neu_unlabeled
+        ]
+    ]
+    unl_f = unl_p = None
+    unl_cls = np.array([c for _, c in unl], dtype=int)
+    if unl:
+        unl_imgs = load_images([p for p, _ in unl], size, size, 8)
+        unl_f, _ = extract_patches(ins, unl_imgs, args.layers)
+        unl_p = pooled(ins, unl_imgs)
     folds = {}
     for held, cname in enumerate(data.classes):
         known = lab_cls != held
-        _, maps = patchcore(lab_f[known], test_f, 0.01, 1024)
+        fit_f = lab_f[known]
+        added = {}
+        if unl_f is not None:
+            keep = confident_calls(lab_p[known], lab_cls[known], unl_p)
+            fit_f = np.concatenate([fit_f, unl_f[keep]])
+            added = {"fit_unlabeled": int(keep.sum()),
+                     "of_held_out_class": int((keep & (unl_cls == held)).sum())}  # fmt: skip
+        _, maps = patchcore(fit_f, test_f, 0.01, args.min_bank, args.smooth)
         novel = (test_cls == held).astype(int)
         folds[cname] = {
+            **added,
             "patchcore": roc_auc(maps.reshape(len(test_f), -1).max(1), novel),
             "knn_penultimate": roc_auc(knn_pooled(lab_p[known], test_p), novel),
         }
@@ -372,7 +453,9 @@ def neu_loco(args, log) -> dict:
     mean = {
         m: float(np.mean([f[m] for f in folds.values()])) for m in ("patchcore", "knn_penultimate")
     }
-    return {"k": args.neu_k, "test": len(test_items), "folds": folds, "mean": mean}
+    return {"k": args.neu_k, "unlabeled_per_class": args.neu_unlabeled, "test": len(test_items),
+            "folds": folds, "mean": mean, "smooth": args.smooth, "min_bank": args.min_bank,
+            "layers": args.layers}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also fine-tune lite0 supervised on 10 NG + 30 OK (features + Grad-CAM)",
     )
     ap.add_argument("--max-fit", type=int, default=120, help="--quick: fit images")
+    ap.add_argument("--no-baselines", action="store_true", help="PatchCore only (no PaDiM, no kNN)")
     ap.add_argument("--iters", type=int, default=200, help="latency timings per graph")
     ap.add_argument("--no-cost", action="store_true")
     ap.add_argument(
@@ -399,8 +483,34 @@ def main(argv: list[str] | None = None) -> int:
         default=[0.01, 0.1],
         help="PatchCore coreset ratios (the product: 0.01)",
     )
+    ap.add_argument(
+        "--smooth",
+        type=float,
+        default=DEFAULT_SMOOTH,
+        help=f"PatchCore map's Gaussian sigma in patches (the product: {DEFAULT_SMOOTH:g})",
+    )
+    ap.add_argument(
+        "--min-bank",
+        type=int,
+        default=DEFAULT_MIN_BANK,
+        help=f"PatchCore's smallest bank (the product: {DEFAULT_MIN_BANK})",
+    )
+    ap.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=list(FEATURE_INDICES),
+        help="backbone stages of the patch features (the product: 2 3, strides 8 and 16)",
+    )
     ap.add_argument("--neu", action="store_true", help="also NEU-DET leave-one-class-out")
     ap.add_argument("--neu-k", type=int, default=10)
+    ap.add_argument(
+        "--neu-unlabeled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fit on confident calls among N unlabeled images of each class",
+    )
     ap.add_argument("--skip-kolektor", action="store_true", help="with --neu: NEU-DET only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)

@@ -4,7 +4,9 @@ A PatchCore-style memory bank (the choice and its measurements: BENCHMARKS.md, "
 mid-level patch features of the model's own backbone (two stages, each 3x3 average-pooled so a
 patch sees its neighbours, the coarser one upsampled to the finer grid and concatenated) from
 good parts, subsampled by a greedy k-center coreset to a bounded bank. A part's anomaly map is
-each patch's distance to its nearest bank feature, its anomaly score the map's maximum.
+each patch's distance to its nearest bank feature, smoothed by a small Gaussian (``smooth``, in
+patch cells, as PatchCore smooths its map) so one stray patch does not make the score; its
+anomaly score is the map's maximum.
 
 * ``fit_project_anomaly`` fits it for a model version (``defectssft fit-anomaly`` and the last
   step of ``defectssft train``): OK-labeled train images plus unlabeled images the classifier
@@ -42,11 +44,13 @@ from defectssft_line.novelty import ON_NOVEL_CHOICES
 BANK_FILE = "anomaly.npz"
 META_FILE = "anomaly.json"
 ANOMALY_FORMAT = "defectssft-anomaly"
-ANOMALY_FORMAT_VERSION = 1
+ANOMALY_FORMAT_VERSION = 2  # 2: the ``smooth`` key (a head without it is unsmoothed)
 FEATURE_INDICES = (2, 3)  # timm feature stages: stride 8 and 16 (mid-level, as PatchCore)
 DEFAULT_BANK_MB = 20.0
 DEFAULT_CORESET_RATIO = 0.01  # of all fit patches; the nearest-neighbour search costs M * D
-DEFAULT_MIN_BANK = 1024
+DEFAULT_MIN_BANK = 512
+DEFAULT_SMOOTH = 1.0  # sigma of the map's Gaussian in patch cells (8 px at input scale)
+MAX_SMOOTH = 8.0
 DEFAULT_MAX_FIT_IMAGES = 400
 DEFAULT_NOVEL_RATE = 0.01  # fraction of held-out good parts allowed above the threshold
 CONFIDENT_OK = 0.05  # an unlabeled image joins the fit when its defect score is below this
@@ -84,29 +88,51 @@ def patch_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """The normalised 1-D Gaussian of ``sigma`` (radius ``ceil(3 sigma)``); [1.] for sigma <= 0."""
+    if sigma <= 0:
+        return np.ones(1, np.float32)
+    r = max(1, math.ceil(3 * sigma))
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-(x**2) / (2 * sigma**2))
+    return (k / k.sum()).astype(np.float32)
+
+
 class AnomalyHead(nn.Module):
     """Patch features [N, D, h, w] -> (anomaly score [N], anomaly map [N, h, w]).
 
-    The bank is a buffer (it saves and exports with the graph); the squared distance to every
-    bank row is ``|f|^2 - 2 f.b + |b|^2`` (one MatMul), its minimum the nearest neighbour.
-    Features and bank are centred on the bank's mean first: the three terms are then small and
-    their float32 cancellation (torch and onnxruntime sum in different orders) stays small too."""
+    The bank is a buffer (it saves and exports with the graph); the squared distance to the
+    nearest bank row is ``|f|^2 + min_b(|b|^2 - 2 f.b)``: one MatMul against ``-2 b`` plus the
+    row bias ``|b|^2`` (onnxruntime fuses them) and a ReduceMin are all that touch the
+    [patches, bank] matrix; ``|f|^2`` is added after the minimum.
+    Features and bank are centred on the bank's mean first: the terms are then small and
+    their float32 cancellation (torch and onnxruntime sum in different orders) stays small too.
+    The distance map is then smoothed by a separable Gaussian of ``smooth`` patch cells (two
+    fixed convolutions over an edge-padded map, pure ONNX ops) before its maximum is taken."""
 
-    def __init__(self, bank: torch.Tensor | np.ndarray) -> None:
+    def __init__(self, bank: torch.Tensor | np.ndarray, smooth: float = 0.0) -> None:
         super().__init__()
+        taps = torch.as_tensor(gaussian_taps(smooth))
+        self.radius = (len(taps) - 1) // 2
+        self.register_buffer("taps_x", taps.view(1, 1, 1, -1))
+        self.register_buffer("taps_y", taps.view(1, 1, -1, 1))
         bank64 = np.asarray(bank, dtype=np.float64)
         centre = bank64.mean(axis=0)
         bank = torch.as_tensor((bank64 - centre).astype(np.float32))
         self.register_buffer("centre", torch.as_tensor(centre.astype(np.float32)).view(1, -1))
-        self.register_buffer("bank_t", bank.t().contiguous())
-        self.register_buffer("bank_sq", (bank * bank).sum(dim=1).view(1, -1))
+        self.register_buffer("bank_t_m2", (-2.0 * bank).t().contiguous())
+        self.register_buffer("bank_sq", (bank * bank).sum(dim=1))
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, d, h, w = feats.shape
         f = feats.permute(0, 2, 3, 1).reshape(-1, d) - self.centre
-        d2 = (f * f).sum(dim=1, keepdim=True) - 2.0 * (f @ self.bank_t) + self.bank_sq
-        nearest = d2.min(dim=1).values.clamp_min(0.0).sqrt()
+        d2 = (f * f).sum(dim=1) + (f @ self.bank_t_m2 + self.bank_sq).min(dim=1).values
+        nearest = d2.clamp_min(0.0).sqrt()
         amap = nearest.reshape(n, h, w)
+        if self.radius:
+            r = self.radius
+            m = F.pad(amap.unsqueeze(1), (r, r, r, r), mode="replicate")
+            amap = F.conv2d(F.conv2d(m, self.taps_x), self.taps_y).squeeze(1)
         return amap.flatten(1).max(dim=1).values, amap
 
 
@@ -121,7 +147,7 @@ class AnomalyInspectionModel(nn.Module):
     def __init__(self, inspection: nn.Module, head: AnomalyHead, indices: Sequence[int]) -> None:
         super().__init__()
         self.inspection = inspection
-        self.head = head
+        self.anomaly_head = head  # its ONNX nodes are named /anomaly_head/... (int8_excluded)
         self.indices = tuple(int(i) for i in indices)
         self.with_map = True
         self.threshold = 0.0
@@ -132,7 +158,7 @@ class AnomalyInspectionModel(nn.Module):
         final, inter = _intermediates(bb, ins.normalise(image), self.indices)
         logits = bb.forward_head(final).to(torch.float32)
         probs, score = ins.probs_and_score(logits)  # as InspectionModel.forward
-        a_score, a_map = self.head(patch_features(inter))
+        a_score, a_map = self.anomaly_head(patch_features(inter))
         if not self.with_map:
             return probs, logits, score, a_score
         return probs, logits, score, a_score, a_map
@@ -193,11 +219,12 @@ def bank_rows(n_patches: int, dim: int, bank_mb: float, ratio: float, min_bank: 
 
 
 def nearest_distances(
-    feats: np.ndarray, bank: np.ndarray, max_floats: int = 16_000_000
+    feats: np.ndarray, bank: np.ndarray, max_floats: int = 16_000_000, smooth: float = 0.0
 ) -> np.ndarray:
-    """Per-patch nearest-bank distance maps [N, h, w] of features [N, h, w, D] (the head's math),
-    a few images at a time so the distance matrix stays under ``max_floats`` values."""
-    head = AnomalyHead(bank)
+    """Per-patch nearest-bank distance maps [N, h, w] of features [N, h, w, D] (the head's math,
+    smoothed by ``smooth`` patch cells), a few images at a time so the distance matrix stays
+    under ``max_floats`` values."""
+    head = AnomalyHead(bank, smooth)
     n, h, w = feats.shape[:3]
     step = max(1, max_floats // max(1, h * w * len(bank)))
     out = []
@@ -225,6 +252,7 @@ class AnomalyModel:
     indices: list[int] = field(default_factory=lambda: list(FEATURE_INDICES))
     map_size: list[int] = field(default_factory=list)  # [h, w] of anomaly_map
     method: str = "patchcore"
+    smooth: float = 0.0  # the map's Gaussian sigma in patch cells (fits set DEFAULT_SMOOTH)
     features: str = "model"  # the version's own (fine-tuned) backbone
     on_novel: str = "UNSURE"
     calibrated_on: str = ""
@@ -266,8 +294,12 @@ class AnomalyModel:
         }
         return meta
 
+    def distances(self, feats: np.ndarray) -> np.ndarray:
+        """The head's (smoothed) anomaly maps [N, h, w] of patch features [N, h, w, D]."""
+        return nearest_distances(feats, self.bank, smooth=self.smooth)
+
     def head(self) -> AnomalyHead:
-        return AnomalyHead(self.bank)
+        return AnomalyHead(self.bank, self.smooth)
 
     def wrap(self, inspection: nn.Module) -> AnomalyInspectionModel:
         graph = AnomalyInspectionModel(inspection, self.head(), self.indices).eval()
@@ -307,6 +339,13 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
             raise ValueError(f"bank of shape {bank.shape}")
         if bank.shape[1] != int(info.get("bank_dim", bank.shape[1])):
             raise ValueError("bank does not match its description")
+        smooth = info.get("smooth", 0.0)
+        if (
+            not isinstance(smooth, (int, float))
+            or isinstance(smooth, bool)
+            or not 0 <= smooth <= MAX_SMOOTH
+        ):
+            raise ValueError(f"smooth {smooth!r} is not a number from 0 to {MAX_SMOOTH:g}")
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise AnomalyError(
             f"{model_dir}: unreadable anomaly head ({e}); fit it again with "
@@ -336,7 +375,7 @@ def evaluate_on_test(
     for i in range(0, len(data.test), batch):
         chunk = [Path(p) for p, _ in data.test[i : i + batch]]
         feats, _ = extract_patches(inspection, load(chunk), model.indices)
-        scores.append(nearest_distances(feats, model.bank).reshape(len(chunk), -1).max(1))
+        scores.append(model.distances(feats).reshape(len(chunk), -1).max(1))
     s = np.concatenate(scores)
     cls = np.array([c for _, c in data.test])
     novel = s >= model.threshold
@@ -368,7 +407,7 @@ def score_unlabeled(
     for i in range(0, len(pairs), batch):
         chunk = pairs[i : i + batch]
         feats, _ = extract_patches(inspection, load([Path(p) for _, p in chunk]), model.indices)
-        scores.append(nearest_distances(feats, model.bank).reshape(len(chunk), -1).max(1))
+        scores.append(model.distances(feats).reshape(len(chunk), -1).max(1))
         ids += [int(j) for j, _ in chunk]
     save_scores(model_dir, ids, np.concatenate(scores) if scores else np.zeros(0, np.float32))
     return len(ids)
@@ -422,6 +461,7 @@ def fit_project_anomaly(
     max_images: int = DEFAULT_MAX_FIT_IMAGES,
     novel_rate: float = DEFAULT_NOVEL_RATE,
     on_novel: str = "UNSURE",
+    smooth: float = DEFAULT_SMOOTH,
     seed: int = 0,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> AnomalyModel:
@@ -432,6 +472,8 @@ def fit_project_anomaly(
         raise AnomalyError(f"on_novel must be one of {', '.join(ON_NOVEL_CHOICES)}, got {on_novel}")
     if bank_mb <= 0:
         raise AnomalyError(f"the bank budget must be > 0 MB, got {bank_mb}")
+    if not 0 <= smooth <= MAX_SMOOTH:
+        raise AnomalyError(f"the map's smoothing must be 0 to {MAX_SMOOTH:g} patches, got {smooth}")
     record = project.get_model(version)
     model_dir = Path(record["path"])
     plan = plan_fit(project, max_images, seed)
@@ -492,11 +534,13 @@ def fit_project_anomaly(
         say(f"anomaly bank: {note}")
     bank = patches[greedy_coreset(patches, rows, seed)]
     if held_feats is not None:
-        held_scores = nearest_distances(held_feats, bank).reshape(len(held_feats), -1).max(1)
+        held_scores = (
+            nearest_distances(held_feats, bank, smooth=smooth).reshape(len(held_feats), -1).max(1)
+        )
         threshold = calibrate_threshold(held_scores, novel_rate)
         held_max = float(held_scores.max())
     else:  # a single fit image: nothing held out; the threshold is the largest fit distance
-        fit_scores = nearest_distances(feats, bank).reshape(len(feats), -1).max(1)
+        fit_scores = nearest_distances(feats, bank, smooth=smooth).reshape(len(feats), -1).max(1)
         threshold = calibrate_threshold(fit_scores, novel_rate)
         held_max = float(fit_scores.max())
         calibrated_on = "the single fit image (nothing to hold out)"
@@ -505,6 +549,7 @@ def fit_project_anomaly(
         bank=bank.astype(np.float32),
         threshold=threshold,
         map_size=[int(gh), int(gw)],
+        smooth=float(smooth),
         on_novel=on_novel,
         calibrated_on=calibrated_on,
         n_fit_images=int(n_img),
@@ -548,6 +593,13 @@ def export_graph(
     graph.with_map = with_map
     graph.output_names = OUTPUT_NAMES if with_map else OUTPUT_NAMES[:4]
     return graph
+
+
+def int8_excluded(model) -> list[str]:
+    """The anomaly head's ONNX nodes, kept in float by the INT8 export: quantizing its Adds and
+    smoothing convolutions puts Quantize/Dequantize pairs on the [patches, bank] distance matrix,
+    which costs time and moves the score (BENCHMARKS.md, "Open set")."""
+    return [n.name for n in model.graph.node if n.name.startswith("/anomaly_head/")]
 
 
 def torch_anomaly(graph: AnomalyInspectionModel, images: np.ndarray, batch_size: int = 16):
@@ -635,6 +687,6 @@ def anomaly_view(
     raw = read_image(image_path)
     rgb = resize(to_rgb8(raw, spec.input.bit_depth), spec.input.height, spec.input.width)
     feats, _ = extract_patches(inspection, rgb[None], head.indices)
-    amap = nearest_distances(feats, head.bank)[0]
+    amap = head.distances(feats)[0]
     heat = heat_weights(amap, head.threshold, raw.shape[0], raw.shape[1])
     return AnomalyView(float(amap.max()), float(head.threshold), heat)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # defectssft.anomaly imports torch: only inside the commands
 
 
 _rate = argtypes.number(float, lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
+_smooth = argtypes.number(float, lambda v: 0 <= v <= 8, "between 0 and 8")
 
 
 def register(subparsers: Any) -> None:
@@ -42,6 +43,13 @@ def register(subparsers: Any) -> None:
         type=_rate,
         default=None,
         help="share of held-out good parts allowed above the threshold (default 0.01)",
+    )
+    p.add_argument(
+        "--smooth",
+        type=_smooth,
+        default=None,
+        metavar="SIGMA",
+        help="Gaussian sigma of the anomaly map in patches before its maximum (default 1; 0: none)",
     )
     p.add_argument(
         "--on-novel",
@@ -72,7 +80,7 @@ def cmd_fit_anomaly(args: argparse.Namespace) -> int:
     from defectssft.project import Project
 
     project = Project.open(args.project)
-    given = {"bank_mb": args.bank_mb, "novel_rate": args.novel_rate}
+    given = {"bank_mb": args.bank_mb, "novel_rate": args.novel_rate, "smooth": args.smooth}
     model = fit_project_anomaly(
         project,
         args.model,

@@ -190,7 +190,8 @@ class _Calibration:
 
 def int8_excluded_nodes(model) -> list[str]:
     """Nodes kept in float by the INT8 export: the stem conv (it sees the normalised image) and
-    the classifier (Gemm/MatMul), whose errors go straight into the probabilities.
+    the classifier (Gemm/MatMul), whose errors go straight into the probabilities; and the
+    anomaly head (``defectssft.anomaly.int8_excluded``).
 
     Clip/Relu are quantized too, so each conv's output range is the clipped one (leaving them
     in float costs accuracy: the measurements are in BENCHMARKS.md, "Line latency").
@@ -200,7 +201,9 @@ def int8_excluded_nodes(model) -> list[str]:
     if convs:
         excluded.append(convs[0].name)
     excluded += [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
-    return excluded
+    from defectssft.anomaly import int8_excluded
+
+    return excluded + [n for n in int8_excluded(model) if n not in excluded]
 
 
 def _to_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:

@@ -331,3 +331,81 @@ def test_a_single_good_image_is_fitted_and_says_so(tmp_path):
     assert m.n_fit_images == 1 and m.n_held_out == 0
     assert m.calibrated_on == "the single fit image (nothing to hold out)"
     assert any("only one good image" in s for s in said)
+
+
+def test_the_map_is_smoothed_by_a_gaussian_with_edge_padding():
+    from defectssft.anomaly import AnomalyHead, gaussian_taps, nearest_distances
+
+    rng = np.random.default_rng(2)
+    feats = rng.normal(size=(2, 9, 11, 6)).astype(np.float32)
+    bank = rng.normal(size=(5, 6)).astype(np.float32)
+    raw = nearest_distances(feats, bank)
+    smooth = nearest_distances(feats, bank, smooth=1.0)
+    taps = gaussian_taps(1.0)
+    assert len(taps) == 7 and taps.sum() == pytest.approx(1.0)
+    ref = [cv2.sepFilter2D(m, -1, taps, taps, borderType=cv2.BORDER_REPLICATE) for m in raw]
+    np.testing.assert_allclose(smooth, np.stack(ref), rtol=1e-4, atol=1e-5)
+    # one stray patch: the smoothed maximum is lower than the raw one, its neighbours rise
+    spike = np.zeros((1, 9, 11, 6), np.float32)
+    spike[0, 4, 5] = 10.0
+    zero_bank = np.zeros((1, 6), np.float32)
+    score, amap = AnomalyHead(zero_bank, 1.0)(torch.from_numpy(spike).permute(0, 3, 1, 2))
+    peak = 10.0 * np.sqrt(6)  # the spike's distance to the bank
+    assert float(score[0]) == pytest.approx(peak * gaussian_taps(1.0)[3] ** 2, rel=1e-5)
+    assert float(amap[0, 4, 6]) > 0 and float(amap[0, 0, 0]) < 1e-3
+    assert gaussian_taps(0.0).tolist() == [1.0]
+
+
+def test_fit_smooths_by_default_and_old_heads_stay_unsmoothed(tmp_path, fitted):
+    from defectssft.anomaly import DEFAULT_SMOOTH
+
+    _, _, model = fitted
+    assert model.smooth == DEFAULT_SMOOTH > 0
+    model.save(tmp_path)
+    info = json.loads((tmp_path / META_FILE).read_text())
+    assert info["smooth"] == DEFAULT_SMOOTH and info["format_version"] == 2
+    info.pop("smooth")  # a head fitted before smoothing existed
+    info["format_version"] = 1
+    (tmp_path / META_FILE).write_text(json.dumps(info))
+    old = load_anomaly(tmp_path)
+    assert old is not None and old.smooth == 0.0 and old.head().radius == 0
+    for bad in ("1", -1.0, 100.0, True):
+        info["smooth"] = bad
+        (tmp_path / META_FILE).write_text(json.dumps(info))
+        with pytest.raises(AnomalyError, match="smooth"):
+            load_anomaly(tmp_path)
+
+
+def test_fit_anomaly_smooth_flag(tmp_path, capsys):
+    p = make_project(tmp_path)
+    add_model(p)
+    assert main(["fit-anomaly", str(p.root), "--smooth", "0"]) == 0
+    m = load_anomaly(Path(p.get_model("v0001")["path"]))
+    assert m is not None and m.smooth == 0.0
+    for bad in (["--smooth", "-1"], ["--smooth", "9"], ["--smooth", "x"]):
+        with pytest.raises(SystemExit):
+            main(["fit-anomaly", str(p.root), *bad])
+    assert "between 0 and 8" in capsys.readouterr().err
+    with pytest.raises(AnomalyError, match="smoothing"):
+        fit_project_anomaly(p, "v0001", smooth=-0.5)
+    assert load_anomaly(Path(p.get_model("v0001")["path"])).smooth == 0.0  # kept
+
+
+def test_int8_export_keeps_the_head_in_float(tmp_path, fitted):
+    import onnx
+
+    from defectssft.export import _to_int8, int8_excluded_nodes
+
+    _, _, model = fitted
+    imgs = random_images(8)
+    export_onnx(
+        make_tiny(), tiny_meta("v0001"), tmp_path / "m.onnx", check_images=imgs, anomaly=model
+    )
+    head = [n for n in onnx.load(str(tmp_path / "m.onnx")).graph.node if "anomaly_head/" in n.name]
+    assert {"MatMul", "Add", "ReduceMin", "Conv"} <= {n.op_type for n in head}
+    assert {n.name for n in head} <= set(int8_excluded_nodes(onnx.load(str(tmp_path / "m.onnx"))))
+    _to_int8(tmp_path / "m.onnx", tmp_path / "m8.onnx", imgs)
+    nodes = onnx.load(str(tmp_path / "m8.onnx")).graph.node
+    quant = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert quant  # the backbone is quantized, the head is not
+    assert not [n for n in quant if "anomaly_head" in n.name or "anomaly_head" in n.input[0]]

@@ -85,6 +85,43 @@ def torch_scores(model_pt: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndar
     return probs, scores, {"classes": list(spec.classes), "ok_class": spec.ok_class}
 
 
+def held_anomaly(project: Path, version: str, paths: list[Path]):
+    """(torch anomaly scores, threshold, on_novel) of a version with an anomaly head, else None."""
+    import torch
+
+    from defectssft.anomaly import load_anomaly, torch_anomaly
+    from defectssft.inspection import ModelSpec, inspection_model, load_images
+    from defectssft.modeling import load_model_file
+
+    folder = project / "models" / version
+    head = load_anomaly(folder)
+    if head is None:
+        return None
+    torch.set_num_threads(1)
+    model, meta = load_model_file(folder / "model.pt")
+    spec = ModelSpec.from_meta(meta)
+    graph = head.wrap(inspection_model(model, spec))
+    inp = spec.input
+    a, _ = torch_anomaly(graph, load_images(paths, inp.height, inp.width, inp.bit_depth))
+    return a.astype(np.float64), float(head.threshold), head.on_novel
+
+
+def with_novelty(verdict: str, anomaly: float, threshold: float, on_novel: str) -> str:
+    return on_novel if verdict == "OK" and anomaly >= threshold else verdict
+
+
+def split_counts(project: Path) -> dict[str, dict[str, int]]:
+    """Labeled images per split and class (with few labels a class may have no val/test)."""
+    from defectssft.project import Project
+
+    data = Project.open(project).training_data()
+    out: dict[str, dict[str, int]] = {}
+    for name, items in (("train", data.labeled), ("val", data.val), ("test", data.test)):
+        c = Counter(data.classes[int(k)] for _, k in items)
+        out[name] = {cls: c[cls] for cls in data.classes}
+    return out
+
+
 def verdict_of(score: float, t: dict[str, float]) -> str:
     if score < t["unsure_low"]:
         return "OK"
@@ -199,23 +236,39 @@ def covers(claim: dict[str, Any] | None, k: int, n: int) -> bool | None:
 # --------------------------------------------------------------------------- one run
 
 
-def run_case(dataset: str, seed: int, quick: bool, root: Path, work: Path) -> dict[str, Any]:
+def _trained(project: Path) -> bool:
+    return any((project / "models").glob("v[0-9]*/model.pt"))
+
+
+def run_case(
+    dataset: str, seed: int, quick: bool, root: Path, work: Path, reuse: bool = False
+) -> dict[str, Any]:
+    """One data set and seed end to end; with ``reuse``, a case folder whose project already
+    holds a trained version skips init / import / train (the rest runs again)."""
     proto = protocol(dataset, seed, quick, root)
     case = work / f"{dataset}-s{seed}"
-    shutil.rmtree(case, ignore_errors=True)
-    case.mkdir(parents=True)
-    dirs = dp.stage(proto, case)
-    run = dp.Runner(case / "commands.log", threads=1)
     project = case / "project"
+    reused = reuse and _trained(project)
+    if not reused:
+        shutil.rmtree(case, ignore_errors=True)
+        case.mkdir(parents=True)
+        dirs = dp.stage(proto, case)
+    run = dp.Runner(case / "commands.log", threads=1)
     t0 = time.perf_counter()
     out: dict[str, Any] = {"dataset": dataset, "seed": seed, "protocol": proto.notes}
     sets = [a for s in (QUICK_SETS if quick else []) for a in ("--set", s)]
     if seed:
         sets += ["--set", f"train.seed={seed}"]
-    run("defectssft", "init", project, "--classes", ",".join(proto.classes), "--ok-class", OK)
-    run("defectssft", "import", project, dirs["labeled"], "--label-from", "folder")
-    run("defectssft", "import", project, dirs["stream"])
-    run("defectssft", "train", project, *sets)
+    if not reused:
+        run("defectssft", "init", project, "--classes", ",".join(proto.classes), "--ok-class", OK)
+        run("defectssft", "import", project, dirs["labeled"], "--label-from", "folder")
+        run("defectssft", "import", project, dirs["stream"])
+        _, train_text = run("defectssft", "train", project, *sets)
+        (case / "train_said.txt").write_text("\n".join(dp._train_said(train_text)))  # noqa: SLF001
+    out["reused_training"] = reused
+    said = case / "train_said.txt"
+    out["train_said"] = said.read_text().splitlines() if said.exists() else []
+    out["splits"] = split_counts(project)
     version = dp._newest_version(project)  # noqa: SLF001
     _, ev_text = run("defectssft", "evaluate", project, "--model", version, "--no-report")
     out["evaluate_printed"] = ev_text.strip().split("\n\n")[0]
@@ -251,8 +304,22 @@ def run_case(dataset: str, seed: int, quick: bool, root: Path, work: Path) -> di
     out["calibration"] = {
         k: op.get(k) for k in ("chosen_on", "anchor", "evidence", "predicted", "notes")
     }
-    torch_v = [verdict_of(float(s), t) for s in scores]
+    novelty = held_anomaly(project, version, held_paths)
+    out["novelty_rule"] = None if novelty is None else {"threshold": novelty[1], "on": novelty[2]}
+    torch_cls = [verdict_of(float(s), t) for s in scores]
+    torch_v = (
+        torch_cls
+        if novelty is None
+        else [
+            with_novelty(v, float(a), *novelty[1:])
+            for v, a in zip(torch_cls, novelty[0], strict=True)
+        ]
+    )
     line: dict[str, list[str]] = {}
+    line_cls: dict[str, list[str]] = {}
+    saved: dict[str, np.ndarray] = {"torch_score": scores.astype(np.float64)}
+    if novelty is not None:
+        saved["torch_anomaly"] = novelty[0]
     for precision, path in files.items():
         res = case / f"line-{precision}.jsonl"
         run(
@@ -261,12 +328,31 @@ def run_case(dataset: str, seed: int, quick: bool, root: Path, work: Path) -> di
         )  # fmt: skip
         recs = {Path(r["file"]).name: r for r in map(json.loads, res.read_text().splitlines())}
         line[precision] = [recs[p.name]["verdict"] for p in held_paths]
+        line_cls[precision] = [verdict_of(float(recs[p.name]["score"]), t) for p in held_paths]
+        saved[f"{precision}_score"] = np.asarray([recs[p.name]["score"] for p in held_paths])
+        if novelty is not None:
+            saved[f"{precision}_anomaly"] = np.asarray(
+                [recs[p.name].get("anomaly_score", np.nan) for p in held_paths], dtype=np.float64
+            )
     n_scored = len(held)
     defective = np.asarray([p.defective for p in proto.held])
     scored = np.asarray([not p.grade for p in proto.held])
+    np.savez(case / "held_scores.npz", defective=defective, scored=scored, **saved)
     reference = line.get("fp32", torch_v)
     out["line"] = rates(defective[scored], [v for v, s in zip(reference, scored, strict=True) if s])
     out["line"]["n"] = n_scored
+    ref_cls = line_cls.get("fp32", torch_cls)
+    out["line_classifier"] = rates(
+        defective[scored], [v for v, s in zip(ref_cls, scored, strict=True) if s]
+    )
+    out["novelty_changed"] = {
+        kind: sum(
+            a != b
+            for a, b, d, s in zip(ref_cls, reference, defective, scored, strict=True)
+            if s and d == want
+        )
+        for kind, want in (("defective", True), ("good", False))
+    }
     out["flips"] = {
         f"torch_vs_{precision}": sum(a != b for a, b in zip(torch_v, line[precision], strict=True))
         for precision in line
@@ -410,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=dp.DATASETS)
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--name", default=None)
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="a case whose project in --workdir already has a trained version is not retrained",
+    )
     ap.add_argument("--merge", nargs="+", type=Path, help="results files to merge into --name")
     ap.add_argument(
         "--reanalyse",
@@ -438,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = args.seeds if (dataset == "kolektor" or not args.kolektor_only_seeds) else [0]
         for seed in seeds:
             try:
-                r = run_case(dataset, seed, args.quick, args.root, work)
+                r = run_case(dataset, seed, args.quick, args.root, work, args.reuse)
             except (RuntimeError, KeyError, ValueError) as e:
                 r = {"dataset": dataset, "seed": seed, "error": str(e)}
             results.append(r)

@@ -144,9 +144,24 @@ def rates(defective: np.ndarray, verdicts: list[str]) -> dict[str, Any]:
     }
 
 
-def candidates(project_dir: Path, version: str, held_scores: np.ndarray, held_defect: np.ndarray):
+def _point(ng: float, stream: np.ndarray, rate: float, margin: float) -> dict[str, float]:
+    from defectssft import calibration as C
+
+    low = C._band_low(stream, ng, rate, margin) if rate and stream.size else ng  # noqa: SLF001
+    return {"ng": ng, "unsure_low": min(low, ng), "unsure_high": ng}
+
+
+def candidates(
+    project_dir: Path,
+    version: str,
+    held_scores: np.ndarray,
+    held_defect: np.ndarray,
+    train: tuple[np.ndarray, np.ndarray] | None = None,
+):
     """Each calibration candidate's thresholds and its verdicts on the held-out parts (torch
-    scores), from the evidence ``evaluate`` stored."""
+    scores), from the evidence ``evaluate`` stored; ``train``: the shipped model's own (in-sample)
+    defect scores of its labeled training images and which are defective, for the in-sample
+    candidate."""
     from defectssft import calibration as C
     from defectssft import metrics as M
     from defectssft.evidence import load_oof
@@ -168,9 +183,11 @@ def candidates(project_dir: Path, version: str, held_scores: np.ndarray, held_de
             C.Source("oof", M.defect_scores(oof.probs, ok_index), oof.labels != ok_index)
         )
     stream_ids = [i for i in data.unlabeled_ids if i in preds]
+    stream = np.zeros(0)
     if stream_ids:
         probs = np.asarray([preds[i] for i in stream_ids])
-        sources.append(C.Source("stream", M.defect_scores(probs, ok_index)))
+        stream = M.defect_scores(probs, ok_index)
+        sources.append(C.Source("stream", stream))
     out = {}
     val_src = [s for s in sources if s.name == "val"]
     if val_src and val_src[0].is_defect.any():  # the rule before issue #13
@@ -190,10 +207,89 @@ def candidates(project_dir: Path, version: str, held_scores: np.ndarray, held_de
             "unsure_high": point.unsure_high,
             "chosen_on": point.chosen_on,
         }
+    rate = C.DEFAULT_REVIEW_RATE
+    labeled = [s for s in sources if s.is_defect is not None]
+    goods = np.concatenate([s.scores[~s.is_defect] for s in labeled] or [np.zeros(0)])
+    if stream.size:
+        for q in (0.9, 0.95):
+            ng = float(np.quantile(stream, q))
+            out[f"labels ignored: stream q{100 * q:g}, band 2 %"] = _point(ng, stream, rate, 1.0)
+        if goods.size:
+            for margin in (1.0, 2.0):
+                point = C.calibrate(labeled, 0.0, margin)  # on the evidence's own scale
+                share = float(np.mean(goods < point.threshold))
+                ng = float(np.quantile(stream, share))
+                out[f"by rank: evidence good parts below margin {margin:g} -> stream quantile"] = (
+                    _point(ng, stream, rate, margin)
+                )
+        if train is not None and train[1].any():
+            for margin in (1.0, 2.0):
+                src = [C.Source("in-sample", train[0], train[1]), C.Source("stream", stream)]
+                point = C.calibrate(src, rate, margin)
+                out[f"in-sample: shipped model's train defects, margin {margin:g}, band 2 %"] = {
+                    "ng": point.threshold,
+                    "unsure_low": point.unsure_low,
+                    "unsure_high": point.unsure_high,
+                }
     return {
         name: {**t, **rates(held_defect, [verdict_of(s, t) for s in held_scores])}
         for name, t in out.items()
     }
+
+
+def scale(
+    project_dir: Path, version: str, held_scores: np.ndarray, held_defect: np.ndarray
+) -> dict[str, Any]:
+    """Are the evidence and the shipped model on one score scale? Median logits of the
+    out-of-fold (fold models) defective / good scores, of the shipped model's held-out defective /
+    good scores and of its stream scores, and each set's AUROC."""
+    from defectssft import metrics as M
+    from defectssft.calibration import logit
+    from defectssft.evidence import load_oof
+    from defectssft.project import Project
+
+    p = Project.open(project_dir)
+    data = p.training_data()
+    ok = data.classes.index(data.ok_class)
+    preds = p.predictions(version)
+    stream = M.defect_scores(
+        np.asarray([preds[i] for i in data.unlabeled_ids if i in preds]).reshape(
+            -1, len(data.classes)
+        ),
+        ok,
+    )
+
+    def med(x: np.ndarray) -> float | None:
+        return round(float(np.median(logit(x))), 2) if x.size else None
+
+    out: dict[str, Any] = {
+        "held_auroc": M.roc_auc(held_scores, held_defect),
+        "held_defective_logit": med(held_scores[held_defect]),
+        "held_good_logit": med(held_scores[~held_defect]),
+        "stream_logit": med(stream),
+    }
+    oof = load_oof(Path(p.get_model(version)["path"]))
+    if oof is not None and len(oof):
+        s, d = M.defect_scores(oof.probs, ok), oof.labels != ok
+        out.update(
+            oof_auroc=M.roc_auc(s, d),
+            oof_defective_logit=med(s[d]),
+            oof_good_logit=med(s[~d]),
+            oof_lowest_defect_logit=round(float(logit(s[d].min())), 2) if d.any() else None,
+        )
+    return out
+
+
+def train_scores(project_dir: Path, version: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped model's defect scores of its labeled training images (in-sample) and which
+    of them are defective."""
+    from defectssft.project import Project
+
+    data = Project.open(project_dir).training_data()
+    paths = [Path(q) for q, _ in data.labeled]
+    _, scores, _ = torch_scores(project_dir / "models" / version / "model.pt", paths)
+    ok_index = data.classes.index(data.ok_class)
+    return scores.astype(np.float64), np.asarray([c != ok_index for _, c in data.labeled])
 
 
 def unchecked_int8(project_dir: Path, version: str, out: Path) -> Path:
@@ -374,8 +470,16 @@ def run_case(
         "claimed": {k: op.get(k) for k in ("escapes", "overkill", "unsure")},
         "oof_claimed": {k: (test.get("oof") or {}).get(k) for k in ("escapes", "overkill")},
     }
+    from defectssft import metrics as M
+
+    out["held_auroc"] = M.roc_auc(scores[scored], defective[scored])
+    out["scale"] = scale(project, version, scores[scored], defective[scored])
     out["candidates"] = candidates(
-        project, version, scores[scored].astype(np.float64), defective[scored]
+        project,
+        version,
+        scores[scored].astype(np.float64),
+        defective[scored],
+        train_scores(project, version),
     )
     out["minutes"] = round((time.perf_counter() - t0) / 60, 1)
     return out
@@ -389,23 +493,37 @@ def _r(pair: list[int]) -> str:
     return f"{k}/{n}" + ("" if not n else f" = {100 * k / n:.0f} %")
 
 
+def _held_out(r: dict[str, Any]) -> str:
+    """Labeled images the project held out, val / test, good + defective (the split rule)."""
+    sp = r.get("splits")
+    if not sp:
+        return "—"
+
+    def part(name: str) -> str:
+        c = sp[name]
+        return f"{c.get(OK, 0)}+{sum(v for k, v in c.items() if k != OK)}"
+
+    return f"{part('val')} / {part('test')}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| data set | seed | NG / UNSURE from | escapes (line) | overkill (line) | UNSURE (line) "
-        "| overkill + UNSURE of good | flips torch→fp32 / int8 | claimed escapes (test) ✓/✗ "
+        "| data set | seed | val / test (good+defective) | NG / UNSURE from | escapes (line) "
+        "| overkill (line) | UNSURE (line) | overkill + UNSURE of good | novel → UNSURE "
+        "(defective / good) | flips torch→fp32 / int8 | claimed escapes (test) ✓/✗ "
         "| claimed overkill (test) ✓/✗ | min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['dataset']} | {r['seed']} | error: {r['error'][:90]} ||||||||")
+            lines.append(f"| {r['dataset']} | {r['seed']} | error: {r['error'][:90]} |||||||||||")
             continue
         t, ln, f, c = r["thresholds"], r["line"], r["flips"], r["coverage"]
 
         def claim(name: str, c: dict[str, Any] = c) -> str:
             cl = c["claimed"].get(name)
-            if not cl:
-                return "—"
+            if not cl or not cl.get("n"):
+                return "— (none in test)"
             mark = {True: " ✓", False: " ✗", None: ""}[c[name]]
             return f"{cl['k']}/{cl['n']} [{100 * cl['low']:.0f}, {100 * cl['high']:.0f}]{mark}"
 
@@ -418,10 +536,13 @@ def table(results: list[dict[str, Any]]) -> str:
             )
             + f" of {f['n']}"
         )
+        nov = r.get("novelty_changed")
+        novel = "no head" if not r.get("novelty_rule") else f"{nov['defective']} / {nov['good']}"
         lines.append(
-            f"| {r['dataset']} | {r['seed']} | {t['unsure_high']:.3g} / {t['unsure_low']:.3g} "
+            f"| {r['dataset']} | {r['seed']} | {_held_out(r)} "
+            f"| {t['unsure_high']:.3g} / {t['unsure_low']:.3g} "
             f"({r['calibration']['chosen_on']}) | {_r(ln['escapes'])} | {_r(ln['overkill'])} "
-            f"| {_r(ln['unsure'])} | {_r(ln['overkill_plus_unsure_good'])} | {flips} "
+            f"| {_r(ln['unsure'])} | {_r(ln['overkill_plus_unsure_good'])} | {novel} | {flips} "
             f"| {claim('escapes')} | {claim('overkill')} | {r['minutes']} |"
         )
     cand: dict[str, dict[str, list[int]]] = {}
@@ -445,6 +566,30 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {name} | {_r(a['escapes'])} | {_r(a['good_flagged'])} | "
             f"{a['runs'][0]} of {a['runs'][1]} |"
         )
+    scaled = [r for r in results if r.get("scale")]
+    if scaled:
+        lines += [
+            "",
+            "Score scales (median logit of the defect score) and AUROC: out of fold (fold "
+            "models) vs the shipped model (held-out parts, stream):",
+            "",
+            "| data set | seed | AUROC OOF / held-out | OOF defective / good | lowest OOF defect "
+            "| held-out defective / good | stream |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in scaled:
+            c = r["scale"]
+
+            def f(x: Any) -> str:
+                return "—" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
+
+            lines.append(
+                f"| {r['dataset']} | {r['seed']} | {f(c.get('oof_auroc'))} / "
+                f"{f(c['held_auroc'])} | {f(c.get('oof_defective_logit'))} / "
+                f"{f(c.get('oof_good_logit'))} | {f(c.get('oof_lowest_defect_logit'))} "
+                f"| {f(c['held_defective_logit'])} / {f(c['held_good_logit'])} "
+                f"| {f(c['stream_logit'])} |"
+            )
     graded = [r for r in results if r.get("graded")]
     if graded:
         lines += ["", "ELPV cells graded 0.33 / 0.67 by the annotators (line verdicts, fp32):", ""]
@@ -462,6 +607,8 @@ def table(results: list[dict[str, Any]]) -> str:
 def reanalyse(results_file: Path, work: Path, root: Path) -> int:
     """Recompute ``candidates`` for every finished case of a results file from its projects
     (no training: torch scores the held-out parts again), and rewrite the file and its table."""
+    from defectssft import metrics as M
+
     data = json.loads(results_file.read_text())
     for r in data["results"]:
         if "error" in r:
@@ -474,8 +621,14 @@ def reanalyse(results_file: Path, work: Path, root: Path) -> int:
         _, scores, _ = torch_scores(project / "models" / version / "model.pt", paths)
         scored = np.asarray([not p.grade for p in proto.held])
         defective = np.asarray([p.defective for p in proto.held])
+        r["held_auroc"] = M.roc_auc(scores[scored], defective[scored])
+        r["scale"] = scale(project, version, scores[scored], defective[scored])
         r["candidates"] = candidates(
-            project, version, scores[scored].astype(np.float64), defective[scored]
+            project,
+            version,
+            scores[scored].astype(np.float64),
+            defective[scored],
+            train_scores(project, version),
         )
     results_file.write_text(json.dumps(data, indent=1, default=str))
     results_file.with_suffix(".md").write_text(table(data["results"]))

@@ -100,6 +100,12 @@ def print_evaluation(m: dict) -> None:
         verdicts = m.get("verdicts") or {}
         for name, v in verdicts.items():
             print(f"  {name:<20} verdicts: OK {v['OK']}  NG {v['NG']}  UNSURE {v['UNSURE']}")
+        nov = m.get("novelty")
+        if nov:
+            print(
+                f"  anomaly head (novel at score >= {nov['threshold']:.4g}): {nov['changed']} "
+                f"test part(s) the classifier passed are novel -> {nov['on_novel']}, as on the line"
+            )
     elif op.get("errors"):
         print(f"  {op['note']}: {claim('errors', op['errors'])}")
     oof = m.get("oof")

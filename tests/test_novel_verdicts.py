@@ -87,7 +87,9 @@ def novel_ok(tmp_path_factory):
     return project, version, data, scores
 
 
-def test_novel_ok_parts_are_unsure_in_the_app_in_evaluate_and_on_the_line(novel_ok, tmp_path):
+def test_novel_ok_parts_are_unsure_in_the_app_in_evaluate_and_on_the_line(
+    novel_ok, tmp_path, capsys
+):
     from defectssft_line.model import LineModel
     from defectssft_line.preprocess import read_image
 
@@ -96,7 +98,13 @@ def test_novel_ok_parts_are_unsure_in_the_app_in_evaluate_and_on_the_line(novel_
     expected = ["UNSURE" if s >= threshold else "OK" for s in scores]
     assert "UNSURE" in expected and "OK" in expected
 
-    # evaluate: its per-image verdicts and its counts by class
+    # evaluate: its per-image verdicts, its counts by class and what it prints
+    from defectssft.cli import main
+
+    assert main(["evaluate", str(project.root), "--model", version, "--no-report"]) == 0
+    said = capsys.readouterr().out
+    n_novel = expected.count("UNSURE")
+    assert f"{n_novel} test part(s) the classifier passed are novel -> UNSURE" in said
     ev = evaluate_project_model(project, version, report=False)
     assert ev.verdicts == expected
     counts = ev.metrics["verdicts"]

@@ -393,9 +393,8 @@ def evaluate_project_model(
     from defectssft.evidence import load_oof
     from defectssft.metrics import operating_point
     from defectssft.modeling import load_model_file
-    from defectssft.novel_scores import load_scores
     from defectssft.splits import MIN_HOLDOUT_LABELS
-    from defectssft.verdicts import store_anomaly_scores
+    from defectssft.verdicts import anomaly_scores, store_anomaly_scores
 
     record = project.get_model(version)
     data = project.training_data()
@@ -430,7 +429,7 @@ def evaluate_project_model(
     chosen = (record.get("metrics") or {}).get("operating_point")
     chosen_point = operating_point({"operating_point": chosen}) if chosen else None
     cache = project.predictions(record["version"])
-    anomaly = load_scores(folder)
+    anomaly = anomaly_scores(folder)
     ev = evaluate_loaded(
         model,
         meta,

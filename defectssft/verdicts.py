@@ -4,7 +4,7 @@ The app and reports never have a rule of their own: the thresholds are resolved 
 ``defectssft export`` writes them into the ONNX file (the model's own, else the operating point
 ``defectssft evaluate`` stored, else 0.5) and each image goes through the line's decision
 (``defectssft_line.decision.decide_part``): the classifier's verdict and, for a version with an
-anomaly head, the novelty rule on the image's stored anomaly score (``defectssft.novel_scores``:
+anomaly head, the novelty rule on the image's stored anomaly score (``anomaly_scores``:
 the unlabeled images scored when the head was fitted, the images ``evaluate`` and *Predict all*
 scored since), so an OK part the head finds novel is UNSURE here as on the line. An image
 without a stored anomaly score keeps the classifier's verdict. Torch-free and Qt-free, so the
@@ -22,8 +22,9 @@ import numpy as np
 
 from defectssft import queries
 from defectssft.errors import DefectssftError
+from defectssft.fsutil import atomic_path
 from defectssft.metrics import operating_point
-from defectssft.novel_scores import load_scores, save_scores
+from defectssft.novel_scores import load_scores
 from defectssft.project import Project
 from defectssft_line.decision import (
     ThresholdError,
@@ -37,6 +38,9 @@ from defectssft_line.novelty import NoveltyMetadataError, NoveltyRule, validate_
 # The anomaly head's description in a version folder (``defectssft.anomaly.META_FILE``, read
 # here without importing torch; a test checks the two names agree).
 ANOMALY_META_FILE = "anomaly.json"
+# Anomaly scores of images scored after the fit (evaluate's test split, Predict all), tagged with
+# the fit they belong to; the fit's own scores of unlabeled images stay in ``novel_scores``.
+SCORED_FILE = "anomaly_scored.npz"
 
 VERDICTS = ("OK", "NG", "UNSURE")
 
@@ -61,30 +65,74 @@ def version_thresholds(
     )
 
 
-def version_novelty(model_dir: str | Path) -> NoveltyRule | None:
-    """The novelty rule of a version's anomaly head (what export writes into the ONNX file),
-    None for a version without one (or whose description is unreadable: export refuses it)."""
+def _head_info(model_dir: str | Path) -> dict[str, Any] | None:
     path = Path(model_dir) / ANOMALY_META_FILE
     if not path.is_file():
         return None
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-        entry = {"threshold": info.get("threshold"), "on_novel": info.get("on_novel", "UNSURE")}
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _head_stamp(info: Mapping[str, Any]) -> str:
+    """Which fit of the head scores belong to (a refit makes another bank, other scores)."""
+    return f"{info.get('created', '')}|{info.get('bank_rows', '')}|{info.get('n_fit_patches', '')}"
+
+
+def version_novelty(model_dir: str | Path) -> NoveltyRule | None:
+    """The novelty rule of a version's anomaly head (what export writes into the ONNX file),
+    None for a version without one (or whose description is unreadable: export refuses it)."""
+    info = _head_info(model_dir)
+    if info is None:
+        return None
+    entry = {"threshold": info.get("threshold"), "on_novel": info.get("on_novel", "UNSURE")}
+    try:
         validate_anomaly_metadata(entry)
-    except (OSError, ValueError, AttributeError, NoveltyMetadataError):
+    except NoveltyMetadataError:
         return None
     return NoveltyRule.from_metadata({"anomaly": entry})
 
 
+def anomaly_scores(model_dir: str | Path) -> dict[int, float]:
+    """{image id: anomaly score} of a version's head: the unlabeled images scored when it was
+    fitted (``novel_scores``) and those ``evaluate`` / *Predict all* scored since
+    (``SCORED_FILE``, ignored when the head was fitted again after them)."""
+    out = load_scores(model_dir)
+    info = _head_info(model_dir)
+    path = Path(model_dir) / SCORED_FILE
+    if info is None or not path.is_file():
+        return out
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, scores, stamp = z["image_ids"], z["scores"], str(z["head"])
+    except (OSError, ValueError, KeyError):
+        return out
+    if stamp != _head_stamp(info) or ids.shape != scores.shape:
+        return out
+    out.update({int(i): float(a) for i, a in zip(ids, scores, strict=True)})
+    return out
+
+
 def store_anomaly_scores(model_dir: str | Path, scores: Mapping[int, float]) -> None:
-    """Add images' anomaly scores to the version's stored ones (``novel_scores``), so their
-    verdict here applies the novelty rule as the line does."""
-    if not scores:
+    """Keep images' anomaly scores (``SCORED_FILE``, beside the fit's own ``novel_scores``), so
+    their verdict here applies the novelty rule as the line does."""
+    info = _head_info(model_dir)
+    if not scores or info is None:
         return
-    known = load_scores(model_dir)
+    known = anomaly_scores(model_dir)
+    fitted = load_scores(model_dir)
     known.update({int(i): float(a) for i, a in scores.items()})
-    ids = sorted(known)
-    save_scores(model_dir, ids, np.asarray([known[i] for i in ids], dtype=np.float32))
+    ids = sorted(i for i in known if i not in fitted or i in scores)
+    with atomic_path(Path(model_dir) / SCORED_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                image_ids=np.asarray(ids, dtype=np.int64),
+                scores=np.asarray([known[i] for i in ids], dtype=np.float32),
+                head=np.asarray(_head_stamp(info)),
+            )
 
 
 def line_verdicts(
@@ -151,7 +199,7 @@ class VerdictCache:
                 )
                 self.novelty = version_novelty(record["path"])
                 if self.novelty is not None:
-                    self.anomaly = load_scores(record["path"])
+                    self.anomaly = anomaly_scores(record["path"])
             except (DefectssftError, ThresholdError):
                 self.version = None  # thresholds the line would refuse too: no verdict
 

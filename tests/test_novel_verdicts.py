@@ -18,7 +18,9 @@ from defectssft.novel_scores import load_scores
 from defectssft.verdicts import (
     ANOMALY_META_FILE,
     VerdictCache,
+    anomaly_scores,
     line_verdicts,
+    store_anomaly_scores,
     version_novelty,
     version_verdicts,
 )
@@ -112,9 +114,12 @@ def test_novel_ok_parts_are_unsure_in_the_app_in_evaluate_and_on_the_line(
     assert sum(c["NG"] for c in counts.values()) == 0
     assert ev.metrics["novelty"]["changed"] == expected.count("UNSURE")
     assert ev.metrics["operating_point"]["unsure"]["k"] == expected.count("UNSURE")
-    # the test parts' anomaly scores are stored beside the unlabeled ones of the fit
-    stored = load_scores(project.get_model(version)["path"])
+    # the test parts' anomaly scores are stored beside the unlabeled ones of the fit, whose
+    # own file (the "novel" filter's) keeps the unlabeled images only
+    folder = project.get_model(version)["path"]
+    stored = anomaly_scores(folder)
     assert all(i in stored for i in data.test_ids) and any(i in stored for i in data.unlabeled_ids)
+    assert set(load_scores(folder)) == set(data.unlabeled_ids)
 
     # the app: the grid's verdict and the Models panel's
     cache = VerdictCache(project, version)
@@ -151,10 +156,25 @@ def test_predict_all_stores_anomaly_scores_so_every_image_agrees_with_the_line(n
     predict_images(project, version, only_unlabeled=False)
     ids = [*data.labeled_ids, *data.val_ids]
     paths = [p for p, _ in (*data.labeled, *data.val)]
-    stored = load_scores(project.get_model(version)["path"])
+    stored = anomaly_scores(project.get_model(version)["path"])
     assert all(i in stored for i in ids)
     cache = VerdictCache(project, version)
     app = [cache.get(i) for i in ids]
     res = export_project_model(project, version, out=tmp_path / "m.onnx")
     line = [p.verdict for p in LineModel.load(res.path).classify([read_image(p) for p in paths])]
     assert app == line and "UNSURE" in app
+
+
+def test_scores_of_an_earlier_fit_are_not_used(tmp_path):
+    """A head fitted again has another bank: the scores stored for the old one are ignored."""
+    folder = tmp_path
+    meta = {"threshold": 1.0, "on_novel": "UNSURE", "created": "t1", "bank_rows": 10}
+    (folder / ANOMALY_META_FILE).write_text(json.dumps(meta))
+    store_anomaly_scores(folder, {5: 2.0, 6: 0.5})
+    assert anomaly_scores(folder) == {5: 2.0, 6: 0.5}
+    store_anomaly_scores(folder, {7: 3.0})
+    assert anomaly_scores(folder) == {5: 2.0, 6: 0.5, 7: 3.0}
+    (folder / ANOMALY_META_FILE).write_text(json.dumps({**meta, "created": "t2"}))
+    assert anomaly_scores(folder) == {}
+    (folder / "anomaly_scored.npz").write_bytes(b"broken")
+    assert anomaly_scores(folder) == {}

@@ -208,6 +208,13 @@ def candidates(
             "chosen_on": point.chosen_on,
         }
     rate = C.DEFAULT_REVIEW_RATE
+    for margin in (1.0, 2.0):  # the second-lowest evidence defect (one of ~10 is an outlier)
+        point = C.calibrate(sources, rate, margin, max_escape=0.1)
+        out[f"margin {margin:g}, band 2 %, anchor: 2nd-lowest evidence defect"] = {
+            "ng": point.threshold,
+            "unsure_low": point.unsure_low,
+            "unsure_high": point.unsure_high,
+        }
     labeled = [s for s in sources if s.is_defect is not None]
     goods = np.concatenate([s.scores[~s.is_defect] for s in labeled] or [np.zeros(0)])
     if stream.size:
@@ -665,9 +672,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.reanalyse:
         return reanalyse(args.reanalyse, args.workdir, args.root)
     if args.merge:
-        merged = [r for f in args.merge for r in json.loads(f.read_text())["results"]]
+        files = [json.loads(f.read_text()) for f in args.merge]
+        merged = [r for d in files for r in d["results"]]
         stem = RESULTS / (args.name or "decisions_merged")
-        payload = {"benchmark": "decisions", "merged_from": [f.name for f in args.merge]}
+        payload = {
+            "benchmark": "decisions",
+            "merged_from": [f.name for f in args.merge],
+            "quick": all(d.get("quick", False) for d in files),
+            "commands": [d.get("command") for d in files],
+        }
         stem.with_suffix(".json").write_text(json.dumps({**payload, "results": merged}, indent=1))
         stem.with_suffix(".md").write_text(table(merged))
         print(table(merged))

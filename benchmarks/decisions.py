@@ -513,17 +513,27 @@ def _held_out(r: dict[str, Any]) -> str:
     return f"{part('val')} / {part('test')}"
 
 
+def oof_claim(r: dict[str, Any]) -> str:
+    """What ``evaluate`` claimed for escapes out of fold, and whether the held-out rate lies in
+    its interval (not an independent test: the threshold was set on those scores)."""
+    cl = (r["coverage"].get("oof_claimed") or {}).get("escapes")
+    if not cl or not cl.get("n"):
+        return "—"
+    mark = {True: " ✓", False: " ✗", None: ""}[covers(cl, *r["line"]["escapes"])]
+    return f"{cl['k']}/{cl['n']} [{100 * cl['low']:.0f}, {100 * cl['high']:.0f}]{mark}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| data set | seed | val / test (good+defective) | NG / UNSURE from | escapes (line) "
         "| overkill (line) | UNSURE (line) | overkill + UNSURE of good | novel → UNSURE "
         "(defective / good) | flips torch→fp32 / int8 | claimed escapes (test) ✓/✗ "
-        "| claimed overkill (test) ✓/✗ | min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| claimed overkill (test) ✓/✗ | claimed escapes (out of fold) ✓/✗ | min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['dataset']} | {r['seed']} | error: {r['error'][:90]} |||||||||||")
+            lines.append(f"| {r['dataset']} | {r['seed']} | error: {r['error'][:90]} ||||||||||||")
             continue
         t, ln, f, c = r["thresholds"], r["line"], r["flips"], r["coverage"]
 
@@ -550,7 +560,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {t['unsure_high']:.3g} / {t['unsure_low']:.3g} "
             f"({r['calibration']['chosen_on']}) | {_r(ln['escapes'])} | {_r(ln['overkill'])} "
             f"| {_r(ln['unsure'])} | {_r(ln['overkill_plus_unsure_good'])} | {novel} | {flips} "
-            f"| {claim('escapes')} | {claim('overkill')} | {r['minutes']} |"
+            f"| {claim('escapes')} | {claim('overkill')} | {oof_claim(r)} | {r['minutes']} |"
         )
     cand: dict[str, dict[str, list[int]]] = {}
     for r in results:

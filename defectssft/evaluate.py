@@ -30,6 +30,10 @@ from defectssft.errors import DefectssftError
 DEFAULT_MAX_ESCAPE = 0.0
 VERDICTS = ("OK", "NG", "UNSURE")
 STREAM_REJECT_WARNING = 0.20  # a stream (mostly good parts) rejected beyond this gets a warning
+# Out-of-fold evidence whose AUROC is below this barely separates defects from good parts: a
+# threshold set on it is close to a guess (BENCHMARKS.md, "Decisions": fold models of --quick
+# runs at 0.36-0.78), said in one warning.
+WEAK_OOF_AUROC = 0.7
 
 
 class EvaluationError(DefectssftError):
@@ -353,6 +357,14 @@ def evaluate_loaded(
                 "note": "scored by fold models that did not train on them; the NG threshold "
                 "was calibrated on these scores, so its escapes here are not an independent test",
             }
+            auc = out["oof"]["roc_auc"]
+            if auc is not None and auc < WEAK_OOF_AUROC and "oof" in str(point.get("chosen_on")):
+                warnings.append(
+                    f"warning: out of fold the model barely separates defects from good parts "
+                    f"(AUROC {auc:.2f} on {out['oof']['n_defective']} defective + "
+                    f"{out['oof']['n_good']} good): the NG threshold set on these scores is close "
+                    "to a guess; label more parts or train longer"
+                )
     else:
         # Every class is a defect: the verdict is always NG, what matters is the class.
         errors = n - int(np.trace(np.asarray(out["confusion_matrix"])))

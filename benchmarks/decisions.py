@@ -110,6 +110,27 @@ def with_novelty(verdict: str, anomaly: float, threshold: float, on_novel: str) 
     return on_novel if verdict == "OK" and anomaly >= threshold else verdict
 
 
+def saved_flips(path: Path, t: dict[str, float], novelty: dict[str, Any] | None) -> dict[str, int]:
+    """Verdict flips torch -> each exported file on the held-out parts, from the saved scores:
+    the classifier's verdict (defect score against the thresholds; a file the export check
+    refused is measured without the anomaly head) and, where both have the head, how many parts
+    are novel in one and not the other."""
+    z = np.load(path)
+    torch_cls = [verdict_of(float(s), t) for s in z["torch_score"]]
+    out: dict[str, int] = {"n": len(torch_cls)}
+    for p in ("fp32", "fp16", "int8"):
+        if f"{p}_score" not in z:
+            continue
+        mine = [verdict_of(float(s), t) for s in z[f"{p}_score"]]
+        out[f"torch_vs_{p}"] = sum(a != b for a, b in zip(torch_cls, mine, strict=True))
+        if novelty and "torch_anomaly" in z and f"{p}_anomaly" in z:
+            a, b = z["torch_anomaly"], z[f"{p}_anomaly"]
+            if not np.isnan(b).any():
+                thr = novelty["threshold"]
+                out[f"novel_torch_vs_{p}"] = int(np.sum((a >= thr) != (b >= thr)))
+    return out
+
+
 def split_counts(project: Path) -> dict[str, dict[str, int]]:
     """Labeled images per split and class (with few labels a class may have no val/test)."""
     from defectssft.project import Project
@@ -456,11 +477,7 @@ def run_case(
         )
         for kind, want in (("defective", True), ("good", False))
     }
-    out["flips"] = {
-        f"torch_vs_{precision}": sum(a != b for a, b in zip(torch_v, line[precision], strict=True))
-        for precision in line
-    }
-    out["flips"]["n"] = len(held_paths)
+    out["flips"] = saved_flips(case / "held_scores.npz", t, out["novelty_rule"])
     if graded:
         g = Counter()
         for p, v in zip(proto.held, reference, strict=True):
@@ -640,6 +657,10 @@ def reanalyse(results_file: Path, work: Path, root: Path) -> int:
         defective = np.asarray([p.defective for p in proto.held])
         r["held_auroc"] = M.roc_auc(scores[scored], defective[scored])
         r["scale"] = scale(project, version, scores[scored], defective[scored])
+        if (case / "held_scores.npz").exists():
+            r["flips"] = saved_flips(
+                case / "held_scores.npz", r["thresholds"], r.get("novelty_rule")
+            )
         r["candidates"] = candidates(
             project,
             version,

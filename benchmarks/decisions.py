@@ -110,24 +110,28 @@ def with_novelty(verdict: str, anomaly: float, threshold: float, on_novel: str) 
     return on_novel if verdict == "OK" and anomaly >= threshold else verdict
 
 
-def saved_flips(path: Path, t: dict[str, float], novelty: dict[str, Any] | None) -> dict[str, int]:
-    """Verdict flips torch -> each exported file on the held-out parts, from the saved scores:
-    the classifier's verdict (defect score against the thresholds; a file the export check
-    refused is measured without the anomaly head) and, where both have the head, how many parts
-    are novel in one and not the other."""
-    z = np.load(path)
+def saved_flips(case: Path, t: dict[str, float], novelty: dict[str, Any] | None) -> dict[str, int]:
+    """Verdict flips torch -> each exported file on the held-out parts: the line's recorded
+    verdict against torch's (with the novelty rule on torch's anomaly scores where the file has
+    the head; a file the export check refused is measured without it)."""
+    z = np.load(case / "held_scores.npz")
+    held = json.loads((case / "held_order.json").read_text())
     torch_cls = [verdict_of(float(s), t) for s in z["torch_score"]]
+    torch_v = torch_cls
+    if novelty and "torch_anomaly" in z:
+        torch_v = [
+            with_novelty(v, float(a), novelty["threshold"], novelty["on"])
+            for v, a in zip(torch_cls, z["torch_anomaly"], strict=True)
+        ]
     out: dict[str, int] = {"n": len(torch_cls)}
     for p in ("fp32", "fp16", "int8"):
-        if f"{p}_score" not in z:
+        path = case / f"line-{p}.jsonl"
+        if not path.exists():
             continue
-        mine = [verdict_of(float(s), t) for s in z[f"{p}_score"]]
-        out[f"torch_vs_{p}"] = sum(a != b for a, b in zip(torch_cls, mine, strict=True))
-        if novelty and "torch_anomaly" in z and f"{p}_anomaly" in z:
-            a, b = z["torch_anomaly"], z[f"{p}_anomaly"]
-            if not np.isnan(b).any():
-                thr = novelty["threshold"]
-                out[f"novel_torch_vs_{p}"] = int(np.sum((a >= thr) != (b >= thr)))
+        recs = [json.loads(x) for x in path.read_text().splitlines()]
+        by_name = {Path(r["file"]).name: r["verdict"] for r in recs}
+        reference = torch_v if any("anomaly_score" in r for r in recs) else torch_cls
+        out[f"torch_vs_{p}"] = sum(a != by_name[n] for a, n in zip(reference, held, strict=True))
     return out
 
 
@@ -462,6 +466,7 @@ def run_case(
     defective = np.asarray([p.defective for p in proto.held])
     scored = np.asarray([not p.grade for p in proto.held])
     np.savez(case / "held_scores.npz", defective=defective, scored=scored, **saved)
+    (case / "held_order.json").write_text(json.dumps([p.name for p in held_paths]))
     reference = line.get("fp32", torch_v)
     out["line"] = rates(defective[scored], [v for v, s in zip(reference, scored, strict=True) if s])
     out["line"]["n"] = n_scored
@@ -477,7 +482,7 @@ def run_case(
         )
         for kind, want in (("defective", True), ("good", False))
     }
-    out["flips"] = saved_flips(case / "held_scores.npz", t, out["novelty_rule"])
+    out["flips"] = saved_flips(case, t, out["novelty_rule"])
     if graded:
         g = Counter()
         for p, v in zip(proto.held, reference, strict=True):
@@ -658,9 +663,8 @@ def reanalyse(results_file: Path, work: Path, root: Path) -> int:
         r["held_auroc"] = M.roc_auc(scores[scored], defective[scored])
         r["scale"] = scale(project, version, scores[scored], defective[scored])
         if (case / "held_scores.npz").exists():
-            r["flips"] = saved_flips(
-                case / "held_scores.npz", r["thresholds"], r.get("novelty_rule")
-            )
+            (case / "held_order.json").write_text(json.dumps([q.name for q in paths]))
+            r["flips"] = saved_flips(case, r["thresholds"], r.get("novelty_rule"))
         r["candidates"] = candidates(
             project,
             version,

@@ -30,6 +30,10 @@ from defectssft.errors import DefectssftError
 DEFAULT_MAX_ESCAPE = 0.0
 VERDICTS = ("OK", "NG", "UNSURE")
 STREAM_REJECT_WARNING = 0.20  # a stream (mostly good parts) rejected beyond this gets a warning
+# Out-of-fold evidence whose AUROC is below this barely separates defects from good parts: a
+# threshold set on it is close to a guess (BENCHMARKS.md, "Decisions": fold models of --quick
+# runs at 0.36-0.78), said in one warning.
+WEAK_OOF_AUROC = 0.7
 
 
 class EvaluationError(DefectssftError):
@@ -50,6 +54,8 @@ class Evaluation:
     verdicts: list[str] = field(default_factory=list)  # the line's verdict per test image
     # every probability computed (test, val, stream sample): image id -> probs, to store
     scored: dict[int, list[float]] = field(default_factory=dict)
+    # anomaly scores of a version with a head: image id -> score (test images), to store
+    anomaly: dict[int, float] = field(default_factory=dict)
 
 
 def split_hash(image_ids: list[int], labels: list[int]) -> str:
@@ -92,6 +98,37 @@ def _probs_for(
     if not items:
         return np.zeros((0, n_classes), np.float32)
     return np.asarray([cache[i] for i, _ in items], dtype=np.float64)
+
+
+def head_scores(
+    model_dir: Path,
+    wrapper,
+    spec,
+    items: list[tuple[int, Path]],
+    known: dict[int, float],
+    batch_size: int = 16,
+) -> dict[int, float]:
+    """Anomaly scores (``defectssft.anomaly``'s torch graph, as exported) of ``(image id, path)``
+    items the version's head has not scored yet (not in ``known``, which is filled). Empty for
+    a version without a head or a tiled one (no head yet)."""
+    from defectssft.anomaly import load_anomaly, torch_anomaly
+    from defectssft.inspection import load_images
+
+    todo = [(i, p) for i, p in items if i not in known]
+    if not todo or spec.input.tiles is not None:
+        return known
+    head = load_anomaly(model_dir)
+    if head is None:
+        return known
+    graph = head.wrap(wrapper)
+    graph.with_map = False
+    inp = spec.input
+    for k in range(0, len(todo), batch_size):
+        chunk = todo[k : k + batch_size]
+        images = load_images([p for _, p in chunk], inp.height, inp.width, inp.bit_depth, inp.roi)
+        scores, _ = torch_anomaly(graph, images, batch_size)
+        known.update({int(i): float(a) for (i, _), a in zip(chunk, scores, strict=True)})
+    return known
 
 
 def verdict_counts(
@@ -185,16 +222,20 @@ def evaluate_loaded(
     margin_logit: float = C.DEFAULT_MARGIN_LOGIT,
     chosen_point: dict[str, float] | None = None,
     cache: dict[int, list[float]] | None = None,
+    model_dir: Path | None = None,
+    anomaly: dict[int, float] | None = None,
 ) -> Evaluation:
     """Metrics of a loaded model on labeled images (pure computation, no project writes).
 
     ``val`` / ``oof`` (``evidence.Evidence``) / ``stream`` (unlabeled ``(id, path)``) are the
     calibration evidence; ``chosen_point`` an operating point set explicitly for the version
     (``Project.set_operating_point``), which the line uses instead of the calibrated one, so
-    the verdicts here are computed with it.
+    the verdicts here are computed with it. ``model_dir``: the version's folder; when it holds
+    an anomaly head the verdicts apply its novelty rule, as the line does (``anomaly``: the
+    anomaly scores already stored, image id -> score; the test images' are added).
     """
     from defectssft.inspection import ModelSpec, inspection_model
-    from defectssft.verdicts import line_verdicts
+    from defectssft.verdicts import line_verdicts, version_novelty
     from defectssft_line.decision import resolve_thresholds
 
     if not 0.0 <= max_escape < 1.0:
@@ -211,6 +252,10 @@ def evaluate_loaded(
             "add a defect class, label some parts and train again"
         )
     cache = {} if cache is None else cache
+    anomaly = {} if anomaly is None else anomaly
+    novelty = version_novelty(model_dir) if model_dir is not None else None
+    if novelty is not None and spec.input.tiles is not None:
+        novelty = None  # tiled models get no head yet (defectssft.anomaly)
     wrapper = inspection_model(model, spec)
     paths = [p for p, _ in test]
     labels = np.asarray([c for _, c in test], dtype=np.int64)
@@ -258,7 +303,13 @@ def evaluate_loaded(
         applied = resolve_thresholds(
             meta.get("thresholds"), chosen_point or {**point, "ng": point["threshold"]}
         )
-        verdicts = line_verdicts(probs, classes, ok, applied)
+        test_anomaly = None
+        if novelty is not None:
+            known = head_scores(
+                model_dir, wrapper, spec, list(zip(test_ids, paths, strict=True)), anomaly
+            )
+            test_anomaly = [known.get(i) for i in test_ids]
+        verdicts = line_verdicts(probs, classes, ok, applied, test_anomaly, novelty)
         is_defect = labels != ok_index
         scores = M.defect_scores(probs, ok_index) if n else np.zeros(0)
         claims = decision_claims(is_defect, verdicts)
@@ -276,6 +327,15 @@ def evaluate_loaded(
         }
         out["inspection"], out["operating_point"] = insp, point
         out["verdicts"] = verdict_counts(labels, verdicts, classes)
+        if novelty is not None:
+            classifier = line_verdicts(probs, classes, ok, applied)
+            out["novelty"] = {
+                "threshold": novelty.threshold,
+                "on_novel": novelty.on_novel,
+                "changed": int(sum(a != b for a, b in zip(classifier, verdicts, strict=True))),
+                "note": "an OK part the anomaly head finds novel is "
+                f"{novelty.on_novel}, as on the line",
+            }
         warnings += [f"note: {t}" for t in point.get("notes", [])]
         stream_ng = (point.get("predicted") or {}).get("stream_ng_rate")
         if stream_ng is not None and stream_ng > STREAM_REJECT_WARNING:
@@ -297,6 +357,14 @@ def evaluate_loaded(
                 "note": "scored by fold models that did not train on them; the NG threshold "
                 "was calibrated on these scores, so its escapes here are not an independent test",
             }
+            auc = out["oof"]["roc_auc"]
+            if auc is not None and auc < WEAK_OOF_AUROC and "oof" in str(point.get("chosen_on")):
+                warnings.append(
+                    f"warning: out of fold the model barely separates defects from good parts "
+                    f"(AUROC {auc:.2f} on {out['oof']['n_defective']} defective + "
+                    f"{out['oof']['n_good']} good): the NG threshold set on these scores is close "
+                    "to a guess; label more parts or train longer"
+                )
     else:
         # Every class is a defect: the verdict is always NG, what matters is the class.
         errors = n - int(np.trace(np.asarray(out["confusion_matrix"])))
@@ -313,6 +381,8 @@ def evaluate_loaded(
     out["warnings"] = warnings
     ev = Evaluation(out, probs, labels, list(test_ids), paths, verdicts=verdicts)
     ev.scored = cache
+    tested = set(test_ids)
+    ev.anomaly = {i: a for i, a in anomaly.items() if i in tested} if novelty else {}
     return ev
 
 
@@ -336,6 +406,7 @@ def evaluate_project_model(
     from defectssft.metrics import operating_point
     from defectssft.modeling import load_model_file
     from defectssft.splits import MIN_HOLDOUT_LABELS
+    from defectssft.verdicts import anomaly_scores, store_anomaly_scores
 
     record = project.get_model(version)
     data = project.training_data()
@@ -370,6 +441,7 @@ def evaluate_project_model(
     chosen = (record.get("metrics") or {}).get("operating_point")
     chosen_point = operating_point({"operating_point": chosen}) if chosen else None
     cache = project.predictions(record["version"])
+    anomaly = anomaly_scores(folder)
     ev = evaluate_loaded(
         model,
         meta,
@@ -384,6 +456,8 @@ def evaluate_project_model(
         margin_logit=margin,
         chosen_point=chosen_point,
         cache=cache,
+        model_dir=folder,
+        anomaly=anomaly,
     )
     ev.metrics["project"] = project.name
     ev.names = [project.get_image(i).original_name or "" for i in ev.image_ids]
@@ -396,6 +470,7 @@ def evaluate_project_model(
         project.save_predictions(
             record["version"], [(i, p) for i, p in ev.scored.items() if i >= 0]
         )
+        store_anomaly_scores(folder, {i: a for i, a in ev.anomaly.items() if i >= 0})
     return ev
 
 

@@ -124,6 +124,19 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     raise ExportError(f"{path}: ONNX file without defectssft metadata")
 
 
+def rewrite_thresholds(path: str | Path, thresholds: Thresholds) -> dict[str, Any]:
+    """Write ``thresholds`` into an exported file's metadata in place (the graph is unchanged);
+    returns the new metadata."""
+    import onnx
+
+    model = onnx.load(str(path))
+    meta = read_metadata(path)
+    meta["thresholds"] = thresholds.as_dict()
+    _set_metadata(model, meta)
+    onnx.save(model, str(path))
+    return meta
+
+
 # --------------------------------------------------------------------------- graph building
 
 
@@ -469,10 +482,13 @@ def export_project_model(
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
     anomaly: bool = True,
     anomaly_map: bool = True,
+    max_flip_logit: float | None = None,
 ) -> ExportResult:
     """Export a project's model version (default: production, else newest) with its checks
-    (``defectssft.exportcheck``: evaluated first if it never was; no verdict may flip) and with
-    its anomaly head when it has one (``anomaly=False``: without)."""
+    (``defectssft.exportcheck``: evaluated first if it never was; no verdict may flip: parts on
+    a threshold edge widen the UNSURE band, within ``max_flip_logit``, and the widened band is
+    stored as the version's operating point unless thresholds were given) and with its anomaly
+    head when it has one (``anomaly=False``: without)."""
     from defectssft import exportcheck
     from defectssft.anomaly import load_anomaly
     from defectssft.modeling import load_model_file
@@ -517,7 +533,18 @@ def export_project_model(
         max_int8_drop=max_int8_drop,
         anomaly=load_anomaly(model_dir) if anomaly else None,
         anomaly_map=anomaly_map,
+        max_flip_logit=exportcheck.MAX_FLIP_LOGIT if max_flip_logit is None else max_flip_logit,
     )
     result.notes += [note] if note else []
+    widened = result.verdict_check.get("widened")
+    if widened and threshold is None and unsure_low is None and unsure_high is None:
+        t = widened["to"]
+        project.set_operating_point(
+            record["version"], t["ng"], t["unsure_low"], t["unsure_high"], source="export"
+        )
+        result.notes.append(
+            "stored as the version's operating point: the app and the next export use it "
+            "(`defectssft thresholds` shows or changes it)"
+        )
     project.update_model_metrics(record["version"], {f"export_{precision}": result.as_dict()})
     return result

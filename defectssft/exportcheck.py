@@ -5,8 +5,16 @@ the unlabeled stream.
 ``export.export_onnx`` already compares probabilities within a tolerance; that cannot see a part
 whose score sits a hair from a threshold, where a tolerated difference of 1e-5 turns an NG into
 an escape. Here each image's verdict (``defectssft_line.decision.decide``, on the graph's own
-``defect_score`` output, as the line runs it) is compared: a flip fails the export with the image
-named, and the file is never written.
+``defect_score`` output, as the line runs it) is compared. A flip is one of two things:
+
+* **a part on a threshold edge** (torch's and the file's scores within ``MAX_FLIP_LOGIT`` logits
+  of each other, an fp32/fp16 round-off): the UNSURE band is widened just past both scores of
+  every such part (``BAND_PAD_LOGIT`` beyond), so it goes to review in torch and on the line
+  alike; the file carries the widened band, the export says which images moved it and the new
+  band, and ``export_project_model`` stores it as the version's operating point (the app and the
+  next export follow);
+* **a file that moves scores** (any flip farther apart, typically INT8): the export fails in one
+  line naming the image and both scores, and the file is never written.
 """
 
 from __future__ import annotations
@@ -17,11 +25,17 @@ from typing import Any
 
 import numpy as np
 
+from defectssft.calibration import logit, sigmoid
 from defectssft.errors import DefectssftError
 from defectssft.fsutil import atomic_path
 from defectssft_line.decision import Thresholds, decide
 
 STREAM_CHECK = 64  # unlabeled images added to the val/test images the verdicts are checked on
+# A flip whose two scores are at most this many logits apart is a part on a threshold edge: the
+# UNSURE band widens over it. Farther apart, the file moves scores: the export is refused.
+MAX_FLIP_LOGIT = 0.5
+BAND_PAD_LOGIT = 0.1  # a widened band edge sits this far (logits) beyond the flipped scores
+MAX_WIDENINGS = 3  # rounds of widen-and-check again (a new edge may catch another part)
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,16 @@ class Flip:
     exported: str
     score_reference: float
     score_exported: float
+
+    @property
+    def logit_distance(self) -> float:
+        return float(abs(logit(self.score_reference) - logit(self.score_exported)))
+
+    def said(self) -> str:
+        return (
+            f"'{self.name}' (id {self.image_id}): torch {self.reference} "
+            f"(score {self.score_reference:.6g}) vs {self.exported} (score {self.score_exported:.6g})"
+        )
 
 
 def ensure_evaluated(project, version: str, explicit_threshold: bool) -> str | None:
@@ -103,6 +127,26 @@ def find_flips(
     ]
 
 
+def widen_band(
+    flips: list[Flip], thresholds: Thresholds, pad: float = BAND_PAD_LOGIT
+) -> Thresholds:
+    """The UNSURE band grown just past both scores of each flipped part, so each is UNSURE in
+    torch and in the file: an edge a part straddles moves ``pad`` logits beyond its farther
+    score (``unsure_low`` down, ``unsure_high`` up); ``ng`` stays."""
+    low, high = thresholds.unsure_low, thresholds.unsure_high
+    for f in flips:
+        a, b = sorted((f.score_reference, f.score_exported))
+        if a < thresholds.unsure_low <= b:
+            low = min(low, float(sigmoid(logit(a) - pad)))
+        if a < thresholds.unsure_high <= b:
+            high = max(high, min(1.0, float(sigmoid(logit(b) + pad))))
+    return Thresholds(thresholds.ng, min(low, thresholds.ng), max(high, thresholds.ng))
+
+
+def _band(t: Thresholds) -> str:
+    return f"[{t.unsure_low:.6g}, {t.unsure_high:.6g})"
+
+
 def _run_exported(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from defectssft.export import ort_session
 
@@ -118,34 +162,86 @@ def _run_exported(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def check_verdicts(
-    project, model, meta: dict[str, Any], exported: Path, thresholds: Thresholds, precision: str
+    project,
+    model,
+    meta: dict[str, Any],
+    exported: Path,
+    thresholds: Thresholds,
+    precision: str,
+    max_flip_logit: float = MAX_FLIP_LOGIT,
 ) -> dict[str, Any]:
     """Compare torch's and the exported file's verdicts on the project's val/test images and a
-    stream sample; raises ExportError naming the first image that flips."""
+    stream sample (module docstring: what a flip does). Returns the check, with ``thresholds``
+    (the band widened over edge flips, else the given ones) and, when it moved, ``widened``;
+    raises ExportError naming the first image that flips beyond ``max_flip_logit``."""
     from defectssft.export import ExportError
     from defectssft.inspection import ModelSpec, inspection_model, load_images, predict_arrays
 
     spec = ModelSpec.from_meta(meta)
     ids, paths, names = verdict_images(project)
     if not ids:
-        return {"n": 0, "flips": 0}
+        return {"n": 0, "flips": 0, "thresholds": thresholds}
     inp = spec.input
     images = load_images(paths, inp.height, inp.width, inp.bit_depth, inp.roi)
     reference = predict_arrays(inspection_model(model, spec), images)
     mine = _run_exported(exported, images)
     classes, ok = list(spec.classes), spec.ok_class
-    flips = find_flips(ids, names, reference, mine, classes, ok, thresholds)
-    if flips:
-        f = flips[0]
-        raise ExportError(
-            f"export refused: the {precision} file changes {len(flips)} verdict(s) of "
-            f"{len(ids)} project images against torch, e.g. '{f.name}' (id {f.image_id}): "
-            f"torch {f.reference} (score {f.score_reference:.6g}) vs {f.exported} "
-            f"(score {f.score_exported:.6g}) at NG {thresholds.unsure_high:.6g} / UNSURE from "
-            f"{thresholds.unsure_low:.6g}; evaluate with a wider --margin, or export fp32"
-        )
+    ok = ok if ok in classes else None
+    t = thresholds
+    moved: dict[int, Flip] = {}
+    for round_ in range(MAX_WIDENINGS + 1):
+        flips = find_flips(ids, names, reference, mine, classes, ok, t)
+        if not flips:
+            break
+        far = [f for f in flips if f.logit_distance > max_flip_logit or ok is None]
+        if far or round_ == MAX_WIDENINGS:
+            f = max(far or flips, key=lambda x: x.logit_distance)
+            if ok is None:
+                why = "no OK class: no UNSURE band to widen"
+            elif far:
+                why = (
+                    f"{f.logit_distance:.2g} logits apart, more than the {max_flip_logit:g} an "
+                    "UNSURE band may absorb (--max-flip-logit)"
+                )
+            else:
+                why = f"still flipping after widening the UNSURE band {MAX_WIDENINGS} times"
+            raise ExportError(
+                f"export refused: the {precision} file changes {len(flips)} verdict(s) of "
+                f"{len(ids)} project images against torch, e.g. {f.said()}, {why}, at NG "
+                f"{t.unsure_high:.6g} / UNSURE from {t.unsure_low:.6g}; export fp32, or "
+                "evaluate with a wider --margin"
+            )
+        moved.update({f.image_id: f for f in flips})
+        t = widen_band(flips, t)
     diff = float(np.max(np.abs(reference[1] - mine[1]))) if len(ids) else 0.0
-    return {"n": len(ids), "flips": 0, "max_score_diff": diff}
+    out: dict[str, Any] = {"n": len(ids), "flips": 0, "max_score_diff": diff, "thresholds": t}
+    if moved:
+        before = verdicts_of(*reference, classes, ok, thresholds).count("UNSURE")
+        after = verdicts_of(*reference, classes, ok, t).count("UNSURE")
+        out["widened"] = {
+            "from": thresholds.as_dict(),
+            "to": t.as_dict(),
+            "flips": [
+                {
+                    "image_id": f.image_id,
+                    "name": f.name,
+                    "torch": f.reference,
+                    "exported": f.exported,
+                    "score_torch": f.score_reference,
+                    "score_exported": f.score_exported,
+                }
+                for f in moved.values()
+            ],  # fmt: skip
+            "unsure_checked": [before, after],
+            "said": (
+                f"{len(moved)} image(s) on a threshold edge flipped between torch and the "
+                f"{precision} file ({'; '.join(f.said() for f in list(moved.values())[:3])}"
+                f"{f'; and {len(moved) - 3} more' if len(moved) > 3 else ''}): UNSURE band "
+                f"widened from {_band(thresholds)} to {_band(t)} so they go to review in both "
+                f"(UNSURE on the {len(ids)} checked images: {before} -> {after})"
+            ),
+        }
+    return out
 
 
 def checked_export(
@@ -155,18 +251,25 @@ def checked_export(
     out_path: Path,
     thresholds: Thresholds,
     precision: str,
+    max_flip_logit: float = MAX_FLIP_LOGIT,
     **export_kwargs: Any,
 ):
     """``export.export_onnx`` to a temporary file, the verdict check, then the rename: a file
-    that flips a verdict never replaces anything."""
-    from defectssft.export import export_onnx, output_path
+    that flips a verdict beyond ``max_flip_logit`` never replaces anything; one whose edge flips
+    widened the UNSURE band carries the widened band in its metadata."""
+    from defectssft.export import export_onnx, output_path, rewrite_thresholds
 
     out_path = output_path(out_path)
     with atomic_path(out_path) as staged:
         result = export_onnx(
             model, meta, staged, precision=precision, thresholds=thresholds, **export_kwargs
         )
-        result.verdict_check = check_verdicts(proj, model, meta, staged, thresholds, precision)
+        check = check_verdicts(proj, model, meta, staged, thresholds, precision, max_flip_logit)
+        final = check.pop("thresholds")
+        if "widened" in check:
+            result.metadata = rewrite_thresholds(staged, final)
+            result.notes.append(check["widened"]["said"])
+        result.verdict_check = check
     result.path = str(out_path)
     result.size_bytes = out_path.stat().st_size
     return result

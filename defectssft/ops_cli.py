@@ -100,6 +100,12 @@ def print_evaluation(m: dict) -> None:
         verdicts = m.get("verdicts") or {}
         for name, v in verdicts.items():
             print(f"  {name:<20} verdicts: OK {v['OK']}  NG {v['NG']}  UNSURE {v['UNSURE']}")
+        nov = m.get("novelty")
+        if nov:
+            print(
+                f"  anomaly head (novel at score >= {nov['threshold']:.4g}): {nov['changed']} "
+                f"test part(s) the classifier passed are novel -> {nov['on_novel']}, as on the line"
+            )
     elif op.get("errors"):
         print(f"  {op['note']}: {claim('errors', op['errors'])}")
     oof = m.get("oof")
@@ -156,6 +162,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_int8_drop=args.max_int8_drop,
         anomaly=not args.no_anomaly,
         anomaly_map=not args.no_map,
+        max_flip_logit=args.max_flip_logit,
     )
     t = result.metadata["thresholds"]
     for note in result.notes:
@@ -169,6 +176,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"verdicts: the same as torch on all {check['n']} val/test/stream images "
             f"(max |dscore| {check['max_score_diff']:.2e})"
+            + (" with the widened UNSURE band" if check.get("widened") else "")
         )
     op = (project.get_model(result.metadata["model_version"])["metrics"].get("test") or {}).get(
         "operating_point"
@@ -272,6 +280,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=_fraction,
         default=0.02,
         help="refuse INT8 if accuracy drops more than this (default 0.02 = 2 pt)",
+    )
+    p.add_argument(
+        "--max-flip-logit",
+        type=_margin,
+        default=None,
+        help="a verdict that flips between torch and the file with scores at most this many "
+        "logits apart widens the UNSURE band over it (stored for the version, said); farther "
+        "apart the export is refused (default 0.5; 0: refuse every flip)",
     )
     p.add_argument(
         "--no-map",

@@ -2,7 +2,10 @@
 queue and "Predict all"; ``python -m defectssft_gui.predict`` runs it in a child process).
 
 Images go through the one inference path (``defectssft.inspection``): the shared preprocessing at
-the model's input size and bit depth, then the ``InspectionModel`` that is also exported.
+the model's input size and bit depth, then the ``InspectionModel`` that is also exported. For a
+version with an anomaly head the exported graph with the head scores them in the same pass, and
+their anomaly scores are stored too (``defectssft.verdicts.store_anomaly_scores``), so the app's
+verdicts apply the novelty rule as the line does.
 """
 
 from __future__ import annotations
@@ -36,15 +39,17 @@ def predict_images(
     from defectssft.inspection import load_inspection, predict_arrays
     from defectssft.queries import current_model
     from defectssft.tiling import score_paths
+    from defectssft.verdicts import store_anomaly_scores
 
     version = version or current_model(project)
     if version is None:
         raise ProjectError(f"{project.root}: no trained model yet (train one first)")
-    model_file = Path(project.get_model(version)["path"]) / "model.pt"
+    model_dir = Path(project.get_model(version)["path"])
     wrapper, spec = load_inspection(
-        model_file, default_bit_depth=project.get_setting("input.bit_depth", None)
+        model_dir / "model.pt", default_bit_depth=project.get_setting("input.bit_depth", None)
     )
     inp = spec.input
+    graph = _head_graph(model_dir, wrapper) if inp.tiles is None else None
     roi = Roi.from_meta(inp.roi)  # once, not per image
     if image_ids is not None:
         records = [project.get_image(i) for i in image_ids]
@@ -68,6 +73,10 @@ def predict_images(
                 skipped += 1
         if batch and inp.tiles is not None:
             project.save_predictions(version, zip(ids, np.stack(batch).tolist(), strict=True))
+        elif batch and graph is not None:
+            probs, anomaly = _with_head(graph, np.stack(batch))
+            project.save_predictions(version, zip(ids, probs.tolist(), strict=True))
+            store_anomaly_scores(model_dir, dict(zip(ids, anomaly.tolist(), strict=True)))
         elif batch:
             probs, _ = predict_arrays(wrapper, np.stack(batch), batch_size)
             project.save_predictions(version, zip(ids, probs.tolist(), strict=True))
@@ -82,3 +91,24 @@ def predict_images(
         "total": len(records),
         "cancelled": done < len(records),
     }
+
+
+def _head_graph(model_dir: Path, wrapper):
+    """The classifier + anomaly head graph (as exported, without the map), None without a head."""
+    from defectssft.anomaly import load_anomaly
+
+    head = load_anomaly(model_dir)
+    if head is None:
+        return None
+    graph = head.wrap(wrapper)
+    graph.with_map = False
+    return graph
+
+
+def _with_head(graph, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probs, anomaly scores) of uint8 NHWC images in one pass of the graph."""
+    import torch
+
+    with torch.inference_mode():
+        probs, _, _, anomaly = graph(torch.from_numpy(np.ascontiguousarray(images)))
+    return probs.numpy(), anomaly.numpy()

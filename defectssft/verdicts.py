@@ -2,29 +2,45 @@
 
 The app and reports never have a rule of their own: the thresholds are resolved as
 ``defectssft export`` writes them into the ONNX file (the model's own, else the operating point
-``defectssft evaluate`` stored, else 0.5) and each image goes through the decision contract
-(``defectssft_line.decision.decide``). Torch-free and Qt-free, so the window can call it on any
-thread without importing the training stack.
+``defectssft evaluate`` stored, else 0.5) and each image goes through the line's decision
+(``defectssft_line.decision.decide_part``): the classifier's verdict and, for a version with an
+anomaly head, the novelty rule on the image's stored anomaly score (``anomaly_scores``:
+the unlabeled images scored when the head was fitted, the images ``evaluate`` and *Predict all*
+scored since), so an OK part the head finds novel is UNSURE here as on the line. An image
+without a stored anomaly score keeps the classifier's verdict. Torch-free and Qt-free, so the
+window can call it on any thread without importing the training stack.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from defectssft import queries
 from defectssft.errors import DefectssftError
+from defectssft.fsutil import atomic_path
 from defectssft.metrics import operating_point
+from defectssft.novel_scores import load_scores
 from defectssft.project import Project
 from defectssft_line.decision import (
     ThresholdError,
     Thresholds,
-    decide,
+    decide_part,
     defect_scores,
     resolve_thresholds,
 )
+from defectssft_line.novelty import NoveltyMetadataError, NoveltyRule, validate_anomaly_metadata
+
+# The anomaly head's description in a version folder (``defectssft.anomaly.META_FILE``, read
+# here without importing torch; a test checks the two names agree).
+ANOMALY_META_FILE = "anomaly.json"
+# Anomaly scores of images scored after the fit (evaluate's test split, Predict all), tagged with
+# the fit they belong to; the fit's own scores of unlabeled images stay in ``novel_scores``.
+SCORED_FILE = "anomaly_scored.npz"
 
 VERDICTS = ("OK", "NG", "UNSURE")
 
@@ -49,21 +65,97 @@ def version_thresholds(
     )
 
 
+def _head_info(model_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(model_dir) / ANOMALY_META_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _head_stamp(info: Mapping[str, Any]) -> str:
+    """Which fit of the head scores belong to (a refit makes another bank, other scores)."""
+    return f"{info.get('created', '')}|{info.get('bank_rows', '')}|{info.get('n_fit_patches', '')}"
+
+
+def version_novelty(model_dir: str | Path) -> NoveltyRule | None:
+    """The novelty rule of a version's anomaly head (what export writes into the ONNX file),
+    None for a version without one (or whose description is unreadable: export refuses it)."""
+    info = _head_info(model_dir)
+    if info is None:
+        return None
+    entry = {"threshold": info.get("threshold"), "on_novel": info.get("on_novel", "UNSURE")}
+    try:
+        validate_anomaly_metadata(entry)
+    except NoveltyMetadataError:
+        return None
+    return NoveltyRule.from_metadata({"anomaly": entry})
+
+
+def anomaly_scores(model_dir: str | Path) -> dict[int, float]:
+    """{image id: anomaly score} of a version's head: the unlabeled images scored when it was
+    fitted (``novel_scores``) and those ``evaluate`` / *Predict all* scored since
+    (``SCORED_FILE``, ignored when the head was fitted again after them)."""
+    out = load_scores(model_dir)
+    info = _head_info(model_dir)
+    path = Path(model_dir) / SCORED_FILE
+    if info is None or not path.is_file():
+        return out
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, scores, stamp = z["image_ids"], z["scores"], str(z["head"])
+    except (OSError, ValueError, KeyError):
+        return out
+    if stamp != _head_stamp(info) or ids.shape != scores.shape:
+        return out
+    out.update({int(i): float(a) for i, a in zip(ids, scores, strict=True)})
+    return out
+
+
+def store_anomaly_scores(model_dir: str | Path, scores: Mapping[int, float]) -> None:
+    """Keep images' anomaly scores (``SCORED_FILE``, beside the fit's own ``novel_scores``), so
+    their verdict here applies the novelty rule as the line does."""
+    info = _head_info(model_dir)
+    if not scores or info is None:
+        return
+    known = anomaly_scores(model_dir)
+    fitted = load_scores(model_dir)
+    known.update({int(i): float(a) for i, a in scores.items()})
+    ids = sorted(i for i in known if i not in fitted or i in scores)
+    with atomic_path(Path(model_dir) / SCORED_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                image_ids=np.asarray(ids, dtype=np.int64),
+                scores=np.asarray([known[i] for i in ids], dtype=np.float32),
+                head=np.asarray(_head_stamp(info)),
+            )
+
+
 def line_verdicts(
     probs: Sequence[Sequence[float]],
     classes: list[str],
     ok_class: str | None,
     thresholds: Thresholds,
+    anomaly: Sequence[float | None] | None = None,
+    novelty: NoveltyRule | None = None,
 ) -> list[str]:
-    """The line's verdict for each row of ``probs``."""
+    """The line's verdict for each row of ``probs``; with ``novelty`` (the version's anomaly
+    rule) and ``anomaly`` (each row's anomaly score, None where unknown) the novelty rule too."""
     p = np.asarray(probs, dtype=np.float64).reshape(-1, len(classes))
     if not len(p):
         return []
     ok = ok_class if ok_class in classes else None
     scores = defect_scores(p, classes.index(ok) if ok is not None else None)
+    a = list(anomaly) if anomaly is not None else [None] * len(p)
+    if len(a) != len(p):
+        raise ValueError(f"{len(a)} anomaly scores for {len(p)} predictions")
     return [
-        decide(row, float(s), classes, ok, thresholds).verdict
-        for row, s in zip(p, scores, strict=True)
+        decide_part(row, float(s), classes, ok, thresholds, a_k, novelty).verdict
+        for row, s, a_k in zip(p, scores, a, strict=True)
     ]
 
 
@@ -96,6 +188,8 @@ class VerdictCache:
         self.classes: list[str] = []
         self.ok_class = project.ok_class
         self.thresholds: Thresholds | None = None
+        self.novelty: NoveltyRule | None = None  # the version's anomaly rule, if it has a head
+        self.anomaly: dict[int, float] = {}
         if version:
             try:
                 record = project.get_model(version)
@@ -103,6 +197,9 @@ class VerdictCache:
                 self.thresholds = version_thresholds(
                     record.get("meta") or {}, record.get("metrics")
                 )
+                self.novelty = version_novelty(record["path"])
+                if self.novelty is not None:
+                    self.anomaly = anomaly_scores(record["path"])
             except (DefectssftError, ThresholdError):
                 self.version = None  # thresholds the line would refuse too: no verdict
 
@@ -113,9 +210,23 @@ class VerdictCache:
             probs = self.project.prediction(self.version, image_id)
             verdict = None
             if probs is not None and len(probs) == len(self.classes):
-                verdict = line_verdicts([probs], self.classes, self.ok_class, self.thresholds)[0]
+                verdict = line_verdicts(
+                    [probs],
+                    self.classes,
+                    self.ok_class,
+                    self.thresholds,
+                    [self.anomaly.get(image_id)],
+                    self.novelty,
+                )[0]
             self._known[image_id] = verdict
         return self._known[image_id]
+
+    def novel(self, image_id: int | None) -> bool | None:
+        """Whether the version's anomaly head finds the image novel (None: no head or no
+        stored anomaly score for it)."""
+        if image_id is None or self.novelty is None or image_id not in self.anomaly:
+            return None
+        return self.anomaly[image_id] >= self.novelty.threshold
 
     def mismatch(self, image_id: int | None, label: str | None) -> str | None:
         return verdict_mismatch(label, self.get(image_id), self.ok_class)
@@ -129,7 +240,12 @@ def version_verdicts(project: Project, version: str | None) -> dict[int, str]:
     preds = project.predictions(cache.version)
     ids = [i for i, p in preds.items() if len(p) == len(cache.classes)]
     verdicts = line_verdicts(
-        [preds[i] for i in ids], cache.classes, cache.ok_class, cache.thresholds
+        [preds[i] for i in ids],
+        cache.classes,
+        cache.ok_class,
+        cache.thresholds,
+        [cache.anomaly.get(i) for i in ids],
+        cache.novelty,
     )
     return dict(zip(ids, verdicts, strict=True))
 

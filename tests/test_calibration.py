@@ -136,6 +136,25 @@ def test_evaluate_uses_out_of_fold_evidence_and_reports_it_beside_test(project, 
     assert "oof" in test["operating_point"]["chosen_on"]
     assert test["operating_point"]["anchor"] <= 0.55 + 1e-6
     assert test["oof"]["n"] == len(ids) and "out-of-fold" in out
+    assert "barely separates" not in out  # AUROC 1 out of fold
+
+
+def test_evaluate_warns_when_out_of_fold_evidence_is_near_chance(project, capsys):
+    from defectssft.cli import main
+
+    version = add_model(project, seed=2)
+    data = project.training_data()
+    ids = np.asarray(data.labeled_ids)
+    labels = np.asarray([c for _, c in data.labeled])
+    probs = np.tile(np.float32([0.5, 0.3, 0.2]), (len(ids), 1))
+    probs[::2] = [0.2, 0.5, 0.3]  # every other image scored high, whatever its class
+    save_oof(project.get_model(version)["path"], Evidence(ids, labels, probs, ids % 3))
+    assert main(["evaluate", str(project.root), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    auc = project.get_model(version)["metrics"]["test"]["oof"]["roc_auc"]
+    assert auc < 0.7
+    lines = [x for x in out.splitlines() if "barely separates" in x]
+    assert len(lines) == 1 and f"AUROC {auc:.2f}" in lines[0]
 
 
 def test_evaluate_without_test_defects_says_so(tmp_path, capsys):

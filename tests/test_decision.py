@@ -90,3 +90,16 @@ def test_line_model_refuses_a_band_that_does_not_contain_the_threshold(tmp_path)
     with pytest.raises(LineError, match="thresholds must satisfy"):
         LineModel.load(path, unsure_low=0.6, unsure_high=0.8)
     assert LineModel.load(path, threshold=0.7, unsure_low=0.6, unsure_high=0.8).thresholds.ng == 0.7
+
+
+def test_a_line_record_keeps_the_score_its_verdict_was_decided_on():
+    import numpy as np
+
+    from defectssft_line.decision import Thresholds, verdict
+    from defectssft_line.output import record
+
+    t = Thresholds(2.1e-7, 3.3e-8, 2.1e-7)
+    for s in (np.float32(2.458139e-07), np.float32(1.7758073e-07), np.float32(0.123456789)):
+        rec = record("a.png", verdict(float(s), t), "defect", float(s), 1.0, "v0001")
+        assert np.float32(rec["score"]) == s
+        assert verdict(rec["score"], t) == rec["verdict"]

@@ -58,25 +58,133 @@ def test_an_unevaluable_model_is_refused_in_one_line(tmp_path, capsys):
     assert "never evaluated and cannot be" in err and len(err.splitlines()) == 1
 
 
-def test_a_verdict_flip_refuses_the_export_and_writes_nothing(tmp_path, monkeypatch):
-    project = make_project(tmp_path)
-    version = add_model(project, seed=4)
-    good = export_project_model(project, version)  # evaluated, checked, written
-    before = Path(good.path).read_bytes()
-    assert good.verdict_check["flips"] == 0 and good.verdict_check["n"] > 0
+def _far_flip(monkeypatch, project, version):
+    """The exported file scores the first checked image 2+ logits across a threshold edge (a
+    file that moves scores)."""
+    from defectssft.calibration import logit, sigmoid
 
     real = exportcheck._run_exported
 
     def nudged(path, images):
         probs, scores = real(path, images)
         t = project.get_model(version)["metrics"]["test"]["operating_point"]
+        ng, low = t["threshold"], t["unsure_low"]
         scores = scores.copy()
-        scores[0] = t["unsure_low"] - 1e-6 if scores[0] >= t["unsure_low"] else t["threshold"]
+        up = float(sigmoid(logit(ng) + 2))
+        scores[0] = float(sigmoid(logit(low) - 2)) if scores[0] >= low else up
         return probs, scores
 
     monkeypatch.setattr(exportcheck, "_run_exported", nudged)
-    with pytest.raises(ExportError, match=r"changes 1 verdict\(s\).*id \d+\): torch"):
+
+
+def _edge_flip(monkeypatch, project, version) -> dict[str, float]:
+    """Thresholds with the first checked image just above the UNSURE edge (torch: UNSURE), and
+    an exported file that scores it 1e-3 lower (OK): a part on the edge."""
+    from defectssft.calibration import logit, sigmoid
+    from defectssft.inspection import load_images, load_inspection, predict_arrays
+
+    folder = Path(project.get_model(version)["path"])
+    wrapper, spec = load_inspection(folder / "model.pt")
+    _, paths, _ = exportcheck.verdict_images(project)
+    inp = spec.input
+    t0 = float(predict_arrays(wrapper, load_images(paths[:1], inp.height, inp.width, 8))[1][0])
+    ng = float(sigmoid(logit(t0) + 1))
+    point = {"ng": ng, "unsure_low": t0 * (1 - 1e-5), "unsure_high": ng}
+    real = exportcheck._run_exported
+
+    def nudged(path, images):
+        probs, scores = real(path, images)
+        scores = scores.copy()
+        scores[0] = t0 * (1 - 1e-3)
+        return probs, scores
+
+    monkeypatch.setattr(exportcheck, "_run_exported", nudged)
+    return {"torch": t0, "exported": t0 * (1 - 1e-3), **point}
+
+
+def test_a_far_verdict_flip_refuses_the_export_and_writes_nothing(tmp_path, monkeypatch):
+    project = make_project(tmp_path)
+    version = add_model(project, seed=4)
+    good = export_project_model(project, version)  # evaluated, checked, written
+    before = Path(good.path).read_bytes()
+    assert good.verdict_check["flips"] == 0 and good.verdict_check["n"] > 0
+    assert "widened" not in good.verdict_check
+    point = project.get_model(version)["metrics"].get("operating_point")
+    _far_flip(monkeypatch, project, version)
+    with pytest.raises(ExportError, match=r"changes 1 verdict\(s\).*id \d+\): torch.*logits apart"):
         export_project_model(project, version)
     assert Path(good.path).read_bytes() == before  # the good file stays
-    folder = Path(good.path).parent
-    assert not [f for f in folder.iterdir() if f.name.endswith(".tmp")]
+    assert project.get_model(version)["metrics"].get("operating_point") == point
+
+
+def test_an_edge_flip_widens_the_band_says_so_and_stores_it(tmp_path, monkeypatch, capsys):
+    from defectssft.cli import main
+    from defectssft.metrics import operating_point
+    from defectssft.verdicts import version_thresholds
+
+    project = make_project(tmp_path)
+    version = add_model(project, seed=4)
+    moved = _edge_flip(monkeypatch, project, version)
+    project.set_operating_point(version, moved["ng"], moved["unsure_low"], moved["unsure_high"])
+    assert main(["export", str(project.root), "--model", version]) == 0
+    out = capsys.readouterr().out
+    assert "flipped between torch and the fp32 file" in out and "UNSURE band widened from" in out
+    assert "stored as the version's operating point" in out
+    assert "with the widened UNSURE band" in out
+    record = project.get_model(version)
+    written = read_metadata(Path(record["path"]) / "model.onnx")["thresholds"]
+    # both scores of the flipped part are inside the band: UNSURE in torch and in the file
+    lo, hi = sorted((moved["torch"], moved["exported"]))
+    assert written["unsure_low"] < lo and hi < written["unsure_high"]
+    assert written["ng"] == pytest.approx(moved["ng"])
+    assert written["unsure_low"] < moved["unsure_low"]
+    assert written["unsure_high"] == pytest.approx(moved["unsure_high"])
+    check = record["metrics"]["export_fp32"]["verdict_check"]
+    assert check["widened"]["flips"][0]["score_torch"] == pytest.approx(moved["torch"])
+    assert check["widened"]["flips"][0]["name"] in out
+    # one decision everywhere: the app resolves the thresholds the file carries
+    assert operating_point(record["metrics"]) == pytest.approx(written)
+    t = version_thresholds(record.get("meta") or {}, record["metrics"])
+    assert t.as_dict() == pytest.approx(written)
+
+
+def test_max_flip_logit_zero_refuses_every_flip(tmp_path, monkeypatch):
+    project = make_project(tmp_path)
+    version = add_model(project, seed=4)
+    moved = _edge_flip(monkeypatch, project, version)
+    project.set_operating_point(version, moved["ng"], moved["unsure_low"], moved["unsure_high"])
+    with pytest.raises(ExportError, match=r"more than the 0 an UNSURE band may absorb"):
+        export_project_model(project, version, max_flip_logit=0.0)
+    stored = project.get_model(version)["metrics"]["operating_point"]
+    assert stored["unsure_low"] == pytest.approx(moved["unsure_low"])
+
+
+def test_an_edge_flip_under_explicit_thresholds_is_written_not_stored(tmp_path, monkeypatch):
+    project = make_project(tmp_path)
+    version = add_model(project, seed=4)
+    moved = _edge_flip(monkeypatch, project, version)
+    res = export_project_model(
+        project, version, threshold=moved["ng"], unsure_low=moved["unsure_low"],
+        unsure_high=moved["unsure_high"],
+    )  # fmt: skip
+    assert "widened" in res.verdict_check
+    assert res.metadata["thresholds"] == res.verdict_check["widened"]["to"]
+    assert read_metadata(res.path)["thresholds"] == res.verdict_check["widened"]["to"]
+    assert "operating_point" not in project.get_model(version)["metrics"]
+
+
+def test_widen_band_covers_both_scores_of_each_edge_flip():
+    from defectssft.calibration import logit
+
+    t = Thresholds(0.5, 0.3, 0.5)
+    low_flip = exportcheck.Flip(1, "a", "UNSURE", "OK", 0.3, 0.2999)
+    high_flip = exportcheck.Flip(2, "b", "NG", "UNSURE", 0.5, 0.4999)
+    w = exportcheck.widen_band([low_flip, high_flip], t)
+    assert w.ng == 0.5 and w.unsure_low < 0.2999 and w.unsure_high > 0.5
+    assert logit(0.2999) - logit(w.unsure_low) == pytest.approx(exportcheck.BAND_PAD_LOGIT)
+    assert logit(w.unsure_high) - logit(0.5) == pytest.approx(exportcheck.BAND_PAD_LOGIT)
+    probs = np.asarray([[0.7, 0.3, 0.0], [0.5, 0.5, 0.0]])
+    for scores in ((0.3, 0.5), (0.2999, 0.4999)):
+        verdicts = exportcheck.verdicts_of(probs, np.asarray(scores), ["ok", "s", "t"], "ok", w)
+        assert verdicts == ["UNSURE", "UNSURE"]
+    assert exportcheck.widen_band([], t) == t

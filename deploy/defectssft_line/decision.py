@@ -143,3 +143,26 @@ def decide(
         cls = classes[int(np.argmax(p))]
         result = "UNSURE" if float(p.max()) < 1.0 - thresholds.unsure_high else "NG"
     return Prediction(result, cls, float(score), tuple(float(x) for x in p))
+
+
+def decide_part(
+    probs: np.ndarray,
+    score: float,
+    classes: list[str],
+    ok_class: str | None,
+    thresholds: Thresholds,
+    anomaly_score: float | None = None,
+    novelty: Any = None,
+) -> Prediction:
+    """The line's verdict of one part: ``decide`` and, for a model with an anomaly head
+    (``novelty`` a ``defectssft_line.novelty.NoveltyRule``) and the part's anomaly score, the
+    novelty rule (``novelty.apply_novelty``: an OK part that is novel becomes UNSURE, or NG).
+    What the line runtime does, for the core and the app to call on stored scores. Without the
+    rule or the score the classifier's verdict stands."""
+    pred = decide(probs, score, classes, ok_class, thresholds)
+    if novelty is None or anomaly_score is None:
+        return pred
+    from defectssft_line.novelty import apply_novelty
+
+    ok = ok_class if ok_class in classes else None
+    return apply_novelty(pred, float(anomaly_score), novelty, ok)

@@ -51,7 +51,9 @@ def record(
         "file": safe_text(file),
         "verdict": verdict,
         "class": cls,
-        "score": None if score is None else round(float(score), 6),
+        # 9 significant digits: every float32 score exactly, so a verdict can be re-decided
+        # from the record (rounding to decimals wrote 1.8e-7 as 0.0 beside its verdict NG).
+        "score": None if score is None else float(f"{float(score):.9g}"),
         "latency_ms": round(float(latency_ms), 3),
         "model_version": model_version,
         "error": None if error is None else safe_text(error),

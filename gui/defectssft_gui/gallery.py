@@ -232,7 +232,8 @@ class ImageListModel(QAbstractListModel):
             )
             verdict = self._verdict(r)
             if verdict:
-                lines.append(f"line verdict: {verdict}")
+                novel = self.verdicts.novel(r.image_id) if self.verdicts is not None else None
+                lines.append(f"line verdict: {verdict}" + (" (novel)" if novel else ""))
         if r.key in self._errors:
             lines.append(f"cannot show: {self._errors[r.key]}")
         return "\n".join(lines)

@@ -265,7 +265,8 @@ class VerdictStrip(QWidget):
         self.verdict_chip.show_value(verdict, VERDICT_COLOURS.get(verdict or ""))
         self.verdict_chip.setToolTip(
             "What the production line would do with this image: the model's defect score against "
-            "the thresholds exported with the model"
+            "the thresholds exported with the model and, for a model with an anomaly head, a "
+            "part it passes that is novel goes to UNSURE"
         )
 
     def clear(self) -> None:

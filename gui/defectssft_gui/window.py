@@ -574,6 +574,7 @@ class MainWindow(QMainWindow):
             f"#{r.image_id}  {r.name}  captured {r.capture}\nlabel: {r.label or '(none)'}"
         )
         verdict = self.verdicts.get(r.image_id) if self.verdicts is not None else None
+        novel = self.verdicts.novel(r.image_id) if self.verdicts is not None else None
         self.strip.show_image(
             r.label,
             self.colours.get(r.label or ""),
@@ -588,7 +589,8 @@ class MainWindow(QMainWindow):
             score = "defect score" if ok else "least-confident score (1 − confidence)"
             self.pred_label.setText(
                 f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), {score} "
-                f"{(r.score or 0):.3f}, line verdict {verdict or '—'} — press "
+                f"{(r.score or 0):.3f}, line verdict {verdict or '—'}"
+                f"{' (novel: anomaly score at or above the threshold)' if novel else ''} — press "
                 f"{self._keys('accept')} to accept"
             )
         else:

@@ -310,3 +310,29 @@ def test_models_panel_failed_promotion_is_one_line_and_changes_nothing(window, q
     qtbot.waitUntil(lambda: not dlg._tasks, timeout=60000)
     assert dlg.last_message.startswith("error: promoting v0001: ")
     assert p.production_model() is None
+
+
+def test_a_novel_part_the_classifier_passes_is_unsure_in_the_window(window, qtbot):
+    """A version with an anomaly head: the line makes an OK part that is novel UNSURE, and so
+    do the verdict strip, the grid's tooltip and the UNSURE filter."""
+    import json
+
+    from defectssft.novel_scores import save_scores
+
+    p = window.project
+    ids = p.image_ids()
+    add_fake_model(p, probs={i: [0.9, 0.05, 0.05] for i in ids})  # the classifier: all OK
+    folder = p.models_dir / "v0001"
+    (folder / "anomaly.json").write_text(json.dumps({"threshold": 2.0, "on_novel": "UNSURE"}))
+    save_scores(folder, [ids[-1], ids[0]], np.array([3.0, 1.0], np.float32))  # newest: novel
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.refresh()
+    assert window.current_row().image_id == ids[-1]
+    assert window.strip.verdict == "UNSURE"
+    assert "line verdict UNSURE (novel" in window.pred_label.text()
+    idx = window.model.index(window.grid.currentIndex().row())
+    assert "line verdict: UNSURE (novel)" in window.model.data(idx, Qt.ItemDataRole.ToolTipRole)
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.set_filter("verdict:unsure")
+    got = [window.model.row(i).image_id for i in range(window.model.total())]
+    assert got == [ids[-1]]

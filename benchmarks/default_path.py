@@ -675,16 +675,14 @@ def _progress(dataset: str, k: int, seed: int, arm: str, r: dict[str, Any]) -> N
     if "error" in r:
         print(f"{dataset} k={k} seed={seed} {arm}: ERROR {r['error']}", flush=True)
         return
-    line, c = r["line"], r["claims"]
-    if "refused" in c:
-        c = {"accuracy_pct": None, "escape_pct": None, "roc_auc": None, "n": "refused"}
+    line = r["line"]
     print(
         f"{dataset} k={k} seed={seed} {arm}: balanced {line['balanced_accuracy']:.3f}, "
         f"escapes {line['escapes']['x']}/{line['escapes']['n']}, "
         f"overkill {line['overkill']['x']}/{line['overkill']['n']}, "
-        f"unsure {line['unsure']['x']}/{line['unsure']['n']}; evaluate claimed acc "
-        f"{c['accuracy_pct']} % escape {c['escape_pct']} % AUROC {c['roc_auc']} on n={c['n']} "
-        f"({r['seconds']:.0f} s; shipped step {(r.get('checkpoint') or {}).get('shipped_step')})",
+        f"unsure {line['unsure']['x']}/{line['unsure']['n']}; evaluate: "
+        f"{_claim_cell(r['claims'], line)} ({r['seconds']:.0f} s; shipped step "
+        f"{(r.get('checkpoint') or {}).get('shipped_step')})",
         flush=True,
     )
 

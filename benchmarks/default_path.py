@@ -833,7 +833,12 @@ def merge(files: list[Path], stem: Path) -> int:
         except (OSError, ValueError) as e:
             raise SystemExit(f"{f}: not a default_path results file ({e})") from None
         sources.append(
-            {"file": f.name, "command": data.get("command"), "minutes": data.get("minutes")}
+            {
+                "file": f.name,
+                "command": data.get("command"),
+                "minutes": data.get("minutes"),
+                "cpu_minutes": data.get("cpu_minutes"),
+            }
         )
         for res in data.get("results", []):
             if "arms" not in res:

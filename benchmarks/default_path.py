@@ -357,7 +357,41 @@ def parse_evaluate(text: str) -> dict[str, Any]:
     sup = re.findall(r"^\s+(\S+)\s+P [0-9.]+\s+R [0-9.]+\s+F1 [0-9.]+\s+n (\d+)", text, re.M)
     claims["test_support"] = {c: int(n) for c, n in sup}
     claims["n_defective"] = sum(n for c, n in claims["test_support"].items() if c != OK) or None
+    m = re.search(r"out-of-fold \((\d+) labeled images?\)", text)
+    claims["oof_n"] = int(m.group(1)) if m else None
+    m = re.search(r"operating threshold [^(\n]*\(from ([a-z+ ]+)[;)]", text)
+    claims["chosen_on"] = m.group(1).strip() if m else None
+    m = re.search(r"UNSURE band \[([0-9.eE+-]+), ([0-9.eE+-]+)\)", text)
+    claims["unsure_band"] = [float(m.group(1)), float(m.group(2))] if m else None
+    m = re.search(
+        r"unlabeled stream \((\d+) scored\): ([0-9.]+)% to review[^,]*, ([0-9.]+)% rejected", text
+    )
+    claims["stream"] = (
+        {"n": int(m.group(1)), "review_pct": float(m.group(2)), "reject_pct": float(m.group(3))}
+        if m
+        else None
+    )
+    claims["warnings"] = re.findall(r"^warning: (.+)$", text, re.M)
     return claims
+
+
+RATES = ("escapes", "overkill", "unsure")
+
+
+def coverage(claims: dict[str, Any], line: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Whether the product's own 95 % intervals (``evaluate``'s test split and out-of-fold
+    claims) hold the rates the line showed on the held-out parts: ``{source: {rate: {"k", "n",
+    "low", "high", "line", "holds"}}}``, for every claim with parts behind it."""
+    out: dict[str, dict[str, Any]] = {}
+    for where in ("test", "oof"):
+        for name in RATES:
+            c = claims.get(f"{where}_{name}")
+            if not c or not c["n"] or line[name]["rate"] is None:
+                continue
+            seen = line[name]["rate"]
+            holds = c["low"] - 1e-9 <= seen <= c["high"] + 1e-9
+            out.setdefault(where, {})[name] = {**c, "line": seen, "holds": holds}
+    return out
 
 
 # --------------------------------------------------------------------------- running the CLIs
@@ -488,6 +522,8 @@ def run_arm(
         splits = _split_counts(json.loads(status))
     except ValueError:
         splits = None
+    claims = parse_evaluate(ev) if ev_rc == 0 else {"refused": ev.strip().splitlines()[-1]}
+    line = score_verdicts(held, records)
     return {
         "version": version,
         "train_sets": train_sets,
@@ -501,9 +537,10 @@ def run_arm(
         "train_said": _train_said(train_out),
         "splits": splits,
         "checkpoint": checkpoint_choice(project, version),
-        "claims": parse_evaluate(ev) if ev_rc == 0 else {"refused": ev.strip().splitlines()[-1]},
+        "claims": claims,
         "evaluate_printed": ev.strip().split("\n\n")[0],
-        "line": score_verdicts(held, records),
+        "line": line,
+        "coverage": {} if "refused" in claims else coverage(claims, line),
         "seconds": round(time.perf_counter() - t0, 1),
         "commands": run.commands[n_cmd:],
     }
@@ -638,16 +675,14 @@ def _progress(dataset: str, k: int, seed: int, arm: str, r: dict[str, Any]) -> N
     if "error" in r:
         print(f"{dataset} k={k} seed={seed} {arm}: ERROR {r['error']}", flush=True)
         return
-    line, c = r["line"], r["claims"]
-    if "refused" in c:
-        c = {"accuracy_pct": None, "escape_pct": None, "roc_auc": None, "n": "refused"}
+    line = r["line"]
     print(
         f"{dataset} k={k} seed={seed} {arm}: balanced {line['balanced_accuracy']:.3f}, "
         f"escapes {line['escapes']['x']}/{line['escapes']['n']}, "
         f"overkill {line['overkill']['x']}/{line['overkill']['n']}, "
-        f"unsure {line['unsure']['x']}/{line['unsure']['n']}; evaluate claimed acc "
-        f"{c['accuracy_pct']} % escape {c['escape_pct']} % AUROC {c['roc_auc']} on n={c['n']} "
-        f"({r['seconds']:.0f} s; shipped step {(r.get('checkpoint') or {}).get('shipped_step')})",
+        f"unsure {line['unsure']['x']}/{line['unsure']['n']}; evaluate: "
+        f"{_claim_cell(r['claims'], line)} ({r['seconds']:.0f} s; shipped step "
+        f"{(r.get('checkpoint') or {}).get('shipped_step')})",
         flush=True,
     )
 
@@ -667,25 +702,33 @@ def _rate_cell(r: dict[str, Any]) -> str:
 
 
 def _claim_cell(c: dict[str, Any], line: dict[str, Any]) -> str:
-    """What ``evaluate`` claimed: test n, accuracy, escapes as a count with the product's own
-    95 % interval, on test and out of fold (before #13, which printed none: a Wilson interval
-    of the printed rate), and whether that interval holds the line's escape rate."""
+    """What ``evaluate`` claimed: test n and accuracy, the operating point, and each rate it
+    states with its 95 % interval (test split, out of fold), ✓ / ✗ = whether that interval holds
+    the line's rate on the held-out parts. Results from before #13 (no intervals printed): the
+    escape rate as a count over the test split's defective images with its Wilson interval."""
     if "refused" in c:
         return "refused: " + c["refused"].split(";")[0].split(": ")[-1][:60]
-    if c.get("n") is None and not (c.get("oof_escapes") or {}).get("n"):
+    if not c.get("n") and not c.get("oof_n") and not (c.get("oof_escapes") or {}).get("n"):
         return "—"
+    out = "no test split" if not c.get("n") else f"n {int(c['n'])}: acc. {c['accuracy_pct']} %"
+    if c.get("threshold") is not None:
+        band = c.get("unsure_band")
+        out += f"; NG ≥ {c['threshold']:.3g}"
+        if band and band[1] > band[0]:
+            out += f", UNSURE [{band[0]:.3g}, {band[1]:.3g})"
+        if c.get("chosen_on"):
+            out += f" (from {c['chosen_on']})"
+    cov = coverage(c, line)
+    for where, rates in cov.items():
+        label = "test" if where == "test" else f"out of fold n {c.get('oof_n') or '?'}"
+        cells = [
+            f"{'UNSURE' if name == 'unsure' else name} {r['k']}/{r['n']} "
+            f"[{_pct(r['low'])}, {_pct(r['high'])}] {'✓' if r['holds'] else '✗'}"
+            for name, r in rates.items()
+        ]
+        out += f"; {label}: " + ", ".join(cells)
     n_def = sum(v for name, v in c.get("test_support", {}).items() if name != OK)
-    out = "no test split" if c.get("n") is None else f"n {int(c['n'])}: acc. {c['accuracy_pct']} %"
-    seen = line["escapes"]["rate"]
-    own = [(w, c.get(f"{w}_escapes")) for w in ("test", "oof")]
-    own = [(w, e) for w, e in own if e and e["n"]]
-    for where, e in own:  # the product's own count and 95 % interval (since #13)
-        held = "" if seen is None else " ✓" if e["low"] <= seen <= e["high"] else " ✗"
-        out += (
-            f", {'' if where == 'test' else 'out-of-fold '}escapes {e['k']}/{e['n']} "
-            f"[{_pct(e['low'])}, {_pct(e['high'])}]{held}"
-        )
-    if not own and c.get("escape_pct") is not None and n_def:
+    if not cov and c.get("escape_pct") is not None and n_def:
         x = round(c["escape_pct"] / 100 * n_def)
         lo, hi = wilson(x, n_def)
         seen = line["escapes"]["rate"]
@@ -696,6 +739,30 @@ def _claim_cell(c: dict[str, Any], line: dict[str, Any]) -> str:
     return out
 
 
+def coverage_tally(results: list[dict[str, Any]]) -> str:
+    """One line: how many of the product's intervals held the line's rate, by source."""
+    tally: dict[str, list[int]] = {}
+    for res in results:
+        for r in res.get("arms", {}).values():
+            if "line" not in r or "refused" in r.get("claims", {"refused": 1}):
+                continue
+            for where, rates in coverage(r["claims"], r["line"]).items():
+                for name, v in rates.items():
+                    t = tally.setdefault(f"{where} {name}", [0, 0])
+                    t[0] += v["holds"]
+                    t[1] += 1
+    if not tally:
+        return ""
+    return (
+        "The product's 95 % intervals held the line's rate: "
+        + "; ".join(
+            f"{k.replace('oof', 'out of fold').replace('unsure', 'UNSURE')} {a}/{b}"
+            for k, (a, b) in tally.items()
+        )
+        + ".\n"
+    )
+
+
 def _steps(ck: dict[str, Any] | None) -> str:
     return "—" if not ck else f"{ck['shipped_step']} of {ck['final_step']}"
 
@@ -704,7 +771,8 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown table: one row per data set / k / seed / arm."""
     head = (
         "| data set | k | seed | arm | balanced acc. (line) | AUROC (line) | escapes (line) "
-        "| overkill (line) | UNSURE (line) | `evaluate` claimed (test split) | weights: step of "
+        "| overkill (line) | UNSURE (line) | `evaluate` claimed (its intervals: ✓ hold the line's rate) "
+        "| weights: step of "
         "| min |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
@@ -742,7 +810,8 @@ def table(results: list[dict[str, Any]]) -> str:
             "\nVerdicts on the held-out cells annotators graded 0.33 / 0.67 (not scored):\n"
         )
         rows += graded
-    return head + "\n".join(rows) + "\n"
+    tally = coverage_tally(results)
+    return head + "\n".join(rows) + "\n" + ("\n" + tally if tally else "")
 
 
 def _rescore(res: dict[str, Any], verdicts: Path) -> dict[str, Any]:
@@ -764,7 +833,12 @@ def merge(files: list[Path], stem: Path) -> int:
         except (OSError, ValueError) as e:
             raise SystemExit(f"{f}: not a default_path results file ({e})") from None
         sources.append(
-            {"file": f.name, "command": data.get("command"), "minutes": data.get("minutes")}
+            {
+                "file": f.name,
+                "command": data.get("command"),
+                "minutes": data.get("minutes"),
+                "cpu_minutes": data.get("cpu_minutes"),
+            }
         )
         for res in data.get("results", []):
             if "arms" not in res:
@@ -779,6 +853,9 @@ def merge(files: list[Path], stem: Path) -> int:
                 verdicts = project.parent / f"{name}.jsonl"
                 if "auroc" not in arm.get("line", {}) and verdicts.is_file():
                     arm["line"] = _rescore(res, verdicts)
+                if "refused" not in arm.get("claims", {}) and arm.get("evaluate_printed"):
+                    arm["claims"] = parse_evaluate(arm["evaluate_printed"])  # today's parser
+                    arm["coverage"] = coverage(arm["claims"], arm["line"])
             done = sum("error" not in a for a in res["arms"].values())
             if key not in best or done > sum("error" not in a for a in best[key]["arms"].values()):
                 best[key] = res

@@ -27,6 +27,7 @@ from defectssft.training.policy import (
     fold_assignment,
     guard_choice,
 )
+from defectssft.training.summary import describe, describe_evidence
 from tests.helpers import TINY, cfg, cli_sets, tiny_data_at, write_gray
 
 
@@ -96,6 +97,9 @@ def test_the_guard_keeps_the_method_unless_supervised_wins_by_the_margin():
     assert guard_choice(0.80, 0.81)[0] == "method"
     choice, why = guard_choice(0.70, 0.90, metric="auroc")
     assert choice == "supervised" and "auroc 0.900 vs 0.700" in why
+    assert guard_choice(0.70, 0.90, method="freematch")[1].startswith(
+        "supervised-only beat freematch out of fold"
+    )
 
 
 @pytest.mark.parametrize(
@@ -278,3 +282,36 @@ def test_split_min_labels_flag(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["by_split"]["test"]["labeled"] == 2 and out["by_split"]["val"]["labeled"] == 2
     assert p.get_setting("split.min_labels") == 3
+
+
+def test_train_states_its_evidence_with_intervals_and_warns_when_it_is_thin():
+    """What `train` prints about the shipped model's evidence: its size, the rates with their
+    95 % intervals, and warnings when a handful of parts cannot support them or the model does
+    not separate defective from good parts out of fold."""
+    ev = {
+        "source": "out of fold, supervised",
+        "n": 9,
+        "classes": 2,
+        "balanced_accuracy": 0.583,
+        "auroc": 0.278,
+        "escapes": {"x": 0, "n": 3},
+        "overkill": {"x": 5, "n": 6},
+    }
+    lines = describe({"evidence": ev})
+    assert lines[0].startswith(
+        "evidence (out of fold, supervised, 9 labeled images: 3 defective, 6 good): AUROC 0.278; "
+        "at the 0.5 threshold escapes 0 / 3, ≤ 70.8 % at 95 %, overkill 5 / 6 = 83.3 %"
+    )
+    assert "`defectssft evaluate` calibrates the operating point" in lines[1]
+    assert any("hardly ranks defective parts above good ones (AUROC 0.28" in x for x in lines)
+    assert any(x.startswith("warning: 3 defective labeled parts cannot tell") for x in lines)
+    strong = {**ev, "n": 400, "auroc": 0.97, "escapes": {"x": 2, "n": 200}}
+    strong["overkill"] = {"x": 4, "n": 200}
+    assert not [x for x in describe({"evidence": strong}) if x.startswith("warning")]
+    six = describe_evidence({**ev, "classes": 6})
+    assert six.startswith("balanced accuracy over the 6 classes 58.3 % on 9 images")
+    # validation evidence (no escapes counted) is stated as it is
+    val = {"source": "validation split", "n": 40, "balanced_accuracy": 0.9}
+    assert describe({"evidence": val}) == [
+        "evidence (validation split): balanced accuracy 90.0 % on 40 images"
+    ]

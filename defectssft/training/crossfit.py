@@ -86,6 +86,7 @@ def oof_summary(probs: np.ndarray, labels: np.ndarray, ok_index: int | None) -> 
     m = classification_metrics(probs, labels, ok_index)
     out: dict[str, Any] = {
         "n": int(len(labels)),
+        "classes": int(probs.shape[1]),
         "balanced_accuracy": m["balanced_accuracy"],
         "accuracy": m["accuracy"],
         "nll": m["nll"],
@@ -216,7 +217,8 @@ def run_cross_fit(
         if math.isnan(a) or math.isnan(b):
             why = f"no comparison: out-of-fold {metric} undefined"
         else:
-            choice, why = guard_choice(a, b, metric=metric.replace("_", " "))
+            label = "AUROC" if metric == "auroc" else metric.replace("_", " ")
+            choice, why = guard_choice(a, b, metric=label, method=arms[0])
             method = arms[0] if choice == "method" else "supervised"
     cf = CrossFit(
         folds,

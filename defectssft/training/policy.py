@@ -92,15 +92,16 @@ def guard_choice(
     supervised_score: float,
     margin: float = GUARD_MARGIN,
     metric: str = "balanced accuracy",
+    method: str = "the method",
 ) -> tuple[str, str]:
     """("method" | "supervised", why) from the two arms' out-of-fold score (higher is better):
     supervised-only replaces the method only when it wins by more than ``margin``."""
     if supervised_score > method_score + margin:
         return "supervised", (
-            f"supervised-only beat it out of fold ({metric} {supervised_score:.3f} vs "
-            f"{method_score:.3f})"
+            f"supervised-only beat {method} out of fold: {metric} {supervised_score:.3f} vs "
+            f"{method_score:.3f}"
         )
     return "method", (
-        f"out of fold {metric} {method_score:.3f} vs supervised-only {supervised_score:.3f} "
-        f"(supervised must win by more than {margin})"
+        f"out of fold {metric} {method_score:.3f} vs supervised-only {supervised_score:.3f}; "
+        f"supervised must win by more than {margin} to replace it"
     )

@@ -42,7 +42,8 @@ def _count(c: dict[str, int] | None) -> str:
 
 
 def describe_evidence(ev: dict[str, Any]) -> str:
-    out = f"balanced accuracy {_pct(ev.get('balanced_accuracy'))} on {ev.get('n')} images"
+    over = f" over the {ev['classes']} classes" if ev.get("classes", 2) > 2 else ""
+    out = f"balanced accuracy{over} {_pct(ev.get('balanced_accuracy'))} on {ev.get('n')} images"
     if "auroc" in ev:
         out += f", AUROC {'n/a' if ev['auroc'] is None else format(ev['auroc'], '.3f')}"
     if "escapes" in ev:
@@ -82,11 +83,44 @@ def describe(d: dict[str, Any]) -> list[str]:
         lines.append(f"cross-fitting: none ({cf.get('why')})")
     guard = d.get("guard")
     if guard:
-        lines.append(f"method: {guard['method']} ({guard['why']})")
+        lines.append(f"method: {guard['method']}: {guard['why']}")
     w = d.get("weights")
     if w:
         lines.append(f"weights: {w['label']}, step {w['step']} ({w['why']})")
     ev = d.get("evidence")
     if ev:
-        lines.append(f"evidence ({ev['source']}): {describe_evidence(ev)}")
+        lines += describe_claims(ev)
+    return lines
+
+
+WEAK_AUROC = 0.6  # below this the evidence says the model hardly ranks defects above good parts
+
+
+def describe_claims(ev: dict[str, Any]) -> list[str]:
+    """The evidence the shipped model's numbers rest on: its size, the rates at the 0.5 threshold
+    with their 95 % intervals (``metrics.rate_claim``), and a warning when it is too thin to
+    support them or says the model does not separate defective from good parts."""
+    from defectssft.metrics import format_rate, rate_claim, support_warning
+
+    if "escapes" not in ev:  # no OK class, or validation evidence: its numbers as they are
+        return [f"evidence ({ev['source']}): {describe_evidence(ev)}"]
+    esc, ok = ev["escapes"], ev["overkill"]
+    claims = {"escapes": rate_claim(esc["x"], esc["n"]), "overkill": rate_claim(ok["x"], ok["n"])}
+    auroc = "n/a" if ev.get("auroc") is None else format(ev["auroc"], ".3f")
+    lines = [
+        f"evidence ({ev['source']}, {ev.get('n')} labeled images: {esc['n']} defective, "
+        f"{ok['n']} good): AUROC {auroc}; at the 0.5 threshold "
+        + ", ".join(format_rate(k, c) for k, c in claims.items()),
+        "  `defectssft evaluate` calibrates the operating point (NG threshold, UNSURE band) on "
+        "it and the unlabeled stream",
+    ]
+    if ev.get("auroc") is not None and ev["auroc"] < WEAK_AUROC:
+        lines.append(
+            f"warning: out of fold the model hardly ranks defective parts above good ones (AUROC "
+            f"{ev['auroc']:.2f}; 0.5 is chance): label more parts before relying on it"
+        )
+    for name, what in (("escapes", "defective"), ("overkill", "good")):
+        warn = support_warning(name, claims[name], f"{what} labeled parts")
+        if warn:
+            lines.append(warn)
     return lines

@@ -56,23 +56,30 @@ def print_evaluation(m: dict) -> None:
     def claim(name: str, c: dict | None) -> str:
         return f"{name} n/a" if not c else format_rate(name, c)
 
-    acc = m.get("accuracy_claim")
-    print(
-        f"model {m['version']} on the test split ({m['n']} images): accuracy "
-        f"{_pct(m['accuracy'])} ({claim('correct', acc)}), macro F1 {m['macro_f1']:.3f}"
-    )
-    for name, pc in m["per_class"].items():
+    acc, tested = m.get("accuracy_claim"), m["n"] > 0
+    if tested:
         print(
-            f"  {name:<20} P {pc['precision']:.3f}  R {pc['recall']:.3f}  F1 {pc['f1']:.3f}  "
-            f"n {pc['support']}"
+            f"model {m['version']} on the test split ({m['n']} images): accuracy "
+            f"{_pct(m['accuracy'])} ({claim('correct', acc)}), macro F1 {m['macro_f1']:.3f}"
+        )
+        for name, pc in m["per_class"].items():
+            print(
+                f"  {name:<20} P {pc['precision']:.3f}  R {pc['recall']:.3f}  "
+                f"F1 {pc['f1']:.3f}  n {pc['support']}"
+            )
+    else:  # every label trained: no accuracy to state, the evidence is out of fold + stream
+        print(
+            f"model {m['version']}: the test split (0 images) holds nothing to score; "
+            "the evidence below is out of fold and the unlabeled stream"
         )
     insp, op = m.get("inspection"), m.get("operating_point", {})
     if insp:
         auc, ap = insp["roc_auc"], insp["average_precision"]
-        print(
-            f"  OK/NG: ROC AUC {'n/a' if auc is None else f'{auc:.4f}'}, "
-            f"AP {'n/a' if ap is None else f'{ap:.4f}'}"
-        )
+        if tested:
+            print(
+                f"  OK/NG: ROC AUC {'n/a' if auc is None else f'{auc:.4f}'}, "
+                f"AP {'n/a' if ap is None else f'{ap:.4f}'}"
+            )
         ev = op.get("evidence") or op.get("calibrated", {}).get("evidence") or {}
         counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ev.items())
         print(
@@ -86,10 +93,11 @@ def print_evaluation(m: dict) -> None:
                 f"  the line uses the operating point chosen for this version: NG from "
                 f"{applied['unsure_high']:.4g}, UNSURE from {applied['unsure_low']:.4g}"
             )
-        print(
-            f"  line verdicts on test: {claim('escapes', op.get('escapes'))}; "
-            f"{claim('overkill', op.get('overkill'))}; {claim('UNSURE', op.get('unsure'))}"
-        )
+        if tested:
+            print(
+                f"  line verdicts on test: {claim('escapes', op.get('escapes'))}; "
+                f"{claim('overkill', op.get('overkill'))}; {claim('UNSURE', op.get('unsure'))}"
+            )
         pred = op.get("predicted") or {}
         if pred.get("stream_review_rate") is not None:
             print(
@@ -97,7 +105,7 @@ def print_evaluation(m: dict) -> None:
                 f"{_pct(pred['stream_review_rate'])} to review (target "
                 f"{_pct(op['review_rate'])}), {_pct(pred['stream_ng_rate'])} rejected"
             )
-        verdicts = m.get("verdicts") or {}
+        verdicts = (m.get("verdicts") or {}) if tested else {}
         for name, v in verdicts.items():
             print(f"  {name:<20} verdicts: OK {v['OK']}  NG {v['NG']}  UNSURE {v['UNSURE']}")
         nov = m.get("novelty")
@@ -112,7 +120,8 @@ def print_evaluation(m: dict) -> None:
     if oof:
         print(
             f"  out-of-fold ({oof['n']} labeled images): {claim('escapes', oof['escapes'])}; "
-            f"{claim('overkill', oof['overkill'])}; {claim('UNSURE', oof['unsure'])}"
+            f"{claim('overkill', oof['overkill'])}; {claim('UNSURE', oof['unsure'])} "
+            "(scores of the fold models, which trained shorter on fewer labels than this one)"
         )
     for w in m.get("warnings", []):
         print(w)

@@ -174,6 +174,9 @@ def test_evaluate_without_test_defects_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no defective parts in the evidence" in out
     assert "test split is empty" in out
+    # nothing was tested: no accuracy, per-class or verdict rows of zeros that read as a result
+    assert "holds nothing to score" in out
+    assert "macro F1" not in out and "P 0.000" not in out and "line verdicts on test" not in out
     op = project.get_model(project.models()[-1]["version"])["metrics"]["test"]["operating_point"]
     assert op["chosen_on"] == "stream-quantile"
 

@@ -247,6 +247,14 @@ def inspection_report(scores, is_defect, threshold: float, max_escape: float) ->
     return out
 
 
+def _check_rate(k: int, n: int, confidence: float) -> None:
+    """The interval functions' shared guard: ``0 <= k <= n`` and a confidence in (0, 1)."""
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+
+
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a rate ``k / n`` (e.g. 2 escapes in 150 defective parts).
 
@@ -256,10 +264,7 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     """
     from statistics import NormalDist
 
-    if n < 0 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    _check_rate(k, n, confidence)
     if n == 0:
         return 0.0, 1.0
     z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
@@ -311,10 +316,7 @@ def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[flo
     """Exact (Clopper–Pearson) interval of a rate ``k / n``: it holds the true rate in at least
     ``confidence`` of repeated samples, whatever the rate (Wilson's can fall short near 0 with
     small n). 0 escapes in 3 defective parts gives (0, 70.8 %) at 95 %. ``n = 0``: (0, 1)."""
-    if n < 0 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    _check_rate(k, n, confidence)
     if n == 0:
         return 0.0, 1.0
     a = (1.0 - confidence) / 2.0

@@ -286,3 +286,15 @@ def test_a_project_without_an_ok_class_says_there_is_no_threshold(tmp_path, caps
     assert "no OK class: every part is NG with its class" in out and "errors" in out
     op = project.get_model(version)["metrics"]["test"]["operating_point"]
     assert op["chosen_on"] == "none" and op["errors"]["n"] == 3
+
+
+@pytest.mark.parametrize(
+    "k,n,confidence", [(4, 3, 0.95), (-1, 3, 0.95), (0, -1, 0.95), (1, 3, 1.0)]
+)
+def test_intervals_refuse_impossible_counts_in_one_line(k, n, confidence):
+    from defectssft.metrics import clopper_pearson, wilson_interval
+
+    for interval in (clopper_pearson, wilson_interval):
+        with pytest.raises(ValueError, match="need 0 <= k <= n|confidence must be"):
+            interval(k, n, confidence)
+    assert clopper_pearson(0, 0) == wilson_interval(0, 0) == (0.0, 1.0)

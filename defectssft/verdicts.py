@@ -226,7 +226,7 @@ class VerdictCache:
         stored anomaly score for it)."""
         if image_id is None or self.novelty is None or image_id not in self.anomaly:
             return None
-        return self.anomaly[image_id] >= self.novelty.threshold
+        return self.novelty.is_novel(self.anomaly[image_id])
 
     def mismatch(self, image_id: int | None, label: str | None) -> str | None:
         return verdict_mismatch(label, self.get(image_id), self.ok_class)

@@ -21,10 +21,11 @@ from defectssft_line.decision import (
     ThresholdError,
     Thresholds,
     decide,
+    decide_part,
     resolve_thresholds,
 )
 from defectssft_line.metadata import MetadataError, validate_metadata
-from defectssft_line.novelty import NoveltyRule, apply_novelty
+from defectssft_line.novelty import NoveltyRule
 from defectssft_line.roi import Roi
 from defectssft_line.tiles import TiledScore, TileSpec
 
@@ -180,14 +181,14 @@ class LineModel:
         return [self.decide(p, float(s)) for p, s in zip(probs, scores, strict=True)]
 
     def _classify_novel(self, batch: np.ndarray) -> list[Prediction]:
-        """Verdicts with the anomaly head's score (and map): ``novelty.apply_novelty``."""
+        """Verdicts with the anomaly head's score (and map): ``decision.decide_part``."""
         rule = self.novelty
         assert rule is not None
         outs = self.session.run(["probs", "defect_score", *rule.output_names()], {"image": batch})
         maps = outs[3] if rule.has_map else [None] * len(batch)
         return [
             replace(
-                apply_novelty(self.decide(p, float(s)), float(a), rule, self.ok_class),
+                decide_part(p, float(s), self.classes, self.ok_class, self.thresholds, a, rule),
                 anomaly_map=m,
             )
             for p, s, a, m in zip(outs[0], outs[1], outs[2], maps, strict=True)

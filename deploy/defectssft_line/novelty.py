@@ -75,6 +75,10 @@ class NoveltyRule:
             entry.get("map") is not None,
         )
 
+    def is_novel(self, anomaly_score: float) -> bool:
+        """Whether a part with this anomaly score is novel (at or above the threshold)."""
+        return bool(anomaly_score >= self.threshold)
+
     def output_names(self) -> list[str]:
         return ["anomaly_score", "anomaly_map"] if self.has_map else ["anomaly_score"]
 
@@ -82,7 +86,7 @@ class NoveltyRule:
 def apply_novelty(pred: Any, anomaly_score: float, rule: NoveltyRule, ok_class: str | None) -> Any:
     """``pred`` (a ``decision.Prediction``) with ``anomaly_score``, ``novel`` and, for a novel
     part the classifier passed (or any part without an OK class), the verdict ``on_novel``."""
-    novel = bool(anomaly_score >= rule.threshold)
+    novel = rule.is_novel(anomaly_score)
     verdict = pred.verdict
     if novel and (verdict == "OK" or ok_class is None):
         verdict = rule.on_novel

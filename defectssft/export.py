@@ -118,6 +118,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any parse failure: not an ONNX file
         raise ExportError(f"{path}: not a readable ONNX file") from e
+    return _metadata_of(model, path)
+
+
+def _metadata_of(model, path: str | Path) -> dict[str, Any]:
+    """The defectssft metadata JSON of a loaded onnx.ModelProto (ExportError if absent)."""
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)
@@ -130,7 +135,7 @@ def rewrite_thresholds(path: str | Path, thresholds: Thresholds) -> dict[str, An
     import onnx
 
     model = onnx.load(str(path))
-    meta = read_metadata(path)
+    meta = _metadata_of(model, path)
     meta["thresholds"] = thresholds.as_dict()
     _set_metadata(model, meta)
     onnx.save(model, str(path))

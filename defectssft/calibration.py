@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from defectssft_line.decision import Thresholds
+from defectssft_line.decision import Thresholds, verdict
 
 # Project settings (``Project.get_setting``), with their defaults:
 SETTING_REVIEW_RATE = "decision.review_rate"  # share of the stream the UNSURE band may hold
@@ -190,9 +190,10 @@ def calibrate(
         low = ng
     low = min(low, ng)
     predicted: dict[str, float | None] = {"stream_review_rate": None, "stream_ng_rate": None}
-    if stream.size:
-        predicted["stream_review_rate"] = float(np.mean((stream >= low) & (stream < ng)))
-        predicted["stream_ng_rate"] = float(np.mean(stream >= ng))
+    if stream.size:  # the line's verdicts of the stream at this point (decision.verdict)
+        said = [verdict(float(x), Thresholds(ng, low, ng)) for x in stream]
+        predicted["stream_review_rate"] = said.count("UNSURE") / stream.size
+        predicted["stream_ng_rate"] = said.count("NG") / stream.size
     elif review_rate > 0:
         notes.append("no unlabeled stream scored: the UNSURE band is sized on the OK evidence")
     return OperatingPoint(

@@ -162,6 +162,19 @@ def decision_claims(is_defect: np.ndarray, verdicts: list[str]) -> dict[str, Any
     }
 
 
+def stream_prediction(verdicts: list[str], classifier: list[str]) -> dict[str, Any]:
+    """What the line does to the scored stream sample at the applied thresholds, from its
+    verdicts (novelty rule included): the UNSURE share (``stream_review_rate``: the band plus
+    novel parts), the NG share, and how many parts the novelty rule changed."""
+    n = len(verdicts)
+    return {
+        "stream_review_rate": verdicts.count("UNSURE") / n if n else None,
+        "stream_ng_rate": verdicts.count("NG") / n if n else None,
+        "stream_novel": int(sum(a != b for a, b in zip(verdicts, classifier, strict=True))),
+        "stream_n": n,
+    }
+
+
 def claim_warnings(claims: dict[str, Any], where: str) -> list[str]:
     out = []
     for name, what in (("escapes", "defective"), ("overkill", "good")):
@@ -224,6 +237,7 @@ def evaluate_loaded(
     cache: dict[int, list[float]] | None = None,
     model_dir: Path | None = None,
     anomaly: dict[int, float] | None = None,
+    novelty: Any = "head",
 ) -> Evaluation:
     """Metrics of a loaded model on labeled images (pure computation, no project writes).
 
@@ -233,6 +247,8 @@ def evaluate_loaded(
     the verdicts here are computed with it. ``model_dir``: the version's folder; when it holds
     an anomaly head the verdicts apply its novelty rule, as the line does (``anomaly``: the
     anomaly scores already stored, image id -> score; the test images' are added).
+    ``novelty``: the rule to apply (``verdicts.shipped_novelty``: the file that ships), None
+    for none; by default (``"head"``) the one of the head in ``model_dir``.
     """
     from defectssft.inspection import ModelSpec, inspection_model
     from defectssft.verdicts import line_verdicts, version_novelty
@@ -253,7 +269,8 @@ def evaluate_loaded(
         )
     cache = {} if cache is None else cache
     anomaly = {} if anomaly is None else anomaly
-    novelty = version_novelty(model_dir) if model_dir is not None else None
+    if isinstance(novelty, str):
+        novelty = version_novelty(model_dir) if model_dir is not None else None
     if novelty is not None and spec.input.tiles is not None:
         novelty = None  # tiled models get no head yet (defectssft.anomaly)
     wrapper = inspection_model(model, spec)
@@ -304,12 +321,21 @@ def evaluate_loaded(
             meta.get("thresholds"), chosen_point or {**point, "ng": point["threshold"]}
         )
         test_anomaly = None
-        if novelty is not None:
-            known = head_scores(
-                model_dir, wrapper, spec, list(zip(test_ids, paths, strict=True)), anomaly
-            )
+        if novelty is not None:  # val and the stream sample too: the app's rates use them
+            items = list(zip(test_ids, paths, strict=True))
+            if val:
+                items += [(i, p) for i, (p, _) in zip(val_ids or [], val, strict=False)]
+            known = head_scores(model_dir, wrapper, spec, items + list(stream or []), anomaly)
             test_anomaly = [known.get(i) for i in test_ids]
         verdicts = line_verdicts(probs, classes, ok, applied, test_anomaly, novelty)
+        if s_probs is not None and len(s_probs):
+            s_ids = [i for i, _ in stream or []]
+            s_anomaly = [anomaly.get(i) for i in s_ids] if novelty is not None else None
+            s_verdicts = line_verdicts(s_probs, classes, ok, applied, s_anomaly, novelty)
+            point["predicted"] = {
+                **(point.get("predicted") or {}),
+                **stream_prediction(s_verdicts, line_verdicts(s_probs, classes, ok, applied)),
+            }
         is_defect = labels != ok_index
         scores = M.defect_scores(probs, ok_index) if n else np.zeros(0)
         claims = decision_claims(is_defect, verdicts)
@@ -381,8 +407,8 @@ def evaluate_loaded(
     out["warnings"] = warnings
     ev = Evaluation(out, probs, labels, list(test_ids), paths, verdicts=verdicts)
     ev.scored = cache
-    tested = set(test_ids)
-    ev.anomaly = {i: a for i, a in anomaly.items() if i in tested} if novelty else {}
+    scored_here = {*test_ids, *(val_ids or []), *(i for i, _ in stream or [])}
+    ev.anomaly = {i: a for i, a in anomaly.items() if i in scored_here} if novelty else {}
     return ev
 
 
@@ -406,7 +432,7 @@ def evaluate_project_model(
     from defectssft.metrics import operating_point
     from defectssft.modeling import load_model_file
     from defectssft.splits import MIN_HOLDOUT_LABELS
-    from defectssft.verdicts import anomaly_scores, store_anomaly_scores
+    from defectssft.verdicts import anomaly_scores, shipped_novelty, store_anomaly_scores
 
     record = project.get_model(version)
     data = project.training_data()
@@ -458,6 +484,7 @@ def evaluate_project_model(
         cache=cache,
         model_dir=folder,
         anomaly=anomaly,
+        novelty=shipped_novelty(project, record["version"]).rule,
     )
     ev.metrics["project"] = project.name
     ev.names = [project.get_image(i).original_name or "" for i in ev.image_ids]

@@ -104,6 +104,11 @@ def print_evaluation(m: dict) -> None:
                 f"  unlabeled stream ({ev.get('stream', 0)} scored): "
                 f"{_pct(pred['stream_review_rate'])} to review (target "
                 f"{_pct(op['review_rate'])}), {_pct(pred['stream_ng_rate'])} rejected"
+                + (
+                    f"; {pred['stream_novel']} novel part(s) among them, as on the line"
+                    if pred.get("stream_novel")
+                    else ""
+                )
             )
         verdicts = (m.get("verdicts") or {}) if tested else {}
         for name, v in verdicts.items():
@@ -187,20 +192,42 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"(max |dscore| {check['max_score_diff']:.2e})"
             + (" with the widened UNSURE band" if check.get("widened") else "")
         )
-    op = (project.get_model(result.metadata["model_version"])["metrics"].get("test") or {}).get(
-        "operating_point"
-    ) or {}
-    pred = op.get("predicted") or {}
-    if pred.get("stream_review_rate") is not None and t["ng"] == op.get("threshold"):
-        print(
-            f"predicted on the unlabeled stream: {_pct(pred['stream_review_rate'])} to review "
-            f"(UNSURE), {_pct(pred['stream_ng_rate'])} rejected"
-        )
+    said = _stream_forecast(project, result.metadata)
+    if said:
+        print(said)
     if result.metadata.get("anomaly"):
         a = result.metadata["anomaly"]
         print(f"anomaly head: novel at score >= {a['threshold']:.4g} -> {a['on_novel']}")
     print(f"run it: defectssft-line run --model {result.path} --input IMAGES...")
     return 0
+
+
+def _stream_forecast(project, metadata: dict) -> str | None:
+    """What the exported file (its thresholds and anomaly head) does to the unlabeled images
+    the version has predictions of: the line's verdicts, counts with 95 % intervals."""
+    from defectssft.operating import Rate
+    from defectssft.verdicts import stream_forecast
+    from defectssft_line.decision import Thresholds
+    from defectssft_line.novelty import NoveltyRule
+
+    if project.ok_class is None:
+        return None
+    t = Thresholds(
+        **{k: float(metadata["thresholds"][k]) for k in ("ng", "unsure_low", "unsure_high")}
+    )
+    f = stream_forecast(project, metadata["model_version"], t, NoveltyRule.from_metadata(metadata))
+    if not f["n"]:
+        return (
+            "predicted on the unlabeled stream: unknown (no unlabeled image has a prediction of "
+            "this version; `defectssft thresholds PROJECT --score` scores them)"
+        )
+    n = f["n"]
+    return (
+        f"predicted on the unlabeled stream ({n} scored): to review (UNSURE) "
+        f"{Rate(f['UNSURE'], n).text()}"
+        + (f", of which {f['novel']} novel" if f["novel"] else "")
+        + f"; rejected (NG) {Rate(f['NG'], n).text()}"
+    )
 
 
 # --------------------------------------------------------------------------- promote

@@ -213,10 +213,13 @@ def production_path(project) -> Path:
 
 
 def publish(project, version: str) -> Path:
-    """Export ``version`` (checked), copy it to exports/production.onnx, mark it production."""
+    """Export ``version`` (checked), copy it to exports/production.onnx, mark it production.
+    With its anomaly head unless its newest export was made without it
+    (``verdicts.publish_with_head``: the line gets what the app and ``evaluate`` decided)."""
     from defectssft.export import export_project_model
+    from defectssft.verdicts import publish_with_head
 
-    result = export_project_model(project, version)
+    result = export_project_model(project, version, anomaly=publish_with_head(project, version))
     dest = production_path(project)
     _atomic_copy(Path(result.path), dest)
     project.set_production(version)

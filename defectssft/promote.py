@@ -120,9 +120,11 @@ def judge_first(ev: Evaluation) -> Judgement:
     rejected_good = ovk["k"] + unsure_good  # not passed: NG or UNSURE
     passed_good = ovk["n"] - rejected_good
     p = M.fisher_exact_greater(rejected_defects, passed_defects, rejected_good, passed_good)
+    stopped_good = M.rate_claim(rejected_good, ovk["n"])
     said = (
         f"on the {where} it stops {rejected_defects} / {esc['n']} defective and "
         f"{rejected_good} / {ovk['n']} good parts ({M.format_rate('escapes', esc)}; "
+        f"{M.format_rate('good parts stopped', stopped_good)}; "
         f"one-sided Fisher exact p = {p:.3g})"
     )
     if p <= ALPHA:
@@ -157,8 +159,8 @@ def judge_challenger(
         ce, pe = c_op["escapes"], p_op["escapes"]
         co, po = c_op["overkill"], p_op["overkill"]
         summary = (
-            f"{M.format_rate('escapes', ce)} vs {pe['k']} / {pe['n']}; "
-            f"{M.format_rate('overkill', co)} vs {po['k']} / {po['n']}"
+            f"{M.format_rate('escapes', ce)} vs production's {M.format_rate('escapes', pe)}; "
+            f"{M.format_rate('overkill', co)} vs production's {M.format_rate('overkill', po)}"
         )
         if ce["k"] > pe["k"]:
             return Judgement(False, f"it passes more defective parts: {summary}")

@@ -204,6 +204,13 @@ def test_a_project_with_one_class_is_one_line(tmp_path, capsys):
     assert main(["evaluate", str(project.root), "--no-report"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "one class" in err and len(err.splitlines()) == 1
+    # export (never evaluated, cannot be), thresholds and promote: one line each, nothing written
+    for args in (["export"], ["thresholds"], ["promote", str(project.root), version]):
+        argv = [*args, str(project.root)] if len(args) == 1 else args
+        assert main(argv) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "one class" in err and len(err.splitlines()) == 1
+    assert not list(folder.glob("*.onnx")) and project.production_model() is None
 
 
 @pytest.mark.parametrize(

@@ -547,8 +547,7 @@ def novelty_text(data: OperatingData) -> str:
         return ""
     n_lab = len(data.labeled.novel_ok) + len(data.labeled.novel_defect)
     return (
-        f"anomaly head (from {data.novelty_source}): a part with anomaly score >= "
-        f"{rule.threshold:.4g} is novel, and a novel part the classifier passes is "
-        f"{rule.on_novel}; novel: {n_lab} labeled, {len(data.stream_novel)} stream part(s) "
-        "(included in the rates)"
+        f"novelty rule of {data.novelty_source}: anomaly score >= {rule.threshold:.4g} is novel, "
+        f"a novel part the classifier passes is {rule.on_novel}; novel: {n_lab} labeled and "
+        f"{len(data.stream_novel)} stream part(s), counted so in the rates"
     )

@@ -217,7 +217,9 @@ def shipped_novelty(project: Project, version: str | None) -> ShippedNovelty:
     if shipped is None:
         if head is None:
             return ShippedNovelty(None, "no anomaly head")
-        return ShippedNovelty(head, "its anomaly head (not exported yet: export includes it)")
+        return ShippedNovelty(
+            head, "the version's anomaly head (never exported; export includes it)"
+        )
     path, meta = shipped
     name = _shown(path, project.root)
     entry = meta.get("anomaly")

@@ -268,7 +268,7 @@ class ScoreHistogram(QWidget):
         ]
         n_novel = 0 if self.hist.novel is None else int(self.hist.novel.sum())
         if n_novel:
-            items.append((NOVEL_COLOUR, f"novel ({n_novel}: {self.on_novel} wherever they lie)"))
+            items.append((NOVEL_COLOUR, f"novel ({n_novel}): {self.on_novel} if passed"))
         x = r.left() + 8
         for colour, text in items:
             p.fillRect(QRectF(x, r.top() + 8, 12, 12), colour)

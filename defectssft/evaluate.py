@@ -193,8 +193,12 @@ def _calibrate(
     max_escape: float,
     review_rate: float,
     margin_logit: float,
+    stream_anomaly: np.ndarray | None = None,
+    novelty: Any = None,
 ) -> dict[str, Any]:
-    """The stored operating point: the calibrated one, or the model file's own thresholds."""
+    """The stored operating point: the calibrated one, or the model file's own thresholds.
+    ``stream_anomaly`` (NaN: unknown) and ``novelty``: the anomaly head's share of the review
+    rate (``calibration.calibrate``)."""
     sources = []
     if val is not None and len(val[1]):
         sources.append(C.Source("val", M.defect_scores(val[0], ok_index), val[1] != ok_index))
@@ -203,8 +207,9 @@ def _calibrate(
             C.Source("oof", M.defect_scores(oof.probs, ok_index), oof.labels != ok_index)
         )
     if stream is not None and len(stream):
-        sources.append(C.Source("stream", M.defect_scores(stream, ok_index)))
-    point = C.calibrate(sources, review_rate, margin_logit, max_escape).as_dict()
+        scores = M.defect_scores(stream, ok_index)
+        sources.append(C.Source("stream", scores, anomaly=stream_anomaly))
+    point = C.calibrate(sources, review_rate, margin_logit, max_escape, novelty=novelty).as_dict()
     own = meta.get("thresholds") or {}
     if own.get("ng") is not None:
         from defectssft_line.decision import resolve_thresholds
@@ -314,19 +319,21 @@ def evaluate_loaded(
         if oof is not None and oof.probs.shape[1:] != (len(classes),):
             warnings.append("warning: out-of-fold evidence has another class count: not used")
             oof = None
-        point = _calibrate(
-            meta, ok_index, val_arrays, oof, s_probs, max_escape, review_rate, margin_logit
-        )
-        applied = resolve_thresholds(
-            meta.get("thresholds"), chosen_point or {**point, "ng": point["threshold"]}
-        )
-        test_anomaly = None
+        test_anomaly = s_novel = None
         if novelty is not None:  # val and the stream sample too: the app's rates use them
             items = list(zip(test_ids, paths, strict=True))
             if val:
                 items += [(i, p) for i, (p, _) in zip(val_ids or [], val, strict=False)]
             known = head_scores(model_dir, wrapper, spec, items + list(stream or []), anomaly)
             test_anomaly = [known.get(i) for i in test_ids]
+            s_novel = np.asarray([known.get(i, np.nan) for i, _ in stream or []], np.float64)
+        point = _calibrate(
+            meta, ok_index, val_arrays, oof, s_probs, max_escape, review_rate, margin_logit,
+            s_novel, novelty,
+        )  # fmt: skip
+        applied = resolve_thresholds(
+            meta.get("thresholds"), chosen_point or {**point, "ng": point["threshold"]}
+        )
         verdicts = line_verdicts(probs, classes, ok, applied, test_anomaly, novelty)
         if s_probs is not None and len(s_probs):
             s_ids = [i for i, _ in stream or []]

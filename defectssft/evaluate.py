@@ -172,7 +172,31 @@ def stream_prediction(verdicts: list[str], classifier: list[str]) -> dict[str, A
         "stream_ng_rate": verdicts.count("NG") / n if n else None,
         "stream_novel": int(sum(a != b for a, b in zip(verdicts, classifier, strict=True))),
         "stream_n": n,
+        "stream_unsure": verdicts.count("UNSURE"),
+        "stream_ng": verdicts.count("NG"),
     }
+
+
+def stream_text(op: dict[str, Any]) -> str | None:
+    """An operating point's stream forecast in words, each rate with its count and exact 95 %
+    interval (what ``evaluate`` prints and the report says); None without one."""
+    pred = op.get("predicted") or {}
+    if pred.get("stream_review_rate") is None:
+        return None
+    n = int(pred.get("stream_n") or (op.get("evidence") or {}).get("stream", 0))
+    if not n:
+        return None
+    unsure = int(pred.get("stream_unsure", round(pred["stream_review_rate"] * n)))
+    ng = int(pred.get("stream_ng", round(pred["stream_ng_rate"] * n)))
+    target = op.get("review_rate")
+    text = f"unlabeled stream ({n} scored): " + M.format_rate(
+        "to review (UNSURE)", M.rate_claim(unsure, n)
+    )
+    text += "" if target is None else f" (target {100 * target:.2f} %)"
+    text += "; " + M.format_rate("rejected (NG)", M.rate_claim(ng, n))
+    if pred.get("stream_novel"):
+        text += f"; {pred['stream_novel']} of these verdicts are the anomaly head's (novel parts)"
+    return text
 
 
 def claim_warnings(claims: dict[str, Any], where: str) -> list[str]:

@@ -51,6 +51,7 @@ def _pct(x: float | None) -> str:
 
 
 def print_evaluation(m: dict) -> None:
+    from defectssft.evaluate import stream_text
     from defectssft.metrics import format_rate
 
     def claim(name: str, c: dict | None) -> str:
@@ -98,18 +99,9 @@ def print_evaluation(m: dict) -> None:
                 f"  line verdicts on test: {claim('escapes', op.get('escapes'))}; "
                 f"{claim('overkill', op.get('overkill'))}; {claim('UNSURE', op.get('unsure'))}"
             )
-        pred = op.get("predicted") or {}
-        if pred.get("stream_review_rate") is not None:
-            print(
-                f"  unlabeled stream ({ev.get('stream', 0)} scored): "
-                f"{_pct(pred['stream_review_rate'])} to review (target "
-                f"{_pct(op['review_rate'])}), {_pct(pred['stream_ng_rate'])} rejected"
-                + (
-                    f"; {pred['stream_novel']} novel part(s) among them, as on the line"
-                    if pred.get("stream_novel")
-                    else ""
-                )
-            )
+        said = stream_text(op)
+        if said:
+            print(f"  {said}")
         verdicts = (m.get("verdicts") or {}) if tested else {}
         for name, v in verdicts.items():
             print(f"  {name:<20} verdicts: OK {v['OK']}  NG {v['NG']}  UNSURE {v['UNSURE']}")
@@ -204,8 +196,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _stream_forecast(project, metadata: dict) -> str | None:
     """What the exported file (its thresholds and anomaly head) does to the unlabeled images
-    the version has predictions of: the line's verdicts, counts with 95 % intervals."""
-    from defectssft.operating import Rate
+    the version has predictions of: the line's verdicts, counts with exact 95 % intervals."""
+    from defectssft.metrics import format_rate, rate_claim
     from defectssft.verdicts import stream_forecast
     from defectssft_line.decision import Thresholds
     from defectssft_line.novelty import NoveltyRule
@@ -223,10 +215,11 @@ def _stream_forecast(project, metadata: dict) -> str | None:
         )
     n = f["n"]
     return (
-        f"predicted on the unlabeled stream ({n} scored): to review (UNSURE) "
-        f"{Rate(f['UNSURE'], n).text()}"
+        f"predicted on the unlabeled stream ({n} scored): "
+        + format_rate("to review (UNSURE)", rate_claim(f["UNSURE"], n))
         + (f", of which {f['novel']} novel" if f["novel"] else "")
-        + f"; rejected (NG) {Rate(f['NG'], n).text()}"
+        + "; "
+        + format_rate("rejected (NG)", rate_claim(f["NG"], n))
     )
 
 

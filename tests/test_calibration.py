@@ -148,6 +148,11 @@ def test_evaluate_stores_the_calibrated_triple_with_counts_and_intervals(project
     }
     assert project.get_setting(C.SETTING_REVIEW_RATE) == 0.1
     assert "at 95 %" in out and "escapes" in out and "verdicts: OK" in out
+    # the stream's forecast is counts with intervals too, from the line's verdicts
+    pred = op["predicted"]
+    assert pred["stream_n"] == 12
+    assert f"unlabeled stream (12 scored): to review (UNSURE) {pred['stream_unsure']} / 12" in out
+    assert f"(target 10.00 %); rejected (NG) {pred['stream_ng']} / 12" in out
     assert sum(sum(v.values()) for v in test["verdicts"].values()) == test["n"]
     # few test parts: the claim is flagged as unsupported
     assert "warning:" in out and "cannot tell" in out

@@ -607,6 +607,7 @@ class OperatingPointDialog(QDialog):
         """Save, then export with these thresholds on the pool thread (production: republish)."""
         from defectssft.export import export_project_model
         from defectssft.promote import publish
+        from defectssft.verdicts import publish_with_head
 
         if self._tasks or not self.save():
             return
@@ -638,6 +639,7 @@ class OperatingPointDialog(QDialog):
                 threshold=t.ng,
                 unsure_low=t.unsure_low,
                 unsure_high=t.unsure_high,
+                anomaly=publish_with_head(self.project, self.version),  # the head as last shipped
             ),
             done=exported,
         )

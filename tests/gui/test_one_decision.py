@@ -95,7 +95,7 @@ def test_panel_thresholds_evaluate_and_line_agree_with_the_head(headed, qtbot, c
     dlg.grab().save(str(tmp_path / "panel.png"))
 
 
-def test_a_file_shipped_without_the_head_is_decided_without_it(headed, capsys, tmp_path):
+def test_a_file_shipped_without_the_head_is_decided_without_it(headed, qtbot, capsys, tmp_path):
     from defectssft.cli import main
     from defectssft.evaluate import evaluate_project_model
     from defectssft.export import export_project_model
@@ -121,6 +121,17 @@ def test_a_file_shipped_without_the_head_is_decided_without_it(headed, capsys, t
     assert table.parts["test"].unsure.k == 0
     assert main(["thresholds", str(project.root), "--model", version]) == 0
     assert "anomaly head: not applied" in capsys.readouterr().out
+    # the panel's "Export with these thresholds" changes the thresholds, not the head choice
+    from defectssft_gui.operating_panel import OperatingPointDialog
+
+    dlg = OperatingPointDialog(project, version)
+    qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: dlg.data is not None and not dlg._tasks, timeout=20000)
+    assert "not applied" in dlg.novelty.text()
+    with qtbot.waitSignal(dlg.exported, timeout=120000) as sig:
+        dlg.export()
+    assert LineModel.load(sig.args[0]).novelty is None
+    assert shipped_novelty(project, version).rule is None
     # promoted, the version ships as it was exported: production.onnx has no head either
     assert main(["promote", str(project.root), version, "--force"]) == 0
     capsys.readouterr()

@@ -107,7 +107,12 @@ def held_anomaly(project: Path, version: str, paths: list[Path]):
 
 
 def with_novelty(verdict: str, anomaly: float, threshold: float, on_novel: str) -> str:
-    return on_novel if verdict == "OK" and anomaly >= threshold else verdict
+    """The line's novelty rule (``defectssft_line.novelty``) on a classifier verdict."""
+    from defectssft_line.decision import Prediction
+    from defectssft_line.novelty import NoveltyRule, apply_novelty
+
+    part = Prediction(verdict, "", 0.0, ())
+    return apply_novelty(part, anomaly, NoveltyRule(threshold, on_novel), "ok").verdict
 
 
 def saved_flips(case: Path, t: dict[str, float], novelty: dict[str, Any] | None) -> dict[str, int]:
@@ -148,11 +153,12 @@ def split_counts(project: Path) -> dict[str, dict[str, int]]:
 
 
 def verdict_of(score: float, t: dict[str, float]) -> str:
-    if score < t["unsure_low"]:
-        return "OK"
-    if score >= t["unsure_high"]:
-        return "NG"
-    return "UNSURE"
+    """The line's verdict of a defect score (``defectssft_line.decision.verdict``)."""
+    from defectssft_line.decision import Thresholds, verdict
+
+    return verdict(
+        score, Thresholds(float(t["ng"]), float(t["unsure_low"]), float(t["unsure_high"]))
+    )
 
 
 def rates(defective: np.ndarray, verdicts: list[str]) -> dict[str, Any]:

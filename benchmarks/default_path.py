@@ -364,13 +364,27 @@ def parse_evaluate(text: str) -> dict[str, Any]:
     m = re.search(r"UNSURE band \[([0-9.eE+-]+), ([0-9.eE+-]+)\)", text)
     claims["unsure_band"] = [float(m.group(1)), float(m.group(2))] if m else None
     m = re.search(
-        r"unlabeled stream \((\d+) scored\): ([0-9.]+)% to review[^,]*, ([0-9.]+)% rejected", text
+        r"unlabeled stream \((\d+) scored\): to review \(UNSURE\) (\d+) / \d+[^;]*; "
+        r"rejected \(NG\) (\d+) / \d+",
+        text,
     )
-    claims["stream"] = (
-        {"n": int(m.group(1)), "review_pct": float(m.group(2)), "reject_pct": float(m.group(3))}
-        if m
-        else None
-    )
+    if m:  # counts with intervals (evaluate since issue #13's audit)
+        n = int(m.group(1))
+        claims["stream"] = {
+            "n": n,
+            "review_pct": round(100.0 * int(m.group(2)) / n, 2),
+            "reject_pct": round(100.0 * int(m.group(3)) / n, 2),
+        }
+    else:  # the older printout: percentages only
+        m = re.search(
+            r"unlabeled stream \((\d+) scored\): ([0-9.]+)% to review[^,]*, ([0-9.]+)% rejected",
+            text,
+        )
+        claims["stream"] = (
+            {"n": int(m.group(1)), "review_pct": float(m.group(2)), "reject_pct": float(m.group(3))}
+            if m
+            else None
+        )
     claims["warnings"] = re.findall(r"^warning: (.+)$", text, re.M)
     return claims
 

@@ -13,7 +13,9 @@ cost). The rule:
 * **UNSURE band** = ``[unsure_low, ng)``: the parts of the stream that score just below the NG
   threshold, as many as the project's review rate allows (``decision.review_rate``, default
   2 %); those go to review instead of passing. ``unsure_high = ng`` (parts at or above the
-  threshold stay NG).
+  threshold stay NG). With an anomaly head (``novelty``), the stream parts its rule sends to
+  review whatever their score (novel, below ``ng``) count against the same rate first: the band
+  holds the rest, so band + novel parts stay within the target.
 * No defect in the evidence: said, and the NG threshold falls back to the stream's
   ``FALLBACK_QUANTILE`` (its top 5 % rejected, escapes unknown); without a stream, a margin
   above the highest OK evidence score; without any evidence, 0.5.
@@ -30,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from defectssft_line.decision import Thresholds
+from defectssft_line.decision import Prediction, Thresholds, verdict
+from defectssft_line.novelty import NoveltyRule, apply_novelty
 
 # Project settings (``Project.get_setting``), with their defaults:
 SETTING_REVIEW_RATE = "decision.review_rate"  # share of the stream the UNSURE band may hold
@@ -67,9 +70,14 @@ class Source:
     name: str  # "val", "oof", "stream"
     scores: np.ndarray
     is_defect: np.ndarray | None = None
+    anomaly: np.ndarray | None = None  # the stream's anomaly scores (NaN: unknown)
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64).ravel()
+        if self.anomaly is not None:
+            self.anomaly = np.asarray(self.anomaly, dtype=np.float64).ravel()
+            if self.anomaly.shape != self.scores.shape:
+                raise ValueError(f"{self.name}: scores and anomaly scores differ in length")
         if self.is_defect is not None:
             self.is_defect = np.asarray(self.is_defect, dtype=bool).ravel()
             if self.is_defect.shape != self.scores.shape:
@@ -108,12 +116,40 @@ def check_settings(review_rate: float, margin_logit: float) -> None:
         raise CalibrationError(f"logit margin must be in [0, 10], got {margin_logit}")
 
 
-def _band_low(population: np.ndarray, ng: float, review_rate: float, margin: float) -> float:
-    """The lower UNSURE edge: the ``review_rate`` share of ``population`` just below ``ng``.
+def sent_to_review(anomaly: np.ndarray | None, novelty: NoveltyRule | None) -> np.ndarray | None:
+    """Per part, whether the novelty rule makes it UNSURE when the classifier passes it
+    (``novelty.apply_novelty`` on an OK verdict; NaN anomaly scores: unknown, no)."""
+    if anomaly is None or novelty is None:
+        return None
+    ok = Prediction("OK", "", 0.0, ())
+    return np.asarray(
+        [bool(np.isfinite(a)) and apply_novelty(ok, float(a), novelty, "ok").verdict == "UNSURE"
+         for a in anomaly],
+        dtype=bool,
+    )  # fmt: skip
+
+
+def _band_low(
+    population: np.ndarray,
+    ng: float,
+    review_rate: float,
+    margin: float,
+    novel: np.ndarray | None = None,
+) -> float:
+    """The lower UNSURE edge: the ``review_rate`` share of ``population`` just below ``ng``,
+    less the parts below ``ng`` that ``novel`` already sends to review (no band when they fill
+    the share).
 
     Too few parts for one review (or none below ng): a band one margin wide in logits."""
-    below = np.sort(population[population < ng])
     n_band = int(math.floor(review_rate * population.size + 1e-9))
+    under = population < ng
+    if novel is not None:
+        taken = int(np.sum(novel & under))
+        if taken and taken >= n_band:
+            return ng
+        n_band -= taken
+        under &= ~novel
+    below = np.sort(population[under])
     if review_rate <= 0.0:
         return ng
     if n_band == 0 or below.size == 0:
@@ -127,8 +163,10 @@ def calibrate(
     margin_logit: float = DEFAULT_MARGIN_LOGIT,
     max_escape: float = 0.0,
     stream_cap: float | None = None,
+    novelty: NoveltyRule | None = None,
 ) -> OperatingPoint:
-    """The operating point from the evidence (module docstring: the rule).
+    """The operating point from the evidence (module docstring: the rule). ``novelty``: the
+    anomaly rule of the file that ships, applied to the stream's ``anomaly`` scores.
 
     ``stream_cap`` (a quantile, e.g. 0.95; off by default, a candidate ``benchmarks/decisions.py``
     measures): the NG threshold is never above that quantile of the stream, so a few evidence
@@ -137,7 +175,19 @@ def calibrate(
     if not 0.0 <= max_escape < 1.0:
         raise CalibrationError(f"max escape must be in [0, 1), got {max_escape}")
     labeled = [s for s in sources if s.is_defect is not None and s.scores.size]
-    stream = np.concatenate([s.scores for s in sources if s.is_defect is None] or [np.zeros(0)])
+    streams = [s for s in sources if s.is_defect is None]
+    stream = np.concatenate([s.scores for s in streams] or [np.zeros(0)])
+    novel = None
+    if novelty is not None and any(s.anomaly is not None for s in streams):
+        novel = np.concatenate(
+            [
+                sent_to_review(
+                    s.anomaly if s.anomaly is not None else np.full(s.scores.size, np.nan),
+                    novelty,
+                )
+                for s in streams
+            ]
+        )
     defects = np.concatenate([s.scores[s.is_defect] for s in labeled] or [np.zeros(0)])
     goods = np.concatenate([s.scores[~s.is_defect] for s in labeled] or [np.zeros(0)])
     evidence: dict[str, int] = {}
@@ -183,16 +233,27 @@ def calibrate(
     ng = min(max(ng, 0.0), 1.0)
     population = stream if stream.size else goods
     if population.size:
-        low = _band_low(population, ng, review_rate, margin_logit)
+        low = _band_low(population, ng, review_rate, margin_logit, novel if stream.size else None)
     elif review_rate > 0:
         low = float(sigmoid(logit(ng) - max(margin_logit, 0.5)))
     else:
         low = ng
     low = min(low, ng)
     predicted: dict[str, float | None] = {"stream_review_rate": None, "stream_ng_rate": None}
-    if stream.size:
-        predicted["stream_review_rate"] = float(np.mean((stream >= low) & (stream < ng)))
-        predicted["stream_ng_rate"] = float(np.mean(stream >= ng))
+    if stream.size:  # the line's verdicts of the stream at this point, novelty included
+        t = Thresholds(ng, low, ng)
+        said = [verdict(float(x), t) for x in stream]
+        if novel is not None:
+            said = ["UNSURE" if v == "OK" and n else v for v, n in zip(said, novel, strict=True)]
+            taken = int(np.sum(novel & (stream < ng)))
+            if taken:
+                rest = "none is left: no band" if low == ng else "the band holds the rest"
+                notes.append(
+                    f"the anomaly head sends {taken} of {stream.size} stream parts to review "
+                    f"(novel) within the {100 * review_rate:g} % review rate; {rest}"
+                )
+        predicted["stream_review_rate"] = said.count("UNSURE") / stream.size
+        predicted["stream_ng_rate"] = said.count("NG") / stream.size
     elif review_rate > 0:
         notes.append("no unlabeled stream scored: the UNSURE band is sized on the OK evidence")
     return OperatingPoint(

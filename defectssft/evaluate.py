@@ -162,6 +162,43 @@ def decision_claims(is_defect: np.ndarray, verdicts: list[str]) -> dict[str, Any
     }
 
 
+def stream_prediction(verdicts: list[str], classifier: list[str]) -> dict[str, Any]:
+    """What the line does to the scored stream sample at the applied thresholds, from its
+    verdicts (novelty rule included): the UNSURE share (``stream_review_rate``: the band plus
+    novel parts), the NG share, and how many parts the novelty rule changed."""
+    n = len(verdicts)
+    return {
+        "stream_review_rate": verdicts.count("UNSURE") / n if n else None,
+        "stream_ng_rate": verdicts.count("NG") / n if n else None,
+        "stream_novel": int(sum(a != b for a, b in zip(verdicts, classifier, strict=True))),
+        "stream_n": n,
+        "stream_unsure": verdicts.count("UNSURE"),
+        "stream_ng": verdicts.count("NG"),
+    }
+
+
+def stream_text(op: dict[str, Any]) -> str | None:
+    """An operating point's stream forecast in words, each rate with its count and exact 95 %
+    interval (what ``evaluate`` prints and the report says); None without one."""
+    pred = op.get("predicted") or {}
+    if pred.get("stream_review_rate") is None:
+        return None
+    n = int(pred.get("stream_n") or (op.get("evidence") or {}).get("stream", 0))
+    if not n:
+        return None
+    unsure = int(pred.get("stream_unsure", round(pred["stream_review_rate"] * n)))
+    ng = int(pred.get("stream_ng", round(pred["stream_ng_rate"] * n)))
+    target = op.get("review_rate")
+    text = f"unlabeled stream ({n} scored): " + M.format_rate(
+        "to review (UNSURE)", M.rate_claim(unsure, n)
+    )
+    text += "" if target is None else f" (target {100 * target:.2f} %)"
+    text += "; " + M.format_rate("rejected (NG)", M.rate_claim(ng, n))
+    if pred.get("stream_novel"):
+        text += f"; {pred['stream_novel']} of these verdicts are the anomaly head's (novel parts)"
+    return text
+
+
 def claim_warnings(claims: dict[str, Any], where: str) -> list[str]:
     out = []
     for name, what in (("escapes", "defective"), ("overkill", "good")):
@@ -180,8 +217,12 @@ def _calibrate(
     max_escape: float,
     review_rate: float,
     margin_logit: float,
+    stream_anomaly: np.ndarray | None = None,
+    novelty: Any = None,
 ) -> dict[str, Any]:
-    """The stored operating point: the calibrated one, or the model file's own thresholds."""
+    """The stored operating point: the calibrated one, or the model file's own thresholds.
+    ``stream_anomaly`` (NaN: unknown) and ``novelty``: the anomaly head's share of the review
+    rate (``calibration.calibrate``)."""
     sources = []
     if val is not None and len(val[1]):
         sources.append(C.Source("val", M.defect_scores(val[0], ok_index), val[1] != ok_index))
@@ -190,8 +231,9 @@ def _calibrate(
             C.Source("oof", M.defect_scores(oof.probs, ok_index), oof.labels != ok_index)
         )
     if stream is not None and len(stream):
-        sources.append(C.Source("stream", M.defect_scores(stream, ok_index)))
-    point = C.calibrate(sources, review_rate, margin_logit, max_escape).as_dict()
+        scores = M.defect_scores(stream, ok_index)
+        sources.append(C.Source("stream", scores, anomaly=stream_anomaly))
+    point = C.calibrate(sources, review_rate, margin_logit, max_escape, novelty=novelty).as_dict()
     own = meta.get("thresholds") or {}
     if own.get("ng") is not None:
         from defectssft_line.decision import resolve_thresholds
@@ -224,6 +266,7 @@ def evaluate_loaded(
     cache: dict[int, list[float]] | None = None,
     model_dir: Path | None = None,
     anomaly: dict[int, float] | None = None,
+    novelty: Any = "head",
 ) -> Evaluation:
     """Metrics of a loaded model on labeled images (pure computation, no project writes).
 
@@ -233,6 +276,8 @@ def evaluate_loaded(
     the verdicts here are computed with it. ``model_dir``: the version's folder; when it holds
     an anomaly head the verdicts apply its novelty rule, as the line does (``anomaly``: the
     anomaly scores already stored, image id -> score; the test images' are added).
+    ``novelty``: the rule to apply (``verdicts.shipped_novelty``: the file that ships), None
+    for none; by default (``"head"``) the one of the head in ``model_dir``.
     """
     from defectssft.inspection import ModelSpec, inspection_model
     from defectssft.verdicts import line_verdicts, version_novelty
@@ -253,7 +298,8 @@ def evaluate_loaded(
         )
     cache = {} if cache is None else cache
     anomaly = {} if anomaly is None else anomaly
-    novelty = version_novelty(model_dir) if model_dir is not None else None
+    if isinstance(novelty, str):
+        novelty = version_novelty(model_dir) if model_dir is not None else None
     if novelty is not None and spec.input.tiles is not None:
         novelty = None  # tiled models get no head yet (defectssft.anomaly)
     wrapper = inspection_model(model, spec)
@@ -297,19 +343,30 @@ def evaluate_loaded(
         if oof is not None and oof.probs.shape[1:] != (len(classes),):
             warnings.append("warning: out-of-fold evidence has another class count: not used")
             oof = None
+        test_anomaly = s_novel = None
+        if novelty is not None:  # val and the stream sample too: the app's rates use them
+            items = list(zip(test_ids, paths, strict=True))
+            if val:
+                items += [(i, p) for i, (p, _) in zip(val_ids or [], val, strict=False)]
+            known = head_scores(model_dir, wrapper, spec, items + list(stream or []), anomaly)
+            test_anomaly = [known.get(i) for i in test_ids]
+            s_novel = np.asarray([known.get(i, np.nan) for i, _ in stream or []], np.float64)
         point = _calibrate(
-            meta, ok_index, val_arrays, oof, s_probs, max_escape, review_rate, margin_logit
-        )
+            meta, ok_index, val_arrays, oof, s_probs, max_escape, review_rate, margin_logit,
+            s_novel, novelty,
+        )  # fmt: skip
         applied = resolve_thresholds(
             meta.get("thresholds"), chosen_point or {**point, "ng": point["threshold"]}
         )
-        test_anomaly = None
-        if novelty is not None:
-            known = head_scores(
-                model_dir, wrapper, spec, list(zip(test_ids, paths, strict=True)), anomaly
-            )
-            test_anomaly = [known.get(i) for i in test_ids]
         verdicts = line_verdicts(probs, classes, ok, applied, test_anomaly, novelty)
+        if s_probs is not None and len(s_probs):
+            s_ids = [i for i, _ in stream or []]
+            s_anomaly = [anomaly.get(i) for i in s_ids] if novelty is not None else None
+            s_verdicts = line_verdicts(s_probs, classes, ok, applied, s_anomaly, novelty)
+            point["predicted"] = {
+                **(point.get("predicted") or {}),
+                **stream_prediction(s_verdicts, line_verdicts(s_probs, classes, ok, applied)),
+            }
         is_defect = labels != ok_index
         scores = M.defect_scores(probs, ok_index) if n else np.zeros(0)
         claims = decision_claims(is_defect, verdicts)
@@ -381,8 +438,8 @@ def evaluate_loaded(
     out["warnings"] = warnings
     ev = Evaluation(out, probs, labels, list(test_ids), paths, verdicts=verdicts)
     ev.scored = cache
-    tested = set(test_ids)
-    ev.anomaly = {i: a for i, a in anomaly.items() if i in tested} if novelty else {}
+    scored_here = {*test_ids, *(val_ids or []), *(i for i, _ in stream or [])}
+    ev.anomaly = {i: a for i, a in anomaly.items() if i in scored_here} if novelty else {}
     return ev
 
 
@@ -406,7 +463,7 @@ def evaluate_project_model(
     from defectssft.metrics import operating_point
     from defectssft.modeling import load_model_file
     from defectssft.splits import MIN_HOLDOUT_LABELS
-    from defectssft.verdicts import anomaly_scores, store_anomaly_scores
+    from defectssft.verdicts import anomaly_scores, shipped_novelty, store_anomaly_scores
 
     record = project.get_model(version)
     data = project.training_data()
@@ -458,6 +515,7 @@ def evaluate_project_model(
         cache=cache,
         model_dir=folder,
         anomaly=anomaly,
+        novelty=shipped_novelty(project, record["version"]).rule,
     )
     ev.metrics["project"] = project.name
     ev.names = [project.get_image(i).original_name or "" for i in ev.image_ids]

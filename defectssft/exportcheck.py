@@ -15,6 +15,12 @@ an escape. Here each image's verdict (``defectssft_line.decision.decide``, on th
   next export follow);
 * **a file that moves scores** (any flip farther apart, typically INT8): the export fails in one
   line naming the image and both scores, and the file is never written.
+
+With the anomaly head in the file, the verdicts compared are the line's
+(``decision.decide_part``: the classifier's, then the novelty rule on torch's and the file's
+anomaly scores). A part that flips only through the novelty rule (its anomaly score on the head's
+threshold) cannot be absorbed by the UNSURE band: the export says which images and both anomaly
+scores, and records them (``novel_flips``), without refusing.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import numpy as np
 from defectssft.calibration import logit, sigmoid
 from defectssft.errors import DefectssftError
 from defectssft.fsutil import atomic_path
-from defectssft_line.decision import Thresholds, decide
+from defectssft_line.decision import Thresholds, decide, decide_part
+from defectssft_line.novelty import NoveltyRule
 
 STREAM_CHECK = 64  # unlabeled images added to the val/test images the verdicts are checked on
 # A flip whose two scores are at most this many logits apart is a part on a threshold edge: the
@@ -127,6 +134,66 @@ def find_flips(
     ]
 
 
+@dataclass(frozen=True)
+class NovelFlip:
+    """A part whose line verdict differs between torch and the file through the novelty rule."""
+
+    image_id: int
+    name: str
+    reference: str
+    exported: str
+    anomaly_reference: float
+    anomaly_exported: float
+
+    def said(self) -> str:
+        return (
+            f"'{self.name}' (id {self.image_id}): torch {self.reference} (anomaly "
+            f"{self.anomaly_reference:.6g}) vs {self.exported} (anomaly {self.anomaly_exported:.6g})"
+        )
+
+
+def novelty_flips(
+    ids: list[int],
+    names: list[str],
+    reference: tuple[np.ndarray, np.ndarray, np.ndarray],
+    exported: tuple[np.ndarray, np.ndarray, np.ndarray],
+    classes: list[str],
+    ok: str | None,
+    thresholds: Thresholds,
+    rule: NoveltyRule,
+) -> list[NovelFlip]:
+    """Images whose ``decide_part`` verdict differs between ``reference`` and ``exported``
+    (probs, scores, anomaly scores) while their classifier verdict does not."""
+    out = []
+    for k in range(len(ids)):
+        ref = [x[k] for x in reference]
+        got = [x[k] for x in exported]
+        plain = [decide(p, float(s), classes, ok, thresholds).verdict for p, s, _ in (ref, got)]
+        if plain[0] != plain[1]:
+            continue  # a classifier flip: find_flips' business
+        a = decide_part(ref[0], float(ref[1]), classes, ok, thresholds, float(ref[2]), rule)
+        b = decide_part(got[0], float(got[1]), classes, ok, thresholds, float(got[2]), rule)
+        if a.verdict != b.verdict:
+            out.append(
+                NovelFlip(ids[k], names[k], a.verdict, b.verdict, float(ref[2]), float(got[2]))
+            )
+    return out
+
+
+def _exported_anomaly(path: Path, images: np.ndarray) -> np.ndarray | None:
+    """The file's ``anomaly_score`` output on ``images``; None for a file without the head."""
+    from defectssft.export import ort_session
+
+    session = ort_session(path)
+    if "anomaly_score" not in {o.name for o in session.get_outputs()}:
+        return None
+    got = [
+        session.run(["anomaly_score"], {"image": images[i : i + 16]})[0]
+        for i in range(0, len(images), 16)
+    ]
+    return np.concatenate(got) if got else np.zeros(0, np.float32)
+
+
 def widen_band(
     flips: list[Flip], thresholds: Thresholds, pad: float = BAND_PAD_LOGIT
 ) -> Thresholds:
@@ -169,11 +236,14 @@ def check_verdicts(
     thresholds: Thresholds,
     precision: str,
     max_flip_logit: float = MAX_FLIP_LOGIT,
+    anomaly: Any = None,
 ) -> dict[str, Any]:
     """Compare torch's and the exported file's verdicts on the project's val/test images and a
     stream sample (module docstring: what a flip does). Returns the check, with ``thresholds``
     (the band widened over edge flips, else the given ones) and, when it moved, ``widened``;
-    raises ExportError naming the first image that flips beyond ``max_flip_logit``."""
+    raises ExportError naming the first image that flips beyond ``max_flip_logit``.
+    ``anomaly``: the head written into the file (``defectssft.anomaly.AnomalyModel``), whose
+    novelty rule the verdicts then include (``novel_flips``)."""
     from defectssft.export import ExportError
     from defectssft.inspection import ModelSpec, inspection_model, load_images, predict_arrays
 
@@ -215,6 +285,31 @@ def check_verdicts(
         t = widen_band(flips, t)
     diff = float(np.max(np.abs(reference[1] - mine[1]))) if len(ids) else 0.0
     out: dict[str, Any] = {"n": len(ids), "flips": 0, "max_score_diff": diff, "thresholds": t}
+    file_anomaly = _exported_anomaly(exported, images) if anomaly is not None else None
+    if file_anomaly is not None:
+        from defectssft.anomaly import torch_anomaly
+
+        graph = anomaly.wrap(inspection_model(model, spec))
+        graph.with_map = False
+        torch_scores, _ = torch_anomaly(graph, images)
+        rule = NoveltyRule(float(anomaly.threshold), str(anomaly.on_novel))
+        novel = novelty_flips(
+            ids, names, (*reference, torch_scores), (*mine, file_anomaly), classes, ok, t, rule
+        )
+        out["novel_flips"] = [
+            {"image_id": f.image_id, "name": f.name, "torch": f.reference,
+             "exported": f.exported, "anomaly_torch": f.anomaly_reference,
+             "anomaly_exported": f.anomaly_exported}
+            for f in novel
+        ]  # fmt: skip
+        if novel:
+            out["novel_said"] = (
+                f"warning: {len(novel)} image(s) sit on the anomaly head's threshold "
+                f"({rule.threshold:.6g}) and get another verdict from the {precision} file than "
+                f"from torch ({'; '.join(f.said() for f in novel[:3])}"
+                f"{f'; and {len(novel) - 3} more' if len(novel) > 3 else ''}); the UNSURE band "
+                "cannot absorb that: such parts are decided by the file's last digits"
+            )
     if moved:
         before = verdicts_of(*reference, classes, ok, thresholds).count("UNSURE")
         after = verdicts_of(*reference, classes, ok, t).count("UNSURE")
@@ -264,11 +359,16 @@ def checked_export(
         result = export_onnx(
             model, meta, staged, precision=precision, thresholds=thresholds, **export_kwargs
         )
-        check = check_verdicts(proj, model, meta, staged, thresholds, precision, max_flip_logit)
+        check = check_verdicts(
+            proj, model, meta, staged, thresholds, precision, max_flip_logit,
+            anomaly=export_kwargs.get("anomaly"),
+        )  # fmt: skip
         final = check.pop("thresholds")
         if "widened" in check:
             result.metadata = rewrite_thresholds(staged, final)
             result.notes.append(check["widened"]["said"])
+        if "novel_said" in check:
+            result.notes.append(check["novel_said"])
         result.verdict_check = check
     result.path = str(out_path)
     result.size_bytes = out_path.stat().st_size

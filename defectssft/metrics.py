@@ -117,8 +117,11 @@ def escape_overkill(scores, is_defect, threshold: float) -> tuple[float, float]:
 
     A rate whose denominator is empty (no defective / no good parts) is 0.
     """
+    from defectssft_line.decision import Thresholds, verdict
+
     s, d = _binary_inputs(scores, is_defect)
-    rejected = s >= threshold
+    t = Thresholds(threshold, threshold, threshold)
+    rejected = np.asarray([verdict(float(x), t) == "NG" for x in s], dtype=bool)
     escape = float(np.sum(d & ~rejected)) / max(int(d.sum()), 1)
     overkill = float(np.sum(~d & rejected)) / max(int((~d).sum()), 1)
     return escape, overkill

@@ -14,9 +14,13 @@ For a version, ``load_operating_data`` gathers the defect scores of
 ``rates`` then says, for a candidate ``Thresholds``, the escapes (labeled defects passed),
 overkill (labeled OK parts rejected) and UNSURE rate of each labeled part, and the stream's
 predicted review rate (NG + UNSURE share) and UNSURE share, each as ``k / n`` with a 95 % Wilson
-interval. Scores and verdicts come only from ``defectssft_line.decision`` (``defect_scores``,
-``verdict``, ``Thresholds``): the line's own rule. Torch-free and Qt-free (the app's
-operating-point panel and ``defectssft thresholds`` are thin layers over it).
+interval. The counts are those of the line's verdicts (``defectssft_line.decision.decide_part``):
+the score against the thresholds and, for a version whose shipped file has an anomaly head
+(``verdicts.shipped_novelty``), the novelty rule on the val, test and stream parts' stored
+anomaly scores, so a novel part the classifier passes counts as UNSURE (or NG) wherever the
+lines are dragged. Out-of-fold scores are the fold models' (the head never scored them out of
+fold): their verdicts are the classifier's, as in ``evaluate``. Torch-free and Qt-free (the
+app's operating-point panel and ``defectssft thresholds`` are thin layers over it).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from defectssft.errors import DefectssftError
 from defectssft.evidence import load_oof
 from defectssft.metrics import operating_point, wilson_interval
 from defectssft.project import Project
-from defectssft_line.decision import Thresholds, defect_scores, verdict
+from defectssft_line.decision import Thresholds, decide_part, defect_scores, verdict
+from defectssft_line.novelty import NoveltyRule
 
 PARTS = ("val", "test", "oof")
 PART_NAMES = {"val": "val", "test": "test", "oof": "out-of-fold", "all": "all labeled"}
@@ -76,11 +81,24 @@ class Rate:
 
 
 @dataclass(frozen=True)
+class NovelPart:
+    """A part the anomaly head finds novel: its verdict is ``decide_part``'s, which the score's
+    place among the thresholds alone does not give."""
+
+    probs: tuple[float, ...]
+    score: float
+    anomaly: float
+
+
+@dataclass(frozen=True)
 class LabeledScores:
-    """Sorted defect scores of labeled OK parts and of labeled defective parts."""
+    """Sorted defect scores of labeled OK parts and of labeled defective parts, and those of
+    them the anomaly head finds novel (also in ``ok`` / ``defect``)."""
 
     ok: np.ndarray
     defect: np.ndarray
+    novel_ok: tuple[NovelPart, ...] = ()
+    novel_defect: tuple[NovelPart, ...] = ()
 
     def __len__(self) -> int:
         return int(self.ok.size + self.defect.size)
@@ -106,13 +124,17 @@ class OperatingData:
     source: str  # where ``current`` comes from, in words
     missing: dict[str, int] = field(default_factory=dict)  # images without a prediction
     notes: list[str] = field(default_factory=list)
+    # the novelty rule of the file that ships (verdicts.shipped_novelty) and where it comes from
+    novelty: NoveltyRule | None = None
+    novelty_source: str = ""
+    stream_novel: tuple[NovelPart, ...] = ()  # stream parts the head finds novel
 
 
 def load_operating_data(project: Project, version: str | None = None) -> OperatingData:
     """The score sets of ``version`` (None: production, else newest). OperatingError without
     an OK class (every part is NG there: there is no threshold to choose)."""
     from defectssft.queries import model_classes
-    from defectssft.verdicts import version_thresholds
+    from defectssft.verdicts import anomaly_scores, shipped_novelty, version_thresholds
 
     record = project.get_model(version)
     version = record["version"]
@@ -129,15 +151,22 @@ def load_operating_data(project: Project, version: str | None = None) -> Operati
     data = project.training_data(assign=False)
     overview = {r.image_id: r for r in project.image_overview(version)}
 
+    shipped = shipped_novelty(project, version)
+    rule = shipped.rule
+    anomaly = anomaly_scores(record["path"]) if rule is not None else {}
+    novel: dict[int, NovelPart] = {}  # val, test and stream images the head finds novel
+
     def scores_of(ids: Sequence[int]) -> tuple[dict[int, float], int]:
         have = [i for i in ids if overview[i].probs is not None]
         have = [i for i in have if len(overview[i].probs) == len(classes)]  # type: ignore[arg-type]
         if not have:
             return {}, len(ids)
         probs = np.asarray([overview[i].probs for i in have], dtype=np.float64)
-        return dict(zip(have, defect_scores(probs, ok_index).tolist(), strict=True)), len(
-            ids
-        ) - len(have)
+        scores = dict(zip(have, defect_scores(probs, ok_index).tolist(), strict=True))
+        for i, row in zip(have, probs.tolist(), strict=True):
+            if rule is not None and i in anomaly and rule.is_novel(anomaly[i]):
+                novel[i] = NovelPart(tuple(row), scores[i], anomaly[i])
+        return scores, len(ids) - len(have)
 
     labels = {i: r.label for i, r in overview.items()}
     by_part: dict[str, dict[int, float]] = {}
@@ -163,16 +192,22 @@ def load_operating_data(project: Project, version: str | None = None) -> Operati
         )
     stream, missing["stream"] = scores_of(data.unlabeled_ids)
 
-    def split(scores: Mapping[int, float]) -> LabeledScores:
+    def split(scores: Mapping[int, float], with_novel: set[int]) -> LabeledScores:
         ok_s = [v for i, v in scores.items() if labels.get(i) == ok]
         bad = [v for i, v in scores.items() if labels.get(i) not in (None, ok)]
-        return LabeledScores(_sorted(ok_s), _sorted(bad))
+        new_ok = tuple(novel[i] for i in scores if i in with_novel and labels.get(i) == ok)
+        new_bad = tuple(
+            novel[i] for i in scores if i in with_novel and labels.get(i) not in (None, ok)
+        )
+        return LabeledScores(_sorted(ok_s), _sorted(bad), new_ok, new_bad)
 
-    parts = {p: split(by_part[p]) for p in PARTS if by_part.get(p)}
+    # out-of-fold scores are the fold models': the head's rule is not applied to them
+    scored_here = {p: set(by_part.get(p, {})) & set(novel) for p in ("val", "test")}
+    parts = {p: split(by_part[p], scored_here.get(p, set())) for p in PARTS if by_part.get(p)}
     union: dict[int, float] = {}
     for p in ("val", "test", "oof"):  # later wins: an image's out-of-fold score is the honest one
         union.update(by_part.get(p, {}))
-    labeled = split(union)
+    labeled = split(union, (scored_here["val"] | scored_here["test"]) - set(by_part.get("oof", {})))
     meta, metrics = record.get("meta") or {}, record.get("metrics") or {}
     current = version_thresholds(meta, metrics)
     own, saved = meta.get("thresholds") or None, metrics.get("operating_point") or None
@@ -191,8 +226,13 @@ def load_operating_data(project: Project, version: str | None = None) -> Operati
         source_text(own, saved, metrics),
         {k: v for k, v in missing.items() if v},
         notes,
+        rule,
+        shipped.source,
+        tuple(novel[i] for i in stream if i in novel),
     )
     out.notes.extend(evidence_notes(out))
+    if shipped.note:
+        out.notes.append(shipped.note)
     return out
 
 
@@ -358,9 +398,32 @@ class RatesTable:
         }
 
 
-def part_rates(scores: LabeledScores, thresholds: Thresholds) -> PartRates:
-    ok_ok, ok_unsure, ok_ng = verdict_counts(scores.ok, thresholds)
-    d_ok, d_unsure, _ = verdict_counts(scores.defect, thresholds)
+def line_counts(
+    scores: np.ndarray,
+    novel: Sequence[NovelPart],
+    thresholds: Thresholds,
+    data: OperatingData | None = None,
+) -> tuple[int, int, int]:
+    """(OK, UNSURE, NG) of the line's verdicts (``decision.decide_part``) among sorted
+    ``scores``: ``verdict_counts`` by the score, then each of the ``novel`` parts (some of
+    ``scores``) moved from its classifier verdict to the one with ``data.novelty``."""
+    n_ok, n_unsure, n_ng = verdict_counts(scores, thresholds)
+    if not novel or data is None or data.novelty is None:
+        return n_ok, n_unsure, n_ng
+    counts = {"OK": n_ok, "UNSURE": n_unsure, "NG": n_ng}
+    for part in novel:
+        probs = np.asarray(part.probs, dtype=np.float64)
+        args = (probs, part.score, data.classes, data.ok_class, thresholds)
+        counts[decide_part(*args).verdict] -= 1
+        counts[decide_part(*args, part.anomaly, data.novelty).verdict] += 1
+    return counts["OK"], counts["UNSURE"], counts["NG"]
+
+
+def part_rates(
+    scores: LabeledScores, thresholds: Thresholds, data: OperatingData | None = None
+) -> PartRates:
+    ok_ok, ok_unsure, ok_ng = line_counts(scores.ok, scores.novel_ok, thresholds, data)
+    d_ok, d_unsure, _ = line_counts(scores.defect, scores.novel_defect, thresholds, data)
     n_ok, n_def = int(scores.ok.size), int(scores.defect.size)
     return PartRates(
         n_ok,
@@ -373,10 +436,10 @@ def part_rates(scores: LabeledScores, thresholds: Thresholds) -> PartRates:
 
 def rates(data: OperatingData, thresholds: Thresholds) -> RatesTable:
     """Escapes, overkill and UNSURE of each labeled part and of all of them, and the stream's
-    review and UNSURE share, for ``thresholds``."""
-    parts = {p: part_rates(s, thresholds) for p, s in data.parts.items()}
-    parts["all"] = part_rates(data.labeled, thresholds)
-    _, s_unsure, s_ng = verdict_counts(data.stream, thresholds)
+    review and UNSURE share, for ``thresholds``: the line's verdicts, novelty rule included."""
+    parts = {p: part_rates(s, thresholds, data) for p, s in data.parts.items()}
+    parts["all"] = part_rates(data.labeled, thresholds, data)
+    _, s_unsure, s_ng = line_counts(data.stream, data.stream_novel, thresholds, data)
     n = int(data.stream.size)
     stream = StreamRates(n, Rate(s_unsure + s_ng, n), Rate(s_unsure, n), Rate(s_ng, n))
     return RatesTable(thresholds, parts, stream)
@@ -400,12 +463,15 @@ def from_logit(x: np.ndarray | float) -> np.ndarray:
 @dataclass(frozen=True)
 class Histogram:
     """Counts per bin of the labeled OK, the labeled defective and the stream's scores; bins are
-    even in logit space (``edges`` in logit, ``score_edges`` the same in score)."""
+    even in logit space (``edges`` in logit, ``score_edges`` the same in score). ``novel``: the
+    parts among them (any kind) the anomaly head finds novel, whose verdict the lines alone do
+    not set (a novel part below the UNSURE band is UNSURE, or NG, all the same)."""
 
     edges: np.ndarray
     ok: np.ndarray
     defect: np.ndarray
     stream: np.ndarray
+    novel: np.ndarray | None = None
 
     @property
     def score_edges(self) -> np.ndarray:
@@ -417,6 +483,7 @@ class Histogram:
             "ok": self.ok.tolist(),
             "defect": self.defect.tolist(),
             "stream": self.stream.tolist(),
+            "novel": (np.zeros_like(self.ok) if self.novel is None else self.novel).tolist(),
         }
 
 
@@ -435,7 +502,13 @@ def histogram(data: OperatingData, bins: int = 60) -> Histogram:
         lo, hi = max(-LOGIT_LIMIT, lo - pad), min(LOGIT_LIMIT, hi + pad)
     edges = np.linspace(lo, hi, bins + 1)
     counts = [np.histogram(s, bins=edges)[0].astype(np.int64) for s in sets]
-    return Histogram(edges, *counts)
+    novel = [
+        *data.labeled.novel_ok,
+        *data.labeled.novel_defect,
+        *data.stream_novel,
+    ]
+    n_counts = np.histogram(to_logit(np.asarray([p.score for p in novel])), bins=edges)[0]
+    return Histogram(edges, *counts, n_counts.astype(np.int64))
 
 
 # ----------------------------------------------------------------------------- text
@@ -462,3 +535,19 @@ def table_text(table: RatesTable) -> str:
     )
     lines.append("  (k/n = rate [95 % Wilson interval])")
     return "\n".join(lines)
+
+
+def novelty_text(data: OperatingData) -> str:
+    """One line: the novelty rule the rates include, where it comes from, and how many parts it
+    concerns (empty without a rule and without a reason to say so)."""
+    rule = data.novelty
+    if rule is None:
+        if data.novelty_source and data.novelty_source != "no anomaly head":
+            return f"anomaly head: not applied (the file that ships: {data.novelty_source})"
+        return ""
+    n_lab = len(data.labeled.novel_ok) + len(data.labeled.novel_defect)
+    return (
+        f"novelty rule of {data.novelty_source}: anomaly score >= {rule.threshold:.4g} is novel, "
+        f"a novel part the classifier passes is {rule.on_novel}; novel: {n_lab} labeled and "
+        f"{len(data.stream_novel)} stream part(s), counted so in the rates"
+    )

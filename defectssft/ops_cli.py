@@ -51,6 +51,7 @@ def _pct(x: float | None) -> str:
 
 
 def print_evaluation(m: dict) -> None:
+    from defectssft.evaluate import stream_text
     from defectssft.metrics import format_rate
 
     def claim(name: str, c: dict | None) -> str:
@@ -98,13 +99,9 @@ def print_evaluation(m: dict) -> None:
                 f"  line verdicts on test: {claim('escapes', op.get('escapes'))}; "
                 f"{claim('overkill', op.get('overkill'))}; {claim('UNSURE', op.get('unsure'))}"
             )
-        pred = op.get("predicted") or {}
-        if pred.get("stream_review_rate") is not None:
-            print(
-                f"  unlabeled stream ({ev.get('stream', 0)} scored): "
-                f"{_pct(pred['stream_review_rate'])} to review (target "
-                f"{_pct(op['review_rate'])}), {_pct(pred['stream_ng_rate'])} rejected"
-            )
+        said = stream_text(op)
+        if said:
+            print(f"  {said}")
         verdicts = (m.get("verdicts") or {}) if tested else {}
         for name, v in verdicts.items():
             print(f"  {name:<20} verdicts: OK {v['OK']}  NG {v['NG']}  UNSURE {v['UNSURE']}")
@@ -187,20 +184,43 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"(max |dscore| {check['max_score_diff']:.2e})"
             + (" with the widened UNSURE band" if check.get("widened") else "")
         )
-    op = (project.get_model(result.metadata["model_version"])["metrics"].get("test") or {}).get(
-        "operating_point"
-    ) or {}
-    pred = op.get("predicted") or {}
-    if pred.get("stream_review_rate") is not None and t["ng"] == op.get("threshold"):
-        print(
-            f"predicted on the unlabeled stream: {_pct(pred['stream_review_rate'])} to review "
-            f"(UNSURE), {_pct(pred['stream_ng_rate'])} rejected"
-        )
+    said = _stream_forecast(project, result.metadata)
+    if said:
+        print(said)
     if result.metadata.get("anomaly"):
         a = result.metadata["anomaly"]
         print(f"anomaly head: novel at score >= {a['threshold']:.4g} -> {a['on_novel']}")
     print(f"run it: defectssft-line run --model {result.path} --input IMAGES...")
     return 0
+
+
+def _stream_forecast(project, metadata: dict) -> str | None:
+    """What the exported file (its thresholds and anomaly head) does to the unlabeled images
+    the version has predictions of: the line's verdicts, counts with exact 95 % intervals."""
+    from defectssft.metrics import format_rate, rate_claim
+    from defectssft.verdicts import stream_forecast
+    from defectssft_line.decision import Thresholds
+    from defectssft_line.novelty import NoveltyRule
+
+    if project.ok_class is None:
+        return None
+    t = Thresholds(
+        **{k: float(metadata["thresholds"][k]) for k in ("ng", "unsure_low", "unsure_high")}
+    )
+    f = stream_forecast(project, metadata["model_version"], t, NoveltyRule.from_metadata(metadata))
+    if not f["n"]:
+        return (
+            "predicted on the unlabeled stream: unknown (no unlabeled image has a prediction of "
+            "this version; `defectssft thresholds PROJECT --score` scores them)"
+        )
+    n = f["n"]
+    return (
+        f"predicted on the unlabeled stream ({n} scored): "
+        + format_rate("to review (UNSURE)", rate_claim(f["UNSURE"], n))
+        + (f", of which {f['novel']} novel" if f["novel"] else "")
+        + "; "
+        + format_rate("rejected (NG)", rate_claim(f["NG"], n))
+    )
 
 
 # --------------------------------------------------------------------------- promote

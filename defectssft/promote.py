@@ -120,9 +120,11 @@ def judge_first(ev: Evaluation) -> Judgement:
     rejected_good = ovk["k"] + unsure_good  # not passed: NG or UNSURE
     passed_good = ovk["n"] - rejected_good
     p = M.fisher_exact_greater(rejected_defects, passed_defects, rejected_good, passed_good)
+    stopped_good = M.rate_claim(rejected_good, ovk["n"])
     said = (
         f"on the {where} it stops {rejected_defects} / {esc['n']} defective and "
         f"{rejected_good} / {ovk['n']} good parts ({M.format_rate('escapes', esc)}; "
+        f"{M.format_rate('good parts stopped', stopped_good)}; "
         f"one-sided Fisher exact p = {p:.3g})"
     )
     if p <= ALPHA:
@@ -157,8 +159,8 @@ def judge_challenger(
         ce, pe = c_op["escapes"], p_op["escapes"]
         co, po = c_op["overkill"], p_op["overkill"]
         summary = (
-            f"{M.format_rate('escapes', ce)} vs {pe['k']} / {pe['n']}; "
-            f"{M.format_rate('overkill', co)} vs {po['k']} / {po['n']}"
+            f"{M.format_rate('escapes', ce)} vs production's {M.format_rate('escapes', pe)}; "
+            f"{M.format_rate('overkill', co)} vs production's {M.format_rate('overkill', po)}"
         )
         if ce["k"] > pe["k"]:
             return Judgement(False, f"it passes more defective parts: {summary}")
@@ -213,10 +215,13 @@ def production_path(project) -> Path:
 
 
 def publish(project, version: str) -> Path:
-    """Export ``version`` (checked), copy it to exports/production.onnx, mark it production."""
+    """Export ``version`` (checked), copy it to exports/production.onnx, mark it production.
+    With its anomaly head unless its newest export was made without it
+    (``verdicts.publish_with_head``: the line gets what the app and ``evaluate`` decided)."""
     from defectssft.export import export_project_model
+    from defectssft.verdicts import publish_with_head
 
-    result = export_project_model(project, version)
+    result = export_project_model(project, version, anomaly=publish_with_head(project, version))
     dest = production_path(project)
     _atomic_copy(Path(result.path), dest)
     project.set_production(version)

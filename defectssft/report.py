@@ -216,14 +216,11 @@ def _markdown(
             f"* Line verdicts on the test split: **{_claim('escapes', op.get('escapes'))}**; "
             f"{_claim('overkill', op.get('overkill'))}; {_claim('UNSURE', op.get('unsure'))}"
         )
-        pred = op.get("predicted") or {}
-        if pred.get("stream_review_rate") is not None:
-            lines.append(
-                f"* On the unlabeled stream ({op['evidence'].get('stream', 0)} images scored): "
-                f"{100 * pred['stream_review_rate']:.1f} % would go to review (UNSURE), "
-                f"{100 * pred['stream_ng_rate']:.1f} % rejected (target review rate "
-                f"{100 * op['review_rate']:.1f} %)"
-            )
+        from defectssft.evaluate import stream_text
+
+        said = stream_text(op)
+        if said:
+            lines.append(f"* On the {said}")
     elif op:
         lines.append(f"* {op.get('note', 'No OK class')}: {_claim('errors', op.get('errors'))}")
     oof = metrics.get("oof")

@@ -46,13 +46,21 @@ def _chosen(args: argparse.Namespace, current):
 
 
 def _print(data, table, as_json: bool, hist_bins: int = 40) -> None:
-    from defectssft.operating import histogram, table_text
+    from defectssft.operating import histogram, novelty_text, table_text
 
     if as_json:
+        rule = data.novelty
         out = {
             "version": data.version,
             "source": data.source,
             "saved": data.saved,
+            "novelty": {
+                "source": data.novelty_source,
+                "threshold": None if rule is None else rule.threshold,
+                "on_novel": None if rule is None else rule.on_novel,
+                "novel_labeled": len(data.labeled.novel_ok) + len(data.labeled.novel_defect),
+                "novel_stream": len(data.stream_novel),
+            },
             "rates": table.as_dict(),
             "notes": data.notes,
             "histogram": histogram(data, hist_bins).as_dict(),
@@ -61,6 +69,9 @@ def _print(data, table, as_json: bool, hist_bins: int = 40) -> None:
         return
     print(f"model {data.version}: operating point {data.source}")
     print(table_text(table))
+    said = novelty_text(data)
+    if said:
+        print(f"  {said}")
     for note in data.notes:
         print(f"note: {note}")
 

@@ -9,12 +9,22 @@ the unlabeled images scored when the head was fitted, the images ``evaluate`` an
 scored since), so an OK part the head finds novel is UNSURE here as on the line. An image
 without a stored anomaly score keeps the classifier's verdict. Torch-free and Qt-free, so the
 window can call it on any thread without importing the training stack.
+
+Which novelty rule applies is read from **the file that ships** (``shipped_novelty``): the
+production version's ``exports/production.onnx``, else the version's newest export the project
+recorded, else (never exported) the head as ``export`` and ``promote`` write it. A file exported
+with ``--no-anomaly`` has no rule, so neither have the app's verdicts; a file exported before the
+head was fitted (again) has not this head, so its novel parts are unknown here (said in a note).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +37,7 @@ from defectssft.metrics import operating_point
 from defectssft.novel_scores import load_scores
 from defectssft.project import Project
 from defectssft_line.decision import (
+    METADATA_KEY,
     ThresholdError,
     Thresholds,
     decide_part,
@@ -43,6 +54,9 @@ ANOMALY_META_FILE = "anomaly.json"
 SCORED_FILE = "anomaly_scored.npz"
 
 VERDICTS = ("OK", "NG", "UNSURE")
+# Where a project's production model is published (``defectssft.promote.production_path``; a
+# test checks the two agree).
+PRODUCTION_FILE = ("exports", "production.onnx")
 
 VERDICT_FILTERS = {
     "verdict:wrong": "line verdict ≠ label",
@@ -93,6 +107,153 @@ def version_novelty(model_dir: str | Path) -> NoveltyRule | None:
     except NoveltyMetadataError:
         return None
     return NoveltyRule.from_metadata({"anomaly": entry})
+
+
+@functools.lru_cache(maxsize=32)
+def _metadata_at(path: str, mtime_ns: int, size: int) -> dict[str, Any] | None:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure: not a model file we can read
+        return None
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            try:
+                meta = json.loads(prop.value)
+            except ValueError:
+                return None
+            return meta if isinstance(meta, dict) else None
+    return None
+
+
+def file_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The defectssft metadata of an exported ONNX file, None when it is missing or unreadable
+    (kept per path, size and modification time: the window asks on every refresh)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _metadata_at(str(path), st.st_mtime_ns, st.st_size)
+
+
+def shipped_export(
+    project: Project, version: str, production_first: bool = True
+) -> tuple[Path, dict[str, Any]] | None:
+    """(path, metadata) of the file of ``version`` that ships: ``exports/production.onnx`` when
+    the version is production and the file holds it, else the newest (by modification time) of
+    the version's recorded exports (``metrics["export_<precision>"]``, the last of each
+    precision) whose file still holds the version; None when it was never exported.
+    ``production_first=False``: the newest of all of them (how it was last exported)."""
+    record = project.get_model(version)
+    version = record["version"]
+    production = Path(project.root).joinpath(*PRODUCTION_FILE)
+    if production_first and project.production_model() == version:
+        meta = file_metadata(production)
+        if meta is not None and meta.get("model_version") == version:
+            return production, meta
+    paths = [production] if project.production_model() == version else []
+    for key, value in (record.get("metrics") or {}).items():
+        if key.startswith("export_") and isinstance(value, dict) and value.get("path"):
+            paths.append(Path(str(value["path"])))
+    found = []
+    for path in paths:
+        try:
+            found.append((path.stat().st_mtime_ns, str(path)))
+        except OSError:
+            continue
+    for _, name in sorted(found, reverse=True):
+        meta = file_metadata(name)
+        if meta is not None and meta.get("model_version") == version:
+            return Path(name), meta
+    return None
+
+
+@dataclass(frozen=True)
+class ShippedNovelty:
+    """The novelty rule of the file that ships (module docstring) and where it comes from."""
+
+    rule: NoveltyRule | None
+    source: str
+    note: str | None = None
+
+
+def publish_with_head(project: Project, version: str) -> bool:
+    """Whether publishing ``version`` (``promote``) includes its anomaly head: as its newest
+    export did (``--no-anomaly`` sticks, so the line gets what the app showed), and with it
+    when it was never exported or that file predates the head's fit."""
+    shipped = shipped_export(project, version, production_first=False)
+    if shipped is None or shipped[1].get("anomaly"):
+        return True
+    info = _head_info(project.get_model(version)["path"])
+    return info is None or _fitted_after(info, shipped[0])
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _fitted_after(info: Mapping[str, Any] | None, path: Path) -> bool:
+    """Whether the head described by ``info`` was fitted after ``path`` was written."""
+    try:
+        created = datetime.fromisoformat(str((info or {}).get("created", "")))
+        return created.timestamp() > path.stat().st_mtime
+    except (ValueError, OSError):
+        return False
+
+
+def shipped_novelty(project: Project, version: str | None) -> ShippedNovelty:
+    """The novelty rule the line applies to ``version``'s parts, from the file that ships
+    (``shipped_export``): its metadata's ``anomaly`` entry. Never exported: the version's head
+    (``anomaly.json``), as ``export`` and ``promote`` write it by default."""
+    record = project.get_model(version)
+    version = record["version"]
+    folder = Path(record["path"])
+    head = version_novelty(folder)
+    shipped = shipped_export(project, version)
+    if shipped is None:
+        if head is None:
+            return ShippedNovelty(None, "no anomaly head")
+        return ShippedNovelty(
+            head, "the version's anomaly head (never exported; export includes it)"
+        )
+    path, meta = shipped
+    name = _shown(path, project.root)
+    entry = meta.get("anomaly")
+    if head is not None and _fitted_after(_head_info(folder), path):
+        return ShippedNovelty(
+            None,
+            f"{name}, exported before the anomaly head was fitted",
+            note=f"{name} was exported before {version}'s anomaly head was fitted (again): the "
+            "line runs it "
+            + ("with an older head" if entry else "without the head")
+            + f", so novel parts are not marked here; `defectssft export` (production: `promote "
+            f"{version} --force`) ships the head",
+        )
+    if not entry:
+        return ShippedNovelty(
+            None, f"{name}" + (" (exported without its anomaly head)" if head is not None else "")
+        )
+    try:
+        validate_anomaly_metadata(entry)
+        rule = NoveltyRule.from_metadata(meta)
+    except NoveltyMetadataError:
+        rule = None
+    if (
+        rule is not None
+        and head is not None
+        and not math.isclose(rule.threshold, head.threshold, rel_tol=1e-6)
+    ):
+        return ShippedNovelty(
+            None,
+            f"{name} (another fit of the anomaly head)",
+            note=f"{name} carries another fit of the anomaly head (threshold {rule.threshold:.4g}, "
+            f"the version's {head.threshold:.4g}): its novel parts are unknown here",
+        )
+    return ShippedNovelty(rule, name)
 
 
 def anomaly_scores(model_dir: str | Path) -> dict[int, float]:
@@ -159,6 +320,29 @@ def line_verdicts(
     ]
 
 
+def stream_forecast(
+    project: Project,
+    version: str,
+    thresholds: Thresholds,
+    novelty: NoveltyRule | None,
+) -> dict[str, int]:
+    """The line's verdicts of the unlabeled images ``version`` has predictions of, at
+    ``thresholds`` with ``novelty`` (a file's rule, e.g. the one just exported): ``{"n", "OK",
+    "UNSURE", "NG", "novel"}`` (``novel``: verdicts the novelty rule changed)."""
+    classes = queries.model_classes(project, version)
+    preds = project.predictions(version)
+    ids = [i for i in project.training_data(assign=False).unlabeled_ids if i in preds]
+    ids = [i for i in ids if len(preds[i]) == len(classes)]
+    rows = [preds[i] for i in ids]
+    ok = project.ok_class
+    known = anomaly_scores(project.get_model(version)["path"]) if novelty is not None else {}
+    said = line_verdicts(rows, classes, ok, thresholds, [known.get(i) for i in ids], novelty)
+    plain = line_verdicts(rows, classes, ok, thresholds)
+    out = {"n": len(ids), **{v: said.count(v) for v in VERDICTS}}
+    out["novel"] = int(sum(a != b for a, b in zip(said, plain, strict=True)))
+    return out
+
+
 def verdict_mismatch(label: str | None, verdict: str | None, ok_class: str | None) -> str | None:
     """How a verdict disagrees with a human label: ``escape`` (a labeled defect the line
     passes), ``overkill`` (a labeled OK part it rejects), ``unsure``, or None (agrees / unknown)."""
@@ -197,7 +381,7 @@ class VerdictCache:
                 self.thresholds = version_thresholds(
                     record.get("meta") or {}, record.get("metrics")
                 )
-                self.novelty = version_novelty(record["path"])
+                self.novelty = shipped_novelty(project, version).rule
                 if self.novelty is not None:
                     self.anomaly = anomaly_scores(record["path"])
             except (DefectssftError, ThresholdError):

@@ -44,6 +44,40 @@ def test_the_unsure_band_holds_the_review_rate_of_the_stream():
     assert verdict(point.threshold * 0.999, point.thresholds) == "UNSURE"
 
 
+def test_novel_stream_parts_count_against_the_review_rate_first():
+    """With an anomaly head, the stream parts its rule sends to review whatever their score take
+    their share of the review rate: band + novel parts stay within the target."""
+    from defectssft_line.decision import decide_part
+    from defectssft_line.novelty import NoveltyRule
+
+    scores = RNG.beta(1, 30, 1000)
+    anomaly = RNG.random(1000)
+    anomaly[:5] = np.nan  # never scored by the head
+    rule = NoveltyRule(0.99)  # about 1 % novel
+    stream = C.Source("stream", scores, anomaly=anomaly)
+    val = _val([0.5, 0.8], [0.01, 0.02])
+    point = C.calibrate([val, stream], review_rate=0.02, margin_logit=1.0, novelty=rule)
+    line = [
+        decide_part(
+            np.array([1 - s, s]), float(s), ["ok", "d"], "ok", point.thresholds,
+            None if np.isnan(a) else float(a), rule,
+        ).verdict
+        for s, a in zip(scores, anomaly, strict=True)
+    ]  # fmt: skip
+    n_novel = sum(v == "UNSURE" and s < point.unsure_low for v, s in zip(line, scores, strict=True))
+    assert n_novel > 0
+    assert line.count("UNSURE") / len(line) == pytest.approx(0.02, abs=2e-3)
+    assert point.predicted["stream_review_rate"] == line.count("UNSURE") / len(line)
+    assert point.unsure_low < point.threshold  # the band keeps the rest of the 2 %
+    assert any("anomaly head sends" in n for n in point.notes)
+    # novel parts that fill the rate leave no band; on_novel NG sends none to review
+    full = C.calibrate([val, stream], review_rate=0.005, novelty=rule)
+    assert full.unsure_low == full.threshold and "no band" in " ".join(full.notes)
+    ng = C.calibrate([val, stream], review_rate=0.02, novelty=NoveltyRule(0.99, "NG"))
+    plain = C.calibrate([val, C.Source("stream", scores)], review_rate=0.02)
+    assert ng.unsure_low == plain.unsure_low
+
+
 def test_no_defects_in_the_evidence_falls_back_to_the_stream_quantile_and_says_so():
     stream = C.Source("stream", np.linspace(0, 1, 201))
     val = _val([], [0.01, 0.02, 0.03])
@@ -114,6 +148,11 @@ def test_evaluate_stores_the_calibrated_triple_with_counts_and_intervals(project
     }
     assert project.get_setting(C.SETTING_REVIEW_RATE) == 0.1
     assert "at 95 %" in out and "escapes" in out and "verdicts: OK" in out
+    # the stream's forecast is counts with intervals too, from the line's verdicts
+    pred = op["predicted"]
+    assert pred["stream_n"] == 12
+    assert f"unlabeled stream (12 scored): to review (UNSURE) {pred['stream_unsure']} / 12" in out
+    assert f"(target 10.00 %); rejected (NG) {pred['stream_ng']} / 12" in out
     assert sum(sum(v.values()) for v in test["verdicts"].values()) == test["n"]
     # few test parts: the claim is flagged as unsupported
     assert "warning:" in out and "cannot tell" in out
@@ -204,6 +243,13 @@ def test_a_project_with_one_class_is_one_line(tmp_path, capsys):
     assert main(["evaluate", str(project.root), "--no-report"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "one class" in err and len(err.splitlines()) == 1
+    # export (never evaluated, cannot be), thresholds and promote: one line each, nothing written
+    for args in (["export"], ["thresholds"], ["promote", str(project.root), version]):
+        argv = [*args, str(project.root)] if len(args) == 1 else args
+        assert main(argv) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "one class" in err and len(err.splitlines()) == 1
+    assert not list(folder.glob("*.onnx")) and project.production_model() is None
 
 
 @pytest.mark.parametrize(

@@ -197,6 +197,13 @@ def test_claims_without_a_test_split_are_the_out_of_fold_intervals(dp):
     assert c["oof_escapes"] == {"k": 0, "n": 3, "low": 0.0, "high": 0.708}
     assert c["oof_overkill"]["low"] == 0.292 and c["test_escapes"] is None
     assert c["stream"] == {"n": 4, "review_pct": 0.0, "reject_pct": 100.0}
+    # today's printout: counts with their intervals
+    new = EVALUATE_OOF.replace(
+        "0.00% to review (target 2.00%), 100.00% rejected",
+        "to review (UNSURE) 0 / 4, ≤ 60.2 % at 95 % (target 2.00 %); rejected (NG) 4 / 4 = "
+        "100.0 % [39.8, 100.0] at 95 %",
+    )
+    assert dp.parse_evaluate(new)["stream"] == c["stream"]
     assert c["warnings"][0].startswith("the test split is empty")
     line = {"escapes": dp.rate(1, 10), "overkill": dp.rate(1, 10), "unsure": dp.rate(0, 20)}
     cov = dp.coverage(c, line)

@@ -181,3 +181,33 @@ def test_scores_of_an_earlier_fit_are_not_used(tmp_path):
     assert anomaly_scores(folder) == {}
     (folder / "anomaly_scored.npz").write_bytes(b"broken")
     assert anomaly_scores(folder) == {}
+
+
+def test_export_names_parts_the_novelty_rule_flips_between_torch_and_the_file(
+    novel_ok, tmp_path, monkeypatch, capsys
+):
+    """The export's verdict check compares the line's verdicts, the head included: a part whose
+    anomaly score the file puts on the other side of the head's threshold is named."""
+    from defectssft import exportcheck
+    from defectssft.cli import main
+
+    project, version, _, _ = novel_ok
+    threshold = version_novelty(project.get_model(version)["path"]).threshold
+    real = exportcheck._exported_anomaly
+
+    def across(path, images):
+        scores = real(path, images).copy()
+        scores[0] = threshold / 2 if scores[0] >= threshold else threshold * 2
+        return scores
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(project.root), "--model", version, "-o", str(out)]) == 0
+    check = project.get_model(version)["metrics"]["export_fp32"]["verdict_check"]
+    assert check["novel_flips"] == [] and "sit on the anomaly" not in capsys.readouterr().out
+    monkeypatch.setattr(exportcheck, "_exported_anomaly", across)
+    assert main(["export", str(project.root), "--model", version, "-o", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "1 image(s) sit on the anomaly head's threshold" in said
+    flip = project.get_model(version)["metrics"]["export_fp32"]["verdict_check"]["novel_flips"]
+    assert len(flip) == 1 and {flip[0]["torch"], flip[0]["exported"]} == {"OK", "UNSURE"}
+    assert flip[0]["name"] in said

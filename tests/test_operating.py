@@ -187,3 +187,43 @@ def test_thresholds_in_the_model_file_win_and_are_said(tmp_path):
     data = operating.load_operating_data(p, version)
     assert data.current.ng == 0.7 and data.source == "the model file's own thresholds"
     assert any("carries its own thresholds (ng 0.7)" in n for n in data.notes)
+
+
+def test_line_counts_are_decide_parts_with_novel_parts_either_way():
+    """Novel parts move from the score's verdict to decide_part's: with on_novel NG the verdict
+    is NG, UNSURE, NG along the score, which no bisection on the score alone could count."""
+    from defectssft_line.decision import decide_part
+    from defectssft_line.novelty import NoveltyRule
+
+    rng = np.random.default_rng(1)
+    scores = np.sort(rng.random(60))
+    anomaly = rng.random(60) * 2
+    classes = ["ok", "scratch"]
+    for on in ("UNSURE", "NG"):
+        rule = NoveltyRule(1.0, on)
+        data = operating.OperatingData(
+            "v0001", classes, "ok", {}, operating.LabeledScores(scores, scores[:0]),
+            scores[:0], Thresholds(0.5, 0.3, 0.7), None, None, "", novelty=rule,
+        )  # fmt: skip
+        novel = [
+            operating.NovelPart((1 - s, s), float(s), float(a))
+            for s, a in zip(scores, anomaly, strict=True)
+            if rule.is_novel(a)
+        ]
+        for t in (Thresholds(0.5, 0.3, 0.7), Thresholds(0.9, 0.9, 0.9), Thresholds(0.1, 0.0, 1.0)):
+            brute = [
+                decide_part(
+                    np.array([1 - s, s]), float(s), classes, "ok", t, float(a), rule
+                ).verdict
+                for s, a in zip(scores, anomaly, strict=True)
+            ]
+            got = operating.line_counts(scores, novel, t, data)
+            assert got == (brute.count("OK"), brute.count("UNSURE"), brute.count("NG")), (on, t)
+
+
+def test_the_production_file_is_where_promote_publishes(tmp_path):
+    from defectssft.promote import production_path
+    from defectssft.verdicts import PRODUCTION_FILE
+
+    p = Project.create(tmp_path / "proj", classes=CLASSES, ok_class="ok")
+    assert production_path(p) == p.root.joinpath(*PRODUCTION_FILE)

@@ -169,6 +169,8 @@ def test_a_first_model_must_beat_chance():
     j = judge_first(_evaluation("dggg", "NOOO"))
     assert not j.ok and "does not beat chance" in j.reason and "escapes 0 / 1" in j.reason
     assert "p = 0.25" in j.reason
+    # both kinds of part with their 95 % interval, not the escapes alone
+    assert "good parts stopped 0 / 3, ≤ 70.8 % at 95 %" in j.reason
     # 6 + 6, all right: it does
     assert judge_first(_evaluation("d" * 6 + "g" * 6, "N" * 6 + "O" * 6)).ok
     # rejecting everything is chance, however many parts
@@ -217,6 +219,8 @@ def test_a_challenger_needs_a_paired_improvement():
     # better on 5 parts, worse on none: one-sided exact McNemar p = 1/32
     j = judge_challenger(_evaluation(truth, "NNNNN" + "OOOOO" * 2), champion, 0.0)
     assert j.ok and "right on 5" in j.reason and "p = 0.0312" in j.reason
+    # production's rates come with their intervals too
+    assert "vs production's overkill 5 / 10 = 50.0 % [18.7, 81.3] at 95 %" in j.reason
     # better on 2 good test images: not evidence (the bug of issue #13)
     j = judge_challenger(_evaluation(truth, "NNNNN" + "OONNN" + "OOOOO"), champion, 0.0)
     assert not j.ok and "not enough evidence" in j.reason and "p = 0.25" in j.reason

@@ -54,8 +54,21 @@ def test_show_set_clear_and_export_uses_the_saved_point(scored, capsys, tmp_path
 
     # The next export writes the saved point; a second one after a change, without retraining.
     out1 = tmp_path / "a.onnx"
+    capsys.readouterr()
     assert main(["export", root, "--model", version, "-o", str(out1)]) == 0
     assert read_metadata(out1)["thresholds"] == {"ng": 0.6, "unsure_low": 0.4, "unsure_high": 0.9}
+    # export says what the file it wrote does to the stream: the table's counts, with intervals
+    said = capsys.readouterr().out
+    table = json.loads((main(["thresholds", root, "--json"]), capsys.readouterr().out)[1])["rates"][
+        "stream"
+    ]
+    n, k_unsure = table["n"], table["unsure"]["k"]
+    k_ng = table["review"]["k"] - k_unsure
+    assert (
+        f"predicted on the unlabeled stream ({n} scored): to review (UNSURE) {k_unsure} / {n}"
+        in said
+    )
+    assert f"rejected (NG) {k_ng} / {n}" in said and "at 95 %" in said
     assert main(["thresholds", root, "--ng", "0.3"]) == 0  # --ng alone: no band
     out2 = tmp_path / "b.onnx"
     assert main(["export", root, "--model", version, "-o", str(out2)]) == 0

@@ -41,6 +41,7 @@ OK_COLOUR = QColor(46, 125, 50)
 DEFECT_COLOUR = QColor(198, 40, 40)
 STREAM_COLOUR = QColor(21, 101, 192)
 BAND_COLOUR = QColor(239, 150, 0)
+NOVEL_COLOUR = QColor(123, 31, 162)
 TICKS = (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999)
 PICK_PX = 8
 
@@ -61,6 +62,7 @@ class ScoreHistogram(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.hist: O.Histogram | None = None
+        self.on_novel = "UNSURE"  # what a novel part becomes (the legend says it)
         self.log_scale = True
         self.low = self.ng = self.high = 0.5
         self._drag: str | None = None
@@ -70,7 +72,7 @@ class ScoreHistogram(QWidget):
         self.setToolTip(
             "Drag the red line (NG threshold) or the amber band edges; Shift-drag pulls a band "
             "edge out of the threshold. Green: labeled OK parts, red: labeled defects, blue: the "
-            "unlabeled stream."
+            "unlabeled stream, purple dots: parts the anomaly head finds novel."
         )
 
     # ----------------------------------------------------------- geometry
@@ -194,6 +196,13 @@ class ScoreHistogram(QWidget):
                 p.setBrush(Qt.BrushStyle.NoBrush)
                 p.setPen(QPen(STREAM_COLOUR, 2))
                 p.drawPath(path)
+            if h.novel is not None and h.novel.any():  # novel parts: a mark under their bin
+                p.setPen(Qt.PenStyle.NoPen)
+                p.setBrush(NOVEL_COLOUR)
+                for i, c in enumerate(h.novel):
+                    if c:
+                        x = (edges[i] + edges[i + 1]) / 2
+                        p.drawEllipse(QPointF(x, r.bottom() - 5), 4, 4)
             self._axes(p, r, top)
         # the UNSURE band, then its edges and the threshold
         band = QColor(BAND_COLOUR)
@@ -251,12 +260,15 @@ class ScoreHistogram(QWidget):
     def _legend(self, p: QPainter, r: QRectF) -> None:
         if self.hist is None:
             return
-        items = (
+        items = [
             (OK_COLOUR, f"labeled OK ({int(self.hist.ok.sum())})"),
             (DEFECT_COLOUR, f"labeled defect ({int(self.hist.defect.sum())})"),
             (STREAM_COLOUR, f"stream ({int(self.hist.stream.sum())})"),
             (BAND_COLOUR, "UNSURE band"),
-        )
+        ]
+        n_novel = 0 if self.hist.novel is None else int(self.hist.novel.sum())
+        if n_novel:
+            items.append((NOVEL_COLOUR, f"novel ({n_novel}): {self.on_novel} if passed"))
         x = r.left() + 8
         for colour, text in items:
             p.fillRect(QRectF(x, r.top() + 8, 12, 12), colour)
@@ -352,6 +364,12 @@ class OperatingPointDialog(QDialog):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setToolTip("count / parts = rate [95 % Wilson interval]")
 
+        self.novelty = QLabel("")
+        self.novelty.setWordWrap(True)
+        self.novelty.setToolTip(
+            "The rates are the line's verdicts: with the anomaly head of the file that ships, a "
+            "novel part the classifier passes is UNSURE (or NG) wherever the lines are"
+        )
         self.notes = QLabel("")
         self.notes.setWordWrap(True)
         self.notes.setStyleSheet("color: #8a5a00")
@@ -397,6 +415,7 @@ class OperatingPointDialog(QDialog):
         lay.addLayout(controls)
         lay.addLayout(head)
         lay.addWidget(self.table)
+        lay.addWidget(self.novelty)
         lay.addWidget(self.notes)
         lay.addWidget(self.message)
         lay.addLayout(buttons)
@@ -420,8 +439,11 @@ class OperatingPointDialog(QDialog):
 
     def _loaded(self, result: tuple[O.OperatingData, O.Histogram]) -> None:
         self.data, hist = result
-        self.histogram.set_histogram(hist)
         d = self.data
+        self.histogram.on_novel = d.novelty.on_novel if d.novelty is not None else "UNSURE"
+        self.histogram.set_histogram(hist)
+        self.novelty.setText(O.novelty_text(d))
+        self.novelty.setVisible(bool(self.novelty.text()))
         self.title.setText(f"{d.version}: operating point {d.source}")
         self.notes.setText("\n".join(f"• {n}" for n in d.notes))
         self.set_thresholds(d.current.unsure_low, d.current.ng, d.current.unsure_high)
@@ -585,6 +607,7 @@ class OperatingPointDialog(QDialog):
         """Save, then export with these thresholds on the pool thread (production: republish)."""
         from defectssft.export import export_project_model
         from defectssft.promote import publish
+        from defectssft.verdicts import publish_with_head
 
         if self._tasks or not self.save():
             return
@@ -616,6 +639,7 @@ class OperatingPointDialog(QDialog):
                 threshold=t.ng,
                 unsure_low=t.unsure_low,
                 unsure_high=t.unsure_high,
+                anomaly=publish_with_head(self.project, self.version),  # the head as last shipped
             ),
             done=exported,
         )

@@ -49,14 +49,15 @@ PREFETCH_AHEAD = 3
 
 def _load_rows(
     project: Project, spec: str, sort: str
-) -> tuple[str | None, list[Row], dict[str, Any]]:
-    """Runs on the query thread: the model shown, the grid rows and the project counts."""
+) -> tuple[str | None, list[Row], dict[str, Any], VerdictCache]:
+    """Runs on the query thread: the model shown, the grid rows, the project counts and the
+    shown model's verdicts (which read the shipped file's metadata: not on the GUI thread)."""
     version = shown_version(project)
     if spec.startswith("verdict:"):
         rows = verdict_rows(project, spec, sort, version)
     else:
         rows = queries.fetch_rows(project, spec, sort, version)
-    return version, rows, project.status()
+    return version, rows, project.status(), VerdictCache(project, version)
 
 
 class MainWindow(QMainWindow):
@@ -450,7 +451,7 @@ class MainWindow(QMainWindow):
         )
         self._tasks.add(task)
 
-        def done(result: tuple[str | None, list[Row], dict[str, Any]]) -> None:
+        def done(result: tuple[str | None, list[Row], dict[str, Any], VerdictCache]) -> None:
             self._tasks.discard(task)
             if gen == self._query_gen and self.model is not None:
                 self._show_rows(*result, top=top)
@@ -463,13 +464,18 @@ class MainWindow(QMainWindow):
         start_task(self.query_pool, task, done, failed)
 
     def _show_rows(
-        self, version: str | None, rows: list[Row], status: dict[str, Any], top: bool
+        self,
+        version: str | None,
+        rows: list[Row],
+        status: dict[str, Any],
+        verdicts: VerdictCache,
+        top: bool,
     ) -> None:
         assert self.model is not None
         keep = None if top else self.current_row()
         self.model_version = version
         assert self.project is not None
-        self.verdicts = VerdictCache(self.project, version)
+        self.verdicts = verdicts
         self.model.verdicts = self.verdicts
         self.model.ok_known = self.project.ok_class is not None
         self.model.set_rows(rows)

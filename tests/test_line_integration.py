@@ -807,6 +807,7 @@ class FakeAcquirer:
         self.script = list(script)
         self.remote_device = type("Dev", (), {"node_map": FakeNodeMap()})()
         self.fetches = 0
+        self.queued: list[int] = []  # buffers handed back to the producer, by fetch number
 
     def try_fetch(self, timeout: float) -> Any:
         self.fetches += 1
@@ -821,9 +822,14 @@ class FakeAcquirer:
         buf = type("B", (), {})()
         buf.payload = type("P", (), {"components": [comp]})()
         buf.frame_id, buf.timestamp = self.fetches, 1000 * self.fetches
-        buf.__class__.__enter__ = lambda b: b
-        buf.__class__.__exit__ = lambda b, *a: None
+        buf.queue = lambda n=self.fetches: self.queued.append(n)
         return buf
+
+    def stop(self) -> None:
+        self.queued.append(-1)  # the acquisition stops (every buffer must be back by now)
+
+    def destroy(self) -> None:
+        pass
 
 
 def test_software_and_hardware_trigger_reads():
@@ -850,6 +856,38 @@ def test_software_and_hardware_trigger_reads():
     cap = GenICamCapture(None, ia, hard, "genicam://x", meta.append)
     with pytest.raises(OSError, match="device removed"):
         cap.read()
+
+
+def test_a_frame_is_handed_over_before_its_buffer_goes_back():
+    from defectssft_line.genicam import GenICamCapture
+
+    frame = np.full((4, 6), 7, np.uint8)
+    ia = FakeAcquirer([frame, frame, frame])
+    cap = GenICamCapture(None, ia, CameraSettings(fetch_timeout=0), "genicam://x", dict)
+    cap.harvester = type("H", (), {"reset": lambda self: ia.queued.append(-2)})()
+    assert cap.read()[0] and ia.queued == []  # frame 1 handed over, its buffer kept
+    cap.recycle()  # the read-ahead: once frame 1 is being scored
+    cap.recycle()  # nothing held: nothing twice
+    assert ia.queued == [1]
+    assert cap.read()[0] and ia.queued == [1]
+    assert cap.read()[0] and ia.queued == [1, 2]  # at the latest when the next is awaited
+    cap.release()
+    assert ia.queued == [1, 2, 3, -1, -2]  # every buffer back before the acquisition stops
+
+
+def test_simulated_camera_frames_never_alias_a_buffer_the_producer_refills():
+    from defectssft_line.camera import CameraStream
+
+    opener = GenICamOpener(CTI, CameraSettings(buffers=2, nodes={"AcquisitionFrameRate": 200.0}))
+    stream = CameraStream("genicam://0", opener=opener, log=lambda m: None)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    with __import__("contextlib").closing(stream.frames()) as frames:
+        for n, frame in enumerate(frames):
+            kept.append((frame, frame.copy()))  # each buffer is refilled after its recycle
+            if n == 7:
+                break
+    assert all(np.array_equal(f, copy) for f, copy in kept)
+    assert not np.array_equal(kept[0][1], kept[-1][1])  # the producer did draw new images
 
 
 def test_mqtt_last_will_when_the_line_pc_vanishes():

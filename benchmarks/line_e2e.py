@@ -323,10 +323,14 @@ def untime_requeue() -> None:
     Buffer.queue = getattr(Buffer.queue, "__wrapped__", Buffer.queue)
 
 
-def prefetcher(opener: Any, stream: Any, limit: int = 0) -> Any:
-    """The read-ahead exactly as ``defectssft-line run --camera`` sets it up."""
+def prefetcher(opener: Any, stream: Any, limit: int = 0, runner: Any = None) -> Any:
+    """The read-ahead exactly as ``defectssft-line run --camera`` sets it up for ``runner``
+    (``cli.read_ahead``); without one, frames only (``grab``)."""
+    from defectssft_line.cli import read_ahead
     from defectssft_line.prefetch import FramePrefetcher
 
+    if runner is not None:
+        return read_ahead(runner, stream, lambda: opener.last_meta, limit, opener.stop).start()
     return FramePrefetcher(
         stream, lambda: opener.last_meta, limit=limit, on_stop=opener.stop
     ).start()
@@ -471,16 +475,18 @@ def part_latency(
     stamps: dict[int, float] = {}
     requeue_ms: list[float] = []
     opener, stream = camera(fps, stamps, requeue_ms)
-    p = prefetcher(opener, stream, limit=n_parts)
+    p = prefetcher(opener, stream, limit=n_parts, runner=runner)
     c0, w0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
     n = 0
     t_read: dict[int, float] = {}
     t_score: dict[int, float] = {}
+    t_prep: dict[int, float] = {}  # preprocessing on the read-ahead thread (own inference)
     for frame in p:
         n += 1
         t_read[n], t_score[n] = frame.t_read, time.perf_counter()
+        t_prep[n] = frame.prepared.ms if frame.prepared is not None else 0.0
         with split_line:
-            runner.score_frame(f"f{n}", frame.image, frame.meta)
+            runner.score_frame(f"f{n}", frame.image, frame.meta, frame.prepared)
     cpu_line = (time.process_time() - c0) * 1000 / n
     thread_line = (time.thread_time() - th0) * 1000 / n
     placed = thread_cpus()  # while the line still runs
@@ -533,9 +539,10 @@ def part_latency(
     # where the time over the part's own inference goes (medians; the counter k is part k)
     stages = {
         "driver_to_read_ahead_done": [(t_read[k] - t_frame[k]) * ms for k in t_frame],
+        "of_which_preprocessing_ahead": [t_prep[k] for k in t_frame],
         "read_ahead_to_scoring": [(t_score[k] - t_read[k]) * ms for k in t_frame],
         "scoring_minus_inference_to_sinks": [
-            (t_publish[k] - t_score[k]) * ms - infer[k] for k in t_frame
+            (t_publish[k] - t_score[k]) * ms - (infer[k] - t_prep[k]) for k in t_frame
         ],
         "sinks_to_opcua_held": [
             (held_opc[k] - t_publish[k]) * ms for k in t_frame if k in held_opc
@@ -588,11 +595,12 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
     runner, writer = make_runner(model_path, outputs, work / "tp.jsonl", placement)
     placement.apply()
     opener, stream = camera(200.0)
-    p = prefetcher(opener, stream)
+    p = prefetcher(opener, stream, runner=runner)
     it = iter(p)
     for i in range(10):  # warm-up
         model.classify([grabbed[i]])
-        runner.score_frame(f"w{i}", next(it).image, {})
+        frame = next(it)
+        runner.score_frame(f"w{i}", frame.image, {}, frame.prepared)
     load_start = load()
     t_bare = t_line = c_bare = c_line = 0.0
     n_bare = n_line = 0
@@ -606,7 +614,7 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(BLOCK):
             frame = next(it)
-            runner.score_frame(f"q{r}-{i}", frame.image, frame.meta)
+            runner.score_frame(f"q{r}-{i}", frame.image, frame.meta, frame.prepared)
         t_line += time.perf_counter() - t0
         c_line += time.process_time() - c0
         n_line += BLOCK
@@ -655,12 +663,12 @@ def soak(
 
     threading.Thread(target=dropper, daemon=True).start()
     rss: list[tuple[int, float]] = []
-    p = prefetcher(opener, stream, limit=frames)
+    p = prefetcher(opener, stream, limit=frames, runner=runner)
     c0, t_start = time.process_time(), time.perf_counter()
     n = 0
     for frame in p:
         n += 1
-        runner.score_frame(f"s{n}", frame.image, frame.meta)
+        runner.score_frame(f"s{n}", frame.image, frame.meta, frame.prepared)
         # RSS while the camera is open (the reader ends a frame or two before the last)
         if n == 20 or (n % max(1, frames // 10) == 0 and n < frames - 5) or n == frames - 5:
             rss.append((n, round(rss_mb(), 1)))

@@ -338,8 +338,9 @@ def prefetcher(opener: Any, stream: Any, limit: int = 0, runner: Any = None) -> 
 
 def timed_sends(sink: Any, done: dict[int, float]) -> None:
     """Note when the sink's peer holds each result (benchmark instrumentation): a server
-    sink applies messages on its loop (``apply``), others send from their thread."""
-    send, apply = sink.send, sink.apply
+    sink applies messages on its loop (``apply``) or at once on the scoring thread
+    (``write_now``, an ``inline`` sink), others send from their thread."""
+    send, apply, write_now = sink.send, sink.apply, sink.write_now
 
     def note(msg: dict[str, Any]) -> None:
         if msg.get("type") == "result":
@@ -353,7 +354,11 @@ def timed_sends(sink: Any, done: dict[int, float]) -> None:
         await apply(msg)
         note(msg)
 
-    sink.send, sink.apply = timed, timed_apply
+    def timed_now(msg: dict[str, Any]) -> None:
+        write_now(msg)
+        note(msg)
+
+    sink.send, sink.apply, sink.write_now = timed, timed_apply, timed_now
 
 
 def schedstat() -> tuple[float, float]:

@@ -433,6 +433,38 @@ def test_modbus_server_coils_registers_and_plc_part_id():
         sink.close(timeout=1)
 
 
+def test_modbus_server_holds_the_part_when_publish_returns_and_a_bad_write_is_counted():
+    from pymodbus.client import ModbusTcpClient
+
+    from defectssft_line.sinks.modbus import ModbusServerSink, _now
+
+    port = free_port()
+    logs: list[str] = []
+    sink = ModbusServerSink(port=port, log=logs.append)
+    sink.status = lambda: {"alarm": "", "dropped_total": 0}
+    sink.start()
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    loop = sink.direct_loop()
+    gate = threading.Event()
+    try:
+        assert client.connect()
+        loop.call_soon_threadsafe(gate.wait, WAIT)  # the server's loop stands still meanwhile
+        sink.publish({"type": "busy"})
+        sink.publish(result_msg(7, "NG", score=0.25))  # written on this thread, no hop
+        sink.publish(result_msg(8, "NG", score="not a number"))  # fails: counted, not raised
+        assert sink.pending() == 0 and (sink.sent, sink.dropped, sink.failures) == (1, 1, 1)
+        assert "write failed" in logs[0]
+        held = _now(sink._server.async_getValues(0, 3, 2, 2))  # while the loop stands still
+        assert held == [7, 0]
+        gate.set()
+        assert client.read_holding_registers(0, count=5).registers == [1, 250, 7, 0, 1]
+        assert client.read_coils(0, count=4).bits[:4] == [False, True, False, False]
+    finally:
+        gate.set()
+        client.close()
+        sink.close(timeout=1)
+
+
 def test_server_sink_applies_on_its_loop_in_order_and_bounded():
     """A server sink hands each message straight to its loop (not its worker's queue); a loop
     that falls behind keeps the newest ``queue_size`` messages and counts the rest dropped."""
@@ -442,6 +474,7 @@ def test_server_sink_applies_on_its_loop_in_order_and_bounded():
 
     port = free_port()
     sink = ModbusServerSink(port=port, queue_size=3)
+    sink.inline = False  # the loop path (OPC UA's; Modbus writes its datastore at once)
     sink.start()
     client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
     gate = threading.Event()

@@ -108,7 +108,7 @@ class Runner:
         self.skipped_frames = 0
         self.stopped_by: int | None = None  # the signal that stopped a camera run
         self.save_maps: Path | None = None  # --save-maps: anomaly overlays of NG/UNSURE parts
-        self.placement: Placement | None = None  # --scoring-cpu: kept before each part
+        self.placement: Placement | None = None  # --scoring-cpu: kept between parts
         self.on_scoring: Callable[[], None] | None = None  # the read-ahead's ``scoring``
 
     def _save_map(self, model: LineModel, name: str, image: np.ndarray, pred: Prediction) -> None:
@@ -201,19 +201,26 @@ class Runner:
         frame id and timestamp) goes into the record. ``prepared``: the frame already made
         into the model's input on the read-ahead thread (``prepare_ahead``); used when the
         model is still the one it was prepared for, its time counted in the record's
-        ``latency_ms``."""
-        if self.placement is not None:
-            self.placement.keep()
-        model = self.holder.current()
-        t0 = time.perf_counter()
-        ahead_ms = 0.0
+        ``latency_ms``. The CPU placement is kept after the part, not on its path (its look
+        at the process's threads is a system call, which lets other threads take the GIL)."""
         try:
-            if prepared is not None and prepared.model is model:
-                ahead_ms = prepared.ms
-                self._scoring()
+            return self._score_frame(name, frame, extra, prepared)
+        finally:
+            if self.placement is not None:
+                self.placement.keep()
+
+    def _score_frame(
+        self, name: str, frame: np.ndarray, extra: dict | None, prepared: Prepared | None
+    ) -> dict:
+        model = self.holder.current()
+        if prepared is not None and prepared.model is not model:
+            prepared = None  # prepared for a model swapped out since: prepared again
+        self._scoring()
+        t0 = time.perf_counter()
+        try:
+            if prepared is not None:
                 pred = model.classify_inputs(prepared.batch)[0]
             else:
-                self._scoring()
                 pred = model.classify([frame])[0]
         except Exception as e:  # noqa: BLE001 - one odd frame must never stop the line
             self.skipped_frames += 1
@@ -222,7 +229,7 @@ class Runner:
             if n <= 10 or n % 100 == 0:
                 _log(f"warning: frame skipped ({n} so far): {message}")
             return self._error(name, model.version, t0, message)
-        rec = _verdict_record(name, pred, t0, model.version, ahead_ms)
+        rec = _verdict_record(name, pred, t0, model.version, prepared.ms if prepared else 0.0)
         if extra:
             rec.update(extra)
         if self.outputs is not None:  # the PLC first; images to disk after

@@ -4,7 +4,7 @@
 record its part id (``--part-id``), updates the health counters and alarm, queues the result
 to every sink (never blocking) and then archives the image when its verdict asks for it (the
 PNG and the disk come after the PLC's verdict, not before). ``begin`` is
-called when a camera frame arrives (the Modbus ``busy`` coil). Nothing here can stop
+called when the scoring of a camera frame begins (the Modbus ``busy`` coil). Nothing here can stop
 inspection: sinks queue and reconnect on their own, the archive warns and counts.
 
 Part id (``--part-id``): ``counter`` (the camera's frame id when it has one, else a running
@@ -86,8 +86,8 @@ class LineOutputs:
             )
 
     def begin(self) -> None:
-        """A frame arrived: tell the PLC the station is busy; client sinks read the part id
-        the PLC wrote for it (``--part-id plc``) while the frame is scored."""
+        """A frame's scoring begins: tell the PLC the station is busy; client sinks read the
+        part id the PLC wrote for it (``--part-id plc``) while the frame is scored."""
         for s in self._busy_sinks:
             s.publish({"type": "busy"})
         for s in self._part_readers:

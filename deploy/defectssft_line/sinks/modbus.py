@@ -6,7 +6,7 @@ PLC at ``coil_base`` / ``register_base`` (sinks YAML; default 0) for unit ``--mo
 
 Coils (0-based, from ``coil_base``)::
 
-    0 OK   1 NG   2 UNSURE   3 busy (set when a frame arrives, cleared with its verdict)
+    0 OK   1 NG   2 UNSURE   3 busy (set when a frame's scoring begins, cleared with its verdict)
 
 Holding registers (0-based, from ``register_base``; one write per part, counter included)::
 

@@ -132,18 +132,20 @@ class FramePrefetcher:
                         return
                     if (self.limit and self.read >= self.limit) or self._stopped.is_set():
                         return  # closing the generator releases the camera, on this thread
-                    if self.pace:
-                        self._wait_for_scoring(self.read)
+                    if self.pace and not self._wait_for_scoring(self.read):
+                        return
         except BaseException as e:  # noqa: BLE001 - raised again on the consumer's thread
             self.error = e
         finally:
             self._put(_END)
 
-    def _wait_for_scoring(self, n: int) -> None:
-        """On the reading thread: wait until the consumer scores frame ``n`` (``pace``)."""
+    def _wait_for_scoring(self, n: int) -> bool:
+        """On the reading thread: wait until the consumer scores frame ``n`` (``pace``);
+        False when closed or stopped meanwhile (read no further)."""
         with self._pace:
             while self._scoring < n and not (self._closed.is_set() or self._stopped.is_set()):
                 self._pace.wait(_SLICE)
+        return not (self._closed.is_set() or self._stopped.is_set())
 
     def scoring(self) -> None:
         """The consumer scores the frame it took last, in native code from now on: the reader

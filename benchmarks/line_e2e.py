@@ -404,6 +404,29 @@ def thread_cpus() -> dict[str, list[int]]:
     return out
 
 
+def thread_cpu_ms() -> dict[str, float]:
+    """ms on a CPU so far of each thread of this process, by name and id (Linux schedstat;
+    native threads by their ``comm`` name)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError, ValueError):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                on = int(f.read().split()[0]) / 1e6
+            name = names.get(tid)
+            if name is None:
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    name = f"native:{f.read().strip()}"
+            out[f"{name} {tid}"] = on
+    return out
+
+
+def per_part(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU ms per part of each thread between two ``thread_cpu_ms`` (busiest first)."""
+    d = {k: (v - before.get(k, 0.0)) / max(1, n) for k, v in after.items()}
+    return dict(sorted(((k, round(v, 3)) for k, v in d.items() if v > 0), key=lambda kv: -kv[1]))
+
+
 def bare_run(
     model: Any, frames: list[np.ndarray], n: int, split: Split | None = None
 ) -> tuple[list[float], float, float]:
@@ -482,6 +505,7 @@ def part_latency(
     opener, stream = camera(fps, stamps, requeue_ms)
     p = prefetcher(opener, stream, limit=n_parts, runner=runner)
     c0, w0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
+    threads0 = thread_cpu_ms()
     n = 0
     t_read: dict[int, float] = {}
     t_score: dict[int, float] = {}
@@ -493,6 +517,7 @@ def part_latency(
         with split_line:
             runner.score_frame(f"f{n}", frame.image, frame.meta, frame.prepared)
     cpu_line = (time.process_time() - c0) * 1000 / n
+    threads_line = per_part(threads0, thread_cpu_ms(), n)
     thread_line = (time.thread_time() - th0) * 1000 / n
     placed = thread_cpus()  # while the line still runs
     placement_end = placement.summary()  # "given up" if the scoring CPU was busy
@@ -575,6 +600,7 @@ def part_latency(
         "line_cpu_ms_per_frame": cpu_line,
         "scoring_thread_cpu_ms_per_frame_line_bare": [thread_line, thread_bare],
         "thread_cpus": placed,
+        "thread_cpu_ms_per_part": threads_line,
         "placement_at_end": placement_end,
         "scoring_thread_per_part_bare": split_bare.medians(),
         "scoring_thread_per_part_line": split_line.medians(),
@@ -609,6 +635,7 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
     load_start = load()
     t_bare = t_line = c_bare = c_line = 0.0
     n_bare = n_line = 0
+    threads_line: dict[str, float] = {}  # CPU ms of each thread in the line's blocks
     for r in range(max(1, frames // (2 * BLOCK))):
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(BLOCK):
@@ -616,6 +643,7 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
         t_bare += time.perf_counter() - t0
         c_bare += time.process_time() - c0
         n_bare += BLOCK
+        threads0 = thread_cpu_ms()  # outside the timed block
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(BLOCK):
             frame = next(it)
@@ -623,6 +651,8 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
         t_line += time.perf_counter() - t0
         c_line += time.process_time() - c0
         n_line += BLOCK
+        for k, v in per_part(threads0, thread_cpu_ms(), 1).items():
+            threads_line[k] = threads_line.get(k, 0.0) + v
     p.close()
     outputs.close(timeout=2)
     writer.close()
@@ -635,6 +665,7 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
         "ratio": (n_line / t_line) / (n_bare / t_bare),
         "bare_cpu_ms_per_frame": c_bare * 1000 / n_bare,
         "line_cpu_ms_per_frame": c_line * 1000 / n_line,
+        "line_thread_cpu_ms_per_frame": per_part({}, threads_line, n_line),
     }
 
 
@@ -776,6 +807,11 @@ def report(lat: dict, tp: dict) -> None:
             f"waiting for a CPU {sp['run_queue_ms']:.2f} ms, asleep (the GIL) "
             f"{sp['asleep_gil_ms']:.2f} ms"
         )
+    busiest = list(lat["thread_cpu_ms_per_part"].items())[:6]
+    print(
+        "CPU ms per part by thread, while polled: "
+        + ", ".join(f"{k.rsplit(' ', 1)[0]} {v:.2f}" for k, v in busiest)
+    )
     so, sm = lat["standin_cpu_share_opcua_modbus"]
     print(
         f"process CPU while polled: line {lat['line_cpu_ms_per_frame'] / (1000 / lat['camera_fps']):.0%}"
@@ -785,6 +821,11 @@ def report(lat: dict, tp: dict) -> None:
         f"throughput (interleaved blocks): bare {tp['bare_fps']:.1f} fps, line "
         f"{tp['line_fps']:.1f} fps = {tp['ratio']:.2f} x; CPU per frame bare "
         f"{tp['bare_cpu_ms_per_frame']:.2f} ms, line {tp['line_cpu_ms_per_frame']:.2f} ms"
+    )
+    busiest = list(tp["line_thread_cpu_ms_per_frame"].items())[:4]
+    print(
+        "throughput, line: CPU ms per frame by thread: "
+        + ", ".join(f"{k.rsplit(' ', 1)[0]} {v:.2f}" for k, v in busiest)
     )
     print("aims (issue #18):")
     for k in ("held", "seen"):

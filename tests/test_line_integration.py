@@ -697,6 +697,24 @@ def test_the_plc_gets_the_verdict_before_the_archive_writes_the_image(tmp_path):
     assert len(list((tmp_path / "a").rglob("*.png"))) == 1
 
 
+def test_sinks_written_at_once_get_the_result_before_those_a_thread_away():
+    order: list[str] = []
+
+    class Recorder(Sink):
+        def publish(self, msg: dict[str, Any]) -> None:
+            order.append(f"{self.name} {msg['type']}")
+
+    class Inline(Recorder):
+        inline = True
+        wants_busy = True
+
+    out = LineOutputs([Recorder("hop"), Inline("inline"), Recorder("hop2")], part_id="counter")
+    out.begin()
+    out.handle({"verdict": "OK", "file": "f1"})
+    assert order == ["inline busy", "inline result", "hop result", "hop2 result"]
+    assert [s.name for s in out.sinks] == ["hop", "inline", "hop2"]  # as configured
+
+
 def test_sink_config_errors(tmp_path):
     p = tmp_path / "line.yaml"
     p.write_text("opcua_server: {port: 4840}\nmodbus: {port: 502}\n")

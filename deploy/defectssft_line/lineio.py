@@ -51,6 +51,9 @@ class LineOutputs:
         if part_id not in PART_IDS:
             raise LineError(f"--part-id must be one of {', '.join(PART_IDS)}")
         self.sinks = list(sinks or [])
+        # results go first to the sinks written at once (inline: no thread), then to those a
+        # thread hop away, whose wake-up may take the GIL from the scoring thread for a while
+        self._publish_order = sorted(self.sinks, key=lambda s: not s.inline)
         self.archive = archive
         self.images = images  # archive and send-unsure image writes (imagequeue.py)
         self.health = health or Health(log=log)
@@ -60,7 +63,7 @@ class LineOutputs:
         self.counter = 0
         self._requested = False  # begin() asked the client sinks for this part's id
         self.started = time.time()
-        self._busy_sinks = [s for s in self.sinks if getattr(s, "wants_busy", False)]
+        self._busy_sinks = [s for s in self._publish_order if getattr(s, "wants_busy", False)]
         self._part_readers = [s for s in self.sinks if s.reads_part_id] if part_id == "plc" else []
         for s in self.sinks:
             s.status = self.status
@@ -136,7 +139,7 @@ class LineOutputs:
                 "counts": dict(self.health.counts),
                 "time": time.time(),
             }
-            for s in self.sinks:
+            for s in self._publish_order:
                 s.publish(msg)
         if self.archive is not None and self.archive.wants(str(rec.get("verdict"))):
             write = partial(

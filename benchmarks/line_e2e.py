@@ -505,7 +505,7 @@ def part_latency(
     opener, stream = camera(fps, stamps, requeue_ms)
     p = prefetcher(opener, stream, limit=n_parts, runner=runner)
     c0, w0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
-    threads0 = thread_cpu_ms()
+    threads: list[dict[str, float]] = []  # at parts WARMUP and n_parts - 2 (reader alive)
     n = 0
     t_read: dict[int, float] = {}
     t_score: dict[int, float] = {}
@@ -516,8 +516,10 @@ def part_latency(
         t_prep[n] = frame.prepared.ms if frame.prepared is not None else 0.0
         with split_line:
             runner.score_frame(f"f{n}", frame.image, frame.meta, frame.prepared)
+        if n in (WARMUP, n_parts - 2):
+            threads.append(thread_cpu_ms())
     cpu_line = (time.process_time() - c0) * 1000 / n
-    threads_line = per_part(threads0, thread_cpu_ms(), n)
+    threads_line = per_part(*threads, n_parts - 2 - WARMUP) if len(threads) == 2 else {}
     thread_line = (time.thread_time() - th0) * 1000 / n
     placed = thread_cpus()  # while the line still runs
     placement_end = placement.summary()  # "given up" if the scoring CPU was busy

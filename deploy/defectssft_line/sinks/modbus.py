@@ -133,7 +133,9 @@ class ModbusServerSink(Sink):
         )
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._loop_thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
+        self._loop_thread = threading.Thread(
+            target=loop.run_forever, name=f"{self.name} loop", daemon=True
+        )
         self._loop_thread.start()
 
         async def serve() -> Any:

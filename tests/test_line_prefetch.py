@@ -121,7 +121,7 @@ def test_paced_reader_goes_on_when_the_consumer_never_says_it_scores():
     assert p.close() and cap.released_by is not None
 
 
-def test_prepare_runs_on_the_reading_thread_and_a_failure_leaves_it_to_the_consumer():
+def test_prepare_runs_on_the_reading_thread_while_the_consumer_is_busy():
     cap = CountingCapture(frames=4)
     threads: set[threading.Thread] = set()
 
@@ -131,9 +131,34 @@ def test_prepare_runs_on_the_reading_thread_and_a_failure_leaves_it_to_the_consu
             raise ValueError("ROI outside the frame")
         return int(image[0, 0, 0]) * 10
 
-    p = FramePrefetcher(stream_of(cap), prepare=prepare, pace=True).start()
-    assert [f.prepared for f in p] == [10, 20, None, 40]
-    assert p.close() and threads == cap.read_threads
+    p = FramePrefetcher(stream_of(cap), prepare=prepare).start()
+    it = iter(p)
+    next(it)  # frame 1; while it is "scored", frames 2 (queued) and 3 (waiting) are read
+    wait_for(lambda: cap.reads >= 3)
+    assert [next(it).prepared, next(it).prepared] == [20, None]  # 3: the consumer prepares it
+    assert threads == cap.read_threads
+    list(it)
+    assert p.close()
+
+
+def test_a_frame_the_consumer_waits_for_is_handed_over_unprepared():
+    gate = threading.Event()
+
+    class Gated(CountingCapture):
+        def read(self) -> tuple[bool, np.ndarray | None]:
+            gate.wait(WAIT)  # the frame "arrives" once the consumer waits, idle
+            return super().read()
+
+    cap = Gated(frames=1)
+    p = FramePrefetcher(stream_of(cap), prepare=lambda image: "prepared").start()
+    got: list[Any] = []
+    consumer = threading.Thread(target=lambda: got.extend(p))
+    consumer.start()
+    wait_for(lambda: p._waiting)
+    gate.set()
+    consumer.join(WAIT)
+    assert [f.prepared for f in got] == [None]  # prepared on the idle consumer's own CPU
+    assert p.close()
 
 
 def test_a_paced_reader_is_ended_by_close_while_it_waits():

@@ -10,10 +10,13 @@ inside a camera driver; it only waits for the queue.
 
 Two options let the scoring thread run nothing but the model while the reader works:
 
-* ``prepare`` (a function of the image) runs on the reading thread for each frame, its result
-  in ``Frame.prepared`` (the line runtime passes ``Runner.prepare_ahead``: the one
-  preprocessing definition, for the model running now). An exception there leaves
-  ``prepared`` None; the consumer then prepares (and reports) the frame itself.
+* ``prepare`` (a function of the image) runs on the reading thread for a frame that the
+  consumer is not already waiting for, its result in ``Frame.prepared`` (the line runtime
+  passes ``Runner.prepare_ahead``: the one preprocessing definition, for the model running
+  now). While the consumer scores the previous frame, preparing the next one here takes that
+  work off the consumer (the rate); a consumer that waits idle for the frame prepares it
+  itself, at once, on its own CPU (the latency). ``prepared`` None (also after an exception
+  in ``prepare``): the consumer prepares (and reports) the frame itself.
 * ``pace=True``: after handing frame N over, the reader waits until the consumer says it is
   scoring it (``scoring()``, called right before the model runs, when the consumer lets go of
   Python's GIL for milliseconds) or comes back for the next frame, and only then reads frame
@@ -79,6 +82,7 @@ class FramePrefetcher:
         self._pace = threading.Condition()
         self._taken = 0  # frames the consumer took (its thread only)
         self._scoring = 0  # the frame the consumer said it scores (or is done with)
+        self._waiting = False  # the consumer waits for the next frame (idle)
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(depth)))
         self.limit = max(0, int(limit))
         self._on_stop = on_stop
@@ -121,7 +125,7 @@ class FramePrefetcher:
             with contextlib.closing(self.stream.frames()) as frames:
                 for image in frames:
                     frame = Frame(image, dict(self._meta() or {}))
-                    if self._prepare is not None:
+                    if self._prepare is not None and not self._waiting:
                         try:
                             frame.prepared = self._prepare(image)
                         except Exception:  # noqa: BLE001 - the consumer prepares it and reports
@@ -159,7 +163,9 @@ class FramePrefetcher:
         """The frames in camera order, until the stream ends, ``limit``, or stop(); the
         stream's error (LineError: the source does not open) is raised here."""
         while True:
+            self._waiting = self._q.empty()
             item = self._q.get()
+            self._waiting = False
             if item is _END:
                 if self.error is not None:
                     raise self.error

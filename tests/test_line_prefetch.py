@@ -285,22 +285,24 @@ def test_runner_scores_a_frame_prepared_ahead_and_counts_its_preprocessing(tmp_p
     model = holder.model
     calls: list[str] = []
     runner.on_scoring = lambda: calls.append("scoring")  # the read-ahead may go on
-    inputs, classify = model.classify_inputs, model.classify
+    inputs = model.classify_inputs
     model.classify_inputs = lambda b: calls.append("inputs") or inputs(b)  # type: ignore[method-assign]
-    model.classify = lambda ims: calls.append("frame") or classify(ims)  # type: ignore[method-assign]
+    prepare = model.prepare
+    model.prepare = lambda im: calls.append("prepare") or prepare(im)  # type: ignore[method-assign]
     frame = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
 
     ahead = runner.prepare_ahead(frame)  # the one preprocessing definition, on the reader
     assert ahead is not None and ahead.model is model
     assert np.array_equal(ahead.batch, model.prepare(frame)[None])
+    calls.clear()
     rec = runner.score_frame("f1", frame, {"frame_id": 1}, Prepared(model, ahead.batch, 1000.0))
     assert calls == ["scoring", "inputs"] and rec["verdict"] == "NG"
     assert rec["latency_ms"] >= 1000.0  # its preprocessing counts in the part's own time
 
-    calls.clear()  # prepared for a model that has been swapped out since: prepared again
-    other = Prepared(LineModel.load(path), ahead.batch, 1000.0)
+    calls.clear()  # prepared for a model that has been swapped out since: prepared again,
+    other = Prepared(LineModel.load(path), ahead.batch, 1000.0)  # before the reader goes on
     rec = runner.score_frame("f2", frame, {"frame_id": 2}, other)
-    assert calls == ["scoring", "frame", "inputs"] and rec["verdict"] == "NG"
+    assert calls == ["prepare", "scoring", "inputs"] and rec["verdict"] == "NG"
 
     calls.clear()  # not prepared ahead (its preprocessing failed there): an ERROR record
     rec = runner.score_frame("f3", np.zeros((0, 5, 3), np.uint8), {"frame_id": 3}, None)

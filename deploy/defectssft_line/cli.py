@@ -181,14 +181,6 @@ class Runner:
         batch = model.prepare(image)[None]
         return Prepared(model, batch, (time.perf_counter() - t0) * 1000)
 
-    def _scoring(self) -> None:
-        """Right before the model runs (Python's GIL free for milliseconds): the PLC's busy
-        coil, and the read-ahead may go on; their threads' work overlaps the model."""
-        if self.outputs is not None:
-            self.outputs.begin()
-        if self.on_scoring is not None:
-            self.on_scoring()
-
     def score_frame(
         self,
         name: str,
@@ -215,12 +207,20 @@ class Runner:
         model = self.holder.current()
         if prepared is not None and prepared.model is not model:
             prepared = None  # prepared for a model swapped out since: prepared again
-        self._scoring()
+        if self.outputs is not None:
+            self.outputs.begin()  # the PLC's busy coil
         t0 = time.perf_counter()
         try:
-            if prepared is not None:
-                pred = model.classify_inputs(prepared.batch)[0]
-            else:
+            batch = prepared.batch if prepared is not None else None
+            if batch is None and model.tiles is None:
+                batch = model.prepare(frame)[None]  # here, on this (idle) thread's CPU
+            if self.on_scoring is not None:
+                # the model runs next, Python's GIL free for milliseconds: the read-ahead
+                # goes on now (its GIL-holding work overlaps the model, not this part's path)
+                self.on_scoring()
+            if batch is not None:
+                pred = model.classify_inputs(batch)[0]
+            else:  # a tiled model: prepared and scored tile by tile
                 pred = model.classify([frame])[0]
         except Exception as e:  # noqa: BLE001 - one odd frame must never stop the line
             self.skipped_frames += 1

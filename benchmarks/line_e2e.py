@@ -2,8 +2,10 @@
 
 Every part runs the line runtime's own camera loop (``defectssft-line run --camera``): the
 simulated GenTL producer of PyPI ``genicam`` (``viky.cti``, RGBa8 400x400) read ahead on its
-own thread (``prefetch.FramePrefetcher``), ``Runner.score_frame`` (the one preprocessing
-definition, the ONNX model at 1 thread), the record to a JSON-lines file and to the sinks.
+own thread as the runtime sets it up (``cli.read_ahead``: paced by the model, preparing the
+frames that arrive while the scoring thread is busy), ``Runner.score_frame`` (the one
+preprocessing definition, the ONNX model at 1 thread), the record to a JSON-lines file and to
+the sinks.
 
 Part 1, latency: the camera free-runs at ``--latency-fps`` (default 10 fps, well below what the PC
 can score, as on a triggered line), into an OPC UA server and a Modbus TCP server sink at once.

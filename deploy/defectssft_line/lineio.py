@@ -3,9 +3,10 @@
 ``LineOutputs.handle`` is called once per part, before the record is written: it gives the
 record its part id (``--part-id``), updates the health counters and alarm, queues the result
 to every sink (never blocking) and then archives the image when its verdict asks for it (the
-PNG and the disk come after the PLC's verdict, not before). ``begin`` is
-called when the scoring of a camera frame begins (the Modbus ``busy`` coil). Nothing here can stop
-inspection: sinks queue and reconnect on their own, the archive warns and counts.
+PNG and the disk come after the PLC's verdict, not before). ``begin`` is called when the
+scoring of a camera frame begins (the Modbus ``busy`` coil). Nothing here can stop inspection:
+sinks queue and reconnect on their own, the archive warns and counts. Results go first to the
+sinks written at once (``Sink.inline``), then to those a thread hop away.
 
 Part id (``--part-id``): ``counter`` (the camera's frame id when it has one, else a running
 count), ``file`` (the file or frame name), ``plc`` (the value the PLC wrote to the OPC UA

@@ -86,7 +86,7 @@ def registers(msg: dict[str, Any], status: dict[str, Any], beat: int) -> list[in
 
 def _now(coro: Any) -> Any:
     """Run a datastore coroutine that never waits to its end on this thread (the module
-    docstring); one that would wait is an error and has not written."""
+    docstring); one that would wait is closed there, an error (the rest of it not done)."""
     try:
         coro.send(None)
     except StopIteration as done:

@@ -2,8 +2,10 @@
 
 Every part runs the line runtime's own camera loop (``defectssft-line run --camera``): the
 simulated GenTL producer of PyPI ``genicam`` (``viky.cti``, RGBa8 400x400) read ahead on its
-own thread (``prefetch.FramePrefetcher``), ``Runner.score_frame`` (the one preprocessing
-definition, the ONNX model at 1 thread), the record to a JSON-lines file and to the sinks.
+own thread as the runtime sets it up (``cli.read_ahead``: paced by the model, preparing the
+frames that arrive while the scoring thread is busy), ``Runner.score_frame`` (the one
+preprocessing definition, the ONNX model at 1 thread), the record to a JSON-lines file and to
+the sinks.
 
 Part 1, latency: the camera free-runs at ``--latency-fps`` (default 10 fps, well below what the PC
 can score, as on a triggered line), into an OPC UA server and a Modbus TCP server sink at once.
@@ -323,10 +325,14 @@ def untime_requeue() -> None:
     Buffer.queue = getattr(Buffer.queue, "__wrapped__", Buffer.queue)
 
 
-def prefetcher(opener: Any, stream: Any, limit: int = 0) -> Any:
-    """The read-ahead exactly as ``defectssft-line run --camera`` sets it up."""
+def prefetcher(opener: Any, stream: Any, limit: int = 0, runner: Any = None) -> Any:
+    """The read-ahead exactly as ``defectssft-line run --camera`` sets it up for ``runner``
+    (``cli.read_ahead``); without one, frames only (``grab``)."""
+    from defectssft_line.cli import read_ahead
     from defectssft_line.prefetch import FramePrefetcher
 
+    if runner is not None:
+        return read_ahead(runner, stream, lambda: opener.last_meta, limit, opener.stop).start()
     return FramePrefetcher(
         stream, lambda: opener.last_meta, limit=limit, on_stop=opener.stop
     ).start()
@@ -334,8 +340,9 @@ def prefetcher(opener: Any, stream: Any, limit: int = 0) -> Any:
 
 def timed_sends(sink: Any, done: dict[int, float]) -> None:
     """Note when the sink's peer holds each result (benchmark instrumentation): a server
-    sink applies messages on its loop (``apply``), others send from their thread."""
-    send, apply = sink.send, sink.apply
+    sink applies messages on its loop (``apply``) or at once on the scoring thread
+    (``write_now``, an ``inline`` sink), others send from their thread."""
+    send, apply, write_now = sink.send, sink.apply, sink.write_now
 
     def note(msg: dict[str, Any]) -> None:
         if msg.get("type") == "result":
@@ -349,7 +356,11 @@ def timed_sends(sink: Any, done: dict[int, float]) -> None:
         await apply(msg)
         note(msg)
 
-    sink.send, sink.apply = timed, timed_apply
+    def timed_now(msg: dict[str, Any]) -> None:
+        write_now(msg)
+        note(msg)
+
+    sink.send, sink.apply, sink.write_now = timed, timed_apply, timed_now
 
 
 def schedstat() -> tuple[float, float]:
@@ -393,6 +404,29 @@ def thread_cpus() -> dict[str, list[int]]:
         with contextlib.suppress(OSError):
             out[f"{names.get(tid, 'native')} {tid}"] = sorted(os.sched_getaffinity(tid))
     return out
+
+
+def thread_cpu_ms() -> dict[str, float]:
+    """ms on a CPU so far of each thread of this process, by name and id (Linux schedstat;
+    native threads by their ``comm`` name)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError, ValueError):
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                on = int(f.read().split()[0]) / 1e6
+            name = names.get(tid)
+            if name is None:
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    name = f"native:{f.read().strip()}"
+            out[f"{name} {tid}"] = on
+    return out
+
+
+def per_part(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU ms per part of each thread between two ``thread_cpu_ms`` (busiest first)."""
+    d = {k: (v - before.get(k, 0.0)) / max(1, n) for k, v in after.items()}
+    return dict(sorted(((k, round(v, 3)) for k, v in d.items() if v > 0), key=lambda kv: -kv[1]))
 
 
 def bare_run(
@@ -471,17 +505,23 @@ def part_latency(
     stamps: dict[int, float] = {}
     requeue_ms: list[float] = []
     opener, stream = camera(fps, stamps, requeue_ms)
-    p = prefetcher(opener, stream, limit=n_parts)
+    p = prefetcher(opener, stream, limit=n_parts, runner=runner)
     c0, w0, th0 = time.process_time(), time.perf_counter(), time.thread_time()
+    threads: list[dict[str, float]] = []  # at parts WARMUP and n_parts - 2 (reader alive)
     n = 0
     t_read: dict[int, float] = {}
     t_score: dict[int, float] = {}
+    t_prep: dict[int, float] = {}  # preprocessing on the read-ahead thread (own inference)
     for frame in p:
         n += 1
         t_read[n], t_score[n] = frame.t_read, time.perf_counter()
+        t_prep[n] = frame.prepared.ms if frame.prepared is not None else 0.0
         with split_line:
-            runner.score_frame(f"f{n}", frame.image, frame.meta)
+            runner.score_frame(f"f{n}", frame.image, frame.meta, frame.prepared)
+        if n in (WARMUP, n_parts - 2):
+            threads.append(thread_cpu_ms())
     cpu_line = (time.process_time() - c0) * 1000 / n
+    threads_line = per_part(*threads, n_parts - 2 - WARMUP) if len(threads) == 2 else {}
     thread_line = (time.thread_time() - th0) * 1000 / n
     placed = thread_cpus()  # while the line still runs
     placement_end = placement.summary()  # "given up" if the scoring CPU was busy
@@ -533,9 +573,10 @@ def part_latency(
     # where the time over the part's own inference goes (medians; the counter k is part k)
     stages = {
         "driver_to_read_ahead_done": [(t_read[k] - t_frame[k]) * ms for k in t_frame],
+        "of_which_preprocessing_ahead": [t_prep[k] for k in t_frame],
         "read_ahead_to_scoring": [(t_score[k] - t_read[k]) * ms for k in t_frame],
         "scoring_minus_inference_to_sinks": [
-            (t_publish[k] - t_score[k]) * ms - infer[k] for k in t_frame
+            (t_publish[k] - t_score[k]) * ms - (infer[k] - t_prep[k]) for k in t_frame
         ],
         "sinks_to_opcua_held": [
             (held_opc[k] - t_publish[k]) * ms for k in t_frame if k in held_opc
@@ -563,6 +604,7 @@ def part_latency(
         "line_cpu_ms_per_frame": cpu_line,
         "scoring_thread_cpu_ms_per_frame_line_bare": [thread_line, thread_bare],
         "thread_cpus": placed,
+        "thread_cpu_ms_per_part": threads_line,
         "placement_at_end": placement_end,
         "scoring_thread_per_part_bare": split_bare.medians(),
         "scoring_thread_per_part_line": split_line.medians(),
@@ -588,14 +630,16 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
     runner, writer = make_runner(model_path, outputs, work / "tp.jsonl", placement)
     placement.apply()
     opener, stream = camera(200.0)
-    p = prefetcher(opener, stream)
+    p = prefetcher(opener, stream, runner=runner)
     it = iter(p)
     for i in range(10):  # warm-up
         model.classify([grabbed[i]])
-        runner.score_frame(f"w{i}", next(it).image, {})
+        frame = next(it)
+        runner.score_frame(f"w{i}", frame.image, {}, frame.prepared)
     load_start = load()
     t_bare = t_line = c_bare = c_line = 0.0
     n_bare = n_line = 0
+    threads_line: dict[str, float] = {}  # CPU ms of each thread in the line's blocks
     for r in range(max(1, frames // (2 * BLOCK))):
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(BLOCK):
@@ -603,13 +647,16 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
         t_bare += time.perf_counter() - t0
         c_bare += time.process_time() - c0
         n_bare += BLOCK
+        threads0 = thread_cpu_ms()  # outside the timed block
         c0, t0 = time.process_time(), time.perf_counter()
         for i in range(BLOCK):
             frame = next(it)
-            runner.score_frame(f"q{r}-{i}", frame.image, frame.meta)
+            runner.score_frame(f"q{r}-{i}", frame.image, frame.meta, frame.prepared)
         t_line += time.perf_counter() - t0
         c_line += time.process_time() - c0
         n_line += BLOCK
+        for k, v in per_part(threads0, thread_cpu_ms(), 1).items():
+            threads_line[k] = threads_line.get(k, 0.0) + v
     p.close()
     outputs.close(timeout=2)
     writer.close()
@@ -622,6 +669,7 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
         "ratio": (n_line / t_line) / (n_bare / t_bare),
         "bare_cpu_ms_per_frame": c_bare * 1000 / n_bare,
         "line_cpu_ms_per_frame": c_line * 1000 / n_line,
+        "line_thread_cpu_ms_per_frame": per_part({}, threads_line, n_line),
     }
 
 
@@ -655,12 +703,12 @@ def soak(
 
     threading.Thread(target=dropper, daemon=True).start()
     rss: list[tuple[int, float]] = []
-    p = prefetcher(opener, stream, limit=frames)
+    p = prefetcher(opener, stream, limit=frames, runner=runner)
     c0, t_start = time.process_time(), time.perf_counter()
     n = 0
     for frame in p:
         n += 1
-        runner.score_frame(f"s{n}", frame.image, frame.meta)
+        runner.score_frame(f"s{n}", frame.image, frame.meta, frame.prepared)
         # RSS while the camera is open (the reader ends a frame or two before the last)
         if n == 20 or (n % max(1, frames // 10) == 0 and n < frames - 5) or n == frames - 5:
             rss.append((n, round(rss_mb(), 1)))
@@ -763,6 +811,11 @@ def report(lat: dict, tp: dict) -> None:
             f"waiting for a CPU {sp['run_queue_ms']:.2f} ms, asleep (the GIL) "
             f"{sp['asleep_gil_ms']:.2f} ms"
         )
+    busiest = list(lat["thread_cpu_ms_per_part"].items())[:6]
+    print(
+        "CPU ms per part by thread, while polled: "
+        + ", ".join(f"{k.rsplit(' ', 1)[0]} {v:.2f}" for k, v in busiest)
+    )
     so, sm = lat["standin_cpu_share_opcua_modbus"]
     print(
         f"process CPU while polled: line {lat['line_cpu_ms_per_frame'] / (1000 / lat['camera_fps']):.0%}"
@@ -772,6 +825,11 @@ def report(lat: dict, tp: dict) -> None:
         f"throughput (interleaved blocks): bare {tp['bare_fps']:.1f} fps, line "
         f"{tp['line_fps']:.1f} fps = {tp['ratio']:.2f} x; CPU per frame bare "
         f"{tp['bare_cpu_ms_per_frame']:.2f} ms, line {tp['line_cpu_ms_per_frame']:.2f} ms"
+    )
+    busiest = list(tp["line_thread_cpu_ms_per_frame"].items())[:4]
+    print(
+        "throughput, line: CPU ms per frame by thread: "
+        + ", ".join(f"{k.rsplit(' ', 1)[0]} {v:.2f}" for k, v in busiest)
     )
     print("aims (issue #18):")
     for k in ("held", "seen"):

@@ -433,6 +433,38 @@ def test_modbus_server_coils_registers_and_plc_part_id():
         sink.close(timeout=1)
 
 
+def test_modbus_server_holds_the_part_when_publish_returns_and_a_bad_write_is_counted():
+    from pymodbus.client import ModbusTcpClient
+
+    from defectssft_line.sinks.modbus import ModbusServerSink, _now
+
+    port = free_port()
+    logs: list[str] = []
+    sink = ModbusServerSink(port=port, log=logs.append)
+    sink.status = lambda: {"alarm": "", "dropped_total": 0}
+    sink.start()
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    loop = sink.direct_loop()
+    gate = threading.Event()
+    try:
+        assert client.connect()
+        loop.call_soon_threadsafe(gate.wait, WAIT)  # the server's loop stands still meanwhile
+        sink.publish({"type": "busy"})
+        sink.publish(result_msg(7, "NG", score=0.25))  # written on this thread, no hop
+        sink.publish(result_msg(8, "NG", score="not a number"))  # fails: counted, not raised
+        assert sink.pending() == 0 and (sink.sent, sink.dropped, sink.failures) == (1, 1, 1)
+        assert "write failed" in logs[0]
+        held = _now(sink._server.async_getValues(0, 3, 2, 2))  # while the loop stands still
+        assert held == [7, 0]
+        gate.set()
+        assert client.read_holding_registers(0, count=5).registers == [1, 250, 7, 0, 1]
+        assert client.read_coils(0, count=4).bits[:4] == [False, True, False, False]
+    finally:
+        gate.set()
+        client.close()
+        sink.close(timeout=1)
+
+
 def test_server_sink_applies_on_its_loop_in_order_and_bounded():
     """A server sink hands each message straight to its loop (not its worker's queue); a loop
     that falls behind keeps the newest ``queue_size`` messages and counts the rest dropped."""
@@ -442,6 +474,7 @@ def test_server_sink_applies_on_its_loop_in_order_and_bounded():
 
     port = free_port()
     sink = ModbusServerSink(port=port, queue_size=3)
+    sink.inline = False  # the loop path (OPC UA's; Modbus writes its datastore at once)
     sink.start()
     client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
     gate = threading.Event()
@@ -664,6 +697,24 @@ def test_the_plc_gets_the_verdict_before_the_archive_writes_the_image(tmp_path):
     assert len(list((tmp_path / "a").rglob("*.png"))) == 1
 
 
+def test_sinks_written_at_once_get_the_result_before_those_a_thread_away():
+    order: list[str] = []
+
+    class Recorder(Sink):
+        def publish(self, msg: dict[str, Any]) -> None:
+            order.append(f"{self.name} {msg['type']}")
+
+    class Inline(Recorder):
+        inline = True
+        wants_busy = True
+
+    out = LineOutputs([Recorder("hop"), Inline("inline"), Recorder("hop2")], part_id="counter")
+    out.begin()
+    out.handle({"verdict": "OK", "file": "f1"})
+    assert order == ["inline busy", "inline result", "hop result", "hop2 result"]
+    assert [s.name for s in out.sinks] == ["hop", "inline", "hop2"]  # as configured
+
+
 def test_sink_config_errors(tmp_path):
     p = tmp_path / "line.yaml"
     p.write_text("opcua_server: {port: 4840}\nmodbus: {port: 502}\n")
@@ -807,6 +858,7 @@ class FakeAcquirer:
         self.script = list(script)
         self.remote_device = type("Dev", (), {"node_map": FakeNodeMap()})()
         self.fetches = 0
+        self.queued: list[int] = []  # buffers handed back to the producer, by fetch number
 
     def try_fetch(self, timeout: float) -> Any:
         self.fetches += 1
@@ -821,9 +873,14 @@ class FakeAcquirer:
         buf = type("B", (), {})()
         buf.payload = type("P", (), {"components": [comp]})()
         buf.frame_id, buf.timestamp = self.fetches, 1000 * self.fetches
-        buf.__class__.__enter__ = lambda b: b
-        buf.__class__.__exit__ = lambda b, *a: None
+        buf.queue = lambda n=self.fetches: self.queued.append(n)
         return buf
+
+    def stop(self) -> None:
+        self.queued.append(-1)  # the acquisition stops (every buffer must be back by now)
+
+    def destroy(self) -> None:
+        pass
 
 
 def test_software_and_hardware_trigger_reads():
@@ -850,6 +907,38 @@ def test_software_and_hardware_trigger_reads():
     cap = GenICamCapture(None, ia, hard, "genicam://x", meta.append)
     with pytest.raises(OSError, match="device removed"):
         cap.read()
+
+
+def test_a_frame_is_handed_over_before_its_buffer_goes_back():
+    from defectssft_line.genicam import GenICamCapture
+
+    frame = np.full((4, 6), 7, np.uint8)
+    ia = FakeAcquirer([frame, frame, frame])
+    cap = GenICamCapture(None, ia, CameraSettings(fetch_timeout=0), "genicam://x", dict)
+    cap.harvester = type("H", (), {"reset": lambda self: ia.queued.append(-2)})()
+    assert cap.read()[0] and ia.queued == []  # frame 1 handed over, its buffer kept
+    cap.recycle()  # the read-ahead: once frame 1 is being scored
+    cap.recycle()  # nothing held: nothing twice
+    assert ia.queued == [1]
+    assert cap.read()[0] and ia.queued == [1]
+    assert cap.read()[0] and ia.queued == [1, 2]  # at the latest when the next is awaited
+    cap.release()
+    assert ia.queued == [1, 2, 3, -1, -2]  # every buffer back before the acquisition stops
+
+
+def test_simulated_camera_frames_never_alias_a_buffer_the_producer_refills():
+    from defectssft_line.camera import CameraStream
+
+    opener = GenICamOpener(CTI, CameraSettings(buffers=2, nodes={"AcquisitionFrameRate": 200.0}))
+    stream = CameraStream("genicam://0", opener=opener, log=lambda m: None)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    with __import__("contextlib").closing(stream.frames()) as frames:
+        for n, frame in enumerate(frames):
+            kept.append((frame, frame.copy()))  # each buffer is refilled after its recycle
+            if n == 7:
+                break
+    assert all(np.array_equal(f, copy) for f, copy in kept)
+    assert not np.array_equal(kept[0][1], kept[-1][1])  # the producer did draw new images
 
 
 def test_mqtt_last_will_when_the_line_pc_vanishes():

@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -61,9 +62,12 @@ from defectssft_line.preprocess import (
 from defectssft_line.stopping import StopOnSignal, end_by_sigterm
 
 
-def _verdict_record(name: str, pred: Prediction, t0: float, version: str) -> dict:
-    """The output record of a scored image or frame (latency counted from ``t0``)."""
-    latency_ms = (time.perf_counter() - t0) * 1000
+def _verdict_record(
+    name: str, pred: Prediction, t0: float, version: str, ahead_ms: float = 0.0
+) -> dict:
+    """The output record of a scored image or frame (latency counted from ``t0``, plus the
+    preprocessing done ahead on the read-ahead thread)."""
+    latency_ms = (time.perf_counter() - t0) * 1000 + ahead_ms
     rec = record(name, pred.verdict, pred.cls, pred.score, latency_ms, version)
     if pred.anomaly_score is not None:  # a model with an anomaly head (novelty.py)
         rec["anomaly_score"] = round(float(pred.anomaly_score), 6)
@@ -76,6 +80,16 @@ def _log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- run
+
+
+@dataclass
+class Prepared:
+    """A camera frame made into one model's input on the read-ahead thread
+    (``Runner.prepare_ahead``), and how long that took."""
+
+    model: LineModel
+    batch: np.ndarray  # uint8 [1, H, W, 3]
+    ms: float
 
 
 class Runner:
@@ -94,7 +108,8 @@ class Runner:
         self.skipped_frames = 0
         self.stopped_by: int | None = None  # the signal that stopped a camera run
         self.save_maps: Path | None = None  # --save-maps: anomaly overlays of NG/UNSURE parts
-        self.placement: Placement | None = None  # --scoring-cpu: kept before each part
+        self.placement: Placement | None = None  # --scoring-cpu: kept between parts
+        self.on_scoring: Callable[[], None] | None = None  # the read-ahead's ``scoring``
 
     def _save_map(self, model: LineModel, name: str, image: np.ndarray, pred: Prediction) -> None:
         if self.save_maps is None or pred.anomaly_map is None or model.novelty is None:
@@ -154,18 +169,59 @@ class Runner:
         self.writer.write(rec)
         return rec
 
-    def score_frame(self, name: str, frame: np.ndarray, extra: dict | None = None) -> dict:
+    def prepare_ahead(self, image: np.ndarray) -> Prepared | None:
+        """On the read-ahead thread: ``image`` as the running model's input, by the one
+        preprocessing definition (``LineModel.prepare``), timed; None for a tiled model
+        (scored tile by tile). An error is raised to the caller (the frame is then prepared
+        again, and reported, by ``score_frame``)."""
+        model = self.holder.model
+        if model.tiles is not None:
+            return None
+        t0 = time.perf_counter()
+        batch = model.prepare(image)[None]
+        return Prepared(model, batch, (time.perf_counter() - t0) * 1000)
+
+    def score_frame(
+        self,
+        name: str,
+        frame: np.ndarray,
+        extra: dict | None = None,
+        prepared: Prepared | None = None,
+    ) -> dict:
         """Score one camera frame. A frame that cannot be preprocessed or scored gets an ERROR
         record and a (rate-limited) warning; the stream goes on. ``extra`` (the camera's
-        frame id and timestamp) goes into the record."""
-        if self.placement is not None:
-            self.placement.keep()
-        if self.outputs is not None:
-            self.outputs.begin()
+        frame id and timestamp) goes into the record. ``prepared``: the frame already made
+        into the model's input on the read-ahead thread (``prepare_ahead``); used when the
+        model is still the one it was prepared for, its time counted in the record's
+        ``latency_ms``. The CPU placement is kept after the part, not on its path (its look
+        at the process's threads is a system call, which lets other threads take the GIL)."""
+        try:
+            return self._score_frame(name, frame, extra, prepared)
+        finally:
+            if self.placement is not None:
+                self.placement.keep()
+
+    def _score_frame(
+        self, name: str, frame: np.ndarray, extra: dict | None, prepared: Prepared | None
+    ) -> dict:
         model = self.holder.current()
+        if prepared is not None and prepared.model is not model:
+            prepared = None  # prepared for a model swapped out since: prepared again
+        if self.outputs is not None:
+            self.outputs.begin()  # the PLC's busy coil
         t0 = time.perf_counter()
         try:
-            pred = model.classify([frame])[0]
+            batch = prepared.batch if prepared is not None else None
+            if batch is None and model.tiles is None:
+                batch = model.prepare(frame)[None]  # here, on this (idle) thread's CPU
+            if self.on_scoring is not None:
+                # the model runs next, Python's GIL free for milliseconds: the read-ahead
+                # goes on now (its GIL-holding work overlaps the model, not this part's path)
+                self.on_scoring()
+            if batch is not None:
+                pred = model.classify_inputs(batch)[0]
+            else:  # a tiled model: prepared and scored tile by tile
+                pred = model.classify([frame])[0]
         except Exception as e:  # noqa: BLE001 - one odd frame must never stop the line
             self.skipped_frames += 1
             message = f"{name}: {type(e).__name__}: {e}".splitlines()[0]
@@ -173,7 +229,7 @@ class Runner:
             if n <= 10 or n % 100 == 0:
                 _log(f"warning: frame skipped ({n} so far): {message}")
             return self._error(name, model.version, t0, message)
-        rec = _verdict_record(name, pred, t0, model.version)
+        rec = _verdict_record(name, pred, t0, model.version, prepared.ms if prepared else 0.0)
         if extra:
             rec.update(extra)
         if self.outputs is not None:  # the PLC first; images to disk after
@@ -309,16 +365,14 @@ def _run_camera(
         f"{runner.holder.model.version or '?'}); Ctrl+C to stop"
     )
     n = 0
-    prefetch = FramePrefetcher(
-        stream, meta, limit=args.max_frames, on_stop=getattr(opener, "stop", None)
-    )
+    prefetch = read_ahead(runner, stream, meta, args.max_frames, getattr(opener, "stop", None))
     stop = StopOnSignal(prefetch.stop)
     try:
         with stop:
             prefetch.start()
             for frame in prefetch:
                 n += 1
-                runner.score_frame(f"frame{n:06d}.png", frame.image, frame.meta)
+                runner.score_frame(f"frame{n:06d}.png", frame.image, frame.meta, frame.prepared)
     finally:  # also on a second Ctrl+C; a read may be left hung in the driver
         prefetch.close()
         runner.stopped_by = stop.signum
@@ -336,6 +390,22 @@ def _run_camera(
     if n == 0 and stop.signum is None:
         raise LineError(f"no frames from camera/video source {args.camera!r}")
     return 1 if stream.gave_up or runner.skipped_frames else 0
+
+
+def read_ahead(
+    runner: Runner,
+    stream: CameraStream,
+    meta: Callable[[], dict],
+    limit: int = 0,
+    on_stop: Callable[[], None] | None = None,
+) -> FramePrefetcher:
+    """The camera's read-ahead as ``run --camera`` sets it up (not started): frames read and
+    prepared for the model on its own thread, paced by the scoring (prefetch.py)."""
+    prefetch = FramePrefetcher(
+        stream, meta, limit=limit, on_stop=on_stop, prepare=runner.prepare_ahead, pace=True
+    )
+    runner.on_scoring = prefetch.scoring
+    return prefetch
 
 
 def _check_depth(pixel_format: str | None, bit_depth: int) -> None:

@@ -30,6 +30,13 @@ thread, the sinks, the OPC UA / Modbus servers) for as long as the camera waits 
 Instead the producer is asked without waiting, every ``POLL_S`` seconds, the GIL free in
 between.
 
+A frame is handed over before its buffer goes back to the producer (``recycle``): the pixels
+are copied out first (``from_pixel_format``), so the frame never aliases a buffer the producer
+may refill; the buffer is queued back at the start of the next ``read``, which the read-ahead
+begins once the frame is being scored (``prefetch.py``), and by ``release`` before the
+acquisition stops. Handing a buffer back can take the producer a while (a simulated one draws
+the next image there, holding the GIL); on the part's path it would delay every verdict.
+
 Needs the ``genicam`` extra (``pip install defectssft-line[genicam]``).
 """
 
@@ -209,6 +216,15 @@ def _set_node(node_map: Any, uri: str, setting: str, name: str, value: Any) -> N
         raise LineError(f"camera {uri}: cannot set '{name}' to {value!r} ({first})") from e
 
 
+def _requeue(buffer: Any) -> None:
+    """Give a fetched buffer back to the producer; a camera that is gone cannot take it (its
+    acquirer is destroyed on the reconnect)."""
+    try:
+        buffer.queue()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class GenICamCapture:
     """One opened camera, acquiring; ``read()`` -> (ok, frame) like cv2.VideoCapture."""
 
@@ -226,6 +242,8 @@ class GenICamCapture:
         self._stopping = stopping or threading.Event()
         self.node_map = acquirer.remote_device.node_map
         self.pixel_format = str(self.node_map.PixelFormat.value)
+        self._lock = threading.Lock()
+        self._held: Any = None  # the buffer of the frame read last, until recycle()
 
     def _fetch(self, timeout: float) -> Any:
         """The next filled buffer, or None after ``timeout`` s or a stop (module docstring)."""
@@ -239,6 +257,7 @@ class GenICamCapture:
             time.sleep(POLL_S)
 
     def read(self) -> tuple[bool, np.ndarray | None]:
+        self.recycle()  # the previous frame's buffer goes back before the next is awaited
         s = self.settings
         while True:
             if s.trigger == "software":
@@ -250,15 +269,30 @@ class GenICamCapture:
                 # hardware trigger: no part yet; still reachable? (a read fails when it is gone)
                 self.node_map.get_node("PixelFormat").value  # noqa: B018 - liveness probe
                 continue
-            with buffer:
+            try:
                 comp = buffer.payload.components[0]
                 frame = from_pixel_format(comp.data, str(comp.data_format), comp.height, comp.width)
                 self._on_meta(
                     {"frame_id": int(buffer.frame_id), "camera_ts": int(buffer.timestamp)}
                 )
+            except BaseException:
+                _requeue(buffer)
+                raise
+            with self._lock:
+                self._held = buffer  # back to the producer by recycle(): the frame is a copy
             return True, frame
 
+    def recycle(self) -> None:
+        """Hand the last frame's buffer back to the producer (any thread; a no-op when none is
+        held). ``read`` and ``release`` call it first; the read-ahead calls it earlier, once the
+        frame is being scored (the module docstring)."""
+        with self._lock:
+            buffer, self._held = self._held, None
+        if buffer is not None:
+            _requeue(buffer)
+
     def release(self) -> None:
+        self.recycle()  # every buffer back before the acquisition stops (harvesters' rule)
         for step in (self.ia.stop, self.ia.destroy, self.harvester.reset):
             try:
                 step()

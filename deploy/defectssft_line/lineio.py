@@ -3,9 +3,10 @@
 ``LineOutputs.handle`` is called once per part, before the record is written: it gives the
 record its part id (``--part-id``), updates the health counters and alarm, queues the result
 to every sink (never blocking) and then archives the image when its verdict asks for it (the
-PNG and the disk come after the PLC's verdict, not before). ``begin`` is
-called when a camera frame arrives (the Modbus ``busy`` coil). Nothing here can stop
-inspection: sinks queue and reconnect on their own, the archive warns and counts.
+PNG and the disk come after the PLC's verdict, not before). ``begin`` is called when the
+scoring of a camera frame begins (the Modbus ``busy`` coil). Nothing here can stop inspection:
+sinks queue and reconnect on their own, the archive warns and counts. Results go first to the
+sinks written at once (``Sink.inline``), then to those a thread hop away.
 
 Part id (``--part-id``): ``counter`` (the camera's frame id when it has one, else a running
 count), ``file`` (the file or frame name), ``plc`` (the value the PLC wrote to the OPC UA
@@ -51,6 +52,9 @@ class LineOutputs:
         if part_id not in PART_IDS:
             raise LineError(f"--part-id must be one of {', '.join(PART_IDS)}")
         self.sinks = list(sinks or [])
+        # results go first to the sinks written at once (inline: no thread), then to those a
+        # thread hop away, whose wake-up may take the GIL from the scoring thread for a while
+        self._publish_order = sorted(self.sinks, key=lambda s: not s.inline)
         self.archive = archive
         self.images = images  # archive and send-unsure image writes (imagequeue.py)
         self.health = health or Health(log=log)
@@ -60,7 +64,7 @@ class LineOutputs:
         self.counter = 0
         self._requested = False  # begin() asked the client sinks for this part's id
         self.started = time.time()
-        self._busy_sinks = [s for s in self.sinks if getattr(s, "wants_busy", False)]
+        self._busy_sinks = [s for s in self._publish_order if getattr(s, "wants_busy", False)]
         self._part_readers = [s for s in self.sinks if s.reads_part_id] if part_id == "plc" else []
         for s in self.sinks:
             s.status = self.status
@@ -86,8 +90,8 @@ class LineOutputs:
             )
 
     def begin(self) -> None:
-        """A frame arrived: tell the PLC the station is busy; client sinks read the part id
-        the PLC wrote for it (``--part-id plc``) while the frame is scored."""
+        """A frame's scoring begins: tell the PLC the station is busy; client sinks read the
+        part id the PLC wrote for it (``--part-id plc``) while the frame is scored."""
         for s in self._busy_sinks:
             s.publish({"type": "busy"})
         for s in self._part_readers:
@@ -136,7 +140,7 @@ class LineOutputs:
                 "counts": dict(self.health.counts),
                 "time": time.time(),
             }
-            for s in self.sinks:
+            for s in self._publish_order:
                 s.publish(msg)
         if self.archive is not None and self.archive.wants(str(rec.get("verdict"))):
             write = partial(

@@ -174,7 +174,10 @@ class LineModel:
             return []
         if self.tiles is not None:
             return [self.decide(t.probs, t.score) for t in map(self.score_tiles, images)]
-        batch = np.stack([self.prepare(im) for im in images])
+        return self.classify_inputs(np.stack([self.prepare(im) for im in images]))
+
+    def classify_inputs(self, batch: np.ndarray) -> list[Prediction]:
+        """Verdicts for model inputs ``prepare`` made: uint8 [N, H, W, 3] (not tiled models)."""
         if self.novelty is not None:
             return self._classify_novel(batch)
         probs, scores = self.predict(batch)

@@ -16,8 +16,9 @@ to one CPU and every other thread of the process to the others:
 
 With one usable CPU, or outside Linux, nothing is pinned, and the log says so once. Threads
 that start later (a camera reconnect, a sink's new connection, a new model's session)
-inherit the CPUs of the thread that started them; ``keep()``, called before each part,
-pins those too (it lists ``/proc/self/task``: microseconds). ``release()`` gives every pinned
+inherit the CPUs of the thread that started them; ``keep()``, called between parts (after
+each camera frame's record, before each file), pins those too (it lists ``/proc/self/task``:
+microseconds). ``release()`` gives every pinned
 thread back the CPUs it had, so a run inside a longer-lived process leaves no trace.
 
 Pinning never stops inspection: a refusal by the kernel (a container's cpuset, a CPU taken

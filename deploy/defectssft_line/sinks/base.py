@@ -25,6 +25,12 @@ each message straight to that loop, one thread hop from the scoring thread inste
 worker-thread wake-up in between). The loop keeps the order and the same bound: past
 ``queue_size`` waiting messages the oldest is dropped and counted. The worker thread then only
 beats (and takes over again, with the queue, if the loop goes away).
+
+A server whose data lives in this process in a store that any thread may write at once
+(Modbus's datastore: plain lists, no lock, no I/O) sets ``inline`` and implements
+``write_now``: ``publish`` then writes the message on the caller's thread, no hop at all, so
+the value is there when ``publish`` returns. A write that fails is counted (``failures``,
+the result ``dropped``) and logged, never raised.
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ class Sink:
     server = False
     #: True for a client that reads the PLC's part id (``read_part_id``).
     reads_part_id = False
+    #: True for a server written on the caller's thread (``write_now``; module docstring).
+    inline = False
 
     def __init__(
         self,
@@ -162,6 +170,24 @@ class Sink:
         """``send`` as a coroutine on ``direct_loop`` (sinks that have one)."""
         raise NotImplementedError
 
+    def write_now(self, msg: dict[str, Any]) -> None:
+        """``send`` on the caller's thread, at once (``inline`` sinks)."""
+        raise NotImplementedError
+
+    def _write_inline(self, msg: dict[str, Any]) -> None:
+        result = msg.get("type", "result") == "result"
+        try:
+            self.write_now(msg)
+        except Exception as e:  # noqa: BLE001 - one line, counted; inspection goes on
+            self.failures += 1
+            self.dropped += int(result)
+            self.last_error = first_line(e)
+            if self.failures <= 10 or self.failures % 100 == 0:
+                self._log(f"warning: {self.name}: write failed ({self.last_error})")
+            return
+        if result:
+            self.sent += 1
+
     # ---------------------------------------------------------------- the direct path
     def _go_direct(self) -> None:
         loop = self.direct_loop()
@@ -239,6 +265,9 @@ class Sink:
 
     def publish(self, msg: dict[str, Any]) -> None:
         """Queue ``msg``; never blocks. A full queue drops its oldest message (counted)."""
+        if self.inline and self.connected:
+            self._write_inline(msg)
+            return
         loop = self._direct
         if loop is not None:
             with self._cond:

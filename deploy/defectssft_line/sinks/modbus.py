@@ -6,7 +6,7 @@ PLC at ``coil_base`` / ``register_base`` (sinks YAML; default 0) for unit ``--mo
 
 Coils (0-based, from ``coil_base``)::
 
-    0 OK   1 NG   2 UNSURE   3 busy (set when a frame arrives, cleared with its verdict)
+    0 OK   1 NG   2 UNSURE   3 busy (set when a frame's scoring begins, cleared with its verdict)
 
 Holding registers (0-based, from ``register_base``; one write per part, counter included)::
 
@@ -19,6 +19,16 @@ Holding registers (0-based, from ``register_base``; one write per part, counter 
 
 Coils are written before the registers: a PLC that sees the counter change reads a finished
 result. Needs the ``modbus`` extra.
+
+The server sink writes each part's values into its datastore on the scoring thread, the moment
+the verdict is published (``Sink.inline``), instead of one thread hop away on the server's
+loop. That is safe because of how pymodbus's datastore (``SimDevice``) works: a write is plain
+list work with no ``await`` that waits (no ``action`` is set), so its coroutine runs to its end
+on the calling thread; each block (the coils' word, registers 0-9) is stored by one list slice
+assignment, which the GIL makes atomic, so the server's loop answering a PLC's read sees a
+block before or after, never half of it; and the coils are written by this sink only, all on
+the scoring thread (busy and results), so their read-modify-write has no second writer. The
+heartbeat (registers 7-9) and the PLC's part id (register 10) are other slices.
 """
 
 from __future__ import annotations
@@ -74,12 +84,25 @@ def registers(msg: dict[str, Any], status: dict[str, Any], beat: int) -> list[in
     ]
 
 
+def _now(coro: Any) -> Any:
+    """Run a datastore coroutine that never waits to its end on this thread (the module
+    docstring); one that would wait is closed there, an error (the rest of it not done)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the Modbus datastore would wait; write not done")
+
+
 class ModbusServerSink(Sink):
-    """A Modbus TCP server in this process, on its own event-loop thread."""
+    """A Modbus TCP server in this process, on its own event-loop thread; parts are written
+    into its datastore on the publishing thread (the module docstring)."""
 
     kind = "modbus-server"
     server = True
     wants_busy = True
+    inline = True
 
     def __init__(self, host: str = "127.0.0.1", port: int = 5020, **kw: Any) -> None:
         super().__init__(f"Modbus server {host}:{port}", **kw)
@@ -110,7 +133,9 @@ class ModbusServerSink(Sink):
         )
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._loop_thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
+        self._loop_thread = threading.Thread(
+            target=loop.run_forever, name=f"{self.name} loop", daemon=True
+        )
         self._loop_thread.start()
 
         async def serve() -> Any:
@@ -127,7 +152,8 @@ class ModbusServerSink(Sink):
         self._run(self._server.async_setValues(0, fc, address, vals))
 
     async def apply(self, msg: dict[str, Any]) -> None:
-        """One message, on the server's loop: the busy coil, or coils then registers."""
+        """One message: the busy coil, or coils then registers (on the server's loop, or at
+        once on the calling thread through ``write_now``)."""
         server = self._server
         if msg.get("type") == "busy":
             await server.async_setValues(0, 5, 3, [True])
@@ -138,6 +164,12 @@ class ModbusServerSink(Sink):
 
     def send(self, msg: dict[str, Any]) -> None:
         self._run(self.apply(msg))  # from the worker thread: one hop to the loop
+
+    def write_now(self, msg: dict[str, Any]) -> None:
+        """``apply`` on the calling thread, into the datastore at once (module docstring)."""
+        if self._server is None:
+            raise ConnectionError("the Modbus server is not running")
+        _now(self.apply(msg))
 
     def direct_loop(self) -> Any:
         return self._loop if self._server is not None else None
@@ -157,7 +189,7 @@ class ModbusServerSink(Sink):
     def plc_part_id(self) -> str | None:
         if not self.connected or self._server is None:
             return None
-        value = self._run(self._server.async_getValues(0, 3, PART_ID_IN, 1))[0]
+        value = _now(self._server.async_getValues(0, 3, PART_ID_IN, 1))[0]
         return str(value) if value else None
 
     def shut(self) -> None:

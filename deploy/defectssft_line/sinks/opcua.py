@@ -124,6 +124,7 @@ class OpcUaServerSink(Sink):
 
         server = Server()
         self._server = server
+        server.tloop.name = f"{self.name} loop"  # the thread that answers clients
         server.set_endpoint(self.url)
         server.set_server_name("defectssft-line")
         sec = self.security

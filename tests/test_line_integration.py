@@ -366,6 +366,56 @@ def test_opcua_server_values_readable_by_a_client_and_plc_part_id():
         sink.close(timeout=1)
 
 
+def test_opcua_server_holds_values_when_publish_returns_and_notifies_subscribers_in_order():
+    """The server sink writes a result's values on the publishing thread: a read right after
+    ``publish`` returns sees them (no wait); a subscriber still gets every part's counter, in
+    order, with the values written."""
+    from asyncua import ua
+    from asyncua.sync import Client
+
+    port = free_port()
+    (sink,) = build_sinks({"opcua_server": {"port": port}})
+    sink.status = lambda: {"alarm": "", "dropped_total": 0}
+    sink.start()
+    assert sink.inline  # this asyncua keeps values where the sink can hold them at once
+    got: list[int] = []
+
+    class Handler:
+        def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+            got.append(int(val))
+
+    client = Client(f"opc.tcp://127.0.0.1:{port}/defectssft/", timeout=5)
+    client.connect()
+    try:
+        idx = client.get_namespace_index("urn:defectssft:line")
+        insp = client.nodes.objects.get_child([f"{idx}:Inspection"])
+        total = insp.get_child([f"{idx}:Counter", f"{idx}:Total"])
+        verdict = insp.get_child(f"{idx}:Verdict")
+        sub = client.create_subscription(10, Handler())
+        sub.subscribe_data_change(total)
+        wait_for(lambda: got == [0])  # the initial value
+        for n in range(1, 6):
+            msg = result_msg(n, "OK" if n % 2 else "NG")
+            sink.publish(msg)
+            assert total.read_value() == n  # held when publish returned
+            assert verdict.read_value() == msg["verdict"]
+        # held even while the server's loop stands still (no hop to it on the part's path)
+        gate = threading.Event()
+        sink._server.tloop.loop.call_soon_threadsafe(gate.wait, WAIT)
+        try:
+            sink.publish(result_msg(6))
+            aspace = sink._server.aio_obj.iserver.aspace
+            held = aspace.read_attribute_value(total.nodeid, ua.AttributeIds.Value)
+            assert held.Value.Value == 6
+        finally:
+            gate.set()
+        wait_for(lambda: got[-1:] == [6])
+        assert got == sorted(got) and got[-1] == 6 and (sink.sent, sink.dropped) == (6, 0)
+    finally:
+        client.disconnect()
+        sink.close(timeout=1)
+
+
 def test_opcua_client_writes_into_a_plc_server_that_comes_up_late():
     from asyncua import ua
     from asyncua.sync import Server

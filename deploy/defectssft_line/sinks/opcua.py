@@ -10,7 +10,12 @@ Objects, an ``Inspection`` object (namespace ``urn:defectssft:line``)::
 
 Per part the values are written first and ``Counter/Total`` last, so a client that watches
 the counter reads a consistent set; the server skips values that did not change (the counters
-of the other verdicts, the model version), which no client can tell apart. A PLC that wants its own part id writes ``PartIdIn`` before
+of the other verdicts, the model version), which no client can tell apart. A result is held
+at once, on the thread that publishes it (``Sink.inline``): each node's Value attribute in the
+server's address space is replaced by one assignment (atomic under the GIL, so the loop that
+answers a client's read sees the old value or the new one), and the subscribers are then
+notified on the server's loop, in order, with those values, as asyncua's own write would. With
+an asyncua that keeps values elsewhere the sink falls back to writing on the loop. A PLC that wants its own part id writes ``PartIdIn`` before
 it triggers the camera (``--part-id plc``). Security: ``security: {policy:
 Basic256Sha256_SignAndEncrypt, certificate: cert.der, private_key: key.pem}`` in the sinks
 YAML (default: no security, which suits a cell network only).
@@ -27,6 +32,7 @@ Needs the ``opcua`` extra.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -100,6 +106,7 @@ class OpcUaServerSink(Sink):
 
     kind = "opcua-server"
     server = True
+    inline = True  # values held at once (``write_now``); off when asyncua is not as expected
 
     def __init__(
         self,
@@ -116,6 +123,7 @@ class OpcUaServerSink(Sink):
         self._nodes: dict[str, Any] = {}
         self._types: dict[str, Any] = {}
         self._shown: dict[str, Any] = {}  # the value each node holds (written by this sink)
+        self._held: dict[str, Any] | None = None  # each node's Value attribute (write_now)
         self._beat = 0
 
     def open(self) -> None:
@@ -171,20 +179,75 @@ class OpcUaServerSink(Sink):
         self._nodes["PartIdIn"] = obj.add_variable(idx, "PartIdIn", "", varianttype=vt.String)
         self._nodes["PartIdIn"].set_writable()
         server.start()
+        self._held = self._value_attributes(server)
+        self.inline = self._held is not None
 
-    async def _write_async(self, vals: dict[str, Any]) -> None:
-        """The values that changed, in order (Counter/Total last), on the server's loop."""
+    def _value_attributes(self, server: Any) -> dict[str, Any] | None:
+        """Each node's Value attribute in the server's address space (what a client's read
+        returns), or None when this asyncua keeps it otherwise (the loop path then)."""
         from asyncua import ua
 
-        server, shown = self._server, self._shown
-        writes = [
-            (self._nodes[name].nodeid, ua.DataValue(ua.Variant(value, self._types[name])))
+        try:
+            aspace = server.aio_obj.iserver.aspace
+            held = {
+                name: aspace[node.nodeid].attributes[ua.AttributeIds.Value]
+                for name, node in self._nodes.items()
+            }
+        except (AttributeError, KeyError, TypeError):
+            return None
+        ok = all(
+            hasattr(a, "value") and isinstance(getattr(a, "datachange_callbacks", None), dict)
+            for a in held.values()
+        )
+        return held if ok else None
+
+    def _changed(self, vals: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(name, DataValue) of the values that changed, in order (Counter/Total last)."""
+        from asyncua import ua
+
+        shown = self._shown
+        out = [
+            (name, ua.DataValue(ua.Variant(value, self._types[name])))
             for name, value in vals.items()
             if name not in shown or shown[name] != value or type(shown[name]) is not type(value)
         ]
         shown.update(vals)
-        for nodeid, dv in writes:
-            await server.aio_obj.write_attribute_value(nodeid, dv)
+        return out
+
+    def write_now(self, msg: dict[str, Any]) -> None:
+        """A result's values held at once, on the calling thread (module docstring): each
+        node's Value attribute is replaced by one assignment, Counter/Total last, so a client's
+        read answered by the server's loop sees the old or the new value, never half of one;
+        subscribers are then notified on the loop, in order, with these values."""
+        if msg.get("type") != "result":
+            return
+        server, held = self._server, self._held
+        if server is None or held is None:
+            raise ConnectionError("the OPC UA server is not running")
+        writes = [(held[name], dv) for name, dv in self._changed(values(msg))]
+        for attribute, dv in writes:
+            attribute.value = dv
+        watched = [(a, dv) for a, dv in writes if a.datachange_callbacks]
+        if watched:
+            server.tloop.loop.call_soon_threadsafe(self._notify_soon, watched)
+
+    def _notify_soon(self, watched: list[tuple[Any, Any]]) -> None:
+        asyncio.ensure_future(self._notify(watched))
+
+    async def _notify(self, watched: list[tuple[Any, Any]]) -> None:
+        """On the loop: the subscribers of each written value, as asyncua's own write does."""
+        for attribute, dv in watched:
+            for handle, callback in list(attribute.datachange_callbacks.items()):
+                try:
+                    await callback(handle, dv)
+                except Exception:  # noqa: BLE001 - a subscriber's failure is asyncua's to log
+                    logging.getLogger("asyncua").debug("datachange callback failed")
+
+    async def _write_async(self, vals: dict[str, Any]) -> None:
+        """The values that changed, in order (Counter/Total last), on the server's loop."""
+        server = self._server
+        for name, dv in self._changed(vals):
+            await server.aio_obj.write_attribute_value(self._nodes[name].nodeid, dv)
 
     def _write(self, vals: dict[str, Any]) -> None:
         """All values in one hop to the server's loop (from the worker thread)."""

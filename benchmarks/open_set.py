@@ -249,6 +249,34 @@ def candidates(fit, fit_cls, cal, test, args, classifier: bool) -> tuple[dict, n
     return out, maps
 
 
+def feature_head(ins, bank_head: AnomalyModel, scores: str, fit: np.ndarray, cal: np.ndarray):
+    """A head of ``scores`` (comma list) as the product fits it (one class: the fit parts),
+    the patch bank taken from ``bank_head``, normalised and thresholded on ``cal``."""
+    from defectssft.anomaly import (
+        combine,
+        extract_features,
+        fit_mahalanobis,
+        parse_scores,
+        raw_scores,
+        score_norms,
+    )
+
+    names = parse_scores(scores, 0)
+    ff = extract_features(ins, fit, bank_head.indices, patches=False)
+    arrays = {}
+    if "knn" in names:
+        arrays["knn_bank"] = ff.pooled
+    if "mahalanobis" in names:
+        arrays.update(fit_mahalanobis(ff.pooled, np.zeros(len(ff), int)))
+    head = AnomalyModel(bank=bank_head.bank, threshold=0.0, indices=bank_head.indices,
+                        map_size=bank_head.map_size, smooth=bank_head.smooth, scores=names,
+                        arrays=arrays)  # fmt: skip
+    raw = raw_scores(head, extract_features(ins, cal, head.indices, patches=head.has_map))
+    head.norms = score_norms(raw)
+    head.threshold = calibrate_threshold(combine(head, raw))
+    return head
+
+
 # --------------------------------------------------------------------------- where
 
 
@@ -511,6 +539,8 @@ def kolektor(args, log) -> dict:
             )
     if not args.no_cost and head_for_cost is not None:
         ins, head = head_for_cost
+        if args.cost_scores:
+            head = feature_head(ins, head, args.cost_scores, imgs["fit"], imgs["cal"])
         results["cost"] = latency(ins, head, imgs["test"], args.iters, imgs["cal"], labels)
         results["cost"]["features"] = "finetuned" if ins is backbones.get("finetuned") else "frozen"
         log(f"  cost: {results['cost']}")
@@ -711,7 +741,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="KolektorSDD: also every candidate novelty score (Mahalanobis, kNN, energy, combos)",
     )
-    ap.add_argument("--iters", type=int, default=200, help="latency timings per graph")
+    ap.add_argument(
+        "--cost-scores",
+        default=None,
+        metavar="LIST",
+        help="time a head of these scores (fit-anomaly --scores) instead of the patch bank",
+    )
+    ap.add_argument(
+        "--iters", type=int, default=None, help="latency timings per graph (200; --quick: 50)"
+    )
     ap.add_argument("--no-cost", action="store_true")
     ap.add_argument(
         "--ratios",
@@ -761,8 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)  # fmt: skip
-    if args.quick:
-        args.iters = min(args.iters, 50)
+    if args.iters is None:
+        args.iters = 50 if args.quick else 200
     torch.set_num_threads(args.threads)
     if not (DATASETS / "kolektorsdd").is_dir():
         raise SystemExit(f"no KolektorSDD under {DATASETS}")

@@ -8,18 +8,25 @@ each patch's distance to its nearest bank feature, smoothed by a small Gaussian 
 patch cells, as PatchCore smooths its map) so one stray patch does not make the score; its
 anomaly score is the map's maximum.
 
+A head can also combine feature-level scores of the version's own classifier (``SCORES``: kNN
+and class-conditional Mahalanobis on the pooled penultimate features, the energy of the
+logits), each normalised on the held-out parts and combined by their maximum (``ScoreHead``).
+Which scores a fit uses: ``default_scores`` (with an OK class the bank alone; without one the
+bank and the energy), or ``--scores``.
+
 * ``fit_project_anomaly`` fits it for a model version (``defectssft fit-anomaly`` and the last
   step of ``defectssft train``): OK-labeled train images plus unlabeled images the classifier
-  calls OK with confidence (a project without an OK class: every labeled train image plus the
-  unlabeled ones the classifier puts in a known class with confidence, so the score means
-  "unlike every known class"); the threshold is calibrated on held-out good parts (the
-  validation split's, else a held-back part of the fit images) and stored with the bank.
-* ``models/vNNNN/anomaly.npz`` (the bank, read with ``allow_pickle=False``) and
-  ``anomaly.json`` (everything else) hold it; ``load_anomaly`` reads them.
+  calls OK with confidence (a project without an OK class: every labeled train image, so the
+  score means "unlike every known class"; the stream is left out, as it holds the novel classes
+  too); the threshold is calibrated on held-out good parts (the validation split's, else a
+  held-back part of the fit images) and stored with the bank.
+* ``models/vNNNN/anomaly.npz`` (the bank and the feature scores' arrays, read with
+  ``allow_pickle=False``) and ``anomaly.json`` (everything else) hold it; ``load_anomaly``
+  reads them (format 1 and 2 heads are the bank alone).
 * ``AnomalyInspectionModel`` is the graph export writes when a version has the head: the
-  classifier's outputs unchanged plus ``anomaly_score`` [N] and ``anomaly_map`` [N, h, w]
-  (nearest-neighbour distance as MatMul + ReduceMin: pure ONNX ops). The verdict rule on the
-  score is the line's (``defectssft_line.novelty``).
+  classifier's outputs unchanged plus ``anomaly_score`` [N] and, with the bank, ``anomaly_map``
+  [N, h, w] (nearest-neighbour distance as MatMul + ReduceMin: pure ONNX ops). The verdict rule
+  on the score is the line's (``defectssft_line.novelty``).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ ANOMALY_FORMAT_VERSION = 3  # 2: the ``smooth`` key (none: unsmoothed); 3: ``sco
 # the patch bank on good parts (PatchCore), kNN on the pooled penultimate features (cosine),
 # class-conditional Mahalanobis on them (a shared covariance), the classifier's energy.
 SCORES = ("patchcore", "knn", "mahalanobis", "energy")
-DEFAULT_SCORES_NO_OK = ("energy",)
+DEFAULT_SCORES_NO_OK = ("patchcore", "energy")
 FEATURE_INDICES = (2, 3)  # timm feature stages: stride 8 and 16 (mid-level, as PatchCore)
 DEFAULT_BANK_MB = 20.0
 DEFAULT_CORESET_RATIO = 0.01  # of all fit patches; the nearest-neighbour search costs M * D
@@ -671,7 +678,9 @@ def plan_fit(project, max_images: int = DEFAULT_MAX_FIT_IMAGES, seed: int = 0) -
         fit = [(Path(p), c) for p, c in data.labeled]
         held = [Path(p) for p, _ in data.val]
         what = "validation images"
-    unlabeled = [Path(p) for p in data.unlabeled]
+    # Without an OK class the stream holds the novel classes too, and the confident calls let
+    # them into the fit (BENCHMARKS.md, "Open set"): the labeled images only.
+    unlabeled = [Path(p) for p in data.unlabeled] if ok is not None else []
     fit, unlabeled = (
         [ps[i] for i in sorted(rng.permutation(len(ps))[:max_images])]
         if len(ps) > max_images
@@ -682,13 +691,16 @@ def plan_fit(project, max_images: int = DEFAULT_MAX_FIT_IMAGES, seed: int = 0) -
         raise AnomalyError(
             f"{project.root}: no good parts to fit the anomaly model on (no OK-labeled and no "
             "unlabeled images); import unlabeled production images or label some OK"
+            if ok is not None
+            else f"{project.root}: no labeled training images to fit the anomaly model on"
         )
     return FitPlan([p for p, _ in fit], held, unlabeled, what, [int(c) for _, c in fit])
 
 
 def default_scores(ok_index: int | None) -> list[str]:
     """The head's scores by default (BENCHMARKS.md, "Open set"): with an OK class the patch
-    bank of good parts; without one ``DEFAULT_SCORES_NO_OK``, "unlike every known class"."""
+    bank of good parts; without one ``DEFAULT_SCORES_NO_OK`` (the bank of the labeled images
+    and the classifier's energy, each normalised, their maximum): "unlike every known class"."""
     return ["patchcore"] if ok_index is not None else list(DEFAULT_SCORES_NO_OK)
 
 

@@ -559,3 +559,46 @@ def test_feature_arrays_over_the_budget_are_refused(tmp_path):
     with pytest.raises(AnomalyError, match="over the .* MB budget"):
         fit_project_anomaly(p, version, scores="mahalanobis", bank_mb=1e-4)
     assert load_anomaly(Path(p.get_model(version)["path"])) is None
+
+
+def test_without_an_ok_class_the_head_is_bank_and_energy_fit_on_labels_only(tmp_path):
+    from defectssft.modeling import save_model_file
+    from defectssft_line.model import LineModel
+    from tests.helpers import synthetic_image
+
+    p = Project.create(tmp_path / "p", classes=CLASSES, ok_class=None)
+    for k, kind in enumerate(CLASSES * 4):
+        path = tmp_path / f"{kind}{k}.png"
+        cv2.imwrite(str(path), synthetic_image(kind, k))
+        p.add_image(path, label=kind)
+    for k in range(5):  # the stream: left out of the fit without an OK class
+        path = tmp_path / f"u{k}.png"
+        cv2.imwrite(str(path), synthetic_image("scratch", 100 + k))
+        p.add_image(path)
+    p.assign_splits(val_fraction=0.25, test_fraction=0.25, min_labels=3)
+    version, folder = p.new_model_dir()
+    meta = {**tiny_meta(version), "ok_class": None}
+    save_model_file(folder / "model.pt", make_tiny(), meta)
+    p.register_model(version, {k: v for k, v in meta.items() if k != "thresholds"}, {})
+    m = fit_project_anomaly(p, version)
+    assert m.scores == ["patchcore", "energy"] and set(m.norms) == {"patchcore", "energy"}
+    labeled_train = len(p.training_data().labeled)
+    assert m.n_fit_images + (m.n_held_out if "held back" in m.calibrated_on else 0) == (
+        labeled_train
+    )
+    assert p.get_model(version)["metrics"]["anomaly"]["fit_unlabeled"] == 0
+    res = export_project_model(p, version, out=tmp_path / "m.onnx", threshold=0.5)
+    assert read_metadata(res.path)["anomaly"]["scores"] == ["patchcore", "energy"]
+    line = LineModel.load(res.path)
+    pred = line.classify([random_images(1)[0]])[0]
+    assert pred.anomaly_score is not None and pred.anomaly_map.shape == tuple(m.map_size)
+    # the map is in the score's units: its maximum is the bank's part of the score
+    assert pred.anomaly_score >= float(pred.anomaly_map.max()) - 1e-4
+    with pytest.raises(AnomalyError, match="no labeled training images"):
+        empty = Project.create(tmp_path / "e", classes=CLASSES, ok_class=None)
+        cv2.imwrite(str(tmp_path / "e.png"), synthetic_image("ok", 1))
+        empty.add_image(tmp_path / "e.png")
+        v2, f2 = empty.new_model_dir()
+        save_model_file(f2 / "model.pt", make_tiny(), {**tiny_meta(v2), "ok_class": None})
+        empty.register_model(v2, {k: v for k, v in meta.items() if k != "thresholds"}, {})
+        fit_project_anomaly(empty, v2)

@@ -587,6 +587,10 @@ def test_without_an_ok_class_the_head_is_bank_and_energy_fit_on_labels_only(tmp_
         labeled_train
     )
     assert p.get_model(version)["metrics"]["anomaly"]["fit_unlabeled"] == 0
+    from defectssft.anomaly_cli import describe
+
+    said = describe(m)
+    assert "patch bank + the classifier's energy" in said and "from" in said
     res = export_project_model(p, version, out=tmp_path / "m.onnx", threshold=0.5)
     assert read_metadata(res.path)["anomaly"]["scores"] == ["patchcore", "energy"]
     line = LineModel.load(res.path)

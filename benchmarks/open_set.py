@@ -15,6 +15,10 @@
    calibration parts give its own threshold, compared with the fitted (torch) one on test.
 4. NEU-DET leave-one-class-out (``--neu``): fit on k labeled images of each of 5 classes, AUROC of
    the anomaly score separating the 6th class's test images from the known classes' test images.
+   ``--neu-finetune STEPS``: the version trained per fold on the 5 known classes first, and every
+   candidate novelty score on it (``candidates``: the patch bank, kNN and Mahalanobis on pooled
+   features, energy / max softmax / max logit, maxima of normalised scores). ``--candidates``
+   does the same on KolektorSDD; ``--cost-scores LIST`` times a head of those scores.
 
     python benchmarks/open_set.py --quick                 # 256x96, frozen only, ~5 min
     python benchmarks/open_set.py --finetune 150 --neu    # + fine-tuned features, Grad-CAM, NEU
@@ -22,6 +26,7 @@
     python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu
                                   # the suite the head's defaults are chosen on (--smooth,
                                   # --min-bank, --layers: one change at a time)
+    python benchmarks/open_set.py --skip-kolektor --quick --neu-finetune 300 --neu-unlabeled 40
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """

@@ -15,6 +15,10 @@
    calibration parts give its own threshold, compared with the fitted (torch) one on test.
 4. NEU-DET leave-one-class-out (``--neu``): fit on k labeled images of each of 5 classes, AUROC of
    the anomaly score separating the 6th class's test images from the known classes' test images.
+   ``--neu-finetune STEPS``: the version trained per fold on the 5 known classes first, and every
+   candidate novelty score on it (``candidates``: the patch bank, kNN and Mahalanobis on pooled
+   features, energy / max softmax / max logit, maxima of normalised scores). ``--candidates``
+   does the same on KolektorSDD; ``--cost-scores LIST`` times a head of those scores.
 
     python benchmarks/open_set.py --quick                 # 256x96, frozen only, ~5 min
     python benchmarks/open_set.py --finetune 150 --neu    # + fine-tuned features, Grad-CAM, NEU
@@ -22,6 +26,7 @@
     python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu
                                   # the suite the head's defaults are chosen on (--smooth,
                                   # --min-bank, --layers: one change at a time)
+    python benchmarks/open_set.py --skip-kolektor --quick --neu-finetune 300 --neu-unlabeled 40
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """
@@ -52,6 +57,7 @@ from defectssft.anomaly import (  # noqa: E402
     extract_patches,
     greedy_coreset,
     nearest_distances,
+    patch_features,
 )
 from defectssft.inspection import InspectionModel, load_images  # noqa: E402
 from defectssft.metrics import roc_auc  # noqa: E402
@@ -135,6 +141,145 @@ def padim(fit_f: np.ndarray, test_f: np.ndarray, dims: int = 100, seed: int = 0)
 def knn_pooled(fit_p: np.ndarray, test_p: np.ndarray) -> np.ndarray:
     d2 = (test_p**2).sum(1)[:, None] - 2 * test_p @ fit_p.T + (fit_p**2).sum(1)[None]
     return np.sqrt(np.clip(d2.min(1), 0, None))
+
+
+# --------------------------------------------------------------------------- feature-level scores
+
+
+@torch.inference_mode()
+def forward_all(ins: InspectionModel, images: np.ndarray, layers, batch: int = 16):
+    """One backbone pass: (patch features [N, h, w, D], pooled penultimate [N, P], logits [N, C])."""
+    bb = ins.backbone
+    feats, pools, logits = [], [], []
+    for i in range(0, len(images), batch):
+        x = ins.normalise(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])))
+        final, inter = bb.forward_intermediates(x, indices=list(layers))
+        p = bb.forward_head(final, pre_logits=True).float()
+        feats.append(patch_features(inter).permute(0, 2, 3, 1).numpy())
+        pools.append(p.numpy())
+        logits.append(bb.get_classifier()(p).float().numpy())
+    return np.concatenate(feats), np.concatenate(pools), np.concatenate(logits)
+
+
+def ledoit_wolf(xc: np.ndarray) -> np.ndarray:
+    """Ledoit-Wolf shrunk covariance of centred rows ``xc`` [n, d] (sklearn's formula)."""
+    n, d = xc.shape
+    emp = xc.T @ xc / n
+    mu = np.trace(emp) / d
+    x2 = xc**2
+    beta_ = float(np.sum(x2.T @ x2))
+    delta_ = float(np.sum(emp**2))
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2 * mu * np.trace(emp) + d * mu**2) / d
+    shrink = 0.0 if beta == 0 else min(beta, delta) / delta
+    return (1 - shrink) * emp + shrink * mu * np.eye(d)
+
+
+def mahalanobis_fit(x: np.ndarray, cls: np.ndarray):
+    """Class means and the shared (tied) covariance's inverse (Lee et al. 2018), shrunk."""
+    x = x.astype(np.float64)
+    classes = np.unique(cls)
+    means = np.stack([x[cls == c].mean(0) for c in classes])
+    centred = x - means[np.searchsorted(classes, cls)]
+    return means, np.linalg.inv(ledoit_wolf(centred))
+
+
+def mahalanobis_score(fit, x: np.ndarray) -> np.ndarray:
+    """Squared distance to the nearest class mean under the shared covariance."""
+    means, prec = fit
+    x = x.astype(np.float64)
+    xp = x @ prec
+    d2 = (xp * x).sum(1)[:, None] - 2 * xp @ means.T + ((means @ prec) * means).sum(1)[None]
+    return d2.min(1).astype(np.float32)
+
+
+def knn_cosine(fit_p: np.ndarray, x: np.ndarray, k: int = 1) -> np.ndarray:
+    """1 - cosine similarity to the k-th nearest fit feature (Sun et al. 2022)."""
+    a = fit_p / np.linalg.norm(fit_p, axis=1, keepdims=True)
+    b = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = np.sort(b @ a.T, axis=1)[:, ::-1]
+    return (1 - sims[:, min(k, sims.shape[1]) - 1]).astype(np.float32)
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(1, keepdims=True)
+    return -(m[:, 0] + np.log(np.exp(logits - m).sum(1)))
+
+
+def msp(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return 1 - (e / e.sum(1, keepdims=True)).max(1)
+
+
+def normalised(cal: np.ndarray, s: np.ndarray, q: float = 0.95) -> np.ndarray:
+    """Score in units of its calibration spread: (s - median) / (q-quantile - median)."""
+    med, hi = np.quantile(cal, 0.5), np.quantile(cal, q)
+    return (s - med) / max(hi - med, 1e-12)
+
+
+COMBOS = {
+    "max(patchcore, mahalanobis)": ("patchcore", "mahalanobis"),
+    "max(patchcore, knn)": ("patchcore", "knn_cosine"),
+    "max(mahalanobis, energy)": ("mahalanobis", "energy"),
+    "max(patchcore, mahalanobis, energy)": ("patchcore", "mahalanobis", "energy"),
+    "max(knn, energy)": ("knn_cosine", "energy"),
+    "max(patchcore, energy)": ("patchcore", "energy"),
+}
+
+
+def candidates(fit, fit_cls, cal, test, args, classifier: bool) -> tuple[dict, np.ndarray]:
+    """Each candidate novelty score's (calibration scores, test scores), and the bank's test maps.
+
+    ``fit``/``cal``/``test``: ``forward_all`` triples; ``fit_cls``: the fit images' classes."""
+    _, maps = patchcore(fit[0], test[0], 0.01, args.min_bank, args.smooth)
+    bank_fit = fit[0].reshape(-1, fit[0].shape[-1])
+    bank = bank_fit[greedy_coreset(bank_fit, bank_rows(len(bank_fit), bank_fit.shape[1], 20.0,
+                                                       0.01, args.min_bank))]  # fmt: skip
+    cal_maps = nearest_distances(cal[0], bank, smooth=args.smooth)
+    out = {"patchcore": (cal_maps.reshape(len(cal_maps), -1).max(1),
+                         maps.reshape(len(maps), -1).max(1))}  # fmt: skip
+    m = mahalanobis_fit(fit[1], fit_cls)
+    out["mahalanobis"] = (mahalanobis_score(m, cal[1]), mahalanobis_score(m, test[1]))
+    out["knn_cosine"] = (knn_cosine(fit[1], cal[1]), knn_cosine(fit[1], test[1]))
+    if classifier:
+        out["energy"] = (energy(cal[2]), energy(test[2]))
+        out["msp"] = (msp(cal[2]), msp(test[2]))
+        out["max_logit"] = (-cal[2].max(1), -test[2].max(1))
+    for name, parts in COMBOS.items():
+        if all(p in out for p in parts):
+            out[name] = (
+                np.max([normalised(out[p][0], out[p][0]) for p in parts], axis=0),
+                np.max([normalised(out[p][0], out[p][1]) for p in parts], axis=0),
+            )
+    return out, maps
+
+
+def feature_head(ins, bank_head: AnomalyModel, scores: str, fit: np.ndarray, cal: np.ndarray):
+    """A head of ``scores`` (comma list) as the product fits it (one class: the fit parts),
+    the patch bank taken from ``bank_head``, normalised and thresholded on ``cal``."""
+    from defectssft.anomaly import (
+        combine,
+        extract_features,
+        fit_mahalanobis,
+        parse_scores,
+        raw_scores,
+        score_norms,
+    )
+
+    names = parse_scores(scores, 0)
+    ff = extract_features(ins, fit, bank_head.indices, patches=False)
+    arrays = {}
+    if "knn" in names:
+        arrays["knn_bank"] = ff.pooled
+    if "mahalanobis" in names:
+        arrays.update(fit_mahalanobis(ff.pooled, np.zeros(len(ff), int)))
+    head = AnomalyModel(bank=bank_head.bank, threshold=0.0, indices=bank_head.indices,
+                        map_size=bank_head.map_size, smooth=bank_head.smooth, scores=names,
+                        arrays=arrays)  # fmt: skip
+    raw = raw_scores(head, extract_features(ins, cal, head.indices, patches=head.has_map))
+    head.norms = score_norms(raw)
+    head.threshold = calibrate_threshold(combine(head, raw))
+    return head
 
 
 # --------------------------------------------------------------------------- where
@@ -356,6 +501,19 @@ def kolektor(args, log) -> dict:
                         indices=list(args.layers),
                     ),
                 )  # noqa: E501
+        if args.candidates:
+            fa = {k: forward_all(ins, v, args.layers) for k, v in imgs.items()}
+            clf = name == "finetuned"
+            cands, _ = candidates(fa["fit"], np.zeros(len(fit), int), fa["cal"], fa["test"], args,
+                                  classifier=clf)  # fmt: skip
+            if clf:
+                cands["p_defect"] = tuple(
+                    torch.softmax(torch.from_numpy(fa[k][2]), 1)[:, 1].numpy()
+                    for k in ("cal", "test")
+                )
+            results["runs"][f"{name}/candidates"] = {k: roc_auc(v[1], labels)
+                                                     for k, v in cands.items()}  # fmt: skip
+            log(f"  {name}/candidates: {results['runs'][f'{name}/candidates']}")
         if args.no_baselines:
             continue
         pm = padim(feats["fit"], feats["test"])
@@ -386,6 +544,8 @@ def kolektor(args, log) -> dict:
             )
     if not args.no_cost and head_for_cost is not None:
         ins, head = head_for_cost
+        if args.cost_scores:
+            head = feature_head(ins, head, args.cost_scores, imgs["fit"], imgs["cal"])
         results["cost"] = latency(ins, head, imgs["test"], args.iters, imgs["cal"], labels)
         results["cost"]["features"] = "finetuned" if ins is backbones.get("finetuned") else "frozen"
         log(f"  cost: {results['cost']}")
@@ -458,6 +618,113 @@ def neu_loco(args, log) -> dict:
             "layers": args.layers}  # fmt: skip
 
 
+def neu_finetune(classes, labeled, steps: int, size: int, run_dir: Path) -> InspectionModel:
+    """The product's training (supervised, its defaults otherwise) for ``steps`` steps on one
+    fold's known classes; no validation split, so the final EMA weights ship."""
+    from defectssft.training.config import resolve_config
+    from defectssft.training.data import TrainData
+    from defectssft.training.loop import train
+
+    cfg = resolve_config(
+        overrides={
+            "model": {"name": MODEL, "weights": "imagenet"},
+            "input": {"height": size, "width": size},
+            "ssl": {"method": "supervised"},
+            "train": {"steps": steps, "eval_every": 10**9, "checkpoint_every": 10**9,
+                      "log_every": 100, "num_workers": 0, "threads": 1},
+        }
+    )  # fmt: skip
+    data = TrainData(classes=list(classes), labeled=list(labeled), bit_depth=8)
+    result = train(cfg, data, run_dir, handle_signals=False)
+    bb = create_backbone(MODEL, len(classes))
+    bb.load_state_dict(result.weights)
+    return InspectionModel(bb.eval(), result.mean, result.std, ok_index=None).eval()
+
+
+def neu_loco_finetuned(args, log) -> dict:
+    """Leave one class out with a real fine-tune per fold (``--neu-finetune STEPS``): the
+    version is trained on the 5 known classes' k labels; every candidate novelty score on its
+    features and logits (``candidates``), fit on the k labels (with their classes), combos
+    normalised on ``--neu-cal`` more images of each known class (the validation split's
+    stand-in). ``--neu-unlabeled N``: also fit on the stream images (N of each of the 6
+    classes) the fine-tuned classifier calls a known class with confidence (top p >= 0.95,
+    the product's rule), with that class."""
+    size = 128
+    data = neu_split(k=args.neu_k, seed=0)
+    n_cls = len(data.classes)
+    test_items = data.test[::2] if args.quick else data.test
+    pool = {c: [p for p, t in zip(data.unlabeled, data.unlabeled_truth, strict=True) if t == c]
+            for c in range(n_cls)}  # fmt: skip
+    cal_items = [(p, c) for c in range(n_cls) for p in pool[c][: args.neu_cal]]
+    stream_items = [(p, c) for c in range(n_cls)
+                    for p in pool[c][args.neu_cal : args.neu_cal + args.neu_unlabeled]]  # fmt: skip
+    items = {"lab": data.labeled, "cal": cal_items, "test": test_items, "stream": stream_items}
+    imgs = {k: load_images([p for p, _ in v], size, size, 8) for k, v in items.items() if v}
+    cls = {k: np.array([c for _, c in v], dtype=int) for k, v in items.items()}
+    frozen = frozen_model()
+    ff = {k: forward_all(frozen, v, args.layers) for k, v in imgs.items()}
+    folds: dict = {}
+    dump: dict = {}
+    for held, cname in enumerate(data.classes):
+        t0 = time.time()
+        known = [c for c in range(n_cls) if c != held]
+        remap = {c: i for i, c in enumerate(known)}
+        lab = [(p, remap[c]) for p, c in data.labeled if c != held]
+        with tempfile.TemporaryDirectory() as tmp:
+            ins = neu_finetune([data.classes[c] for c in known], lab, args.neu_finetune, size,
+                               Path(tmp) / "run")  # fmt: skip
+        t_train = time.time() - t0
+        fa = {k: forward_all(ins, v, args.layers) for k, v in imgs.items()}
+        lab_m, cal_m = cls["lab"] != held, cls["cal"] != held
+        novel = (cls["test"] == held).astype(int)
+        known_test = cls["test"] != held
+        pred = np.array(known)[fa["test"][2].argmax(1)]
+        fold: dict = {"train_s": t_train,
+                      "known_test_accuracy": float(np.mean(pred[known_test] ==
+                                                           cls["test"][known_test]))}  # fmt: skip
+
+        def sub(f, m):
+            return tuple(a[m] for a in f)
+
+        settings = {
+            "finetuned": (fa, None),
+            "frozen": (ff, None),
+        }
+        if "stream" in imgs:
+            p_s = torch.softmax(torch.from_numpy(fa["stream"][2]), 1).numpy()
+            keep = p_s.max(1) >= 0.95
+            fold["stream_admitted"] = int(keep.sum())
+            fold["stream_admitted_held_out"] = int((keep & (cls["stream"] == held)).sum())
+            settings["finetuned+stream"] = (fa, (keep, p_s.argmax(1)))
+        for sname, (f, extra) in settings.items():
+            fit, fit_cls = sub(f["lab"], lab_m), np.array([remap[c] for c in cls["lab"][lab_m]])
+            if extra is not None:
+                keep, pc = extra
+                fit = tuple(
+                    np.concatenate([a, b[keep]]) for a, b in zip(fit, f["stream"], strict=True)
+                )
+                fit_cls = np.concatenate([fit_cls, pc[keep]])
+            scores, _ = candidates(fit, fit_cls, sub(f["cal"], cal_m), f["test"], args,
+                                   classifier=sname != "frozen")  # fmt: skip
+            fold[sname] = {k: roc_auc(v[1], novel) for k, v in scores.items()}
+            for k, v in scores.items():
+                dump[f"{cname}|{sname}|{k}|cal"], dump[f"{cname}|{sname}|{k}|test"] = v
+        dump[f"{cname}|novel"] = novel
+        folds[cname] = fold
+        log(f"  neu held out {cname} ({time.time() - t0:.0f} s): {fold}")
+        if args.dump_scores:
+            np.savez(args.dump_scores, **dump)
+    mean = {
+        s: {k: float(np.mean([f[s][k] for f in folds.values()])) for k in folds[data.classes[0]][s]}
+        for s in folds[data.classes[0]] if isinstance(folds[data.classes[0]][s], dict)
+    }  # fmt: skip
+    log(f"  neu mean: {mean}")
+    return {"k": args.neu_k, "steps": args.neu_finetune, "size": size, "cal_per_class":
+            args.neu_cal, "unlabeled_per_class": args.neu_unlabeled, "test": len(test_items),
+            "folds": folds, "mean": mean, "smooth": args.smooth, "min_bank": args.min_bank,
+            "layers": args.layers}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -474,7 +741,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--max-fit", type=int, default=120, help="--quick: fit images")
     ap.add_argument("--no-baselines", action="store_true", help="PatchCore only (no PaDiM, no kNN)")
-    ap.add_argument("--iters", type=int, default=200, help="latency timings per graph")
+    ap.add_argument(
+        "--candidates",
+        action="store_true",
+        help="KolektorSDD: also every candidate novelty score (Mahalanobis, kNN, energy, combos)",
+    )
+    ap.add_argument(
+        "--cost-scores",
+        default=None,
+        metavar="LIST",
+        help="time a head of these scores (fit-anomaly --scores) instead of the patch bank",
+    )
+    ap.add_argument(
+        "--iters", type=int, default=None, help="latency timings per graph (200; --quick: 50)"
+    )
     ap.add_argument("--no-cost", action="store_true")
     ap.add_argument(
         "--ratios",
@@ -511,12 +791,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also fit on confident calls among N unlabeled images of each class",
     )
+    ap.add_argument(
+        "--neu-finetune",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="NEU leave-one-class-out with the version fine-tuned per fold (every candidate score)",
+    )
+    ap.add_argument("--dump-scores", default=None, help="--neu-finetune: every score to this .npz")
+    ap.add_argument("--neu-cal", type=int, default=10, help="calibration images per known class")
     ap.add_argument("--skip-kolektor", action="store_true", help="with --neu: NEU-DET only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)  # fmt: skip
-    if args.quick:
-        args.iters = min(args.iters, 50)
+    if args.iters is None:
+        args.iters = 50 if args.quick else 200
     torch.set_num_threads(args.threads)
     if not (DATASETS / "kolektorsdd").is_dir():
         raise SystemExit(f"no KolektorSDD under {DATASETS}")
@@ -528,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {} if args.skip_kolektor else {"kolektor": kolektor(args, log)}
     if args.neu:
         payload["neu_loco"] = neu_loco(args, log)
+    if args.neu_finetune:
+        payload["neu_loco_finetuned"] = neu_loco_finetuned(args, log)
     payload["wall_s"] = time.time() - t0
     name = args.name or ("open_set_quick" if args.quick else "open_set")
     log(f"written {write_results(name, payload)}")

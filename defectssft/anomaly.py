@@ -8,18 +8,25 @@ each patch's distance to its nearest bank feature, smoothed by a small Gaussian 
 patch cells, as PatchCore smooths its map) so one stray patch does not make the score; its
 anomaly score is the map's maximum.
 
+A head can also combine feature-level scores of the version's own classifier (``SCORES``: kNN
+and class-conditional Mahalanobis on the pooled penultimate features, the energy of the
+logits), each normalised on the held-out parts and combined by their maximum (``ScoreHead``).
+Which scores a fit uses: ``default_scores`` (with an OK class the bank alone; without one the
+bank and the energy), or ``--scores``.
+
 * ``fit_project_anomaly`` fits it for a model version (``defectssft fit-anomaly`` and the last
   step of ``defectssft train``): OK-labeled train images plus unlabeled images the classifier
-  calls OK with confidence (a project without an OK class: every labeled train image plus the
-  unlabeled ones the classifier puts in a known class with confidence, so the score means
-  "unlike every known class"); the threshold is calibrated on held-out good parts (the
-  validation split's, else a held-back part of the fit images) and stored with the bank.
-* ``models/vNNNN/anomaly.npz`` (the bank, read with ``allow_pickle=False``) and
-  ``anomaly.json`` (everything else) hold it; ``load_anomaly`` reads them.
+  calls OK with confidence (a project without an OK class: every labeled train image, so the
+  score means "unlike every known class"; the stream is left out, as it holds the novel classes
+  too); the threshold is calibrated on held-out good parts (the validation split's, else a
+  held-back part of the fit images) and stored with the bank.
+* ``models/vNNNN/anomaly.npz`` (the bank and the feature scores' arrays, read with
+  ``allow_pickle=False``) and ``anomaly.json`` (everything else) hold it; ``load_anomaly``
+  reads them (format 1 and 2 heads are the bank alone).
 * ``AnomalyInspectionModel`` is the graph export writes when a version has the head: the
-  classifier's outputs unchanged plus ``anomaly_score`` [N] and ``anomaly_map`` [N, h, w]
-  (nearest-neighbour distance as MatMul + ReduceMin: pure ONNX ops). The verdict rule on the
-  score is the line's (``defectssft_line.novelty``).
+  classifier's outputs unchanged plus ``anomaly_score`` [N] and, with the bank, ``anomaly_map``
+  [N, h, w] (nearest-neighbour distance as MatMul + ReduceMin: pure ONNX ops). The verdict rule
+  on the score is the line's (``defectssft_line.novelty``).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import datetime as _dt
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +51,12 @@ from defectssft_line.novelty import ON_NOVEL_CHOICES
 BANK_FILE = "anomaly.npz"
 META_FILE = "anomaly.json"
 ANOMALY_FORMAT = "defectssft-anomaly"
-ANOMALY_FORMAT_VERSION = 2  # 2: the ``smooth`` key (a head without it is unsmoothed)
+ANOMALY_FORMAT_VERSION = 3  # 2: the ``smooth`` key (none: unsmoothed); 3: ``scores``, ``norms``
+# The novelty scores a head can combine (each normalised on the held-out parts, the maximum):
+# the patch bank on good parts (PatchCore), kNN on the pooled penultimate features (cosine),
+# class-conditional Mahalanobis on them (a shared covariance), the classifier's energy.
+SCORES = ("patchcore", "knn", "mahalanobis", "energy")
+DEFAULT_SCORES_NO_OK = ("patchcore", "energy")
 FEATURE_INDICES = (2, 3)  # timm feature stages: stride 8 and 16 (mid-level, as PatchCore)
 DEFAULT_BANK_MB = 20.0
 DEFAULT_CORESET_RATIO = 0.01  # of all fit patches; the nearest-neighbour search costs M * D
@@ -136,6 +148,74 @@ class AnomalyHead(nn.Module):
         return amap.flatten(1).max(dim=1).values, amap
 
 
+class ScoreHead(nn.Module):
+    """The novelty score of a head: its ``scores`` (``SCORES``), each as ``(s - offset) / scale``
+    (``norms``; none: raw), combined by their maximum; the patch map in the same units.
+
+    Inputs: patch features [N, D, h, w] (for ``patchcore``), the pooled penultimate features
+    [N, P] (``knn``, ``mahalanobis``) and the logits [N, C] (``energy``). ``knn`` is one MatMul
+    against the normalised fit features (1 - the best cosine); ``mahalanobis`` one MatMul into
+    the whitened space of the shared covariance and one against the whitened class means (as
+    the bank's nearest neighbour); ``energy`` is ``-logsumexp(logits)``. Pure ONNX ops."""
+
+    def __init__(self, model: AnomalyModel) -> None:
+        super().__init__()
+        self.scores = tuple(model.scores)
+        self.patch = AnomalyHead(model.bank, model.smooth) if "patchcore" in self.scores else None
+        if "knn" in self.scores:
+            k = np.asarray(model.arrays["knn_bank"], np.float64)
+            k = k / np.maximum(np.linalg.norm(k, axis=1, keepdims=True), 1e-12)
+            self.register_buffer("knn_t", torch.as_tensor(k.T.astype(np.float32)).contiguous())
+        if "mahalanobis" in self.scores:
+            a = model.arrays
+            w = torch.as_tensor(np.asarray(a["maha_whiten"], np.float32))
+            means = torch.as_tensor(np.asarray(a["maha_means"], np.float32))  # whitened
+            self.register_buffer("maha_centre", torch.as_tensor(
+                np.asarray(a["maha_centre"], np.float32)).view(1, -1))  # fmt: skip
+            self.register_buffer("maha_w", w.contiguous())
+            self.register_buffer("maha_means_m2", (-2.0 * means).t().contiguous())
+            self.register_buffer("maha_means_sq", (means * means).sum(dim=1))
+        norms = [model.norms.get(n, [0.0, 1.0]) for n in self.scores]
+        self.normalise = bool(model.norms)
+        self.register_buffer("offsets", torch.tensor([float(o) for o, _ in norms]))
+        self.register_buffer("inv_scales", torch.tensor([1.0 / float(c) for _, c in norms]))
+
+    @property
+    def needs_pooled(self) -> bool:
+        return any(n in self.scores for n in ("knn", "mahalanobis", "energy"))
+
+    def components(self, feats, pooled, logits) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Each score's raw values [N] (in ``scores`` order) and the raw patch map or None."""
+        out, amap = [], None
+        for name in self.scores:
+            if name == "patchcore":
+                s, amap = self.patch(feats)
+            elif name == "knn":
+                f = pooled.float()
+                f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                s = 1.0 - (f @ self.knn_t).max(dim=1).values
+            elif name == "mahalanobis":
+                z = (pooled.float() - self.maha_centre) @ self.maha_w
+                d2 = (z * z).sum(dim=1) + (z @ self.maha_means_m2 + self.maha_means_sq).min(
+                    dim=1
+                ).values
+                s = d2.clamp_min(0.0).sqrt()
+            else:  # energy
+                s = -torch.logsumexp(logits.float(), dim=1)
+            out.append(s)
+        return out, amap
+
+    def forward(self, feats, pooled, logits) -> tuple[torch.Tensor, torch.Tensor | None]:
+        parts, amap = self.components(feats, pooled, logits)
+        if self.normalise:
+            parts = [(p - self.offsets[i]) * self.inv_scales[i] for i, p in enumerate(parts)]
+            if amap is not None:
+                i = self.scores.index("patchcore")
+                amap = (amap - self.offsets[i]) * self.inv_scales[i]
+        score = parts[0] if len(parts) == 1 else torch.stack(parts, dim=1).max(dim=1).values
+        return score, amap
+
+
 class AnomalyInspectionModel(nn.Module):
     """The classifier (``InspectionModel``) plus the anomaly head, in one pass of the backbone.
 
@@ -144,7 +224,7 @@ class AnomalyInspectionModel(nn.Module):
 
     output_names = OUTPUT_NAMES
 
-    def __init__(self, inspection: nn.Module, head: AnomalyHead, indices: Sequence[int]) -> None:
+    def __init__(self, inspection: nn.Module, head: ScoreHead, indices: Sequence[int]) -> None:
         super().__init__()
         self.inspection = inspection
         self.anomaly_head = head  # its ONNX nodes are named /anomaly_head/... (int8_excluded)
@@ -155,11 +235,18 @@ class AnomalyInspectionModel(nn.Module):
     def forward(self, image: torch.Tensor):
         ins = self.inspection
         bb = ins.backbone
+        head = self.anomaly_head
         final, inter = _intermediates(bb, ins.normalise(image), self.indices)
-        logits = bb.forward_head(final).to(torch.float32)
+        pooled = None
+        if head.needs_pooled:  # the same math as forward_head, the pooled features kept
+            pooled = bb.forward_head(final, pre_logits=True)
+            logits = bb.get_classifier()(pooled).to(torch.float32)
+        else:
+            logits = bb.forward_head(final).to(torch.float32)
         probs, score = ins.probs_and_score(logits)  # as InspectionModel.forward
-        a_score, a_map = self.anomaly_head(patch_features(inter))
-        if not self.with_map:
+        feats = patch_features(inter) if head.patch is not None else None
+        a_score, a_map = head(feats, pooled, logits)
+        if not self.with_map or a_map is None:
             return probs, logits, score, a_score
         return probs, logits, score, a_score, a_map
 
@@ -181,6 +268,58 @@ def extract_patches(
         feats.append(patch_features(inter).permute(0, 2, 3, 1).numpy())
         scores.append(_defect_scores(probs, inspection.ok_index))
     return np.concatenate(feats), np.concatenate(scores)
+
+
+@dataclass
+class Features:
+    """What the fit needs of images: patch features [N, h, w, D] (None unless asked), pooled
+    penultimate features [N, P], logits [N, C] and the classifier's defect scores [N]."""
+
+    patches: np.ndarray | None
+    pooled: np.ndarray
+    logits: np.ndarray
+    defect: np.ndarray
+
+    def take(self, keep: np.ndarray) -> Features:
+        p = None if self.patches is None else self.patches[keep]
+        return Features(p, self.pooled[keep], self.logits[keep], self.defect[keep])
+
+    @staticmethod
+    def cat(parts: Sequence[Features]) -> Features:
+        p = None if parts[0].patches is None else np.concatenate([f.patches for f in parts])
+        return Features(p, *(np.concatenate([getattr(f, k) for f in parts])
+                             for k in ("pooled", "logits", "defect")))  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+
+@torch.inference_mode()
+def extract_features(
+    inspection: nn.Module,
+    images: np.ndarray,
+    indices: Sequence[int] = FEATURE_INDICES,
+    patches: bool = True,
+    batch_size: int = 16,
+) -> Features:
+    """One backbone pass over uint8 NHWC images: ``Features``."""
+    bb = inspection.backbone
+    out: dict[str, list[np.ndarray]] = {"p": [], "pooled": [], "logits": [], "defect": []}
+    for i in range(0, len(images), batch_size):
+        x = inspection.normalise(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+        final, inter = _intermediates(bb, x, indices)
+        pooled = bb.forward_head(final, pre_logits=True).float()
+        logits = bb.get_classifier()(pooled).float()
+        if patches:
+            out["p"].append(patch_features(inter).permute(0, 2, 3, 1).numpy())
+        out["pooled"].append(pooled.numpy())
+        out["logits"].append(logits.numpy())
+        probs = torch.softmax(logits, dim=1).numpy()
+        out["defect"].append(_defect_scores(probs, inspection.ok_index))
+    return Features(
+        np.concatenate(out["p"]) if patches else None,
+        *(np.concatenate(out[k]) for k in ("pooled", "logits", "defect")),
+    )
 
 
 def _defect_scores(probs: np.ndarray, ok_index: int | None) -> np.ndarray:
@@ -235,6 +374,50 @@ def nearest_distances(
     return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
 
 
+def ledoit_wolf(centred: np.ndarray) -> np.ndarray:
+    """The Ledoit-Wolf shrunk covariance of centred rows [n, d] (a well-conditioned estimate
+    when n is far below d, as for a few dozen images of 1,280 pooled features)."""
+    x = np.asarray(centred, np.float64)
+    n, d = x.shape
+    emp = x.T @ x / n
+    mu = float(np.trace(emp)) / d
+    x2 = x**2
+    beta = (float(np.sum(x2.T @ x2)) / n - float(np.sum(emp**2))) / (d * n)
+    delta = (float(np.sum(emp**2)) - 2 * mu * float(np.trace(emp)) + d * mu**2) / d
+    shrink = 0.0 if delta <= 0 else min(max(beta, 0.0), delta) / delta
+    return (1 - shrink) * emp + shrink * max(mu, 1e-12) * np.eye(d)
+
+
+def fit_mahalanobis(pooled: np.ndarray, classes: np.ndarray) -> dict[str, np.ndarray]:
+    """Class-conditional Gaussians with one shared covariance (Lee et al. 2018) on pooled
+    features, as the head's arrays: the centre, the whitening ``W`` (``W W^T`` = the inverse
+    covariance) and the class means in the whitened space."""
+    x = np.asarray(pooled, np.float64)
+    classes = np.asarray(classes)
+    labels = np.unique(classes)
+    centre = x.mean(axis=0)
+    means = np.stack([x[classes == c].mean(axis=0) for c in labels])
+    resid = x - means[np.searchsorted(labels, classes)]
+    whiten = np.linalg.cholesky(np.linalg.inv(ledoit_wolf(resid)))
+    return {
+        "maha_centre": centre.astype(np.float32),
+        "maha_whiten": whiten.astype(np.float32),
+        "maha_means": ((means - centre) @ whiten).astype(np.float32),
+    }
+
+
+def score_norms(raw: dict[str, np.ndarray], q: float = 0.95) -> dict[str, list[float]]:
+    """Each score's ``[offset, scale]`` on held-out parts: its median, and the distance from
+    the median to its ``q`` quantile, so the scores share one unit before their maximum."""
+    out = {}
+    for name, v in raw.items():
+        v = np.asarray(v, np.float64)
+        med, hi = float(np.median(v)), float(np.quantile(v, q))
+        # a floor for held-out parts that all score alike (then any unit is arbitrary)
+        out[name] = [med, max(hi - med, 0.05 * abs(med), 1e-3)]
+    return out
+
+
 def calibrate_threshold(scores: np.ndarray, novel_rate: float = DEFAULT_NOVEL_RATE) -> float:
     """The anomaly threshold: the ``1 - novel_rate`` quantile of held-out good parts' scores
     (with fewer than ``1 / novel_rate`` parts, their maximum), nudged up so those parts pass."""
@@ -247,7 +430,7 @@ def calibrate_threshold(scores: np.ndarray, novel_rate: float = DEFAULT_NOVEL_RA
 class AnomalyModel:
     """A fitted head: the bank and what the export and the line need to use it."""
 
-    bank: np.ndarray  # [M, D] float32
+    bank: np.ndarray  # [M, D] float32 (patchcore; [0, 0] for a head without it)
     threshold: float
     indices: list[int] = field(default_factory=lambda: list(FEATURE_INDICES))
     map_size: list[int] = field(default_factory=list)  # [h, w] of anomaly_map
@@ -255,6 +438,9 @@ class AnomalyModel:
     smooth: float = 0.0  # the map's Gaussian sigma in patch cells (fits set DEFAULT_SMOOTH)
     features: str = "model"  # the version's own (fine-tuned) backbone
     on_novel: str = "UNSURE"
+    scores: list[str] = field(default_factory=lambda: ["patchcore"])
+    norms: dict[str, list[float]] = field(default_factory=dict)  # score -> [offset, scale]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # knn_bank, maha_* (npz)
     calibrated_on: str = ""
     n_fit_images: int = 0
     n_fit_patches: int = 0
@@ -267,12 +453,17 @@ class AnomalyModel:
 
     @property
     def bank_mb(self) -> float:
-        return self.bank.nbytes / 1e6
+        """Megabytes of every array the head carries (the patch bank and the feature scores')."""
+        return (self.bank.nbytes + sum(a.nbytes for a in self.arrays.values())) / 1e6
+
+    @property
+    def has_map(self) -> bool:
+        return "patchcore" in self.scores
 
     def info(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("bank")
-        d.pop("test")
+        for k in ("bank", "test", "arrays"):
+            d.pop(k)
         d.update(
             format=ANOMALY_FORMAT,
             format_version=ANOMALY_FORMAT_VERSION,
@@ -290,28 +481,37 @@ class AnomalyModel:
             "method": self.method,
             "features": self.features,
             "calibrated_on": self.calibrated_on,
-            "map": list(self.map_size) if with_map else None,
+            "map": list(self.map_size) if with_map and self.has_map else None,
         }
+        if self.scores != ["patchcore"]:
+            meta["scores"] = list(self.scores)
         return meta
 
     def distances(self, feats: np.ndarray) -> np.ndarray:
-        """The head's (smoothed) anomaly maps [N, h, w] of patch features [N, h, w, D]."""
+        """The patch bank's (smoothed) raw distance maps [N, h, w] of patch features."""
         return nearest_distances(feats, self.bank, smooth=self.smooth)
 
-    def head(self) -> AnomalyHead:
-        return AnomalyHead(self.bank, self.smooth)
+    def head(self) -> ScoreHead:
+        return ScoreHead(self)
 
     def wrap(self, inspection: nn.Module) -> AnomalyInspectionModel:
         graph = AnomalyInspectionModel(inspection, self.head(), self.indices).eval()
         graph.threshold = float(self.threshold)
+        graph.with_map = self.has_map
         return graph
+
+    def score_images(self, inspection: nn.Module, images: np.ndarray):
+        """(anomaly scores [N], maps [N, h, w] or None) of uint8 NHWC images: the exported graph
+        in torch."""
+        return torch_anomaly(self.wrap(inspection), images)
 
     def save(self, model_dir: str | Path) -> None:
         """``anomaly.npz`` then ``anomaly.json``, each atomically (the JSON marks it complete)."""
         model_dir = Path(model_dir)
+        arrays = {k: np.asarray(v, np.float32) for k, v in self.arrays.items()}
         with atomic_path(model_dir / BANK_FILE) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, bank=self.bank.astype(np.float32))
+                np.savez(f, bank=self.bank.astype(np.float32), **arrays)
         with atomic_path(model_dir / META_FILE) as tmp:
             tmp.write_text(json.dumps(self.info(), indent=1), encoding="utf-8")
 
@@ -335,7 +535,18 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
             raise ValueError("written by a newer defectssft")
         with np.load(model_dir / BANK_FILE, allow_pickle=False) as z:
             bank = np.asarray(z["bank"], dtype=np.float32)
-        if bank.ndim != 2 or bank.shape[0] < 1:
+            arrays = {k: np.asarray(z[k], np.float32) for k in z.files if k in ARRAY_SHAPES}
+        scores = info.get("scores", ["patchcore"])
+        if (
+            not isinstance(scores, list)
+            or not scores
+            or any(n not in SCORES for n in scores)
+            or len(set(scores)) != len(scores)
+        ):
+            raise ValueError(f"scores {scores!r} (each one of {', '.join(SCORES)}, once)")
+        _check_norms(info.get("norms", {}), scores)
+        _check_arrays(arrays, scores)
+        if "patchcore" in scores and (bank.ndim != 2 or bank.shape[0] < 1):
             raise ValueError(f"bank of shape {bank.shape}")
         if bank.shape[1] != int(info.get("bank_dim", bank.shape[1])):
             raise ValueError("bank does not match its description")
@@ -351,8 +562,40 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
             f"{model_dir}: unreadable anomaly head ({e}); fit it again with "
             "`defectssft fit-anomaly`"
         ) from e
-    keys = {f for f in AnomalyModel.__dataclass_fields__ if f != "bank"}
-    return AnomalyModel(bank=bank, **{k: v for k, v in info.items() if k in keys})
+    keys = {f for f in AnomalyModel.__dataclass_fields__ if f not in ("bank", "arrays")}
+    return AnomalyModel(bank=bank, arrays=arrays, **{k: v for k, v in info.items() if k in keys})
+
+
+# The feature scores' arrays in anomaly.npz: name -> (score that needs it, dimensions)
+ARRAY_SHAPES = {
+    "knn_bank": ("knn", 2),
+    "maha_centre": ("mahalanobis", 1),
+    "maha_whiten": ("mahalanobis", 2),
+    "maha_means": ("mahalanobis", 2),
+}
+
+
+def _check_norms(norms: Any, scores: list[str]) -> None:
+    if not isinstance(norms, dict) or (norms and set(norms) != set(scores)):
+        raise ValueError(f"norms {norms!r} do not match the scores {scores}")
+    for name, v in norms.items():
+        ok = isinstance(v, list) and len(v) == 2
+        ok = ok and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        if not ok or v[1] <= 0:
+            raise ValueError(f"norms.{name} must be [offset, scale > 0], got {v!r}")
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], scores: list[str]) -> None:
+    for key, (score, ndim) in ARRAY_SHAPES.items():
+        if score not in scores:
+            continue
+        a = arrays.get(key)
+        if a is None or a.ndim != ndim or a.size == 0 or not np.all(np.isfinite(a)):
+            raise ValueError(f"{key} missing or malformed for the {score} score")
+    if "mahalanobis" in scores:
+        d = arrays["maha_centre"].shape[0]
+        if arrays["maha_whiten"].shape != (d, d) or arrays["maha_means"].shape[1] != d:
+            raise ValueError("the Mahalanobis arrays do not match each other")
 
 
 def evaluate_on_test(
@@ -374,8 +617,7 @@ def evaluate_on_test(
     scores = []
     for i in range(0, len(data.test), batch):
         chunk = [Path(p) for p, _ in data.test[i : i + batch]]
-        feats, _ = extract_patches(inspection, load(chunk), model.indices)
-        scores.append(model.distances(feats).reshape(len(chunk), -1).max(1))
+        scores.append(model.score_images(inspection, load(chunk))[0])
     s = np.concatenate(scores)
     cls = np.array([c for _, c in data.test])
     novel = s >= model.threshold
@@ -406,8 +648,7 @@ def score_unlabeled(
     ids, scores = [], []
     for i in range(0, len(pairs), batch):
         chunk = pairs[i : i + batch]
-        feats, _ = extract_patches(inspection, load([Path(p) for _, p in chunk]), model.indices)
-        scores.append(model.distances(feats).reshape(len(chunk), -1).max(1))
+        scores.append(model.score_images(inspection, load([Path(p) for _, p in chunk]))[0])
         ids += [int(j) for j, _ in chunk]
     save_scores(model_dir, ids, np.concatenate(scores) if scores else np.zeros(0, np.float32))
     return len(ids)
@@ -421,6 +662,7 @@ class FitPlan:
     held_out: list[Path]
     unlabeled_candidates: list[Path]
     calibrated_on: str
+    fit_classes: list[int] = field(default_factory=list)  # the class index of each fit image
 
 
 def plan_fit(project, max_images: int = DEFAULT_MAX_FIT_IMAGES, seed: int = 0) -> FitPlan:
@@ -429,14 +671,16 @@ def plan_fit(project, max_images: int = DEFAULT_MAX_FIT_IMAGES, seed: int = 0) -
     ok = data.classes.index(data.ok_class) if data.ok_class in data.classes else None
     rng = np.random.default_rng(seed)
     if ok is not None:
-        fit = [Path(p) for p, c in data.labeled if c == ok]
+        fit = [(Path(p), c) for p, c in data.labeled if c == ok]
         held = [Path(p) for p, c in data.val if c == ok]
         what = "validation OK images"
     else:
-        fit = [Path(p) for p, _ in data.labeled]
+        fit = [(Path(p), c) for p, c in data.labeled]
         held = [Path(p) for p, _ in data.val]
         what = "validation images"
-    unlabeled = [Path(p) for p in data.unlabeled]
+    # Without an OK class the stream holds the novel classes too, and the confident calls let
+    # them into the fit (BENCHMARKS.md, "Open set"): the labeled images only.
+    unlabeled = [Path(p) for p in data.unlabeled] if ok is not None else []
     fit, unlabeled = (
         [ps[i] for i in sorted(rng.permutation(len(ps))[:max_images])]
         if len(ps) > max_images
@@ -447,8 +691,57 @@ def plan_fit(project, max_images: int = DEFAULT_MAX_FIT_IMAGES, seed: int = 0) -
         raise AnomalyError(
             f"{project.root}: no good parts to fit the anomaly model on (no OK-labeled and no "
             "unlabeled images); import unlabeled production images or label some OK"
+            if ok is not None
+            else f"{project.root}: no labeled training images to fit the anomaly model on"
         )
-    return FitPlan(fit, held, unlabeled, what)
+    return FitPlan([p for p, _ in fit], held, unlabeled, what, [int(c) for _, c in fit])
+
+
+def default_scores(ok_index: int | None) -> list[str]:
+    """The head's scores by default (BENCHMARKS.md, "Open set"): with an OK class the patch
+    bank of good parts; without one ``DEFAULT_SCORES_NO_OK`` (the bank of the labeled images
+    and the classifier's energy, each normalised, their maximum): "unlike every known class"."""
+    return ["patchcore"] if ok_index is not None else list(DEFAULT_SCORES_NO_OK)
+
+
+def parse_scores(text: str | Sequence[str] | None, ok_index: int | None) -> list[str]:
+    """``"auto"``/None -> ``default_scores``; else a comma list of ``SCORES`` (AnomalyError)."""
+    if text is None or text == "auto":
+        return default_scores(ok_index)
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
+    bad = [n for n in names if n not in SCORES]
+    if bad or not names or len(set(names)) != len(names):
+        raise AnomalyError(
+            f"anomaly scores must be 'auto' or a comma list of {', '.join(SCORES)} (each once), "
+            f"got {text!r}"
+        )
+    return names
+
+
+def raw_scores(model: AnomalyModel, feats: Features) -> dict[str, np.ndarray]:
+    """Each of the head's scores, before normalisation, of images' ``Features``."""
+    head = ScoreHead(replace(model, norms={}))
+    pooled, logits = torch.from_numpy(feats.pooled), torch.from_numpy(feats.logits)
+    out: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        for name in model.scores:
+            if name == "patchcore":
+                d = nearest_distances(feats.patches, model.bank, smooth=model.smooth)
+                out[name] = d.reshape(len(d), -1).max(1)
+        head.scores = tuple(n for n in model.scores if n != "patchcore")
+        parts, _ = head.components(None, pooled, logits)
+    for name, v in zip(head.scores, parts, strict=True):
+        out[name] = v.numpy()
+    return out
+
+
+def combine(model: AnomalyModel, raw: dict[str, np.ndarray]) -> np.ndarray:
+    """The head's score from ``raw_scores``: each normalised by ``norms``, their maximum."""
+    parts = []
+    for name in model.scores:
+        off, scale = model.norms.get(name, [0.0, 1.0])
+        parts.append((np.asarray(raw[name], np.float64) - off) / scale)
+    return np.max(parts, axis=0).astype(np.float32)
 
 
 def fit_project_anomaly(
@@ -462,10 +755,13 @@ def fit_project_anomaly(
     novel_rate: float = DEFAULT_NOVEL_RATE,
     on_novel: str = "UNSURE",
     smooth: float = DEFAULT_SMOOTH,
+    scores: str | Sequence[str] | None = None,
     seed: int = 0,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> AnomalyModel:
-    """Fit, calibrate and store the anomaly head of a version (default: production, else newest)."""
+    """Fit, calibrate and store the anomaly head of a version (default: production, else newest).
+
+    ``scores``: which novelty scores the head combines (``parse_scores``; None: by project)."""
     from defectssft.inspection import load_images, load_inspection
 
     if on_novel not in ON_NOVEL_CHOICES:
@@ -476,90 +772,115 @@ def fit_project_anomaly(
         raise AnomalyError(f"the map's smoothing must be 0 to {MAX_SMOOTH:g} patches, got {smooth}")
     record = project.get_model(version)
     model_dir = Path(record["path"])
-    plan = plan_fit(project, max_images, seed)
     inspection, spec = load_inspection(model_dir / "model.pt")
+    names = parse_scores(scores, spec.ok_index)
+    plan = plan_fit(project, max_images, seed)
     h, w, depth, roi = spec.input.height, spec.input.width, spec.input.bit_depth, spec.input.roi
     if spec.input.tiles is not None:
         raise AnomalyError(
             "the anomaly head is not fitted for tiled models yet: the line scores their tiles "
             "with the classifier alone"
         )
+    want_patches = "patchcore" in names
     try:
         load = lambda paths: load_images(paths, h, w, depth, roi)  # noqa: E731
-        feats_l, _ = extract_patches(inspection, load(plan.fit)) if plan.fit else (None, None)
-        extra_feats = None
+
+        def features(paths: list[Path]) -> Features:
+            return extract_features(inspection, load(paths), patches=want_patches)
+
+        parts = []
+        if plan.fit:
+            parts.append((features(plan.fit), np.asarray(plan.fit_classes, int)))
         n_unl = 0
         if plan.unlabeled_candidates:
-            f_u, s_u = extract_patches(inspection, load(plan.unlabeled_candidates))
+            fu = features(plan.unlabeled_candidates)
             # With an OK class: the confident OK calls; without one, the confident calls of any
-            # known class (the defect score is then 1 - the top probability).
-            keep = s_u < CONFIDENT_OK
-            extra_feats, n_unl = f_u[keep], int(keep.sum())
+            # known class (the defect score is then 1 - the top probability), with that class.
+            keep = fu.defect < CONFIDENT_OK
+            n_unl = int(keep.sum())
+            if n_unl:
+                parts.append((fu.take(keep), fu.logits[keep].argmax(axis=1)))
     except DefectssftError as e:
         raise AnomalyError(str(e)) from e
-    parts = [f for f in (feats_l, extra_feats) if f is not None and len(f)]
     if not parts:
         raise AnomalyError(
             f"{project.root}: no good parts to fit the anomaly model on (the classifier calls "
             "none of the unlabeled images OK with confidence); label some OK images"
         )
-    feats = np.concatenate(parts)
+    feats = Features.cat([f for f, _ in parts])
+    classes = np.concatenate([c for _, c in parts])
     rng = np.random.default_rng(seed)
-    held_feats = None
+    held: Features | None = None
     calibrated_on = plan.calibrated_on
     if len(plan.held_out) >= MIN_HELD_OUT:
-        held_feats, _ = extract_patches(inspection, load(plan.held_out))
+        held = features(plan.held_out)
         calibrated_on = f"{len(plan.held_out)} {plan.calibrated_on}"
     elif len(feats) >= 2:
         n_hold = max(1, len(feats) // 5)
         order = rng.permutation(len(feats))
-        held_feats, feats = feats[order[:n_hold]], feats[order[n_hold:]]
+        held, feats = feats.take(order[:n_hold]), feats.take(order[n_hold:])
+        classes = classes[order[n_hold:]]
         calibrated_on = (
             f"{n_hold} fit images held back (fewer than {MIN_HELD_OUT} {plan.calibrated_on})"
         )
-    n_img, gh, gw, dim = feats.shape
-    patches = feats.reshape(-1, dim)
-    n_patches = len(patches)
-    if n_patches > MAX_FIT_PATCHES:  # bounds the coreset's time: a random subset first
-        patches = patches[np.sort(rng.permutation(n_patches)[:MAX_FIT_PATCHES])]
-    rows = bank_rows(len(patches), dim, bank_mb, coreset_ratio, min_bank)
-    budget_rows = max(1, int(bank_mb * 1e6 // (4 * dim)))
-    note = ""
-    if rows < len(patches):
-        note = f"coreset of {rows} from {len(patches)} patches" + (
-            f" (the {bank_mb:g} MB budget holds {budget_rows})" if rows == budget_rows else ""
-        )
-        if n_patches > len(patches):
-            note += f", chosen from a random {len(patches)} of {n_patches}"
-        say(f"anomaly bank: {note}")
-    bank = patches[greedy_coreset(patches, rows, seed)]
-    if held_feats is not None:
-        held_scores = (
-            nearest_distances(held_feats, bank, smooth=smooth).reshape(len(held_feats), -1).max(1)
-        )
-        threshold = calibrate_threshold(held_scores, novel_rate)
-        held_max = float(held_scores.max())
-    else:  # a single fit image: nothing held out; the threshold is the largest fit distance
-        fit_scores = nearest_distances(feats, bank, smooth=smooth).reshape(len(feats), -1).max(1)
-        threshold = calibrate_threshold(fit_scores, novel_rate)
-        held_max = float(fit_scores.max())
-        calibrated_on = "the single fit image (nothing to hold out)"
-        say("anomaly threshold: only one good image, calibrated on the fit image itself")
+    n_img = len(feats)
+    bank = np.zeros((0, 0), np.float32)
+    note, n_patches, map_size = "", 0, []
+    if want_patches:
+        _, gh, gw, dim = feats.patches.shape
+        map_size = [int(gh), int(gw)]
+        patches = feats.patches.reshape(-1, dim)
+        n_patches = len(patches)
+        if n_patches > MAX_FIT_PATCHES:  # bounds the coreset's time: a random subset first
+            patches = patches[np.sort(rng.permutation(n_patches)[:MAX_FIT_PATCHES])]
+        rows = bank_rows(len(patches), dim, bank_mb, coreset_ratio, min_bank)
+        budget_rows = max(1, int(bank_mb * 1e6 // (4 * dim)))
+        if rows < len(patches):
+            note = f"coreset of {rows} from {len(patches)} patches" + (
+                f" (the {bank_mb:g} MB budget holds {budget_rows})" if rows == budget_rows else ""
+            )
+            if n_patches > len(patches):
+                note += f", chosen from a random {len(patches)} of {n_patches}"
+            say(f"anomaly bank: {note}")
+        bank = patches[greedy_coreset(patches, rows, seed)].astype(np.float32)
+    arrays: dict[str, np.ndarray] = {}
+    if "knn" in names:
+        arrays["knn_bank"] = feats.pooled.astype(np.float32)
+    if "mahalanobis" in names:
+        arrays.update(fit_mahalanobis(feats.pooled, classes))
     model = AnomalyModel(
-        bank=bank.astype(np.float32),
-        threshold=threshold,
-        map_size=[int(gh), int(gw)],
+        bank=bank,
+        threshold=0.0,
+        map_size=map_size,
         smooth=float(smooth),
         on_novel=on_novel,
+        scores=names,
+        arrays=arrays,
         calibrated_on=calibrated_on,
         n_fit_images=int(n_img),
         n_fit_patches=int(n_patches),
-        n_held_out=0 if held_feats is None else int(len(held_feats)),
-        held_out_max=held_max,
         subsampled=note,
         version=str(record["version"]),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+    if model.bank_mb > bank_mb:
+        raise AnomalyError(
+            f"the head's arrays take {model.bank_mb:.1f} MB, over the {bank_mb:g} MB budget; "
+            "raise --bank-mb or choose other --scores"
+        )
+    n_held = 0 if held is None else len(held)
+    if held is None:  # a single fit image: nothing held out; calibrated on the fit image
+        held = feats
+        calibrated_on = "the single fit image (nothing to hold out)"
+        say("anomaly threshold: only one good image, calibrated on the fit image itself")
+    raw = raw_scores(model, held)
+    if names != ["patchcore"]:  # the patch bank alone keeps its distance units (format 2)
+        model.norms = score_norms(raw)
+    held_scores = combine(model, raw)
+    model.threshold = calibrate_threshold(held_scores, novel_rate)
+    model.held_out_max = float(held_scores.max())
+    model.n_held_out = int(n_held)
+    model.calibrated_on = calibrated_on
     model.save(model_dir)
     n_scored = score_unlabeled(project, model_dir, inspection, model, load)
     test = evaluate_on_test(project, inspection, model, load, spec.ok_index)
@@ -588,6 +909,7 @@ def export_graph(
     metadata entry (``defectssft_line.novelty`` reads and checks it)."""
     if anomaly is None:
         return None
+    with_map = with_map and anomaly.has_map  # a head of feature scores only has no map
     metadata["anomaly"] = anomaly.onnx_metadata(with_map)
     graph = anomaly.wrap(inspection)
     graph.with_map = with_map
@@ -629,7 +951,8 @@ def check_export(
     got = [session.run(names, {"image": images[i : i + 16]}) for i in range(0, len(images), 16)]
     scores = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.float32)
     thr = graph.threshold
-    scale = max(thr, 1e-6)
+    # relative to the threshold; a head of normalised scores also to its unit (held-out spread)
+    scale = max(thr, 1.0 if graph.anomaly_head.normalise else 1e-6)
     diff = float(np.max(np.abs(scores - ref_scores))) / scale if len(images) else 0.0
     if not np.all(np.isfinite(scores)):
         raise ExportError(f"the exported {precision} graph produces NaN/inf anomaly scores")
@@ -686,7 +1009,9 @@ def anomaly_view(
     inspection, spec = load_inspection(model_dir / "model.pt", default_bit_depth=bit_depth)
     raw = read_image(image_path)
     rgb = resize(to_rgb8(raw, spec.input.bit_depth), spec.input.height, spec.input.width)
-    feats, _ = extract_patches(inspection, rgb[None], head.indices)
-    amap = head.distances(feats)[0]
-    heat = heat_weights(amap, head.threshold, raw.shape[0], raw.shape[1])
-    return AnomalyView(float(amap.max()), float(head.threshold), heat)
+    score, maps = head.score_images(inspection, rgb[None])
+    if maps is None:  # a head of feature scores only: no map to draw
+        heat = np.zeros(raw.shape[:2], np.float32)
+    else:
+        heat = heat_weights(maps[0], head.threshold, raw.shape[0], raw.shape[1])
+    return AnomalyView(float(score[0]), float(head.threshold), heat)

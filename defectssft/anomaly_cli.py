@@ -52,6 +52,14 @@ def register(subparsers: Any) -> None:
         help="Gaussian sigma of the anomaly map in patches before its maximum (default 1; 0: none)",
     )
     p.add_argument(
+        "--scores",
+        default=None,
+        metavar="LIST",
+        help="novelty scores the head combines: auto (default: the patch bank with an OK class, "
+        "the classifier's energy without one) or a comma list of patchcore, knn, mahalanobis, "
+        "energy (each normalised on held-out parts, their maximum)",
+    )
+    p.add_argument(
         "--on-novel",
         choices=ON_NOVEL_CHOICES,
         default="UNSURE",
@@ -62,9 +70,20 @@ def register(subparsers: Any) -> None:
 
 def describe(m: AnomalyModel) -> str:
     """What was fitted, how the threshold was calibrated, and how it does on the test split."""
+    what = []
+    for name in m.scores:
+        if name == "patchcore":
+            what.append(f"{m.bank.shape[0]} x {m.bank.shape[1]} patch bank")
+        elif name == "knn":
+            what.append(f"kNN on {m.arrays['knn_bank'].shape[0]} pooled features")
+        elif name == "mahalanobis":
+            what.append(f"Mahalanobis on {m.arrays['maha_means'].shape[0]} class means")
+        else:
+            what.append("the classifier's energy")
+    images = "good images" if m.scores == ["patchcore"] else "images"
     line = (
-        f"anomaly head of {m.version}: {m.bank.shape[0]} x {m.bank.shape[1]} bank "
-        f"({m.bank_mb:.1f} MB) from {m.n_fit_images} good images; threshold {m.threshold:.4g} "
+        f"anomaly head of {m.version}: {' + '.join(what)} ({m.bank_mb:.1f} MB) from "
+        f"{m.n_fit_images} {images}; threshold {m.threshold:.4g} "
         f"calibrated on {m.calibrated_on}; novel parts -> {m.on_novel}"
     )
     if m.test:
@@ -80,7 +99,12 @@ def cmd_fit_anomaly(args: argparse.Namespace) -> int:
     from defectssft.project import Project
 
     project = Project.open(args.project)
-    given = {"bank_mb": args.bank_mb, "novel_rate": args.novel_rate, "smooth": args.smooth}
+    given = {
+        "bank_mb": args.bank_mb,
+        "novel_rate": args.novel_rate,
+        "smooth": args.smooth,
+        "scores": args.scores,
+    }
     model = fit_project_anomaly(
         project,
         args.model,
@@ -89,7 +113,8 @@ def cmd_fit_anomaly(args: argparse.Namespace) -> int:
         say=lambda msg: print(msg, file=sys.stderr, flush=True),
     )
     print(describe(model))
-    print("export it: defectssft export PROJECT (or promote) carries anomaly_score and anomaly_map")
+    outputs = "anomaly_score and anomaly_map" if model.has_map else "anomaly_score"
+    print(f"export it: defectssft export PROJECT (or promote) carries {outputs}")
     return 0
 
 
@@ -123,4 +148,9 @@ def fit_and_report(project_path: str, version: str, emit: Any = None) -> Anomaly
 
 
 def _brief(m: AnomalyModel) -> dict[str, Any]:
-    return {"threshold": m.threshold, "bank_rows": int(m.bank.shape[0]), "bank_mb": m.bank_mb}
+    return {
+        "threshold": m.threshold,
+        "scores": list(m.scores),
+        "bank_rows": int(m.bank.shape[0]),
+        "bank_mb": m.bank_mb,
+    }

@@ -363,12 +363,15 @@ def test_fit_smooths_by_default_and_old_heads_stay_unsmoothed(tmp_path, fitted):
     assert model.smooth == DEFAULT_SMOOTH > 0
     model.save(tmp_path)
     info = json.loads((tmp_path / META_FILE).read_text())
-    assert info["smooth"] == DEFAULT_SMOOTH and info["format_version"] == 2
-    info.pop("smooth")  # a head fitted before smoothing existed
+    assert info["smooth"] == DEFAULT_SMOOTH and info["format_version"] == 3
+    assert info["scores"] == ["patchcore"] and info["norms"] == {}
+    for key in ("smooth", "scores", "norms"):  # a head fitted before smoothing existed
+        info.pop(key)
     info["format_version"] = 1
     (tmp_path / META_FILE).write_text(json.dumps(info))
     old = load_anomaly(tmp_path)
-    assert old is not None and old.smooth == 0.0 and old.head().radius == 0
+    assert old is not None and old.smooth == 0.0 and old.head().patch.radius == 0
+    assert old.scores == ["patchcore"] and old.norms == {}
     for bad in ("1", -1.0, 100.0, True):
         info["smooth"] = bad
         (tmp_path / META_FILE).write_text(json.dumps(info))
@@ -409,3 +412,197 @@ def test_int8_export_keeps_the_head_in_float(tmp_path, fitted):
     quant = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert quant  # the backbone is quantized, the head is not
     assert not [n for n in quant if "anomaly_head" in n.name or "anomaly_head" in n.input[0]]
+
+
+def _feature_head(rng: np.random.Generator, scores: list[str], norms=None) -> AnomalyModel:
+    from defectssft.anomaly import fit_mahalanobis
+
+    pooled = rng.normal(size=(30, 6)).astype(np.float32)
+    classes = np.repeat([0, 1, 2], 10)
+    arrays = {"knn_bank": pooled, **fit_mahalanobis(pooled, classes)}
+    return AnomalyModel(
+        bank=np.zeros((0, 0), np.float32),
+        threshold=1.0,
+        scores=scores,
+        norms=norms or {},
+        arrays=arrays,
+    )
+
+
+def test_feature_scores_are_the_textbook_formulas():
+    from defectssft.anomaly import ScoreHead, ledoit_wolf
+
+    rng = np.random.default_rng(0)
+    m = _feature_head(rng, ["knn", "mahalanobis", "energy"])
+    x = rng.normal(size=(5, 6)).astype(np.float32)
+    logits = rng.normal(size=(5, 3)).astype(np.float32)
+    head = ScoreHead(m)
+    with torch.inference_mode():
+        parts, amap = head.components(None, torch.from_numpy(x), torch.from_numpy(logits))
+    assert amap is None
+    bank = m.arrays["knn_bank"] / np.linalg.norm(m.arrays["knn_bank"], axis=1, keepdims=True)
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ bank.T
+    np.testing.assert_allclose(parts[0].numpy(), 1 - cos.max(1), atol=1e-5)
+    # Mahalanobis: the nearest class mean under the inverse of the shrunk shared covariance
+    w = m.arrays["maha_whiten"].astype(np.float64)
+    prec = w @ w.T
+    means = m.arrays["maha_means"] @ np.linalg.inv(w) + m.arrays["maha_centre"]
+    d2 = np.stack([np.einsum("ni,ij,nj->n", x - mu, prec, x - mu) for mu in means], 1)
+    np.testing.assert_allclose(parts[1].numpy(), np.sqrt(d2.min(1)), rtol=1e-3)
+    lse = np.log(np.exp(logits).sum(1))
+    np.testing.assert_allclose(parts[2].numpy(), -lse, atol=1e-5)
+    cov = ledoit_wolf(rng.normal(size=(4, 10)))  # fewer rows than dims: still invertible
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+
+
+def test_normalised_scores_combine_by_their_maximum():
+    from defectssft.anomaly import ScoreHead, combine
+
+    rng = np.random.default_rng(1)
+    norms = {"mahalanobis": [2.0, 4.0], "energy": [-3.0, 0.5]}
+    m = _feature_head(rng, ["mahalanobis", "energy"], norms)
+    x = torch.from_numpy(rng.normal(size=(4, 6)).astype(np.float32))
+    logits = torch.from_numpy(rng.normal(size=(4, 3)).astype(np.float32))
+    with torch.inference_mode():
+        (maha, en), _ = ScoreHead(m).components(None, x, logits)
+        score, _ = ScoreHead(m)(None, x, logits)
+    want = np.maximum((maha.numpy() - 2.0) / 4.0, (en.numpy() + 3.0) / 0.5)
+    np.testing.assert_allclose(score.numpy(), want, rtol=1e-5)
+    raw = {"mahalanobis": maha.numpy(), "energy": en.numpy()}
+    np.testing.assert_allclose(combine(m, raw), want, rtol=1e-5)
+
+
+def test_scores_flag_is_checked_and_auto_depends_on_the_ok_class(tmp_path, capsys):
+    from defectssft.anomaly import DEFAULT_SCORES_NO_OK, parse_scores
+
+    assert parse_scores("auto", 0) == ["patchcore"] and parse_scores(None, 0) == ["patchcore"]
+    assert parse_scores("auto", None) == list(DEFAULT_SCORES_NO_OK)
+    assert parse_scores("knn,energy", None) == ["knn", "energy"]
+    for bad in ("", "bogus", "knn,knn", "patchcore,"):
+        with pytest.raises(AnomalyError, match="comma list"):
+            parse_scores(bad, None)
+    p = make_project(tmp_path)
+    add_model(p)
+    assert main(["fit-anomaly", str(p.root), "--scores", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: anomaly scores must be") and len(err.strip().splitlines()) == 1
+    assert load_anomaly(Path(p.get_model("v0001")["path"])) is None  # nothing written
+
+
+def test_feature_head_fits_exports_in_one_graph_and_matches_torch(tmp_path):
+    import onnxruntime as ort
+
+    from defectssft_line.model import LineModel
+
+    p = make_project(tmp_path)
+    version = add_model(p)
+    m = fit_project_anomaly(p, version, scores="patchcore,knn,mahalanobis,energy")
+    folder = Path(p.get_model(version)["path"])
+    again = load_anomaly(folder)
+    assert again.scores == m.scores and set(again.norms) == set(m.scores)
+    assert set(again.arrays) == {"knn_bank", "maha_centre", "maha_whiten", "maha_means"}
+    assert m.threshold > 0 and m.bank_mb > 0
+    res = export_project_model(p, version, out=tmp_path / "m.onnx")
+    assert res.anomaly is not None and res.anomaly["max_rel_diff"] < 5e-3
+    meta = read_metadata(res.path)
+    assert meta["anomaly"]["scores"] == m.scores and meta["anomaly"]["map"] == m.map_size
+    sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score", "anomaly_map"]
+    graph_ops = {n.op_type for n in __import__("onnx").load(res.path).graph.node}
+    assert "ReduceLogSumExp" in graph_ops or "LogSumExp" in graph_ops or "Log" in graph_ops
+    line = LineModel.load(res.path)
+    imgs = random_images(3)
+    preds = line.classify(list(imgs[..., ::-1]))
+    torch_scores, _ = m.score_images(inspection_model(make_tiny(), tiny_meta()), imgs)
+    got = np.array([pr.anomaly_score for pr in preds])
+    np.testing.assert_allclose(got, torch_scores, rtol=1e-3, atol=1e-3 * m.threshold)
+
+
+def test_feature_head_without_the_bank_has_no_map(tmp_path):
+    import onnxruntime as ort
+
+    from defectssft.anomaly import anomaly_view
+
+    p = make_project(tmp_path)
+    version = add_model(p)
+    m = fit_project_anomaly(p, version, scores="energy")
+    assert not m.has_map and m.bank.size == 0 and m.norms["energy"][1] > 0
+    res = export_project_model(p, version, out=tmp_path / "m.onnx")
+    sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score"]
+    assert read_metadata(res.path)["anomaly"]["map"] is None
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), random_images(1)[0])
+    view = anomaly_view(Path(p.get_model(version)["path"]), img)
+    assert view.heat.shape == (SIZE, SIZE) and not view.heat.any()
+
+
+def test_a_feature_head_with_missing_arrays_or_bad_norms_is_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    m = _feature_head(rng, ["knn", "energy"], {"knn": [0.1, 0.2], "energy": [-1.0, 1.0]})
+    m.save(tmp_path)
+    assert load_anomaly(tmp_path).scores == ["knn", "energy"]
+    info = json.loads((tmp_path / META_FILE).read_text())
+    for key, bad in (("norms", {"knn": [0.1, 0.0], "energy": [0, 1]}), ("scores", ["x"])):
+        (tmp_path / META_FILE).write_text(json.dumps({**info, key: bad}))
+        with pytest.raises(AnomalyError, match="unreadable anomaly head"):
+            load_anomaly(tmp_path)
+    (tmp_path / META_FILE).write_text(json.dumps(info))
+    np.savez(tmp_path / BANK_FILE, bank=np.zeros((0, 0), np.float32))  # knn_bank gone
+    with pytest.raises(AnomalyError, match="knn_bank"):
+        load_anomaly(tmp_path)
+
+
+def test_feature_arrays_over_the_budget_are_refused(tmp_path):
+    p = make_project(tmp_path)
+    version = add_model(p)
+    with pytest.raises(AnomalyError, match="over the .* MB budget"):
+        fit_project_anomaly(p, version, scores="mahalanobis", bank_mb=1e-4)
+    assert load_anomaly(Path(p.get_model(version)["path"])) is None
+
+
+def test_without_an_ok_class_the_head_is_bank_and_energy_fit_on_labels_only(tmp_path):
+    from defectssft.modeling import save_model_file
+    from defectssft_line.model import LineModel
+    from tests.helpers import synthetic_image
+
+    p = Project.create(tmp_path / "p", classes=CLASSES, ok_class=None)
+    for k, kind in enumerate(CLASSES * 4):
+        path = tmp_path / f"{kind}{k}.png"
+        cv2.imwrite(str(path), synthetic_image(kind, k))
+        p.add_image(path, label=kind)
+    for k in range(5):  # the stream: left out of the fit without an OK class
+        path = tmp_path / f"u{k}.png"
+        cv2.imwrite(str(path), synthetic_image("scratch", 100 + k))
+        p.add_image(path)
+    p.assign_splits(val_fraction=0.25, test_fraction=0.25, min_labels=3)
+    version, folder = p.new_model_dir()
+    meta = {**tiny_meta(version), "ok_class": None}
+    save_model_file(folder / "model.pt", make_tiny(), meta)
+    p.register_model(version, {k: v for k, v in meta.items() if k != "thresholds"}, {})
+    m = fit_project_anomaly(p, version)
+    assert m.scores == ["patchcore", "energy"] and set(m.norms) == {"patchcore", "energy"}
+    labeled_train = len(p.training_data().labeled)
+    assert m.n_fit_images + (m.n_held_out if "held back" in m.calibrated_on else 0) == (
+        labeled_train
+    )
+    assert p.get_model(version)["metrics"]["anomaly"]["fit_unlabeled"] == 0
+    from defectssft.anomaly_cli import describe
+
+    said = describe(m)
+    assert "patch bank + the classifier's energy" in said and "from" in said
+    res = export_project_model(p, version, out=tmp_path / "m.onnx", threshold=0.5)
+    assert read_metadata(res.path)["anomaly"]["scores"] == ["patchcore", "energy"]
+    line = LineModel.load(res.path)
+    pred = line.classify([random_images(1)[0]])[0]
+    assert pred.anomaly_score is not None and pred.anomaly_map.shape == tuple(m.map_size)
+    # the map is in the score's units: its maximum is the bank's part of the score
+    assert pred.anomaly_score >= float(pred.anomaly_map.max()) - 1e-4
+    with pytest.raises(AnomalyError, match="no labeled training images"):
+        empty = Project.create(tmp_path / "e", classes=CLASSES, ok_class=None)
+        cv2.imwrite(str(tmp_path / "e.png"), synthetic_image("ok", 1))
+        empty.add_image(tmp_path / "e.png")
+        v2, f2 = empty.new_model_dir()
+        save_model_file(f2 / "model.pt", make_tiny(), {**tiny_meta(v2), "ok_class": None})
+        empty.register_model(v2, {k: v for k, v in meta.items() if k != "thresholds"}, {})
+        fit_project_anomaly(empty, v2)

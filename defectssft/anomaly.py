@@ -65,6 +65,8 @@ DEFAULT_SMOOTH = 1.0  # sigma of the map's Gaussian in patch cells (8 px at inpu
 MAX_SMOOTH = 8.0
 DEFAULT_MAX_FIT_IMAGES = 400
 DEFAULT_NOVEL_RATE = 0.01  # fraction of held-out good parts allowed above the threshold
+# Largest |anomaly_score(onnxruntime) - anomaly_score(torch)| accepted, relative to the threshold.
+MAX_SCORE_DIFF = {"fp32": 5e-3, "fp16": 2e-2, "int8": 0.1}
 CONFIDENT_OK = 0.05  # an unlabeled image joins the fit when its defect score is below this
 MIN_HELD_OUT = 5
 MAX_FIT_PATCHES = 200_000  # patches the coreset is chosen from (a random subset beyond)
@@ -418,11 +420,22 @@ def score_norms(raw: dict[str, np.ndarray], q: float = 0.95) -> dict[str, list[f
     return out
 
 
-def calibrate_threshold(scores: np.ndarray, novel_rate: float = DEFAULT_NOVEL_RATE) -> float:
+def score_scale(threshold: float, normalised: bool) -> float:
+    """What a score difference is measured against (the export check, the threshold's margin):
+    the threshold, and for a head of normalised scores at least their unit (held-out spread)."""
+    return max(abs(threshold), 1.0 if normalised else 1e-6)
+
+
+def calibrate_threshold(
+    scores: np.ndarray, novel_rate: float = DEFAULT_NOVEL_RATE, normalised: bool = False
+) -> float:
     """The anomaly threshold: the ``1 - novel_rate`` quantile of held-out good parts' scores
-    (with fewer than ``1 / novel_rate`` parts, their maximum), nudged up so those parts pass."""
+    (with fewer than ``1 / novel_rate`` parts, their maximum), plus a margin of the fp32 export
+    check's bound (``MAX_SCORE_DIFF``) of ``score_scale``: a file that passes the check cannot
+    make those parts novel on the line where torch and the app pass them."""
     s = np.sort(np.asarray(scores, dtype=np.float64))
     q = float(np.quantile(s, 1.0 - novel_rate, method="higher"))
+    q += MAX_SCORE_DIFF["fp32"] * score_scale(q, normalised)
     return float(np.nextafter(np.float32(q), np.float32(np.inf)))
 
 
@@ -877,7 +890,7 @@ def fit_project_anomaly(
     if names != ["patchcore"]:  # the patch bank alone keeps its distance units (format 2)
         model.norms = score_norms(raw)
     held_scores = combine(model, raw)
-    model.threshold = calibrate_threshold(held_scores, novel_rate)
+    model.threshold = calibrate_threshold(held_scores, novel_rate, bool(model.norms))
     model.held_out_max = float(held_scores.max())
     model.n_held_out = int(n_held)
     model.calibrated_on = calibrated_on
@@ -896,10 +909,6 @@ def fit_project_anomaly(
 
 
 # --------------------------------------------------------------------------- export
-
-
-# Largest |anomaly_score(onnxruntime) - anomaly_score(torch)| accepted, relative to the threshold.
-MAX_SCORE_DIFF = {"fp32": 5e-3, "fp16": 2e-2, "int8": 0.1}
 
 
 def export_graph(
@@ -951,8 +960,7 @@ def check_export(
     got = [session.run(names, {"image": images[i : i + 16]}) for i in range(0, len(images), 16)]
     scores = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.float32)
     thr = graph.threshold
-    # relative to the threshold; a head of normalised scores also to its unit (held-out spread)
-    scale = max(thr, 1.0 if graph.anomaly_head.normalise else 1e-6)
+    scale = score_scale(thr, graph.anomaly_head.normalise)
     diff = float(np.max(np.abs(scores - ref_scores))) / scale if len(images) else 0.0
     if not np.all(np.isfinite(scores)):
         raise ExportError(f"the exported {precision} graph produces NaN/inf anomaly scores")

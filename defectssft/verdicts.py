@@ -205,6 +205,29 @@ def _fitted_after(info: Mapping[str, Any] | None, path: Path) -> bool:
         return False
 
 
+def shown_anomaly(
+    project: Project, version: str, image_path: str | Path, bit_depth: int | None = None
+) -> tuple[Any, str]:
+    """(``anomaly.AnomalyView``, one line saying the score against the rule of the file that
+    ships) for the app's anomaly map (torch: a worker thread). The line says NOVEL only where
+    the line would (``shipped_novelty``), not by the head's own threshold alone."""
+    from defectssft.anomaly import anomaly_view
+
+    record = project.get_model(version)
+    view = anomaly_view(record["path"], image_path, bit_depth=bit_depth)
+    shipped = shipped_novelty(project, record["version"])
+    if shipped.rule is None:
+        return view, (
+            f"anomaly score {view.score:.4g} (head threshold {view.threshold:.4g}); not applied "
+            f"on the line: {shipped.source}"
+        )
+    verdict = "NOVEL" if shipped.rule.is_novel(view.score) else "like the good parts"
+    return (
+        view,
+        f"anomaly score {view.score:.4g} (threshold {shipped.rule.threshold:.4g}): {verdict}",
+    )
+
+
 def shipped_novelty(project: Project, version: str | None) -> ShippedNovelty:
     """The novelty rule the line applies to ``version``'s parts, from the file that ships
     (``shipped_export``): its metadata's ``anomaly`` entry. Never exported: the version's head

@@ -72,27 +72,26 @@ class AnomalyMapController(QObject):
             self.w.show_error("no trained model yet: train one to see the anomaly map")
             self.action.setChecked(False)
             return
-        from defectssft.anomaly import anomaly_view
+        from defectssft.verdicts import shown_anomaly
 
         path = cur.path
         task = Task(
-            anomaly_view,
-            self.w.project.models_dir / self.w.model_version,
+            shown_anomaly,
+            self.w.project,
+            self.w.model_version,
             path,
             bit_depth=int(self.w.project.get_setting("input.bit_depth", 16) or 16),
         )
         self.w._tasks.add(task)
         self.w.statusBar().showMessage("computing the anomaly map…")
 
-        def done(view: Any) -> None:
+        def done(result: Any) -> None:
+            view, text = result
             self.w._tasks.discard(task)
             self.w.statusBar().clearMessage()
             if self.w.viewer.path == path and self.action.isChecked():
                 self.w.viewer.set_heatmap(view.heat)
-                verdict = "NOVEL" if view.novel else "like the good parts"
-                self.w.pred_label.setText(
-                    f"anomaly score {view.score:.4g} (threshold {view.threshold:.4g}): {verdict}"
-                )
+                self.w.pred_label.setText(text)
                 self.ready.emit(path)
 
         def failed(msg: str) -> None:

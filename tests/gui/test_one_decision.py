@@ -100,7 +100,7 @@ def test_a_file_shipped_without_the_head_is_decided_without_it(headed, qtbot, ca
     from defectssft.evaluate import evaluate_project_model
     from defectssft.export import export_project_model
     from defectssft.operating import load_operating_data, rates
-    from defectssft.verdicts import VerdictCache, shipped_novelty
+    from defectssft.verdicts import VerdictCache, shipped_novelty, shown_anomaly
     from defectssft_line.model import LineModel
     from defectssft_line.preprocess import read_image
 
@@ -108,9 +108,14 @@ def test_a_file_shipped_without_the_head_is_decided_without_it(headed, qtbot, ca
     assert shipped_novelty(project, version).rule is not None  # never exported: the head
     with_head = evaluate_project_model(project, version, report=False).verdicts
     assert "UNSURE" in with_head
+    novel_path = data.test[with_head.index("UNSURE")][0]
+    _, text = shown_anomaly(project, version, novel_path)  # the app's anomaly-map line
+    assert text.endswith(": NOVEL")
     res = export_project_model(project, version, out=tmp_path / "plain.onnx", anomaly=False)
     shipped = shipped_novelty(project, version)
     assert shipped.rule is None and "without its anomaly head" in shipped.source
+    _, text = shown_anomaly(project, version, novel_path)
+    assert "NOVEL" not in text and "not applied on the line" in text
     line = LineModel.load(res.path)
     test_line = [p.verdict for p in line.classify([read_image(p) for p, _ in data.test])]
     assert set(test_line) == {"OK"}

@@ -124,6 +124,8 @@ class OpcUaServerSink(Sink):
         self._types: dict[str, Any] = {}
         self._shown: dict[str, Any] = {}  # the value each node holds (written by this sink)
         self._held: dict[str, Any] | None = None  # each node's Value attribute (write_now)
+        self._notifying: set[Any] = set()  # subscriber notifications under way (on the loop)
+        self._notify_lock: asyncio.Lock | None = None  # made on the loop, at first use
         self._beat = 0
 
     def open(self) -> None:
@@ -232,16 +234,24 @@ class OpcUaServerSink(Sink):
             server.tloop.loop.call_soon_threadsafe(self._notify_soon, watched)
 
     def _notify_soon(self, watched: list[tuple[Any, Any]]) -> None:
-        asyncio.ensure_future(self._notify(watched))
+        """On the loop: start notifying; the task is kept until done (the loop holds only a
+        weak reference to it)."""
+        task = asyncio.ensure_future(self._notify(watched))
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     async def _notify(self, watched: list[tuple[Any, Any]]) -> None:
-        """On the loop: the subscribers of each written value, as asyncua's own write does."""
-        for attribute, dv in watched:
-            for handle, callback in list(attribute.datachange_callbacks.items()):
-                try:
-                    await callback(handle, dv)
-                except Exception:  # noqa: BLE001 - a subscriber's failure is asyncua's to log
-                    logging.getLogger("asyncua").debug("datachange callback failed")
+        """On the loop: the subscribers of each written value, as asyncua's own write does;
+        one part after the other (the lock is first come, first served)."""
+        if self._notify_lock is None:
+            self._notify_lock = asyncio.Lock()
+        async with self._notify_lock:
+            for attribute, dv in watched:
+                for handle, callback in list(attribute.datachange_callbacks.items()):
+                    try:
+                        await callback(handle, dv)
+                    except Exception:  # noqa: BLE001 - a subscriber's failure: asyncua logs it
+                        logging.getLogger("asyncua").debug("datachange callback failed")
 
     async def _write_async(self, vals: dict[str, Any]) -> None:
         """The values that changed, in order (Counter/Total last), on the server's loop."""

@@ -993,10 +993,6 @@ class AnomalyView:
     threshold: float
     heat: np.ndarray  # HxW in [0, 1] at the image's own size, zero where the map is low
 
-    @property
-    def novel(self) -> bool:
-        return self.score >= self.threshold
-
 
 def anomaly_view(
     model_dir: str | Path, image_path: str | Path, bit_depth: int | None = None

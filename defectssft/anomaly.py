@@ -46,7 +46,7 @@ from torch import nn
 
 from defectssft.errors import DefectssftError
 from defectssft.fsutil import atomic_path
-from defectssft_line.novelty import ON_NOVEL_CHOICES
+from defectssft_line.novelty import ON_NOVEL_CHOICES, NoveltyRule
 
 BANK_FILE = "anomaly.npz"
 META_FILE = "anomaly.json"
@@ -978,7 +978,9 @@ def check_export(
             f"of its threshold (limit {bound:g}) on {len(images)} project images; export "
             "fp32 or without the head (--no-anomaly)"
         )
-    same = float(np.mean((scores >= thr) == (ref_scores >= thr))) if len(images) else 1.0
+    rule, pairs = NoveltyRule(thr), zip(scores, ref_scores, strict=True)
+    agree = [rule.is_novel(a) == rule.is_novel(b) for a, b in pairs]
+    same = float(np.mean(agree)) if agree else 1.0
     return {"max_rel_diff": diff, "novel_agreement": same, "threshold": thr, "map": len(names) > 1}
 
 

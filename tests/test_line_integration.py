@@ -531,13 +531,17 @@ def test_server_sink_applies_on_its_loop_in_order_and_bounded():
     try:
         loop = sink.direct_loop()
         assert loop is not None
+        # One part first, so the loop's consumer has started and waits (without it, the
+        # consumer's first step may land between the parts below and take some early).
+        sink.publish(result_msg(0))
+        assert sink.flush(WAIT) and sink.sent == 1
         loop.call_soon_threadsafe(gate.wait, WAIT)  # the loop stands still meanwhile
         for n in range(1, 6):
             sink.publish(result_msg(n))
         assert sink.pending() == 5 and not sink._q  # all with the loop, none with the worker
         gate.set()
         assert sink.flush(WAIT)
-        assert (sink.sent, sink.dropped) == (3, 2)  # 3, 4, 5 applied; 1, 2 dropped
+        assert (sink.sent, sink.dropped) == (4, 2)  # 0, then 3, 4, 5 applied; 1, 2 dropped
         assert client.connect()
         assert client.read_holding_registers(2, count=2).registers == [5, 0]
     finally:

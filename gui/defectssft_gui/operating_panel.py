@@ -15,9 +15,19 @@ import math
 from typing import Any
 
 from PySide6.QtCore import QPointF, QRectF, Qt, QThreadPool, Signal
-from PySide6.QtGui import QColor, QFont, QMouseEvent, QPainter, QPainterPath, QPaintEvent, QPen
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QMouseEvent,
+    QPainter,
+    QPainterPath,
+    QPaintEvent,
+    QPen,
+    QValidator,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QAbstractSpinBox,
     QCheckBox,
     QDialog,
     QDoubleSpinBox,
@@ -224,9 +234,12 @@ class ScoreHistogram(QWidget):
             p.setPen(QPen(BAND_COLOUR.darker(130)))
             p.drawText(QPointF(xh + 4, r.bottom() - 6), f"NG ≥ {self.high:.4g}")
             text = f"UNSURE ≥ {self.low:.4g}"
-            p.drawText(
-                QPointF(xl - 4 - p.fontMetrics().horizontalAdvance(text), r.bottom() - 6), text
-            )
+            x = xl - 4 - p.fontMetrics().horizontalAdvance(text)
+            if x < r.left() + 2:  # no room left of the band: inside the plot, a line higher
+                x, y = r.left() + 2, r.bottom() - 8 - p.fontMetrics().height()
+            else:
+                y = r.bottom() - 6
+            p.drawText(QPointF(x, y), text)
         self._legend(p, r)
         p.end()
 
@@ -275,6 +288,36 @@ class ScoreHistogram(QWidget):
             p.setPen(QPen(self.palette().text().color()))
             p.drawText(QPointF(x + 16, r.top() + 19), text)
             x += 24 + p.fontMetrics().horizontalAdvance(text)
+
+
+class ScoreSpin(QDoubleSpinBox):
+    """A score to 6 significant digits ("1.057e-06", "0.064929"), kept to 12 decimals: a few-label
+    calibration can put a threshold near 1e-6, which 6 fixed decimals would show as 0.000001
+    and round. Steps are a tenth of the value's decade; exponents can be typed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setDecimals(12)
+        self.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
+
+    def textFromValue(self, value: float) -> str:
+        return f"{value:.6g}"
+
+    def valueFromText(self, text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int) -> QValidator.State:
+        try:
+            value = float(text)
+        except ValueError:  # a number being typed ("1e-", "-", "") or not a number
+            bad = text.strip() and not set(text.strip()) <= set("0123456789.eE+-")
+            return QValidator.State.Invalid if bad else QValidator.State.Intermediate
+        if self.minimum() <= value <= self.maximum():
+            return QValidator.State.Acceptable
+        return QValidator.State.Intermediate
 
 
 class OperatingPointDialog(QDialog):
@@ -328,8 +371,8 @@ class OperatingPointDialog(QDialog):
             controls.addWidget(spin)
         controls.addStretch(1)
         controls.addWidget(self.log_box)
-        self.low_spin.valueChanged.connect(lambda _v: self._spun())
-        self.high_spin.valueChanged.connect(lambda _v: self._spun())
+        self.low_spin.valueChanged.connect(lambda v: self._spun(low=v))
+        self.high_spin.valueChanged.connect(lambda v: self._spun(high=v))
         self.ng_spin.valueChanged.connect(self._ng_spun)
 
         # the headline rates (all labeled parts, and the stream)
@@ -424,10 +467,8 @@ class OperatingPointDialog(QDialog):
 
     @staticmethod
     def _spin() -> QDoubleSpinBox:
-        s = QDoubleSpinBox()
-        s.setDecimals(6)
+        s = ScoreSpin()
         s.setRange(-1.0, 2.0)  # out-of-range values are typed, then refused with one line
-        s.setSingleStep(0.001)
         s.setKeyboardTracking(False)
         s.setMinimumWidth(110)
         return s
@@ -460,8 +501,10 @@ class OperatingPointDialog(QDialog):
         self._update_rates()
 
     def candidate(self) -> Thresholds:
-        """The thresholds shown; ThresholdError (one line) when out of order or outside [0, 1]."""
-        return O.candidate(self.ng_spin.value(), self.low_spin.value(), self.high_spin.value())
+        """The thresholds shown; ThresholdError (one line) when out of order or outside [0, 1].
+        Read from the histogram, which holds them exactly (a spin box shows 6 digits)."""
+        h = self.histogram
+        return O.candidate(h.ng, h.low, h.high)
 
     def _dragged(self, low: float, ng: float, high: float) -> None:
         self.set_thresholds(low, ng, high)
@@ -476,13 +519,14 @@ class OperatingPointDialog(QDialog):
         high = ng if high == old or high < ng else high
         if 0.0 <= ng <= 1.0:
             self.set_thresholds(low, ng, high)
-        else:
-            self._spun()
+        else:  # shown as typed, refused by the rates (one line)
+            self.histogram.set_thresholds(self.histogram.low, ng, self.histogram.high)
+            self._update_rates()
 
-    def _spun(self) -> None:
-        self.histogram.set_thresholds(
-            self.low_spin.value(), self.ng_spin.value(), self.high_spin.value()
-        )
+    def _spun(self, low: float | None = None, high: float | None = None) -> None:
+        """A band edge typed: only that edge changes (the others keep their exact values)."""
+        h = self.histogram
+        h.set_thresholds(h.low if low is None else low, h.ng, h.high if high is None else high)
         self._update_rates()
 
     def _update_rates(self) -> None:

@@ -125,6 +125,28 @@ def test_a_bad_band_is_refused_and_nothing_is_stored(qtbot, op_project):
     assert dlg.ng_spin.value() == 0.5 and not dlg.clear_button.isEnabled()
 
 
+def test_a_tiny_band_is_shown_and_saved_exactly(qtbot, op_project):
+    """A few-label calibration can put the band near 1e-6: the spin boxes show it to 6 digits
+    (not "0.000001"), the rates and Save use the exact values, and typing one edge (an exponent
+    too) leaves the others exact."""
+    op_project.set_operating_point("v0001", 1.906123e-6, 1.057321e-6, 2.5e-6)
+    dlg = open_panel(qtbot, op_project)
+    assert dlg.low_spin.text() == "1.05732e-06" and dlg.ng_spin.text() == "1.90612e-06"
+    assert dlg.candidate().ng == 1.906123e-6 and dlg.candidate().unsure_low == 1.057321e-6
+    dlg.high_spin.lineEdit().setText("3e-6")
+    dlg.high_spin.interpretText()
+    assert dlg.candidate().unsure_high == pytest.approx(3e-6, rel=1e-9)
+    assert dlg.candidate().ng == 1.906123e-6  # untouched: not rounded through its spin box
+    with qtbot.waitSignal(dlg.saved):
+        assert dlg.save()
+    point = operating_point(op_project.get_model("v0001")["metrics"])
+    assert point["ng"] == 1.906123e-6 and point["unsure_low"] == 1.057321e-6
+    assert point["unsure_high"] == pytest.approx(3e-6, rel=1e-9)
+    dlg.high_spin.lineEdit().setText("oops")  # not a number: refused as typed, nothing changes
+    dlg.high_spin.interpretText()
+    assert dlg.candidate().unsure_high == pytest.approx(3e-6, rel=1e-9)
+
+
 def test_window_verdicts_follow_the_saved_point(qtbot, op_project):
     from defectssft_gui.window import MainWindow
 

@@ -129,6 +129,7 @@ class MainWindow(QMainWindow):
         self.info_label.setWordWrap(True)
         self.pred_label = QLabel("")
         self.pred_label.setObjectName("prediction")
+        self.pred_label.setWordWrap(True)  # a long verdict line wraps; it never widens the pane
         self.levels = LevelsBar()
         self.level_slider, self.window_slider = self.levels.level_slider, self.levels.window_slider
         self.level_slider.valueChanged.connect(self._levels_changed)
@@ -593,10 +594,16 @@ class MainWindow(QMainWindow):
         if r.pred is not None and r.confidence is not None:
             ok = self.project is not None and self.project.ok_class is not None
             score = "defect score" if ok else "least-confident score (1 − confidence)"
+            why = ""  # what made the line's verdict UNSURE, beside the score that shows it
+            band = self.verdicts.thresholds if self.verdicts is not None else None
+            if novel:
+                why = " (novel: anomaly score at or above the threshold)"
+            elif verdict == "UNSURE" and band is not None:
+                why = f" (in the UNSURE band {band.unsure_low:.4g} to {band.unsure_high:.4g})"
+            # .4g as the operating-point panel draws thresholds: a band at 1e-6 is not "0.000"
             self.pred_label.setText(
                 f"model {self.model_version}: {r.pred} ({r.confidence:.1%}), {score} "
-                f"{(r.score or 0):.3f}, line verdict {verdict or '—'}"
-                f"{' (novel: anomaly score at or above the threshold)' if novel else ''} — press "
+                f"{(r.score or 0):.4g}, line verdict {verdict or '—'}{why} — press "
                 f"{self._keys('accept')} to accept"
             )
         else:

@@ -336,3 +336,20 @@ def test_a_novel_part_the_classifier_passes_is_unsure_in_the_window(window, qtbo
         window.set_filter("verdict:unsure")
     got = [window.model.row(i).image_id for i in range(window.model.total())]
     assert got == [ids[-1]]
+
+
+def test_an_unsure_part_says_why_and_shows_a_tiny_score_as_it_is(window, qtbot):
+    """A band near 1e-6 (a few-label project's calibration can put it there): the info line shows
+    the score to 4 significant digits, not "0.000", and that it lies in the UNSURE band."""
+    p = window.project
+    ids = p.image_ids()
+    probs = {i: [0.9, 0.05, 0.05] for i in ids}
+    probs[ids[-1]] = [1 - 1.5e-6, 1e-6, 0.5e-6]  # the current image: defect score 1.5e-6
+    add_fake_model(p, probs=probs)
+    p.set_operating_point("v0001", 2e-6, 1e-6, 3e-6)
+    with qtbot.waitSignal(window.rowsLoaded):
+        window.refresh()
+    assert window.current_row().image_id == ids[-1]
+    text = window.pred_label.text()
+    assert "line verdict UNSURE (in the UNSURE band 1e-06 to 3e-06)" in text
+    assert "defect score 1.5e-06" in text and "0.000" not in text

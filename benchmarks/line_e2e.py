@@ -440,8 +440,9 @@ class Split:
         on, queued = (b - a for a, b in zip(self._s, schedstat(), strict=True))
         self.rows.append((on, queued, wall - on - queued))
 
-    def medians(self) -> dict[str, float]:
-        a = np.asarray(self.rows[WARMUP:] if len(self.rows) > 2 * WARMUP else self.rows)
+    def medians(self, skip_warmup: bool = True) -> dict[str, float]:
+        warm = skip_warmup and len(self.rows) > 2 * WARMUP
+        a = np.asarray(self.rows[WARMUP:] if warm else self.rows)
         keys = ("on_cpu_ms", "run_queue_ms", "asleep_gil_ms")
         return {k: float(np.median(a[:, i])) for i, k in enumerate(keys)} if len(a) else {}
 
@@ -769,6 +770,12 @@ def split_medians(rows: list[dict[str, list[float]]]) -> dict[str, dict[str, flo
     return out
 
 
+def own_totals(rows: list[dict[str, list[float]]]) -> dict[str, float]:
+    """Medians over parts of the whole own inference's split (preparation + model)."""
+    a = np.asarray([np.sum([r[k] for k in r], axis=0) for r in rows if r])
+    return {k: round(float(np.median(a[:, i])), 3) for i, k in enumerate(SPLIT_KEYS)}
+
+
 def med(v: list[float]) -> float:
     return float(np.median(v)) if v else float("nan")
 
@@ -781,17 +788,24 @@ def paired_latency(
     poll_s: float,
     work: Path,
     placement: Any,
-    control: bool = True,
+    kinds: str = "LQC",
     skip: int = 2,
 ) -> dict:
     """The paired protocol: short blocks, back to back, so that the host's drift (bare
     ``classify`` moved 13.6 -> 19.9 ms between runs on the idle VM) hits both sides of a pair
-    alike. Each round is: B (bare ``classify`` of the camera's frames at the camera's pace,
-    nothing of the line running: camera closed, stand-ins paused, the servers idle), L (the
-    whole line: the camera opened, ``skip`` parts untimed, then ``block`` parts; the stand-ins
-    polling every ``poll_s``), B, and with ``control`` C (bare ``classify`` while a separate
-    busy Python process runs on the CPUs the line leaves free of scoring). One more B ends.
-    L and C are each paired with the mean of the medians of the B blocks either side."""
+    alike. Blocks, each ``block`` parts at the camera's pace ``fps``:
+
+    * B: bare ``classify`` of the camera's frames, nothing of the line running (camera
+      closed, stand-ins paused, the servers idle): the model alone, at the line's pace;
+    * L: the whole line (the camera opened, ``skip`` parts untimed, then ``block`` parts),
+      the stand-ins polling every ``poll_s``;
+    * Q: the whole line with the stand-ins paused (nobody reads the servers): L against Q is
+      what answering the polls costs the part;
+    * C: bare ``classify`` while a separate busy Python process (its own GIL, nothing of the
+      line) runs on the CPUs the line leaves free of scoring: the other CPU's load alone.
+
+    A round is each of ``kinds`` followed by a B; one B starts. Each non-B block is paired
+    with the mean of the medians of the B blocks either side."""
     from defectssft_line.lineio import LineOutputs
     from defectssft_line.sinks.modbus import ModbusServerSink
     from defectssft_line.sinks.opcua import OpcUaServerSink, endpoint_url
@@ -824,7 +838,7 @@ def paired_latency(
         ctx.Process(target=poll_opcua, args=(url, big, poll_s, q_opc, r_opc, free, gate)),
         ctx.Process(target=poll_modbus, args=(mb_port, big, poll_s, q_mb, r_mb, free, gate)),
     ]
-    if control:
+    if "C" in kinds:
         procs.append(ctx.Process(target=busy_control, args=(busy, free)))
     for proc in procs:
         proc.start()
@@ -843,7 +857,12 @@ def paired_latency(
             model.classify([grabbed[i % len(grabbed)]])
             times.append((time.perf_counter() - t0) * 1000)
             splits.append(msplit.take())
-        return {"kind": "B", "classify_ms": med(times), "split": split_medians(splits)}
+        return {
+            "kind": "B",
+            "classify_ms": med(times),
+            "split": split_medians(splits),
+            "own": own_totals(splits),
+        }
 
     def control_block() -> dict[str, Any]:
         busy[0] = 1
@@ -855,34 +874,43 @@ def paired_latency(
         out["kind"] = "C"
         return out
 
-    def line_block() -> dict[str, Any]:
+    def line_block(polled: bool = True) -> dict[str, Any]:
         stamps: dict[int, float] = {}
-        gate[0] = 1
+        gate[0] = 1 if polled else 0
         opener, stream = camera(fps, stamps)
         p = prefetcher(opener, stream, limit=skip + block, runner=runner)
         rows: list[tuple[int, float, float]] = []  # (counter, frame stamp, own inference)
         splits = []
+        path = Split()  # the whole scoring step: inference, record, sinks
         n = 0
         for frame in p:
             n += 1
-            rec = runner.score_frame(
-                f"r{outputs.counter + 1}", frame.image, frame.meta, frame.prepared
-            )
+            with path:
+                rec = runner.score_frame(
+                    f"r{outputs.counter + 1}", frame.image, frame.meta, frame.prepared
+                )
             sp = msplit.take()
-            if n > skip and "frame_id" in rec:
+            if n <= skip:
+                path.rows.pop()
+            elif "frame_id" in rec:
                 rows.append((outputs.counter, stamps[rec["frame_id"]], rec["latency_ms"]))
                 splits.append(sp)
         p.close()
         time.sleep(0.05)  # the stand-ins read the last part
         gate[0] = 0
-        return {"kind": "L", "rows": rows, "split": split_medians(splits)}
+        return {
+            "kind": "L" if polled else "Q",
+            "rows": rows,
+            "split": split_medians(splits),
+            "own": own_totals(splits),
+            "path": {k: round(v, 3) for k, v in path.medians(skip_warmup=False).items()},
+        }
 
     seq: list[dict[str, Any]] = [bare_block()]
+    blocks = {"L": line_block, "Q": lambda: line_block(polled=False), "C": control_block}
     for _ in range(rounds):
-        seq.append(line_block())
-        seq.append(bare_block())
-        if control:
-            seq.append(control_block())
+        for kind in kinds:
+            seq.append(blocks[kind]())
             seq.append(bare_block())
     gate[1] = busy[1] = 1
     seen_opc, seen_mb = q_opc.get(timeout=120), q_mb.get(timeout=120)
@@ -904,18 +932,30 @@ def paired_latency(
         ref = (seq[i - 1]["classify_ms"] + seq[i + 1]["classify_ms"]) / 2
         pair: dict[str, Any] = {"kind": b["kind"], "bare_ms": round(ref, 3), "split": b["split"]}
         pair["bare_split"] = seq[i - 1]["split"]
+        # where the part's own inference time goes, this block against the B blocks around
+        pair["own_split"] = b["own"]
+        pair["bare_own_split"] = {
+            k: (seq[i - 1]["own"][k] + seq[i + 1]["own"][k]) / 2 for k in SPLIT_KEYS
+        }
+        pair["on_cpu_over_bare"] = b["own"]["on_cpu_ms"] / pair["bare_own_split"]["on_cpu_ms"] - 1
+        for k in ("run_queue_ms", "asleep_ms"):
+            pair[f"{k}_over_bare"] = b["own"][k] - pair["bare_own_split"][k]
         if b["kind"] == "C":
             pair["control_classify_ms"] = round(b["classify_ms"], 3)
             pair["control_over_bare"] = b["classify_ms"] / ref - 1
         else:
+            pair["path_split"] = b["path"]
             own = [r[2] for r in b["rows"]]
             pair["own_ms"] = round(med(own), 3)
             pair["own_over_bare"] = med(own) / ref - 1
             for name, d, first in (
                 ("opcua_held", held_opc, False),
                 ("modbus_held", held_mb, False),
-                ("opcua_seen", seen_opc, True),
-                ("modbus_seen", seen_mb, True),
+                *(
+                    (("opcua_seen", seen_opc, True), ("modbus_seen", seen_mb, True))
+                    if b["kind"] == "L"
+                    else ()
+                ),
             ):
                 v = [((d[k][0] if first else d[k]) - t) * ms for k, t, _ in b["rows"] if k in d]
                 if first:
@@ -943,7 +983,22 @@ def paired_latency(
             "modbus_seen_over_own",
         )
     }
-    if control:
+    for kind in kinds:
+        for k in ("on_cpu_over_bare", "run_queue_ms_over_bare", "asleep_ms_over_bare"):
+            summary[f"{kind}_{k}"] = paired(kind, k)
+        if kind == "Q":
+            for k in ("own_over_bare", "opcua_held_over_bare", "modbus_held_over_bare"):
+                summary[f"Q_{k}"] = paired("Q", k)
+        if kind != "C":
+            for k in ("asleep_ms", "run_queue_ms", "on_cpu_ms"):
+                summary[f"{kind}_path_{k}"] = med(
+                    [
+                        p["path_split"][k.replace("asleep_ms", "asleep_gil_ms")]
+                        for p in pairs
+                        if p["kind"] == kind
+                    ]
+                )
+    if "C" in kinds:
         summary["control_over_bare"] = paired("C", "control_over_bare")
     return {
         "rounds": rounds,
@@ -951,7 +1006,7 @@ def paired_latency(
         "skip": skip,
         "camera_fps": fps,
         "poll_ms": poll_s * 1000,
-        "control": control,
+        "kinds": kinds,
         "load_start_end": [load_start, load_end],
         "pairs": pairs,
         "median_of_paired": summary,
@@ -1064,56 +1119,61 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 
 def report_paired(pl: dict) -> None:
     """The paired protocol's pairs and the medians of the paired differences."""
+    order = " ".join(f"{k} B" for k in pl["kinds"])
     print(
         f"paired protocol: {pl['rounds']} rounds of {pl['block']} parts a block at "
-        f"{pl['camera_fps']:g} fps (B L B{' C B' if pl['control'] else ''}), load at "
-        f"start/end {pl['load_start_end']}"
+        f"{pl['camera_fps']:g} fps (B {order}), load at start/end {pl['load_start_end']}"
     )
     for p in pl["pairs"]:
-        sp, bs = p["split"].get("model", {}), p["bare_split"].get("model", {})
-        model = (
-            f"model on a CPU {sp.get('on_cpu_ms', float('nan')):.2f} vs "
-            f"{bs.get('on_cpu_ms', float('nan')):.2f}, asleep "
-            f"{sp.get('asleep_ms', float('nan')):.2f} vs {bs.get('asleep_ms', float('nan')):.2f}"
+        o, b = p["own_split"], p["bare_own_split"]
+        own = (
+            f"own inference on a CPU {o['on_cpu_ms']:.2f} vs {b['on_cpu_ms']:.2f}, waiting "
+            f"{o['run_queue_ms']:.2f} vs {b['run_queue_ms']:.2f}, asleep {o['asleep_ms']:.2f} "
+            f"vs {b['asleep_ms']:.2f} ms"
         )
         if p["kind"] == "C":
             print(
                 f"  C: bare {p['bare_ms']:.2f} ms, with the other CPUs busy "
-                f"{p['control_classify_ms']:.2f} ms ({100 * p['control_over_bare']:+.1f} %); "
-                + model
+                f"{p['control_classify_ms']:.2f} ms ({100 * p['control_over_bare']:+.1f} %); " + own
             )
-        else:
-            print(
-                f"  L: bare {p['bare_ms']:.2f} ms, own {p['own_ms']:.2f} "
-                f"({100 * p['own_over_bare']:+.1f} %), held {p['opcua_held_ms']:.2f} / "
-                f"{p['modbus_held_ms']:.2f} ({100 * p['opcua_held_over_bare']:+.1f} / "
-                f"{100 * p['modbus_held_over_bare']:+.1f} %), seen {p['opcua_seen_ms']:.2f} / "
-                f"{p['modbus_seen_ms']:.2f} ms; " + model
-            )
-    m = pl["median_of_paired"]
-
-    def split_of(kind: str, part: str) -> str:
-        rows = [p["split"][part] for p in pl["pairs"] if p["kind"] == kind and part in p["split"]]
-        if kind == "B":
-            rows = [p["bare_split"][part] for p in pl["pairs"] if part in p["bare_split"]]
-        return ", ".join(f"{k} {med([r[k] for r in rows]):.2f}" for k in SPLIT_KEYS)
-
-    for kind, what in (("B", "bare"), ("L", "line"), ("C", "control")):
-        if kind == "C" and not pl["control"]:
             continue
-        for part in ("prepare", "model"):
-            print(
-                f"  own inference split, {what}, {part} (medians of blocks): {split_of(kind, part)}"
-            )
-    print(
-        f"  medians of the paired differences: own inference over bare "
-        f"{100 * m['own_over_bare']:+.1f} %"
-        + (
-            f", bare with the other CPUs busy over bare {100 * m['control_over_bare']:+.1f} %"
-            if "control_over_bare" in m
+        seen = (
+            f", seen {p['opcua_seen_ms']:.2f} / {p['modbus_seen_ms']:.2f} ms"
+            if p["kind"] == "L"
             else ""
         )
-    )
+        print(
+            f"  {p['kind']}: bare {p['bare_ms']:.2f} ms, own {p['own_ms']:.2f} "
+            f"({100 * p['own_over_bare']:+.1f} %), held {p['opcua_held_ms']:.2f} / "
+            f"{p['modbus_held_ms']:.2f} ({100 * p['opcua_held_over_bare']:+.1f} / "
+            f"{100 * p['modbus_held_over_bare']:+.1f} %){seen}; " + own
+        )
+    m = pl["median_of_paired"]
+    names = {"L": "the line", "Q": "the line, nobody polling", "C": "the other CPUs busy"}
+    for kind in pl["kinds"]:
+        print(
+            f"  own inference with {names[kind]}, paired against bare (medians of the pairs): "
+            f"on a CPU {100 * m[f'{kind}_on_cpu_over_bare']:+.1f} %, waiting for a CPU "
+            f"{m[f'{kind}_run_queue_ms_over_bare']:+.2f} ms, asleep (the GIL) "
+            f"{m[f'{kind}_asleep_ms_over_bare']:+.2f} ms"
+        )
+    for kind in pl["kinds"].replace("C", ""):
+        print(
+            f"  whole scoring step per part, {names[kind]} (medians): on a CPU "
+            f"{m[f'{kind}_path_on_cpu_ms']:.2f} ms, waiting for a CPU "
+            f"{m[f'{kind}_path_run_queue_ms']:.2f} ms, asleep (the GIL) "
+            f"{m[f'{kind}_path_asleep_ms']:.2f} ms"
+        )
+    parts = [f"own inference over bare: line {100 * m['own_over_bare']:+.1f} %"]
+    if "Q" in pl["kinds"]:
+        parts.append(
+            f"line nobody polling {100 * m['Q_own_over_bare']:+.1f} % (held "
+            f"{100 * m['Q_opcua_held_over_bare']:+.1f} / "
+            f"{100 * m['Q_modbus_held_over_bare']:+.1f} % over bare)"
+        )
+    if "C" in pl["kinds"]:
+        parts.append(f"bare with the other CPUs busy {100 * m['control_over_bare']:+.1f} %")
+    print("  medians of the paired differences: " + ", ".join(parts))
 
 
 def report(lat: dict, tp: dict) -> None:
@@ -1216,12 +1276,14 @@ def main() -> None:
         "--paired-rounds",
         type=int,
         default=None,
-        help="rounds of the paired protocol (bare, line, bare, control blocks; default 8 "
-        "with --quick, else 20; 0: not run)",
+        help="rounds of the paired protocol (default 8 with --quick, else 20; 0: not run)",
     )
     ap.add_argument("--paired-block", type=int, default=20, help="parts per paired block")
     ap.add_argument(
-        "--no-control", action="store_true", help="paired protocol without the control blocks"
+        "--paired-kinds",
+        default="LQC",
+        help="the blocks of a paired round besides bare: L line, Q line with nobody polling, "
+        "C bare with the other CPUs busy (default LQC)",
     )
     ap.add_argument(
         "--paired-only",
@@ -1265,6 +1327,8 @@ def main() -> None:
         "the runtime does) or on all CPUs (the scoring thread alone is pinned)",
     )
     args = ap.parse_args()
+    if "L" not in args.paired_kinds or set(args.paired_kinds) - set("LQC"):
+        ap.error(f"--paired-kinds: L and any of Q, C, got {args.paired_kinds!r}")
     global STANDINS_PINNED
     STANDINS_PINNED = args.standins == "rest"
     placement = Placement(args.scoring_cpu, log=print)
@@ -1315,7 +1379,7 @@ def main() -> None:
                     args.poll_ms / 1000,
                     work,
                     placement,
-                    control=not args.no_control,
+                    kinds=args.paired_kinds,
                 )
                 result["paired"] = pl
             if pl is not None:

@@ -802,7 +802,9 @@ def paired_latency(
     * Q: the whole line with the stand-ins paused (nobody reads the servers): L against Q is
       what answering the polls costs the part;
     * C: bare ``classify`` while a separate busy Python process (its own GIL, nothing of the
-      line) runs on the CPUs the line leaves free of scoring: the other CPU's load alone.
+      line) runs on the CPUs the line leaves free of scoring: the other CPU's load alone;
+    * W: as L, with the runtime's ``--keep-warm`` spinner on the scoring CPU (a lever, not
+      part of the default protocol).
 
     A round is each of ``kinds`` followed by a B; one B starts. Each non-B block is paired
     with the mean of the medians of the B blocks either side."""
@@ -874,9 +876,19 @@ def paired_latency(
         out["kind"] = "C"
         return out
 
-    def line_block(polled: bool = True) -> dict[str, Any]:
+    warm_cpu = placement.scoring  # W blocks: the runtime's --keep-warm on this CPU
+    if "W" in kinds and warm_cpu is None:
+        print("paired protocol: no scoring CPU (--scoring-cpu), so no W blocks")
+        kinds = kinds.replace("W", "")
+
+    def line_block(polled: bool = True, warm: bool = False) -> dict[str, Any]:
+        from defectssft_line.keepwarm import KeepWarm
+
         stamps: dict[int, float] = {}
         gate[0] = 1 if polled else 0
+        spinner = KeepWarm(warm_cpu, log=lambda m: None) if warm and warm_cpu is not None else None
+        if spinner is not None and spinner.start():
+            time.sleep(0.2)  # the spinner's interpreter has started
         opener, stream = camera(fps, stamps)
         p = prefetcher(opener, stream, limit=skip + block, runner=runner)
         rows: list[tuple[int, float, float]] = []  # (counter, frame stamp, own inference)
@@ -898,8 +910,10 @@ def paired_latency(
         p.close()
         time.sleep(0.05)  # the stand-ins read the last part
         gate[0] = 0
+        if spinner is not None:
+            spinner.stop()
         return {
-            "kind": "L" if polled else "Q",
+            "kind": "W" if warm else "L" if polled else "Q",
             "rows": rows,
             "split": split_medians(splits),
             "own": own_totals(splits),
@@ -907,7 +921,12 @@ def paired_latency(
         }
 
     seq: list[dict[str, Any]] = [bare_block()]
-    blocks = {"L": line_block, "Q": lambda: line_block(polled=False), "C": control_block}
+    blocks = {
+        "L": line_block,
+        "Q": lambda: line_block(polled=False),
+        "W": lambda: line_block(warm=True),
+        "C": control_block,
+    }
     for _ in range(rounds):
         for kind in kinds:
             seq.append(blocks[kind]())
@@ -953,7 +972,7 @@ def paired_latency(
                 ("modbus_held", held_mb, False),
                 *(
                     (("opcua_seen", seen_opc, True), ("modbus_seen", seen_mb, True))
-                    if b["kind"] == "L"
+                    if b["kind"] in "LW"
                     else ()
                 ),
             ):
@@ -986,9 +1005,9 @@ def paired_latency(
     for kind in kinds:
         for k in ("on_cpu_over_bare", "run_queue_ms_over_bare", "asleep_ms_over_bare"):
             summary[f"{kind}_{k}"] = paired(kind, k)
-        if kind == "Q":
+        if kind in "QW":
             for k in ("own_over_bare", "opcua_held_over_bare", "modbus_held_over_bare"):
-                summary[f"Q_{k}"] = paired("Q", k)
+                summary[f"{kind}_{k}"] = paired(kind, k)
         if kind != "C":
             for k in ("asleep_ms", "run_queue_ms", "on_cpu_ms"):
                 summary[f"{kind}_path_{k}"] = med(
@@ -1139,7 +1158,7 @@ def report_paired(pl: dict) -> None:
             continue
         seen = (
             f", seen {p['opcua_seen_ms']:.2f} / {p['modbus_seen_ms']:.2f} ms"
-            if p["kind"] == "L"
+            if p["kind"] in "LW"
             else ""
         )
         print(
@@ -1149,7 +1168,12 @@ def report_paired(pl: dict) -> None:
             f"{100 * p['modbus_held_over_bare']:+.1f} %){seen}; " + own
         )
     m = pl["median_of_paired"]
-    names = {"L": "the line", "Q": "the line, nobody polling", "C": "the other CPUs busy"}
+    names = {
+        "L": "the line",
+        "Q": "the line, nobody polling",
+        "C": "the other CPUs busy",
+        "W": "the line with --keep-warm",
+    }
     for kind in pl["kinds"]:
         print(
             f"  own inference with {names[kind]}, paired against bare (medians of the pairs): "
@@ -1165,12 +1189,13 @@ def report_paired(pl: dict) -> None:
             f"{m[f'{kind}_path_asleep_ms']:.2f} ms"
         )
     parts = [f"own inference over bare: line {100 * m['own_over_bare']:+.1f} %"]
-    if "Q" in pl["kinds"]:
-        parts.append(
-            f"line nobody polling {100 * m['Q_own_over_bare']:+.1f} % (held "
-            f"{100 * m['Q_opcua_held_over_bare']:+.1f} / "
-            f"{100 * m['Q_modbus_held_over_bare']:+.1f} % over bare)"
-        )
+    for kind in pl["kinds"]:
+        if kind in "QW":
+            parts.append(
+                f"{names[kind].removeprefix('the ')} {100 * m[f'{kind}_own_over_bare']:+.1f} % "
+                f"(held {100 * m[f'{kind}_opcua_held_over_bare']:+.1f} / "
+                f"{100 * m[f'{kind}_modbus_held_over_bare']:+.1f} % over bare)"
+            )
     if "C" in pl["kinds"]:
         parts.append(f"bare with the other CPUs busy {100 * m['control_over_bare']:+.1f} %")
     print("  medians of the paired differences: " + ", ".join(parts))
@@ -1283,7 +1308,7 @@ def main() -> None:
         "--paired-kinds",
         default="LQC",
         help="the blocks of a paired round besides bare: L line, Q line with nobody polling, "
-        "C bare with the other CPUs busy (default LQC)",
+        "C bare with the other CPUs busy, W line with --keep-warm (default LQC)",
     )
     ap.add_argument(
         "--paired-only",
@@ -1327,8 +1352,8 @@ def main() -> None:
         "the runtime does) or on all CPUs (the scoring thread alone is pinned)",
     )
     args = ap.parse_args()
-    if "L" not in args.paired_kinds or set(args.paired_kinds) - set("LQC"):
-        ap.error(f"--paired-kinds: L and any of Q, C, got {args.paired_kinds!r}")
+    if "L" not in args.paired_kinds or set(args.paired_kinds) - set("LQCW"):
+        ap.error(f"--paired-kinds: L and any of Q, C, W, got {args.paired_kinds!r}")
     global STANDINS_PINNED
     STANDINS_PINNED = args.standins == "rest"
     placement = Placement(args.scoring_cpu, log=print)

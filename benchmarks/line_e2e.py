@@ -759,6 +759,7 @@ class ModelSplit:
 
 
 SPLIT_KEYS = ("wall_ms", "on_cpu_ms", "run_queue_ms", "asleep_ms")
+BARE_KINDS = "CPK"  # paired blocks of bare classify (the others run the whole line)
 
 
 def split_medians(rows: list[dict[str, list[float]]]) -> dict[str, dict[str, float]]:
@@ -788,7 +789,7 @@ def paired_latency(
     poll_s: float,
     work: Path,
     placement: Any,
-    kinds: str = "LQC",
+    kinds: str = "LQCWPK",
     skip: int = 2,
 ) -> dict:
     """The paired protocol: short blocks, back to back, so that the host's drift (bare
@@ -803,8 +804,10 @@ def paired_latency(
       what answering the polls costs the part;
     * C: bare ``classify`` while a separate busy Python process (its own GIL, nothing of the
       line) runs on the CPUs the line leaves free of scoring: the other CPU's load alone;
-    * W: as L, with the runtime's ``--keep-warm`` spinner on the scoring CPU (a lever, not
-      part of the default protocol).
+    * W: as L, with the runtime's ``--keep-warm`` spinner on the scoring CPU (a lever);
+    * P: bare ``classify`` back to back (no pause between parts: what the old protocol's
+      bare phases measured);
+    * K: bare ``classify`` at the camera's pace with the ``--keep-warm`` spinner.
 
     A round is each of ``kinds`` followed by a B; one B starts. Each non-B block is paired
     with the mean of the medians of the B blocks either side."""
@@ -849,12 +852,13 @@ def paired_latency(
     period = 1.0 / fps
     load_start = load()
 
-    def bare_block() -> dict[str, Any]:
+    def bare_block(paced: bool = True) -> dict[str, Any]:
         times, splits = [], []
         tick = time.perf_counter()
         for i in range(block):
             tick += period
-            time.sleep(max(0.0, tick - time.perf_counter()))
+            if paced:
+                time.sleep(max(0.0, tick - time.perf_counter()))
             t0 = time.perf_counter()
             model.classify([grabbed[i % len(grabbed)]])
             times.append((time.perf_counter() - t0) * 1000)
@@ -876,10 +880,28 @@ def paired_latency(
         out["kind"] = "C"
         return out
 
-    warm_cpu = placement.scoring  # W blocks: the runtime's --keep-warm on this CPU
-    if "W" in kinds and warm_cpu is None:
-        print("paired protocol: no scoring CPU (--scoring-cpu), so no W blocks")
-        kinds = kinds.replace("W", "")
+    warm_cpu = placement.scoring  # W, K blocks: the runtime's --keep-warm on this CPU
+    if ("W" in kinds or "K" in kinds) and warm_cpu is None:
+        print("paired protocol: no scoring CPU (--scoring-cpu), so no W or K blocks")
+        kinds = kinds.replace("W", "").replace("K", "")
+
+    def warm_bare_block() -> dict[str, Any]:
+        from defectssft_line.keepwarm import KeepWarm
+
+        spinner = KeepWarm(warm_cpu, log=lambda m: None)  # type: ignore[arg-type]
+        if spinner.start():
+            time.sleep(0.2)
+        try:
+            out = bare_block()
+        finally:
+            spinner.stop()
+        out["kind"] = "K"
+        return out
+
+    def back_to_back_block() -> dict[str, Any]:
+        out = bare_block(paced=False)
+        out["kind"] = "P"
+        return out
 
     def line_block(polled: bool = True, warm: bool = False) -> dict[str, Any]:
         from defectssft_line.keepwarm import KeepWarm
@@ -926,6 +948,8 @@ def paired_latency(
         "Q": lambda: line_block(polled=False),
         "W": lambda: line_block(warm=True),
         "C": control_block,
+        "P": back_to_back_block,
+        "K": warm_bare_block,
     }
     for _ in range(rounds):
         for kind in kinds:
@@ -959,9 +983,9 @@ def paired_latency(
         pair["on_cpu_over_bare"] = b["own"]["on_cpu_ms"] / pair["bare_own_split"]["on_cpu_ms"] - 1
         for k in ("run_queue_ms", "asleep_ms"):
             pair[f"{k}_over_bare"] = b["own"][k] - pair["bare_own_split"][k]
-        if b["kind"] == "C":
-            pair["control_classify_ms"] = round(b["classify_ms"], 3)
-            pair["control_over_bare"] = b["classify_ms"] / ref - 1
+        if b["kind"] in BARE_KINDS:
+            pair["classify_ms"] = round(b["classify_ms"], 3)
+            pair["classify_over_bare"] = b["classify_ms"] / ref - 1
         else:
             pair["path_split"] = b["path"]
             own = [r[2] for r in b["rows"]]
@@ -1008,7 +1032,7 @@ def paired_latency(
         if kind in "QW":
             for k in ("own_over_bare", "opcua_held_over_bare", "modbus_held_over_bare"):
                 summary[f"{kind}_{k}"] = paired(kind, k)
-        if kind != "C":
+        if kind not in BARE_KINDS:
             for k in ("asleep_ms", "run_queue_ms", "on_cpu_ms"):
                 summary[f"{kind}_path_{k}"] = med(
                     [
@@ -1017,8 +1041,8 @@ def paired_latency(
                         if p["kind"] == kind
                     ]
                 )
-    if "C" in kinds:
-        summary["control_over_bare"] = paired("C", "control_over_bare")
+        else:
+            summary[f"{kind}_classify_over_bare"] = paired(kind, "classify_over_bare")
     return {
         "rounds": rounds,
         "block": block,
@@ -1138,6 +1162,14 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 
 def report_paired(pl: dict) -> None:
     """The paired protocol's pairs and the medians of the paired differences."""
+    names = {
+        "L": "with the line",
+        "Q": "with the line, nobody polling",
+        "W": "with the line and --keep-warm",
+        "C": "with the other CPUs busy",
+        "P": "back to back (no pause between parts)",
+        "K": "with --keep-warm",
+    }
     order = " ".join(f"{k} B" for k in pl["kinds"])
     print(
         f"paired protocol: {pl['rounds']} rounds of {pl['block']} parts a block at "
@@ -1150,10 +1182,10 @@ def report_paired(pl: dict) -> None:
             f"{o['run_queue_ms']:.2f} vs {b['run_queue_ms']:.2f}, asleep {o['asleep_ms']:.2f} "
             f"vs {b['asleep_ms']:.2f} ms"
         )
-        if p["kind"] == "C":
+        if p["kind"] in BARE_KINDS:
             print(
-                f"  C: bare {p['bare_ms']:.2f} ms, with the other CPUs busy "
-                f"{p['control_classify_ms']:.2f} ms ({100 * p['control_over_bare']:+.1f} %); " + own
+                f"  {p['kind']}: bare {p['bare_ms']:.2f} ms, bare {names[p['kind']]} "
+                f"{p['classify_ms']:.2f} ms ({100 * p['classify_over_bare']:+.1f} %); " + own
             )
             continue
         seen = (
@@ -1168,20 +1200,14 @@ def report_paired(pl: dict) -> None:
             f"{100 * p['modbus_held_over_bare']:+.1f} %){seen}; " + own
         )
     m = pl["median_of_paired"]
-    names = {
-        "L": "the line",
-        "Q": "the line, nobody polling",
-        "C": "the other CPUs busy",
-        "W": "the line with --keep-warm",
-    }
     for kind in pl["kinds"]:
         print(
-            f"  own inference with {names[kind]}, paired against bare (medians of the pairs): "
+            f"  own inference {names[kind]}, paired against bare (medians of the pairs): "
             f"on a CPU {100 * m[f'{kind}_on_cpu_over_bare']:+.1f} %, waiting for a CPU "
             f"{m[f'{kind}_run_queue_ms_over_bare']:+.2f} ms, asleep (the GIL) "
             f"{m[f'{kind}_asleep_ms_over_bare']:+.2f} ms"
         )
-    for kind in pl["kinds"].replace("C", ""):
+    for kind in (k for k in pl["kinds"] if k not in BARE_KINDS):
         print(
             f"  whole scoring step per part, {names[kind]} (medians): on a CPU "
             f"{m[f'{kind}_path_on_cpu_ms']:.2f} ms, waiting for a CPU "
@@ -1192,12 +1218,12 @@ def report_paired(pl: dict) -> None:
     for kind in pl["kinds"]:
         if kind in "QW":
             parts.append(
-                f"{names[kind].removeprefix('the ')} {100 * m[f'{kind}_own_over_bare']:+.1f} % "
+                f"{names[kind].removeprefix('with the ')} {100 * m[f'{kind}_own_over_bare']:+.1f} % "
                 f"(held {100 * m[f'{kind}_opcua_held_over_bare']:+.1f} / "
                 f"{100 * m[f'{kind}_modbus_held_over_bare']:+.1f} % over bare)"
             )
-    if "C" in pl["kinds"]:
-        parts.append(f"bare with the other CPUs busy {100 * m['control_over_bare']:+.1f} %")
+    for kind in (k for k in pl["kinds"] if k in BARE_KINDS):
+        parts.append(f"bare, {names[kind]} {100 * m[f'{kind}_classify_over_bare']:+.1f} %")
     print("  medians of the paired differences: " + ", ".join(parts))
 
 
@@ -1306,9 +1332,9 @@ def main() -> None:
     ap.add_argument("--paired-block", type=int, default=20, help="parts per paired block")
     ap.add_argument(
         "--paired-kinds",
-        default="LQC",
+        default="LQCWPK",
         help="the blocks of a paired round besides bare: L line, Q line with nobody polling, "
-        "C bare with the other CPUs busy, W line with --keep-warm (default LQC)",
+        "C bare with the other CPUs busy, W line with --keep-warm, P bare back to back, K bare with --keep-warm (default LQCWPK)",
     )
     ap.add_argument(
         "--paired-only",
@@ -1352,8 +1378,8 @@ def main() -> None:
         "the runtime does) or on all CPUs (the scoring thread alone is pinned)",
     )
     args = ap.parse_args()
-    if "L" not in args.paired_kinds or set(args.paired_kinds) - set("LQCW"):
-        ap.error(f"--paired-kinds: L and any of Q, C, W, got {args.paired_kinds!r}")
+    if "L" not in args.paired_kinds or set(args.paired_kinds) - set("LQCWPK"):
+        ap.error(f"--paired-kinds: L and any of Q, C, W, P, K, got {args.paired_kinds!r}")
     global STANDINS_PINNED
     STANDINS_PINNED = args.standins == "rest"
     placement = Placement(args.scoring_cpu, log=print)

@@ -148,3 +148,27 @@ def test_cli_keep_warm_spins_on_the_scoring_cpu_and_stops_with_the_run(model, fr
     assert len(said) == 1 and said[0].startswith(f"keep-warm: CPU {cpu} kept awake")
     pid = int(re.search(r"pid (\d+)", said[0]).group(1))  # type: ignore[union-attr]
     assert gone(pid)
+
+
+@linux
+@pytest.mark.skipif(
+    sys.platform.startswith("linux") and len(os.sched_getaffinity(0)) < 2,
+    reason="needs two or more usable CPUs",
+)
+def test_the_spinner_stops_when_auto_placement_gives_the_cpus_back():
+    import argparse
+
+    from defectssft_line.cli import _keep_warm
+    from defectssft_line.placement import Placement
+
+    placement = Placement("auto", log=lambda m: None)
+    warm = _keep_warm(argparse.Namespace(keep_warm=True), placement)
+    assert warm is not None and warm.running
+    assert warm.proc is not None
+    pid = warm.proc.pid
+    try:
+        assert placement.on_give_up is not None
+        placement.on_give_up()  # what a busy scoring CPU leads to (test_line_placement)
+        assert not warm.running and gone(pid)
+    finally:
+        warm.stop()

@@ -448,7 +448,10 @@ def _keep_warm(args: argparse.Namespace, placement: Placement) -> KeepWarm | Non
         )
         return None
     warm = KeepWarm(placement.scoring, log=_log)
-    return warm if warm.start() else None
+    if not warm.start():
+        return None
+    placement.on_give_up = warm.stop  # the scoring thread no longer has that CPU
+    return warm
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ does back to back (BENCHMARKS.md measured it, line end to end, the paired protoc
 ``KeepWarm`` starts one small process that spins on the scoring CPU at the kernel's lowest
 priority (``SCHED_IDLE``): it runs only when nothing else wants that CPU, and the scoring
 thread, waking for a part, takes the CPU from it at once. It is a process of its own, so it
-never takes Python's GIL from the line. It ends with ``stop()``, and by itself within a
+never takes Python's GIL from the line. It ends with ``stop()`` (the end of the run, or
+``--scoring-cpu auto`` giving the CPUs back: ``Placement.on_give_up``), and by itself within a
 millisecond or so when the runtime is gone (it watches its parent), so a killed runtime leaves
 no spinning process behind. The price is a CPU kept at 100 % (power, heat): for a line PC
 whose scoring CPU is its own (``--scoring-cpu``). Linux only; elsewhere, or when the system

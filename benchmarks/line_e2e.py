@@ -129,11 +129,27 @@ def pin_self(cpus: list[int] | None) -> None:
         os.sched_setaffinity(0, set(cpus))
 
 
+def paused(gate: Any) -> bool:
+    """A stand-in's or the control's gate (``--paired``): polling while ``gate[0]`` is 1;
+    while it is 0, the stand-in sleeps (it polls nothing, as if the PLC were off)."""
+    if gate is None or gate[0] == 1:
+        return False
+    time.sleep(0.005)
+    return True
+
+
 def poll_opcua(
-    url: str, n: int, poll_s: float, out: Any, ready: Any, cpus: list[int] | None = None
+    url: str,
+    n: int,
+    poll_s: float,
+    out: Any,
+    ready: Any,
+    cpus: list[int] | None = None,
+    gate: Any = None,
 ) -> None:
     """Read Counter/Total every poll_s; {counter: (first read showing it returned, the read
-    before it started)}."""
+    before it started)}. With ``gate`` (a shared array: [poll?, stop?]) until gate[1] is 1,
+    polling only while gate[0] is 1."""
     pin_self(cpus)
     from asyncua.sync import Client
 
@@ -145,6 +161,10 @@ def poll_opcua(
     ready.set()
     deadline, last, prev_start = time.monotonic() + 900, 0, time.perf_counter()
     while last < n and time.monotonic() < deadline:
+        if gate is not None and gate[1] == 1:
+            break
+        if paused(gate):
+            continue
         start = time.perf_counter()
         v = int(total.read_value())
         if v > last:
@@ -158,7 +178,13 @@ def poll_opcua(
 
 
 def poll_modbus(
-    port: int, n: int, poll_s: float, out: Any, ready: Any, cpus: list[int] | None = None
+    port: int,
+    n: int,
+    poll_s: float,
+    out: Any,
+    ready: Any,
+    cpus: list[int] | None = None,
+    gate: Any = None,
 ) -> None:
     """As poll_opcua, over Modbus (holding registers 2-3: the counter)."""
     pin_self(cpus)
@@ -170,6 +196,10 @@ def poll_modbus(
     ready.set()
     deadline, last, prev_start = time.monotonic() + 900, 0, time.perf_counter()
     while last < n and time.monotonic() < deadline:
+        if gate is not None and gate[1] == 1:
+            break
+        if paused(gate):
+            continue
         start = time.perf_counter()
         r = mb.read_holding_registers(2, count=2).registers
         v = r[0] | (r[1] << 16)
@@ -181,6 +211,20 @@ def poll_modbus(
     mb.close()
     seen[0] = (time.process_time(), 0.0)
     out.put(seen)
+
+
+def busy_control(gate: Any, cpus: list[int] | None) -> None:
+    """The paired protocol's control: a process of its own (its own GIL, nothing of the line)
+    that keeps the CPUs the line leaves free of scoring busy with Python while ``gate[0]`` is
+    1, until ``gate[1]`` is 1. If bare classify on the scoring CPU slows while it runs, the
+    other CPU's load alone slows the model (the host shares more than the VM shows)."""
+    pin_self(cpus)
+    while gate[1] != 1:
+        if paused(gate):
+            continue
+        x = 0
+        for _ in range(20_000):  # ~1 ms of the interpreter's own work
+            x += 1
 
 
 class RecordingPlc:
@@ -364,13 +408,19 @@ def timed_sends(sink: Any, done: dict[int, float]) -> None:
 
 
 def schedstat() -> tuple[float, float]:
-    """(ms on a CPU, ms waiting in a run queue) of the calling thread so far (Linux)."""
+    """(ms on a CPU, ms waiting in a run queue) of the calling thread so far (Linux). On a CPU
+    is the thread's CPU clock (``time.thread_time``, brought up to date when read), not
+    schedstat's first field: the kernel updates that one only at a tick (4 ms at HZ=250) or a
+    switch, so for a running thread it lags by up to a tick (it read 0.02 ms for a 1 ms
+    ``prepare``). The run-queue wait is schedstat's second field, complete once the thread
+    runs (it is added when a wait ends)."""
+    on = time.thread_time() * 1000
     try:
         with open("/proc/thread-self/schedstat") as f:
-            on, queued = f.read().split()[:2]
-        return int(on) / 1e6, int(queued) / 1e6
+            queued = f.read().split()[1]
+        return on, int(queued) / 1e6
     except OSError:
-        return float("nan"), float("nan")
+        return on, float("nan")
 
 
 class Split:
@@ -390,8 +440,9 @@ class Split:
         on, queued = (b - a for a, b in zip(self._s, schedstat(), strict=True))
         self.rows.append((on, queued, wall - on - queued))
 
-    def medians(self) -> dict[str, float]:
-        a = np.asarray(self.rows[WARMUP:] if len(self.rows) > 2 * WARMUP else self.rows)
+    def medians(self, skip_warmup: bool = True) -> dict[str, float]:
+        warm = skip_warmup and len(self.rows) > 2 * WARMUP
+        a = np.asarray(self.rows[WARMUP:] if warm else self.rows)
         keys = ("on_cpu_ms", "run_queue_ms", "asleep_gil_ms")
         return {k: float(np.median(a[:, i])) for i, k in enumerate(keys)} if len(a) else {}
 
@@ -673,6 +724,341 @@ def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dic
     }
 
 
+class ModelSplit:
+    """The split (``Split``) of the part's own inference alone, on the scoring thread: from
+    the start of ``LineModel.prepare`` (when the scoring thread prepares the frame) to the end
+    of ``classify_inputs`` (ONNX and the decision), bare and in the line alike, in two parts:
+    the preparation and the model. Wraps the methods of one ``LineModel`` instance."""
+
+    def __init__(self, model: Any) -> None:
+        self.thread = threading.get_ident()
+        self.cur: dict[str, list[float]] = {}
+        prepare, classify_inputs = model.prepare, model.classify_inputs
+
+        def timed(key: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*a: Any, **k: Any) -> Any:
+                if threading.get_ident() != self.thread:  # prepared ahead by the reader
+                    return fn(*a, **k)
+                t0, s0 = time.perf_counter(), schedstat()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    wall = (time.perf_counter() - t0) * 1000
+                    on, queued = (b - a for a, b in zip(s0, schedstat(), strict=True))
+                    self.cur[key] = [wall, on, queued, wall - on - queued]
+
+            return call
+
+        model.prepare = timed("prepare", prepare)
+        model.classify_inputs = timed("model", classify_inputs)
+
+    def take(self) -> dict[str, list[float]]:
+        """The last part's split: {"prepare"|"model": [wall, on a CPU, run queue, asleep]}."""
+        cur, self.cur = self.cur, {}
+        return cur
+
+
+SPLIT_KEYS = ("wall_ms", "on_cpu_ms", "run_queue_ms", "asleep_ms")
+BARE_KINDS = "CPK"  # paired blocks of bare classify (the others run the whole line)
+
+
+def split_medians(rows: list[dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key in ("prepare", "model"):
+        a = np.asarray([r[key] for r in rows if key in r])
+        if len(a):
+            out[key] = {k: round(float(np.median(a[:, i])), 3) for i, k in enumerate(SPLIT_KEYS)}
+    return out
+
+
+def own_totals(rows: list[dict[str, list[float]]]) -> dict[str, float]:
+    """Medians over parts of the whole own inference's split (preparation + model)."""
+    a = np.asarray([np.sum([r[k] for k in r], axis=0) for r in rows if r])
+    return {k: round(float(np.median(a[:, i])), 3) for i, k in enumerate(SPLIT_KEYS)}
+
+
+def med(v: list[float]) -> float:
+    return float(np.median(v)) if v else float("nan")
+
+
+def paired_latency(
+    model_path: Path,
+    rounds: int,
+    block: int,
+    fps: float,
+    poll_s: float,
+    work: Path,
+    placement: Any,
+    kinds: str = "LQCWPK",
+    skip: int = 2,
+) -> dict:
+    """The paired protocol: short blocks, back to back, so that the host's drift (bare
+    ``classify`` moved 13.6 -> 19.9 ms between runs on the idle VM) hits both sides of a pair
+    alike. Blocks, each ``block`` parts at the camera's pace ``fps``:
+
+    * B: bare ``classify`` of the camera's frames, nothing of the line running (camera
+      closed, stand-ins paused, the servers idle): the model alone, at the line's pace;
+    * L: the whole line (the camera opened, ``skip`` parts untimed, then ``block`` parts),
+      the stand-ins polling every ``poll_s``;
+    * Q: the whole line with the stand-ins paused (nobody reads the servers): L against Q is
+      what answering the polls costs the part;
+    * C: bare ``classify`` while a separate busy Python process (its own GIL, nothing of the
+      line) runs on the CPUs the line leaves free of scoring: the other CPU's load alone;
+    * W: as L, with the runtime's ``--keep-warm`` spinner on the scoring CPU (a lever);
+    * P: bare ``classify`` back to back (no pause between parts: what the old protocol's
+      bare phases measured);
+    * K: bare ``classify`` at the camera's pace with the ``--keep-warm`` spinner.
+
+    A round is each of ``kinds`` followed by a B; one B starts. Each non-B block is paired
+    with the mean of the medians of the B blocks either side."""
+    from defectssft_line.lineio import LineOutputs
+    from defectssft_line.sinks.modbus import ModbusServerSink
+    from defectssft_line.sinks.opcua import OpcUaServerSink, endpoint_url
+
+    grabbed = grab(50)
+    opc_port, mb_port = free_port(), free_port()
+    opc = OpcUaServerSink(port=opc_port, log=lambda m: None)
+    mbs = ModbusServerSink(port=mb_port, log=lambda m: None)
+    held_opc: dict[int, float] = {}
+    held_mb: dict[int, float] = {}
+    timed_sends(opc, held_opc)
+    timed_sends(mbs, held_mb)
+    outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
+    outputs.start()
+    runner, writer = make_runner(model_path, outputs, work / "paired.jsonl", placement)
+    model = runner.holder.current()  # one ONNX session for bare and line parts alike
+    placement.apply()  # this thread scores, bare and in the line alike
+    msplit = ModelSplit(model)
+    for f in grabbed[:10]:
+        model.classify([f])
+    msplit.take()
+    ctx = mp.get_context("spawn")
+    gate = ctx.RawArray("b", 2)  # [stand-ins poll?, stop?]
+    busy = ctx.RawArray("b", 2)  # [control busy?, stop?]
+    q_opc, q_mb, r_opc, r_mb = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
+    url = endpoint_url("127.0.0.1", opc_port)
+    free = (sorted(placement.others) or None) if STANDINS_PINNED else None
+    big = 10**9
+    procs = [
+        ctx.Process(target=poll_opcua, args=(url, big, poll_s, q_opc, r_opc, free, gate)),
+        ctx.Process(target=poll_modbus, args=(mb_port, big, poll_s, q_mb, r_mb, free, gate)),
+    ]
+    if "C" in kinds:
+        procs.append(ctx.Process(target=busy_control, args=(busy, free)))
+    for proc in procs:
+        proc.start()
+    r_opc.wait(60)
+    r_mb.wait(60)
+    period = 1.0 / fps
+    load_start = load()
+
+    def bare_block(paced: bool = True) -> dict[str, Any]:
+        times, splits = [], []
+        tick = time.perf_counter()
+        for i in range(block):
+            tick += period
+            if paced:
+                time.sleep(max(0.0, tick - time.perf_counter()))
+            t0 = time.perf_counter()
+            model.classify([grabbed[i % len(grabbed)]])
+            times.append((time.perf_counter() - t0) * 1000)
+            splits.append(msplit.take())
+        return {
+            "kind": "B",
+            "classify_ms": med(times),
+            "split": split_medians(splits),
+            "own": own_totals(splits),
+        }
+
+    def control_block() -> dict[str, Any]:
+        busy[0] = 1
+        time.sleep(0.2)
+        try:
+            out = bare_block()
+        finally:
+            busy[0] = 0
+        out["kind"] = "C"
+        return out
+
+    warm_cpu = placement.scoring  # W, K blocks: the runtime's --keep-warm on this CPU
+    if ("W" in kinds or "K" in kinds) and warm_cpu is None:
+        print("paired protocol: no scoring CPU (--scoring-cpu), so no W or K blocks")
+        kinds = kinds.replace("W", "").replace("K", "")
+
+    def warm_bare_block() -> dict[str, Any]:
+        from defectssft_line.keepwarm import KeepWarm
+
+        spinner = KeepWarm(warm_cpu, log=lambda m: None)  # type: ignore[arg-type]
+        if spinner.start():
+            time.sleep(0.2)
+        try:
+            out = bare_block()
+        finally:
+            spinner.stop()
+        out["kind"] = "K"
+        return out
+
+    def back_to_back_block() -> dict[str, Any]:
+        out = bare_block(paced=False)
+        out["kind"] = "P"
+        return out
+
+    def line_block(polled: bool = True, warm: bool = False) -> dict[str, Any]:
+        from defectssft_line.keepwarm import KeepWarm
+
+        stamps: dict[int, float] = {}
+        gate[0] = 1 if polled else 0
+        spinner = KeepWarm(warm_cpu, log=lambda m: None) if warm and warm_cpu is not None else None
+        if spinner is not None and spinner.start():
+            time.sleep(0.2)  # the spinner's interpreter has started
+        opener, stream = camera(fps, stamps)
+        p = prefetcher(opener, stream, limit=skip + block, runner=runner)
+        rows: list[tuple[int, float, float]] = []  # (counter, frame stamp, own inference)
+        splits = []
+        path = Split()  # the whole scoring step: inference, record, sinks
+        n = 0
+        for frame in p:
+            n += 1
+            with path:
+                rec = runner.score_frame(
+                    f"r{outputs.counter + 1}", frame.image, frame.meta, frame.prepared
+                )
+            sp = msplit.take()
+            if n <= skip:
+                path.rows.pop()
+            elif "frame_id" in rec:
+                rows.append((outputs.counter, stamps[rec["frame_id"]], rec["latency_ms"]))
+                splits.append(sp)
+        p.close()
+        time.sleep(0.05)  # the stand-ins read the last part
+        gate[0] = 0
+        if spinner is not None:
+            spinner.stop()
+        return {
+            "kind": "W" if warm else "L" if polled else "Q",
+            "rows": rows,
+            "split": split_medians(splits),
+            "own": own_totals(splits),
+            "path": {k: round(v, 3) for k, v in path.medians(skip_warmup=False).items()},
+        }
+
+    seq: list[dict[str, Any]] = [bare_block()]
+    blocks = {
+        "L": line_block,
+        "Q": lambda: line_block(polled=False),
+        "W": lambda: line_block(warm=True),
+        "C": control_block,
+        "P": back_to_back_block,
+        "K": warm_bare_block,
+    }
+    for _ in range(rounds):
+        for kind in kinds:
+            seq.append(blocks[kind]())
+            seq.append(bare_block())
+    gate[1] = busy[1] = 1
+    seen_opc, seen_mb = q_opc.get(timeout=120), q_mb.get(timeout=120)
+    seen_opc.pop(0)
+    seen_mb.pop(0)
+    for proc in procs:
+        proc.join(30)
+    outputs.close(timeout=2)
+    writer.close()
+    load_end = load()
+    placement.release()
+
+    ms = 1000.0
+    pairs: list[dict[str, Any]] = []
+    pooled: dict[str, list[float]] = {"opcua_seen": [], "modbus_seen": []}
+    for i, b in enumerate(seq):
+        if b["kind"] == "B":
+            continue
+        ref = (seq[i - 1]["classify_ms"] + seq[i + 1]["classify_ms"]) / 2
+        pair: dict[str, Any] = {"kind": b["kind"], "bare_ms": round(ref, 3), "split": b["split"]}
+        pair["bare_split"] = seq[i - 1]["split"]
+        # where the part's own inference time goes, this block against the B blocks around
+        pair["own_split"] = b["own"]
+        pair["bare_own_split"] = {
+            k: (seq[i - 1]["own"][k] + seq[i + 1]["own"][k]) / 2 for k in SPLIT_KEYS
+        }
+        pair["on_cpu_over_bare"] = b["own"]["on_cpu_ms"] / pair["bare_own_split"]["on_cpu_ms"] - 1
+        for k in ("run_queue_ms", "asleep_ms"):
+            pair[f"{k}_over_bare"] = b["own"][k] - pair["bare_own_split"][k]
+        if b["kind"] in BARE_KINDS:
+            pair["classify_ms"] = round(b["classify_ms"], 3)
+            pair["classify_over_bare"] = b["classify_ms"] / ref - 1
+        else:
+            pair["path_split"] = b["path"]
+            own = [r[2] for r in b["rows"]]
+            pair["own_ms"] = round(med(own), 3)
+            pair["own_over_bare"] = med(own) / ref - 1
+            for name, d, first in (
+                ("opcua_held", held_opc, False),
+                ("modbus_held", held_mb, False),
+                *(
+                    (("opcua_seen", seen_opc, True), ("modbus_seen", seen_mb, True))
+                    if b["kind"] in "LW"
+                    else ()
+                ),
+            ):
+                v = [((d[k][0] if first else d[k]) - t) * ms for k, t, _ in b["rows"] if k in d]
+                if first:
+                    pooled[name] += v
+                pair[f"{name}_ms"] = round(med(v), 3)
+                pair[f"{name}_over_bare"] = med(v) / ref - 1
+                pair[f"{name}_over_own"] = med(v) / med(own) - 1
+            del b["rows"]
+        pairs.append(pair)
+
+    def paired(kind: str, key: str) -> float:
+        return med([p[key] for p in pairs if p["kind"] == kind and key in p])
+
+    summary = {
+        k: paired("L", k)
+        for k in (
+            "own_over_bare",
+            "opcua_held_over_bare",
+            "modbus_held_over_bare",
+            "opcua_seen_over_bare",
+            "modbus_seen_over_bare",
+            "opcua_held_over_own",
+            "modbus_held_over_own",
+            "opcua_seen_over_own",
+            "modbus_seen_over_own",
+        )
+    }
+    for kind in kinds:
+        for k in ("on_cpu_over_bare", "run_queue_ms_over_bare", "asleep_ms_over_bare"):
+            summary[f"{kind}_{k}"] = paired(kind, k)
+        if kind in "QW":
+            for k in ("own_over_bare", "opcua_held_over_bare", "modbus_held_over_bare"):
+                summary[f"{kind}_{k}"] = paired(kind, k)
+        if kind not in BARE_KINDS:
+            for k in ("asleep_ms", "run_queue_ms", "on_cpu_ms"):
+                summary[f"{kind}_path_{k}"] = med(
+                    [
+                        p["path_split"][k.replace("asleep_ms", "asleep_gil_ms")]
+                        for p in pairs
+                        if p["kind"] == kind
+                    ]
+                )
+        else:
+            summary[f"{kind}_classify_over_bare"] = paired(kind, "classify_over_bare")
+    return {
+        "rounds": rounds,
+        "block": block,
+        "skip": skip,
+        "camera_fps": fps,
+        "poll_ms": poll_s * 1000,
+        "kinds": kinds,
+        "load_start_end": [load_start, load_end],
+        "pairs": pairs,
+        "median_of_paired": summary,
+        "seen_p99_over_median": {
+            k: pct(v, 99) / pct(v, 50) if v else float("nan") for k, v in pooled.items()
+        },
+    }
+
+
 def soak(
     model_path: Path,
     frames: int,
@@ -774,6 +1160,73 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     return out
 
 
+def report_paired(pl: dict) -> None:
+    """The paired protocol's pairs and the medians of the paired differences."""
+    names = {
+        "L": "with the line",
+        "Q": "with the line, nobody polling",
+        "W": "with the line and --keep-warm",
+        "C": "with the other CPUs busy",
+        "P": "back to back (no pause between parts)",
+        "K": "with --keep-warm",
+    }
+    order = " ".join(f"{k} B" for k in pl["kinds"])
+    print(
+        f"paired protocol: {pl['rounds']} rounds of {pl['block']} parts a block at "
+        f"{pl['camera_fps']:g} fps (B {order}), load at start/end {pl['load_start_end']}"
+    )
+    for p in pl["pairs"]:
+        o, b = p["own_split"], p["bare_own_split"]
+        own = (
+            f"own inference on a CPU {o['on_cpu_ms']:.2f} vs {b['on_cpu_ms']:.2f}, waiting "
+            f"{o['run_queue_ms']:.2f} vs {b['run_queue_ms']:.2f}, asleep {o['asleep_ms']:.2f} "
+            f"vs {b['asleep_ms']:.2f} ms"
+        )
+        if p["kind"] in BARE_KINDS:
+            print(
+                f"  {p['kind']}: bare {p['bare_ms']:.2f} ms, bare {names[p['kind']]} "
+                f"{p['classify_ms']:.2f} ms ({100 * p['classify_over_bare']:+.1f} %); " + own
+            )
+            continue
+        seen = (
+            f", seen {p['opcua_seen_ms']:.2f} / {p['modbus_seen_ms']:.2f} ms"
+            if p["kind"] in "LW"
+            else ""
+        )
+        print(
+            f"  {p['kind']}: bare {p['bare_ms']:.2f} ms, own {p['own_ms']:.2f} "
+            f"({100 * p['own_over_bare']:+.1f} %), held {p['opcua_held_ms']:.2f} / "
+            f"{p['modbus_held_ms']:.2f} ({100 * p['opcua_held_over_bare']:+.1f} / "
+            f"{100 * p['modbus_held_over_bare']:+.1f} %){seen}; " + own
+        )
+    m = pl["median_of_paired"]
+    for kind in pl["kinds"]:
+        print(
+            f"  own inference {names[kind]}, paired against bare (medians of the pairs): "
+            f"on a CPU {100 * m[f'{kind}_on_cpu_over_bare']:+.1f} %, waiting for a CPU "
+            f"{m[f'{kind}_run_queue_ms_over_bare']:+.2f} ms, asleep (the GIL) "
+            f"{m[f'{kind}_asleep_ms_over_bare']:+.2f} ms"
+        )
+    for kind in (k for k in pl["kinds"] if k not in BARE_KINDS):
+        print(
+            f"  whole scoring step per part, {names[kind]} (medians): on a CPU "
+            f"{m[f'{kind}_path_on_cpu_ms']:.2f} ms, waiting for a CPU "
+            f"{m[f'{kind}_path_run_queue_ms']:.2f} ms, asleep (the GIL) "
+            f"{m[f'{kind}_path_asleep_ms']:.2f} ms"
+        )
+    parts = [f"own inference over bare: line {100 * m['own_over_bare']:+.1f} %"]
+    for kind in pl["kinds"]:
+        if kind in "QW":
+            parts.append(
+                f"{names[kind].removeprefix('with the ')} {100 * m[f'{kind}_own_over_bare']:+.1f} % "
+                f"(held {100 * m[f'{kind}_opcua_held_over_bare']:+.1f} / "
+                f"{100 * m[f'{kind}_modbus_held_over_bare']:+.1f} % over bare)"
+            )
+    for kind in (k for k in pl["kinds"] if k in BARE_KINDS):
+        parts.append(f"bare, {names[kind]} {100 * m[f'{kind}_classify_over_bare']:+.1f} %")
+    print("  medians of the paired differences: " + ", ".join(parts))
+
+
 def report(lat: dict, tp: dict) -> None:
     b = lat["bare_ms"]["median"]
     print(f"load (1/5/15 min) at start/end: {lat['load_start_end']} / {tp['load_start_end']}")
@@ -847,12 +1300,47 @@ def report(lat: dict, tp: dict) -> None:
     print(f"  throughput line / bare: {tp['ratio']:.2f} (aim >= 0.9)")
 
 
+def aims_paired(pl: dict) -> None:
+    m = pl["median_of_paired"]
+    for k in ("held", "seen"):
+        print(
+            f"  paired (median over {pl['rounds']} pairs of blocks): frame -> value {k} "
+            f"(OPC UA / Modbus) over bare {100 * m[f'opcua_{k}_over_bare']:+.1f} / "
+            f"{100 * m[f'modbus_{k}_over_bare']:+.1f} % (aim <= 10 %), over the part's own "
+            f"inference {100 * m[f'opcua_{k}_over_own']:+.1f} / "
+            f"{100 * m[f'modbus_{k}_over_own']:+.1f} %"
+        )
+    r = pl["seen_p99_over_median"]
+    print(
+        f"  paired: p99 / median, frame -> seen: {r['opcua_seen']:.2f} / {r['modbus_seen']:.2f}"
+        " (aim <= 2)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--frames", type=int, default=None, help="timed parts per phase")
     ap.add_argument("--latency-fps", type=float, default=10.0)
     ap.add_argument("--poll-ms", type=float, default=1.0)
+    ap.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=None,
+        help="rounds of the paired protocol (default 8 with --quick, else 20; 0: not run)",
+    )
+    ap.add_argument("--paired-block", type=int, default=20, help="parts per paired block")
+    ap.add_argument(
+        "--paired-kinds",
+        default="LQCWPK",
+        help="the blocks of a paired round besides bare: L line, Q line with nobody polling, "
+        "C bare with the other CPUs busy, W line with --keep-warm, P bare back to back, K bare with --keep-warm (default LQCWPK)",
+    )
+    ap.add_argument(
+        "--paired-only",
+        action="store_true",
+        help="only the paired protocol (no continuous latency and throughput phases)",
+    )
     ap.add_argument("--soak-only", action="store_true")
     ap.add_argument("--no-soak", action="store_true")
     ap.add_argument("--soak-frames", type=int, default=None)
@@ -890,6 +1378,8 @@ def main() -> None:
         "the runtime does) or on all CPUs (the scoring thread alone is pinned)",
     )
     args = ap.parse_args()
+    if "L" not in args.paired_kinds or set(args.paired_kinds) - set("LQCWPK"):
+        ap.error(f"--paired-kinds: L and any of Q, C, W, P, K, got {args.paired_kinds!r}")
     global STANDINS_PINNED
     STANDINS_PINNED = args.standins == "rest"
     placement = Placement(args.scoring_cpu, log=print)
@@ -920,13 +1410,37 @@ def main() -> None:
             )
             child.start()
             child.join(600)
+        rounds = args.paired_rounds
+        if rounds is None:
+            rounds = 8 if args.quick else 20
         if not args.soak_only:
-            lat = part_latency(
-                model_path, frames, args.latency_fps, args.poll_ms / 1000, work, placement
-            )
-            tp = throughput(model_path, frames, work, placement)
-            result.update(latency=lat, throughput=tp)
-            report(lat, tp)
+            lat = tp = pl = None
+            if not args.paired_only:
+                lat = part_latency(
+                    model_path, frames, args.latency_fps, args.poll_ms / 1000, work, placement
+                )
+                tp = throughput(model_path, frames, work, placement)
+                result.update(latency=lat, throughput=tp)
+            if rounds > 0:
+                pl = paired_latency(
+                    model_path,
+                    rounds,
+                    args.paired_block,
+                    args.latency_fps,
+                    args.poll_ms / 1000,
+                    work,
+                    placement,
+                    kinds=args.paired_kinds,
+                )
+                result["paired"] = pl
+            if pl is not None:
+                report_paired(pl)
+            if lat is not None and tp is not None:
+                report(lat, tp)  # ends with the aims, continuous protocol
+            elif pl is not None:
+                print("aims (issue #18):")
+            if pl is not None:
+                aims_paired(pl)
         if not args.no_soak:
             s = soak(
                 model_path,

@@ -232,14 +232,17 @@ def watched(k: Kernel, choice: str | int, c: Clock) -> Placement:
 def test_auto_gives_the_cpus_back_when_the_scoring_cpu_is_busy():
     k, c = Kernel({0, 1}), Clock()
     p = watched(k, "auto", c)
+    given_up: list[bool] = []
+    p.on_give_up = lambda: given_up.append(True)  # --keep-warm stops its spinner here
     p.apply()
     p.keep()  # the first look
     c.advance(11, on=2.0, waited=0.2)  # a dedicated CPU: it ran, it hardly waited
     p.keep()
-    assert p.active and p.logs == []  # type: ignore[attr-defined]
+    assert p.active and p.logs == [] and given_up == []  # type: ignore[attr-defined]
     c.advance(11, on=2.0, waited=5.0)  # other work on its CPU: it waited more than it ran
     p.keep()
     assert not p.active and k.affinity == {ME(): {0, 1}, 100: {0, 1}, 101: {0, 1}}
+    assert given_up == [True]
     (said,) = p.logs  # type: ignore[attr-defined]
     assert "the scoring CPU 1 is busy with other work" in said and "given up" in said
     assert "given up" in p.summary()

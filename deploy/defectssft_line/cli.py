@@ -40,6 +40,7 @@ from defectssft_line.decision import Prediction
 from defectssft_line.genicam import is_genicam, opener_for
 from defectssft_line.hotfolder import HotFolder
 from defectssft_line.hotswap import ModelHolder
+from defectssft_line.keepwarm import KeepWarm
 from defectssft_line.lineio import LineOutputs, add_arguments, outputs_from_args
 from defectssft_line.model import LineError, LineModel
 from defectssft_line.names import safe_text
@@ -436,6 +437,23 @@ def _placement(args: argparse.Namespace) -> Placement:
     return placement
 
 
+def _keep_warm(args: argparse.Namespace, placement: Placement) -> KeepWarm | None:
+    """--keep-warm: the spinner on the scoring CPU (keepwarm.py), or None with one line why."""
+    if not args.keep_warm:
+        return None
+    if placement.scoring is None:
+        _log(
+            "warning: --keep-warm needs the scoring thread on a CPU of its own "
+            "(--scoring-cpu); not used"
+        )
+        return None
+    warm = KeepWarm(placement.scoring, log=_log)
+    if not warm.start():
+        return None
+    placement.on_give_up = warm.stop  # the scoring thread no longer has that CPU
+    return warm
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     def load(path: Path) -> LineModel:
         return LineModel.load(
@@ -467,6 +485,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = Runner(holder, writer, send_unsure, outputs)
     runner.save_maps = Path(args.save_maps) if args.save_maps else None
     runner.placement = placement
+    warm = _keep_warm(args, placement)
     try:
         placement.apply()  # this thread scores; the sinks' threads go to the other CPUs
         if args.watch:
@@ -478,6 +497,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         rc = 0
     finally:
+        if warm is not None:
+            warm.stop()
         placement.release()
         writer.close()
         for line in outputs.close():
@@ -563,6 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin the thread that scores parts to one CPU and the runtime's other threads "
         "(camera read-ahead, sinks, servers) to the rest (default auto: an isolated CPU, "
         "else the last one; Linux, 2+ CPUs, --threads 1)",
+    )
+    run.add_argument(
+        "--keep-warm",
+        action="store_true",
+        help="keep the scoring CPU awake between parts with a lowest-priority spinner process "
+        "(a triggered line's part starts on warm caches; costs that CPU's idle time; Linux, "
+        "with --scoring-cpu)",
     )
     run.add_argument(
         "--max-pixels",

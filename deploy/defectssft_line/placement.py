@@ -141,6 +141,7 @@ class Placement:
         self._schedstat, self._clock = schedstat, clock
         self._window: tuple[float, float, float] | None = None  # (when, on, waited)
         self.fallback = choice == "auto"  # a busy scoring CPU: give the CPUs back
+        self.on_give_up: Callable[[], None] | None = None  # then also this (--keep-warm's stop)
         self.busy_warned = False
         self._set = setter or getattr(os, "sched_setaffinity", None)
         self._get = getter or getattr(os, "sched_getaffinity", None)
@@ -270,6 +271,8 @@ class Placement:
             self.release()
             self.scoring, self.others = None, set()
             self.note = "CPU placement given up: the scoring CPU was busy with other work"
+            if self.on_give_up is not None:
+                self.on_give_up()
         elif not self.busy_warned:
             self.busy_warned = True
             self._log(f"warning: {what} (--scoring-cpu {self.scoring} keeps it pinned)")

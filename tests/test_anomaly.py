@@ -111,10 +111,12 @@ def test_combined_graph_keeps_the_classifier_outputs(fitted):
     x = torch.from_numpy(random_images(4))
     with torch.inference_mode():
         p0, l0, s0 = ins(x)
-        p1, l1, s1, a, amap = graph(x)
+        p1, l1, s1, a, amap, peak = graph(x)
     assert torch.equal(p0, p1) and torch.equal(l0, l1) and torch.equal(s0, s1)
     assert a.shape == (4,) and amap.shape == (4, SIZE // 8, SIZE // 8)
     assert torch.allclose(a, amap.flatten(1).max(1).values)
+    assert peak.shape == (4, 2)  # (x, y) in input pixels, inside the image
+    assert bool(((peak >= 0) & (peak <= SIZE)).all())
 
 
 def test_an_unlike_image_scores_above_the_threshold(fitted):
@@ -142,9 +144,13 @@ def test_export_with_the_head_matches_torch(tmp_path, fitted):
     assert meta["anomaly"]["on_novel"] == "UNSURE" and meta["anomaly"]["map"] == model.map_size
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    assert names == ["probs", "logits", "defect_score", "anomaly_score", "anomaly_map"]
-    _, _, _, a, amap = sess.run(None, {"image": random_images(3)})
-    assert a.shape == (3,) and amap.shape == (3, *model.map_size)
+    assert names == [
+        "probs", "logits", "defect_score", "anomaly_score", "anomaly_map", "anomaly_peak"
+    ]  # fmt: skip
+    assert meta["anomaly"]["peak"] is True
+    _, _, _, a, amap, peak = sess.run(None, {"image": random_images(3)})
+    assert a.shape == (3,) and amap.shape == (3, *model.map_size) and peak.shape == (3, 2)
+    assert res.anomaly["peak_agreement"] == 1.0
 
 
 def test_export_no_map_and_no_anomaly(tmp_path, fitted):
@@ -153,8 +159,9 @@ def test_export_no_map_and_no_anomaly(tmp_path, fitted):
     project, version, _ = fitted
     res = export_project_model(project, version, out=tmp_path / "a.onnx", anomaly_map=False)
     sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score"]
+    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score"]  # no map: no peak
     assert read_metadata(res.path)["anomaly"]["map"] is None
+    assert "peak" not in read_metadata(res.path)["anomaly"]
     res = export_project_model(project, version, out=tmp_path / "b.onnx", anomaly=False)
     sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
     assert len(sess.get_outputs()) == 3 and "anomaly" not in read_metadata(res.path)
@@ -368,7 +375,7 @@ def test_fit_smooths_by_default_and_old_heads_stay_unsmoothed(tmp_path, fitted):
     assert model.smooth == DEFAULT_SMOOTH > 0
     model.save(tmp_path)
     info = json.loads((tmp_path / META_FILE).read_text())
-    assert info["smooth"] == DEFAULT_SMOOTH and info["format_version"] == 3
+    assert info["smooth"] == DEFAULT_SMOOTH and info["format_version"] == 4
     assert info["scores"] == ["patchcore"] and info["norms"] == {}
     for key in ("smooth", "scores", "norms"):  # a head fitted before smoothing existed
         info.pop(key)
@@ -505,14 +512,20 @@ def test_feature_head_fits_exports_in_one_graph_and_matches_torch(tmp_path):
     folder = Path(p.get_model(version)["path"])
     again = load_anomaly(folder)
     assert again.scores == m.scores and set(again.norms) == set(m.scores)
-    assert set(again.arrays) == {"knn_bank", "maha_centre", "maha_whiten", "maha_means"}
+    assert set(again.arrays) == {
+        "knn_bank", "maha_centre", "maha_whiten", "maha_means", "peak_bank"
+    }  # fmt: skip
     assert m.threshold > 0 and m.bank_mb > 0
     res = export_project_model(p, version, out=tmp_path / "m.onnx")
     assert res.anomaly is not None and res.anomaly["max_rel_diff"] < 5e-3
     meta = read_metadata(res.path)
     assert meta["anomaly"]["scores"] == m.scores and meta["anomaly"]["map"] == m.map_size
     sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score", "anomaly_map"]
+    assert [o.name for o in sess.get_outputs()][3:] == [
+        "anomaly_score",
+        "anomaly_map",
+        "anomaly_peak",
+    ]
     graph_ops = {n.op_type for n in __import__("onnx").load(res.path).graph.node}
     assert "ReduceLogSumExp" in graph_ops or "LogSumExp" in graph_ops or "Log" in graph_ops
     line = LineModel.load(res.path)

@@ -624,3 +624,172 @@ def test_without_an_ok_class_the_head_is_bank_and_energy_fit_on_labels_only(tmp_
         save_model_file(f2 / "model.pt", make_tiny(), {**tiny_meta(v2), "ok_class": None})
         empty.register_model(v2, {k: v for k, v in meta.items() if k != "thresholds"}, {})
         fit_project_anomaly(empty, v2)
+
+
+# --------------------------------------------------------------------------- the refined peak
+
+
+def _peak_head(window: int = 3, smooth: float = 0.0):
+    """A PeakHead on a 4 x 4 coarse map, an 8 x 8 fine grid of 32 x 32 input pixels (4 px per
+    fine cell), with a bank of one zero feature (distance = the feature's norm)."""
+    from defectssft.anomaly import PeakHead
+
+    return PeakHead(np.zeros((1, 2), np.float32), (4, 4), (8, 8), (32, 32), window, smooth)
+
+
+def _spike(y: int, x: int, value: float = 5.0, at: tuple | None = None) -> torch.Tensor:
+    fine = torch.zeros(1, 2, 8, 8)
+    fine[0, 0, y, x] = value
+    if at is not None:  # a second, weaker spike
+        fine[0, 0, at[0], at[1]] = value / 2
+    return fine
+
+
+def test_peak_lands_on_the_fine_maximum_inside_the_window():
+    head = _peak_head()
+    amap = torch.zeros(1, 4, 4)
+    amap[0, 1, 2] = 1.0  # coarse cell (1, 2): fine rows 2-3, cols 4-5; window rows 0-5, cols 2-7
+    with torch.inference_mode():
+        peak = head(amap, _spike(3, 6))[0]
+        # a stronger spike outside the window is not seen
+        far = _spike(3, 6, at=(7, 0))
+        far[0, 0, 7, 0] = 50.0
+        peak_far = head(amap, far)[0]
+    # cell (3, 6) -> centre x = 6.5 * 4, y = 3.5 * 4; an isolated spike: no sub-cell shift
+    assert peak.tolist() == [26.0, 14.0]
+    assert peak_far.tolist() == [26.0, 14.0]
+
+
+@pytest.mark.parametrize(("cy", "cx", "fy", "fx"), [(0, 0, 0, 0), (3, 3, 7, 7), (0, 3, 0, 7)])
+def test_window_at_the_maps_edge_stays_inside_the_grid(cy, cx, fy, fx):
+    head = _peak_head()
+    amap = torch.zeros(2, 4, 4)
+    amap[:, cy, cx] = 1.0
+    with torch.inference_mode():
+        sy, sx = head.window_start(amap)
+        peak = head(amap, _spike(fy, fx).expand(2, -1, -1, -1))
+    assert 0 <= int(sy[0]) <= 8 - head.k[0] and 0 <= int(sx[0]) <= 8 - head.k[1]
+    assert peak[0].tolist() == [(fx + 0.5) * 4, (fy + 0.5) * 4] == peak[1].tolist()
+
+
+def test_peak_between_cells_moves_toward_the_stronger_neighbour():
+    head = _peak_head()
+    amap = torch.zeros(1, 4, 4)
+    amap[0, 1, 1] = 1.0
+    fine = _spike(3, 3)
+    fine[0, 0, 3, 4] = 4.0  # almost as strong to the right: the vertex lies right of cell 3
+    with torch.inference_mode():
+        x, y = head(amap, fine)[0].tolist()
+    assert 3.5 * 4 < x < 4.0 * 4 and y == 3.5 * 4
+
+
+def test_window_as_large_as_the_grid_and_smoothing_run():
+    head = _peak_head(window=9, smooth=1.0)  # clipped to the 8 x 8 grid
+    assert head.k == (8, 8)
+    amap = torch.zeros(1, 4, 4)
+    amap[0, 2, 2] = 1.0
+    with torch.inference_mode():
+        x, y = head(amap, _spike(6, 1))[0].tolist()
+    assert abs(x - 1.5 * 4) <= 2 and abs(y - 6.5 * 4) <= 2
+
+
+def test_head_without_peak_exports_without_the_output(tmp_path, fitted):
+    """A head fitted before the peak (format 3: no ``peak``) exports and loads as before."""
+    from dataclasses import replace
+
+    import onnxruntime as ort
+
+    _, _, model = fitted
+    old = replace(model, peak={}, arrays={})
+    old.save(tmp_path)
+    info = json.loads((tmp_path / META_FILE).read_text())
+    info.pop("peak")
+    info["format_version"] = 3
+    (tmp_path / META_FILE).write_text(json.dumps(info))
+    again = load_anomaly(tmp_path)
+    assert again is not None and not again.has_peak
+    out = tmp_path / "m.onnx"
+    export_onnx(make_tiny(), tiny_meta("v0001"), out, check_images=random_images(3), anomaly=again)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score", "anomaly_map"]
+    assert "peak" not in read_metadata(out)["anomaly"]
+
+
+@pytest.mark.parametrize(
+    ("peak", "arrays", "says"),
+    [
+        ({"indices": [1, 2], "window": 99, "grid": [8, 8], "input": [32, 32]}, True, "window"),
+        ({"indices": [], "window": 3, "grid": [8, 8], "input": [32, 32]}, True, "indices"),
+        ({"indices": [1, 2], "window": 3, "grid": [8], "input": [32, 32]}, True, "grid"),
+        ({"indices": [1, 2], "window": 3, "grid": [8, 8], "input": [32, 32]}, False, "peak_bank"),
+        ("yes", True, "peak"),
+    ],
+)
+def test_malformed_peak_is_unreadable_in_one_line(tmp_path, fitted, peak, arrays, says):
+    _, _, model = fitted
+    model.save(tmp_path)
+    info = json.loads((tmp_path / META_FILE).read_text())
+    info["peak"] = peak
+    (tmp_path / META_FILE).write_text(json.dumps(info))
+    if not arrays:
+        with np.load(tmp_path / BANK_FILE) as z:
+            kept = {k: z[k] for k in z.files if k != "peak_bank"}
+        np.savez(tmp_path / BANK_FILE, **kept)
+    with pytest.raises(AnomalyError, match=f"unreadable anomaly head.*{says}"):
+        load_anomaly(tmp_path)
+
+
+def test_fit_without_peak_or_without_room_for_its_bank(tmp_path):
+    p = make_project(tmp_path)
+    version = add_model(p)
+    m = fit_project_anomaly(p, version, peak_window=0)
+    assert not m.has_peak and "peak_bank" not in m.arrays and m.peak == {}
+    said: list[str] = []
+    tight = fit_project_anomaly(p, version, bank_mb=m.bank_mb + 1e-4, say=said.append)
+    assert not tight.has_peak and any("peak: not refined" in s for s in said)
+    with pytest.raises(AnomalyError, match="peak's window"):
+        fit_project_anomaly(p, version, peak_window=12)
+
+
+def test_fit_anomaly_cli_peak_window_flag(tmp_path, capsys):
+    p = make_project(tmp_path)
+    version = add_model(p)
+    with pytest.raises(SystemExit):
+        main(["fit-anomaly", str(p.root), "--peak-window", "12"])
+    assert "between 0 and 9" in capsys.readouterr().err
+    assert main(["fit-anomaly", str(p.root), "--model", version, "--peak-window", "0"]) == 0
+    assert "anomaly_peak" not in capsys.readouterr().out
+    assert not load_anomaly(Path(p.get_model(version)["path"])).has_peak
+
+
+def test_int8_keeps_the_pooled_path_in_float_for_a_head_that_reads_the_logits(tmp_path):
+    import onnx
+
+    from defectssft.anomaly import int8_excluded, pooled_path
+    from defectssft.export import _to_int8
+
+    rng = np.random.default_rng(0)
+    imgs = random_images(8)
+    paths = {}
+    for scores in (["patchcore"], ["patchcore", "energy"]):
+        head = AnomalyModel(
+            bank=rng.normal(size=(16, 80)).astype(np.float32),  # test_efficientnet stages 2+3
+            threshold=1.0, map_size=[SIZE // 8, SIZE // 8], scores=scores,
+            norms={s: [0.0, 1.0] for s in scores} if len(scores) > 1 else {},
+        )  # fmt: skip
+        out = tmp_path / f"{len(scores)}.onnx"
+        export_onnx(make_tiny(), tiny_meta("v0001"), out, check_images=imgs, anomaly=head)
+        paths[len(scores)] = out
+    bank_only, with_energy = (onnx.load(str(paths[n])) for n in (1, 2))
+    path, pooled = pooled_path(with_energy)
+    assert pooled is not None and any(n.endswith("Conv") for n in path)
+    assert set(path) <= set(int8_excluded(with_energy))
+    assert not set(path) & set(int8_excluded(bank_only))  # the bank alone: quantized as before
+    _to_int8(paths[2], tmp_path / "q.onnx", imgs)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    nodes = {n.name: n for n in q.graph.node}
+    producers = {o: n for n in q.graph.node for o in n.output}
+    weights = nodes[path[-1]].input[1]  # the last conv's weights: float, not dequantized int8
+    assert weights not in producers or producers[weights].op_type != "DequantizeLinear"
+    pooled_in = nodes[path[0]].input[0]  # what the pooling reads: not quantized
+    assert producers[pooled_in].op_type != "DequantizeLinear"

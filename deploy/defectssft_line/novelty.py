@@ -120,10 +120,10 @@ def heat_weights(amap: np.ndarray, threshold: float, height: int, width: int) ->
 def mark_peak(
     weights: np.ndarray, peak: Any, input_size: tuple[int, int], amap: np.ndarray, threshold: float
 ) -> np.ndarray:
-    """``weights`` (``heat_weights``) with a ring at the refined peak (``anomaly_peak``: x, y in
-    the model's input pixels of ``input_size`` (height, width), scaled to the weights' size as
-    the map is), drawn only where the map is drawn at all (its maximum at least the lower cut
-    of ``heat_weights``); unchanged without a finite peak."""
+    """``weights`` (``heat_weights``) with a ring (strong outside, clear inside) at the refined
+    peak (``anomaly_peak``: x, y in the model's input pixels of ``input_size`` (height, width),
+    scaled to the weights' size as the map is), drawn only where the map is drawn at all (its
+    maximum at least the lower cut of ``heat_weights``); unchanged without a finite peak."""
     import cv2
 
     p = np.asarray(peak, np.float64).reshape(-1) if peak is not None else np.zeros(0)
@@ -134,9 +134,13 @@ def mark_peak(
     h, w = weights.shape[:2]
     x = int(round(p[0] * w / max(1, input_size[1])))
     y = int(round(p[1] * h / max(1, input_size[0])))
-    radius = max(4, round(0.03 * max(h, w)))
+    radius = max(6, round(0.03 * max(h, w)))
+    t = max(2, radius // 4)
     out = np.ascontiguousarray(weights, dtype=np.float32).copy()
-    cv2.circle(out, (x, y), radius, 1.0, thickness=max(2, radius // 4), lineType=cv2.LINE_AA)
+    # a full-strength ring with a clear ring inside it: seen on an empty background and on the
+    # map's own high spot (where the weights are already 1)
+    cv2.circle(out, (x, y), radius, 1.0, thickness=t, lineType=cv2.LINE_AA)
+    cv2.circle(out, (x, y), radius - t, 0.0, thickness=t, lineType=cv2.LINE_AA)
     return out
 
 

@@ -427,9 +427,14 @@ def latency(
 ) -> dict:
     """Median batch-1 latency (ms, 1 thread) of the exported graph without/with the head (and,
     for a head with the peak, without the peak); the graphs are timed in turn, one run each
-    per round, so load changes hit them alike.
+    per round, so load changes hit them alike. Each head graph's scores against torch's on
+    every test part (``score_vs_torch``, as the export check measures it); for a head that
+    reads the logits also the INT8 graph as before the pooled path was kept in float
+    (``int8_head_quantpool``).
     With ``cal`` images and test ``labels``: each head graph's threshold check
     (``exported_threshold``; ``images`` are the test parts)."""
+    import defectssft.anomaly as anomaly_mod
+    from defectssft.anomaly import score_scale, torch_outputs
     from defectssft.export import ExportError, export_onnx, ort_session
 
     h, w = images.shape[1:3]
@@ -442,10 +447,20 @@ def latency(
         variants = {"plain": None, "head": head}
         if head.has_peak:  # the head as before the peak, timed beside it
             variants["head_nopeak"] = replace(head, peak={})
+        reads_logits = any(n in head.scores for n in ("energy", "knn", "mahalanobis"))
+        if reads_logits:
+            variants["head_quantpool"] = head
+        ref_scores = torch_outputs(head.wrap(ins), images)[0]
+        scale = score_scale(head.threshold, bool(head.norms))
+        keep_float = anomaly_mod.pooled_path
         for precision in ("fp32", "int8"):
             for variant, anomaly in variants.items():
+                if variant == "head_quantpool" and precision != "int8":
+                    continue
                 path = Path(tmp) / f"{precision}_{variant}.onnx"
                 key = f"{precision}_{variant}"
+                if variant == "head_quantpool":  # as before: the pooled path quantized
+                    anomaly_mod.pooled_path = lambda _m: ([], None)
                 try:
                     res = export_onnx(
                         ins.backbone, meta, path, check_images=images[:8],
@@ -455,6 +470,8 @@ def latency(
                 except ExportError as e:  # e.g. INT8 moves the anomaly score too far
                     out[key] = {"refused": str(e)}
                     continue
+                finally:
+                    anomaly_mod.pooled_path = keep_float
                 sessions[key] = ort_session(path, threads=1)
                 out[key] = {"mb": res.size_bytes / 1e6}
                 if res.anomaly is not None:
@@ -463,6 +480,8 @@ def latency(
                         out[key]["threshold"] = exported_threshold(
                             sessions[key], anomaly, cal, images, labels
                         )
+                    got = graph_scores(sessions[key], images)
+                    out[key]["score_vs_torch"] = float(np.max(np.abs(got - ref_scores)) / scale)
                     if anomaly.has_peak:  # the graph's peaks against torch's, every test part
                         got = np.concatenate(
                             [
@@ -885,8 +904,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=DEFAULT_PEAK_WINDOW,
         metavar="N",
-        help="the coarse-to-fine peak's window in patches (the product: "
-        f"{DEFAULT_PEAK_WINDOW}; 0: none); pointing of the peak, and its cost",
+        help="the coarse-to-fine peak's window in patches (fit-anomaly --peak-window; the "
+        f"product's default: {DEFAULT_PEAK_WINDOW}, none); pointing of the peak, and its cost",
     )
     ap.add_argument("--neu", action="store_true", help="also NEU-DET leave-one-class-out")
     ap.add_argument("--neu-k", type=int, default=10)

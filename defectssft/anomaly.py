@@ -74,10 +74,13 @@ MAX_FIT_PATCHES = 200_000  # patches the coreset is chosen from (a random subset
 DEFAULT_MAX_SCORED = 5000  # unlabeled images scored for the app's "novel" filter
 OUTPUT_NAMES = ("probs", "logits", "defect_score", "anomaly_score", "anomaly_map", "anomaly_peak")
 # The peak's coarse-to-fine refinement (``PeakHead``): finer backbone stages (stride 4), a
-# window of this many coarse patches around the coarse map's maximum, at most this many random
-# patches of each fit image for its bank (the bank a coreset of them, as the coarse one).
+# window of ``PEAK_WINDOW`` coarse patches around the coarse map's maximum, at most this many
+# random patches of each fit image for its bank (the bank a coreset of them, as the coarse one).
+# Off by default (``DEFAULT_PEAK_WINDOW``): on the suite it did not point better by more than
+# the noise of 20 parts, and it costs (BENCHMARKS.md, "Open set"); ``--peak-window 3`` fits it.
 PEAK_INDICES = (1, 2)
-DEFAULT_PEAK_WINDOW = 3
+PEAK_WINDOW = 3
+DEFAULT_PEAK_WINDOW = 0
 MAX_PEAK_WINDOW = 9
 PEAK_PATCHES_PER_IMAGE = 512
 
@@ -176,7 +179,7 @@ class PeakHead(nn.Module):
         coarse_size: Sequence[int],
         fine_size: Sequence[int],
         input_size: Sequence[int],
-        window: int = DEFAULT_PEAK_WINDOW,
+        window: int = PEAK_WINDOW,
         smooth: float = DEFAULT_SMOOTH,
     ) -> None:
         super().__init__()

@@ -66,7 +66,8 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="N",
         help="refine the map's maximum on finer features in a window of N x N patches around "
-        "it (the anomaly_peak output the overlays mark; default 3; 0: no refinement)",
+        "it (the anomaly_peak output the overlays mark; 3 is the measured setting; default 0: "
+        "no refinement)",
     )
     p.add_argument(
         "--on-novel",

@@ -37,7 +37,7 @@ def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("anomaly")
     project = make_project(root)
     version = add_model(project)
-    model = fit_project_anomaly(project, version)
+    model = fit_project_anomaly(project, version, peak_window=3)  # with the refined peak
     return project, version, model
 
 
@@ -512,20 +512,14 @@ def test_feature_head_fits_exports_in_one_graph_and_matches_torch(tmp_path):
     folder = Path(p.get_model(version)["path"])
     again = load_anomaly(folder)
     assert again.scores == m.scores and set(again.norms) == set(m.scores)
-    assert set(again.arrays) == {
-        "knn_bank", "maha_centre", "maha_whiten", "maha_means", "peak_bank"
-    }  # fmt: skip
+    assert set(again.arrays) == {"knn_bank", "maha_centre", "maha_whiten", "maha_means"}
     assert m.threshold > 0 and m.bank_mb > 0
     res = export_project_model(p, version, out=tmp_path / "m.onnx")
     assert res.anomaly is not None and res.anomaly["max_rel_diff"] < 5e-3
     meta = read_metadata(res.path)
     assert meta["anomaly"]["scores"] == m.scores and meta["anomaly"]["map"] == m.map_size
     sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()][3:] == [
-        "anomaly_score",
-        "anomaly_map",
-        "anomaly_peak",
-    ]
+    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score", "anomaly_map"]
     graph_ops = {n.op_type for n in __import__("onnx").load(res.path).graph.node}
     assert "ReduceLogSumExp" in graph_ops or "LogSumExp" in graph_ops or "Log" in graph_ops
     line = LineModel.load(res.path)
@@ -742,10 +736,12 @@ def test_malformed_peak_is_unreadable_in_one_line(tmp_path, fitted, peak, arrays
 def test_fit_without_peak_or_without_room_for_its_bank(tmp_path):
     p = make_project(tmp_path)
     version = add_model(p)
-    m = fit_project_anomaly(p, version, peak_window=0)
+    m = fit_project_anomaly(p, version)  # the default: no peak
     assert not m.has_peak and "peak_bank" not in m.arrays and m.peak == {}
     said: list[str] = []
-    tight = fit_project_anomaly(p, version, bank_mb=m.bank_mb + 1e-4, say=said.append)
+    tight = fit_project_anomaly(
+        p, version, bank_mb=m.bank_mb + 1e-4, peak_window=3, say=said.append
+    )
     assert not tight.has_peak and any("peak: not refined" in s for s in said)
     with pytest.raises(AnomalyError, match="peak's window"):
         fit_project_anomaly(p, version, peak_window=12)
@@ -757,7 +753,10 @@ def test_fit_anomaly_cli_peak_window_flag(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fit-anomaly", str(p.root), "--peak-window", "12"])
     assert "between 0 and 9" in capsys.readouterr().err
-    assert main(["fit-anomaly", str(p.root), "--model", version, "--peak-window", "0"]) == 0
+    assert main(["fit-anomaly", str(p.root), "--model", version, "--peak-window", "3"]) == 0
+    assert "anomaly_peak" in capsys.readouterr().out
+    assert load_anomaly(Path(p.get_model(version)["path"])).has_peak
+    assert main(["fit-anomaly", str(p.root), "--model", version]) == 0  # default: none
     assert "anomaly_peak" not in capsys.readouterr().out
     assert not load_anomaly(Path(p.get_model(version)["path"])).has_peak
 

@@ -422,6 +422,46 @@ def exported_threshold(sess, head: AnomalyModel, cal: np.ndarray, test: np.ndarr
     }
 
 
+def pooled_path(model) -> tuple[list[str], str | None]:
+    """(the nodes from the last Conv through its activation to the global pooling that feeds
+    the classifier's Gemm/MatMul, the pooled tensor's name that Gemm reads); ([], None) when
+    the graph has no such path."""
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for pool in nodes:
+        if pool.op_type not in ("GlobalAveragePool", "ReduceMean"):
+            continue
+        pooled, chain = pool.output[0], [pool.name]
+        for _ in range(3):  # Flatten / Reshape / Squeeze between the pooling and the classifier
+            nxt = consumers.get(pooled, [])
+            if any(c.op_type in ("Gemm", "MatMul") for c in nxt):
+                break
+            shape_ops = [c for c in nxt if c.op_type in ("Flatten", "Reshape", "Squeeze")]
+            if not shape_ops:
+                break
+            pooled = shape_ops[0].output[0]
+            chain.append(shape_ops[0].name)
+        if not any(c.op_type in ("Gemm", "MatMul") for c in consumers.get(pooled, [])):
+            continue
+        node = producer.get(pool.input[0])
+        for _ in range(8):  # back through the activation to the convolution
+            if node is None:
+                break
+            chain.append(node.name)
+            if node.op_type == "Conv":
+                return chain, pooled
+            src = node.input[0]
+            if node.op_type == "Mul":  # SiLU: x * sigmoid(x); follow x
+                srcs = [i for i in node.input if i in producer]
+                src = next((i for i in srcs if producer[i].op_type != "Sigmoid"), src)
+            node = producer.get(src)
+    return [], None
+
+
 def latency(
     ins: InspectionModel, head: AnomalyModel, images: np.ndarray, iters: int, cal=None, labels=None
 ) -> dict:
@@ -429,8 +469,8 @@ def latency(
     for a head with the peak, without the peak); the graphs are timed in turn, one run each
     per round, so load changes hit them alike. Each head graph's scores against torch's on
     every test part (``score_vs_torch``, as the export check measures it); for a head that
-    reads the logits also the INT8 graph as before the pooled path was kept in float
-    (``int8_head_quantpool``).
+    reads the logits also an INT8 graph that keeps the classifier's last convolution and
+    pooling (``pooled_path``) in float too (``int8_head_floatpool``).
     With ``cal`` images and test ``labels``: each head graph's threshold check
     (``exported_threshold``; ``images`` are the test parts)."""
     import defectssft.anomaly as anomaly_mod
@@ -449,18 +489,18 @@ def latency(
             variants["head_nopeak"] = replace(head, peak={})
         reads_logits = any(n in head.scores for n in ("energy", "knn", "mahalanobis"))
         if reads_logits:
-            variants["head_quantpool"] = head
+            variants["head_floatpool"] = head
         ref_scores = torch_outputs(head.wrap(ins), images)[0]
         scale = score_scale(head.threshold, bool(head.norms))
-        keep_float = anomaly_mod.pooled_path
+        head_only = anomaly_mod.int8_excluded
         for precision in ("fp32", "int8"):
             for variant, anomaly in variants.items():
-                if variant == "head_quantpool" and precision != "int8":
+                if variant == "head_floatpool" and precision != "int8":
                     continue
                 path = Path(tmp) / f"{precision}_{variant}.onnx"
                 key = f"{precision}_{variant}"
-                if variant == "head_quantpool":  # as before: the pooled path quantized
-                    anomaly_mod.pooled_path = lambda _m: ([], None)
+                if variant == "head_floatpool":  # the head and the pooled path in float
+                    anomaly_mod.int8_excluded = lambda m: head_only(m) + pooled_path(m)[0]
                 try:
                     res = export_onnx(
                         ins.backbone, meta, path, check_images=images[:8],
@@ -471,7 +511,7 @@ def latency(
                     out[key] = {"refused": str(e)}
                     continue
                 finally:
-                    anomaly_mod.pooled_path = keep_float
+                    anomaly_mod.int8_excluded = head_only
                 sessions[key] = ort_session(path, threads=1)
                 out[key] = {"mb": res.size_bytes / 1e6}
                 if res.anomaly is not None:

@@ -1154,57 +1154,10 @@ HEAD_SCOPES = ("/anomaly_head/", "/anomaly_peak/")  # the head's ONNX node names
 def int8_excluded(model) -> list[str]:
     """The anomaly head's ONNX nodes, kept in float by the INT8 export: quantizing its Adds and
     smoothing convolutions puts Quantize/Dequantize pairs on the [patches, bank] distance matrix,
-    which costs time and moves the score (BENCHMARKS.md, "Open set"). A head that reads the
-    logits (the energy) or the pooled features keeps their path in float too (``pooled_path``:
-    the last convolution and its activation before the global pooling): the quantized path
-    moved the energy's score by up to 8 % of the threshold."""
-    nodes = model.graph.node
-    head = [n for n in nodes if n.name.startswith(HEAD_SCOPES)]
-    out = [n.name for n in head]
-    path, pooled = pooled_path(model)
-    if pooled and any(i in ("logits", pooled) for n in head for i in n.input):
-        out += [n for n in path if n not in out]
-    return out
-
-
-def pooled_path(model) -> tuple[list[str], str | None]:
-    """(the nodes from the last Conv through its activation to the global pooling that feeds
-    the classifier's Gemm/MatMul, the pooled tensor's name that Gemm reads); ([], None) when
-    the graph has no such path."""
-    nodes = list(model.graph.node)
-    producer = {o: n for n in nodes for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    for pool in nodes:
-        if pool.op_type not in ("GlobalAveragePool", "ReduceMean"):
-            continue
-        pooled, chain = pool.output[0], [pool.name]
-        for _ in range(3):  # Flatten / Reshape / Squeeze between the pooling and the classifier
-            nxt = consumers.get(pooled, [])
-            if any(c.op_type in ("Gemm", "MatMul") for c in nxt):
-                break
-            shape_ops = [c for c in nxt if c.op_type in ("Flatten", "Reshape", "Squeeze")]
-            if not shape_ops:
-                break
-            pooled = shape_ops[0].output[0]
-            chain.append(shape_ops[0].name)
-        if not any(c.op_type in ("Gemm", "MatMul") for c in consumers.get(pooled, [])):
-            continue
-        node = producer.get(pool.input[0])
-        for _ in range(8):  # back through the activation to the convolution
-            if node is None:
-                break
-            chain.append(node.name)
-            if node.op_type == "Conv":
-                return chain, pooled
-            src = node.input[0]
-            if node.op_type == "Mul":  # SiLU: x * sigmoid(x); follow x
-                srcs = [i for i in node.input if i in producer]
-                src = next((i for i in srcs if producer[i].op_type != "Sigmoid"), src)
-            node = producer.get(src)
-    return [], None
+    which costs time and moves the score (BENCHMARKS.md, "Open set"). The classifier's path to
+    the logits that the energy reads stays as the export quantizes it: keeping its last
+    convolution and pooling in float too did not move the score less (measured there)."""
+    return [n.name for n in model.graph.node if n.name.startswith(HEAD_SCOPES)]
 
 
 def torch_outputs(

@@ -759,36 +759,3 @@ def test_fit_anomaly_cli_peak_window_flag(tmp_path, capsys):
     assert main(["fit-anomaly", str(p.root), "--model", version]) == 0  # default: none
     assert "anomaly_peak" not in capsys.readouterr().out
     assert not load_anomaly(Path(p.get_model(version)["path"])).has_peak
-
-
-def test_int8_keeps_the_pooled_path_in_float_for_a_head_that_reads_the_logits(tmp_path):
-    import onnx
-
-    from defectssft.anomaly import int8_excluded, pooled_path
-    from defectssft.export import _to_int8
-
-    rng = np.random.default_rng(0)
-    imgs = random_images(8)
-    paths = {}
-    for scores in (["patchcore"], ["patchcore", "energy"]):
-        head = AnomalyModel(
-            bank=rng.normal(size=(16, 80)).astype(np.float32),  # test_efficientnet stages 2+3
-            threshold=1.0, map_size=[SIZE // 8, SIZE // 8], scores=scores,
-            norms={s: [0.0, 1.0] for s in scores} if len(scores) > 1 else {},
-        )  # fmt: skip
-        out = tmp_path / f"{len(scores)}.onnx"
-        export_onnx(make_tiny(), tiny_meta("v0001"), out, check_images=imgs, anomaly=head)
-        paths[len(scores)] = out
-    bank_only, with_energy = (onnx.load(str(paths[n])) for n in (1, 2))
-    path, pooled = pooled_path(with_energy)
-    assert pooled is not None and any(n.endswith("Conv") for n in path)
-    assert set(path) <= set(int8_excluded(with_energy))
-    assert not set(path) & set(int8_excluded(bank_only))  # the bank alone: quantized as before
-    _to_int8(paths[2], tmp_path / "q.onnx", imgs)
-    q = onnx.load(str(tmp_path / "q.onnx"))
-    nodes = {n.name: n for n in q.graph.node}
-    producers = {o: n for n in q.graph.node for o in n.output}
-    weights = nodes[path[-1]].input[1]  # the last conv's weights: float, not dequantized int8
-    assert weights not in producers or producers[weights].op_type != "DequantizeLinear"
-    pooled_in = nodes[path[0]].input[0]  # what the pooling reads: not quantized
-    assert producers[pooled_in].op_type != "DequantizeLinear"

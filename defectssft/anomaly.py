@@ -636,7 +636,7 @@ class AnomalyModel:
             d.pop(k)
         d.update(
             format=ANOMALY_FORMAT,
-            format_version=ANOMALY_FORMAT_VERSION,
+            format_version=ANOMALY_FORMAT_VERSION if self.has_peak else 3,  # readable as before
             bank_rows=int(self.bank.shape[0]),
             bank_dim=int(self.bank.shape[1]),
             bank_mb=round(self.bank_mb, 3),

@@ -736,8 +736,10 @@ def test_malformed_peak_is_unreadable_in_one_line(tmp_path, fitted, peak, arrays
 def test_fit_without_peak_or_without_room_for_its_bank(tmp_path):
     p = make_project(tmp_path)
     version = add_model(p)
-    m = fit_project_anomaly(p, version)  # the default: no peak
+    m = fit_project_anomaly(p, version)  # the default: no peak, stored as format 3
     assert not m.has_peak and "peak_bank" not in m.arrays and m.peak == {}
+    folder = Path(p.get_model(version)["path"])
+    assert json.loads((folder / META_FILE).read_text())["format_version"] == 3
     said: list[str] = []
     tight = fit_project_anomaly(
         p, version, bank_mb=m.bank_mb + 1e-4, peak_window=3, say=said.append

@@ -9,7 +9,9 @@
    classifier), which is what the product's head uses.
 2. Where: on the defective test parts, with masks from the YOLO-seg polygons: pointing accuracy
    (the map's maximum inside the defect; also within 16 px of it) and pixel AUROC (all test parts),
-   the anomaly map against Grad-CAM of the fine-tuned classifier (needs ``--finetune``).
+   the anomaly map against Grad-CAM of the fine-tuned classifier (needs ``--finetune``);
+   ``--peak-window N``: also the coarse-to-fine peak's pointing (``anomaly_peak``), on
+   KolektorSDD and on NEU-DET's boxes (the held-out class's test images, with ``--neu``).
 3. Cost: onnxruntime latency (batch 1, 1 thread, median) of the exported graph with and without
    the head, fp32 and INT8, at the benchmark's input size. With the head: the graph's own scores on the
    calibration parts give its own threshold, compared with the fitted (torch) one on test.
@@ -27,6 +29,8 @@
                                   # the suite the head's defaults are chosen on (--smooth,
                                   # --min-bank, --layers: one change at a time)
     python benchmarks/open_set.py --skip-kolektor --quick --neu-finetune 300 --neu-unlabeled 40
+    python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu \
+        --no-cost --peak-window 3       # where: the refined peak on the suite
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """

@@ -761,3 +761,29 @@ def test_fit_anomaly_cli_peak_window_flag(tmp_path, capsys):
     assert main(["fit-anomaly", str(p.root), "--model", version]) == 0  # default: none
     assert "anomaly_peak" not in capsys.readouterr().out
     assert not load_anomaly(Path(p.get_model(version)["path"])).has_peak
+
+
+def test_app_view_rings_the_peak_at_the_images_own_size(tmp_path, fitted):
+    from defectssft.anomaly import anomaly_view
+
+    project, version, model = fitted
+    folder = Path(project.get_model(version)["path"])
+    img = tmp_path / "x.png"
+    odd = np.zeros((3 * SIZE, 2 * SIZE, 3), np.uint8)
+    odd[:, :, 2] = 255  # unlike the fit images: the map is drawn, so the ring is too
+    cv2.imwrite(str(img), odd)
+    view = anomaly_view(folder, img)
+    assert view.heat.shape == (3 * SIZE, 2 * SIZE) and view.peak is not None
+    x, y = view.peak
+    assert 0 <= x <= 2 * SIZE and 0 <= y <= 3 * SIZE
+    # the same head without the peak: the same heat but for the ring around (x, y)
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    info = json.loads((old / META_FILE).read_text())
+    (old / META_FILE).write_text(json.dumps({**info, "peak": {}}))
+    plain = anomaly_view(old, img)
+    assert plain.peak is None
+    ys, xs = np.nonzero(plain.heat != view.heat)
+    assert len(ys) and abs(xs.mean() - x) < 3 and abs(ys.mean() - y) < 3

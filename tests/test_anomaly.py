@@ -150,7 +150,7 @@ def test_export_with_the_head_matches_torch(tmp_path, fitted):
     assert meta["anomaly"]["peak"] is True
     _, _, _, a, amap, peak = sess.run(None, {"image": random_images(3)})
     assert a.shape == (3,) and amap.shape == (3, *model.map_size) and peak.shape == (3, 2)
-    assert res.anomaly["peak_agreement"] == 1.0
+    assert res.anomaly["peak_agreement"] == 1.0 and "peak within a cell" in res.summary()
 
 
 def test_export_no_map_and_no_anomaly(tmp_path, fitted):

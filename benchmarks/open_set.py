@@ -9,7 +9,9 @@
    classifier), which is what the product's head uses.
 2. Where: on the defective test parts, with masks from the YOLO-seg polygons: pointing accuracy
    (the map's maximum inside the defect; also within 16 px of it) and pixel AUROC (all test parts),
-   the anomaly map against Grad-CAM of the fine-tuned classifier (needs ``--finetune``).
+   the anomaly map against Grad-CAM of the fine-tuned classifier (needs ``--finetune``);
+   ``--peak-window N``: also the coarse-to-fine peak's pointing (``anomaly_peak``), on
+   KolektorSDD and on NEU-DET's boxes (the held-out class's test images, with ``--neu``).
 3. Cost: onnxruntime latency (batch 1, 1 thread, median) of the exported graph with and without
    the head, fp32 and INT8, at the benchmark's input size. With the head: the graph's own scores on the
    calibration parts give its own threshold, compared with the fitted (torch) one on test.
@@ -27,6 +29,8 @@
                                   # the suite the head's defaults are chosen on (--smooth,
                                   # --min-bank, --layers: one change at a time)
     python benchmarks/open_set.py --skip-kolektor --quick --neu-finetune 300 --neu-unlabeled 40
+    python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu \
+        --no-cost --peak-window 3       # where: the refined peak on the suite
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """
@@ -37,6 +41,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -49,8 +54,10 @@ from ssl_kolektor import split as kolektor_split  # noqa: E402
 
 from defectssft.anomaly import (  # noqa: E402
     DEFAULT_MIN_BANK,
+    DEFAULT_PEAK_WINDOW,
     DEFAULT_SMOOTH,
     FEATURE_INDICES,
+    PEAK_INDICES,
     AnomalyModel,
     bank_rows,
     calibrate_threshold,
@@ -122,6 +129,36 @@ def patchcore(fit_f: np.ndarray, test_f: np.ndarray, ratio: float, min_bank: int
     rows = bank_rows(len(patches), patches.shape[1], 20.0, ratio, min_bank)
     bank = patches[greedy_coreset(patches, rows)]
     return bank, nearest_distances(test_f, bank, smooth=smooth)
+
+
+def with_peak(ins, head: AnomalyModel, fit_imgs: np.ndarray, window: int) -> AnomalyModel:
+    """``head`` with the product's coarse-to-fine peak (``PeakHead``), its bank fitted as
+    ``fit_project_anomaly`` fits it (random fine patches of each fit image, a coreset in
+    what the coarse bank leaves of 20 MB)."""
+    from defectssft.anomaly import extract_features
+
+    f = extract_features(ins, fit_imgs, head.indices, patches=False, peak_indices=PEAK_INDICES)
+    fine = f.fine.reshape(-1, f.fine.shape[-1])
+    rows = bank_rows(len(fine), fine.shape[1], 20.0 - head.bank.nbytes / 1e6, 0.01,
+                     DEFAULT_MIN_BANK)  # fmt: skip
+    h, w = fit_imgs.shape[1:3]
+    return replace(
+        head,
+        arrays={**head.arrays, "peak_bank": fine[greedy_coreset(fine, rows)]},
+        peak={
+            "indices": list(PEAK_INDICES),
+            "window": window,
+            "grid": list(f.fine_grid),
+            "input": [int(h), int(w)],
+        },  # fmt: skip
+    )
+
+
+def peaks_of(ins, head: AnomalyModel, images: np.ndarray) -> np.ndarray:
+    """The torch graph's ``anomaly_peak`` [N, 2] of images (the exported graph's, checked)."""
+    from defectssft.anomaly import torch_outputs
+
+    return torch_outputs(head.wrap(ins), images)[2]
 
 
 def padim(fit_f: np.ndarray, test_f: np.ndarray, dims: int = 100, seed: int = 0) -> np.ndarray:
@@ -300,20 +337,40 @@ def kolektor_mask(image_path: str) -> np.ndarray:
     return mask.astype(bool)
 
 
-def where_metrics(maps, masks, labels, threshold: float, scale: int = 4, tol: int = 16) -> dict:
+def neu_box_mask(image_path: str) -> np.ndarray:
+    """The union of a NEU-DET image's defect boxes (Pascal VOC annotations), image size, bool."""
+    import xml.etree.ElementTree as ET
+
+    p = Path(image_path)
+    root = ET.parse(DATASETS / "neu-det" / "annotations" / f"{p.stem}.xml").getroot()
+    mask = np.zeros((int(root.find("size/height").text), int(root.find("size/width").text)), bool)
+    for box in root.iter("bndbox"):
+        x0, y0, x1, y1 = (int(float(box.find(k).text)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        mask[y0 : y1 + 1, x0 : x1 + 1] = True
+    return mask
+
+
+def where_metrics(
+    maps, masks, labels, threshold: float, scale: int = 4, tol: int = 16, peaks=None, size=None
+) -> dict:
     """Pointing accuracy (strict and within ``tol`` px) on defective parts, pixel AUROC over all
     parts; maps drawn as the app/overlay draws them (``heat_weights``'s resize + blur, before
-    its cut-off), at 1/``scale`` of the image size for the pixel AUROC."""
+    its cut-off), at 1/``scale`` of the image size for the pixel AUROC. With ``peaks`` ([N, 2]
+    x, y in input pixels of ``size`` = (height, width): the ``anomaly_peak`` the overlays mark)
+    the pointing is the peak's instead of the drawn map's maximum."""
     hits = near = n = 0
     pix_s, pix_y = [], []
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tol + 1, 2 * tol + 1))
-    for amap, mask, y in zip(maps, masks, labels, strict=True):
+    for i, (amap, mask, y) in enumerate(zip(maps, masks, labels, strict=True)):
         h, w = mask.shape
         m = cv2.resize(np.asarray(amap, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         m = cv2.GaussianBlur(m, (0, 0), max(1.0, 0.02 * max(h, w)))
         if y:
             n += 1
             yy, xx = np.unravel_index(int(np.argmax(m)), m.shape)
+            if peaks is not None:
+                xx = int(np.clip(peaks[i][0] * w / size[1], 0, w - 1))
+                yy = int(np.clip(peaks[i][1] * h / size[0], 0, h - 1))
             hits += bool(mask[yy, xx])
             near += bool(cv2.dilate(mask.astype(np.uint8), kernel)[yy, xx])
         small = (w // scale, h // scale)
@@ -369,13 +426,59 @@ def exported_threshold(sess, head: AnomalyModel, cal: np.ndarray, test: np.ndarr
     }
 
 
+def pooled_path(model) -> tuple[list[str], str | None]:
+    """(the nodes from the last Conv through its activation to the global pooling that feeds
+    the classifier's Gemm/MatMul, the pooled tensor's name that Gemm reads); ([], None) when
+    the graph has no such path."""
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for pool in nodes:
+        if pool.op_type not in ("GlobalAveragePool", "ReduceMean"):
+            continue
+        pooled, chain = pool.output[0], [pool.name]
+        for _ in range(3):  # Flatten / Reshape / Squeeze between the pooling and the classifier
+            nxt = consumers.get(pooled, [])
+            if any(c.op_type in ("Gemm", "MatMul") for c in nxt):
+                break
+            shape_ops = [c for c in nxt if c.op_type in ("Flatten", "Reshape", "Squeeze")]
+            if not shape_ops:
+                break
+            pooled = shape_ops[0].output[0]
+            chain.append(shape_ops[0].name)
+        if not any(c.op_type in ("Gemm", "MatMul") for c in consumers.get(pooled, [])):
+            continue
+        node = producer.get(pool.input[0])
+        for _ in range(8):  # back through the activation to the convolution
+            if node is None:
+                break
+            chain.append(node.name)
+            if node.op_type == "Conv":
+                return chain, pooled
+            src = node.input[0]
+            if node.op_type == "Mul":  # SiLU: x * sigmoid(x); follow x
+                srcs = [i for i in node.input if i in producer]
+                src = next((i for i in srcs if producer[i].op_type != "Sigmoid"), src)
+            node = producer.get(src)
+    return [], None
+
+
 def latency(
     ins: InspectionModel, head: AnomalyModel, images: np.ndarray, iters: int, cal=None, labels=None
 ) -> dict:
-    """Median batch-1 latency (ms, 1 thread) of the exported graph without/with the head; the
-    four graphs are timed in turn, one run each per round, so load changes hit them alike.
+    """Median batch-1 latency (ms, 1 thread) of the exported graph without/with the head (and,
+    for a head with the peak, without the peak); the graphs are timed in turn, one run each
+    per round, so load changes hit them alike. Each head graph's scores against torch's on
+    every test part (``score_vs_torch``, as the export check measures it); for a head that
+    reads the logits also an INT8 graph that keeps the classifier's last convolution and
+    pooling (``pooled_path``) in float too (``int8_head_floatpool``).
     With ``cal`` images and test ``labels``: each head graph's threshold check
     (``exported_threshold``; ``images`` are the test parts)."""
+    import defectssft.anomaly as anomaly_mod
+    from defectssft.anomaly import score_scale, torch_outputs
     from defectssft.export import ExportError, export_onnx, ort_session
 
     h, w = images.shape[1:3]
@@ -385,27 +488,60 @@ def latency(
     out: dict = {}
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
+        variants = {"plain": None, "head": head}
+        if head.has_peak:  # the head as before the peak, timed beside it
+            variants["head_nopeak"] = replace(head, peak={})
+        reads_logits = any(n in head.scores for n in ("energy", "knn", "mahalanobis"))
+        if reads_logits:
+            variants["head_floatpool"] = head
+        ref_scores = torch_outputs(head.wrap(ins), images)[0]
+        scale = score_scale(head.threshold, bool(head.norms))
+        head_only = anomaly_mod.int8_excluded
         for precision in ("fp32", "int8"):
-            for with_head in (False, True):
-                path = Path(tmp) / f"{precision}_{with_head}.onnx"
-                key = f"{precision}_{'head' if with_head else 'plain'}"
+            for variant, anomaly in variants.items():
+                if variant == "head_floatpool" and precision != "int8":
+                    continue
+                path = Path(tmp) / f"{precision}_{variant}.onnx"
+                key = f"{precision}_{variant}"
+                if variant == "head_floatpool":  # the head and the pooled path in float
+                    anomaly_mod.int8_excluded = lambda m: head_only(m) + pooled_path(m)[0]
                 try:
                     res = export_onnx(
                         ins.backbone, meta, path, check_images=images[:8],
                         calib_images=images[:32], precision=precision,
-                        anomaly=head if with_head else None, max_int8_drop=1.0,
+                        anomaly=anomaly, max_int8_drop=1.0,
                     )  # fmt: skip
                 except ExportError as e:  # e.g. INT8 moves the anomaly score too far
                     out[key] = {"refused": str(e)}
                     continue
+                finally:
+                    anomaly_mod.int8_excluded = head_only
                 sessions[key] = ort_session(path, threads=1)
                 out[key] = {"mb": res.size_bytes / 1e6}
                 if res.anomaly is not None:
                     out[key]["check"] = res.anomaly
                     if cal is not None:
                         out[key]["threshold"] = exported_threshold(
-                            sessions[key], head, cal, images, labels
+                            sessions[key], anomaly, cal, images, labels
                         )
+                    got = graph_scores(sessions[key], images)
+                    out[key]["score_vs_torch"] = float(np.max(np.abs(got - ref_scores)) / scale)
+                    if anomaly.has_peak:  # the graph's peaks against torch's, every test part
+                        got = np.concatenate(
+                            [
+                                sessions[key].run(["anomaly_peak"], {"image": images[i : i + 16]})[
+                                    0
+                                ]
+                                for i in range(0, len(images), 16)
+                            ]
+                        )
+                        ref = peaks_of(ins, anomaly, images)
+                        cell = max(h / anomaly.peak["grid"][0], w / anomaly.peak["grid"][1])
+                        err = np.max(np.abs(got - ref), axis=1)
+                        out[key]["peak_vs_torch"] = {
+                            "within_one_cell": float(np.mean(err <= cell)),
+                            "max_px": float(err.max()),
+                        }  # fmt: skip
         times: dict[str, list[float]] = {k: [] for k in sessions}
         for i in range(iters + 5):
             x = images[i % len(images) : i % len(images) + 1]
@@ -417,9 +553,12 @@ def latency(
         for key, t in times.items():
             out[key]["median_ms"] = float(np.median(t))
         for precision in ("fp32", "int8"):
-            plain, with_head = out[f"{precision}_plain"], out[f"{precision}_head"]
-            if "median_ms" in plain and "median_ms" in with_head:
-                out[f"{precision}_extra"] = with_head["median_ms"] / plain["median_ms"] - 1
+            plain = out[f"{precision}_plain"]
+            for variant in variants:
+                v = out.get(f"{precision}_{variant}", {})
+                if variant != "plain" and "median_ms" in plain and "median_ms" in v:
+                    suffix = "" if variant == "head" else variant[4:]
+                    out[f"{precision}_extra{suffix}"] = v["median_ms"] / plain["median_ms"] - 1
     return out
 
 
@@ -490,17 +629,21 @@ def kolektor(args, log) -> dict:
                 "where": where_metrics(test_maps, masks, labels, thr),
             }
             log(f"  {key}: {results['runs'][key]}")
+            head = AnomalyModel(bank=bank, threshold=thr, map_size=list(test_maps.shape[1:]),
+                                smooth=args.smooth, indices=list(args.layers))  # fmt: skip
+            if ratio == 0.01 and args.peak_window:
+                t0 = time.time()
+                head = with_peak(ins, head, imgs["fit"], args.peak_window)
+                peaks = peaks_of(ins, head, imgs["test"])
+                results["runs"][f"{key}+peak"] = {
+                    "peak_window": args.peak_window,
+                    "peak_bank_rows": int(len(head.arrays["peak_bank"])),
+                    "fit_s": time.time() - t0,
+                    "where": where_metrics(test_maps, masks, labels, thr, peaks=peaks, size=(h, w)),
+                }
+                log(f"  {key}+peak: {results['runs'][f'{key}+peak']}")
             if ratio == 0.01 and (head_for_cost is None or name == "finetuned"):
-                head_for_cost = (
-                    ins,
-                    AnomalyModel(
-                        bank=bank,
-                        threshold=thr,
-                        map_size=list(test_maps.shape[1:]),
-                        smooth=args.smooth,
-                        indices=list(args.layers),
-                    ),
-                )  # noqa: E501
+                head_for_cost = (ins, head)
         if args.candidates:
             fa = {k: forward_all(ins, v, args.layers) for k, v in imgs.items()}
             clf = name == "finetuned"
@@ -576,6 +719,7 @@ def neu_loco(args, log) -> dict:
     test_items = data.test[::2] if args.quick else data.test
     test_imgs = load_images([p for p, _ in test_items], size, size, 8)
     test_cls = np.array([c for _, c in test_items])
+    masks = [neu_box_mask(p) for p, _ in test_items]
     lab_f, _ = extract_patches(ins, lab_imgs, args.layers)
     test_f, _ = extract_patches(ins, test_imgs, args.layers)
     lab_p, test_p = pooled(ins, lab_imgs), pooled(ins, test_imgs)
@@ -602,17 +746,34 @@ def neu_loco(args, log) -> dict:
             fit_f = np.concatenate([fit_f, unl_f[keep]])
             added = {"fit_unlabeled": int(keep.sum()),
                      "of_held_out_class": int((keep & (unl_cls == held)).sum())}  # fmt: skip
-        _, maps = patchcore(fit_f, test_f, 0.01, args.min_bank, args.smooth)
+        bank, maps = patchcore(fit_f, test_f, 0.01, args.min_bank, args.smooth)
         novel = (test_cls == held).astype(int)
         folds[cname] = {
             **added,
             "patchcore": roc_auc(maps.reshape(len(test_f), -1).max(1), novel),
             "knn_penultimate": roc_auc(knn_pooled(lab_p[known], test_p), novel),
         }
+        # Where: the held-out (novel) class's test images, inside their defect boxes
+        t = np.flatnonzero(novel)
+        boxes = [masks[i] for i in t]
+        ones = np.ones(len(t), int)
+        folds[cname]["pointing_map"] = where_metrics(maps[t], boxes, ones, 0.0)
+        if args.peak_window:
+            head = AnomalyModel(bank=bank, threshold=0.0, map_size=list(maps.shape[1:]),
+                                smooth=args.smooth, indices=list(args.layers))  # fmt: skip
+            head = with_peak(ins, head, lab_imgs[known], args.peak_window)
+            peaks = peaks_of(ins, head, test_imgs[t])
+            folds[cname]["pointing_peak"] = where_metrics(
+                maps[t], boxes, ones, 0.0, peaks=peaks, size=(size, size)
+            )
         log(f"  neu held out {cname}: {folds[cname]}")
     mean = {
         m: float(np.mean([f[m] for f in folds.values()])) for m in ("patchcore", "knn_penultimate")
     }
+    for k in ("pointing_map", "pointing_peak"):
+        for m in ("pointing", "pointing_16px"):
+            if k in folds[data.classes[0]]:
+                mean[f"{k}/{m}"] = float(np.mean([f[k][m] for f in folds.values()]))
     return {"k": args.neu_k, "unlabeled_per_class": args.neu_unlabeled, "test": len(test_items),
             "folds": folds, "mean": mean, "smooth": args.smooth, "min_bank": args.min_bank,
             "layers": args.layers}  # fmt: skip
@@ -781,6 +942,14 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=list(FEATURE_INDICES),
         help="backbone stages of the patch features (the product: 2 3, strides 8 and 16)",
+    )
+    ap.add_argument(
+        "--peak-window",
+        type=int,
+        default=DEFAULT_PEAK_WINDOW,
+        metavar="N",
+        help="the coarse-to-fine peak's window in patches (fit-anomaly --peak-window; the "
+        f"product's default: {DEFAULT_PEAK_WINDOW}, none); pointing of the peak, and its cost",
     )
     ap.add_argument("--neu", action="store_true", help="also NEU-DET leave-one-class-out")
     ap.add_argument("--neu-k", type=int, default=10)

@@ -51,7 +51,8 @@ from defectssft_line.novelty import ON_NOVEL_CHOICES, NoveltyRule
 BANK_FILE = "anomaly.npz"
 META_FILE = "anomaly.json"
 ANOMALY_FORMAT = "defectssft-anomaly"
-ANOMALY_FORMAT_VERSION = 3  # 2: the ``smooth`` key (none: unsmoothed); 3: ``scores``, ``norms``
+ANOMALY_FORMAT_VERSION = 4  # 2: the ``smooth`` key (none: unsmoothed); 3: ``scores``, ``norms``;
+# 4: ``peak`` (the coarse-to-fine peak, with ``peak_bank`` in the npz; none: no peak output)
 # The novelty scores a head can combine (each normalised on the held-out parts, the maximum):
 # the patch bank on good parts (PatchCore), kNN on the pooled penultimate features (cosine),
 # class-conditional Mahalanobis on them (a shared covariance), the classifier's energy.
@@ -71,7 +72,17 @@ CONFIDENT_OK = 0.05  # an unlabeled image joins the fit when its defect score is
 MIN_HELD_OUT = 5
 MAX_FIT_PATCHES = 200_000  # patches the coreset is chosen from (a random subset beyond)
 DEFAULT_MAX_SCORED = 5000  # unlabeled images scored for the app's "novel" filter
-OUTPUT_NAMES = ("probs", "logits", "defect_score", "anomaly_score", "anomaly_map")
+OUTPUT_NAMES = ("probs", "logits", "defect_score", "anomaly_score", "anomaly_map", "anomaly_peak")
+# The peak's coarse-to-fine refinement (``PeakHead``): finer backbone stages (stride 4), a
+# window of ``PEAK_WINDOW`` coarse patches around the coarse map's maximum, at most this many
+# random patches of each fit image for its bank (the bank a coreset of them, as the coarse one).
+# Off by default (``DEFAULT_PEAK_WINDOW``): on the suite it did not point better by more than
+# the noise of 20 parts, and it costs (BENCHMARKS.md, "Open set"); ``--peak-window 3`` fits it.
+PEAK_INDICES = (1, 2)
+PEAK_WINDOW = 3
+DEFAULT_PEAK_WINDOW = 0
+MAX_PEAK_WINDOW = 9
+PEAK_PATCHES_PER_IMAGE = 512
 
 
 class AnomalyError(DefectssftError):
@@ -150,6 +161,103 @@ class AnomalyHead(nn.Module):
         return amap.flatten(1).max(dim=1).values, amap
 
 
+class PeakHead(nn.Module):
+    """Where the coarse map points, refined: coarse map [N, h, w] + finer patch features
+    [N, D, H, W] -> the peak (x, y) in input pixels [N, 2].
+
+    Around the coarse map's maximum (ArgMax), a window of ``window`` x ``window`` coarse patches
+    on the fine grid (moved inside the grid at its edges) is gathered (GatherElements), each of
+    its fine patches' distance to the nearest row of a bank of good parts' fine features taken
+    (the coarse head's Gemm + ReduceMin, on the window only) and smoothed as the coarse map
+    (``smooth`` fine cells, edge-padded window), and the maximum placed within its cell by a
+    parabola through its neighbours (sub-cell: a crack is thinner than a patch).
+    Pure ONNX ops; the sizes are fixed at construction (the graph's input size is fixed)."""
+
+    def __init__(
+        self,
+        bank: torch.Tensor | np.ndarray,
+        coarse_size: Sequence[int],
+        fine_size: Sequence[int],
+        input_size: Sequence[int],
+        window: int = PEAK_WINDOW,
+        smooth: float = DEFAULT_SMOOTH,
+    ) -> None:
+        super().__init__()
+        taps = torch.as_tensor(gaussian_taps(smooth))
+        self.radius = (len(taps) - 1) // 2
+        self.register_buffer("taps_x", taps.view(1, 1, 1, -1))
+        self.register_buffer("taps_y", taps.view(1, 1, -1, 1))
+        (h, w), (gh, gw), (ih, iw) = (tuple(int(v) for v in s) for s in
+                                      (coarse_size, fine_size, input_size))  # fmt: skip
+        self.coarse = (h, w)
+        self.fine = (gh, gw)
+        self.cell = (ih / gh, iw / gw)  # input pixels per fine patch (y, x)
+        self.k = (min(gh, max(1, round(window * gh / h))), min(gw, max(1, round(window * gw / w))))
+        oy, ox = torch.meshgrid(torch.arange(self.k[0]), torch.arange(self.k[1]), indexing="ij")
+        self.register_buffer("off", (oy * gw + ox).reshape(1, -1))
+        bank64 = np.asarray(bank, dtype=np.float64)
+        centre = bank64.mean(axis=0)
+        bank = torch.as_tensor((bank64 - centre).astype(np.float32))
+        self.register_buffer("centre", torch.as_tensor(centre.astype(np.float32)).view(1, 1, -1))
+        self.register_buffer("bank_t_m2", (-2.0 * bank).t().contiguous())
+        self.register_buffer("bank_sq", (bank * bank).sum(dim=1))
+
+    def window_start(self, amap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's top-left fine cell (y, x) [N] each, for coarse maps [N, h, w]."""
+        (h, w), (gh, gw), (k0, k1) = self.coarse, self.fine, self.k
+        idx = amap.flatten(1).argmax(dim=1)
+        cy = torch.div(idx, w, rounding_mode="floor")
+        cx = idx - cy * w
+        # the fine cell under the coarse cell's centre, the window centred on it
+        fy = torch.div((2 * cy + 1) * gh, 2 * h, rounding_mode="floor") - k0 // 2
+        fx = torch.div((2 * cx + 1) * gw, 2 * w, rounding_mode="floor") - k1 // 2
+        return fy.clamp(0, gh - k0), fx.clamp(0, gw - k1)
+
+    def window_distances(self, fine: torch.Tensor, sy: torch.Tensor, sx: torch.Tensor):
+        """Each window patch's nearest-bank distance [N, k0, k1]."""
+        n, d = fine.shape[:2]
+        flat = (sy * self.fine[1] + sx).unsqueeze(1) + self.off  # [N, k0 * k1]
+        g = fine.flatten(2).gather(2, flat.unsqueeze(1).expand(n, d, flat.shape[1]))
+        f = g.transpose(1, 2) - self.centre  # [N, k0 * k1, D]
+        d2 = (f * f).sum(dim=2) + (f @ self.bank_t_m2 + self.bank_sq).min(dim=2).values
+        win = d2.clamp_min(0.0).sqrt().reshape(n, 1, self.k[0], self.k[1])
+        if self.radius:
+            r = self.radius
+            win = F.pad(win, (r, r, r, r), mode="replicate")
+            win = F.conv2d(F.conv2d(win, self.taps_x), self.taps_y)
+        return win.squeeze(1)
+
+    @staticmethod
+    def _vertex(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, inside: torch.Tensor):
+        """The parabola through (-1, a), (0, b), (1, c): its vertex in [-0.5, 0.5] (0 where
+        the maximum is at the window's edge or the three are not a peak)."""
+        den = a - 2 * b + c
+        ok = inside & (den < 0)
+        off = 0.5 * (a - c) / torch.where(ok, den, torch.ones_like(den))
+        return torch.where(ok, off.clamp(-0.5, 0.5), torch.zeros_like(off))
+
+    def forward(self, amap: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        sy, sx = self.window_start(amap)
+        win = self.window_distances(fine.float(), sy, sx)
+        k0, k1 = self.k
+        j = win.flatten(1).argmax(dim=1)
+        jy = torch.div(j, k1, rounding_mode="floor")
+        jx = j - jy * k1
+        flat = win.flatten(1)
+
+        def at(dy: int, dx: int) -> torch.Tensor:
+            y = (jy + dy).clamp(0, k0 - 1)
+            x = (jx + dx).clamp(0, k1 - 1)
+            return flat.gather(1, (y * k1 + x).unsqueeze(1)).squeeze(1)
+
+        peak = at(0, 0)
+        oy = self._vertex(at(-1, 0), peak, at(1, 0), (jy > 0) & (jy < k0 - 1))
+        ox = self._vertex(at(0, -1), peak, at(0, 1), (jx > 0) & (jx < k1 - 1))
+        y = ((sy + jy).float() + 0.5 + oy) * self.cell[0]
+        x = ((sx + jx).float() + 0.5 + ox) * self.cell[1]
+        return torch.stack([x, y], dim=1)
+
+
 class ScoreHead(nn.Module):
     """The novelty score of a head: its ``scores`` (``SCORES``), each as ``(s - offset) / scale``
     (``norms``; none: raw), combined by their maximum; the patch map in the same units.
@@ -221,24 +329,38 @@ class ScoreHead(nn.Module):
 class AnomalyInspectionModel(nn.Module):
     """The classifier (``InspectionModel``) plus the anomaly head, in one pass of the backbone.
 
-    Outputs ``OUTPUT_NAMES``; probs/logits/defect_score are the classifier's (a test checks they
-    equal ``InspectionModel``'s)."""
+    Outputs ``OUTPUT_NAMES`` (``anomaly_peak`` for a head with a ``PeakHead``, from the stages
+    ``peak_indices``); probs/logits/defect_score are the classifier's (a test checks they equal
+    ``InspectionModel``'s)."""
 
     output_names = OUTPUT_NAMES
 
-    def __init__(self, inspection: nn.Module, head: ScoreHead, indices: Sequence[int]) -> None:
+    def __init__(
+        self,
+        inspection: nn.Module,
+        head: ScoreHead,
+        indices: Sequence[int],
+        peak: PeakHead | None = None,
+        peak_indices: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         self.inspection = inspection
         self.anomaly_head = head  # its ONNX nodes are named /anomaly_head/... (int8_excluded)
         self.indices = tuple(int(i) for i in indices)
+        self.peak_indices = tuple(int(i) for i in peak_indices)
         self.with_map = True
+        self.anomaly_peak = peak  # its ONNX nodes: /anomaly_peak/... (int8_excluded)
+        self.with_peak = peak is not None
         self.threshold = 0.0
 
     def forward(self, image: torch.Tensor):
         ins = self.inspection
         bb = ins.backbone
         head = self.anomaly_head
-        final, inter = _intermediates(bb, ins.normalise(image), self.indices)
+        peak = self.with_map and self.with_peak and self.anomaly_peak is not None
+        wanted = sorted(set(self.indices) | (set(self.peak_indices) if peak else set()))
+        final, maps = _intermediates(bb, ins.normalise(image), wanted)
+        inter = [maps[wanted.index(i)] for i in self.indices]
         pooled = None
         if head.needs_pooled:  # the same math as forward_head, the pooled features kept
             pooled = bb.forward_head(final, pre_logits=True)
@@ -250,7 +372,10 @@ class AnomalyInspectionModel(nn.Module):
         a_score, a_map = head(feats, pooled, logits)
         if not self.with_map or a_map is None:
             return probs, logits, score, a_score
-        return probs, logits, score, a_score, a_map
+        if not peak:
+            return probs, logits, score, a_score, a_map
+        fine = patch_features([maps[wanted.index(i)] for i in self.peak_indices])
+        return probs, logits, score, a_score, a_map, self.anomaly_peak(a_map, fine)
 
 
 @torch.inference_mode()
@@ -281,16 +406,24 @@ class Features:
     pooled: np.ndarray
     logits: np.ndarray
     defect: np.ndarray
+    fine: np.ndarray | None = None  # [N, P, D2]: P random fine patches of each image (the peak)
+    fine_grid: tuple[int, ...] = ()  # [H, W] of the fine features
 
     def take(self, keep: np.ndarray) -> Features:
         p = None if self.patches is None else self.patches[keep]
-        return Features(p, self.pooled[keep], self.logits[keep], self.defect[keep])
+        fine = None if self.fine is None else self.fine[keep]
+        return Features(p, self.pooled[keep], self.logits[keep], self.defect[keep], fine,
+                        self.fine_grid)  # fmt: skip
 
     @staticmethod
     def cat(parts: Sequence[Features]) -> Features:
         p = None if parts[0].patches is None else np.concatenate([f.patches for f in parts])
+        fine = None
+        if all(f.fine is not None for f in parts):
+            fine = np.concatenate([f.fine for f in parts])
         return Features(p, *(np.concatenate([getattr(f, k) for f in parts])
-                             for k in ("pooled", "logits", "defect")))  # fmt: skip
+                             for k in ("pooled", "logits", "defect")), fine,
+                        parts[0].fine_grid)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.pooled)
@@ -303,13 +436,27 @@ def extract_features(
     indices: Sequence[int] = FEATURE_INDICES,
     patches: bool = True,
     batch_size: int = 16,
+    peak_indices: Sequence[int] = (),
+    seed: int = 0,
 ) -> Features:
-    """One backbone pass over uint8 NHWC images: ``Features``."""
+    """One backbone pass over uint8 NHWC images: ``Features`` (with ``peak_indices``: also
+    ``PEAK_PATCHES_PER_IMAGE`` random fine patches of each image, for the peak's bank)."""
     bb = inspection.backbone
     out: dict[str, list[np.ndarray]] = {"p": [], "pooled": [], "logits": [], "defect": []}
+    wanted = sorted(set(indices) | set(peak_indices))
+    fine: list[np.ndarray] = []
+    grid: tuple[int, ...] = ()
+    rng = np.random.default_rng(seed)
     for i in range(0, len(images), batch_size):
         x = inspection.normalise(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
-        final, inter = _intermediates(bb, x, indices)
+        final, maps = _intermediates(bb, x, wanted)
+        inter = [maps[wanted.index(j)] for j in indices]
+        if peak_indices:
+            f = patch_features([maps[wanted.index(j)] for j in peak_indices])
+            grid = tuple(int(v) for v in f.shape[-2:])
+            f = f.flatten(2).transpose(1, 2).numpy()  # [n, H * W, D2]
+            k = min(PEAK_PATCHES_PER_IMAGE, f.shape[1])
+            fine += [r[np.sort(rng.permutation(len(r))[:k])] for r in f]
         pooled = bb.forward_head(final, pre_logits=True).float()
         logits = bb.get_classifier()(pooled).float()
         if patches:
@@ -321,6 +468,8 @@ def extract_features(
     return Features(
         np.concatenate(out["p"]) if patches else None,
         *(np.concatenate(out[k]) for k in ("pooled", "logits", "defect")),
+        np.stack(fine) if fine else None,
+        grid,
     )
 
 
@@ -453,7 +602,9 @@ class AnomalyModel:
     on_novel: str = "UNSURE"
     scores: list[str] = field(default_factory=lambda: ["patchcore"])
     norms: dict[str, list[float]] = field(default_factory=dict)  # score -> [offset, scale]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # knn_bank, maha_* (npz)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # knn_bank, maha_*, peak_bank
+    # The peak (``PeakHead``): {"indices", "window", "grid": [H, W], "input": [h, w]}; {}: none
+    peak: dict[str, Any] = field(default_factory=dict)
     calibrated_on: str = ""
     n_fit_images: int = 0
     n_fit_patches: int = 0
@@ -473,13 +624,19 @@ class AnomalyModel:
     def has_map(self) -> bool:
         return "patchcore" in self.scores
 
+    @property
+    def has_peak(self) -> bool:
+        """Whether the head refines its map's peak (``anomaly_peak``; heads before format 4:
+        no)."""
+        return self.has_map and bool(self.peak) and "peak_bank" in self.arrays
+
     def info(self) -> dict[str, Any]:
         d = asdict(self)
         for k in ("bank", "test", "arrays"):
             d.pop(k)
         d.update(
             format=ANOMALY_FORMAT,
-            format_version=ANOMALY_FORMAT_VERSION,
+            format_version=ANOMALY_FORMAT_VERSION if self.has_peak else 3,  # readable as before
             bank_rows=int(self.bank.shape[0]),
             bank_dim=int(self.bank.shape[1]),
             bank_mb=round(self.bank_mb, 3),
@@ -498,6 +655,8 @@ class AnomalyModel:
         }
         if self.scores != ["patchcore"]:
             meta["scores"] = list(self.scores)
+        if with_map and self.has_peak:
+            meta["peak"] = True  # the graph has anomaly_peak [N, 2] (x, y in input pixels)
         return meta
 
     def distances(self, feats: np.ndarray) -> np.ndarray:
@@ -508,7 +667,14 @@ class AnomalyModel:
         return ScoreHead(self)
 
     def wrap(self, inspection: nn.Module) -> AnomalyInspectionModel:
-        graph = AnomalyInspectionModel(inspection, self.head(), self.indices).eval()
+        peak, peak_indices = None, ()
+        if self.has_peak:
+            pk = self.peak
+            peak = PeakHead(self.arrays["peak_bank"], self.map_size, pk["grid"], pk["input"],
+                            pk["window"], self.smooth)  # fmt: skip
+            peak_indices = tuple(pk["indices"])
+        graph = AnomalyInspectionModel(inspection, self.head(), self.indices, peak, peak_indices)
+        graph = graph.eval()
         graph.threshold = float(self.threshold)
         graph.with_map = self.has_map
         return graph
@@ -548,7 +714,11 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
             raise ValueError("written by a newer defectssft")
         with np.load(model_dir / BANK_FILE, allow_pickle=False) as z:
             bank = np.asarray(z["bank"], dtype=np.float32)
-            arrays = {k: np.asarray(z[k], np.float32) for k in z.files if k in ARRAY_SHAPES}
+            arrays = {
+                k: np.asarray(z[k], np.float32)
+                for k in z.files
+                if k in ARRAY_SHAPES or k == "peak_bank"
+            }
         scores = info.get("scores", ["patchcore"])
         if (
             not isinstance(scores, list)
@@ -563,6 +733,7 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
             raise ValueError(f"bank of shape {bank.shape}")
         if bank.shape[1] != int(info.get("bank_dim", bank.shape[1])):
             raise ValueError("bank does not match its description")
+        _check_peak(info.get("peak", {}), arrays)
         smooth = info.get("smooth", 0.0)
         if (
             not isinstance(smooth, (int, float))
@@ -586,6 +757,33 @@ ARRAY_SHAPES = {
     "maha_whiten": ("mahalanobis", 2),
     "maha_means": ("mahalanobis", 2),
 }
+
+
+def _check_peak(peak: Any, arrays: dict[str, np.ndarray]) -> None:
+    if not isinstance(peak, dict):
+        raise ValueError(f"peak {peak!r} is not an object")
+    if not peak:
+        arrays.pop("peak_bank", None)
+        return
+
+    def ints(v: Any, n: int, lo: int) -> bool:
+        return (
+            isinstance(v, list)
+            and len(v) == n
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)
+        )
+
+    w, idx = peak.get("window"), peak.get("indices")
+    if not isinstance(idx, list) or not idx or not ints(idx, len(idx), 0):
+        raise ValueError(f"peak.indices {idx!r}")
+    if not (ints([w], 1, 1) and w <= MAX_PEAK_WINDOW):
+        raise ValueError(f"peak.window {w!r} (1 to {MAX_PEAK_WINDOW})")
+    for key in ("grid", "input"):
+        if not ints(peak.get(key), 2, 1):
+            raise ValueError(f"peak.{key} {peak.get(key)!r} (two sizes)")
+    b = arrays.get("peak_bank")
+    if b is None or b.ndim != 2 or b.size == 0 or not np.all(np.isfinite(b)):
+        raise ValueError("peak_bank missing or malformed for the peak")
 
 
 def _check_norms(norms: Any, scores: list[str]) -> None:
@@ -769,12 +967,14 @@ def fit_project_anomaly(
     on_novel: str = "UNSURE",
     smooth: float = DEFAULT_SMOOTH,
     scores: str | Sequence[str] | None = None,
+    peak_window: int = DEFAULT_PEAK_WINDOW,
     seed: int = 0,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> AnomalyModel:
     """Fit, calibrate and store the anomaly head of a version (default: production, else newest).
 
-    ``scores``: which novelty scores the head combines (``parse_scores``; None: by project)."""
+    ``scores``: which novelty scores the head combines (``parse_scores``; None: by project).
+    ``peak_window``: the peak's refinement window in coarse patches (``PeakHead``; 0: none)."""
     from defectssft.inspection import load_images, load_inspection
 
     if on_novel not in ON_NOVEL_CHOICES:
@@ -783,6 +983,10 @@ def fit_project_anomaly(
         raise AnomalyError(f"the bank budget must be > 0 MB, got {bank_mb}")
     if not 0 <= smooth <= MAX_SMOOTH:
         raise AnomalyError(f"the map's smoothing must be 0 to {MAX_SMOOTH:g} patches, got {smooth}")
+    if not 0 <= peak_window <= MAX_PEAK_WINDOW:
+        raise AnomalyError(
+            f"the peak's window must be 0 to {MAX_PEAK_WINDOW} patches, got {peak_window}"
+        )
     record = project.get_model(version)
     model_dir = Path(record["path"])
     inspection, spec = load_inspection(model_dir / "model.pt")
@@ -795,18 +999,22 @@ def fit_project_anomaly(
             "with the classifier alone"
         )
     want_patches = "patchcore" in names
+    peak_indices = PEAK_INDICES if want_patches and peak_window else ()
     try:
         load = lambda paths: load_images(paths, h, w, depth, roi)  # noqa: E731
 
-        def features(paths: list[Path]) -> Features:
-            return extract_features(inspection, load(paths), patches=want_patches)
+        def features(paths: list[Path], peak: Sequence[int] = ()) -> Features:
+            images = load(paths)
+            return extract_features(
+                inspection, images, patches=want_patches, peak_indices=peak, seed=seed
+            )
 
         parts = []
         if plan.fit:
-            parts.append((features(plan.fit), np.asarray(plan.fit_classes, int)))
+            parts.append((features(plan.fit, peak_indices), np.asarray(plan.fit_classes, int)))
         n_unl = 0
         if plan.unlabeled_candidates:
-            fu = features(plan.unlabeled_candidates)
+            fu = features(plan.unlabeled_candidates, peak_indices)
             # With an OK class: the confident OK calls; without one, the confident calls of any
             # known class (the defect score is then 1 - the top probability), with that class.
             keep = fu.defect < CONFIDENT_OK
@@ -857,6 +1065,18 @@ def fit_project_anomaly(
             say(f"anomaly bank: {note}")
         bank = patches[greedy_coreset(patches, rows, seed)].astype(np.float32)
     arrays: dict[str, np.ndarray] = {}
+    peak: dict[str, Any] = {}
+    left_mb = bank_mb - bank.nbytes / 1e6  # the peak's bank takes what the coarse one left
+    if peak_indices and feats.fine is not None and left_mb * 1e6 < 4 * 64 * feats.fine.shape[-1]:
+        say(f"anomaly peak: not refined (the {bank_mb:g} MB budget is taken by the patch bank)")
+    elif peak_indices and feats.fine is not None:
+        fine = feats.fine.reshape(-1, feats.fine.shape[-1])
+        if len(fine) > MAX_FIT_PATCHES:
+            fine = fine[np.sort(rng.permutation(len(fine))[:MAX_FIT_PATCHES])]
+        rows = bank_rows(len(fine), fine.shape[1], left_mb, coreset_ratio, min_bank)
+        arrays["peak_bank"] = fine[greedy_coreset(fine, rows, seed)].astype(np.float32)
+        peak = {"indices": list(peak_indices), "window": int(peak_window),
+                "grid": list(feats.fine_grid), "input": [int(h), int(w)]}  # fmt: skip
     if "knn" in names:
         arrays["knn_bank"] = feats.pooled.astype(np.float32)
     if "mahalanobis" in names:
@@ -869,6 +1089,7 @@ def fit_project_anomaly(
         on_novel=on_novel,
         scores=names,
         arrays=arrays,
+        peak=peak,
         calibrated_on=calibrated_on,
         n_fit_images=int(n_img),
         n_fit_patches=int(n_patches),
@@ -922,29 +1143,40 @@ def export_graph(
     metadata["anomaly"] = anomaly.onnx_metadata(with_map)
     graph = anomaly.wrap(inspection)
     graph.with_map = with_map
-    graph.output_names = OUTPUT_NAMES if with_map else OUTPUT_NAMES[:4]
+    graph.with_peak = with_map and anomaly.has_peak
+    graph.output_names = OUTPUT_NAMES[: 4 + with_map + graph.with_peak]
     return graph
+
+
+HEAD_SCOPES = ("/anomaly_head/", "/anomaly_peak/")  # the head's ONNX node names begin so
 
 
 def int8_excluded(model) -> list[str]:
     """The anomaly head's ONNX nodes, kept in float by the INT8 export: quantizing its Adds and
     smoothing convolutions puts Quantize/Dequantize pairs on the [patches, bank] distance matrix,
-    which costs time and moves the score (BENCHMARKS.md, "Open set")."""
-    return [n.name for n in model.graph.node if n.name.startswith("/anomaly_head/")]
+    which costs time and moves the score (BENCHMARKS.md, "Open set"). The classifier's path to
+    the logits that the energy reads stays as the export quantizes it: keeping its last
+    convolution and pooling in float too did not move the score less (measured there)."""
+    return [n.name for n in model.graph.node if n.name.startswith(HEAD_SCOPES)]
+
+
+def torch_outputs(
+    graph: AnomalyInspectionModel, images: np.ndarray, batch_size: int = 16
+) -> list[np.ndarray]:
+    """The torch graph's anomaly outputs on uint8 NHWC images: [scores [N]] + [maps [N, h, w]]
+    (with the map) + [peaks [N, 2]] (with the peak), as the exported graph's."""
+    got: list[list[np.ndarray]] = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            out = graph(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+            got.append([o.numpy() for o in out[3:]])
+    return [np.concatenate(parts) for parts in zip(*got, strict=True)]
 
 
 def torch_anomaly(graph: AnomalyInspectionModel, images: np.ndarray, batch_size: int = 16):
     """(anomaly scores [N], maps [N, h, w]) of the torch graph on uint8 NHWC images."""
-    scores, maps = [], []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            out = graph(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
-            scores.append(out[3].numpy())
-            if len(out) > 4:
-                maps.append(out[4].numpy())
-    if not maps:
-        return np.concatenate(scores), None
-    return np.concatenate(scores), np.concatenate(maps)
+    out = torch_outputs(graph, images, batch_size)
+    return out[0], (out[1] if len(out) > 1 else None)
 
 
 def check_export(
@@ -955,7 +1187,8 @@ def check_export(
     from defectssft.export import ExportError, ort_session
 
     names = list(graph.output_names[3:])
-    ref_scores, ref_maps = torch_anomaly(graph, images)
+    ref = torch_outputs(graph, images) if len(images) else [np.zeros(0, np.float32)]
+    ref_scores, ref_maps = ref[0], (ref[1] if len(ref) > 1 else None)
     session = ort_session(path)
     got = [session.run(names, {"image": images[i : i + 16]}) for i in range(0, len(images), 16)]
     scores = np.concatenate([g[0] for g in got]) if got else np.zeros(0, np.float32)
@@ -971,6 +1204,14 @@ def check_export(
                 f"exported anomaly_map has shape {amaps.shape}, torch {ref_maps.shape}"
             )
         diff = max(diff, float(np.max(np.abs(amaps - ref_maps))) / scale)
+    peak_agreement = None
+    if "anomaly_peak" in names and len(images):
+        peaks = np.concatenate([g[2] for g in got])
+        if peaks.shape != (len(images), 2) or not np.all(np.isfinite(peaks)):
+            raise ExportError(f"the exported {precision} graph's anomaly_peak is malformed")
+        # the peak is an argmax: a near tie may move it by a cell (more after INT8); said
+        cell = max(graph.anomaly_peak.cell)
+        peak_agreement = float(np.mean(np.max(np.abs(peaks - ref[2]), axis=1) <= cell))
     bound = MAX_SCORE_DIFF[precision]
     if diff > bound:
         raise ExportError(
@@ -981,7 +1222,8 @@ def check_export(
     rule, pairs = NoveltyRule(thr), zip(scores, ref_scores, strict=True)
     agree = [rule.is_novel(a) == rule.is_novel(b) for a, b in pairs]
     same = float(np.mean(agree)) if agree else 1.0
-    return {"max_rel_diff": diff, "novel_agreement": same, "threshold": thr, "map": len(names) > 1}
+    return {"max_rel_diff": diff, "novel_agreement": same, "threshold": thr, "map": len(names) > 1,
+            "peak_agreement": peak_agreement}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the app's map
@@ -989,11 +1231,13 @@ def check_export(
 
 @dataclass
 class AnomalyView:
-    """One image's anomaly score and its map as the app draws it (``novelty.heat_weights``)."""
+    """One image's anomaly score and its map as the app draws it (``novelty.heat_weights``,
+    with a ring at the refined peak: ``novelty.mark_peak``)."""
 
     score: float
     threshold: float
     heat: np.ndarray  # HxW in [0, 1] at the image's own size, zero where the map is low
+    peak: tuple[float, float] | None = None  # the refined peak (x, y) in the image's pixels
 
 
 def anomaly_view(
@@ -1002,7 +1246,7 @@ def anomaly_view(
     """The anomaly map of ``image_path`` under the version in ``model_dir`` (torch; call from a
     worker thread). AnomalyError when the version has no head (fit one with fit-anomaly)."""
     from defectssft.inspection import load_inspection
-    from defectssft_line.novelty import heat_weights
+    from defectssft_line.novelty import heat_weights, mark_peak
     from defectssft_line.preprocess import read_image, resize, to_rgb8
 
     model_dir = Path(model_dir)
@@ -1015,9 +1259,15 @@ def anomaly_view(
     inspection, spec = load_inspection(model_dir / "model.pt", default_bit_depth=bit_depth)
     raw = read_image(image_path)
     rgb = resize(to_rgb8(raw, spec.input.bit_depth), spec.input.height, spec.input.width)
-    score, maps = head.score_images(inspection, rgb[None])
-    if maps is None:  # a head of feature scores only: no map to draw
+    out = torch_outputs(head.wrap(inspection), rgb[None])
+    score, peak = out[0], None
+    if len(out) < 2:  # a head of feature scores only: no map to draw
         heat = np.zeros(raw.shape[:2], np.float32)
     else:
-        heat = heat_weights(maps[0], head.threshold, raw.shape[0], raw.shape[1])
-    return AnomalyView(float(score[0]), float(head.threshold), heat)
+        heat = heat_weights(out[1][0], head.threshold, raw.shape[0], raw.shape[1])
+    if len(out) > 2:
+        size = (spec.input.height, spec.input.width)
+        heat = mark_peak(heat, out[2][0], size, out[1][0], head.threshold)
+        peak = (float(out[2][0][0]) * raw.shape[1] / size[1],
+                float(out[2][0][1]) * raw.shape[0] / size[0])  # fmt: skip
+    return AnomalyView(float(score[0]), float(head.threshold), heat, peak)

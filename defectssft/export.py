@@ -88,6 +88,8 @@ class ExportResult:
                 f"; anomaly head: max |dscore| {self.anomaly['max_rel_diff']:.1e} of its "
                 f"threshold, novel agreement {self.anomaly['novel_agreement']:.1%}"
             )
+            if self.anomaly.get("peak_agreement") is not None:  # the refined peak's argmax
+                line += f", peak within a cell of torch's {self.anomaly['peak_agreement']:.0%}"
         return line
 
 

@@ -37,7 +37,7 @@ def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("anomaly")
     project = make_project(root)
     version = add_model(project)
-    model = fit_project_anomaly(project, version)
+    model = fit_project_anomaly(project, version, peak_window=3)  # with the refined peak
     return project, version, model
 
 
@@ -111,10 +111,12 @@ def test_combined_graph_keeps_the_classifier_outputs(fitted):
     x = torch.from_numpy(random_images(4))
     with torch.inference_mode():
         p0, l0, s0 = ins(x)
-        p1, l1, s1, a, amap = graph(x)
+        p1, l1, s1, a, amap, peak = graph(x)
     assert torch.equal(p0, p1) and torch.equal(l0, l1) and torch.equal(s0, s1)
     assert a.shape == (4,) and amap.shape == (4, SIZE // 8, SIZE // 8)
     assert torch.allclose(a, amap.flatten(1).max(1).values)
+    assert peak.shape == (4, 2)  # (x, y) in input pixels, inside the image
+    assert bool(((peak >= 0) & (peak <= SIZE)).all())
 
 
 def test_an_unlike_image_scores_above_the_threshold(fitted):
@@ -142,9 +144,13 @@ def test_export_with_the_head_matches_torch(tmp_path, fitted):
     assert meta["anomaly"]["on_novel"] == "UNSURE" and meta["anomaly"]["map"] == model.map_size
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    assert names == ["probs", "logits", "defect_score", "anomaly_score", "anomaly_map"]
-    _, _, _, a, amap = sess.run(None, {"image": random_images(3)})
-    assert a.shape == (3,) and amap.shape == (3, *model.map_size)
+    assert names == [
+        "probs", "logits", "defect_score", "anomaly_score", "anomaly_map", "anomaly_peak"
+    ]  # fmt: skip
+    assert meta["anomaly"]["peak"] is True
+    _, _, _, a, amap, peak = sess.run(None, {"image": random_images(3)})
+    assert a.shape == (3,) and amap.shape == (3, *model.map_size) and peak.shape == (3, 2)
+    assert res.anomaly["peak_agreement"] == 1.0 and "peak within a cell" in res.summary()
 
 
 def test_export_no_map_and_no_anomaly(tmp_path, fitted):
@@ -153,8 +159,9 @@ def test_export_no_map_and_no_anomaly(tmp_path, fitted):
     project, version, _ = fitted
     res = export_project_model(project, version, out=tmp_path / "a.onnx", anomaly_map=False)
     sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score"]
+    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score"]  # no map: no peak
     assert read_metadata(res.path)["anomaly"]["map"] is None
+    assert "peak" not in read_metadata(res.path)["anomaly"]
     res = export_project_model(project, version, out=tmp_path / "b.onnx", anomaly=False)
     sess = ort.InferenceSession(res.path, providers=["CPUExecutionProvider"])
     assert len(sess.get_outputs()) == 3 and "anomaly" not in read_metadata(res.path)
@@ -368,7 +375,7 @@ def test_fit_smooths_by_default_and_old_heads_stay_unsmoothed(tmp_path, fitted):
     assert model.smooth == DEFAULT_SMOOTH > 0
     model.save(tmp_path)
     info = json.loads((tmp_path / META_FILE).read_text())
-    assert info["smooth"] == DEFAULT_SMOOTH and info["format_version"] == 3
+    assert info["smooth"] == DEFAULT_SMOOTH and info["format_version"] == 4
     assert info["scores"] == ["patchcore"] and info["norms"] == {}
     for key in ("smooth", "scores", "norms"):  # a head fitted before smoothing existed
         info.pop(key)
@@ -611,3 +618,172 @@ def test_without_an_ok_class_the_head_is_bank_and_energy_fit_on_labels_only(tmp_
         save_model_file(f2 / "model.pt", make_tiny(), {**tiny_meta(v2), "ok_class": None})
         empty.register_model(v2, {k: v for k, v in meta.items() if k != "thresholds"}, {})
         fit_project_anomaly(empty, v2)
+
+
+# --------------------------------------------------------------------------- the refined peak
+
+
+def _peak_head(window: int = 3, smooth: float = 0.0):
+    """A PeakHead on a 4 x 4 coarse map, an 8 x 8 fine grid of 32 x 32 input pixels (4 px per
+    fine cell), with a bank of one zero feature (distance = the feature's norm)."""
+    from defectssft.anomaly import PeakHead
+
+    return PeakHead(np.zeros((1, 2), np.float32), (4, 4), (8, 8), (32, 32), window, smooth)
+
+
+def _spike(y: int, x: int, value: float = 5.0, at: tuple | None = None) -> torch.Tensor:
+    fine = torch.zeros(1, 2, 8, 8)
+    fine[0, 0, y, x] = value
+    if at is not None:  # a second, weaker spike
+        fine[0, 0, at[0], at[1]] = value / 2
+    return fine
+
+
+def test_peak_lands_on_the_fine_maximum_inside_the_window():
+    head = _peak_head()
+    amap = torch.zeros(1, 4, 4)
+    amap[0, 1, 2] = 1.0  # coarse cell (1, 2): fine rows 2-3, cols 4-5; window rows 0-5, cols 2-7
+    with torch.inference_mode():
+        peak = head(amap, _spike(3, 6))[0]
+        # a stronger spike outside the window is not seen
+        far = _spike(3, 6, at=(7, 0))
+        far[0, 0, 7, 0] = 50.0
+        peak_far = head(amap, far)[0]
+    # cell (3, 6) -> centre x = 6.5 * 4, y = 3.5 * 4; an isolated spike: no sub-cell shift
+    assert peak.tolist() == [26.0, 14.0]
+    assert peak_far.tolist() == [26.0, 14.0]
+
+
+@pytest.mark.parametrize(("cy", "cx", "fy", "fx"), [(0, 0, 0, 0), (3, 3, 7, 7), (0, 3, 0, 7)])
+def test_window_at_the_maps_edge_stays_inside_the_grid(cy, cx, fy, fx):
+    head = _peak_head()
+    amap = torch.zeros(2, 4, 4)
+    amap[:, cy, cx] = 1.0
+    with torch.inference_mode():
+        sy, sx = head.window_start(amap)
+        peak = head(amap, _spike(fy, fx).expand(2, -1, -1, -1))
+    assert 0 <= int(sy[0]) <= 8 - head.k[0] and 0 <= int(sx[0]) <= 8 - head.k[1]
+    assert peak[0].tolist() == [(fx + 0.5) * 4, (fy + 0.5) * 4] == peak[1].tolist()
+
+
+def test_peak_between_cells_moves_toward_the_stronger_neighbour():
+    head = _peak_head()
+    amap = torch.zeros(1, 4, 4)
+    amap[0, 1, 1] = 1.0
+    fine = _spike(3, 3)
+    fine[0, 0, 3, 4] = 4.0  # almost as strong to the right: the vertex lies right of cell 3
+    with torch.inference_mode():
+        x, y = head(amap, fine)[0].tolist()
+    assert 3.5 * 4 < x < 4.0 * 4 and y == 3.5 * 4
+
+
+def test_window_as_large_as_the_grid_and_smoothing_run():
+    head = _peak_head(window=9, smooth=1.0)  # clipped to the 8 x 8 grid
+    assert head.k == (8, 8)
+    amap = torch.zeros(1, 4, 4)
+    amap[0, 2, 2] = 1.0
+    with torch.inference_mode():
+        x, y = head(amap, _spike(6, 1))[0].tolist()
+    assert abs(x - 1.5 * 4) <= 2 and abs(y - 6.5 * 4) <= 2
+
+
+def test_head_without_peak_exports_without_the_output(tmp_path, fitted):
+    """A head fitted before the peak (format 3: no ``peak``) exports and loads as before."""
+    from dataclasses import replace
+
+    import onnxruntime as ort
+
+    _, _, model = fitted
+    old = replace(model, peak={}, arrays={})
+    old.save(tmp_path)
+    info = json.loads((tmp_path / META_FILE).read_text())
+    info.pop("peak")
+    info["format_version"] = 3
+    (tmp_path / META_FILE).write_text(json.dumps(info))
+    again = load_anomaly(tmp_path)
+    assert again is not None and not again.has_peak
+    out = tmp_path / "m.onnx"
+    export_onnx(make_tiny(), tiny_meta("v0001"), out, check_images=random_images(3), anomaly=again)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()][3:] == ["anomaly_score", "anomaly_map"]
+    assert "peak" not in read_metadata(out)["anomaly"]
+
+
+@pytest.mark.parametrize(
+    ("peak", "arrays", "says"),
+    [
+        ({"indices": [1, 2], "window": 99, "grid": [8, 8], "input": [32, 32]}, True, "window"),
+        ({"indices": [], "window": 3, "grid": [8, 8], "input": [32, 32]}, True, "indices"),
+        ({"indices": [1, 2], "window": 3, "grid": [8], "input": [32, 32]}, True, "grid"),
+        ({"indices": [1, 2], "window": 3, "grid": [8, 8], "input": [32, 32]}, False, "peak_bank"),
+        ("yes", True, "peak"),
+    ],
+)
+def test_malformed_peak_is_unreadable_in_one_line(tmp_path, fitted, peak, arrays, says):
+    _, _, model = fitted
+    model.save(tmp_path)
+    info = json.loads((tmp_path / META_FILE).read_text())
+    info["peak"] = peak
+    (tmp_path / META_FILE).write_text(json.dumps(info))
+    if not arrays:
+        with np.load(tmp_path / BANK_FILE) as z:
+            kept = {k: z[k] for k in z.files if k != "peak_bank"}
+        np.savez(tmp_path / BANK_FILE, **kept)
+    with pytest.raises(AnomalyError, match=f"unreadable anomaly head.*{says}"):
+        load_anomaly(tmp_path)
+
+
+def test_fit_without_peak_or_without_room_for_its_bank(tmp_path):
+    p = make_project(tmp_path)
+    version = add_model(p)
+    m = fit_project_anomaly(p, version)  # the default: no peak, stored as format 3
+    assert not m.has_peak and "peak_bank" not in m.arrays and m.peak == {}
+    folder = Path(p.get_model(version)["path"])
+    assert json.loads((folder / META_FILE).read_text())["format_version"] == 3
+    said: list[str] = []
+    tight = fit_project_anomaly(
+        p, version, bank_mb=m.bank_mb + 1e-4, peak_window=3, say=said.append
+    )
+    assert not tight.has_peak and any("peak: not refined" in s for s in said)
+    with pytest.raises(AnomalyError, match="peak's window"):
+        fit_project_anomaly(p, version, peak_window=12)
+
+
+def test_fit_anomaly_cli_peak_window_flag(tmp_path, capsys):
+    p = make_project(tmp_path)
+    version = add_model(p)
+    with pytest.raises(SystemExit):
+        main(["fit-anomaly", str(p.root), "--peak-window", "12"])
+    assert "between 0 and 9" in capsys.readouterr().err
+    assert main(["fit-anomaly", str(p.root), "--model", version, "--peak-window", "3"]) == 0
+    assert "anomaly_peak" in capsys.readouterr().out
+    assert load_anomaly(Path(p.get_model(version)["path"])).has_peak
+    assert main(["fit-anomaly", str(p.root), "--model", version]) == 0  # default: none
+    assert "anomaly_peak" not in capsys.readouterr().out
+    assert not load_anomaly(Path(p.get_model(version)["path"])).has_peak
+
+
+def test_app_view_rings_the_peak_at_the_images_own_size(tmp_path, fitted):
+    from defectssft.anomaly import anomaly_view
+
+    project, version, model = fitted
+    folder = Path(project.get_model(version)["path"])
+    img = tmp_path / "x.png"
+    odd = np.zeros((3 * SIZE, 2 * SIZE, 3), np.uint8)
+    odd[:, :, 2] = 255  # unlike the fit images: the map is drawn, so the ring is too
+    cv2.imwrite(str(img), odd)
+    view = anomaly_view(folder, img)
+    assert view.heat.shape == (3 * SIZE, 2 * SIZE) and view.peak is not None
+    x, y = view.peak
+    assert 0 <= x <= 2 * SIZE and 0 <= y <= 3 * SIZE
+    # the same head without the peak: the same heat but for the ring around (x, y)
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    info = json.loads((old / META_FILE).read_text())
+    (old / META_FILE).write_text(json.dumps({**info, "peak": {}}))
+    plain = anomaly_view(old, img)
+    assert plain.peak is None
+    ys, xs = np.nonzero(plain.heat != view.heat)
+    assert len(ys) and abs(xs.mean() - x) < 3 and abs(ys.mean() - y) < 3

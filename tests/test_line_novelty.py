@@ -27,9 +27,12 @@ from tests.helpers import fixed_onnx_model, line_metadata
 MAP = (3, 4)
 
 
-def with_anomaly_head(path: Path, anomaly: dict | None, with_map: bool = True) -> Path:
+def with_anomaly_head(
+    path: Path, anomaly: dict | None, with_map: bool = True, peak: list[float] | None = None
+) -> Path:
     """Add ``anomaly_score`` (= mean pixel / 255) and ``anomaly_map`` outputs and the metadata
-    entry ``anomaly`` to a fixed model."""
+    entry ``anomaly`` to a fixed model; with ``peak`` also ``anomaly_peak`` = ``peak`` (x, y in
+    input pixels) for every part."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -54,6 +57,24 @@ def with_anomaly_head(path: Path, anomaly: dict | None, with_map: bool = True) -
         g.output.append(
             helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", *MAP])
         )
+    if peak is not None:
+        g.node.extend(
+            [
+                helper.make_node("Reshape", ["anomaly_score", "shape_n1"], ["a_n1"]),
+                helper.make_node("Mul", ["a_n1", "c0"], ["zeros_n1"]),
+                helper.make_node("Add", ["zeros_n1", "peak_xy"], ["anomaly_peak"]),
+            ]
+        )
+        g.initializer.extend(
+            [
+                helper.make_tensor("shape_n1", TensorProto.INT64, [2], [-1, 1]),
+                helper.make_tensor("c0", TensorProto.FLOAT, [], [0.0]),
+                helper.make_tensor("peak_xy", TensorProto.FLOAT, [1, 2], list(peak)),
+            ]
+        )
+        g.output.append(
+            helper.make_tensor_value_info("anomaly_peak", TensorProto.FLOAT, ["batch", 2])
+        )
     for prop in model.metadata_props:
         if prop.key == "defectssft":
             meta = json.loads(prop.value)
@@ -65,6 +86,7 @@ def with_anomaly_head(path: Path, anomaly: dict | None, with_map: bool = True) -
 
 
 HEAD = {"threshold": 0.5, "on_novel": "UNSURE", "map": list(MAP), "method": "patchcore"}
+PEAK = [24.0, 8.0]  # x, y in the fixed model's input pixels (32 x 32)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +101,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "plain": fixed_onnx_model(d / "plain.onnx", [5.0, 0.0, 0.0]),
         "no_map": with_anomaly_head(
             fixed_onnx_model(d / "nomap.onnx", [5.0, 0.0, 0.0]), {**HEAD, "map": None}, False
+        ),
+        "peak": with_anomaly_head(
+            fixed_onnx_model(d / "peak.onnx", [5.0, 0.0, 0.0]), {**HEAD, "peak": True}, peak=PEAK
         ),
     }
 
@@ -181,6 +206,8 @@ def test_no_map_model_scores_without_maps(models, parts, tmp_path, capsys):
         ({"threshold": float("nan")}, "anomaly.threshold"),
         ({"threshold": 0.3, "on_novel": "OK"}, "anomaly.on_novel"),
         ({"threshold": 0.3, "map": [0, 4]}, "anomaly.map"),
+        ({"threshold": 0.3, "map": [3, 4], "peak": "yes"}, "anomaly.peak"),
+        ({"threshold": 0.3, "map": None, "peak": True}, "anomaly.peak needs the map"),
         ("yes", "anomaly must be an object"),
     ],
 )
@@ -227,3 +254,53 @@ def test_heat_weights_draw_only_the_high_part():
     ys, xs = np.unravel_index(np.argmax(w), w.shape)
     assert 15 <= ys <= 35 and 45 <= xs <= 65
     assert heat_weights(np.full((8, 8), 0.1, np.float32), 0.5, 80, 80).max() == 0.0
+
+
+def test_peak_model_marks_the_peak_in_the_overlay(models, parts, tmp_path, capsys):
+    maps, plain = tmp_path / "maps", tmp_path / "plain"
+    for key, folder in (("peak", maps), ("ok", plain)):
+        rc, recs, _ = run(
+            ["run", "--model", str(models[key]), "--input", str(parts), "--save-maps", str(folder)],
+            capsys,
+        )
+        assert rc == 0 and recs["bright.png"]["verdict"] == "UNSURE"
+    line = LineModel.load(models["peak"])
+    assert line.novelty.has_peak and line.novelty.output_names()[-1] == "anomaly_peak"
+    pred = line.classify([np.full((40, 50, 3), 230, np.uint8)])[0]
+    assert list(pred.anomaly_peak) == PEAK
+    # the ring is centred on the peak scaled to the image (24/32 * 50, 8/32 * 40) = (37.5, 10)
+    a = cv2.imread(str(maps / "bright.anomaly.png")).astype(int)
+    b = cv2.imread(str(plain / "bright.anomaly.png")).astype(int)
+    ys, xs = np.nonzero(np.abs(a - b).sum(axis=2) > 30)
+    assert len(ys) and abs(xs.mean() - 37.5) < 2 and abs(ys.mean() - 10) < 2
+
+
+def test_model_with_map_but_no_peak_keeps_its_outputs(models):
+    line = LineModel.load(models["ok"])  # exported before the peak: no anomaly_peak
+    assert not line.novelty.has_peak
+    assert line.novelty.output_names() == ["anomaly_score", "anomaly_map"]
+    assert line.classify([np.full((40, 50, 3), 230, np.uint8)])[0].anomaly_peak is None
+
+
+def test_declared_peak_without_its_output_is_refused(tmp_path):
+    path = with_anomaly_head(
+        fixed_onnx_model(tmp_path / "m.onnx", [5.0, 0.0, 0.0]), {**HEAD, "peak": True}
+    )
+    with pytest.raises(LineModelError, match="lacks output.*anomaly_peak"):
+        LineModel.load(path)
+
+
+def test_mark_peak_draws_a_ring_only_for_a_drawn_map_and_a_finite_peak():
+    from defectssft_line.novelty import mark_peak
+
+    amap = np.zeros((8, 8), np.float32)
+    amap[2, 5] = 1.0
+    w = heat_weights(amap, threshold=0.5, height=80, width=80)
+    ringed = mark_peak(w, (20.0, 30.0), (40, 40), amap, 0.5)  # input 40 x 40 -> image 80 x 80
+    diff = np.argwhere(ringed != w)  # (row, column): the ring's centre at x 40, y 60
+    assert len(diff) and np.allclose(diff.mean(axis=0), (60, 40), atol=1)
+    assert ringed.max() <= 1.0
+    assert mark_peak(w, (float("nan"), 3.0), (40, 40), amap, 0.5) is w
+    assert mark_peak(w, None, (40, 40), amap, 0.5) is w
+    low = np.full((8, 8), 0.1, np.float32)  # far below the threshold: nothing drawn, no ring
+    assert mark_peak(w, (40.0, 20.0), (40, 40), low, 0.5) is w

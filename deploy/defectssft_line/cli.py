@@ -125,6 +125,8 @@ class Runner:
                 pred.anomaly_map,
                 model.novelty.threshold,
                 model.bit_depth,
+                pred.anomaly_peak,
+                (model.height, model.width),
             )
         except (OSError, ValueError) as e:
             _log(f"warning: cannot save the anomaly map of {safe_text(name)}: {e}")

@@ -116,6 +116,7 @@ class Prediction:
     anomaly_score: float | None = None
     novel: bool = False
     anomaly_map: Any = field(default=None, compare=False, repr=False)
+    anomaly_peak: Any = field(default=None, compare=False, repr=False)  # [2]: x, y input px
 
 
 def decide(

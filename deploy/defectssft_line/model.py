@@ -189,12 +189,14 @@ class LineModel:
         assert rule is not None
         outs = self.session.run(["probs", "defect_score", *rule.output_names()], {"image": batch})
         maps = outs[3] if rule.has_map else [None] * len(batch)
+        peaks = outs[4] if rule.has_map and rule.has_peak else [None] * len(batch)
         return [
             replace(
                 decide_part(p, float(s), self.classes, self.ok_class, self.thresholds, a, rule),
                 anomaly_map=m,
+                anomaly_peak=k,
             )
-            for p, s, a, m in zip(outs[0], outs[1], outs[2], maps, strict=True)
+            for p, s, a, m, k in zip(outs[0], outs[1], outs[2], maps, peaks, strict=True)
         ]
 
     def score_tiles(self, image: np.ndarray) -> TiledScore:

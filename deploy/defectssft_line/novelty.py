@@ -2,7 +2,9 @@
 
 A model exported with an anomaly head (``defectssft fit-anomaly``, docs in the README) has two
 more outputs, ``anomaly_score`` [N] and ``anomaly_map`` [N, h, w], and an ``anomaly`` entry in its
-metadata: ``{"threshold", "on_novel", "map", "method", "features", "calibrated_on"}``.
+metadata: ``{"threshold", "on_novel", "map", "method", "features", "calibrated_on"}``; with
+``"peak": true`` also ``anomaly_peak`` [N, 2], the map's maximum refined on finer features (x, y
+in input pixels), which the overlays mark (``mark_peak``). Models without it work as before.
 
 The rule, written once here for the line, the core and the app: a part whose anomaly score is at
 or above the threshold is **novel**. A novel part the classifier passes as OK becomes ``on_novel``
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 ON_NOVEL_CHOICES = ("UNSURE", "NG")
-ANOMALY_OUTPUTS = ("anomaly_score", "anomaly_map")
+ANOMALY_OUTPUTS = ("anomaly_score", "anomaly_map", "anomaly_peak")
 
 
 class NoveltyMetadataError(ValueError):
@@ -51,6 +53,11 @@ def validate_anomaly_metadata(entry: Any) -> dict[str, Any] | None:
         or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
     ):
         raise NoveltyMetadataError(f"anomaly.map must be [height, width] or null, got {size!r}")
+    peak = entry.get("peak", False)
+    if not isinstance(peak, bool):
+        raise NoveltyMetadataError(f"anomaly.peak must be true or false, got {peak!r}")
+    if peak and size is None:
+        raise NoveltyMetadataError("anomaly.peak needs the map (anomaly.map is null)")
     return entry
 
 
@@ -61,6 +68,7 @@ class NoveltyRule:
     threshold: float
     on_novel: str = "UNSURE"
     has_map: bool = False
+    has_peak: bool = False
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], on_novel: str | None = None) -> NoveltyRule | None:
@@ -73,6 +81,7 @@ class NoveltyRule:
             float(entry["threshold"]),
             on_novel or str(entry.get("on_novel", "UNSURE")),
             entry.get("map") is not None,
+            entry.get("map") is not None and entry.get("peak") is True,
         )
 
     def is_novel(self, anomaly_score: float) -> bool:
@@ -80,7 +89,8 @@ class NoveltyRule:
         return bool(anomaly_score >= self.threshold)
 
     def output_names(self) -> list[str]:
-        return ["anomaly_score", "anomaly_map"] if self.has_map else ["anomaly_score"]
+        n = 1 + self.has_map + (self.has_map and self.has_peak)
+        return list(ANOMALY_OUTPUTS[:n])
 
 
 def apply_novelty(pred: Any, anomaly_score: float, rule: NoveltyRule, ok_class: str | None) -> Any:
@@ -107,6 +117,33 @@ def heat_weights(amap: np.ndarray, threshold: float, height: int, width: int) ->
     return np.clip((m - lo) / (top - lo), 0.0, 1.0)
 
 
+def mark_peak(
+    weights: np.ndarray, peak: Any, input_size: tuple[int, int], amap: np.ndarray, threshold: float
+) -> np.ndarray:
+    """``weights`` (``heat_weights``) with a ring (strong outside, clear inside) at the refined
+    peak (``anomaly_peak``: x, y in the model's input pixels of ``input_size`` (height, width),
+    scaled to the weights' size as the map is), drawn only where the map is drawn at all (its
+    maximum at least the lower cut of ``heat_weights``); unchanged without a finite peak."""
+    import cv2
+
+    p = np.asarray(peak, np.float64).reshape(-1) if peak is not None else np.zeros(0)
+    if p.size != 2 or not np.all(np.isfinite(p)):
+        return weights
+    if float(np.max(amap)) < 0.75 * max(float(threshold), 1e-12):
+        return weights
+    h, w = weights.shape[:2]
+    x = int(round(p[0] * w / max(1, input_size[1])))
+    y = int(round(p[1] * h / max(1, input_size[0])))
+    radius = max(6, round(0.03 * max(h, w)))
+    t = max(2, radius // 4)
+    out = np.ascontiguousarray(weights, dtype=np.float32).copy()
+    # a full-strength ring with a clear ring inside it: seen on an empty background and on the
+    # map's own high spot (where the weights are already 1)
+    cv2.circle(out, (x, y), radius, 1.0, thickness=t, lineType=cv2.LINE_AA)
+    cv2.circle(out, (x, y), radius - t, 0.0, thickness=t, lineType=cv2.LINE_AA)
+    return out
+
+
 def overlay(image_rgb: np.ndarray, weights: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """RGB uint8 image with a JET colour map drawn where ``weights`` > 0 (strength by weight)."""
     import cv2
@@ -118,17 +155,28 @@ def overlay(image_rgb: np.ndarray, weights: np.ndarray, alpha: float = 0.6) -> n
 
 
 def save_map_overlay(
-    folder: Path, name: str, image: np.ndarray, amap: np.ndarray, threshold: float, bit_depth: int
+    folder: Path,
+    name: str,
+    image: np.ndarray,
+    amap: np.ndarray,
+    threshold: float,
+    bit_depth: int,
+    peak: Any = None,
+    input_size: tuple[int, int] | None = None,
 ) -> Path:
     """Write ``folder/<name stem>.anomaly.png``: the decoded image (8-bit RGB, own size) with
-    its anomaly map drawn where it is high. Written under a temporary name and renamed."""
+    its anomaly map drawn where it is high, and a ring at ``peak`` (``anomaly_peak``, in input
+    pixels of ``input_size``) when given. Written under a temporary name and renamed."""
     import cv2
 
     from defectssft_line.output import _atomic_write_bytes
     from defectssft_line.preprocess import to_rgb8
 
     rgb = to_rgb8(image, bit_depth)
-    drawn = overlay(rgb, heat_weights(amap, threshold, rgb.shape[0], rgb.shape[1]))
+    weights = heat_weights(amap, threshold, rgb.shape[0], rgb.shape[1])
+    if peak is not None and input_size is not None:
+        weights = mark_peak(weights, peak, input_size, amap, threshold)
+    drawn = overlay(rgb, weights)
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(drawn[..., ::-1]))
     if not ok:
         raise OSError(f"cannot encode the anomaly overlay of {name}")

@@ -64,3 +64,19 @@ def make_image(tmp_path: Path):
         return write_image((folder or tmp_path / "files") / name, img)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory) -> Path:
+    """A fixed-logit ONNX model (every part scores the same) for runs of the line's CLI."""
+    from tests.helpers import fixed_onnx_model
+
+    return fixed_onnx_model(tmp_path_factory.mktemp("m") / "m.onnx", [0.0, 0.0, 0.0])
+
+
+@pytest.fixture
+def still_frames(tmp_path) -> str:
+    """Three flat 40x40 frames as an OpenCV image-sequence camera (``f_%03d.png``)."""
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f_{i:03d}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
+    return str(tmp_path / "f_%03d.png")

@@ -14,13 +14,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from defectssft_line.cli import main
 from defectssft_line.keepwarm import KeepWarm
-from tests.helpers import fixed_onnx_model
 
 linux = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not hasattr(os, "SCHED_IDLE"),
@@ -109,20 +106,8 @@ def test_an_unsupported_system_is_one_warning():
     assert logs == ["warning: --keep-warm: not supported on win32; not used"]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return fixed_onnx_model(tmp_path_factory.mktemp("m") / "m.onnx", [0.0, 0.0, 0.0])
-
-
-@pytest.fixture
-def frames(tmp_path) -> str:
-    for i in range(3):
-        cv2.imwrite(str(tmp_path / f"f_{i:03d}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
-    return str(tmp_path / "f_%03d.png")
-
-
-def test_cli_keep_warm_without_a_scoring_cpu_is_one_warning(model, frames, capsys):
-    base = ["run", "--model", str(model), "--camera", frames, "--keep-warm"]
+def test_cli_keep_warm_without_a_scoring_cpu_is_one_warning(still_model, still_frames, capsys):
+    base = ["run", "--model", str(still_model), "--camera", still_frames, "--keep-warm"]
     assert main([*base, "--scoring-cpu", "off"]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 3  # every frame scored
@@ -138,9 +123,11 @@ def test_cli_keep_warm_without_a_scoring_cpu_is_one_warning(model, frames, capsy
     sys.platform.startswith("linux") and len(os.sched_getaffinity(0)) < 2,
     reason="needs two or more usable CPUs",
 )
-def test_cli_keep_warm_spins_on_the_scoring_cpu_and_stops_with_the_run(model, frames, capsys):
+def test_cli_keep_warm_spins_on_the_scoring_cpu_and_stops_with_the_run(
+    still_model, still_frames, capsys
+):
     cpu = max(os.sched_getaffinity(0))
-    argv = ["run", "--model", str(model), "--camera", frames, "--scoring-cpu", str(cpu)]
+    argv = ["run", "--model", str(still_model), "--camera", still_frames, "--scoring-cpu", str(cpu)]
     assert main([*argv, "--keep-warm"]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 3

@@ -8,16 +8,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from defectssft_line.cli import main
 from defectssft_line.model import LineError
 from defectssft_line.placement import Placement, cpu_list, describe
-from tests.helpers import fixed_onnx_model
 
 ME = threading.get_native_id
 
@@ -154,20 +150,8 @@ def test_real_threads_are_pinned_and_given_back():
     assert os.sched_getaffinity(late.native_id) == before
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return fixed_onnx_model(tmp_path_factory.mktemp("m") / "m.onnx", [0.0, 0.0, 0.0])
-
-
-@pytest.fixture
-def frames(tmp_path) -> str:
-    for i in range(3):
-        cv2.imwrite(str(tmp_path / f"f_{i:03d}.png"), np.full((40, 40, 3), 60 * i, np.uint8))
-    return str(tmp_path / "f_%03d.png")
-
-
-def test_cli_bad_scoring_cpu_is_one_line(model, frames, capsys):
-    base = ["run", "--model", str(model), "--camera", frames]
+def test_cli_bad_scoring_cpu_is_one_line(still_model, still_frames, capsys):
+    base = ["run", "--model", str(still_model), "--camera", still_frames]
     assert main([*base, "--scoring-cpu", "4096"]) == 2
     err = [e for e in capsys.readouterr().err.splitlines() if e.startswith("error")]
     assert len(err) == 1 and err[0].startswith("error: --scoring-cpu 4096: not a CPU")
@@ -180,9 +164,12 @@ def test_cli_bad_scoring_cpu_is_one_line(model, frames, capsys):
 
 
 @linux_2cpu
-def test_cli_camera_run_pins_then_gives_the_cpus_back(model, frames, capsys):
+def test_cli_camera_run_pins_then_gives_the_cpus_back(still_model, still_frames, capsys):
     before = os.sched_getaffinity(0)
-    assert main(["run", "--model", str(model), "--camera", frames, "--scoring-cpu", "0"]) == 0
+    assert (
+        main(["run", "--model", str(still_model), "--camera", still_frames, "--scoring-cpu", "0"])
+        == 0
+    )
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 3
     said = [line for line in captured.err.splitlines() if "CPU placement" in line]
@@ -193,20 +180,22 @@ def test_cli_camera_run_pins_then_gives_the_cpus_back(model, frames, capsys):
     assert os.sched_getaffinity(ME()) == before
 
 
-def test_cli_one_cpu_says_so_once(model, frames, capsys, monkeypatch):
+def test_cli_one_cpu_says_so_once(still_model, still_frames, capsys, monkeypatch):
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no sched_getaffinity here")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     monkeypatch.setattr("defectssft_line.placement._isolated", set)
-    assert main(["run", "--model", str(model), "--camera", frames]) == 0
+    assert main(["run", "--model", str(still_model), "--camera", still_frames]) == 0
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if "CPU placement" in line]
     assert len(said) == 1 and "only CPU 0 is usable; threads not pinned" in said[0]
 
 
-def test_cli_several_onnx_threads_turn_auto_placement_off(model, frames, capsys):
+def test_cli_several_onnx_threads_turn_auto_placement_off(still_model, still_frames, capsys):
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    assert main(["run", "--model", str(model), "--camera", frames, "--threads", "2"]) == 0
+    assert (
+        main(["run", "--model", str(still_model), "--camera", still_frames, "--threads", "2"]) == 0
+    )
     said = [line for line in capsys.readouterr().err.splitlines() if "CPU placement" in line]
     assert said == ["CPU placement off: --threads 2 runs ONNX on several CPUs"]
     if before is not None:

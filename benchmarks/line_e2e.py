@@ -407,6 +407,26 @@ def timed_sends(sink: Any, done: dict[int, float]) -> None:
     sink.send, sink.apply, sink.write_now = timed, timed_apply, timed_now
 
 
+def server_sinks() -> tuple[int, int, dict[int, float], dict[int, float], Any]:
+    """The line's two server sinks, started: an OPC UA and a Modbus TCP server on free ports,
+    each noting when it held each part's values (``timed_sends``), behind ``LineOutputs``.
+    Returns (OPC UA port, Modbus port, held OPC UA, held Modbus, outputs)."""
+    from defectssft_line.lineio import LineOutputs
+    from defectssft_line.sinks.modbus import ModbusServerSink
+    from defectssft_line.sinks.opcua import OpcUaServerSink
+
+    opc_port, mb_port = free_port(), free_port()
+    opc = OpcUaServerSink(port=opc_port, log=lambda m: None)
+    mbs = ModbusServerSink(port=mb_port, log=lambda m: None)
+    held_opc: dict[int, float] = {}
+    held_mb: dict[int, float] = {}
+    timed_sends(opc, held_opc)
+    timed_sends(mbs, held_mb)
+    outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
+    outputs.start()
+    return opc_port, mb_port, held_opc, held_mb, outputs
+
+
 def schedstat() -> tuple[float, float]:
     """(ms on a CPU, ms waiting in a run queue) of the calling thread so far (Linux). On a CPU
     is the thread's CPU clock (``time.thread_time``, brought up to date when read), not
@@ -508,10 +528,8 @@ def grab(n: int) -> list[np.ndarray]:
 def part_latency(
     model_path: Path, frames: int, fps: float, poll_s: float, work: Path, placement: Any
 ) -> dict:
-    from defectssft_line.lineio import LineOutputs
     from defectssft_line.model import LineModel
-    from defectssft_line.sinks.modbus import ModbusServerSink
-    from defectssft_line.sinks.opcua import OpcUaServerSink, endpoint_url
+    from defectssft_line.sinks.opcua import endpoint_url
 
     grabbed = grab(50)
     model = LineModel.load(model_path, threads=1)
@@ -522,15 +540,7 @@ def part_latency(
     split_bare, split_line = Split(), Split()
     bare, rate_before, cpu_before = bare_run(model, grabbed, frames // 2, split_bare)
 
-    opc_port, mb_port = free_port(), free_port()
-    opc = OpcUaServerSink(port=opc_port, log=lambda m: None)
-    mbs = ModbusServerSink(port=mb_port, log=lambda m: None)
-    held_opc: dict[int, float] = {}
-    held_mb: dict[int, float] = {}
-    timed_sends(opc, held_opc)
-    timed_sends(mbs, held_mb)
-    outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
-    outputs.start()
+    opc_port, mb_port, held_opc, held_mb, outputs = server_sinks()
     t_publish: dict[int, float] = {}
     handle = outputs.handle
 
@@ -811,20 +821,10 @@ def paired_latency(
 
     A round is each of ``kinds`` followed by a B; one B starts. Each non-B block is paired
     with the mean of the medians of the B blocks either side."""
-    from defectssft_line.lineio import LineOutputs
-    from defectssft_line.sinks.modbus import ModbusServerSink
-    from defectssft_line.sinks.opcua import OpcUaServerSink, endpoint_url
+    from defectssft_line.sinks.opcua import endpoint_url
 
     grabbed = grab(50)
-    opc_port, mb_port = free_port(), free_port()
-    opc = OpcUaServerSink(port=opc_port, log=lambda m: None)
-    mbs = ModbusServerSink(port=mb_port, log=lambda m: None)
-    held_opc: dict[int, float] = {}
-    held_mb: dict[int, float] = {}
-    timed_sends(opc, held_opc)
-    timed_sends(mbs, held_mb)
-    outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
-    outputs.start()
+    opc_port, mb_port, held_opc, held_mb, outputs = server_sinks()
     runner, writer = make_runner(model_path, outputs, work / "paired.jsonl", placement)
     model = runner.holder.current()  # one ONNX session for bare and line parts alike
     placement.apply()  # this thread scores, bare and in the line alike

@@ -138,6 +138,29 @@ def paused(gate: Any) -> bool:
     return True
 
 
+def poll_counter(
+    read: Any, n: int, poll_s: float, gate: Any = None
+) -> dict[int, tuple[float, float]]:
+    """A stand-in's loop: ``read()`` (the line's part counter) every ``poll_s`` until it shows
+    ``n`` (or 900 s, or ``gate[1]`` is 1), polling only while ``paused`` says so; {counter:
+    (the first read showing it returned, the read before it started)}."""
+    seen: dict[int, tuple[float, float]] = {}
+    deadline, last, prev_start = time.monotonic() + 900, 0, time.perf_counter()
+    while last < n and time.monotonic() < deadline:
+        if gate is not None and gate[1] == 1:
+            break
+        if paused(gate):
+            continue
+        start = time.perf_counter()
+        v = read()
+        if v > last:
+            seen[v] = (time.perf_counter(), prev_start)
+            last = v
+        prev_start = start
+        time.sleep(poll_s)
+    return seen
+
+
 def poll_opcua(
     url: str,
     n: int,
@@ -157,21 +180,8 @@ def poll_opcua(
     client.connect()
     idx = client.get_namespace_index("urn:defectssft:line")
     total = client.nodes.objects.get_child([f"{idx}:Inspection", f"{idx}:Counter", f"{idx}:Total"])
-    seen: dict[int, tuple[float, float]] = {}
     ready.set()
-    deadline, last, prev_start = time.monotonic() + 900, 0, time.perf_counter()
-    while last < n and time.monotonic() < deadline:
-        if gate is not None and gate[1] == 1:
-            break
-        if paused(gate):
-            continue
-        start = time.perf_counter()
-        v = int(total.read_value())
-        if v > last:
-            seen[v] = (time.perf_counter(), prev_start)
-            last = v
-        prev_start = start
-        time.sleep(poll_s)
+    seen = poll_counter(lambda: int(total.read_value()), n, poll_s, gate)
     client.disconnect()
     seen[0] = (time.process_time(), 0.0)  # the stand-in's own CPU time
     out.put(seen)
@@ -192,22 +202,13 @@ def poll_modbus(
 
     mb = ModbusTcpClient("127.0.0.1", port=port, timeout=10)
     mb.connect()
-    seen: dict[int, tuple[float, float]] = {}
     ready.set()
-    deadline, last, prev_start = time.monotonic() + 900, 0, time.perf_counter()
-    while last < n and time.monotonic() < deadline:
-        if gate is not None and gate[1] == 1:
-            break
-        if paused(gate):
-            continue
-        start = time.perf_counter()
+
+    def counter() -> int:
         r = mb.read_holding_registers(2, count=2).registers
-        v = r[0] | (r[1] << 16)
-        if v > last:
-            seen[v] = (time.perf_counter(), prev_start)
-            last = v
-        prev_start = start
-        time.sleep(poll_s)
+        return r[0] | (r[1] << 16)
+
+    seen = poll_counter(counter, n, poll_s, gate)
     mb.close()
     seen[0] = (time.process_time(), 0.0)
     out.put(seen)

@@ -1050,3 +1050,73 @@ def test_opcua_security_settings_are_checked(tmp_path):
     }
     with pytest.raises(LineError, match="OPC UA certificate .*no.der"):
         build_sinks(missing)[0].start()
+
+
+def _quiet_line(part_id: str):
+    from pymodbus.client import ModbusTcpClient
+
+    from defectssft_line.sinks.modbus import ModbusServerSink
+    from defectssft_line.sinks.opcua import OpcUaServerSink
+
+    port = free_port()
+    mb = ModbusServerSink(port=port, log=lambda m: None)
+    opc = OpcUaServerSink(port=free_port(), log=lambda m: None)
+    out = LineOutputs([opc, mb], part_id=part_id, classes=["ok", "ng"], log=lambda m: None)
+    out.start()
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=10)
+    assert client.connect()
+    return out, client
+
+
+def _read_counter(client, got: list) -> threading.Thread:
+    def read() -> None:
+        r = client.read_holding_registers(2, count=2).registers
+        got.append(r[0] | (r[1] << 16))
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+def test_servers_answer_a_read_during_scoring_with_the_part_it_waited_for(monkeypatch):
+    """While a frame is scored (begin .. handle) the servers' loops wait: a PLC read issued
+    meanwhile is answered after the part's values are written, with them, not with the last
+    part's; with --part-id plc they never wait; and a wait ends by itself (QUIET_MAX_S)."""
+    import defectssft_line.lineio as lineio
+
+    monkeypatch.setattr(lineio, "QUIET_MAX_S", WAIT)  # no expiry within this test
+    out, client = _quiet_line("counter")
+    try:
+        out.begin()
+        got: list[int] = []
+        t = _read_counter(client, got)
+        t.join(0.3)
+        assert t.is_alive() and not got  # the loop waits while the part is scored
+        out.handle({"verdict": "NG", "class": "ng", "file": "f1"})
+        t.join(WAIT)
+        assert got == [1]  # this part's counter, not the previous (0)
+    finally:
+        client.close()
+        out.close(timeout=1)
+
+    monkeypatch.setattr(lineio, "QUIET_MAX_S", 0.01)  # a part that never ends: the cap
+    out, client = _quiet_line("counter")
+    try:
+        out.begin()
+        got = []
+        _read_counter(client, got).join(WAIT)
+        assert got == [0]  # answered without the part, within the cap
+    finally:
+        client.close()
+        out.close(timeout=1)
+
+    monkeypatch.setattr(lineio, "QUIET_MAX_S", WAIT)
+    out, client = _quiet_line("plc")  # the PLC's part id must land while the part is scored
+    try:
+        out.begin()
+        got = []
+        _read_counter(client, got).join(WAIT)
+        assert got == [0]  # answered at once: the loops do not wait
+    finally:
+        client.close()
+        out.close(timeout=1)

@@ -8,12 +8,14 @@ preprocessing definition, the ONNX model at 1 thread), the record to a JSON-line
 the sinks.
 
 Part 1, latency: the camera free-runs at ``--latency-fps`` (default 10 fps, well below what the PC
-can score, as on a triggered line), into an OPC UA server and a Modbus TCP server sink at once.
+can score, as on a triggered line), into an OPC UA server and a Modbus TCP server sink at once
+(each in a process of its own, as the runtime runs them by default; ``--servers thread``: in the
+line's process).
 Two separate processes stand in for PLCs: one reads ``Inspection/Counter/Total`` over OPC UA,
 the other registers 2-3 over Modbus, every ``--poll-ms`` (default 1 ms) plus the read itself.
 Latency per part = the first read that shows the part's counter minus the moment the camera
 driver handed the frame over (harvesters' ``try_fetch`` returned it; ``perf_counter`` is
-CLOCK_MONOTONIC, shared by the processes). Also timed in-process: the moment each server held
+CLOCK_MONOTONIC, shared by the processes). Also timed where each server runs: the moment it held
 the value. Against bare ``LineModel.classify`` (preprocess + ONNX) of the camera's own frames,
 before and after, and against each part's own inference time (its record's ``latency_ms``).
 
@@ -21,7 +23,7 @@ Part 2, throughput: the camera free-runs at 200 fps (the PC is the bottleneck); 
 frames of bare ``classify`` alternate with blocks of 20 frames through the whole line (sinks
 on, nobody polling), so the load of a shared machine hits both alike. Frames/s and the
 process's CPU time per frame (``time.process_time``: all its threads, the simulated camera's
-included) for each.
+included; not the servers' own processes) for each.
 
 Part 3, soak: N frames from the camera at ``--soak-fps`` into a Modbus *client* sink that writes
 into a PLC stand-in (a Modbus TCP server that records every write) which drops all
@@ -63,6 +65,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20  # first parts of the latency phase not timed (the camera's backlog, warm caches)
 BLOCK = 20  # frames per block in the interleaved throughput phase
 STANDINS_PINNED = True  # --standins: the stand-in PLCs on the CPUs the line leaves free
+SERVERS = "process"  # --servers: where the OPC UA / Modbus servers run (as the runtime)
 
 
 def rss_mb() -> float:
@@ -383,48 +386,36 @@ def prefetcher(opener: Any, stream: Any, limit: int = 0, runner: Any = None) -> 
     ).start()
 
 
-def timed_sends(sink: Any, done: dict[int, float]) -> None:
-    """Note when the sink's peer holds each result (benchmark instrumentation): a server
-    sink applies messages on its loop (``apply``) or at once on the scoring thread
-    (``write_now``, an ``inline`` sink), others send from their thread."""
-    send, apply, write_now = sink.send, sink.apply, sink.write_now
-
-    def note(msg: dict[str, Any]) -> None:
-        if msg.get("type") == "result":
-            done[int(msg["counter"])] = time.perf_counter()
-
-    def timed(msg: dict[str, Any]) -> None:
-        send(msg)
-        note(msg)
-
-    async def timed_apply(msg: dict[str, Any]) -> None:
-        await apply(msg)
-        note(msg)
-
-    def timed_now(msg: dict[str, Any]) -> None:
-        write_now(msg)
-        note(msg)
-
-    sink.send, sink.apply, sink.write_now = timed, timed_apply, timed_now
-
-
-def server_sinks() -> tuple[int, int, dict[int, float], dict[int, float], Any]:
-    """The line's two server sinks, started: an OPC UA and a Modbus TCP server on free ports,
-    each noting when it held each part's values (``timed_sends``), behind ``LineOutputs``.
+def server_sinks(
+    placement: Any = None,
+) -> tuple[int, int, dict[int, float], dict[int, float], Any]:
+    """The line's two server sinks, started as the runtime starts them (``SERVERS``: in
+    processes of their own, or in this one): an OPC UA and a Modbus TCP server on free ports,
+    each noting when it held each part's values (``trace_held``; a server in its own process
+    hands its notes over when it closes), behind ``LineOutputs``; their processes' threads
+    placed with the line's other threads, as ``defectssft-line run`` does.
     Returns (OPC UA port, Modbus port, held OPC UA, held Modbus, outputs)."""
     from defectssft_line.lineio import LineOutputs
-    from defectssft_line.sinks.modbus import ModbusServerSink
-    from defectssft_line.sinks.opcua import OpcUaServerSink
+    from defectssft_line.sinks import build_sinks
+    from defectssft_line.sinks.process import trace_held
 
     opc_port, mb_port = free_port(), free_port()
-    opc = OpcUaServerSink(port=opc_port, log=lambda m: None)
-    mbs = ModbusServerSink(port=mb_port, log=lambda m: None)
-    held_opc: dict[int, float] = {}
-    held_mb: dict[int, float] = {}
-    timed_sends(opc, held_opc)
-    timed_sends(mbs, held_mb)
+    config = {
+        "opcua_server": {"port": opc_port},
+        "modbus_server": {"port": mb_port},
+        "servers": SERVERS,
+        "trace_held": True,
+    }
+    opc, mbs = build_sinks(config, log=lambda m: None)
+    held_opc: dict[int, float] = getattr(opc, "held", {})
+    held_mb: dict[int, float] = getattr(mbs, "held", {})
+    if SERVERS == "thread":
+        trace_held(opc, held_opc)
+        trace_held(mbs, held_mb)
     outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
     outputs.start()
+    if placement is not None:
+        placement.extra_tasks = outputs.process_tasks
     return opc_port, mb_port, held_opc, held_mb, outputs
 
 
@@ -541,7 +532,7 @@ def part_latency(
     split_bare, split_line = Split(), Split()
     bare, rate_before, cpu_before = bare_run(model, grabbed, frames // 2, split_bare)
 
-    opc_port, mb_port, held_opc, held_mb, outputs = server_sinks()
+    opc_port, mb_port, held_opc, held_mb, outputs = server_sinks(placement)
     t_publish: dict[int, float] = {}
     handle = outputs.handle
 
@@ -678,17 +669,11 @@ def part_latency(
 
 
 def throughput(model_path: Path, frames: int, work: Path, placement: Any) -> dict:
-    from defectssft_line.lineio import LineOutputs
     from defectssft_line.model import LineModel
-    from defectssft_line.sinks.modbus import ModbusServerSink
-    from defectssft_line.sinks.opcua import OpcUaServerSink
 
     grabbed = grab(50)
     model = LineModel.load(model_path, threads=1)
-    opc = OpcUaServerSink(port=free_port(), log=lambda m: None)
-    mbs = ModbusServerSink(port=free_port(), log=lambda m: None)
-    outputs = LineOutputs([opc, mbs], part_id="counter", classes=["ok", "ng"], log=lambda m: None)
-    outputs.start()
+    *_, outputs = server_sinks(placement)
     runner, writer = make_runner(model_path, outputs, work / "tp.jsonl", placement)
     placement.apply()
     opener, stream = camera(200.0)
@@ -825,7 +810,7 @@ def paired_latency(
     from defectssft_line.sinks.opcua import endpoint_url
 
     grabbed = grab(50)
-    opc_port, mb_port, held_opc, held_mb, outputs = server_sinks()
+    opc_port, mb_port, held_opc, held_mb, outputs = server_sinks(placement)
     runner, writer = make_runner(model_path, outputs, work / "paired.jsonl", placement)
     model = runner.holder.current()  # one ONNX session for bare and line parts alike
     placement.apply()  # this thread scores, bare and in the line alike
@@ -969,7 +954,12 @@ def paired_latency(
 
     ms = 1000.0
     pairs: list[dict[str, Any]] = []
-    pooled: dict[str, list[float]] = {"opcua_seen": [], "modbus_seen": []}
+    pooled: dict[str, list[float]] = {
+        "opcua_seen": [],
+        "modbus_seen": [],
+        "opcua_held": [],
+        "modbus_held": [],
+    }  # the L blocks' parts
     for i, b in enumerate(seq):
         if b["kind"] == "B":
             continue
@@ -1002,8 +992,9 @@ def paired_latency(
                 ),
             ):
                 v = [((d[k][0] if first else d[k]) - t) * ms for k, t, _ in b["rows"] if k in d]
-                if first:
+                if b["kind"] == "L":
                     pooled[name] += v
+                pair[f"{name}_by_part_ms"] = [round(x, 2) for x in v]  # where a tail falls
                 pair[f"{name}_ms"] = round(med(v), 3)
                 pair[f"{name}_over_bare"] = med(v) / ref - 1
                 pair[f"{name}_over_own"] = med(v) / med(own) - 1
@@ -1055,7 +1046,14 @@ def paired_latency(
         "pairs": pairs,
         "median_of_paired": summary,
         "seen_p99_over_median": {
-            k: pct(v, 99) / pct(v, 50) if v else float("nan") for k, v in pooled.items()
+            k: pct(v, 99) / pct(v, 50) if v else float("nan")
+            for k, v in pooled.items()
+            if k.endswith("seen")
+        },
+        "held_p99_over_median": {
+            k: pct(v, 99) / pct(v, 50) if v else float("nan")
+            for k, v in pooled.items()
+            if k.endswith("held")
         },
     }
 
@@ -1297,7 +1295,11 @@ def report(lat: dict, tp: dict) -> None:
     ratios = [
         lat[f"{k}_ms"]["p99"] / lat[f"{k}_ms"]["median"] for k in ("opcua_seen", "modbus_seen")
     ]
-    print(f"  p99 / median, frame -> seen: {ratios[0]:.2f} / {ratios[1]:.2f} (aim <= 2)")
+    held = [lat[f"{k}_ms"]["p99"] / lat[f"{k}_ms"]["median"] for k in ("opcua_held", "modbus_held")]
+    print(
+        f"  p99 / median, frame -> held: {held[0]:.2f} / {held[1]:.2f}, frame -> seen: "
+        f"{ratios[0]:.2f} / {ratios[1]:.2f} (aim <= 2)"
+    )
     print(f"  throughput line / bare: {tp['ratio']:.2f} (aim >= 0.9)")
 
 
@@ -1312,8 +1314,10 @@ def aims_paired(pl: dict) -> None:
             f"{100 * m[f'modbus_{k}_over_own']:+.1f} %"
         )
     r = pl["seen_p99_over_median"]
+    h = pl.get("held_p99_over_median") or {"opcua_held": float("nan"), "modbus_held": float("nan")}
     print(
-        f"  paired: p99 / median, frame -> seen: {r['opcua_seen']:.2f} / {r['modbus_seen']:.2f}"
+        f"  paired: p99 / median of the L blocks' parts, frame -> held: {h['opcua_held']:.2f} / "
+        f"{h['modbus_held']:.2f}, frame -> seen: {r['opcua_seen']:.2f} / {r['modbus_seen']:.2f}"
         " (aim <= 2)"
     )
 
@@ -1360,6 +1364,13 @@ def main() -> None:
         "line's other threads go to the other CPUs, bare classify runs on the scoring CPU",
     )
     ap.add_argument(
+        "--servers",
+        choices=("process", "thread"),
+        default="process",
+        help="as defectssft-line run --servers: the OPC UA / Modbus servers in processes of "
+        "their own (default) or in the line's process",
+    )
+    ap.add_argument(
         "--switch-interval-ms",
         type=float,
         default=None,
@@ -1381,8 +1392,9 @@ def main() -> None:
     args = ap.parse_args()
     if "L" not in args.paired_kinds or set(args.paired_kinds) - set("LQCWPK"):
         ap.error(f"--paired-kinds: L and any of Q, C, W, P, K, got {args.paired_kinds!r}")
-    global STANDINS_PINNED
+    global STANDINS_PINNED, SERVERS
     STANDINS_PINNED = args.standins == "rest"
+    SERVERS = args.servers
     placement = Placement(args.scoring_cpu, log=print)
     if args.helpers == "all" and placement.active:
         placement.others = placement.others | {placement.scoring}  # type: ignore[operator]
@@ -1398,6 +1410,7 @@ def main() -> None:
         "size": args.size,
         "placement": placement.summary(),
         "standins": args.standins,
+        "servers": args.servers,
         "helpers": args.helpers,
         "switch_interval_ms": sys.getswitchinterval() * 1000,
     }

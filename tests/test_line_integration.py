@@ -780,6 +780,14 @@ def test_sink_config_errors(tmp_path):
     assert host_port("plc:502", None, 1, "x") == ("plc", 502)
     with pytest.raises(LineError, match="bad port"):
         host_port("plc:99999", None, 1, "--modbus-client")
+    p.write_text("servers: fork\nmodbus_server: {port: 5020}\n")  # where the servers run
+    with pytest.raises(LineError, match="servers must be one of process, thread"):
+        load_config(p)
+    with pytest.raises(LineError, match="servers must be one of"):
+        build_sinks({"modbus_server": {"port": 5020}, "servers": "fork"})
+    p.write_text("servers: thread\nmodbus_server: {port: 5020}\n")
+    (sink,) = build_sinks(load_config(p))
+    assert type(sink).__name__ == "ModbusServerSink"  # in this process
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -487,6 +487,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = Runner(holder, writer, send_unsure, outputs)
     runner.save_maps = Path(args.save_maps) if args.save_maps else None
     runner.placement = placement
+    placement.extra_tasks = outputs.process_tasks  # servers' processes: off the scoring CPU
     warm = _keep_warm(args, placement)
     try:
         placement.apply()  # this thread scores; the sinks' threads go to the other CPUs

@@ -8,10 +8,12 @@ scoring of a camera frame begins (the Modbus ``busy`` coil). Nothing here can st
 sinks queue and reconnect on their own, the archive warns and counts. Results go first to the
 sinks written at once (``Sink.inline``), then to those a thread hop away.
 
-While a camera frame is scored (``begin`` to its result published in ``handle``), the event
-loops of this process's servers (OPC UA, Modbus) wait, their threads off Python's GIL: a PLC's
-read that arrives meanwhile is answered right after the part's values are written (it would
-have read the previous part's values), and the scoring thread never waits for the GIL behind
+The OPC UA and Modbus servers run in processes of their own by default (``--servers
+process``, ``sinks/process.py``), so a PLC's polls never take the scoring thread's GIL. With
+``--servers thread`` they run in this process, and then, while a camera frame is scored
+(``begin`` to its result published in ``handle``), their event loops wait, their threads off
+Python's GIL: a PLC's read that arrives meanwhile is answered right after the part's values
+are written (it would have read the previous part's values), and the scoring thread never waits for the GIL behind
 the servers' per-request Python (BENCHMARKS.md, line end to end: 1.5 ms a part with two PLCs
 polling every 1 ms). A loop waits at most ``QUIET_MAX_S`` a part, so a line scoring back to
 back still answers its PLCs between parts; with ``--part-id plc`` the loops never wait (the
@@ -88,11 +90,16 @@ class LineOutputs:
         started: list[Sink] = []
         try:
             for s in self.sinks:
+                s.prestart()
+            for s in self.sinks:
                 s.start()
                 started.append(s)
         except BaseException:
-            for s in started:
-                s.close(timeout=0.5)
+            for s in self.sinks:
+                if s in started:
+                    s.close(timeout=0.5)
+                else:
+                    s.shut()  # a child process started early (``prestart``) ends too
             raise
         if self.images is not None:
             self.images.start()
@@ -184,9 +191,14 @@ class LineOutputs:
                 write()
         return rec
 
+    def process_tasks(self) -> list[int]:
+        """The thread ids of the sinks' child processes (servers in a process of their own),
+        which the CPU placement keeps off the scoring CPU."""
+        return [tid for s in self.sinks for tid in s.process_tasks()]
+
     def status(self) -> dict[str, Any]:
         """The line's status for the status node/topic."""
-        dropped = {s.name: s.dropped for s in self.sinks}
+        dropped = {s.name: s.stats()["dropped"] for s in self.sinks}
         out = {
             **self.health.status(),
             "parts": self.counter,
@@ -296,6 +308,13 @@ def add_arguments(run: Any) -> None:
         help="messages each sink holds while its peer is away (default 1000)",
     )
     s.add_argument(
+        "--servers",
+        choices=("process", "thread"),
+        default=None,
+        help="run the OPC UA / Modbus servers in a process of their own (default, where the "
+        "system offers it: a PLC's polls never slow the scoring) or in the line's process",
+    )
+    s.add_argument(
         "--part-id",
         choices=PART_IDS,
         default="auto",
@@ -356,7 +375,7 @@ def add_arguments(run: Any) -> None:
     )
 
 
-def sink_config(args: Any) -> dict[str, Any]:
+def sink_config(args: Any, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """The sinks YAML merged with the sink flags (flags win)."""
     from defectssft_line.sinks import host_port, load_config
 
@@ -386,6 +405,15 @@ def sink_config(args: Any) -> dict[str, Any]:
         cfg["mqtt"] = {**cfg.get("mqtt", {}), "host": host, "port": port, "topic": args.mqtt_topic}
     if args.sink_queue is not None:
         cfg["queue"] = args.sink_queue
+    mode = getattr(args, "servers", None) or cfg.get("servers", "process")
+    if mode == "process":
+        from defectssft_line.sinks.process import supported
+
+        why = supported() if any(k in cfg for k in ("opcua_server", "modbus_server")) else None
+        if why is not None:
+            log(f"servers run in the line's process: {why}")
+            mode = "thread"
+    cfg["servers"] = mode
     return cfg
 
 
@@ -395,7 +423,7 @@ def outputs_from_args(
     """Sinks, archive and health from the flags (not started)."""
     from defectssft_line.sinks import build_sinks
 
-    sinks = build_sinks(sink_config(args), log=log)
+    sinks = build_sinks(sink_config(args, log), log=log)
     archive = None
     if args.archive:
         archive = Archive(

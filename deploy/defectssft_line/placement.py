@@ -146,6 +146,9 @@ class Placement:
         self._set = setter or getattr(os, "sched_setaffinity", None)
         self._get = getter or getattr(os, "sched_getaffinity", None)
         self._tasks = tasks
+        # threads of the line's child processes (servers in a process of their own): placed
+        # with the line's other threads (set by the runtime: ``LineOutputs.process_tasks``)
+        self.extra_tasks: Callable[[], list[int]] = list
         self.scoring: int | None = None
         self.others: set[int] = set()
         self.note = ""  # why nothing is pinned, for the log
@@ -208,6 +211,9 @@ class Placement:
             self._placed.pop(tid, None)
             return False
 
+    def _all_tasks(self) -> list[int]:
+        return [*self._tasks(), *self.extra_tasks()]
+
     def apply(self) -> None:
         """Pin the calling thread (the scoring thread) to the scoring CPU and every other
         thread of the process to the others."""
@@ -216,7 +222,7 @@ class Placement:
         me = threading.get_native_id()
         with self._lock:
             try:
-                names = self._tasks()
+                names = self._all_tasks()
                 # a thread started after the first look inherited the pinned CPUs of its
                 # parent: it goes back to what the process had
                 later = self._base if self._seen else None
@@ -240,7 +246,7 @@ class Placement:
         if not self.active:
             return
         if (
-            frozenset(self._tasks()) == self._seen
+            frozenset(self._all_tasks()) == self._seen
             and threading.get_native_id() == self._scoring_tid
         ):
             return

@@ -8,8 +8,11 @@ Any number at once, from flags or a sinks YAML (``--sinks line.yaml``); flags ad
     modbus_server: {host: 127.0.0.1, port: 5020}
     modbus_client: {host: 192.168.0.10, port: 502, unit: 1, coil_base: 0, register_base: 0}
     mqtt: {host: broker, port: 1883, topic: defectssft/line}
+    servers: process                  # or thread: where the OPC UA / Modbus servers run
 
-See ``base`` for the queueing and reconnect rules and each module for its data layout.
+See ``base`` for the queueing and reconnect rules, each module for its data layout, and
+``process`` for ``servers: process`` (each server in a child process; ``build_sinks``' own
+default is ``thread``, the line's is ``process`` where the system offers it).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from defectssft_line.model import LineError
 from defectssft_line.sinks.base import DEFAULT_QUEUE, Sink
 
 KINDS = ("opcua_server", "opcua_client", "modbus_server", "modbus_client", "mqtt")
+MODES = ("process", "thread")  # where the server sinks run (``servers``)
 
 __all__ = ["KINDS", "Sink", "build_sinks", "host_port", "load_config"]
 
@@ -53,12 +57,14 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
         raise LineError(f"sinks file {p}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(raw, dict):
         raise LineError(f"sinks file {p}: expected a mapping")
-    unknown = set(raw) - {*KINDS, "queue"}
+    unknown = set(raw) - {*KINDS, "queue", "servers"}
     if unknown:
         raise LineError(
             f"sinks file {p}: unknown key(s) {', '.join(sorted(unknown))} "
-            f"(known: queue, {', '.join(KINDS)})"
+            f"(known: queue, servers, {', '.join(KINDS)})"
         )
+    if raw.get("servers", "process") not in MODES:
+        raise LineError(f"sinks file {p}: servers must be one of {', '.join(MODES)}")
     for k in KINDS:
         if k in raw and not isinstance(raw[k], dict):
             raise LineError(f"sinks file {p}: {k} must be a mapping of settings")
@@ -67,17 +73,31 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
 
 def build_sinks(config: dict[str, Any], log: Any = None) -> list[Sink]:
     """The sinks a merged config asks for (not started). LineError for a bad setting or a
-    missing extra."""
+    missing extra. ``servers: process`` puts each server sink in a child process of its own
+    (``process.py``); ``trace_held`` (benchmarks) has those children note when they held
+    each result."""
     kw: dict[str, Any] = {"queue_size": int(config.get("queue", DEFAULT_QUEUE))}
     if log is not None:
         kw["log"] = log
+    mode = config.get("servers", "thread")
+    if mode not in MODES:
+        raise LineError(f"sinks: servers must be one of {', '.join(MODES)}, not {mode!r}")
     sinks: list[Sink] = []
+
+    def server(kind: str, template: Sink) -> Sink:
+        if mode != "process":
+            return template
+        from defectssft_line.sinks.process import ProcessServerSink
+
+        trace = bool(config.get("trace_held"))
+        return ProcessServerSink(kind, dict(config[kind]), template, trace=trace, **kw)
+
     try:
         if "opcua_server" in config:
             from defectssft_line.sinks.opcua import OpcUaServerSink, _asyncua
 
             _asyncua()
-            sinks.append(OpcUaServerSink(**config["opcua_server"], **kw))
+            sinks.append(server("opcua_server", OpcUaServerSink(**config["opcua_server"], **kw)))
         if "opcua_client" in config:
             from defectssft_line.sinks.opcua import OpcUaClientSink, _asyncua
 
@@ -87,7 +107,7 @@ def build_sinks(config: dict[str, Any], log: Any = None) -> list[Sink]:
             from defectssft_line.sinks.modbus import ModbusServerSink, _pymodbus
 
             _pymodbus()
-            sinks.append(ModbusServerSink(**config["modbus_server"], **kw))
+            sinks.append(server("modbus_server", ModbusServerSink(**config["modbus_server"], **kw)))
         if "modbus_client" in config:
             from defectssft_line.sinks.modbus import ModbusClientSink, _pymodbus
 

@@ -112,6 +112,9 @@ class Sink:
         self._part: tuple[int, str | None] = (0, None)  # (read number, value) last read
 
     # ---------------------------------------------------------------- subclass hooks
+    def prestart(self) -> None:
+        """Begin what ``open`` will wait for (a child process), so sinks start together."""
+
     def open(self) -> None:
         raise NotImplementedError
 
@@ -161,6 +164,11 @@ class Sink:
         with self._cond:
             self._part = (int(msg["seq"]), value)
             self._cond.notify_all()
+
+    def process_tasks(self) -> list[int]:
+        """The thread ids of a child process this sink runs (``process.py``), for the line's
+        CPU placement (default: none)."""
+        return []
 
     def direct_loop(self) -> asyncio.AbstractEventLoop | None:
         """The running loop ``apply`` runs on, for a server in this process (default: none)."""

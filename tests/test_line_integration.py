@@ -860,8 +860,14 @@ def test_cli_plc_refusing_or_port_in_use(model, images, capsys):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        for flag in ("--modbus-server", "--opcua-server", "--metrics-port"):
-            rc = main(["run", "--model", str(model), "--input", str(images), flag, str(port)])
+        for flag, more in (
+            ("--modbus-server", []),
+            ("--opcua-server", []),
+            ("--opcua-server", ["--servers", "thread"]),  # in the runtime's process
+            ("--metrics-port", []),
+        ):
+            args = ["run", "--model", str(model), "--input", str(images), flag, str(port)]
+            rc = main(args + more)
             out, err = capsys.readouterr()
             errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
             assert rc == 2 and out == "" and len(errors) == 1, err

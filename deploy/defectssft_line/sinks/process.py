@@ -169,8 +169,9 @@ class ProcessServerSink(Sink):
             sock.sendall(_encode(self._config))
         else:
             proc, sock = spawned
-        self._proc, self._sock = proc, sock
-        self._closing, self._final = False, False
+        with self._lock:
+            self._proc, self._sock = proc, sock
+            self._closing, self._final = False, False
         sock.settimeout(START_TIMEOUT_S)
         try:
             reply = json.loads(sock.recv(MAX_MSG) or b"{}")
@@ -219,15 +220,16 @@ class ProcessServerSink(Sink):
                     self._lock.notify_all()
         with self._lock:
             self._lock.notify_all()
-        if self._closing or self._sock is not sock:
-            return
         try:
             code = proc.wait(2)
         except subprocess.TimeoutExpired:
             code = None
-        self.connected = False  # the worker starts a new child after the backoff
-        self.failures += 1
-        self.last_error = f"its process ended (exit code {code})"
+        with self._lock:  # the line closed it, or the worker already saw it go
+            if self._closing or self._sock is not sock:
+                return
+            self.connected = False  # the worker starts a new child after the backoff
+            self.failures += 1
+            self.last_error = f"its process ended (exit code {code})"
         self._log(f"warning: {self.name}: {self.last_error}; starting a new one")
 
     def process_tasks(self) -> list[int]:
@@ -310,9 +312,10 @@ class ProcessServerSink(Sink):
                 self._lock.wait(0.05)
 
     def shut(self) -> None:
-        self._closing = True
-        sock, self._sock = self._sock, None
-        proc, self._proc = self._proc, None
+        with self._lock:
+            self._closing = True
+            sock, self._sock = self._sock, None
+            proc, self._proc = self._proc, None
         spawned, self._spawned = self._spawned, None
         if spawned is not None:  # started early, never opened
             spawned[1].close()

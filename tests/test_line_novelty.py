@@ -21,18 +21,22 @@ import pytest
 from defectssft_line.cli import main
 from defectssft_line.metadata import MetadataError, validate_metadata
 from defectssft_line.model import LineModel, LineModelError
-from defectssft_line.novelty import NoveltyRule, apply_novelty, heat_weights
+from defectssft_line.novelty import NoveltyRule, apply_novelty, heat_weights, peak_in_image
 from tests.helpers import fixed_onnx_model, line_metadata
 
 MAP = (3, 4)
 
 
 def with_anomaly_head(
-    path: Path, anomaly: dict | None, with_map: bool = True, peak: list[float] | None = None
+    path: Path,
+    anomaly: dict | None,
+    with_map: bool = True,
+    peak: list[float] | None = None,
+    roi: dict | None = None,
 ) -> Path:
     """Add ``anomaly_score`` (= mean pixel / 255) and ``anomaly_map`` outputs and the metadata
     entry ``anomaly`` to a fixed model; with ``peak`` also ``anomaly_peak`` = ``peak`` (x, y in
-    input pixels) for every part."""
+    input pixels) for every part; with ``roi`` that region of interest (``input.roi``)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -80,6 +84,8 @@ def with_anomaly_head(
             meta = json.loads(prop.value)
             if anomaly is not None:
                 meta["anomaly"] = anomaly
+            if roi is not None:
+                meta["input"]["roi"] = roi
             prop.value = json.dumps(meta)
     onnx.save(model, str(path))
     return path
@@ -264,6 +270,21 @@ def test_peak_model_marks_the_peak_in_the_overlay(models, parts, tmp_path, capsy
             capsys,
         )
         assert rc == 0 and recs["bright.png"]["verdict"] == "UNSURE"
+        # the peak in the record, in the image's pixels (24/32 * 50, 8/32 * 40)
+        assert recs["bright.png"].get("anomaly_peak") == ([37.5, 10.0] if key == "peak" else None)
+    # with a region of interest: the peak scaled to its box and offset by its corner, and the
+    # overlay is the box (what the model saw)
+    roi = {"rects": [[10, 4, 20, 16], [30, 10, 10, 20]]}  # box 10, 4, 30 x 26
+    assert peak_in_image(PEAK, (32, 32), (40, 50), roi) == [10 + 22.5, 4 + 6.5]
+    m = fixed_onnx_model(tmp_path / "roi.onnx", [5.0, 0.0, 0.0])
+    m = with_anomaly_head(m, {**HEAD, "peak": True}, peak=PEAK, roi=roi)
+    boxed = tmp_path / "boxed"
+    rc, recs, _ = run(
+        ["run", "--model", str(m), "--input", str(parts), "--save-maps", str(boxed)], capsys
+    )
+    assert rc == 0 and recs["bright.png"]["anomaly_peak"] == [32.5, 10.5]
+    assert cv2.imread(str(boxed / "bright.anomaly.png")).shape == (26, 30, 3)
+    assert peak_in_image([float("nan"), 1.0], (32, 32), (40, 50)) is None
     line = LineModel.load(models["peak"])
     assert line.novelty.has_peak and line.novelty.output_names()[-1] == "anomaly_peak"
     pred = line.classify([np.full((40, 50, 3), 230, np.uint8)])[0]

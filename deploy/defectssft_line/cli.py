@@ -44,7 +44,7 @@ from defectssft_line.keepwarm import KeepWarm
 from defectssft_line.lineio import LineOutputs, add_arguments, outputs_from_args
 from defectssft_line.model import LineError, LineModel
 from defectssft_line.names import safe_text
-from defectssft_line.novelty import ON_NOVEL_CHOICES, save_map_overlay
+from defectssft_line.novelty import ON_NOVEL_CHOICES, peak_in_image, save_map_overlay
 from defectssft_line.output import (
     FORMATS,
     ResultWriter,
@@ -64,15 +64,24 @@ from defectssft_line.stopping import StopOnSignal, end_by_sigterm
 
 
 def _verdict_record(
-    name: str, pred: Prediction, t0: float, version: str, ahead_ms: float = 0.0
+    name: str,
+    pred: Prediction,
+    t0: float,
+    model: LineModel,
+    image: np.ndarray,
+    ahead_ms: float = 0.0,
 ) -> dict:
     """The output record of a scored image or frame (latency counted from ``t0``, plus the
     preprocessing done ahead on the read-ahead thread)."""
     latency_ms = (time.perf_counter() - t0) * 1000 + ahead_ms
-    rec = record(name, pred.verdict, pred.cls, pred.score, latency_ms, version)
+    rec = record(name, pred.verdict, pred.cls, pred.score, latency_ms, model.version)
     if pred.anomaly_score is not None:  # a model with an anomaly head (novelty.py)
         rec["anomaly_score"] = round(float(pred.anomaly_score), 6)
         rec["novel"] = bool(pred.novel)
+    if pred.anomaly_peak is not None:  # where it is, in the image's pixels
+        peak = peak_in_image(pred.anomaly_peak, (model.height, model.width), image.shape, model.roi)
+        if peak is not None:
+            rec["anomaly_peak"] = peak
     return rec
 
 
@@ -127,6 +136,7 @@ class Runner:
                 model.bit_depth,
                 pred.anomaly_peak,
                 (model.height, model.width),
+                model.roi,
             )
         except (OSError, ValueError) as e:
             _log(f"warning: cannot save the anomaly map of {safe_text(name)}: {e}")
@@ -144,7 +154,7 @@ class Runner:
             return self._error(name, model.version, t0, str(e))
         except Exception as e:  # noqa: BLE001 - one odd image must never stop the line
             return self._error(name, model.version, t0, f"{shown}: {type(e).__name__}: {e}")
-        rec = _verdict_record(name, pred, t0, model.version)
+        rec = _verdict_record(name, pred, t0, model, image)
         self._save_map(model, Path(name).name, image, pred)
         if pred.verdict == "UNSURE" and self.send_unsure is not None and source is not None:
             try:
@@ -232,7 +242,7 @@ class Runner:
             if n <= 10 or n % 100 == 0:
                 _log(f"warning: frame skipped ({n} so far): {message}")
             return self._error(name, model.version, t0, message)
-        rec = _verdict_record(name, pred, t0, model.version, prepared.ms if prepared else 0.0)
+        rec = _verdict_record(name, pred, t0, model, frame, prepared.ms if prepared else 0.0)
         if extra:
             rec.update(extra)
         if self.outputs is not None:  # the PLC first; images to disk after

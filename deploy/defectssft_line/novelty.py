@@ -144,6 +144,27 @@ def mark_peak(
     return out
 
 
+def peak_in_image(
+    peak: Any, input_size: tuple[int, int], image_shape: tuple[int, ...], roi: Any = None
+) -> list[float] | None:
+    """``anomaly_peak`` (x, y in the model's input pixels of ``input_size`` (height, width)) in
+    the pixels of the decoded image of ``image_shape`` (the region of interest's box when the
+    model has one, offset by its corner), as ``mark_peak`` scales it; None without a finite
+    peak."""
+    p = np.asarray(peak, np.float64).reshape(-1) if peak is not None else np.zeros(0)
+    if p.size != 2 or not np.all(np.isfinite(p)):
+        return None
+    x0, y0, w, h = 0, 0, int(image_shape[1]), int(image_shape[0])
+    if roi is not None:
+        from defectssft_line.roi import as_roi
+
+        x0, y0, w, h = as_roi(roi).bbox
+    return [
+        round(x0 + float(p[0]) * w / max(1, input_size[1]), 1),
+        round(y0 + float(p[1]) * h / max(1, input_size[0]), 1),
+    ]
+
+
 def overlay(image_rgb: np.ndarray, weights: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """RGB uint8 image with a JET colour map drawn where ``weights`` > 0 (strength by weight)."""
     import cv2
@@ -163,16 +184,17 @@ def save_map_overlay(
     bit_depth: int,
     peak: Any = None,
     input_size: tuple[int, int] | None = None,
+    roi: Any = None,
 ) -> Path:
-    """Write ``folder/<name stem>.anomaly.png``: the decoded image (8-bit RGB, own size) with
-    its anomaly map drawn where it is high, and a ring at ``peak`` (``anomaly_peak``, in input
+    """Write ``folder/<name stem>.anomaly.png``: the decoded image (8-bit RGB, own size; its
+    region of interest ``roi`` when the model has one) with its anomaly map drawn where it is high, and a ring at ``peak`` (``anomaly_peak``, in input
     pixels of ``input_size``) when given. Written under a temporary name and renamed."""
     import cv2
 
     from defectssft_line.output import _atomic_write_bytes
-    from defectssft_line.preprocess import to_rgb8
+    from defectssft_line.preprocess import crop_roi, to_rgb8
 
-    rgb = to_rgb8(image, bit_depth)
+    rgb = to_rgb8(crop_roi(image, roi), bit_depth)  # what the model saw
     weights = heat_weights(amap, threshold, rgb.shape[0], rgb.shape[1])
     if peak is not None and input_size is not None:
         weights = mark_peak(weights, peak, input_size, amap, threshold)

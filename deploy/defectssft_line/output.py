@@ -2,7 +2,9 @@
 
 One record per image: ``file, verdict, class, score, latency_ms`` plus ``model_version`` and
 ``error`` (verdict ``ERROR`` for an image that could not be read), and ``anomaly_score`` and
-``novel`` for a model with an anomaly head (CSV: empty for one without). Images the model is unsure
+``novel`` for a model with an anomaly head (CSV: empty for one without); JSON records of a head
+with a peak also carry ``anomaly_peak`` (the CSV keeps its columns, so files it appends to keep
+theirs). Images the model is unsure
 about are copied to a folder that the project's ``defectssft watch`` ingests, so operators
 label exactly the parts the model finds hard.
 """

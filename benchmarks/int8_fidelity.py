@@ -199,6 +199,42 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
     }
 
 
+def latency_at(case: Path, work: Path, recipes: list[str], size: tuple[int, int], rounds: int):
+    """fp32 and each recipe's latency (batch 1, 1 thread, interleaved) of ``case``'s classifier
+    exported at ``size`` (the weights are the same; calibrated on its held parts at that size):
+    what the recipe costs at a line's input size, where the early layers weigh more."""
+    import onnx
+    import torch
+
+    from defectssft import int8
+    from defectssft.export import _torch_to_onnx
+    from defectssft.inspection import ModelSpec, inspection_model, load_images
+    from defectssft.modeling import load_model_file
+
+    torch.set_num_threads(1)
+    model, meta = load_model_file(case / "project" / "models" / "v0001" / "model.pt")
+    spec = ModelSpec.from_meta(meta)
+    h, w = size
+    mine = work / f"{case.name}-{h}x{w}"
+    mine.mkdir(parents=True, exist_ok=True)
+    fp32 = mine / "fp32.onnx"
+    onnx.save(_torch_to_onnx(inspection_model(model, spec), h, w), str(fp32))
+    names = json.loads((case / "held_order.json").read_text())[:64]
+    images = load_images([case / "held" / n for n in names], h, w, spec.input.bit_depth)
+    files = {"fp32": fp32}
+    for name in recipes:
+        files[name] = mine / f"int8-{name}.onnx"
+        int8.quantize(fp32, files[name], images, int8.RECIPES[name])
+    ms = _latency(files, images[:1], rounds)
+    return {
+        "case": case.name,
+        "size": [h, w],
+        "ms": ms,
+        "ratio": {k: v / ms["fp32"] for k, v in ms.items()},
+        "mb": {k: p.stat().st_size / 1e6 for k, p in files.items()},
+    }
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| case | variant | max abs dlogit held / check | flips held / check (line: with novelty) | anomaly max change of thr | ms (1 thread) | vs fp32 | MB |",
@@ -248,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/int8_fidelity"))
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--name", default="int8_fidelity")
+    ap.add_argument(
+        "--latency-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="also time the first case's classifier exported at H x W (a line's input size)",
+    )
     args = ap.parse_args(argv)
     from defectssft import int8
 
@@ -269,6 +312,17 @@ def main(argv: list[str] | None = None) -> int:
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
         stem.with_suffix(".md").write_text(table(results))
         print(table(results[-1:]), flush=True)
+    if args.latency_size:
+        at = latency_at(
+            args.bench / args.cases[0], args.workdir, recipes, tuple(args.latency_size), args.rounds
+        )
+        payload["latency_at_size"] = at
+        stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+        line = " | ".join(f"{k} {v:.2f} ms ({at['ratio'][k]:.2f})" for k, v in at["ms"].items())
+        with stem.with_suffix(".md").open("a") as f:
+            f.write(
+                f"\nLatency at {at['size'][0]}x{at['size'][1]} ({at['case']}, classifier only): {line}\n"
+            )
     print(table(results))
     return 0
 

@@ -196,8 +196,8 @@ def _to_fp16(model):
 
 def int8_excluded_nodes(model) -> list[str]:
     """Nodes kept in float by the INT8 export (``defectssft.int8.excluded_nodes`` of its default
-    recipe): the stem conv, the backbone's high-resolution convolutions, the classifier
-    (Gemm/MatMul) and the anomaly head."""
+    recipe): the stem conv, the backbone's high-resolution part (up to output stride 8), the
+    classifier (Gemm/MatMul) and the anomaly head."""
     from defectssft import int8
 
     return int8.excluded_nodes(model, int8.DEFAULT)

@@ -7,7 +7,8 @@ the error builds up over every quantized layer (rounding one layer's weights alo
 logits), not in the calibration (ranges taken on the scored parts themselves do not help), and
 the fine-tuned classifier turns the pooled features' error into logits many times over. The
 lever that helps without giving up the speed is keeping the backbone's early, high-resolution
-convolutions in float (``float_stride``); the recipe was chosen on all five benchmark projects
+part (up to output stride 8: its convolutions and the activations between them) in float
+(``float_stride``, ``float_region``); the recipe was chosen on all five benchmark projects
 together. It does not make INT8 faithful: ``exportcheck`` still refuses a file that flips a
 verdict.
 """
@@ -37,6 +38,7 @@ class Int8Recipe:
     per_channel: bool = True
     sensitive_float: int = 0  # this many most weight-sensitive convolutions kept in float
     float_stride: int = 1  # convolutions whose output stride is at most this stay in float
+    float_region: bool = False  # with float_stride: every node up to there (activations too)
     unsigned_weights: bool = False  # asymmetric uint8 weights (U8U8) instead of int8
     pre_process: bool = True  # onnxruntime's quant_pre_process (graph optimisation) first
 
@@ -56,11 +58,14 @@ RECIPES = {
         Int8Recipe("stride-4-float", float_stride=4),
         Int8Recipe("stride-8-float", float_stride=8),
         Int8Recipe("stride-16-float", float_stride=16),
+        Int8Recipe("stride-4-region", float_stride=4, float_region=True),
+        Int8Recipe("stride-8-region", float_stride=8, float_region=True),
+        Int8Recipe("stride-16-region", float_stride=16, float_region=True),
         Int8Recipe("sensitive-16", sensitive_float=16),
         Int8Recipe("stride-8-float+sensitive-8", float_stride=8, sensitive_float=8),
     )
 }
-DEFAULT = RECIPES["stride-8-float"]  # chosen on the five-project suite (BENCHMARKS.md)
+DEFAULT = RECIPES["stride-8-region"]  # chosen on the five-project suite (BENCHMARKS.md)
 
 
 class Int8Error(DefectssftError):
@@ -115,21 +120,21 @@ def weight_sensitivity(
     return sorted(out, reverse=True)
 
 
-def high_resolution_convs(model, max_stride: int) -> list[str]:
+def high_resolution_convs(model, max_stride: int, region: bool = False) -> list[str]:
     """The convolutions, in graph order, whose output stride (the product of the strides of the
     convolutions and poolings before them) is at most ``max_stride``: the backbone's early,
-    high-resolution layers."""
+    high-resolution layers; ``region``: every node before the first one past that stride (the
+    activations, Adds and Clips between those convolutions too)."""
     from onnx import helper
 
     stride, out = 1, []
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "MaxPool", "AveragePool"):
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        stride *= max(attrs.get("strides", [1]))
-        if stride > max_stride:
-            break
-        if node.op_type == "Conv":
+        if node.op_type in ("Conv", "MaxPool", "AveragePool"):
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            stride *= max(attrs.get("strides", [1]))
+            if stride > max_stride:
+                break
+        if node.op_type == "Conv" or region:
             out.append(node.name)
     return out
 
@@ -152,7 +157,9 @@ def excluded_nodes(
     excluded += [n for n in int8_excluded(model) if n not in excluded]
     if recipe.float_stride > 1:
         excluded += [
-            n for n in high_resolution_convs(model, recipe.float_stride) if n not in excluded
+            n
+            for n in high_resolution_convs(model, recipe.float_stride, recipe.float_region)
+            if n not in excluded
         ]
     if recipe.sensitive_float and calib is not None and len(calib):
         ranked = weight_sensitivity(model, calib, skip=excluded)

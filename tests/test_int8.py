@@ -49,6 +49,7 @@ def test_high_resolution_convs_count_the_strides_of_convolutions_and_poolings():
     assert int8.high_resolution_convs(model, 8) == ["stem", "c4", "c8"]
     assert int8.high_resolution_convs(model, 2) == ["stem"]
     assert int8.high_resolution_convs(model, 1) == []
+    assert int8.high_resolution_convs(model, 4, region=True) == ["stem", "pool", "c4"]
 
 
 def test_the_export_keeps_the_stem_the_high_resolution_convs_and_the_classifier_float(
@@ -58,7 +59,9 @@ def test_the_export_keeps_the_stem_the_high_resolution_convs_and_the_classifier_
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     excluded = set(int8_excluded_nodes(model))
     early = int8.high_resolution_convs(model, int8.DEFAULT.float_stride)
-    assert int8.DEFAULT.float_stride == 8 and convs[0] == early[0]
+    region = int8.high_resolution_convs(model, 8, region=True)
+    assert (int8.DEFAULT.float_stride, int8.DEFAULT.float_region) == (8, True)
+    assert convs[0] == early[0] and set(early) < set(region) <= excluded
     assert 2 < len(early) < len(convs)  # some convolutions stay float, most do not
     assert set(early) <= excluded
     assert {n.name for n in model.graph.node if n.op_type == "Gemm"} <= excluded
@@ -71,6 +74,12 @@ def test_the_export_keeps_the_stem_the_high_resolution_convs_and_the_classifier_
         n.name for n in q.graph.node if n.op_type == "Conv" and n.input[1] in dequantized
     }
     assert quantized_convs == set(convs[len(early) :])
+    # nothing between the early convolutions is quantized either: only where the region feeds
+    # the quantized rest
+    region_outputs = {o for n in model.graph.node if n.name in region for o in n.output}
+    boundary = {i for n in model.graph.node if n.name not in excluded for i in n.input}
+    quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized & region_outputs and quantized & region_outputs <= boundary
 
 
 def test_sensitive_float_keeps_the_convolutions_whose_rounding_moves_the_logits_most(fp32_file):

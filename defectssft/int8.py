@@ -41,6 +41,7 @@ class Int8Recipe:
     float_region: bool = False  # with float_stride: every node up to there (activations too)
     unsigned_weights: bool = False  # asymmetric uint8 weights (U8U8) instead of int8
     pre_process: bool = True  # onnxruntime's quant_pre_process (graph optimisation) first
+    signed_activations: bool = False  # symmetric int8 activations instead of asymmetric uint8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -62,6 +63,15 @@ RECIPES = {
         Int8Recipe("stride-8-region", float_stride=8, float_region=True),
         Int8Recipe("stride-16-region", float_stride=16, float_region=True),
         Int8Recipe("sensitive-16", sensitive_float=16),
+        Int8Recipe(
+            "stride-8-region+sensitive-8", float_stride=8, float_region=True, sensitive_float=8
+        ),
+        Int8Recipe(
+            "stride-8-region+int8-activations",
+            float_stride=8,
+            float_region=True,
+            signed_activations=True,
+        ),
         Int8Recipe("stride-8-float+sensitive-8", float_stride=8, sensitive_float=8),
     )
 }
@@ -220,12 +230,12 @@ def quantize(
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=recipe.per_channel,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if recipe.signed_activations else QuantType.QUInt8,
                 weight_type=QuantType.QUInt8 if recipe.unsigned_weights else QuantType.QInt8,
                 calibrate_method=method,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 nodes_to_exclude=excluded,
-                extra_options={"CalibTensorRangeSymmetric": False},
+                extra_options={"ActivationSymmetric": recipe.signed_activations},
             )
     finally:
         for f in work.glob("*"):

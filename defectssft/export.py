@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -195,81 +194,23 @@ def _to_fp16(model):
     return float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
 
 
-class _Calibration:
-    """Feeds project images to onnxruntime's static INT8 calibration, one image at a time."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self._it = iter([{"image": images[i : i + 1]} for i in range(len(images))])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:  # pragma: no cover - not used by MinMax calibration
-        pass
-
-
 def int8_excluded_nodes(model) -> list[str]:
-    """Nodes kept in float by the INT8 export: the stem conv (it sees the normalised image) and
-    the classifier (Gemm/MatMul), whose errors go straight into the probabilities; and the
-    anomaly head (``defectssft.anomaly.int8_excluded``).
+    """Nodes kept in float by the INT8 export (``defectssft.int8.excluded_nodes`` of its default
+    recipe): the stem conv, the backbone's high-resolution part (up to output stride 8), the
+    classifier (Gemm/MatMul) and the anomaly head."""
+    from defectssft import int8
 
-    Clip/Relu are quantized too, so each conv's output range is the clipped one (leaving them
-    in float costs accuracy: the measurements are in BENCHMARKS.md, "Line latency").
-    """
-    excluded = []
-    convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    if convs:
-        excluded.append(convs[0].name)
-    excluded += [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
-    from defectssft.anomaly import int8_excluded
-
-    return excluded + [n for n in int8_excluded(model) if n not in excluded]
+    return int8.excluded_nodes(model, int8.DEFAULT)
 
 
 def _to_int8(fp32_path: Path, out_path: Path, calib: np.ndarray) -> None:
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """The INT8 graph of ``fp32_path`` (``defectssft.int8``: the recipe and why), calibrated on
+    ``calib`` (uint8 NHWC project images)."""
+    from defectssft import int8
 
     if len(calib) == 0:
         raise ExportError("INT8 export needs project images to calibrate on; the project has none")
-
-    class Reader(_Calibration, CalibrationDataReader):
-        pass
-
-    work = Path(tempfile.mkdtemp(prefix="defectssft-int8-", dir=out_path.parent))
-    try:
-        pre = work / "pre.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-            source = pre
-        except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not required
-            source = fp32_path
-        excluded = int8_excluded_nodes(onnx.load(str(source)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_static(
-                str(source),
-                str(out_path),
-                Reader(calib),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                op_types_to_quantize=["Conv", "Gemm", "MatMul", "Clip", "Relu", "Add"],
-                nodes_to_exclude=excluded,
-            )
-    finally:
-        for f in work.glob("*"):
-            f.unlink(missing_ok=True)
-        work.rmdir()
+    int8.quantize(fp32_path, out_path, calib, int8.DEFAULT)
 
 
 # --------------------------------------------------------------------------- checking

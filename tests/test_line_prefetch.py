@@ -1,6 +1,6 @@
 """The camera read ahead of scoring (defectssft_line.prefetch) and the clean stop on a signal
 (defectssft_line.stopping): frames keep their order and their own camera metadata, ``limit``
-reads no frame too many, a stop hands out every frame already read, and SIGTERM / Ctrl+C
+reads no frame too many and releases the camera after the last frame's scoring, a stop hands out every frame already read, and SIGTERM / Ctrl+C
 during a camera run end it with every frame read scored and the summary printed. A paced reader
 reads the next frame only once the consumer scores the current one (or comes back), prepares
 frames on its own thread, and the runner scores what was prepared for the running model.
@@ -175,6 +175,26 @@ def test_limit_reads_no_frame_that_would_not_be_scored():
     p = FramePrefetcher(stream_of(cap, reconnect=False), limit=3).start()
     assert [int(f.image[0, 0, 0]) for f in p] == [1, 2, 3]
     assert p.close() and cap.reads == 3 and cap.released_by is not None
+
+
+def test_with_a_limit_the_camera_goes_only_after_the_last_frame_is_scored():
+    """Releasing a camera holds the GIL for a long while (a GenICam producer stopping): with
+    ``limit`` the reader releases it once the consumer is done with the last frame, not while
+    that frame is scored."""
+    cap = CountingCapture()  # endless
+    p = FramePrefetcher(stream_of(cap, reconnect=False), limit=2, pace=True).start()
+    released_while_scoring = []
+    for frame in p:
+        if int(frame.image[0, 0, 0]) == 2:  # the last: "scored" for a while
+            p.scoring()
+            time.sleep(0.3)
+            released_while_scoring.append(cap.released_by is not None)
+    assert p.close() and cap.released_by is not None
+    assert released_while_scoring == [False]
+    cap = CountingCapture()  # a consumer that stops taking frames: close() still ends it
+    p = FramePrefetcher(stream_of(cap, reconnect=False), limit=1, pace=True).start()
+    next(iter(p))
+    assert p.close() and cap.released_by is not None
 
 
 def test_stop_hands_out_every_frame_already_read():

@@ -11,9 +11,10 @@ sinks written at once (``Sink.inline``), then to those a thread hop away.
 The OPC UA and Modbus servers run in processes of their own by default (``--servers
 process``, ``sinks/process.py``), so a PLC's polls never take the scoring thread's GIL. With
 ``--servers thread`` they run in this process, and then, while a camera frame is scored
-(``begin`` to its result published in ``handle``), their event loops wait, their threads off
-Python's GIL: a PLC's read that arrives meanwhile is answered right after the part's values
-are written (it would have read the previous part's values), and the scoring thread never waits for the GIL behind
+(``begin`` to its result published in ``handle``), their event loops hold what arrives (their
+selector is gated: ``_GatedSelector``), their threads off Python's GIL: a PLC's read that
+arrives meanwhile is answered right after the part's values are written (it would have read
+the previous part's values), and the scoring thread never waits for the GIL behind
 the servers' per-request Python (BENCHMARKS.md, line end to end: 1.5 ms a part with two PLCs
 polling every 1 ms). A loop waits at most ``QUIET_MAX_S`` a part, so a line scoring back to
 back still answers its PLCs between parts; with ``--part-id plc`` the loops never wait (the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -49,6 +51,28 @@ QUIET_MAX_S = 0.05  # the longest a server's loop waits for one part's scoring (
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class _GatedSelector:
+    """A server loop's selector (asyncio's own, wrapped): while a part is scored, what it
+    returns is held until the part is published, at most ``QUIET_MAX_S`` once a part, the
+    loop's thread off the GIL meanwhile; everything else is the selector's own. The loop is
+    woken by nothing but its own requests: the scoring thread only clears an event."""
+
+    def __init__(self, inner: Any, outputs: LineOutputs) -> None:
+        self._inner, self._outputs = inner, outputs
+        self._waited = 0  # the part this loop last waited for
+
+    def select(self, timeout: float | None = None) -> Any:
+        events = self._inner.select(timeout)
+        out = self._outputs
+        if events and not out._scored.is_set() and self._waited != out._part:
+            self._waited = out._part
+            out._scored.wait(QUIET_MAX_S)
+        return events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class LineOutputs:
@@ -80,6 +104,8 @@ class LineOutputs:
         self._busy_sinks = [s for s in self._publish_order if getattr(s, "wants_busy", False)]
         self._scored = threading.Event()  # clear while a frame is scored: the loops wait
         self._scored.set()
+        self._part = 0  # parts begun (a gated loop waits once a part)
+        self._gated: weakref.WeakSet[Any] = weakref.WeakSet()  # loops with a gated selector
         self._part_readers = [s for s in self.sinks if s.reads_part_id] if part_id == "plc" else []
         for s in self.sinks:
             s.status = self.status
@@ -121,15 +147,29 @@ class LineOutputs:
             self._quiet()
 
     def _quiet(self) -> None:
-        """The servers' loops wait until this part is published (module doc)."""
+        """The servers' loops wait until this part is published (module doc): a loop whose
+        selector is gated (``_GatedSelector``, put in at its first part) holds a request that
+        arrives meanwhile, with nothing to do here; another loop is told to wait now."""
+        self._part += 1
         self._scored.clear()
         for s in self.sinks:
             loop = s.direct_loop() if s.server and s.connected else None
-            if loop is not None:
-                try:
+            if loop is None or loop in self._gated:
+                continue
+            gated = callable(getattr(getattr(loop, "_selector", None), "select", None))
+            try:
+                if gated:
+                    loop.call_soon_threadsafe(self._gate, loop)
+                    self._gated.add(loop)
+                else:
                     loop.call_soon_threadsafe(self._scored.wait, QUIET_MAX_S)
-                except RuntimeError:  # the loop closed meanwhile: nothing to quiet
-                    pass
+            except RuntimeError:  # the loop closed meanwhile: nothing to quiet
+                pass
+
+    def _gate(self, loop: Any) -> None:
+        """On ``loop``'s thread: its selector gated by this line's parts."""
+        if not isinstance(loop._selector, _GatedSelector):
+            loop._selector = _GatedSelector(loop._selector, self)
 
     def _part_id(self, rec: dict[str, Any], camera: bool) -> str:
         counter = rec.get("frame_id")

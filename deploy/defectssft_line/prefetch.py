@@ -28,7 +28,9 @@ Two options let the scoring thread run nothing but the model while the reader wo
 reconnect wait is cut short, a threaded read is abandoned (``CameraStream.stop``), a
 hardware-triggered GenICam wait ends (``on_stop``). Frames already read are still handed out,
 so each one gets its verdict. ``limit`` reads no more than that many frames (``--max-frames``),
-so none is read that would not be scored. ``close()`` ends the thread even when the consumer
+so none is read that would not be scored, and releases the camera only once the consumer is
+done with the last one (releasing it holds the GIL for a long while: the last verdict comes
+first). ``close()`` ends the thread even when the consumer
 stopped taking frames (an exception in the scoring loop).
 """
 
@@ -83,6 +85,7 @@ class FramePrefetcher:
         self._taken = 0  # frames the consumer took (its thread only)
         self._scoring = 0  # the frame the consumer said it scores (or is done with)
         self._waiting = False  # the consumer waits for the next frame (idle)
+        self._last_done = False  # the consumer is done with frame ``limit``
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, int(depth)))
         self.limit = max(0, int(limit))
         self._on_stop = on_stop
@@ -134,8 +137,11 @@ class FramePrefetcher:
                     self.read += 1
                     if not self._put(frame):
                         return
-                    if (self.limit and self.read >= self.limit) or self._stopped.is_set():
+                    if self.limit and self.read >= self.limit:
+                        self._wait_for_last()  # its verdict before the camera's release
                         return  # closing the generator releases the camera, on this thread
+                    if self._stopped.is_set():
+                        return
                     if self.pace and not self._wait_for_scoring(self.read):
                         return
         except BaseException as e:  # noqa: BLE001 - raised again on the consumer's thread
@@ -150,6 +156,13 @@ class FramePrefetcher:
             while self._scoring < n and not (self._closed.is_set() or self._stopped.is_set()):
                 self._pace.wait(_SLICE)
         return not (self._closed.is_set() or self._stopped.is_set())
+
+    def _wait_for_last(self) -> None:
+        """On the reading thread: wait until the consumer is done with frame ``limit`` (or
+        closed or stopped us)."""
+        with self._pace:
+            while not (self._last_done or self._closed.is_set() or self._stopped.is_set()):
+                self._pace.wait(_SLICE)
 
     def scoring(self) -> None:
         """The consumer scores the frame it took last, in native code from now on: the reader
@@ -172,6 +185,10 @@ class FramePrefetcher:
                 return
             self._taken += 1
             yield item
+            if self.limit and self._taken >= self.limit:  # the last: the camera may go now
+                with self._pace:
+                    self._last_done = True
+                    self._pace.notify_all()
             self.scoring()  # done with it, whether or not it said when it began
 
     def close(self, timeout: float = 3.0) -> bool:

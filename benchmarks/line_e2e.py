@@ -9,8 +9,8 @@ the sinks.
 
 Part 1, latency: the camera free-runs at ``--latency-fps`` (default 10 fps, well below what the PC
 can score, as on a triggered line), into an OPC UA server and a Modbus TCP server sink at once
-(each in a process of its own, as the runtime runs them by default; ``--servers thread``: in the
-line's process).
+(in the line's process, as the runtime runs them by default; ``--servers process``: each in a
+process of its own).
 Two separate processes stand in for PLCs: one reads ``Inspection/Counter/Total`` over OPC UA,
 the other registers 2-3 over Modbus, every ``--poll-ms`` (default 1 ms) plus the read itself.
 Latency per part = the first read that shows the part's counter minus the moment the camera
@@ -65,7 +65,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20  # first parts of the latency phase not timed (the camera's backlog, warm caches)
 BLOCK = 20  # frames per block in the interleaved throughput phase
 STANDINS_PINNED = True  # --standins: the stand-in PLCs on the CPUs the line leaves free
-SERVERS = "process"  # --servers: where the OPC UA / Modbus servers run (as the runtime)
+SERVERS = "thread"  # --servers: where the OPC UA / Modbus servers run (as the runtime)
 
 
 def rss_mb() -> float:
@@ -1366,9 +1366,9 @@ def main() -> None:
     ap.add_argument(
         "--servers",
         choices=("process", "thread"),
-        default="process",
-        help="as defectssft-line run --servers: the OPC UA / Modbus servers in processes of "
-        "their own (default) or in the line's process",
+        default="thread",
+        help="as defectssft-line run --servers: the OPC UA / Modbus servers in the line's "
+        "process (default, as the runtime) or each in a process of its own",
     )
     ap.add_argument(
         "--switch-interval-ms",

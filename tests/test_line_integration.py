@@ -863,7 +863,7 @@ def test_cli_plc_refusing_or_port_in_use(model, images, capsys):
         for flag, more in (
             ("--modbus-server", []),
             ("--opcua-server", []),
-            ("--opcua-server", ["--servers", "thread"]),  # in the runtime's process
+            ("--opcua-server", ["--servers", "process"]),  # in a process of its own
             ("--metrics-port", []),
         ):
             args = ["run", "--model", str(model), "--input", str(images), flag, str(port)]

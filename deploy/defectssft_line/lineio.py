@@ -8,9 +8,9 @@ scoring of a camera frame begins (the Modbus ``busy`` coil). Nothing here can st
 sinks queue and reconnect on their own, the archive warns and counts. Results go first to the
 sinks written at once (``Sink.inline``), then to those a thread hop away.
 
-The OPC UA and Modbus servers run in processes of their own by default (``--servers
-process``, ``sinks/process.py``), so a PLC's polls never take the scoring thread's GIL. With
-``--servers thread`` they run in this process, and then, while a camera frame is scored
+The OPC UA and Modbus servers run in this process by default (``--servers thread``; with
+``--servers process`` each runs in a process of its own, ``sinks/process.py``). While a camera
+frame is scored
 (``begin`` to its result published in ``handle``), their event loops hold what arrives (their
 selector is gated: ``_GatedSelector``), their threads off Python's GIL: a PLC's read that
 arrives meanwhile is answered right after the part's values are written (it would have read
@@ -351,8 +351,9 @@ def add_arguments(run: Any) -> None:
         "--servers",
         choices=("process", "thread"),
         default=None,
-        help="run the OPC UA / Modbus servers in a process of their own (default, where the "
-        "system offers it: a PLC's polls never slow the scoring) or in the line's process",
+        help="run the OPC UA / Modbus servers in the line's process (default: the fastest "
+        "hand-over) or each in a process of its own (isolated: its polls never take the "
+        "line's GIL; Linux)",
     )
     s.add_argument(
         "--part-id",
@@ -445,7 +446,7 @@ def sink_config(args: Any, log: Callable[[str], None] = _stderr) -> dict[str, An
         cfg["mqtt"] = {**cfg.get("mqtt", {}), "host": host, "port": port, "topic": args.mqtt_topic}
     if args.sink_queue is not None:
         cfg["queue"] = args.sink_queue
-    mode = getattr(args, "servers", None) or cfg.get("servers", "process")
+    mode = getattr(args, "servers", None) or cfg.get("servers", "thread")
     if mode == "process":
         from defectssft_line.sinks.process import supported
 

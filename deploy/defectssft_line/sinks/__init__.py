@@ -8,11 +8,11 @@ Any number at once, from flags or a sinks YAML (``--sinks line.yaml``); flags ad
     modbus_server: {host: 127.0.0.1, port: 5020}
     modbus_client: {host: 192.168.0.10, port: 502, unit: 1, coil_base: 0, register_base: 0}
     mqtt: {host: broker, port: 1883, topic: defectssft/line}
-    servers: process                  # or thread: where the OPC UA / Modbus servers run
+    servers: thread                   # or process: where the OPC UA / Modbus servers run
 
 See ``base`` for the queueing and reconnect rules, each module for its data layout, and
-``process`` for ``servers: process`` (each server in a child process; ``build_sinks``' own
-default is ``thread``, the line's is ``process`` where the system offers it).
+``process`` for ``servers: process`` (each server in a child process; the default is
+``thread``: in the line's process).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def load_config(path: str | Path | None) -> dict[str, Any]:
             f"sinks file {p}: unknown key(s) {', '.join(sorted(unknown))} "
             f"(known: queue, servers, {', '.join(KINDS)})"
         )
-    if raw.get("servers", "process") not in MODES:
+    if raw.get("servers", "thread") not in MODES:
         raise LineError(f"sinks file {p}: servers must be one of {', '.join(MODES)}")
     for k in KINDS:
         if k in raw and not isinstance(raw[k], dict):

@@ -10,13 +10,11 @@ sinks written at once (``Sink.inline``), then to those a thread hop away.
 
 The OPC UA and Modbus servers run in this process by default (``--servers thread``; with
 ``--servers process`` each runs in a process of its own, ``sinks/process.py``). While a camera
-frame is scored
-(``begin`` to its result published in ``handle``), their event loops hold what arrives (their
-selector is gated: ``_GatedSelector``), their threads off Python's GIL: a PLC's read that
-arrives meanwhile is answered right after the part's values are written (it would have read
-the previous part's values), and the scoring thread never waits for the GIL behind
-the servers' per-request Python (BENCHMARKS.md, line end to end: 1.5 ms a part with two PLCs
-polling every 1 ms). A loop waits at most ``QUIET_MAX_S`` a part, so a line scoring back to
+frame is scored (``begin`` to its result published in ``handle``), their event loops hold what
+arrives (their selector is gated: ``_GatedSelector``), their threads off Python's GIL: a PLC's
+read that arrives meanwhile is answered right after the part's values are written (it would
+have read the previous part's values), and the scoring thread never waits for the GIL behind
+the servers' per-request Python (BENCHMARKS.md, line end to end). A loop waits at most ``QUIET_MAX_S`` a part, so a line scoring back to
 back still answers its PLCs between parts; with ``--part-id plc`` the loops never wait (the
 PLC's part id must land while the frame is scored).
 
@@ -349,7 +347,7 @@ def add_arguments(run: Any) -> None:
     )
     s.add_argument(
         "--servers",
-        choices=("process", "thread"),
+        choices=("thread", "process"),
         default=None,
         help="run the OPC UA / Modbus servers in the line's process (default: the fastest "
         "hand-over) or each in a process of its own (isolated: its polls never take the "

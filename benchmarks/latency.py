@@ -44,6 +44,7 @@ def train_model(size: int, steps: int, run_dir: Path) -> tuple[torch.nn.Module, 
             "train": {
                 "steps": steps,
                 "batch_size": 16,
+                "optimizer": "sgd",  # the lr below is SGD's (the default is chosen per data)
                 "lr": 0.02,
                 "warmup_steps": 10,
                 "eval_every": steps,

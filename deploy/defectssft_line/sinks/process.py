@@ -44,7 +44,7 @@ from typing import Any
 
 from defectssft_line.sinks.base import Sink
 
-MAX_MSG = 1 << 18  # the largest message either side sends (bytes)
+MAX_MSG = 1 << 16  # the largest message either side sends (bytes; under the socket buffer)
 STATS_S = 1.0  # the child reports its counts this often
 START_TIMEOUT_S = 30.0  # for the child to import its server library and bind
 CLOSE_TIMEOUT_S = 5.0  # for the child's last counts after a close

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -33,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "deploy"), str(ROOT / "benchmarks")]
 
 import default_path as dp  # noqa: E402 - H12's protocol helpers (not edited here)
+from progress import save_progress  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 OK = dp.OK
@@ -730,7 +729,6 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="decisions-"))
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / name
     for dataset in args.datasets:
         seeds = args.seeds if (dataset == "kolektor" or not args.kolektor_only_seeds) else [0]
@@ -741,17 +739,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = {"dataset": dataset, "seed": seed, "error": str(e)}
             results.append(r)
             print(table([r]).splitlines()[2], flush=True)
-            payload = {
-                "benchmark": "decisions",
-                "command": " ".join(sys.argv),
-                "quick": args.quick,
-                "minutes": round((time.perf_counter() - t0) / 60, 1),
-                "machine": platform.platform(),
-                "load": os.getloadavg(),
-                "results": results,
-            }
-            stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
-            stem.with_suffix(".md").write_text(table(results))
+            save_progress(stem, "decisions", t0, results, table(results), quick=args.quick)
     print(table(results))
     return 0
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
@@ -29,7 +27,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "deploy")]
+sys.path[:0] = [str(ROOT), str(ROOT / "deploy"), str(ROOT / "benchmarks")]
+from progress import save_progress  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CASES = ["kolektor-s0", "kolektor-s1", "kolektor-s2", "elpv-mono-s0", "neu-s0"]
@@ -297,20 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     recipes = args.recipes or list(int8.RECIPES)
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / args.name
     for name in args.cases:
         results.append(run_case(args.bench / name, args.workdir, recipes, args.rounds))
-        payload = {
-            "benchmark": "int8_fidelity",
-            "command": " ".join(sys.argv),
-            "minutes": round((time.perf_counter() - t0) / 60, 1),
-            "machine": platform.platform(),
-            "load": os.getloadavg(),
-            "results": results,
-        }
-        stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
-        stem.with_suffix(".md").write_text(table(results))
+        payload = save_progress(stem, "int8_fidelity", t0, results, table(results))
         print(table(results[-1:]), flush=True)
     if args.latency_size:
         at = latency_at(

@@ -83,6 +83,11 @@ PEAK_WINDOW = 3
 DEFAULT_PEAK_WINDOW = 0
 MAX_PEAK_WINDOW = 9
 PEAK_PATCHES_PER_IMAGE = 512
+# Mirrored copies of the fit images whose patches also enter the bank: "h" left-right, "v" up-down,
+# "hv" both at once. A fit choice (BENCHMARKS.md, "Open set"); the bank keeps the rows the
+# un-mirrored patches would give, so the exported graph costs the same.
+FIT_FLIPS = {"none": (), "h": ("h",), "v": ("v",), "hv": ("h", "v", "hv")}
+DEFAULT_FIT_FLIPS = "none"
 
 
 class AnomalyError(DefectssftError):
@@ -111,6 +116,14 @@ def patch_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
             m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
         out.append(m)
     return torch.cat(out, dim=1)
+
+
+def flip_images(images: np.ndarray, flip: str) -> np.ndarray:
+    """uint8 NHWC ``images`` mirrored: ``h`` left-right, ``v`` up-down, ``hv`` both."""
+    if flip not in ("h", "v", "hv"):
+        raise AnomalyError(f"unknown flip {flip!r}: h, v or hv")
+    out = images[:, :, ::-1] if "h" in flip else images
+    return np.ascontiguousarray(out[:, ::-1] if "v" in flip else out)
 
 
 def gaussian_taps(sigma: float) -> np.ndarray:
@@ -408,22 +421,25 @@ class Features:
     defect: np.ndarray
     fine: np.ndarray | None = None  # [N, P, D2]: P random fine patches of each image (the peak)
     fine_grid: tuple[int, ...] = ()  # [H, W] of the fine features
+    mirrored: np.ndarray | None = None  # [N, Q, D]: patches of each image's mirrored copies
 
     def take(self, keep: np.ndarray) -> Features:
         p = None if self.patches is None else self.patches[keep]
         fine = None if self.fine is None else self.fine[keep]
+        mirrored = None if self.mirrored is None else self.mirrored[keep]
         return Features(p, self.pooled[keep], self.logits[keep], self.defect[keep], fine,
-                        self.fine_grid)  # fmt: skip
+                        self.fine_grid, mirrored)  # fmt: skip
 
     @staticmethod
     def cat(parts: Sequence[Features]) -> Features:
         p = None if parts[0].patches is None else np.concatenate([f.patches for f in parts])
-        fine = None
-        if all(f.fine is not None for f in parts):
-            fine = np.concatenate([f.fine for f in parts])
+        extra = {}
+        for k in ("fine", "mirrored"):
+            if all(getattr(f, k) is not None for f in parts):
+                extra[k] = np.concatenate([getattr(f, k) for f in parts])
         return Features(p, *(np.concatenate([getattr(f, k) for f in parts])
-                             for k in ("pooled", "logits", "defect")), fine,
-                        parts[0].fine_grid)  # fmt: skip
+                             for k in ("pooled", "logits", "defect")),
+                        fine_grid=parts[0].fine_grid, **extra)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.pooled)
@@ -438,17 +454,32 @@ def extract_features(
     batch_size: int = 16,
     peak_indices: Sequence[int] = (),
     seed: int = 0,
+    flips: Sequence[str] = (),
+    mirrored_per_image: int = 0,
 ) -> Features:
     """One backbone pass over uint8 NHWC images: ``Features`` (with ``peak_indices``: also
-    ``PEAK_PATCHES_PER_IMAGE`` random fine patches of each image, for the peak's bank)."""
+    ``PEAK_PATCHES_PER_IMAGE`` random fine patches of each image, for the peak's bank; with
+    ``flips``: also the patches of each image mirrored so, ``mirrored_per_image`` random ones
+    of all its copies' if that is fewer)."""
     bb = inspection.backbone
     out: dict[str, list[np.ndarray]] = {"p": [], "pooled": [], "logits": [], "defect": []}
     wanted = sorted(set(indices) | set(peak_indices))
     fine: list[np.ndarray] = []
+    mirrored: list[np.ndarray] = []
     grid: tuple[int, ...] = ()
     rng = np.random.default_rng(seed)
     for i in range(0, len(images), batch_size):
-        x = inspection.normalise(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+        batch = images[i : i + batch_size]
+        if flips and patches:
+            copies = []
+            for f in flips:
+                m = flip_images(batch, f)
+                _, inter = _intermediates(bb, inspection.normalise(torch.from_numpy(m)), indices)
+                copies.append(patch_features(inter).flatten(2).transpose(1, 2).numpy())
+            c = np.concatenate(copies, axis=1)  # [n, copies * h * w, D]
+            k = min(mirrored_per_image, c.shape[1]) if mirrored_per_image else c.shape[1]
+            mirrored += [r[np.sort(rng.permutation(len(r))[:k])] for r in c]
+        x = inspection.normalise(torch.from_numpy(np.ascontiguousarray(batch)))
         final, maps = _intermediates(bb, x, wanted)
         inter = [maps[wanted.index(j)] for j in indices]
         if peak_indices:
@@ -470,6 +501,7 @@ def extract_features(
         *(np.concatenate(out[k]) for k in ("pooled", "logits", "defect")),
         np.stack(fine) if fine else None,
         grid,
+        np.stack(mirrored) if mirrored else None,
     )
 
 
@@ -605,6 +637,7 @@ class AnomalyModel:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # knn_bank, maha_*, peak_bank
     # The peak (``PeakHead``): {"indices", "window", "grid": [H, W], "input": [h, w]}; {}: none
     peak: dict[str, Any] = field(default_factory=dict)
+    fit_flips: str = "none"  # the mirrored copies the bank was also fit on (FIT_FLIPS)
     calibrated_on: str = ""
     n_fit_images: int = 0
     n_fit_patches: int = 0
@@ -734,6 +767,8 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
         if bank.shape[1] != int(info.get("bank_dim", bank.shape[1])):
             raise ValueError("bank does not match its description")
         _check_peak(info.get("peak", {}), arrays)
+        if info.get("fit_flips", "none") not in FIT_FLIPS:
+            raise ValueError(f"fit_flips {info['fit_flips']!r} (one of {', '.join(FIT_FLIPS)})")
         smooth = info.get("smooth", 0.0)
         if (
             not isinstance(smooth, (int, float))
@@ -968,13 +1003,16 @@ def fit_project_anomaly(
     smooth: float = DEFAULT_SMOOTH,
     scores: str | Sequence[str] | None = None,
     peak_window: int = DEFAULT_PEAK_WINDOW,
+    fit_flips: str = DEFAULT_FIT_FLIPS,
     seed: int = 0,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> AnomalyModel:
     """Fit, calibrate and store the anomaly head of a version (default: production, else newest).
 
     ``scores``: which novelty scores the head combines (``parse_scores``; None: by project).
-    ``peak_window``: the peak's refinement window in coarse patches (``PeakHead``; 0: none)."""
+    ``peak_window``: the peak's refinement window in coarse patches (``PeakHead``; 0: none).
+    ``fit_flips``: mirrored copies of the fit images whose patches the bank's coreset also
+    chooses from (``FIT_FLIPS``; the bank keeps the rows of the fit images alone)."""
     from defectssft.inspection import load_images, load_inspection
 
     if on_novel not in ON_NOVEL_CHOICES:
@@ -987,6 +1025,8 @@ def fit_project_anomaly(
         raise AnomalyError(
             f"the peak's window must be 0 to {MAX_PEAK_WINDOW} patches, got {peak_window}"
         )
+    if fit_flips not in FIT_FLIPS:
+        raise AnomalyError(f"fit flips must be one of {', '.join(FIT_FLIPS)}, got {fit_flips!r}")
     record = project.get_model(version)
     model_dir = Path(record["path"])
     inspection, spec = load_inspection(model_dir / "model.pt")
@@ -1000,21 +1040,27 @@ def fit_project_anomaly(
         )
     want_patches = "patchcore" in names
     peak_indices = PEAK_INDICES if want_patches and peak_window else ()
+    flips = FIT_FLIPS[fit_flips] if want_patches else ()
+    # The mirrored patches stay within MAX_FIT_PATCHES in all: a random share of each image's.
+    per_image = MAX_FIT_PATCHES // max(1, len(plan.fit) + len(plan.unlabeled_candidates))
     try:
         load = lambda paths: load_images(paths, h, w, depth, roi)  # noqa: E731
 
-        def features(paths: list[Path], peak: Sequence[int] = ()) -> Features:
+        def features(paths: list[Path], peak: Sequence[int] = (), fit: bool = False) -> Features:
             images = load(paths)
             return extract_features(
-                inspection, images, patches=want_patches, peak_indices=peak, seed=seed
-            )
+                inspection, images, patches=want_patches, peak_indices=peak, seed=seed,
+                flips=flips if fit else (), mirrored_per_image=max(1, per_image),
+            )  # fmt: skip
 
         parts = []
         if plan.fit:
-            parts.append((features(plan.fit, peak_indices), np.asarray(plan.fit_classes, int)))
+            parts.append(
+                (features(plan.fit, peak_indices, True), np.asarray(plan.fit_classes, int))
+            )
         n_unl = 0
         if plan.unlabeled_candidates:
-            fu = features(plan.unlabeled_candidates, peak_indices)
+            fu = features(plan.unlabeled_candidates, peak_indices, True)
             # With an OK class: the confident OK calls; without one, the confident calls of any
             # known class (the defect score is then 1 - the top probability), with that class.
             keep = fu.defect < CONFIDENT_OK
@@ -1052,16 +1098,24 @@ def fit_project_anomaly(
         map_size = [int(gh), int(gw)]
         patches = feats.patches.reshape(-1, dim)
         n_patches = len(patches)
-        if n_patches > MAX_FIT_PATCHES:  # bounds the coreset's time: a random subset first
-            patches = patches[np.sort(rng.permutation(n_patches)[:MAX_FIT_PATCHES])]
-        rows = bank_rows(len(patches), dim, bank_mb, coreset_ratio, min_bank)
+        rows = bank_rows(min(n_patches, MAX_FIT_PATCHES), dim, bank_mb, coreset_ratio, min_bank)
+        n_mirrored = 0
+        if feats.mirrored is not None:  # the rows stay those of the fit images alone
+            n_mirrored = feats.mirrored.shape[0] * feats.mirrored.shape[1]
+            patches = np.concatenate([patches, feats.mirrored.reshape(-1, dim)])
+        n_pool = len(patches)
+        if n_pool > MAX_FIT_PATCHES:  # bounds the coreset's time: a random subset first
+            patches = patches[np.sort(rng.permutation(n_pool)[:MAX_FIT_PATCHES])]
         budget_rows = max(1, int(bank_mb * 1e6 // (4 * dim)))
         if rows < len(patches):
+            mirrored = f" (+ {n_mirrored} of mirrored copies, {fit_flips})" if n_mirrored else ""
             note = f"coreset of {rows} from {len(patches)} patches" + (
                 f" (the {bank_mb:g} MB budget holds {budget_rows})" if rows == budget_rows else ""
             )
-            if n_patches > len(patches):
-                note += f", chosen from a random {len(patches)} of {n_patches}"
+            if n_pool > len(patches):
+                note += f", chosen from a random {len(patches)} of {n_patches}{mirrored}"
+            else:
+                note += mirrored
             say(f"anomaly bank: {note}")
         bank = patches[greedy_coreset(patches, rows, seed)].astype(np.float32)
     arrays: dict[str, np.ndarray] = {}
@@ -1090,6 +1144,7 @@ def fit_project_anomaly(
         scores=names,
         arrays=arrays,
         peak=peak,
+        fit_flips=fit_flips if want_patches else "none",
         calibrated_on=calibrated_on,
         n_fit_images=int(n_img),
         n_fit_patches=int(n_patches),

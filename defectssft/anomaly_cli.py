@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # defectssft.anomaly imports torch: only inside the commands
 
 
 _rate = argtypes.number(float, lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
+FIT_FLIPS_CHOICES = ("none", "h", "v", "hv")  # defectssft.anomaly.FIT_FLIPS (torch-free here)
 _smooth = argtypes.number(float, lambda v: 0 <= v <= 8, "between 0 and 8")
 _window = argtypes.number(int, lambda v: 0 <= v <= 9, "between 0 and 9")
 
@@ -70,6 +71,13 @@ def register(subparsers: Any) -> None:
         "no refinement)",
     )
     p.add_argument(
+        "--fit-flips",
+        choices=FIT_FLIPS_CHOICES,
+        default=None,
+        help="also fit the patch bank on mirrored copies of the good images: h (left-right), "
+        "v (up-down), hv (both, and both at once); the bank keeps its size (default none)",
+    )
+    p.add_argument(
         "--on-novel",
         choices=ON_NOVEL_CHOICES,
         default="UNSURE",
@@ -91,6 +99,8 @@ def describe(m: AnomalyModel) -> str:
         else:
             what.append("the classifier's energy")
     images = "good images" if m.scores == ["patchcore"] else "images"
+    if m.fit_flips != "none":
+        images += f" (and their mirrored copies, {m.fit_flips})"
     line = (
         f"anomaly head of {m.version}: {' + '.join(what)} ({m.bank_mb:.1f} MB) from "
         f"{m.n_fit_images} {images}; threshold {m.threshold:.4g} "
@@ -115,6 +125,7 @@ def cmd_fit_anomaly(args: argparse.Namespace) -> int:
         "smooth": args.smooth,
         "scores": args.scores,
         "peak_window": args.peak_window,
+        "fit_flips": args.fit_flips,
     }
     model = fit_project_anomaly(
         project,

@@ -787,3 +787,69 @@ def test_app_view_rings_the_peak_at_the_images_own_size(tmp_path, fitted):
     assert plain.peak is None
     ys, xs = np.nonzero(plain.heat != view.heat)
     assert len(ys) and abs(xs.mean() - x) < 3 and abs(ys.mean() - y) < 3
+
+
+# --------------------------------------------------------------------------- mirrored fit images
+
+
+def test_flip_images_mirror_as_named():
+    from defectssft.anomaly import flip_images
+
+    x = np.arange(2 * 3 * 4 * 1, dtype=np.uint8).reshape(2, 3, 4, 1)
+    assert np.array_equal(flip_images(x, "h"), x[:, :, ::-1])
+    assert np.array_equal(flip_images(x, "v"), x[:, ::-1])
+    assert np.array_equal(flip_images(x, "hv"), x[:, ::-1, ::-1])
+    with pytest.raises(AnomalyError, match="unknown flip"):
+        flip_images(x, "d")
+
+
+def test_mirrored_patches_are_the_mirrored_images_own(fitted):
+    from defectssft.anomaly import extract_features, flip_images
+    from defectssft.inspection import load_inspection
+
+    project, version, _ = fitted
+    ins, _ = load_inspection(Path(project.get_model(version)["path"]) / "model.pt")
+    imgs = random_images(3)
+    f = extract_features(ins, imgs, flips=("h", "v"))
+    per_copy = f.patches.shape[1] * f.patches.shape[2]
+    assert f.mirrored.shape == (3, 2 * per_copy, f.patches.shape[-1])
+    for i, flip in enumerate(("h", "v")):
+        own = extract_features(ins, flip_images(imgs, flip)).patches.reshape(3, per_copy, -1)
+        np.testing.assert_allclose(f.mirrored[:, i * per_copy : (i + 1) * per_copy], own, atol=1e-5)
+    few = extract_features(ins, imgs, flips=("h", "v", "hv"), mirrored_per_image=5)
+    assert few.mirrored.shape == (3, 5, f.patches.shape[-1])
+    assert extract_features(ins, imgs).mirrored is None
+
+
+def test_fit_flips_keep_the_banks_rows_and_draw_from_the_copies(tmp_path):
+    project = make_project(tmp_path)
+    version = add_model(project)
+    plain = fit_project_anomaly(project, version, min_bank=16)
+    said: list[str] = []
+    m = fit_project_anomaly(project, version, min_bank=16, fit_flips="hv", say=said.append)
+    assert m.bank.shape == plain.bank.shape  # the graph costs the same
+    assert not np.array_equal(m.bank, plain.bank)  # the coreset chose among the copies too
+    assert m.fit_flips == "hv" and "mirrored" in m.subsampled
+    assert load_anomaly(Path(project.get_model(version)["path"])).fit_flips == "hv"
+
+
+def test_fit_flips_bad_value_is_one_line_and_keeps_the_head(tmp_path, capsys):
+    from defectssft.anomaly import FIT_FLIPS
+    from defectssft.anomaly_cli import FIT_FLIPS_CHOICES
+
+    assert tuple(FIT_FLIPS) == FIT_FLIPS_CHOICES
+    p = make_project(tmp_path)
+    add_model(p)
+    assert main(["fit-anomaly", str(p.root), "--fit-flips", "v"]) == 0
+    assert "mirrored copies, v" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["fit-anomaly", str(p.root), "--fit-flips", "x"])
+    assert "invalid choice" in capsys.readouterr().err
+    with pytest.raises(AnomalyError, match="fit flips must be one of"):
+        fit_project_anomaly(p, "v0001", fit_flips="rot")
+    folder = Path(p.get_model("v0001")["path"])
+    assert load_anomaly(folder).fit_flips == "v"  # kept
+    info = json.loads((folder / META_FILE).read_text())
+    (folder / META_FILE).write_text(json.dumps({**info, "fit_flips": "rot90"}))
+    with pytest.raises(AnomalyError, match="unreadable anomaly head.*fit_flips"):
+        load_anomaly(folder)

@@ -57,11 +57,13 @@ from defectssft.anomaly import (  # noqa: E402
     DEFAULT_PEAK_WINDOW,
     DEFAULT_SMOOTH,
     FEATURE_INDICES,
+    FIT_FLIPS,
     PEAK_INDICES,
     AnomalyModel,
     bank_rows,
     calibrate_threshold,
     extract_patches,
+    flip_images,
     greedy_coreset,
     nearest_distances,
     patch_features,
@@ -124,11 +126,28 @@ def pooled(ins: InspectionModel, images: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- methods
 
 
-def patchcore(fit_f: np.ndarray, test_f: np.ndarray, ratio: float, min_bank: int, smooth: float):
+def patchcore(
+    fit_f: np.ndarray,
+    test_f: np.ndarray,
+    ratio: float,
+    min_bank: int,
+    smooth: float,
+    extra: np.ndarray | None = None,
+):
+    """(bank, test maps). ``extra``: more patches (the mirrored fit images') the coreset also
+    chooses from; the bank keeps the rows ``fit_f`` alone would give, as the product does."""
     patches = fit_f.reshape(-1, fit_f.shape[-1])
     rows = bank_rows(len(patches), patches.shape[1], 20.0, ratio, min_bank)
+    if extra is not None:
+        patches = np.concatenate([patches, extra.reshape(-1, patches.shape[1])])
     bank = patches[greedy_coreset(patches, rows)]
     return bank, nearest_distances(test_f, bank, smooth=smooth)
+
+
+def mirrored_patches(ins: InspectionModel, images: np.ndarray, flips: str, layers) -> np.ndarray:
+    """Patch features of ``images`` mirrored as ``FIT_FLIPS[flips]`` says (none: empty)."""
+    out = [extract_patches(ins, flip_images(images, f), layers)[0] for f in FIT_FLIPS[flips]]
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
 def with_peak(ins, head: AnomalyModel, fit_imgs: np.ndarray, window: int) -> AnomalyModel:
@@ -264,14 +283,14 @@ COMBOS = {
 }
 
 
-def candidates(fit, fit_cls, cal, test, args, classifier: bool) -> tuple[dict, np.ndarray]:
+def candidates(
+    fit, fit_cls, cal, test, args, classifier: bool, extra: np.ndarray | None = None
+) -> tuple[dict, np.ndarray]:
     """Each candidate novelty score's (calibration scores, test scores), and the bank's test maps.
 
-    ``fit``/``cal``/``test``: ``forward_all`` triples; ``fit_cls``: the fit images' classes."""
-    _, maps = patchcore(fit[0], test[0], 0.01, args.min_bank, args.smooth)
-    bank_fit = fit[0].reshape(-1, fit[0].shape[-1])
-    bank = bank_fit[greedy_coreset(bank_fit, bank_rows(len(bank_fit), bank_fit.shape[1], 20.0,
-                                                       0.01, args.min_bank))]  # fmt: skip
+    ``fit``/``cal``/``test``: ``forward_all`` triples; ``fit_cls``: the fit images' classes;
+    ``extra``: the mirrored fit images' patches (``mirrored_patches``), for the bank only."""
+    bank, maps = patchcore(fit[0], test[0], 0.01, args.min_bank, args.smooth, extra)
     cal_maps = nearest_distances(cal[0], bank, smooth=args.smooth)
     out = {"patchcore": (cal_maps.reshape(len(cal_maps), -1).max(1),
                          maps.reshape(len(maps), -1).max(1))}  # fmt: skip
@@ -611,16 +630,19 @@ def kolektor(args, log) -> dict:
         t0 = time.time()
         feats = {k: extract_patches(ins, v, args.layers)[0] for k, v in imgs.items()}
         t_feat = time.time() - t0
-        for ratio in args.ratios:
+        for ratio, flips in [(r, f) for r in args.ratios for f in args.fit_flips]:
             t0 = time.time()
+            extra = (
+                mirrored_patches(ins, imgs["fit"], flips, args.layers) if flips != "none" else None
+            )
             bank, test_maps = patchcore(
-                feats["fit"], feats["test"], ratio, args.min_bank, args.smooth
+                feats["fit"], feats["test"], ratio, args.min_bank, args.smooth, extra
             )
             cal_scores = nearest_distances(feats["cal"], bank, smooth=args.smooth)
             cal_scores = cal_scores.reshape(len(cal), -1).max(1)
             thr = calibrate_threshold(cal_scores)
             scores = test_maps.reshape(len(test), -1).max(1)
-            key = f"{name}/patchcore_{ratio:g}"
+            key = f"{name}/patchcore_{ratio:g}" + ("" if flips == "none" else f"+flips_{flips}")
             results["runs"][key] = {
                 **binary(scores, labels, thr),
                 "bank_rows": int(len(bank)),
@@ -631,6 +653,8 @@ def kolektor(args, log) -> dict:
             log(f"  {key}: {results['runs'][key]}")
             head = AnomalyModel(bank=bank, threshold=thr, map_size=list(test_maps.shape[1:]),
                                 smooth=args.smooth, indices=list(args.layers))  # fmt: skip
+            if flips != "none":
+                continue
             if ratio == 0.01 and args.peak_window:
                 t0 = time.time()
                 head = with_peak(ins, head, imgs["fit"], args.peak_window)
@@ -748,8 +772,16 @@ def neu_loco(args, log) -> dict:
                      "of_held_out_class": int((keep & (unl_cls == held)).sum())}  # fmt: skip
         bank, maps = patchcore(fit_f, test_f, 0.01, args.min_bank, args.smooth)
         novel = (test_cls == held).astype(int)
+        flipped = {}
+        for flips in args.fit_flips:
+            if flips != "none":
+                extra = mirrored_patches(ins, lab_imgs[known], flips, args.layers)
+                _, m = patchcore(lab_f[known], test_f, 0.01, args.min_bank, args.smooth, extra)
+                flipped[f"patchcore+flips_{flips}"] = roc_auc(m.reshape(len(test_f), -1).max(1),
+                                                              novel)  # fmt: skip
         folds[cname] = {
             **added,
+            **flipped,
             "patchcore": roc_auc(maps.reshape(len(test_f), -1).max(1), novel),
             "knn_penultimate": roc_auc(knn_pooled(lab_p[known], test_p), novel),
         }
@@ -768,7 +800,9 @@ def neu_loco(args, log) -> dict:
             )
         log(f"  neu held out {cname}: {folds[cname]}")
     mean = {
-        m: float(np.mean([f[m] for f in folds.values()])) for m in ("patchcore", "knn_penultimate")
+        m: float(np.mean([f[m] for f in folds.values()]))
+        for m in folds[data.classes[0]]
+        if m.startswith(("patchcore", "knn_penultimate"))
     }
     for k in ("pointing_map", "pointing_peak"):
         for m in ("pointing", "pointing_16px"):
@@ -777,6 +811,14 @@ def neu_loco(args, log) -> dict:
     return {"k": args.neu_k, "unlabeled_per_class": args.neu_unlabeled, "test": len(test_items),
             "folds": folds, "mean": mean, "smooth": args.smooth, "min_bank": args.min_bank,
             "layers": args.layers}  # fmt: skip
+
+
+def cached_model(path: Path, num_classes: int) -> InspectionModel:
+    """A fold's fine-tuned version saved by ``--cache-models`` (tensors only)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    bb = create_backbone(MODEL, num_classes)
+    bb.load_state_dict(state["weights"])
+    return InspectionModel(bb.eval(), state["mean"], state["std"], ok_index=None).eval()
 
 
 def neu_finetune(classes, labeled, steps: int, size: int, run_dir: Path) -> InspectionModel:
@@ -831,9 +873,21 @@ def neu_loco_finetuned(args, log) -> dict:
         known = [c for c in range(n_cls) if c != held]
         remap = {c: i for i, c in enumerate(known)}
         lab = [(p, remap[c]) for p, c in data.labeled if c != held]
-        with tempfile.TemporaryDirectory() as tmp:
-            ins = neu_finetune([data.classes[c] for c in known], lab, args.neu_finetune, size,
-                               Path(tmp) / "run")  # fmt: skip
+        cached = (
+            Path(args.cache_models, f"neu_{cname}_{args.neu_finetune}.pt")
+            if args.cache_models
+            else None
+        )
+        if cached is not None and cached.is_file():
+            ins = cached_model(cached, len(known))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                ins = neu_finetune([data.classes[c] for c in known], lab, args.neu_finetune, size,
+                                   Path(tmp) / "run")  # fmt: skip
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"weights": ins.backbone.state_dict(), "mean": list(ins.mean),
+                            "std": list(ins.std)}, cached)  # fmt: skip
         t_train = time.time() - t0
         fa = {k: forward_all(ins, v, args.layers) for k, v in imgs.items()}
         lab_m, cal_m = cls["lab"] != held, cls["cal"] != held
@@ -857,7 +911,15 @@ def neu_loco_finetuned(args, log) -> dict:
             fold["stream_admitted"] = int(keep.sum())
             fold["stream_admitted_held_out"] = int((keep & (cls["stream"] == held)).sum())
             settings["finetuned+stream"] = (fa, (keep, p_s.argmax(1)))
-        for sname, (f, extra) in settings.items():
+        for flips in args.fit_flips:
+            if flips != "none":
+                for base, model in (("finetuned", ins), ("frozen", frozen)):
+                    settings[f"{base}+flips_{flips}"] = (
+                        fa if model is ins else ff,
+                        None,
+                        mirrored_patches(model, imgs["lab"][lab_m], flips, args.layers),
+                    )
+        for sname, (f, extra, *mirrored) in settings.items():
             fit, fit_cls = sub(f["lab"], lab_m), np.array([remap[c] for c in cls["lab"][lab_m]])
             if extra is not None:
                 keep, pc = extra
@@ -866,7 +928,8 @@ def neu_loco_finetuned(args, log) -> dict:
                 )
                 fit_cls = np.concatenate([fit_cls, pc[keep]])
             scores, _ = candidates(fit, fit_cls, sub(f["cal"], cal_m), f["test"], args,
-                                   classifier=sname != "frozen")  # fmt: skip
+                                   classifier=not sname.startswith("frozen"),
+                                   extra=mirrored[0] if mirrored else None)  # fmt: skip
             fold[sname] = {k: roc_auc(v[1], novel) for k, v in scores.items()}
             for k, v in scores.items():
                 dump[f"{cname}|{sname}|{k}|cal"], dump[f"{cname}|{sname}|{k}|test"] = v
@@ -966,6 +1029,20 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="STEPS",
         help="NEU leave-one-class-out with the version fine-tuned per fold (every candidate score)",
+    )
+    ap.add_argument(
+        "--fit-flips",
+        nargs="+",
+        choices=list(FIT_FLIPS),
+        default=["none"],
+        help="the patch bank also fit on mirrored fit images (fit-anomaly --fit-flips); "
+        "each choice a row of its own",
+    )
+    ap.add_argument(
+        "--cache-models",
+        default=None,
+        metavar="DIR",
+        help="--neu-finetune: keep each fold's fine-tuned weights here and reuse them",
     )
     ap.add_argument("--dump-scores", default=None, help="--neu-finetune: every score to this .npz")
     ap.add_argument("--neu-cal", type=int, default=10, help="calibration images per known class")

@@ -10,7 +10,8 @@ anomaly score is the map's maximum.
 
 A head can also combine feature-level scores of the version's own classifier (``SCORES``: kNN
 and class-conditional Mahalanobis on the pooled penultimate features, the energy of the
-logits), each normalised on the held-out parts and combined by their maximum (``ScoreHead``).
+logits, clipped as ReAct does), each normalised on the held-out parts and combined by their
+maximum (``ScoreHead``).
 Which scores a fit uses: ``default_scores`` (with an OK class the bank alone; without one the
 bank and the energy), or ``--scores``.
 
@@ -51,13 +52,17 @@ from defectssft_line.novelty import ON_NOVEL_CHOICES, NoveltyRule
 BANK_FILE = "anomaly.npz"
 META_FILE = "anomaly.json"
 ANOMALY_FORMAT = "defectssft-anomaly"
-ANOMALY_FORMAT_VERSION = 4  # 2: the ``smooth`` key (none: unsmoothed); 3: ``scores``, ``norms``;
-# 4: ``peak`` (the coarse-to-fine peak, with ``peak_bank`` in the npz; none: no peak output)
+ANOMALY_FORMAT_VERSION = 5  # 2: the ``smooth`` key (none: unsmoothed); 3: ``scores``, ``norms``;
+# 4: ``peak`` (the coarse-to-fine peak, with ``peak_bank`` in the npz; none: no peak output);
+# 5: ``energy_clip``/``energy_w``/``energy_b`` in the npz (ReAct; none: the plain energy)
 # The novelty scores a head can combine (each normalised on the held-out parts, the maximum):
 # the patch bank on good parts (PatchCore), kNN on the pooled penultimate features (cosine),
 # class-conditional Mahalanobis on them (a shared covariance), the classifier's energy.
 SCORES = ("patchcore", "knn", "mahalanobis", "energy")
 DEFAULT_SCORES_NO_OK = ("patchcore", "energy")
+# The energy reads logits of the pooled features clipped at this percentile of the fit images'
+# (ReAct, Sun et al. 2021, its default; 0: plain energy). BENCHMARKS.md, "Open set".
+DEFAULT_ENERGY_CLIP = 90.0
 FEATURE_INDICES = (2, 3)  # timm feature stages: stride 8 and 16 (mid-level, as PatchCore)
 DEFAULT_BANK_MB = 20.0
 DEFAULT_CORESET_RATIO = 0.01  # of all fit patches; the nearest-neighbour search costs M * D
@@ -279,7 +284,9 @@ class ScoreHead(nn.Module):
     [N, P] (``knn``, ``mahalanobis``) and the logits [N, C] (``energy``). ``knn`` is one MatMul
     against the normalised fit features (1 - the best cosine); ``mahalanobis`` one MatMul into
     the whitened space of the shared covariance and one against the whitened class means (as
-    the bank's nearest neighbour); ``energy`` is ``-logsumexp(logits)``. Pure ONNX ops."""
+    the bank's nearest neighbour); ``energy`` is ``-logsumexp(logits)``, or with the head's
+    ``energy_w``/``energy_b``/``energy_clip`` arrays (ReAct) ``-logsumexp(min(pooled, clip) W^T
+    + b)``: the classifier's own layer on clipped features. Pure ONNX ops."""
 
     def __init__(self, model: AnomalyModel) -> None:
         super().__init__()
@@ -298,6 +305,14 @@ class ScoreHead(nn.Module):
             self.register_buffer("maha_w", w.contiguous())
             self.register_buffer("maha_means_m2", (-2.0 * means).t().contiguous())
             self.register_buffer("maha_means_sq", (means * means).sum(dim=1))
+        self.react = "energy" in self.scores and "energy_clip" in model.arrays
+        if self.react:
+            a = model.arrays
+            self.register_buffer("energy_clip", torch.as_tensor(
+                np.asarray(a["energy_clip"], np.float32).reshape(1, 1)))  # fmt: skip
+            self.register_buffer("energy_wt", torch.as_tensor(
+                np.asarray(a["energy_w"], np.float32)).t().contiguous())  # fmt: skip
+            self.register_buffer("energy_b", torch.as_tensor(np.asarray(a["energy_b"], np.float32)))
         norms = [model.norms.get(n, [0.0, 1.0]) for n in self.scores]
         self.normalise = bool(model.norms)
         self.register_buffer("offsets", torch.tensor([float(o) for o, _ in norms]))
@@ -323,6 +338,9 @@ class ScoreHead(nn.Module):
                     dim=1
                 ).values
                 s = d2.clamp_min(0.0).sqrt()
+            elif self.react:  # energy of the clipped features (ReAct)
+                z = torch.minimum(pooled.float(), self.energy_clip) @ self.energy_wt
+                s = -torch.logsumexp(z + self.energy_b, dim=1)
             else:  # energy
                 s = -torch.logsumexp(logits.float(), dim=1)
             out.append(s)
@@ -589,6 +607,21 @@ def fit_mahalanobis(pooled: np.ndarray, classes: np.ndarray) -> dict[str, np.nda
     }
 
 
+def fit_energy_clip(
+    pooled: np.ndarray, classifier: nn.Module, percentile: float
+) -> dict[str, np.ndarray]:
+    """ReAct's arrays for the energy: the clip at ``percentile`` of the fit images' pooled
+    features (all units together) and the classifier's weight [C, P] and bias [C]."""
+    w = classifier.weight.detach().float().numpy()
+    b = classifier.bias.detach().float().numpy() if classifier.bias is not None else None
+    clip = float(np.percentile(np.asarray(pooled, np.float64), percentile))
+    return {
+        "energy_clip": np.array([clip], np.float32),
+        "energy_w": w.astype(np.float32),
+        "energy_b": (np.zeros(len(w)) if b is None else b).astype(np.float32),
+    }
+
+
 def score_norms(raw: dict[str, np.ndarray], q: float = 0.95) -> dict[str, list[float]]:
     """Each score's ``[offset, scale]`` on held-out parts: its median, and the distance from
     the median to its ``q`` quantile, so the scores share one unit before their maximum."""
@@ -658,6 +691,13 @@ class AnomalyModel:
         return "patchcore" in self.scores
 
     @property
+    def format_version(self) -> int:
+        """The oldest format that holds this head (so older readers read what they can)."""
+        if "energy_clip" in self.arrays:
+            return ANOMALY_FORMAT_VERSION  # read as the plain energy, its threshold would be wrong
+        return 4 if self.has_peak else 3
+
+    @property
     def has_peak(self) -> bool:
         """Whether the head refines its map's peak (``anomaly_peak``; heads before format 4:
         no)."""
@@ -669,7 +709,7 @@ class AnomalyModel:
             d.pop(k)
         d.update(
             format=ANOMALY_FORMAT,
-            format_version=ANOMALY_FORMAT_VERSION if self.has_peak else 3,  # readable as before
+            format_version=self.format_version,
             bank_rows=int(self.bank.shape[0]),
             bank_dim=int(self.bank.shape[1]),
             bank_mb=round(self.bank_mb, 3),
@@ -750,7 +790,7 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
             arrays = {
                 k: np.asarray(z[k], np.float32)
                 for k in z.files
-                if k in ARRAY_SHAPES or k == "peak_bank"
+                if k in ARRAY_SHAPES or k in OPTIONAL_ARRAYS
             }
         scores = info.get("scores", ["patchcore"])
         if (
@@ -785,6 +825,7 @@ def load_anomaly(model_dir: str | Path) -> AnomalyModel | None:
     return AnomalyModel(bank=bank, arrays=arrays, **{k: v for k, v in info.items() if k in keys})
 
 
+OPTIONAL_ARRAYS = ("peak_bank", "energy_clip", "energy_w", "energy_b")
 # The feature scores' arrays in anomaly.npz: name -> (score that needs it, dimensions)
 ARRAY_SHAPES = {
     "knn_bank": ("knn", 2),
@@ -838,6 +879,15 @@ def _check_arrays(arrays: dict[str, np.ndarray], scores: list[str]) -> None:
         a = arrays.get(key)
         if a is None or a.ndim != ndim or a.size == 0 or not np.all(np.isfinite(a)):
             raise ValueError(f"{key} missing or malformed for the {score} score")
+    react = [k for k in ("energy_clip", "energy_w", "energy_b") if k in arrays]
+    if react and ("energy" not in scores or len(react) != 3):
+        raise ValueError("the energy's clip arrays are incomplete or without the energy score")
+    if react:
+        w, b, c = arrays["energy_w"], arrays["energy_b"], arrays["energy_clip"]
+        if w.ndim != 2 or b.shape != (w.shape[0],) or c.shape != (1,):
+            raise ValueError("the energy's clip arrays do not match each other")
+        if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b)) and np.isfinite(c[0])):
+            raise ValueError("the energy's clip arrays are not finite")
     if "mahalanobis" in scores:
         d = arrays["maha_centre"].shape[0]
         if arrays["maha_whiten"].shape != (d, d) or arrays["maha_means"].shape[1] != d:
@@ -1004,6 +1054,7 @@ def fit_project_anomaly(
     scores: str | Sequence[str] | None = None,
     peak_window: int = DEFAULT_PEAK_WINDOW,
     fit_flips: str = DEFAULT_FIT_FLIPS,
+    energy_clip: float = DEFAULT_ENERGY_CLIP,
     seed: int = 0,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> AnomalyModel:
@@ -1012,7 +1063,9 @@ def fit_project_anomaly(
     ``scores``: which novelty scores the head combines (``parse_scores``; None: by project).
     ``peak_window``: the peak's refinement window in coarse patches (``PeakHead``; 0: none).
     ``fit_flips``: mirrored copies of the fit images whose patches the bank's coreset also
-    chooses from (``FIT_FLIPS``; the bank keeps the rows of the fit images alone)."""
+    chooses from (``FIT_FLIPS``; the bank keeps the rows of the fit images alone).
+    ``energy_clip``: the percentile of the fit images' pooled features the energy clips them
+    at (``fit_energy_clip``; 0: the plain energy of the logits)."""
     from defectssft.inspection import load_images, load_inspection
 
     if on_novel not in ON_NOVEL_CHOICES:
@@ -1025,6 +1078,8 @@ def fit_project_anomaly(
         raise AnomalyError(
             f"the peak's window must be 0 to {MAX_PEAK_WINDOW} patches, got {peak_window}"
         )
+    if not 0 <= energy_clip <= 100:
+        raise AnomalyError(f"the energy's clip must be a percentile 0 to 100, got {energy_clip}")
     if fit_flips not in FIT_FLIPS:
         raise AnomalyError(f"fit flips must be one of {', '.join(FIT_FLIPS)}, got {fit_flips!r}")
     record = project.get_model(version)
@@ -1135,6 +1190,9 @@ def fit_project_anomaly(
         arrays["knn_bank"] = feats.pooled.astype(np.float32)
     if "mahalanobis" in names:
         arrays.update(fit_mahalanobis(feats.pooled, classes))
+    if "energy" in names and energy_clip > 0:
+        arrays.update(fit_energy_clip(feats.pooled, inspection.backbone.get_classifier(),
+                                      energy_clip))  # fmt: skip
     model = AnomalyModel(
         bank=bank,
         threshold=0.0,

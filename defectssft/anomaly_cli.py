@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # defectssft.anomaly imports torch: only inside the commands
 
 _rate = argtypes.number(float, lambda v: 0 < v < 1, "between 0 and 1 (exclusive)")
 FIT_FLIPS_CHOICES = ("none", "h", "v", "hv")  # defectssft.anomaly.FIT_FLIPS (torch-free here)
+_percentile = argtypes.number(float, lambda v: 0 <= v <= 100, "between 0 and 100")
 _smooth = argtypes.number(float, lambda v: 0 <= v <= 8, "between 0 and 8")
 _window = argtypes.number(int, lambda v: 0 <= v <= 9, "between 0 and 9")
 
@@ -71,6 +72,15 @@ def register(subparsers: Any) -> None:
         "no refinement)",
     )
     p.add_argument(
+        "--energy-clip",
+        type=_percentile,
+        default=None,
+        metavar="PCT",
+        help="the energy score (projects without an OK class) reads the classifier's layer on "
+        "pooled features clipped at this percentile of the fit images' (ReAct; default 90; "
+        "0: the plain energy of the logits)",
+    )
+    p.add_argument(
         "--fit-flips",
         choices=FIT_FLIPS_CHOICES,
         default=None,
@@ -96,6 +106,9 @@ def describe(m: AnomalyModel) -> str:
             what.append(f"kNN on {m.arrays['knn_bank'].shape[0]} pooled features")
         elif name == "mahalanobis":
             what.append(f"Mahalanobis on {m.arrays['maha_means'].shape[0]} class means")
+        elif "energy_clip" in m.arrays:
+            clip = float(m.arrays["energy_clip"][0])
+            what.append(f"the classifier's energy on features clipped at {clip:.3g} (ReAct)")
         else:
             what.append("the classifier's energy")
     images = "good images" if m.scores == ["patchcore"] else "images"
@@ -126,6 +139,7 @@ def cmd_fit_anomaly(args: argparse.Namespace) -> int:
         "scores": args.scores,
         "peak_window": args.peak_window,
         "fit_flips": args.fit_flips,
+        "energy_clip": args.energy_clip,
     }
     model = fit_project_anomaly(
         project,

@@ -512,7 +512,8 @@ def test_feature_head_fits_exports_in_one_graph_and_matches_torch(tmp_path):
     folder = Path(p.get_model(version)["path"])
     again = load_anomaly(folder)
     assert again.scores == m.scores and set(again.norms) == set(m.scores)
-    assert set(again.arrays) == {"knn_bank", "maha_centre", "maha_whiten", "maha_means"}
+    assert set(again.arrays) == {"knn_bank", "maha_centre", "maha_whiten", "maha_means",
+                                 "energy_clip", "energy_w", "energy_b"}  # fmt: skip
     assert m.threshold > 0 and m.bank_mb > 0
     res = export_project_model(p, version, out=tmp_path / "m.onnx")
     assert res.anomaly is not None and res.anomaly["max_rel_diff"] < 5e-3
@@ -852,4 +853,61 @@ def test_fit_flips_bad_value_is_one_line_and_keeps_the_head(tmp_path, capsys):
     info = json.loads((folder / META_FILE).read_text())
     (folder / META_FILE).write_text(json.dumps({**info, "fit_flips": "rot90"}))
     with pytest.raises(AnomalyError, match="unreadable anomaly head.*fit_flips"):
+        load_anomaly(folder)
+
+
+# --------------------------------------------------------------------------- ReAct energy
+
+
+def test_react_energy_is_the_classifiers_layer_on_clipped_features():
+    from defectssft.anomaly import ScoreHead
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(3, 6)).astype(np.float32)
+    b = rng.normal(size=3).astype(np.float32)
+    x = rng.uniform(0, 4, size=(5, 6)).astype(np.float32)
+    logits = torch.from_numpy(x @ w.T + b)
+
+    def energy(clip: float) -> np.ndarray:
+        m = _feature_head(rng, ["energy"])
+        m.arrays.update(energy_clip=np.array([clip], np.float32), energy_w=w, energy_b=b)
+        with torch.inference_mode():
+            return ScoreHead(m).components(None, torch.from_numpy(x), logits)[0][0].numpy()
+
+    z = np.minimum(x, 1.5) @ w.T + b
+    np.testing.assert_allclose(energy(1.5), -np.log(np.exp(z).sum(1)), atol=1e-5)
+    plain = -np.log(np.exp(logits.numpy()).sum(1))
+    np.testing.assert_allclose(energy(1e6), plain, atol=1e-5)  # nothing clipped: the energy
+    assert not np.allclose(energy(1.5), plain)
+
+
+def test_fit_clips_the_energy_at_the_fit_percentile_and_0_turns_it_off(tmp_path, capsys):
+    p = make_project(tmp_path)
+    version = add_model(p)
+    m = fit_project_anomaly(p, version, scores="energy")
+    clf = make_tiny().get_classifier()
+    np.testing.assert_allclose(m.arrays["energy_w"], clf.weight.detach().numpy())
+    np.testing.assert_allclose(m.arrays["energy_b"], clf.bias.detach().numpy())
+    low = fit_project_anomaly(p, version, scores="energy", energy_clip=50).arrays["energy_clip"]
+    assert low[0] < m.arrays["energy_clip"][0]  # the median is below the 90th percentile
+    folder = Path(p.get_model(version)["path"])
+    assert "energy_clip" not in fit_project_anomaly(p, version, scores="energy",
+                                                    energy_clip=0).arrays  # fmt: skip
+    assert json.loads((folder / META_FILE).read_text())["format_version"] == 3  # as before
+    assert main(["fit-anomaly", str(p.root), "--scores", "energy", "--energy-clip", "90"]) == 0
+    assert "clipped at" in capsys.readouterr().out
+    for bad in ("-1", "101", "x"):
+        with pytest.raises(SystemExit):
+            main(["fit-anomaly", str(p.root), "--energy-clip", bad])
+    assert "between 0 and 100" in capsys.readouterr().err
+    with pytest.raises(AnomalyError, match="percentile 0 to 100"):
+        fit_project_anomaly(p, version, energy_clip=150)
+    kept = load_anomaly(folder)
+    assert "energy_clip" in kept.arrays  # the refused fits left the stored head as it was
+    info = json.loads((folder / META_FILE).read_text())
+    assert info["format_version"] == 5  # an older reader refuses it rather than misread it
+    with np.load(folder / BANK_FILE) as z:
+        arrays = {k: z[k] for k in z.files if k != "energy_b"}
+    np.savez(folder / BANK_FILE, **arrays)
+    with pytest.raises(AnomalyError, match="unreadable anomaly head.*clip arrays"):
         load_anomaly(folder)

@@ -21,6 +21,8 @@
    candidate novelty score on it (``candidates``: the patch bank, kNN and Mahalanobis on pooled
    features, energy / max softmax / max logit, maxima of normalised scores). ``--candidates``
    does the same on KolektorSDD; ``--cost-scores LIST`` times a head of those scores.
+5. ELPV with OK labels only (``--elpv``): per cell type, image AUROC of the bank fit on good
+   cells, good against defective (1.0) test cells; a third data set for the head's choices.
 
     python benchmarks/open_set.py --quick                 # 256x96, frozen only, ~5 min
     python benchmarks/open_set.py --finetune 150 --neu    # + fine-tuned features, Grad-CAM, NEU
@@ -53,6 +55,7 @@ from common import DATASETS, neu_split, write_results  # noqa: E402
 from ssl_kolektor import split as kolektor_split  # noqa: E402
 
 from defectssft.anomaly import (  # noqa: E402
+    DEFAULT_ENERGY_CLIP,
     DEFAULT_MIN_BANK,
     DEFAULT_PEAK_WINDOW,
     DEFAULT_SMOOTH,
@@ -60,9 +63,11 @@ from defectssft.anomaly import (  # noqa: E402
     FIT_FLIPS,
     PEAK_INDICES,
     AnomalyModel,
+    ScoreHead,
     bank_rows,
     calibrate_threshold,
     extract_patches,
+    fit_energy_clip,
     flip_images,
     greedy_coreset,
     nearest_distances,
@@ -280,16 +285,36 @@ COMBOS = {
     "max(patchcore, mahalanobis, energy)": ("patchcore", "mahalanobis", "energy"),
     "max(knn, energy)": ("knn_cosine", "energy"),
     "max(patchcore, energy)": ("patchcore", "energy"),
+    "max(patchcore, energy_react)": ("patchcore", "energy_react"),
 }
 
 
+def react_energy(layer: torch.nn.Module, fit_pooled: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+    """The product's energy with ReAct (``fit_energy_clip`` at ``DEFAULT_ENERGY_CLIP``, the
+    ``ScoreHead``) of pooled features, the clip fitted on ``fit_pooled``."""
+    arrays = fit_energy_clip(fit_pooled, layer, DEFAULT_ENERGY_CLIP)
+    head = ScoreHead(AnomalyModel(bank=np.zeros((0, 0), np.float32), threshold=0.0,
+                                  scores=["energy"], arrays=arrays))  # fmt: skip
+    x = torch.from_numpy(np.asarray(pooled, np.float32))
+    with torch.inference_mode():
+        return head.components(None, x, None)[0][0].numpy()
+
+
 def candidates(
-    fit, fit_cls, cal, test, args, classifier: bool, extra: np.ndarray | None = None
+    fit,
+    fit_cls,
+    cal,
+    test,
+    args,
+    classifier: bool,
+    extra: np.ndarray | None = None,
+    layer: torch.nn.Module | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Each candidate novelty score's (calibration scores, test scores), and the bank's test maps.
 
     ``fit``/``cal``/``test``: ``forward_all`` triples; ``fit_cls``: the fit images' classes;
-    ``extra``: the mirrored fit images' patches (``mirrored_patches``), for the bank only."""
+    ``extra``: the mirrored fit images' patches (``mirrored_patches``), for the bank only;
+    ``layer``: the classifier's last layer (with ``classifier``: the ReAct energy too)."""
     bank, maps = patchcore(fit[0], test[0], 0.01, args.min_bank, args.smooth, extra)
     cal_maps = nearest_distances(cal[0], bank, smooth=args.smooth)
     out = {"patchcore": (cal_maps.reshape(len(cal_maps), -1).max(1),
@@ -301,6 +326,8 @@ def candidates(
         out["energy"] = (energy(cal[2]), energy(test[2]))
         out["msp"] = (msp(cal[2]), msp(test[2]))
         out["max_logit"] = (-cal[2].max(1), -test[2].max(1))
+        if layer is not None:
+            out["energy_react"] = tuple(react_energy(layer, fit[1], x[1]) for x in (cal, test))
     for name, parts in COMBOS.items():
         if all(p in out for p in parts):
             out[name] = (
@@ -719,6 +746,47 @@ def kolektor(args, log) -> dict:
     return results
 
 
+def elpv(args, log) -> dict:
+    """ELPV with OK labels only, per cell type: fit the bank on good cells (PROB 0.0), its
+    threshold on other good cells, AUROC of good against defective (1.0) test cells; frozen
+    features at the input size the product proposes for 300 x 300 cells (160 x 160)."""
+    rows = [line.split() for line in (DATASETS / "elpv" / "labels.csv").read_text().splitlines()]
+    out: dict = {"size": [160, 160]}
+    ins = frozen_model()
+    for kind in ("mono", "poly"):
+        good = [r[0] for r in rows if r[2] == kind and float(r[1]) == 0.0]
+        bad = [r[0] for r in rows if r[2] == kind and float(r[1]) == 1.0]
+        rng = np.random.default_rng(0)
+        good = [good[i] for i in rng.permutation(len(good))]
+        bad = [bad[i] for i in rng.permutation(len(bad))][: args.elpv_test]
+        n_fit = args.max_fit if args.quick else 400
+        fit, cal = good[:n_fit], good[n_fit : n_fit + 40]
+        test_good = good[n_fit + 40 : n_fit + 40 + args.elpv_test]
+        paths = [str(DATASETS / "elpv" / p) for p in test_good + bad]
+        labels = np.array([0] * len(test_good) + [1] * len(bad))
+        imgs = {k: load_images([str(DATASETS / "elpv" / p) for p in v], 160, 160, 8)
+                for k, v in (("fit", fit), ("cal", cal))}  # fmt: skip
+        imgs["test"] = load_images(paths, 160, 160, 8)
+        feats = {k: extract_patches(ins, v, args.layers)[0] for k, v in imgs.items()}
+        runs = {}
+        for flips in args.fit_flips:
+            extra = (
+                mirrored_patches(ins, imgs["fit"], flips, args.layers) if flips != "none" else None
+            )
+            bank, test_maps = patchcore(feats["fit"], feats["test"], 0.01, args.min_bank,
+                                        args.smooth, extra)  # fmt: skip
+            cal_s = nearest_distances(feats["cal"], bank, smooth=args.smooth)
+            thr = calibrate_threshold(cal_s.reshape(len(cal), -1).max(1))
+            runs[f"patchcore+flips_{flips}"] = {
+                **binary(test_maps.reshape(len(paths), -1).max(1), labels, thr),
+                "bank_rows": int(len(bank)),
+            }
+        out[kind] = {"fit": len(fit), "calibrate": len(cal), "test_good": len(test_good),
+                     "test_defective": len(bad), "runs": runs}  # fmt: skip
+        log(f"  elpv {kind}: {out[kind]}")
+    return out
+
+
 def confident_calls(lab_p: np.ndarray, lab_cls: np.ndarray, unl_p: np.ndarray, k: int = 5):
     """Unlabeled images a stand-in classifier calls a known class with confidence: all ``k``
     nearest labeled images (cosine, pooled features) are of one class. Returns a bool mask."""
@@ -929,7 +997,8 @@ def neu_loco_finetuned(args, log) -> dict:
                 fit_cls = np.concatenate([fit_cls, pc[keep]])
             scores, _ = candidates(fit, fit_cls, sub(f["cal"], cal_m), f["test"], args,
                                    classifier=not sname.startswith("frozen"),
-                                   extra=mirrored[0] if mirrored else None)  # fmt: skip
+                                   extra=mirrored[0] if mirrored else None,
+                                   layer=ins.backbone.get_classifier())  # fmt: skip
             fold[sname] = {k: roc_auc(v[1], novel) for k, v in scores.items()}
             for k, v in scores.items():
                 dump[f"{cname}|{sname}|{k}|cal"], dump[f"{cname}|{sname}|{k}|test"] = v
@@ -1016,6 +1085,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--neu", action="store_true", help="also NEU-DET leave-one-class-out")
     ap.add_argument("--neu-k", type=int, default=10)
+    ap.add_argument("--elpv", action="store_true", help="also ELPV with OK labels only")
+    ap.add_argument("--elpv-test", type=int, default=100, help="ELPV test cells of each kind")
     ap.add_argument(
         "--neu-unlabeled",
         type=int,
@@ -1063,6 +1134,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {} if args.skip_kolektor else {"kolektor": kolektor(args, log)}
     if args.neu:
         payload["neu_loco"] = neu_loco(args, log)
+    if args.elpv:
+        payload["elpv"] = elpv(args, log)
     if args.neu_finetune:
         payload["neu_loco_finetuned"] = neu_loco_finetuned(args, log)
     payload["wall_s"] = time.time() - t0

@@ -175,11 +175,21 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
                     np.median(np.abs(got["logits"] - ref["logits"]).max(axis=1))
                 ),
                 "max_dscore_logit": float(dscore.max()),
+                # common shift vs part-to-part spread of the error, per class logit
+                "dlogit_mean": (got["logits"] - ref["logits"]).mean(axis=0).tolist(),
+                "dlogit_std": (got["logits"] - ref["logits"]).std(axis=0).tolist(),
                 "flips": int(sum(a != b for a, b in zip(plain, ref_verdicts[k][0], strict=True))),
                 "line_flips": int(
                     sum(a != b for a, b in zip(line, ref_verdicts[k][1], strict=True))
                 ),
             }
+            if ok is not None and len(classes) == 2:
+                # margin = logit(defect) - logit(OK): what the verdict reads
+                sign = np.where(np.arange(2) == classes.index(ok), -1.0, 1.0)
+                dm = (got["logits"] - ref["logits"]) @ sign
+                v[k]["dmargin_mean"] = float(dm.mean())
+                v[k]["dmargin_std"] = float(dm.std())
+                v[k]["dmargin_median_abs"] = float(np.median(np.abs(dm)))
             if "anomaly_score" in got:
                 d = np.abs(got["anomaly_score"] - ref["anomaly_score"])
                 v[k]["anomaly_max_rel"] = float(d.max() / max(abs(float(head.threshold)), 1e-9))

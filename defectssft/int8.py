@@ -42,6 +42,9 @@ class Int8Recipe:
     unsigned_weights: bool = False  # asymmetric uint8 weights (U8U8) instead of int8
     pre_process: bool = True  # onnxruntime's quant_pre_process (graph optimisation) first
     signed_activations: bool = False  # symmetric int8 activations instead of asymmetric uint8
+    bias_correction: bool = (
+        False  # each quantized conv's mean output error subtracted from its bias
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -73,6 +76,13 @@ RECIPES = {
             signed_activations=True,
         ),
         Int8Recipe("stride-8-float+sensitive-8", float_stride=8, sensitive_float=8),
+        Int8Recipe("minmax+bias-correction", bias_correction=True),
+        Int8Recipe(
+            "stride-8-region+bias-correction",
+            float_stride=8,
+            float_region=True,
+            bias_correction=True,
+        ),
     )
 }
 DEFAULT = RECIPES["stride-8-region"]  # chosen on the five-project suite (BENCHMARKS.md)
@@ -177,6 +187,77 @@ def excluded_nodes(
     return excluded
 
 
+def _quantized_bias(model, node) -> tuple | None:
+    """(int32 bias initializer, its per-channel scale) of a QDQ convolution whose bias is
+    dequantized from int32, else None (a float convolution, or one without a bias)."""
+    from onnx import numpy_helper
+
+    if len(node.input) < 3 or not node.input[2]:
+        return None
+    producer = next((n for n in model.graph.node if node.input[2] in n.output), None)
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    inits = {i.name: i for i in model.graph.initializer}
+    q, scale = inits.get(producer.input[0]), inits.get(producer.input[1])
+    if q is None or scale is None or q.data_type != 6:  # TensorProto.INT32
+        return None
+    return q, numpy_helper.to_array(scale).astype(np.float64)
+
+
+def _channel_means(model, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel mean (over images and positions) of the tensors ``names`` of ``model`` (an
+    onnx.ModelProto; the tensors are added as outputs of a copy) on ``images``."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in have:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    session = _session(probe.SerializeToString())
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for i in range(0, len(images), 16):
+        got = session.run(names, {"image": images[i : i + 16]})
+        for name, a in zip(names, got, strict=True):
+            axes = (0, *range(2, a.ndim))  # NCHW: all but the channel axis
+            sums[name] = sums.get(name, 0.0) + a.astype(np.float64).sum(axis=axes)
+            counts[name] = counts.get(name, 0) + a.size // a.shape[1]
+    return {name: v / counts[name] for name, v in sums.items()}
+
+
+def correct_biases(float_model, quantized_model, calib: np.ndarray) -> list[tuple[str, float]]:
+    """Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", section 4.2) of
+    ``quantized_model`` (a QDQ onnx.ModelProto, edited in place) against ``float_model`` (the
+    graph it was quantized from; convolutions matched by node name): for each quantized
+    convolution in graph order, the per-channel mean over ``calib`` of (quantized output - float
+    output) is subtracted from its int32 bias, measured with the earlier convolutions already
+    corrected. Returns (node name, rms of the correction) per corrected convolution."""
+    from onnx import numpy_helper
+
+    float_out = {n.name: n.output[0] for n in float_model.graph.node if n.op_type == "Conv"}
+    todo = []
+    for node in quantized_model.graph.node:
+        if node.op_type != "Conv" or node.name not in float_out:
+            continue
+        bias = _quantized_bias(quantized_model, node)
+        if bias is not None:
+            todo.append((node, *bias))
+    if not todo:
+        return []
+    reference = _channel_means(float_model, [float_out[n.name] for n, _, _ in todo], calib)
+    done = []
+    for node, q, scale in todo:
+        got = _channel_means(quantized_model, [node.output[0]], calib)[node.output[0]]
+        shift = got - reference[float_out[node.name]]
+        old = numpy_helper.to_array(q).astype(np.int64)
+        new = np.clip(old - np.round(shift / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        q.CopyFrom(numpy_helper.from_array(new, q.name))
+        done.append((node.name, float(np.sqrt(np.mean(shift**2)))))
+    return done
+
+
 def quantize(
     fp32_path: Path, out_path: Path, calib: np.ndarray, recipe: Int8Recipe = DEFAULT
 ) -> list[str]:
@@ -237,6 +318,10 @@ def quantize(
                 nodes_to_exclude=excluded,
                 extra_options={"ActivationSymmetric": recipe.signed_activations},
             )
+        if recipe.bias_correction:
+            quantized = onnx.load(str(out_path))
+            correct_biases(onnx.load(str(source)), quantized, calib)
+            onnx.save(quantized, str(out_path))
     finally:
         for f in work.glob("*"):
             f.unlink(missing_ok=True)

@@ -146,11 +146,13 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
     ref_verdicts = {k: _verdicts(v, classes, ok, t, rule) for k, v in reference.items()}
     files = {"fp32": fp32}
     excluded: dict[str, int] = {}
+    seconds: dict[str, float] = {}
     for name in recipes:
         out = mine / f"int8-{name}.onnx"
         t0 = time.perf_counter()
         excluded[name] = len(int8.quantize(fp32, out, calib, int8.RECIPES[name]))
-        print(f"  {case.name}: {name} quantized in {time.perf_counter() - t0:.0f} s", flush=True)
+        seconds[name] = time.perf_counter() - t0
+        print(f"  {case.name}: {name} quantized in {seconds[name]:.0f} s", flush=True)
         files[name] = out
     latency = _latency(files, held[:1], rounds)
     variants: dict[str, Any] = {}
@@ -159,6 +161,7 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
             "ms": latency[name],
             "mb": path.stat().st_size / 1e6,
             "float_nodes": excluded.get(name),
+            "quantize_s": seconds.get(name),
         }
         for k, images in sets.items():
             got = _outputs(path, images)
@@ -231,14 +234,18 @@ def latency_at(case: Path, work: Path, recipes: list[str], size: tuple[int, int]
     names = json.loads((case / "held_order.json").read_text())[:64]
     images = load_images([case / "held" / n for n in names], h, w, spec.input.bit_depth)
     files = {"fp32": fp32}
+    seconds = {}
     for name in recipes:
         files[name] = mine / f"int8-{name}.onnx"
+        t0 = time.perf_counter()
         int8.quantize(fp32, files[name], images, int8.RECIPES[name])
+        seconds[name] = time.perf_counter() - t0
     ms = _latency(files, images[:1], rounds)
     return {
         "case": case.name,
         "size": [h, w],
         "ms": ms,
+        "quantize_s": seconds,
         "ratio": {k: v / ms["fp32"] for k, v in ms.items()},
         "mb": {k: p.stat().st_size / 1e6 for k, p in files.items()},
     }

@@ -42,9 +42,8 @@ class Int8Recipe:
     unsigned_weights: bool = False  # asymmetric uint8 weights (U8U8) instead of int8
     pre_process: bool = True  # onnxruntime's quant_pre_process (graph optimisation) first
     signed_activations: bool = False  # symmetric int8 activations instead of asymmetric uint8
-    bias_correction: bool = (
-        False  # each quantized conv's mean output error subtracted from its bias
-    )
+    bias_correction: bool = False  # each quantized conv's mean output error off its bias
+    error_feedback: bool = False  # int8 weights rounded GPTQ-style on the calibration inputs
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -77,6 +76,15 @@ RECIPES = {
         ),
         Int8Recipe("stride-8-float+sensitive-8", float_stride=8, sensitive_float=8),
         Int8Recipe("minmax+bias-correction", bias_correction=True),
+        Int8Recipe("minmax+gptq", error_feedback=True),
+        Int8Recipe("stride-8-region+gptq", float_stride=8, float_region=True, error_feedback=True),
+        Int8Recipe(
+            "stride-8-region+gptq+bias-correction",
+            float_stride=8,
+            float_region=True,
+            error_feedback=True,
+            bias_correction=True,
+        ),
         Int8Recipe(
             "stride-8-region+bias-correction",
             float_stride=8,
@@ -258,6 +266,115 @@ def correct_biases(float_model, quantized_model, calib: np.ndarray) -> list[tupl
     return done
 
 
+def _quantized_weight(model, node, producers: dict) -> tuple | None:
+    """(int8 weight initializer, its per-output-channel scale) of a QDQ convolution whose
+    weights are dequantized symmetrically (zero point 0) from int8, else None."""
+    from onnx import numpy_helper
+
+    producer = producers.get(node.input[1])
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    inits = {i.name: i for i in model.graph.initializer}
+    q, scale = inits.get(producer.input[0]), inits.get(producer.input[1])
+    zero = inits.get(producer.input[2]) if len(producer.input) > 2 else None
+    if q is None or scale is None or q.data_type != 3:  # TensorProto.INT8
+        return None
+    if zero is not None and np.any(numpy_helper.to_array(zero) != 0):
+        return None
+    scale = numpy_helper.to_array(scale).astype(np.float64)
+    if scale.size != q.dims[0]:
+        return None  # per-tensor weights
+    return q, scale
+
+
+def _patch_moments(x: np.ndarray, node) -> np.ndarray:
+    """sum over positions of p p^T [groups, d, d] (float64) of the input patches ``p`` (in the
+    weight's [channel, kh, kw] order, d = channels per group x kh x kw) that convolution
+    ``node`` reads from its input ``x`` [N, C, H, W]."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    kh, kw = attrs.get("kernel_shape", [1, 1])
+    sh, sw = attrs.get("strides", [1, 1])
+    dh, dw = attrs.get("dilations", [1, 1])
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    groups = int(attrs.get("group", 1))
+    x = x.astype(np.float64)
+    c = x.shape[1]
+    if (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(pads):
+        p = x.transpose(0, 2, 3, 1).reshape(-1, groups, c // groups)
+    else:
+        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        win = np.lib.stride_tricks.sliding_window_view(
+            x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3)
+        )[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, Ho, Wo, kh, kw]
+        p = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, groups, (c // groups) * kh * kw)
+    return np.einsum("pgd,pge->gde", p, p)
+
+
+def _error_feedback_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """int8 weights (shape of ``w``) at the per-output-channel ``scale`` for float weights
+    ``w`` that keep the output error small on inputs with second moments ``h`` [groups, d, d]
+    (GPTQ, Frantar et al. 2023: round one input weight at a time and spread its error over the
+    ones not yet rounded, through the Cholesky factor of h^-1; 1 % damping)."""
+    groups, d = h.shape[0], h.shape[1]
+    rows = w.reshape(groups, w.shape[0] // groups, d).astype(np.float64).copy()
+    s = np.where(scale > 0, scale, 1.0).reshape(groups, w.shape[0] // groups)
+    h = h.copy()
+    diag = np.einsum("gii->gi", h).copy()
+    dead_g, dead_i = np.nonzero(diag <= 0)  # inputs that are always 0: no constraint
+    h[dead_g, dead_i, dead_i] = 1.0
+    h += (0.01 * np.maximum(diag.mean(axis=1), 1e-12))[:, None, None] * np.eye(d)
+    u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper factor of h^-1
+    q = np.zeros_like(rows)
+    for i in range(d):
+        q[:, :, i] = np.clip(np.round(rows[:, :, i] / s), -127, 127)
+        err = (rows[:, :, i] - q[:, :, i] * s) / u[:, i, i][:, None]
+        rows[:, :, i + 1 :] -= err[:, :, None] * u[:, None, i, i + 1 :]
+    return q.reshape(w.shape).astype(np.int8)
+
+
+def round_weights(float_model, quantized_model, calib: np.ndarray) -> list[str]:
+    """Re-round the int8 weights of ``quantized_model`` (a QDQ onnx.ModelProto, edited in
+    place; the scales stay) by error feedback (``_error_feedback_round``) on the inputs each
+    convolution of ``float_model`` sees on ``calib``, instead of each weight to its nearest
+    level. Returns the convolutions re-rounded."""
+    import onnx
+    from onnx import numpy_helper
+
+    producers = {o: n for n in quantized_model.graph.node for o in n.output}
+    fnodes = {n.name: n for n in float_model.graph.node if n.op_type == "Conv"}
+    finits = {i.name: i for i in float_model.graph.initializer}
+    todo = []
+    for node in quantized_model.graph.node:
+        fnode = fnodes.get(node.name)
+        if node.op_type != "Conv" or fnode is None or fnode.input[1] not in finits:
+            continue
+        weight = _quantized_weight(quantized_model, node, producers)
+        if weight is not None:
+            todo.append((fnode, *weight))
+    if not todo:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(float_model)
+    names = list(dict.fromkeys(f.input[0] for f, _, _ in todo))
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    session = _session(probe.SerializeToString())
+    moments: dict[str, np.ndarray] = {}
+    for i in range(0, len(calib), 16):
+        got = dict(zip(names, session.run(names, {"image": calib[i : i + 16]}), strict=True))
+        for fnode, _, _ in todo:
+            m = _patch_moments(got[fnode.input[0]], fnode)
+            moments[fnode.name] = moments.get(fnode.name, 0.0) + m
+    for fnode, q, scale in todo:
+        w = numpy_helper.to_array(finits[fnode.input[1]])
+        q.CopyFrom(
+            numpy_helper.from_array(_error_feedback_round(w, scale, moments[fnode.name]), q.name)
+        )
+    return [f.name for f, _, _ in todo]
+
+
 def quantize(
     fp32_path: Path, out_path: Path, calib: np.ndarray, recipe: Int8Recipe = DEFAULT
 ) -> list[str]:
@@ -318,9 +435,12 @@ def quantize(
                 nodes_to_exclude=excluded,
                 extra_options={"ActivationSymmetric": recipe.signed_activations},
             )
-        if recipe.bias_correction:
-            quantized = onnx.load(str(out_path))
-            correct_biases(onnx.load(str(source)), quantized, calib)
+        if recipe.error_feedback or recipe.bias_correction:
+            float_model, quantized = onnx.load(str(source)), onnx.load(str(out_path))
+            if recipe.error_feedback:
+                round_weights(float_model, quantized, calib)
+            if recipe.bias_correction:
+                correct_biases(float_model, quantized, calib)
             onnx.save(quantized, str(out_path))
     finally:
         for f in work.glob("*"):

@@ -150,7 +150,7 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
     for name in recipes:
         out = mine / f"int8-{name}.onnx"
         t0 = time.perf_counter()
-        excluded[name] = len(int8.quantize(fp32, out, calib, int8.RECIPES[name]))
+        excluded[name] = len(int8.quantize(fp32, out, calib, int8.recipe(name)))
         seconds[name] = time.perf_counter() - t0
         print(f"  {case.name}: {name} quantized in {seconds[name]:.0f} s", flush=True)
         files[name] = out
@@ -238,7 +238,7 @@ def latency_at(case: Path, work: Path, recipes: list[str], size: tuple[int, int]
     for name in recipes:
         files[name] = mine / f"int8-{name}.onnx"
         t0 = time.perf_counter()
-        int8.quantize(fp32, files[name], images, int8.RECIPES[name])
+        int8.quantize(fp32, files[name], images, int8.recipe(name))
         seconds[name] = time.perf_counter() - t0
     ms = _latency(files, images[:1], rounds)
     return {
@@ -311,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     from defectssft import int8
 
     recipes = args.recipes or list(int8.RECIPES)
+    for name in recipes:
+        try:
+            int8.recipe(name)  # an unknown name: one line before any work
+        except int8.Int8Error as e:
+            ap.error(str(e))
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     stem = RESULTS / args.name

@@ -97,7 +97,14 @@ DEFAULT = RECIPES["stride-8-region"]  # chosen on the five-project suite (BENCHM
 
 
 class Int8Error(DefectssftError):
-    """An INT8 graph that cannot be made (no calibration images)."""
+    """An INT8 graph that cannot be made (no calibration images, an unknown recipe)."""
+
+
+def recipe(name: str) -> Int8Recipe:
+    """The recipe called ``name`` (Int8Error in one line, with the known names, if none is)."""
+    if name not in RECIPES:
+        raise Int8Error(f"unknown INT8 recipe {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
 
 
 def _session(model: bytes | str):
@@ -212,18 +219,21 @@ def _quantized_bias(model, node) -> tuple | None:
     return q, numpy_helper.to_array(scale).astype(np.float64)
 
 
-def _channel_means(model, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel mean (over images and positions) of the tensors ``names`` of ``model`` (an
-    onnx.ModelProto; the tensors are added as outputs of a copy) on ``images``."""
+def _with_outputs(model, names: list[str]):
+    """An onnxruntime session of a copy of ``model`` with the tensors ``names`` as outputs."""
     import onnx
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     have = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in have:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = _session(probe.SerializeToString())
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    return _session(probe.SerializeToString())
+
+
+def _channel_means(model, names: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel mean (over images and positions) of the tensors ``names`` of ``model`` (an
+    onnx.ModelProto; the tensors are added as outputs of a copy) on ``images``."""
+    session = _with_outputs(model, names)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for i in range(0, len(images), 16):
@@ -287,14 +297,14 @@ def _quantized_weight(model, node, producers: dict) -> tuple | None:
     return q, scale
 
 
-def _patch_moments(x: np.ndarray, node) -> np.ndarray:
+def _patch_moments(x: np.ndarray, node, kernel: tuple[int, int]) -> np.ndarray:
     """sum over positions of p p^T [groups, d, d] (float64) of the input patches ``p`` (in the
     weight's [channel, kh, kw] order, d = channels per group x kh x kw) that convolution
-    ``node`` reads from its input ``x`` [N, C, H, W]."""
+    ``node`` with a ``kernel`` (kh, kw) reads from its input ``x`` [N, C, H, W]."""
     from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    kh, kw = attrs.get("kernel_shape", [1, 1])
+    kh, kw = kernel
     sh, sw = attrs.get("strides", [1, 1])
     dh, dw = attrs.get("dilations", [1, 1])
     pads = attrs.get("pads", [0, 0, 0, 0])
@@ -309,7 +319,8 @@ def _patch_moments(x: np.ndarray, node) -> np.ndarray:
             x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3)
         )[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, Ho, Wo, kh, kw]
         p = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, groups, (c // groups) * kh * kw)
-    return np.einsum("pgd,pge->gde", p, p)
+    p = p.transpose(1, 0, 2)  # [groups, positions, d]
+    return p.transpose(0, 2, 1) @ p
 
 
 def _error_feedback_round(w: np.ndarray, scale: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -339,7 +350,6 @@ def round_weights(float_model, quantized_model, calib: np.ndarray) -> list[str]:
     place; the scales stay) by error feedback (``_error_feedback_round``) on the inputs each
     convolution of ``float_model`` sees on ``calib``, instead of each weight to its nearest
     level. Returns the convolutions re-rounded."""
-    import onnx
     from onnx import numpy_helper
 
     producers = {o: n for n in quantized_model.graph.node for o in n.output}
@@ -355,17 +365,14 @@ def round_weights(float_model, quantized_model, calib: np.ndarray) -> list[str]:
             todo.append((fnode, *weight))
     if not todo:
         return []
-    probe = onnx.ModelProto()
-    probe.CopyFrom(float_model)
     names = list(dict.fromkeys(f.input[0] for f, _, _ in todo))
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-    session = _session(probe.SerializeToString())
+    session = _with_outputs(float_model, names)
     moments: dict[str, np.ndarray] = {}
     for i in range(0, len(calib), 16):
         got = dict(zip(names, session.run(names, {"image": calib[i : i + 16]}), strict=True))
         for fnode, _, _ in todo:
-            m = _patch_moments(got[fnode.input[0]], fnode)
+            kernel = tuple(finits[fnode.input[1]].dims[2:4])
+            m = _patch_moments(got[fnode.input[0]], fnode, kernel)
             moments[fnode.name] = moments.get(fnode.name, 0.0) + m
     for fnode, q, scale in todo:
         w = numpy_helper.to_array(finits[fnode.input[1]])

@@ -93,7 +93,7 @@ RECIPES = {
         ),
     )
 }
-DEFAULT = RECIPES["stride-8-region"]  # chosen on the five-project suite (BENCHMARKS.md)
+DEFAULT = RECIPES["stride-8-region+gptq+bias-correction"]  # chosen on the five-project suite
 
 
 class Int8Error(DefectssftError):
@@ -382,6 +382,17 @@ def round_weights(float_model, quantized_model, calib: np.ndarray) -> list[str]:
     return [f.name for f, _, _ in todo]
 
 
+STATISTICS_PIXELS = 64 * 64 * 64  # 64 calibration images at 64x64
+
+
+def statistics_images(calib: np.ndarray) -> np.ndarray:
+    """The calibration images the weight-side fixes (``error_feedback``, ``bias_correction``)
+    read: the first ones up to ``STATISTICS_PIXELS`` input pixels, at least 16, so that their
+    cost (a pass over them per quantized convolution) does not grow with the input size."""
+    per_image = max(int(calib.shape[1]) * int(calib.shape[2]), 1) if calib.ndim == 4 else 1
+    return calib[: max(16, -(-STATISTICS_PIXELS // per_image))]
+
+
 def quantize(
     fp32_path: Path, out_path: Path, calib: np.ndarray, recipe: Int8Recipe = DEFAULT
 ) -> list[str]:
@@ -444,10 +455,11 @@ def quantize(
             )
         if recipe.error_feedback or recipe.bias_correction:
             float_model, quantized = onnx.load(str(source)), onnx.load(str(out_path))
+            stats = statistics_images(calib)
             if recipe.error_feedback:
-                round_weights(float_model, quantized, calib)
+                round_weights(float_model, quantized, stats)
             if recipe.bias_correction:
-                correct_biases(float_model, quantized, calib)
+                correct_biases(float_model, quantized, stats)
             onnx.save(quantized, str(out_path))
     finally:
         for f in work.glob("*"):

@@ -309,3 +309,12 @@ def test_an_unknown_recipe_is_a_one_line_error():
     with pytest.raises(int8.Int8Error, match="unknown INT8 recipe 'nope'; known: minmax") as e:
         int8.recipe("nope")
     assert "\n" not in str(e.value) and int8.DEFAULT.name in str(e.value)
+
+
+def test_the_weight_side_statistics_read_a_bounded_number_of_pixels():
+    small = np.zeros((80, 64, 64, 3), np.uint8)
+    assert len(int8.statistics_images(small)) == 64
+    assert len(int8.statistics_images(small[:10])) == 10
+    large = np.zeros((64, 224, 224, 3), np.uint8)
+    assert len(int8.statistics_images(large)) == 16
+    assert len(int8.statistics_images(np.zeros((64, 96, 256, 3), np.uint8))) == 16

@@ -146,11 +146,13 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
     ref_verdicts = {k: _verdicts(v, classes, ok, t, rule) for k, v in reference.items()}
     files = {"fp32": fp32}
     excluded: dict[str, int] = {}
+    seconds: dict[str, float] = {}
     for name in recipes:
         out = mine / f"int8-{name}.onnx"
         t0 = time.perf_counter()
-        excluded[name] = len(int8.quantize(fp32, out, calib, int8.RECIPES[name]))
-        print(f"  {case.name}: {name} quantized in {time.perf_counter() - t0:.0f} s", flush=True)
+        excluded[name] = len(int8.quantize(fp32, out, calib, int8.recipe(name)))
+        seconds[name] = time.perf_counter() - t0
+        print(f"  {case.name}: {name} quantized in {seconds[name]:.0f} s", flush=True)
         files[name] = out
     latency = _latency(files, held[:1], rounds)
     variants: dict[str, Any] = {}
@@ -159,6 +161,7 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
             "ms": latency[name],
             "mb": path.stat().st_size / 1e6,
             "float_nodes": excluded.get(name),
+            "quantize_s": seconds.get(name),
         }
         for k, images in sets.items():
             got = _outputs(path, images)
@@ -175,11 +178,21 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
                     np.median(np.abs(got["logits"] - ref["logits"]).max(axis=1))
                 ),
                 "max_dscore_logit": float(dscore.max()),
+                # common shift vs part-to-part spread of the error, per class logit
+                "dlogit_mean": (got["logits"] - ref["logits"]).mean(axis=0).tolist(),
+                "dlogit_std": (got["logits"] - ref["logits"]).std(axis=0).tolist(),
                 "flips": int(sum(a != b for a, b in zip(plain, ref_verdicts[k][0], strict=True))),
                 "line_flips": int(
                     sum(a != b for a, b in zip(line, ref_verdicts[k][1], strict=True))
                 ),
             }
+            if ok is not None and len(classes) == 2:
+                # margin = logit(defect) - logit(OK): what the verdict reads
+                sign = np.where(np.arange(2) == classes.index(ok), -1.0, 1.0)
+                dm = (got["logits"] - ref["logits"]) @ sign
+                v[k]["dmargin_mean"] = float(dm.mean())
+                v[k]["dmargin_std"] = float(dm.std())
+                v[k]["dmargin_median_abs"] = float(np.median(np.abs(dm)))
             if "anomaly_score" in got:
                 d = np.abs(got["anomaly_score"] - ref["anomaly_score"])
                 v[k]["anomaly_max_rel"] = float(d.max() / max(abs(float(head.threshold)), 1e-9))
@@ -221,14 +234,18 @@ def latency_at(case: Path, work: Path, recipes: list[str], size: tuple[int, int]
     names = json.loads((case / "held_order.json").read_text())[:64]
     images = load_images([case / "held" / n for n in names], h, w, spec.input.bit_depth)
     files = {"fp32": fp32}
+    seconds = {}
     for name in recipes:
         files[name] = mine / f"int8-{name}.onnx"
-        int8.quantize(fp32, files[name], images, int8.RECIPES[name])
+        t0 = time.perf_counter()
+        int8.quantize(fp32, files[name], images, int8.recipe(name))
+        seconds[name] = time.perf_counter() - t0
     ms = _latency(files, images[:1], rounds)
     return {
         "case": case.name,
         "size": [h, w],
         "ms": ms,
+        "quantize_s": seconds,
         "ratio": {k: v / ms["fp32"] for k, v in ms.items()},
         "mb": {k: p.stat().st_size / 1e6 for k, p in files.items()},
     }
@@ -294,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     from defectssft import int8
 
     recipes = args.recipes or list(int8.RECIPES)
+    for name in recipes:
+        try:
+            int8.recipe(name)  # an unknown name: one line before any work
+        except int8.Int8Error as e:
+            ap.error(str(e))
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     stem = RESULTS / args.name

@@ -149,10 +149,12 @@ def patchcore(
     return bank, nearest_distances(test_f, bank, smooth=smooth)
 
 
-def mirrored_patches(ins: InspectionModel, images: np.ndarray, flips: str, layers) -> np.ndarray:
-    """Patch features of ``images`` mirrored as ``FIT_FLIPS[flips]`` says (none: empty)."""
+def mirrored_patches(
+    ins: InspectionModel, images: np.ndarray, flips: str, layers
+) -> np.ndarray | None:
+    """Patch features of ``images`` mirrored as ``FIT_FLIPS[flips]`` says (``none``: None)."""
     out = [extract_patches(ins, flip_images(images, f), layers)[0] for f in FIT_FLIPS[flips]]
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+    return np.concatenate(out) if out else None
 
 
 def with_peak(ins, head: AnomalyModel, fit_imgs: np.ndarray, window: int) -> AnomalyModel:
@@ -659,9 +661,7 @@ def kolektor(args, log) -> dict:
         t_feat = time.time() - t0
         for ratio, flips in [(r, f) for r in args.ratios for f in args.fit_flips]:
             t0 = time.time()
-            extra = (
-                mirrored_patches(ins, imgs["fit"], flips, args.layers) if flips != "none" else None
-            )
+            extra = mirrored_patches(ins, imgs["fit"], flips, args.layers)
             bank, test_maps = patchcore(
                 feats["fit"], feats["test"], ratio, args.min_bank, args.smooth, extra
             )
@@ -770,9 +770,7 @@ def elpv(args, log) -> dict:
         feats = {k: extract_patches(ins, v, args.layers)[0] for k, v in imgs.items()}
         runs = {}
         for flips in args.fit_flips:
-            extra = (
-                mirrored_patches(ins, imgs["fit"], flips, args.layers) if flips != "none" else None
-            )
+            extra = mirrored_patches(ins, imgs["fit"], flips, args.layers)
             bank, test_maps = patchcore(feats["fit"], feats["test"], 0.01, args.min_bank,
                                         args.smooth, extra)  # fmt: skip
             cal_s = nearest_distances(feats["cal"], bank, smooth=args.smooth)

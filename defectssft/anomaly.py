@@ -667,7 +667,8 @@ class AnomalyModel:
     on_novel: str = "UNSURE"
     scores: list[str] = field(default_factory=lambda: ["patchcore"])
     norms: dict[str, list[float]] = field(default_factory=dict)  # score -> [offset, scale]
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # knn_bank, maha_*, peak_bank
+    # knn_bank, maha_*, energy_* (ReAct), peak_bank
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
     # The peak (``PeakHead``): {"indices", "window", "grid": [H, W], "input": [h, w]}; {}: none
     peak: dict[str, Any] = field(default_factory=dict)
     fit_flips: str = "none"  # the mirrored copies the bank was also fit on (FIT_FLIPS)

@@ -3,7 +3,7 @@
 1. create a project and import the samples; per class a few images keep their labels, the
    others are imported unlabeled and some are held back as "tomorrow's production";
 2. semi-supervised fine-tuning (FreeMatch + distribution alignment, ImageNet-pretrained
-   EfficientNet-Lite0);
+   EfficientNet-Lite0), then the anomaly head for novel defects, as ``defectssft train`` does;
 3. evaluation on the frozen test split (report with plots and a misclassification gallery);
 4. promotion: the checked ONNX export becomes ``exports/production.onnx``;
 5. the torch-free line runtime scores the held-back images, as a line PC would.
@@ -212,6 +212,7 @@ def build_project(workdir: Path, samples: Path, data: DemoData):
 
 
 def train(project, config: dict[str, Any], epochs: int | None) -> str:
+    from defectssft.anomaly_cli import fit_and_report
     from defectssft.training import train_project
 
     cfg = json.loads(json.dumps(config))
@@ -253,6 +254,8 @@ def train(project, config: dict[str, Any], epochs: int | None) -> str:
     if version is None:
         raise DemoError("training was stopped before it finished")
     _say(f"      model {version} trained in {time.perf_counter() - t0:.0f} s")
+    # as `defectssft train` ends: the anomaly head (novel defects), or one line why not
+    fit_and_report(str(project.root), version)
     return version
 
 

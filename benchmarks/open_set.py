@@ -52,6 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATASETS, neu_split, write_results  # noqa: E402
+from default_path import OK, elpv_pool  # noqa: E402
 from ssl_kolektor import split as kolektor_split  # noqa: E402
 
 from defectssft.anomaly import (  # noqa: E402
@@ -750,22 +751,20 @@ def elpv(args, log) -> dict:
     """ELPV with OK labels only, per cell type: fit the bank on good cells (PROB 0.0), its
     threshold on other good cells, AUROC of good against defective (1.0) test cells; frozen
     features at the input size the product proposes for 300 x 300 cells (160 x 160)."""
-    rows = [line.split() for line in (DATASETS / "elpv" / "labels.csv").read_text().splitlines()]
     out: dict = {"size": [160, 160]}
     ins = frozen_model()
     for kind in ("mono", "poly"):
-        good = [r[0] for r in rows if r[2] == kind and float(r[1]) == 0.0]
-        bad = [r[0] for r in rows if r[2] == kind and float(r[1]) == 1.0]
+        pool, _ = elpv_pool(DATASETS / "elpv", kind)
+        good, bad = [str(p) for p in pool[OK]], [str(p) for p in pool["defect"]]
         rng = np.random.default_rng(0)
         good = [good[i] for i in rng.permutation(len(good))]
         bad = [bad[i] for i in rng.permutation(len(bad))][: args.elpv_test]
         n_fit = args.max_fit if args.quick else 400
         fit, cal = good[:n_fit], good[n_fit : n_fit + 40]
         test_good = good[n_fit + 40 : n_fit + 40 + args.elpv_test]
-        paths = [str(DATASETS / "elpv" / p) for p in test_good + bad]
+        paths = test_good + bad
         labels = np.array([0] * len(test_good) + [1] * len(bad))
-        imgs = {k: load_images([str(DATASETS / "elpv" / p) for p in v], 160, 160, 8)
-                for k, v in (("fit", fit), ("cal", cal))}  # fmt: skip
+        imgs = {k: load_images(v, 160, 160, 8) for k, v in (("fit", fit), ("cal", cal))}
         imgs["test"] = load_images(paths, 160, 160, 8)
         feats = {k: extract_patches(ins, v, args.layers)[0] for k, v in imgs.items()}
         runs = {}

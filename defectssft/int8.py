@@ -207,14 +207,14 @@ def excluded_nodes(
     return excluded
 
 
-def _quantized_bias(model, node) -> tuple | None:
+def _quantized_bias(model, node, producers: dict) -> tuple | None:
     """(int32 bias initializer, its per-channel scale) of a QDQ convolution whose bias is
     dequantized from int32, else None (a float convolution, or one without a bias)."""
     from onnx import numpy_helper
 
     if len(node.input) < 3 or not node.input[2]:
         return None
-    producer = next((n for n in model.graph.node if node.input[2] in n.output), None)
+    producer = producers.get(node.input[2])
     if producer is None or producer.op_type != "DequantizeLinear":
         return None
     inits = {i.name: i for i in model.graph.initializer}
@@ -260,11 +260,12 @@ def correct_biases(float_model, quantized_model, calib: np.ndarray) -> list[tupl
     from onnx import numpy_helper
 
     float_out = {n.name: n.output[0] for n in float_model.graph.node if n.op_type == "Conv"}
+    producers = {o: n for n in quantized_model.graph.node for o in n.output}
     todo = []
     for node in quantized_model.graph.node:
         if node.op_type != "Conv" or node.name not in float_out:
             continue
-        bias = _quantized_bias(quantized_model, node)
+        bias = _quantized_bias(quantized_model, node, producers)
         if bias is not None:
             todo.append((node, *bias))
     if not todo:

@@ -163,10 +163,13 @@ def _quantized_convs(fp32, path) -> list[tuple]:
     """(float conv node, quantized conv node) of the convolutions ``path`` quantized."""
     f, q = onnx.load(str(fp32)), onnx.load(str(path))
     fnodes = {n.name: n for n in f.graph.node if n.op_type == "Conv"}
+    producers = {o: n for n in q.graph.node for o in n.output}
     return [
         (fnodes[n.name], n)
         for n in q.graph.node
-        if n.op_type == "Conv" and n.name in fnodes and int8._quantized_bias(q, n) is not None
+        if n.op_type == "Conv"
+        and n.name in fnodes
+        and int8._quantized_bias(q, n, producers) is not None
     ]
 
 

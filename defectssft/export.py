@@ -226,6 +226,82 @@ def ort_session(path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def line_outputs(
+    path: str | Path,
+    images: np.ndarray,
+    names: Sequence[str] = ("probs", "defect_score"),
+    thresholds: Thresholds | None = None,
+    batch_size: int = 16,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The outputs ``names`` (``probs``, ``defect_score`` first, then ``anomaly_score`` if
+    wanted) of an exported file on uint8 NHWC ``images`` as the line computes them: for an INT8
+    file with the exact re-check, the parts near a verdict edge (at ``thresholds``, default the
+    file's own) through its fp32 graph (``defectssft_line.recheck``). With the [N] bool mask of
+    those parts (all false for any other file)."""
+    from defectssft_line.decision import resolve_thresholds
+    from defectssft_line.recheck import RecheckRule, run_rechecked
+
+    names = list(names)
+    session = ort_session(path)
+    meta = read_metadata(path)
+    rule = RecheckRule.from_metadata(meta)
+    t = thresholds or resolve_thresholds(meta.get("thresholds"))
+    head = meta.get("anomaly") or {}
+    anomaly_thr = float(head["threshold"]) if "anomaly_score" in names and head else None
+    got, masks = [], []
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size]
+        if rule is None:
+            got.append(session.run(names, {"image": batch}))
+            masks.append(np.zeros(len(batch), bool))
+        else:
+            outs, mask = run_rechecked(session, batch, names, rule, list(meta["classes"]),
+                                       meta.get("ok_class"), t, anomaly_thr)  # fmt: skip
+            got.append(outs)
+            masks.append(mask)
+    if not got:
+        return [np.zeros(0, np.float32) for _ in names], np.zeros(0, bool)
+    return [np.concatenate([g[k] for g in got]) for k in range(len(names))], np.concatenate(masks)
+
+
+def _run_names(path: Path, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    session = ort_session(path)
+    got = [session.run(names, {"image": images[i : i + 16]}) for i in range(0, len(images), 16)]
+    return [np.concatenate([g[k] for g in got]) for k in range(len(names))]
+
+
+def _add_recheck(
+    fp32_path: Path,
+    int8_path: Path,
+    images: np.ndarray,
+    spec: ModelSpec,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """Replace the INT8 file at ``int8_path`` with the re-check file (``int8.with_recheck``: it
+    and the fp32 graph behind one ``If``), its margin measured on ``images`` (the check and
+    calibration images); returns the metadata with ``recheck`` and format_version 2."""
+    import onnx
+
+    from defectssft import int8
+    from defectssft_line.recheck import RECHECK_FORMAT_VERSION, SAFETY, fit_margin
+
+    names = ["probs", "defect_score"] + (["anomaly_score"] if metadata.get("anomaly") else [])
+    fast = _run_names(int8_path, images, names)
+    exact = _run_names(fp32_path, images, names)
+    classes = list(spec.classes)
+    ok = classes.index(spec.ok_class) if spec.ok_class in classes else None
+    rule, said = fit_margin(
+        fast[0], exact[0], ok,
+        fast[2] if len(names) > 2 else None, exact[2] if len(names) > 2 else None,
+    )  # fmt: skip
+    onnx.save(
+        int8.with_recheck(onnx.load(str(fp32_path)), onnx.load(str(int8_path))), str(int8_path)
+    )
+    entry = {**rule.as_dict(), "safety": SAFETY, "measured_on": len(images), **said}
+    entry.pop("n", None)
+    return {**metadata, "format_version": RECHECK_FORMAT_VERSION, "recheck": entry}
+
+
 def run_ort(session, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """probs [N, C] of an onnxruntime session on uint8 NHWC images."""
     out = [
@@ -252,7 +328,12 @@ def _check(
     max_int8_drop: float,
 ) -> ExportResult:
     try:
-        probs = run_ort(ort_session(path), images)
+        # INT8 with the re-check: the probabilities the line decides on (near edges: fp32's)
+        probs = (
+            line_outputs(path, images)[0][0]
+            if precision == "int8"
+            else run_ort(ort_session(path), images)
+        )
     except Exception as e:  # noqa: BLE001 - onnxruntime cannot load/run what we wrote
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(
@@ -312,11 +393,14 @@ def export_onnx(
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
     anomaly: Any = None,
     anomaly_map: bool = True,
+    recheck: bool = True,
 ) -> ExportResult:
     """Write ``out_path`` (one ONNX file) after checking it on ``check_images`` (uint8 NHWC).
 
     ``anomaly`` (a ``defectssft.anomaly.AnomalyModel``) adds the anomaly head's outputs
-    (``anomaly_map`` unless ``anomaly_map`` is False), metadata and check.
+    (``anomaly_map`` unless ``anomaly_map`` is False), metadata and check. ``recheck`` (INT8
+    only): the file also holds the fp32 graph, which the line runs on the parts near a verdict
+    edge (``defectssft_line.recheck``); False: the INT8 graph alone.
 
     Raises ExportError, leaving any existing ``out_path`` untouched, if the check fails.
     """
@@ -356,6 +440,10 @@ def export_onnx(
                 ref_name = "onnx-fp32"
                 calib = images if calib_images is None else np.asarray(calib_images, dtype=np.uint8)
                 _to_int8(fp32_tmp, tmp, calib)
+                if recheck:
+                    metadata = _add_recheck(
+                        fp32_tmp, tmp, np.concatenate([images, calib]), spec, metadata
+                    )
                 quantized = onnx.load(str(tmp))
                 _set_metadata(quantized, metadata)
                 onnx.save(quantized, str(tmp))
@@ -431,12 +519,13 @@ def export_project_model(
     anomaly: bool = True,
     anomaly_map: bool = True,
     max_flip_logit: float | None = None,
+    recheck: bool = True,
 ) -> ExportResult:
     """Export a project's model version (default: production, else newest) with its checks
     (``defectssft.exportcheck``: evaluated first if it never was; no verdict may flip: parts on
     a threshold edge widen the UNSURE band, within ``max_flip_logit``, and the widened band is
     stored as the version's operating point unless thresholds were given) and with its anomaly
-    head when it has one (``anomaly=False``: without)."""
+    head when it has one (``anomaly=False``: without). ``recheck``: ``export_onnx``'s."""
     from defectssft import exportcheck
     from defectssft.anomaly import load_anomaly
     from defectssft.modeling import load_model_file
@@ -464,7 +553,7 @@ def export_project_model(
         from defectssft.tiling import export_tiled
 
         return export_tiled(project, record, model, meta, spec, out, precision, thresholds,
-                            check_paths, calib_paths, max_int8_drop)  # fmt: skip
+                            check_paths, calib_paths, max_int8_drop, recheck=recheck)  # fmt: skip
     check = load_images(check_paths, height, width, bit_depth, roi)
     calib = load_images(calib_paths, height, width, bit_depth, roi) if precision == "int8" else None
     result = exportcheck.checked_export(
@@ -482,6 +571,7 @@ def export_project_model(
         anomaly=load_anomaly(model_dir) if anomaly else None,
         anomaly_map=anomaly_map,
         max_flip_logit=exportcheck.MAX_FLIP_LOGIT if max_flip_logit is None else max_flip_logit,
+        recheck=recheck,
     )
     result.notes += [note] if note else []
     widened = result.verdict_check.get("widened")

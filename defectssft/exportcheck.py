@@ -180,20 +180,6 @@ def novelty_flips(
     return out
 
 
-def _exported_anomaly(path: Path, images: np.ndarray) -> np.ndarray | None:
-    """The file's ``anomaly_score`` output on ``images``; None for a file without the head."""
-    from defectssft.export import ort_session
-
-    session = ort_session(path)
-    if "anomaly_score" not in {o.name for o in session.get_outputs()}:
-        return None
-    got = [
-        session.run(["anomaly_score"], {"image": images[i : i + 16]})[0]
-        for i in range(0, len(images), 16)
-    ]
-    return np.concatenate(got) if got else np.zeros(0, np.float32)
-
-
 def widen_band(
     flips: list[Flip], thresholds: Thresholds, pad: float = BAND_PAD_LOGIT
 ) -> Thresholds:
@@ -214,18 +200,18 @@ def _band(t: Thresholds) -> str:
     return f"[{t.unsure_low:.6g}, {t.unsure_high:.6g})"
 
 
-def _run_exported(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from defectssft.export import ort_session
+def _file_outputs(
+    path: Path, images: np.ndarray, thresholds: Thresholds, with_anomaly: bool
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """(probs, defect scores[, anomaly scores]) of the exported file as the line computes them
+    at ``thresholds`` (``export.line_outputs``: an INT8 file with the re-check runs the parts
+    near an edge through its fp32 graph), and the mask of those parts."""
+    from defectssft.export import line_outputs, ort_session
 
-    session = ort_session(path)
-    probs, scores = [], []
-    for i in range(0, len(images), 16):
-        p, s = session.run(["probs", "defect_score"], {"image": images[i : i + 16]})
-        probs.append(p)
-        scores.append(s)
-    if not probs:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
-    return np.concatenate(probs), np.concatenate(scores)
+    names = ["probs", "defect_score"]
+    if with_anomaly and "anomaly_score" in {o.name for o in ort_session(path).get_outputs()}:
+        names.append("anomaly_score")
+    return line_outputs(path, images, names, thresholds)
 
 
 def check_verdicts(
@@ -244,7 +230,7 @@ def check_verdicts(
     raises ExportError naming the first image that flips beyond ``max_flip_logit``.
     ``anomaly``: the head written into the file (``defectssft.anomaly.AnomalyModel``), whose
     novelty rule the verdicts then include (``novel_flips``)."""
-    from defectssft.export import ExportError
+    from defectssft.export import ExportError, read_metadata
     from defectssft.inspection import ModelSpec, inspection_model, load_images, predict_arrays
 
     spec = ModelSpec.from_meta(meta)
@@ -254,12 +240,15 @@ def check_verdicts(
     inp = spec.input
     images = load_images(paths, inp.height, inp.width, inp.bit_depth, inp.roi)
     reference = predict_arrays(inspection_model(model, spec), images)
-    mine = _run_exported(exported, images)
     classes, ok = list(spec.classes), spec.ok_class
     ok = ok if ok in classes else None
     t = thresholds
     moved: dict[int, Flip] = {}
+    rechecked = "recheck" in read_metadata(exported)
     for round_ in range(MAX_WIDENINGS + 1):
+        if round_ == 0 or rechecked:  # which parts the fp32 graph decides depends on the band
+            outs, again = _file_outputs(exported, images, t, anomaly is not None)
+            mine = (outs[0], outs[1])
         flips = find_flips(ids, names, reference, mine, classes, ok, t)
         if not flips:
             break
@@ -285,7 +274,12 @@ def check_verdicts(
         t = widen_band(flips, t)
     diff = float(np.max(np.abs(reference[1] - mine[1]))) if len(ids) else 0.0
     out: dict[str, Any] = {"n": len(ids), "flips": 0, "max_score_diff": diff, "thresholds": t}
-    file_anomaly = _exported_anomaly(exported, images) if anomaly is not None else None
+    if rechecked:
+        data = project.training_data()
+        stream = list(range(len(data.val_ids) + len(data.test_ids), len(ids)))
+        out["rechecked"] = {"n": int(again.sum()), "stream": int(again[stream].sum()),
+                            "stream_n": len(stream)}  # fmt: skip
+    file_anomaly = outs[2] if len(outs) > 2 else None
     if file_anomaly is not None:
         from defectssft.anomaly import torch_anomaly
 

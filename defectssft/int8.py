@@ -14,8 +14,10 @@ calibration images (``error_feedback``: ``round_weights``), then each quantized 
 mean output error on them is taken off its bias, layer after layer (``bias_correction``:
 ``correct_biases``); the error is mostly a part-to-part spread, not a common shift, so these
 narrow it rather than remove it. The default was chosen on all five benchmark projects
-together. It does not make INT8 faithful: ``exportcheck`` still refuses a file that flips a
-verdict.
+together. It does not make INT8 faithful; what makes its verdicts faithful is the exact re-check
+(``with_recheck``: the INT8 and fp32 graphs behind one ``If``, ``defectssft_line.recheck``: the
+parts near a verdict edge go through fp32), and ``exportcheck`` still refuses a file that flips
+a verdict.
 """
 
 from __future__ import annotations
@@ -472,3 +474,77 @@ def quantize(
             f.unlink(missing_ok=True)
         work.rmdir()
     return excluded
+
+
+# --------------------------------------------------------------------------- the exact re-check
+
+
+def _as_branch(model, name: str, prefix: str, outputs: Sequence[str]):
+    """``model``'s graph as an ``If`` branch: no inputs (it reads the outer ``image``), every
+    internal name prefixed so that two branches cannot clash, ``outputs`` in that order."""
+    import onnx
+
+    g = onnx.GraphProto()
+    g.CopyFrom(model.graph)
+    g.name = name
+    outer = {i.name for i in model.graph.input}
+    rename = {t.name: prefix + t.name for t in g.initializer}
+    for node in g.node:
+        if any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for a in node.attribute
+        ):
+            raise Int8Error(f"node {node.name!r} holds a subgraph: cannot build the re-check")
+        rename.update({o: prefix + o for o in node.output if o})
+    for t in g.initializer:
+        t.name = rename[t.name]
+    for node in g.node:
+        node.name = prefix + node.name
+        node.input[:] = [rename.get(x, x) if x not in outer else x for x in node.input]
+        node.output[:] = [rename.get(x, x) for x in node.output]
+    for vi in g.value_info:
+        vi.name = rename.get(vi.name, vi.name)
+    by_name = {o.name: o for o in g.output}
+    missing = [n for n in outputs if n not in by_name]
+    if missing:
+        raise Int8Error(f"the {name} graph lacks output(s) {', '.join(missing)}")
+    kept = [by_name[n] for n in outputs]
+    del g.output[:], g.input[:]
+    for o in kept:
+        o.name = rename[o.name]
+        g.output.append(o)
+    return g
+
+
+def with_recheck(float_model, quantized_model):
+    """One model holding both graphs behind an ``If`` on the boolean input ``exact`` (default
+    false: the INT8 graph; true: the fp32 one), with the same input and outputs as each
+    (``defectssft_line.recheck``: which parts the line runs exactly). The metadata is not
+    copied: the export sets it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from defectssft_line.recheck import RECHECK_INPUT
+
+    outputs = [o.name for o in float_model.graph.output]
+    inputs = [i.name for i in float_model.graph.input]
+    if inputs != ["image"] or [i.name for i in quantized_model.graph.input] != ["image"]:
+        raise Int8Error(f"the re-check needs graphs with the one input 'image', got {inputs}")
+    then = _as_branch(float_model, "exact", "fp32/", outputs)
+    other = _as_branch(quantized_model, "int8", "int8/", outputs)
+    node = helper.make_node("If", [RECHECK_INPUT], outputs, name="recheck",
+                            then_branch=then, else_branch=other)  # fmt: skip
+    flag = helper.make_tensor_value_info(RECHECK_INPUT, TensorProto.BOOL, [])
+    default = helper.make_tensor(RECHECK_INPUT, TensorProto.BOOL, [], [False])
+    graph = helper.make_graph([node], "defectssft-recheck", [float_model.graph.input[0], flag],
+                              list(float_model.graph.output), initializer=[default])  # fmt: skip
+    opsets: dict[str, int] = {}
+    for op in [*float_model.opset_import, *quantized_model.opset_import]:
+        opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())]
+    )
+    model.ir_version = max(float_model.ir_version, quantized_model.ir_version)
+    model.producer_name = "defectssft"
+    onnx.checker.check_model(model)
+    return model

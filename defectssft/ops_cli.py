@@ -146,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from defectssft.export import ExportError, export_project_model
+    from defectssft_line.recheck import NO_GAIN_SHARE
 
     project = _open(args.project)
     if args.output is not None:
@@ -169,6 +170,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         anomaly=not args.no_anomaly,
         anomaly_map=not args.no_map,
         max_flip_logit=args.max_flip_logit,
+        recheck=not args.no_recheck,
     )
     t = result.metadata["thresholds"]
     for note in result.notes:
@@ -184,6 +186,24 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"(max |dscore| {check['max_score_diff']:.2e})"
             + (" with the widened UNSURE band" if check.get("widened") else "")
         )
+    again = result.metadata.get("recheck")
+    if again:
+        said = check.get("rechecked") or {}
+        share = (
+            f"; {said['stream']} of {said['stream_n']} stream images"
+            if said.get("stream_n") else ""
+        )  # fmt: skip
+        print(
+            f"INT8 with the exact re-check: parts within {again['logit']:.3g} logits of a verdict "
+            f"edge run through the fp32 graph too ({said.get('n', 0)} of {check.get('n', 0)} "
+            f"checked images{share})"
+        )
+        if said.get("stream_n") and said["stream"] > NO_GAIN_SHARE * said["stream_n"]:
+            print(
+                f"warning: the re-check would run {said['stream'] / said['stream_n']:.0%} of the "
+                "stream's parts through fp32 as well: this INT8 file is no faster than fp32 "
+                "on the line; export fp32 instead (the model's INT8 error is large)"
+            )
     said = _stream_forecast(project, result.metadata)
     if said:
         print(said)
@@ -301,6 +321,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--int8", action="store_true", help="static INT8, calibrated on project images"
     )
     prec.add_argument("--fp16", action="store_true", help="half precision weights and arithmetic")
+    p.add_argument(
+        "--no-recheck",
+        action="store_true",
+        help="INT8: the INT8 graph alone (smaller file), without the fp32 graph the line runs on "
+        "parts near a verdict edge (default: both in one file)",
+    )
     p.add_argument("--threshold", type=_fraction, help="NG threshold to write (default: evaluated)")
     p.add_argument("--unsure-low", type=_fraction, help="UNSURE band lower edge")
     p.add_argument("--unsure-high", type=_fraction, help="UNSURE band upper edge (NG from here)")

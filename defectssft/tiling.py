@@ -173,6 +173,7 @@ def export_tiled(
     calib_paths: Sequence[str | Path],
     max_int8_drop: float,
     parity_parts: int = 4,
+    recheck: bool = True,
 ) -> Any:
     """Export a tiled model: the graph checked on tiles cut by the rule (``export_onnx``), then
     whole parts scored by torch and by the written file through the line runtime
@@ -193,7 +194,7 @@ def export_tiled(
         try:
             result = export_onnx(model, meta, staged, check_images=check, calib_images=calib,
                                  precision=precision, thresholds=thresholds, project=project.name,
-                                 max_int8_drop=max_int8_drop)  # fmt: skip
+                                 max_int8_drop=max_int8_drop, recheck=recheck)  # fmt: skip
             wrapper = inspection_model(model, spec)
             try:
                 parity = check_tiled_parity(

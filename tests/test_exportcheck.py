@@ -63,18 +63,18 @@ def _far_flip(monkeypatch, project, version):
     file that moves scores)."""
     from defectssft.calibration import logit, sigmoid
 
-    real = exportcheck._run_exported
+    real = exportcheck._file_outputs
 
-    def nudged(path, images):
-        probs, scores = real(path, images)
+    def nudged(path, images, thresholds, with_anomaly):
+        outs, mask = real(path, images, thresholds, with_anomaly)
         t = project.get_model(version)["metrics"]["test"]["operating_point"]
         ng, low = t["threshold"], t["unsure_low"]
-        scores = scores.copy()
+        scores = outs[1].copy()
         up = float(sigmoid(logit(ng) + 2))
         scores[0] = float(sigmoid(logit(low) - 2)) if scores[0] >= low else up
-        return probs, scores
+        return [outs[0], scores, *outs[2:]], mask
 
-    monkeypatch.setattr(exportcheck, "_run_exported", nudged)
+    monkeypatch.setattr(exportcheck, "_file_outputs", nudged)
 
 
 def _edge_flip(monkeypatch, project, version) -> dict[str, float]:
@@ -90,15 +90,15 @@ def _edge_flip(monkeypatch, project, version) -> dict[str, float]:
     t0 = float(predict_arrays(wrapper, load_images(paths[:1], inp.height, inp.width, 8))[1][0])
     ng = float(sigmoid(logit(t0) + 1))
     point = {"ng": ng, "unsure_low": t0 * (1 - 1e-5), "unsure_high": ng}
-    real = exportcheck._run_exported
+    real = exportcheck._file_outputs
 
-    def nudged(path, images):
-        probs, scores = real(path, images)
-        scores = scores.copy()
+    def nudged(path, images, thresholds, with_anomaly):
+        outs, mask = real(path, images, thresholds, with_anomaly)
+        scores = outs[1].copy()
         scores[0] = t0 * (1 - 1e-3)
-        return probs, scores
+        return [outs[0], scores, *outs[2:]], mask
 
-    monkeypatch.setattr(exportcheck, "_run_exported", nudged)
+    monkeypatch.setattr(exportcheck, "_file_outputs", nudged)
     return {"torch": t0, "exported": t0 * (1 - 1e-3), **point}
 
 
@@ -188,3 +188,30 @@ def test_widen_band_covers_both_scores_of_each_edge_flip():
         verdicts = exportcheck.verdicts_of(probs, np.asarray(scores), ["ok", "s", "t"], "ok", w)
         assert verdicts == ["UNSURE", "UNSURE"]
     assert exportcheck.widen_band([], t) == t
+
+
+def test_an_int8_export_carries_the_recheck_and_says_what_it_sends_to_fp32(tmp_path, capsys):
+    from defectssft.cli import main
+
+    project = make_project(tmp_path)
+    version = add_model(project, seed=4)
+    folder = Path(project.get_model(version)["path"])
+    assert (
+        main(["export", str(project.root), "--model", version, "--int8", "--max-int8-drop", "0.99"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "INT8 with the exact re-check: parts within" in out and "checked images" in out
+    meta = read_metadata(folder / "model.int8.onnx")
+    assert meta["format_version"] == 2 and meta["recheck"]["logit"] >= 0
+    check = project.get_model(version)["metrics"]["export_int8"]["verdict_check"]
+    assert 0 <= check["rechecked"]["n"] <= check["n"] and check["flips"] == 0
+    argv = ["export", str(project.root), "--model", version, "--int8", "--max-int8-drop", "0.99"]
+    assert main([*argv, "--no-recheck", "-o", str(tmp_path / "plain.onnx")]) in (0, 2)
+    out = capsys.readouterr()
+    if (tmp_path / "plain.onnx").exists():  # written when INT8 alone flips no checked verdict
+        plain = read_metadata(tmp_path / "plain.onnx")
+        assert plain["format_version"] == 1 and "recheck" not in plain
+        assert "re-check" not in out.out
+    else:
+        assert "export refused" in out.err and len(out.err.strip().splitlines()) == 1

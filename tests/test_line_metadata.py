@@ -47,7 +47,9 @@ MALFORMED = {
     "classes_twice": (lambda m: {**m, "classes": ["a", "a", "b"]}, "classes must be distinct"),
     "ok_unknown": (lambda m: {**m, "ok_class": "good"}, "ok_class 'good'"),
     "version_float": (lambda m: {**m, "format_version": 1.0}, "format_version"),
-    "newer": (lambda m: {**m, "format_version": 2}, "newer than this runtime"),
+    "newer": (lambda m: {**m, "format_version": 3}, "newer than this runtime"),
+    "recheck_negative": (lambda m: {**m, "recheck": {"logit": -1}}, "recheck.logit must be"),
+    "recheck_str": (lambda m: {**m, "recheck": "yes"}, "recheck must be an object"),
     "version_list": (lambda m: {**m, "model_version": [1]}, "model_version must be a string"),
 }
 

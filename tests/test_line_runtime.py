@@ -204,7 +204,7 @@ def test_bad_model_files_are_refused(models, tmp_path, images, capsys):
     whole = models["ng"].read_bytes()
     truncated.write_bytes(whole[: len(whole) // 2])
     newer = with_metadata(
-        models["ng"], tmp_path / "newer.onnx", lambda m: {**m, "format_version": 2}
+        models["ng"], tmp_path / "newer.onnx", lambda m: {**m, "format_version": 3}
     )
     foreign = with_metadata(models["ng"], tmp_path / "foreign.onnx", lambda m: {**m, "format": "x"})
     cases = {

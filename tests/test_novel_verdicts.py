@@ -193,18 +193,19 @@ def test_export_names_parts_the_novelty_rule_flips_between_torch_and_the_file(
 
     project, version, _, _ = novel_ok
     threshold = version_novelty(project.get_model(version)["path"]).threshold
-    real = exportcheck._exported_anomaly
+    real = exportcheck._file_outputs
 
-    def across(path, images):
-        scores = real(path, images).copy()
+    def across(path, images, thresholds, with_anomaly):
+        outs, mask = real(path, images, thresholds, with_anomaly)
+        scores = outs[2].copy()
         scores[0] = threshold / 2 if scores[0] >= threshold else threshold * 2
-        return scores
+        return [*outs[:2], scores], mask
 
     out = tmp_path / "m.onnx"
     assert main(["export", str(project.root), "--model", version, "-o", str(out)]) == 0
     check = project.get_model(version)["metrics"]["export_fp32"]["verdict_check"]
     assert check["novel_flips"] == [] and "sit on the anomaly" not in capsys.readouterr().out
-    monkeypatch.setattr(exportcheck, "_exported_anomaly", across)
+    monkeypatch.setattr(exportcheck, "_file_outputs", across)
     assert main(["export", str(project.root), "--model", version, "-o", str(out)]) == 0
     said = capsys.readouterr().out
     assert "1 image(s) sit on the anomaly head's threshold" in said

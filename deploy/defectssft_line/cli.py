@@ -78,6 +78,8 @@ def _verdict_record(
     if pred.anomaly_score is not None:  # a model with an anomaly head (novelty.py)
         rec["anomaly_score"] = round(float(pred.anomaly_score), 6)
         rec["novel"] = bool(pred.novel)
+    if pred.rechecked:  # an INT8 file's fp32 graph decided it (defectssft_line.recheck)
+        rec["rechecked"] = True
     if pred.anomaly_peak is not None:  # where it is, in the image's pixels
         peak = peak_in_image(pred.anomaly_peak, (model.height, model.width), image.shape, model.roi)
         if peak is not None:

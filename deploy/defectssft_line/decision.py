@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 # The exported model (ONNX ``metadata_props[METADATA_KEY]``) and ``model.pt`` share the format
-# name; a reader refuses a format_version newer than FORMAT_VERSION.
+# name; a reader refuses a format_version newer than NEWEST_FORMAT_VERSION. Files are written
+# with FORMAT_VERSION, an INT8 file with the exact re-check with 2 (defectssft_line.recheck).
 FORMAT = "defectssft-model"
 FORMAT_VERSION = 1
+NEWEST_FORMAT_VERSION = 2
 METADATA_KEY = "defectssft"
 DEFAULT_THRESHOLD = 0.5
 
@@ -117,6 +119,8 @@ class Prediction:
     novel: bool = False
     anomaly_map: Any = field(default=None, compare=False, repr=False)
     anomaly_peak: Any = field(default=None, compare=False, repr=False)  # [2]: x, y input px
+    # decided by the fp32 graph of an INT8 file with the re-check (defectssft_line.recheck)
+    rechecked: bool = field(default=False, compare=False)
 
 
 def decide(

@@ -11,8 +11,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from defectssft_line.decision import FORMAT, FORMAT_VERSION, ThresholdError, resolve_thresholds
+from defectssft_line.decision import (
+    FORMAT,
+    NEWEST_FORMAT_VERSION,
+    ThresholdError,
+    resolve_thresholds,
+)
 from defectssft_line.novelty import NoveltyMetadataError, validate_anomaly_metadata
+from defectssft_line.recheck import RecheckError, RecheckRule
 
 MAX_SIDE = 16384  # model input height/width
 THRESHOLD_KEYS = ("ng", "unsure_low", "unsure_high")
@@ -53,10 +59,10 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
     version = meta.get("format_version")
     if not _is_int(version) or version < 1:
         raise MetadataError("defectssft metadata without a valid format_version")
-    if version > FORMAT_VERSION:
+    if version > NEWEST_FORMAT_VERSION:
         raise MetadataError(
             f"model format_version {version} is newer than this runtime supports "
-            f"({FORMAT_VERSION}); upgrade defectssft-line"
+            f"({NEWEST_FORMAT_VERSION}); upgrade defectssft-line"
         )
     for key in ("classes", "input"):
         if key not in meta:
@@ -96,6 +102,10 @@ def validate_metadata(meta: Any) -> dict[str, Any]:
     try:
         validate_anomaly_metadata(meta.get("anomaly"))
     except NoveltyMetadataError as e:
+        raise MetadataError(str(e)) from None
+    try:
+        RecheckRule.from_metadata(meta)
+    except RecheckError as e:
         raise MetadataError(str(e)) from None
     for key in ("model_version", "backbone", "precision", "project"):
         v = meta.get(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from defectssft_line.decision import (
 )
 from defectssft_line.metadata import MetadataError, validate_metadata
 from defectssft_line.novelty import NoveltyRule
+from defectssft_line.recheck import RECHECK_INPUT, RecheckRule, run_rechecked
 from defectssft_line.roi import Roi
 from defectssft_line.tiles import TiledScore, TileSpec
 
@@ -92,6 +94,8 @@ class LineModel:
         self.thresholds = thresholds
         self.version = str(meta.get("model_version", ""))
         self.novelty = NoveltyRule.from_metadata(meta, on_novel)  # None: no anomaly head
+        # INT8 with the exact re-check (defectssft_line.recheck); None: one graph
+        self.recheck = RecheckRule.from_metadata(meta)
         # region of interest and tiling rule (defectssft_line.roi / .tiles; None: whole image,
         # resized)
         self.roi = Roi.from_meta(inp.get("roi"))
@@ -139,8 +143,20 @@ class LineModel:
     def _check_signature(self) -> None:
         inputs = self.session.get_inputs()
         outputs = {o.name for o in self.session.get_outputs()}
-        if len(inputs) != 1 or inputs[0].name != "image" or inputs[0].type != "tensor(uint8)":
+        if not inputs or inputs[0].name != "image" or inputs[0].type != "tensor(uint8)":
             raise LineModelError(f"{self.path}: expected one uint8 input named 'image'")
+        extra = [i.name for i in inputs[1:]] + [
+            i.name for i in self.session.get_overridable_initializers()
+        ]
+        if extra != ([RECHECK_INPUT] if self.recheck is not None else []):
+            raise LineModelError(
+                f"{self.path}: unexpected input(s) {', '.join(extra) or 'none'} beside 'image'"
+                + (
+                    f" (an INT8 file with the re-check needs '{RECHECK_INPUT}')"
+                    if self.recheck
+                    else ""
+                )
+            )
         missing = {"probs", "defect_score"} - outputs
         if self.novelty is not None:
             missing |= set(self.novelty.output_names()) - outputs
@@ -148,6 +164,8 @@ class LineModel:
             raise LineModelError(f"{self.path}: model lacks output(s) {', '.join(sorted(missing))}")
         try:
             probs, scores = self.predict(np.zeros((1, self.height, self.width, 3), np.uint8))
+            if self.recheck is not None:
+                self.predict(np.zeros((1, self.height, self.width, 3), np.uint8), exact=True)
         except Exception as e:  # noqa: BLE001 - the graph does not run
             raise LineModelError(f"{self.path}: model does not run ({_first_line(e)})") from e
         if probs.shape != (1, len(self.classes)) or not np.all(np.isfinite(probs)):
@@ -156,9 +174,13 @@ class LineModel:
                 f"{len(self.classes)} classes in its metadata"
             )
 
-    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probs [N, C], defect scores [N]) for uint8 [N, H, W, 3] RGB model inputs."""
-        probs, scores = self.session.run(["probs", "defect_score"], {"image": batch})
+    def predict(self, batch: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(probs [N, C], defect scores [N]) for uint8 [N, H, W, 3] RGB model inputs; ``exact``:
+        through the fp32 graph of a file with the re-check (no re-check here: ``classify``)."""
+        feed = {"image": batch}
+        if exact and self.recheck is not None:
+            feed[RECHECK_INPUT] = np.array(True)
+        probs, scores = self.session.run(["probs", "defect_score"], feed)
         return probs, scores
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -173,21 +195,33 @@ class LineModel:
         if not images:
             return []
         if self.tiles is not None:
-            return [self.decide(t.probs, t.score) for t in map(self.score_tiles, images)]
+            return [self._classify_tiled(im) for im in images]
         return self.classify_inputs(np.stack([self.prepare(im) for im in images]))
+
+    def _run(self, batch: np.ndarray, names: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+        """``names`` (``probs``, ``defect_score`` first) on ``batch``, and which parts the fp32
+        graph decided (``defectssft_line.recheck``; none without the re-check)."""
+        if self.recheck is None:
+            return self.session.run(names, {"image": batch}), np.zeros(len(batch), bool)
+        thr = self.novelty.threshold if self.novelty is not None else None
+        return run_rechecked(self.session, batch, names, self.recheck, self.classes,
+                             self.ok_class, self.thresholds, thr)  # fmt: skip
 
     def classify_inputs(self, batch: np.ndarray) -> list[Prediction]:
         """Verdicts for model inputs ``prepare`` made: uint8 [N, H, W, 3] (not tiled models)."""
         if self.novelty is not None:
             return self._classify_novel(batch)
-        probs, scores = self.predict(batch)
-        return [self.decide(p, float(s)) for p, s in zip(probs, scores, strict=True)]
+        (probs, scores), again = self._run(batch, ["probs", "defect_score"])
+        return [
+            replace(self.decide(p, float(s)), rechecked=bool(r))
+            for p, s, r in zip(probs, scores, again, strict=True)
+        ]
 
     def _classify_novel(self, batch: np.ndarray) -> list[Prediction]:
         """Verdicts with the anomaly head's score (and map): ``decision.decide_part``."""
         rule = self.novelty
         assert rule is not None
-        outs = self.session.run(["probs", "defect_score", *rule.output_names()], {"image": batch})
+        outs, again = self._run(batch, ["probs", "defect_score", *rule.output_names()])
         maps = outs[3] if rule.has_map else [None] * len(batch)
         peaks = outs[4] if rule.has_map and rule.has_peak else [None] * len(batch)
         return [
@@ -195,13 +229,27 @@ class LineModel:
                 decide_part(p, float(s), self.classes, self.ok_class, self.thresholds, a, rule),
                 anomaly_map=m,
                 anomaly_peak=k,
+                rechecked=bool(r),
             )
-            for p, s, a, m, k in zip(outs[0], outs[1], outs[2], maps, peaks, strict=True)
+            for p, s, a, m, k, r in zip(outs[0], outs[1], outs[2], maps, peaks, again, strict=True)
         ]
 
-    def score_tiles(self, image: np.ndarray) -> TiledScore:
+    def _classify_tiled(self, image: np.ndarray) -> Prediction:
+        """A tiled part's verdict; with the re-check, a part whose pooled INT8 score lies near
+        an edge is scored again, every tile, through the fp32 graph."""
+        t = self.score_tiles(image)
+        if self.recheck is not None:
+            near = self.recheck.near(t.probs[None], self.classes, self.ok_class, self.thresholds)
+            if near[0]:
+                t = self.score_tiles(image, exact=True)
+                return replace(self.decide(t.probs, t.score), rechecked=True)
+        return self.decide(t.probs, t.score)
+
+    def score_tiles(self, image: np.ndarray, exact: bool = False) -> TiledScore:
         """A decoded image scored tile by tile (``self.tile_batch`` tiles a run) and pooled, by
-        the model's tiling rule (``defectssft_line.tiles``)."""
+        the model's tiling rule (``defectssft_line.tiles``); ``exact``: as ``predict``."""
         assert self.tiles is not None
         source = tiles.tile_source(image, self.tiles, self.bit_depth, self.roi)
-        return tiles.score_source(self.predict, source, self.tiles, self.tile_batch)
+
+        predict = partial(self.predict, exact=True) if exact else self.predict
+        return tiles.score_source(predict, source, self.tiles, self.tile_batch)

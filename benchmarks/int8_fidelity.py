@@ -64,21 +64,29 @@ def _verdicts(out: dict[str, np.ndarray], classes, ok, t, rule) -> tuple[list[st
     return plain, line
 
 
-def _latency(paths: dict[str, Path], image: np.ndarray, rounds: int) -> dict[str, float]:
-    """Median ms per part (batch 1, 1 thread), the variants run in turn each round."""
-    from defectssft.export import ort_session
-
-    sessions = {k: ort_session(p) for k, p in paths.items()}
-    for s in sessions.values():
-        for _ in range(5):
-            s.run(None, {"image": image})
-    times: dict[str, list[float]] = {k: [] for k in sessions}
+def interleaved_ms(runs: dict[str, Any], rounds: int, warmup: int = 5) -> dict[str, float]:
+    """Median ms of each callable in ``runs``, all run in turn each round (after ``warmup``
+    rounds), so a change of machine load weighs on every variant alike."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
-        for k, s in sessions.items():
+        for k, run in runs.items():
             t0 = time.perf_counter()
-            s.run(None, {"image": image})
+            run()
             times[k].append((time.perf_counter() - t0) * 1e3)
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _latency(paths: dict[str, Path], image: np.ndarray, rounds: int) -> dict[str, float]:
+    """Median ms per part (batch 1, 1 thread), the variants run in turn each round."""
+    from functools import partial
+
+    from defectssft.export import ort_session
+
+    runs = {k: partial(ort_session(p).run, None, {"image": image}) for k, p in paths.items()}
+    return interleaved_ms(runs, rounds)
 
 
 def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[str, Any]:

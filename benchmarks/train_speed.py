@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import write_results  # noqa: E402
 from defectssft.inspection import to_model_input  # noqa: E402
-from defectssft.modeling import build_model, default_normalization  # noqa: E402
+from defectssft.modeling import LAYOUTS, build_model, default_normalization, fast_layout  # noqa: E402
 from defectssft.training import objectives as obj  # noqa: E402
 from defectssft.training.augment import StrongAugment  # noqa: E402
 from defectssft.training.config import Config, resolve_config, resolve_for_data  # noqa: E402
@@ -49,8 +49,10 @@ def measure(
     steps: int,
     device: torch.device,
     amp: str = "auto",
+    layout: str = "auto",
 ) -> dict:
-    model = build_model(model_name, 6, weights="none").to(device).train()
+    model = fast_layout(build_model(model_name, 6, weights="none").to(device), device, layout)
+    model.train()
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     mean, std = default_normalization(model_name, "none")
     opt = make_optimizer(
@@ -113,6 +115,7 @@ def measure(
         "mu": mu,
         "device": str(device),
         "autocast": str(dtype).replace("torch.", "") if dtype else "off",
+        "layout": layout,
     }
     modes: tuple[tuple[str, Callable[[], None], int], ...] = (
         ("supervised", sup_step, batch),
@@ -151,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["auto", "off", "bf16", "fp16"],
         help="autocast as train.amp (auto: bf16/fp16 on CUDA, off on the CPU)",
     )
+    ap.add_argument(
+        "--layouts",
+        nargs="+",
+        default=["auto"],
+        choices=LAYOUTS,
+        help="the weights' memory layout, as train.layout (auto: channels_last on the CPU)",
+    )
     ap.add_argument("--name", default=None, help="results file suffix")
     args = ap.parse_args(argv)
     if args.quick:
@@ -158,16 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = [
-        measure(args.model, s, args.batch, args.mu, args.steps, device, args.amp)
+        measure(args.model, s, args.batch, args.mu, args.steps, device, args.amp, layout)
         for s in args.sizes
+        for layout in args.layouts
     ]
     print(
-        f"{'size':>5} {'autocast':>9} {'sup img/s':>10} {'ssl img/s':>10} {'ssl s/step':>11} "
+        f"{'size':>5} {'layout':>13} {'autocast':>9} {'sup img/s':>10} {'ssl img/s':>10} {'ssl s/step':>11} "
         f"{'aug share':>10} {'ssl_ema img/s':>14} {'aug share':>10}"
     )
     for r in rows:
         print(
-            f"{r['size']:>5} {r['autocast']:>9} {r['supervised_img_s']:>10.1f} {r['ssl_img_s']:>10.1f} "
+            f"{r['size']:>5} {r['layout']:>13} {r['autocast']:>9} {r['supervised_img_s']:>10.1f} {r['ssl_img_s']:>10.1f} "
             f"{r['ssl_step_s']:>11.2f} {100 * r['ssl_strong_aug_share']:>9.1f}% "
             f"{r['ssl_ema_img_s']:>14.1f} {100 * r['ssl_ema_strong_aug_share']:>9.1f}%"
         )

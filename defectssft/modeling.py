@@ -56,6 +56,21 @@ def _check_model_name(model_name: str) -> None:
         raise ConfigError(f"unknown timm model '{model_name}'{hint}")
 
 
+LAYOUTS = ("auto", "channels_last", "contiguous")
+
+
+def fast_layout(model: nn.Module, device: str | torch.device, layout: str = "auto") -> nn.Module:
+    """``model`` with its weights in the memory layout its convolutions run fastest in:
+    channels_last on the CPU (oneDNN: training and inference 1.5-1.8x faster than the default
+    layout for lite0, BENCHMARKS.md "Training throughput"), unchanged on a GPU (not measured)
+    for ``auto``; the values are the same either way. In place; returns ``model``."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"memory layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "channels_last" or (layout == "auto" and torch.device(device).type == "cpu"):
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
 def create_backbone(model_name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """A randomly initialised timm classifier with ``num_classes`` outputs."""
     import timm
@@ -281,7 +296,10 @@ def save_model_file(
     if "model_name" not in meta or "classes" not in meta:
         raise ValueError("meta needs 'model_name' and 'classes'")
     state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
-    state = {k: v.detach().to("cpu").clone() for k, v in _strip_prefixes(dict(state)).items()}
+    state = {  # the default layout whatever the model ran in (fast_layout), so files stay alike
+        k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for k, v in _strip_prefixes(dict(state)).items()
+    }
     obj: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -342,6 +360,6 @@ def load_model_file(
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
         raise ModelFileError(f"{path}: weights do not match '{obj['model_name']}'") from e
-    model.to(device).eval()
+    fast_layout(model.to(device), device).eval()
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     return model, meta

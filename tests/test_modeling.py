@@ -12,6 +12,7 @@ from defectssft.errors import ConfigError, ModelFileError
 from defectssft.modeling import (
     build_model,
     default_normalization,
+    fast_layout,
     imagenet_weights_file,
     load_model_file,
     read_model_meta,
@@ -147,3 +148,46 @@ def test_lite0_classifies_chelsea_the_cat():
     with torch.no_grad():
         top = model(x).argmax(1).item()
     assert top == 285  # ImageNet "Egyptian cat"
+
+
+def _conv_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_cpu_models_run_channels_last_with_the_same_outputs_and_files_stay_contiguous(
+    tmp_path: Path,
+):
+    model = build_model("test_efficientnet", 3, weights="none").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+    fast_layout(model, "cpu")
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(model))
+    assert any(not w.is_contiguous() for w in _conv_weights(model) if w.shape[-1] > 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)
+    path = save_model_file(tmp_path / "model.pt", model, {"model_name": "test_efficientnet",
+                                                           "classes": ["a", "b", "c"]})  # fmt: skip
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in state.values())
+    loaded, _ = load_model_file(path)  # on the CPU: channels_last again
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(loaded))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), want, rtol=1e-4, atol=1e-5)
+    plain = fast_layout(build_model("test_efficientnet", 3, weights="none"), "cpu", "contiguous")
+    assert all(w.is_contiguous() for w in _conv_weights(plain))
+    with pytest.raises(ConfigError, match="memory layout must be one of"):
+        fast_layout(plain, "cpu", "nhwc")
+
+
+def test_training_runs_channels_last_on_the_cpu_unless_told_otherwise():
+    from defectssft.training.config import Config, resolve_config, resolve_for_data
+    from defectssft.training.loop import build_learner
+
+    for layout, want in (("auto", True), ("contiguous", False)):
+        sets = ["model.name=test_efficientnet", "model.weights=none", f"train.layout={layout}"]
+        cfg = Config.from_dict(resolve_for_data(resolve_config(sets=sets), has_ok_class=False))
+        learner, _, _ = build_learner(cfg, 3, torch.device("cpu"), None)
+        for m in (learner.model, learner.teacher):
+            convs = [w for w in _conv_weights(m) if w.shape[1] > 1 and w.shape[-1] > 1]
+            assert all(w.is_contiguous(memory_format=torch.channels_last) == want for w in convs)

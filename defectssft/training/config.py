@@ -150,6 +150,8 @@ class TrainConfig(Section):
     num_workers: int = setting(2, ge=0, le=64)
     threads: int = setting(0, ge=0, le=1024)  # torch CPU threads; 0 = torch default
     device: str = setting("auto")  # auto | cpu | cuda | cuda:N
+    # the weights' memory layout (modeling.fast_layout): auto = channels_last on the CPU
+    layout: str = setting("auto", choices=("auto", "channels_last", "contiguous"))
     select_metric: str = setting("auto", choices=("auto", "balanced_accuracy", "auroc", "macro_f1"))
     # which weights ship: auto = the best validated ones only when the val split is large enough
     # to choose (VAL_MIN_PER_CLASS images of every class), else the final (EMA) ones

@@ -29,7 +29,7 @@ import numpy as np
 
 from defectssft.evidence import Evidence
 from defectssft.metrics import classification_metrics
-from defectssft.modeling import build_model
+from defectssft.modeling import build_model, fast_layout
 from defectssft.training import ddp
 from defectssft.training.data import TrainData, eval_loader
 from defectssft.training.loop import pick_device, predict, select_score, train
@@ -247,5 +247,6 @@ def _score(result: Any, data: TrainData, held: list[int]) -> np.ndarray:
     bit_depth = cfg["input"]["bit_depth"] or data.bit_depth
     loader = eval_loader(items, cfg["input"]["height"], cfg["input"]["width"], bit_depth)
     device = pick_device(cfg["train"]["device"], ddp.DistInfo())
-    probs, _ = predict(model.to(device), loader, result.mean, result.std, device)
+    model = fast_layout(model.to(device), device, cfg["train"].get("layout", "auto"))
+    probs, _ = predict(model, loader, result.mean, result.std, device)
     return probs.astype(np.float32)

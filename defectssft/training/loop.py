@@ -35,7 +35,7 @@ from defectssft import safeload
 from defectssft.errors import DefectssftError
 from defectssft.inspection import to_model_input
 from defectssft.metrics import classification_metrics
-from defectssft.modeling import atomic_torch_save, build_model, default_normalization
+from defectssft.modeling import atomic_torch_save, build_model, default_normalization, fast_layout
 from defectssft.training import ddp
 from defectssft.training import objectives as obj
 from defectssft.training.augment import StrongAugment, weak_transform
@@ -227,6 +227,7 @@ def build_learner(
         weights=model_cfg.weights,
         drop_rate=model_cfg.drop_rate,
     ).to(device)
+    fast_layout(model, device, train_cfg.layout)
     mean, std = default_normalization(model_cfg.name, model_cfg.weights)
     teacher = copy.deepcopy(model).eval() if train_cfg.ema_decay > 0 else None
     if teacher is not None:

@@ -166,9 +166,15 @@ def test_a_file_with_the_exact_input_but_no_recheck_entry_is_refused(files, tmp_
     meta.pop("recheck")
     _set_metadata(m, meta)
     onnx.save(m, str(tmp_path / "odd.onnx"))
-    with pytest.raises(LineModelError, match="unexpected input") as e:
+    with pytest.raises(LineModelError, match="re-check input 'exact' but its metadata no") as e:
         LineModel.load(tmp_path / "odd.onnx")
     assert "\n" not in str(e.value)
+    meta = read_metadata(d / "plain.onnx")  # the INT8 graph alone, claiming a re-check
+    m = onnx.load(str(d / "plain.onnx"))
+    _set_metadata(m, {**meta, "format_version": 2, "recheck": {"logit": 1.0}})
+    onnx.save(m, str(tmp_path / "claims.onnx"))
+    with pytest.raises(LineModelError, match="'recheck' in its metadata but no 'exact' input"):
+        LineModel.load(tmp_path / "claims.onnx")
 
 
 def test_the_record_says_which_parts_the_fp32_graph_decided(files):

@@ -143,19 +143,16 @@ class LineModel:
     def _check_signature(self) -> None:
         inputs = self.session.get_inputs()
         outputs = {o.name for o in self.session.get_outputs()}
-        if not inputs or inputs[0].name != "image" or inputs[0].type != "tensor(uint8)":
+        if len(inputs) != 1 or inputs[0].name != "image" or inputs[0].type != "tensor(uint8)":
             raise LineModelError(f"{self.path}: expected one uint8 input named 'image'")
-        extra = [i.name for i in inputs[1:]] + [
-            i.name for i in self.session.get_overridable_initializers()
-        ]
-        if extra != ([RECHECK_INPUT] if self.recheck is not None else []):
+        # the re-check's switch is an input with a default (an overridable initializer)
+        switch = RECHECK_INPUT in {i.name for i in self.session.get_overridable_initializers()}
+        if switch != (self.recheck is not None):
             raise LineModelError(
-                f"{self.path}: unexpected input(s) {', '.join(extra) or 'none'} beside 'image'"
-                + (
-                    f" (an INT8 file with the re-check needs '{RECHECK_INPUT}')"
-                    if self.recheck
-                    else ""
-                )
+                f"{self.path}: the graph has the re-check input '{RECHECK_INPUT}' but its "
+                "metadata no 'recheck' entry"
+                if switch
+                else f"{self.path}: 'recheck' in its metadata but no '{RECHECK_INPUT}' input"
             )
         missing = {"probs", "defect_score"} - outputs
         if self.novelty is not None:

@@ -219,14 +219,12 @@ def run_case(case: Path, work: Path, recipes: list[str], rounds: int) -> dict[st
     }
 
 
-def latency_at(case: Path, work: Path, recipes: list[str], size: tuple[int, int], rounds: int):
-    """fp32 and each recipe's latency (batch 1, 1 thread, interleaved) of ``case``'s classifier
-    exported at ``size`` (the weights are the same; calibrated on its held parts at that size):
-    what the recipe costs at a line's input size, where the early layers weigh more."""
+def classifier_at(case: Path, work: Path, size: tuple[int, int]) -> tuple[Path, np.ndarray]:
+    """``case``'s classifier exported fp32 at ``size`` (same weights) into a folder of ``work``,
+    and up to 64 of its held parts at that size (to calibrate and time on)."""
     import onnx
     import torch
 
-    from defectssft import int8
     from defectssft.export import _torch_to_onnx
     from defectssft.inspection import ModelSpec, inspection_model, load_images
     from defectssft.modeling import load_model_file
@@ -240,7 +238,17 @@ def latency_at(case: Path, work: Path, recipes: list[str], size: tuple[int, int]
     fp32 = mine / "fp32.onnx"
     onnx.save(_torch_to_onnx(inspection_model(model, spec), h, w), str(fp32))
     names = json.loads((case / "held_order.json").read_text())[:64]
-    images = load_images([case / "held" / n for n in names], h, w, spec.input.bit_depth)
+    return fp32, load_images([case / "held" / n for n in names], h, w, spec.input.bit_depth)
+
+
+def latency_at(case: Path, work: Path, recipes: list[str], size: tuple[int, int], rounds: int):
+    """fp32 and each recipe's latency (batch 1, 1 thread, interleaved) of ``case``'s classifier
+    exported at ``size`` (the weights are the same; calibrated on its held parts at that size):
+    what the recipe costs at a line's input size, where the early layers weigh more."""
+    from defectssft import int8
+
+    fp32, images = classifier_at(case, work, size)
+    mine, (h, w) = fp32.parent, size
     files = {"fp32": fp32}
     seconds = {}
     for name in recipes:
@@ -296,24 +304,30 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def case_arguments(name: str, rounds: int, latency_help: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark over ``decisions.py``'s trained cases (this one and
+    ``int8_recheck.py``): --bench, --cases, --workdir, --name, --rounds, --latency-size."""
+    ap = argparse.ArgumentParser()
     ap.add_argument(
         "--bench", type=Path, default=Path("/tmp/h13_bench"), help="decisions.py's --workdir"
     )
     ap.add_argument("--cases", nargs="+", default=CASES)
+    ap.add_argument("--workdir", type=Path, default=Path(f"/tmp/{name}"))
+    ap.add_argument("--name", default=name)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--latency-size", type=int, nargs=2, metavar=("H", "W"), help=latency_help)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = case_arguments(
+        "int8_fidelity",
+        300,
+        "also time the first case's classifier exported at H x W (a line's input size)",
+    )
+    ap.description = __doc__.split("\n")[0]
     ap.add_argument(
         "--recipes", nargs="+", default=None, help="defectssft.int8.RECIPES names (default: all)"
-    )
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/int8_fidelity"))
-    ap.add_argument("--rounds", type=int, default=300)
-    ap.add_argument("--name", default="int8_fidelity")
-    ap.add_argument(
-        "--latency-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="also time the first case's classifier exported at H x W (a line's input size)",
     )
     args = ap.parse_args(argv)
     from defectssft import int8

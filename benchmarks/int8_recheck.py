@@ -16,7 +16,6 @@ the parts, preprocessing excluded). Commands and results: BENCHMARKS.md, "INT8 f
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -133,25 +132,15 @@ def latency_at(case: Path, work: Path, size: tuple[int, int], rounds: int) -> di
     from functools import partial
 
     import onnx
-    import torch
-    from int8_fidelity import interleaved_ms
+    from int8_fidelity import classifier_at, interleaved_ms
 
     from defectssft import int8
-    from defectssft.export import _torch_to_onnx, ort_session
-    from defectssft.inspection import ModelSpec, inspection_model, load_images
-    from defectssft.modeling import load_model_file
+    from defectssft.export import ort_session
     from defectssft_line.recheck import RECHECK_INPUT
 
-    torch.set_num_threads(1)
-    model, meta = load_model_file(case / "project" / "models" / "v0001" / "model.pt")
-    spec = ModelSpec.from_meta(meta)
+    fp32, images = classifier_at(case, work, size)
     h, w = size
-    mine = work / f"{case.name}-{h}x{w}"
-    mine.mkdir(parents=True, exist_ok=True)
-    fp32, plain, both = mine / "fp32.onnx", mine / "int8.onnx", mine / "int8-recheck.onnx"
-    onnx.save(_torch_to_onnx(inspection_model(model, spec), h, w), str(fp32))
-    names = json.loads((case / "held_order.json").read_text())[:64]
-    images = load_images([case / "held" / n for n in names], h, w, spec.input.bit_depth)
+    plain, both = fp32.parent / "int8.onnx", fp32.parent / "int8-recheck.onnx"
     int8.quantize(fp32, plain, images, int8.DEFAULT)
     onnx.save(int8.with_recheck(onnx.load(str(fp32)), onnx.load(str(plain))), str(both))
     x = images[:1]
@@ -204,21 +193,14 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--bench", type=Path, default=Path("/tmp/h13_bench"), help="decisions.py's --workdir"
+    from int8_fidelity import case_arguments
+
+    ap = case_arguments(
+        "int8_recheck",
+        200,
+        "only time the first case's graphs exported at H x W (a line's input size)",
     )
-    ap.add_argument("--cases", nargs="+", default=CASES)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/int8_recheck"))
-    ap.add_argument("--name", default="int8_recheck")
-    ap.add_argument(
-        "--latency-size",
-        type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="only time the first case's graphs exported at H x W (a line's input size)",
-    )
-    ap.add_argument("--rounds", type=int, default=200)
+    ap.description = __doc__.split("\n")[0]
     args = ap.parse_args(argv)
     if args.latency_size:
         at = latency_at(args.bench / args.cases[0], args.workdir, tuple(args.latency_size),

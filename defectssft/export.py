@@ -248,26 +248,18 @@ def line_outputs(
     t = thresholds or resolve_thresholds(meta.get("thresholds"))
     head = meta.get("anomaly") or {}
     anomaly_thr = float(head["threshold"]) if "anomaly_score" in names and head else None
+    if not len(images):
+        return [np.zeros(0, np.float32) for _ in names], np.zeros(0, bool)
+    if rule is None:
+        return run_outputs(session, images, names, batch_size), np.zeros(len(images), bool)
     got, masks = [], []
     for i in range(0, len(images), batch_size):
-        batch = images[i : i + batch_size]
-        if rule is None:
-            got.append(session.run(names, {"image": batch}))
-            masks.append(np.zeros(len(batch), bool))
-        else:
-            outs, mask = run_rechecked(session, batch, names, rule, list(meta["classes"]),
-                                       meta.get("ok_class"), t, anomaly_thr)  # fmt: skip
-            got.append(outs)
-            masks.append(mask)
-    if not got:
-        return [np.zeros(0, np.float32) for _ in names], np.zeros(0, bool)
+        outs, mask = run_rechecked(session, images[i : i + batch_size], names, rule,
+                                   list(meta["classes"]), meta.get("ok_class"), t,
+                                   anomaly_thr)  # fmt: skip
+        got.append(outs)
+        masks.append(mask)
     return [np.concatenate([g[k] for g in got]) for k in range(len(names))], np.concatenate(masks)
-
-
-def _run_names(path: Path, images: np.ndarray, names: list[str]) -> list[np.ndarray]:
-    session = ort_session(path)
-    got = [session.run(names, {"image": images[i : i + 16]}) for i in range(0, len(images), 16)]
-    return [np.concatenate([g[k] for g in got]) for k in range(len(names))]
 
 
 def _add_recheck(
@@ -286,8 +278,8 @@ def _add_recheck(
     from defectssft_line.recheck import RECHECK_FORMAT_VERSION, SAFETY, fit_margin
 
     names = ["probs", "defect_score"] + (["anomaly_score"] if metadata.get("anomaly") else [])
-    fast = _run_names(int8_path, images, names)
-    exact = _run_names(fp32_path, images, names)
+    fast = run_outputs(ort_session(int8_path), images, names)
+    exact = run_outputs(ort_session(fp32_path), images, names)
     classes = list(spec.classes)
     ok = classes.index(spec.ok_class) if spec.ok_class in classes else None
     rule, said = fit_margin(
@@ -302,13 +294,22 @@ def _add_recheck(
     return {**metadata, "format_version": RECHECK_FORMAT_VERSION, "recheck": entry}
 
 
-def run_ort(session, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """probs [N, C] of an onnxruntime session on uint8 NHWC images."""
-    out = [
-        session.run(["probs"], {"image": images[i : i + batch_size]})[0]
+def run_outputs(
+    session, images: np.ndarray, names: Sequence[str], batch_size: int = 16
+) -> list[np.ndarray]:
+    """The outputs ``names`` of an onnxruntime session on uint8 NHWC images, in batches."""
+    got = [
+        session.run(list(names), {"image": images[i : i + batch_size]})
         for i in range(0, len(images), batch_size)
     ]
-    return np.concatenate(out, axis=0) if out else np.zeros((0, 0), np.float32)
+    return [np.concatenate([g[k] for g in got]) for k in range(len(names))]
+
+
+def run_ort(session, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """probs [N, C] of an onnxruntime session on uint8 NHWC images."""
+    if not len(images):
+        return np.zeros((0, 0), np.float32)
+    return run_outputs(session, images, ["probs"], batch_size)[0]
 
 
 def _accuracy(probs: np.ndarray, labels: Sequence[int] | None) -> float | None:

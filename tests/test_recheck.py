@@ -187,3 +187,13 @@ def test_the_record_says_which_parts_the_fp32_graph_decided(files):
     assert "rechecked" not in _verdict_record("b.png", Prediction("OK", "ok", 0.1, (0.9, 0.1, 0.0)),
                                                0.0, model, image)  # fmt: skip
     assert json.loads(json.dumps(rec))["rechecked"] is True
+
+
+def test_bench_times_the_fp32_graph_of_a_recheck_file_too(files):
+    from defectssft_line.bench import format_table, run_bench
+
+    d, _ = files
+    rows = run_bench(d / "int8.onnx", [], [1], [1], iters=2, warmup=1)
+    assert [r["graph"] for r in rows] == ["int8", "fp32 (re-check)"]
+    assert "fp32 (re-check)" in format_table(rows)
+    assert [r["graph"] for r in run_bench(d / "plain.onnx", [], [1], [1], 2, 1)] == ["int8"]

@@ -41,15 +41,18 @@ def sample_inputs(model: LineModel, paths: list[Path], count: int) -> np.ndarray
     return np.stack((arrays * reps)[:count])
 
 
-def measure(model: LineModel, inputs: np.ndarray, batch: int, iters: int, warmup: int) -> dict:
-    """Latency of ``iters`` runs of one batch: p50/p95/p99/mean ms and images/s."""
+def measure(
+    model: LineModel, inputs: np.ndarray, batch: int, iters: int, warmup: int, exact: bool = False
+) -> dict:
+    """Latency of ``iters`` runs of one batch: p50/p95/p99/mean ms and images/s; ``exact``:
+    through the fp32 graph of an INT8 file with the re-check (``LineModel.predict``)."""
     times = []
     n = len(inputs)
     for i in range(warmup + iters):
         start = (i * batch) % max(1, n - batch + 1)
         x = np.ascontiguousarray(inputs[start : start + batch])
         t0 = time.perf_counter()
-        model.predict(x)
+        model.predict(x, exact)
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1000.0)
     t = np.asarray(times)
@@ -72,22 +75,32 @@ def run_bench(
     iters: int,
     warmup: int,
 ) -> list[dict]:
+    """One row per thread count, batch size and graph: the file's own, and for an INT8 file
+    with the re-check also its fp32 graph (what each re-checked part costs on top)."""
     rows = []
     for n_threads in threads:
         model = LineModel.load(model_path, threads=n_threads)
         inputs = sample_inputs(model, images, max(max(batches) * 2, 16))
+        graphs = [(str(model.meta.get("precision", "?")), False)]
+        if model.recheck is not None:
+            graphs.append(("fp32 (re-check)", True))
         for batch in batches:
-            row = measure(model, inputs, batch, iters, warmup)
-            rows.append({"threads": n_threads, **row})
+            for graph, exact in graphs:
+                row = measure(model, inputs, batch, iters, warmup, exact)
+                rows.append({"threads": n_threads, "graph": graph, **row})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'threads':>7} {'batch':>5} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'img/s':>9}"
+    head = (
+        f"{'threads':>7} {'graph':>15} {'batch':>5} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} "
+        f"{'img/s':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['threads']:>7} {r['batch']:>5} {r['p50_ms']:>9.2f} {r['p95_ms']:>9.2f} "
+            f"{r['threads']:>7} {r.get('graph', ''):>15} {r['batch']:>5} {r['p50_ms']:>9.2f} "
+            f"{r['p95_ms']:>9.2f} "
             f"{r['p99_ms']:>9.2f} {r['images_per_s']:>9.1f}"
         )
     return "\n".join(lines)

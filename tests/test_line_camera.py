@@ -636,8 +636,10 @@ def test_signal_stops_the_run_promptly(model_path, sig, stuck):
         _wait_for_line(lines, waiting_for)
         t0 = time.monotonic()
         proc.send_signal(sig)
-        rc = proc.wait(timeout=20)
-        assert time.monotonic() - t0 < 10
+        rc = proc.wait(timeout=45)
+        # well before the 60 s reconnect wait / 600 s read timeout would end it; generous
+        # enough for a machine busy with other work
+        assert time.monotonic() - t0 < 40
         rest = _rest(lines)
     finally:
         if proc.poll() is None:

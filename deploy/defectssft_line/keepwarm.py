@@ -11,8 +11,8 @@ priority (``SCHED_IDLE``): it runs only when nothing else wants that CPU, and th
 thread, waking for a part, takes the CPU from it at once. It is a process of its own, so it
 never takes Python's GIL from the line. It ends with ``stop()`` (the end of the run, or
 ``--scoring-cpu auto`` giving the CPUs back: ``Placement.on_give_up``), and by itself when the
-runtime is gone (the kernel kills it with its parent; it also watches its parent), so a killed runtime leaves
-no spinning process behind. The price is a CPU kept at 100 % (power, heat): for a line PC
+runtime is gone (the kernel kills it with its parent; it also watches its parent), so a killed
+runtime leaves no spinning process behind. The price is a CPU kept at 100 % (power, heat): for a line PC
 whose scoring CPU is its own (``--scoring-cpu``). Linux only; elsewhere, or when the system
 refuses, one warning line and the line runs as without it.
 """

@@ -232,18 +232,21 @@ def line_outputs(
     names: Sequence[str] = ("probs", "defect_score"),
     thresholds: Thresholds | None = None,
     batch_size: int = 16,
+    session: Any = None,
+    meta: dict[str, Any] | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """The outputs ``names`` (``probs``, ``defect_score`` first, then ``anomaly_score`` if
     wanted) of an exported file on uint8 NHWC ``images`` as the line computes them: for an INT8
     file with the exact re-check, the parts near a verdict edge (at ``thresholds``, default the
     file's own) through its fp32 graph (``defectssft_line.recheck``). With the [N] bool mask of
-    those parts (all false for any other file)."""
+    those parts (all false for any other file). ``session`` / ``meta``: the file's, already
+    opened / read (a caller running it several times), else opened here."""
     from defectssft_line.decision import resolve_thresholds
     from defectssft_line.recheck import RecheckRule, run_rechecked
 
     names = list(names)
-    session = ort_session(path)
-    meta = read_metadata(path)
+    session = session if session is not None else ort_session(path)
+    meta = meta if meta is not None else read_metadata(path)
     rule = RecheckRule.from_metadata(meta)
     t = thresholds or resolve_thresholds(meta.get("thresholds"))
     head = meta.get("anomaly") or {}

@@ -201,17 +201,19 @@ def _band(t: Thresholds) -> str:
 
 
 def _file_outputs(
-    path: Path, images: np.ndarray, thresholds: Thresholds, with_anomaly: bool
+    path: Path, images: np.ndarray, thresholds: Thresholds, with_anomaly: bool, opened: Any = None
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """(probs, defect scores[, anomaly scores]) of the exported file as the line computes them
     at ``thresholds`` (``export.line_outputs``: an INT8 file with the re-check runs the parts
-    near an edge through its fp32 graph), and the mask of those parts."""
-    from defectssft.export import line_outputs, ort_session
+    near an edge through its fp32 graph), and the mask of those parts. ``opened``: the file's
+    (session, metadata), so that widening rounds do not open it again."""
+    from defectssft.export import line_outputs, ort_session, read_metadata
 
+    session, meta = opened if opened is not None else (ort_session(path), read_metadata(path))
     names = ["probs", "defect_score"]
-    if with_anomaly and "anomaly_score" in {o.name for o in ort_session(path).get_outputs()}:
+    if with_anomaly and "anomaly_score" in {o.name for o in session.get_outputs()}:
         names.append("anomaly_score")
-    return line_outputs(path, images, names, thresholds)
+    return line_outputs(path, images, names, thresholds, session=session, meta=meta)
 
 
 def check_verdicts(
@@ -230,7 +232,7 @@ def check_verdicts(
     raises ExportError naming the first image that flips beyond ``max_flip_logit``.
     ``anomaly``: the head written into the file (``defectssft.anomaly.AnomalyModel``), whose
     novelty rule the verdicts then include (``novel_flips``)."""
-    from defectssft.export import ExportError, read_metadata
+    from defectssft.export import ExportError, ort_session, read_metadata
     from defectssft.inspection import ModelSpec, inspection_model, load_images, predict_arrays
 
     spec = ModelSpec.from_meta(meta)
@@ -244,10 +246,11 @@ def check_verdicts(
     ok = ok if ok in classes else None
     t = thresholds
     moved: dict[int, Flip] = {}
-    rechecked = "recheck" in read_metadata(exported)
+    opened = (ort_session(exported), read_metadata(exported))
+    rechecked = "recheck" in opened[1]
     for round_ in range(MAX_WIDENINGS + 1):
         if round_ == 0 or rechecked:  # which parts the fp32 graph decides depends on the band
-            outs, again = _file_outputs(exported, images, t, anomaly is not None)
+            outs, again = _file_outputs(exported, images, t, anomaly is not None, opened)
             mine = (outs[0], outs[1])
         flips = find_flips(ids, names, reference, mine, classes, ok, t)
         if not flips:

@@ -65,8 +65,8 @@ def _far_flip(monkeypatch, project, version):
 
     real = exportcheck._file_outputs
 
-    def nudged(path, images, thresholds, with_anomaly):
-        outs, mask = real(path, images, thresholds, with_anomaly)
+    def nudged(path, images, thresholds, with_anomaly, opened=None):
+        outs, mask = real(path, images, thresholds, with_anomaly, opened)
         t = project.get_model(version)["metrics"]["test"]["operating_point"]
         ng, low = t["threshold"], t["unsure_low"]
         scores = outs[1].copy()
@@ -92,8 +92,8 @@ def _edge_flip(monkeypatch, project, version) -> dict[str, float]:
     point = {"ng": ng, "unsure_low": t0 * (1 - 1e-5), "unsure_high": ng}
     real = exportcheck._file_outputs
 
-    def nudged(path, images, thresholds, with_anomaly):
-        outs, mask = real(path, images, thresholds, with_anomaly)
+    def nudged(path, images, thresholds, with_anomaly, opened=None):
+        outs, mask = real(path, images, thresholds, with_anomaly, opened)
         scores = outs[1].copy()
         scores[0] = t0 * (1 - 1e-3)
         return [outs[0], scores, *outs[2:]], mask

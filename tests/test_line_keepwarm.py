@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from defectssft_line.cli import main
-from defectssft_line.keepwarm import KeepWarm
+from defectssft_line.keepwarm import SPIN, KeepWarm
 
 linux = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not hasattr(os, "SCHED_IDLE"),
@@ -68,7 +68,7 @@ def test_spinner_ends_by_itself_when_the_runtime_is_killed(tmp_path):
             f"""
             import sys, time
             sys.path[:0] = {sys.path!r}
-            from defectssft_line.keepwarm import KeepWarm
+            from defectssft_line.keepwarm import SPIN, KeepWarm
             w = KeepWarm({max(os.sched_getaffinity(0))}, log=lambda m: None)
             assert w.start()
             print(w.proc.pid, flush=True)
@@ -87,6 +87,19 @@ def test_spinner_ends_by_itself_when_the_runtime_is_killed(tmp_path):
     finally:
         runtime.kill()
         runtime.wait(10)
+
+
+@linux
+def test_spinner_ends_at_once_when_its_runtime_died_before_it_started():
+    """The spinner is told its runtime's pid: started by another process (its runtime already
+    gone, the spinner adopted), it sees a parent that is not that runtime and ends instead of
+    spinning forever."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(30)
+    spinner = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", SPIN, str(dead.pid)], timeout=60, check=False
+    )
+    assert spinner.returncode == 0
 
 
 @linux

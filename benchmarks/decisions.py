@@ -139,6 +139,59 @@ def saved_flips(case: Path, t: dict[str, float], novelty: dict[str, Any] | None)
     return out
 
 
+def escapes_detail(case: Path, t: dict[str, float], novelty: dict[str, Any] | None):
+    """Why the escapes escaped, and what catching them would cost, from ``held_scores.npz``
+    (torch scores; the line's verdicts equal them when no verdict flips): each escaped part's
+    defect score (its logit, and how far below the UNSURE band) and anomaly score (over the
+    head's threshold), and for each lever, the good held-out parts it would flag to catch every
+    escape: the UNSURE band's lower edge at the lowest escape's score, or the anomaly head's
+    threshold at the lowest escape's anomaly score. With the anomaly score's held-out AUROC."""
+    from defectssft import metrics as M
+    from defectssft.calibration import logit
+
+    path = case / "held_scores.npz"
+    if not path.exists():
+        return None
+    z = np.load(path)
+    names = json.loads((case / "held_order.json").read_text())
+    scored, defective = z["scored"], z["defective"]
+    score = z["torch_score"].astype(np.float64)
+    anomaly = z["torch_anomaly"] if novelty and "torch_anomaly" in z else None
+    cls = np.asarray([verdict_of(float(s), t) for s in score], dtype=object)
+    final = cls.copy()
+    if anomaly is not None:
+        final = np.asarray(
+            [with_novelty(v, float(a), novelty["threshold"], novelty["on"])
+             for v, a in zip(cls, anomaly, strict=True)], dtype=object,
+        )  # fmt: skip
+    good = scored & ~defective
+    esc = np.flatnonzero(scored & defective & (final == "OK"))
+    out: dict[str, Any] = {"escapes": []}
+    for i in esc:
+        e = {
+            "name": names[i],
+            "logit": float(logit(score[i])),
+            "logits_below_band": float(logit(t["unsure_low"]) - logit(score[i])),
+        }
+        if anomaly is not None:
+            e["anomaly_over_threshold"] = float(anomaly[i] / novelty["threshold"])
+        out["escapes"].append(e)
+    if len(esc):
+        low = float(score[esc].min())
+        out["band_to_catch_all"] = {"good_flagged": [int(np.sum(score[good] >= low)),
+                                                     int(good.sum())]}  # fmt: skip
+        if anomaly is not None:
+            a = float(anomaly[esc].min())
+            out["novelty_to_catch_all"] = {
+                "threshold_over_current": a / novelty["threshold"],
+                "good_flagged": [int(np.sum(good & ((anomaly >= a) | (cls != "OK")))),
+                                 int(good.sum())],
+            }  # fmt: skip
+    if anomaly is not None:
+        out["anomaly_auroc"] = M.roc_auc(anomaly[scored], defective[scored])
+    return out
+
+
 def split_counts(project: Path) -> dict[str, dict[str, int]]:
     """Labeled images per split and class (with few labels a class may have no val/test)."""
     from defectssft.project import Project
@@ -489,6 +542,7 @@ def run_case(
         for kind, want in (("defective", True), ("good", False))
     }
     out["flips"] = saved_flips(case, t, out["novelty_rule"])
+    out["escapes_detail"] = escapes_detail(case, t, out["novelty_rule"])
     if graded:
         g = Counter()
         for p, v in zip(proto.held, reference, strict=True):
@@ -635,6 +689,34 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {f(c['held_defective_logit'])} / {f(c['held_good_logit'])} "
                 f"| {f(c['stream_logit'])} |"
             )
+    detailed = [r for r in results if (r.get("escapes_detail") or {}).get("escapes")]
+    if detailed:
+        lines += [
+            "",
+            "The escapes (torch scores): how far below the UNSURE band, the anomaly score over "
+            "the head's threshold, and the good held-out parts flagged (NG or UNSURE) if either "
+            "lever were moved just far enough to catch every escape:",
+            "",
+            "| data set | seed | escapes: logits below the band / anomaly ÷ threshold "
+            "| anomaly AUROC (held-out) | band down to the lowest escape: good flagged "
+            "| novelty threshold down to the lowest escape: good flagged |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in detailed:
+            d = r["escapes_detail"]
+            each = "; ".join(
+                f"{e['logits_below_band']:.1f}"
+                + (f" / {e['anomaly_over_threshold']:.2f}" if "anomaly_over_threshold" in e else "")
+                for e in d["escapes"]
+            )
+            nov = d.get("novelty_to_catch_all")
+            auroc = d.get("anomaly_auroc")
+            lines.append(
+                f"| {r['dataset']} | {r['seed']} | {each} "
+                f"| {'—' if auroc is None else f'{auroc:.3f}'} "
+                f"| {_r(d['band_to_catch_all']['good_flagged'])} "
+                f"| {'no head' if nov is None else _r(nov['good_flagged'])} |"
+            )
     graded = [r for r in results if r.get("graded")]
     if graded:
         lines += ["", "ELPV cells graded 0.33 / 0.67 by the annotators (line verdicts, fp32):", ""]
@@ -671,6 +753,7 @@ def reanalyse(results_file: Path, work: Path, root: Path) -> int:
         if (case / "held_scores.npz").exists():
             (case / "held_order.json").write_text(json.dumps([q.name for q in paths]))
             r["flips"] = saved_flips(case, r["thresholds"], r.get("novelty_rule"))
+            r["escapes_detail"] = escapes_detail(case, r["thresholds"], r.get("novelty_rule"))
         r["candidates"] = candidates(
             project,
             version,

@@ -201,15 +201,19 @@ def _band(t: Thresholds) -> str:
 
 
 def _file_outputs(
-    path: Path, images: np.ndarray, thresholds: Thresholds, with_anomaly: bool, opened: Any = None
+    path: Path,
+    images: np.ndarray,
+    thresholds: Thresholds,
+    with_anomaly: bool,
+    opened: tuple[Any, dict[str, Any]],
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """(probs, defect scores[, anomaly scores]) of the exported file as the line computes them
     at ``thresholds`` (``export.line_outputs``: an INT8 file with the re-check runs the parts
     near an edge through its fp32 graph), and the mask of those parts. ``opened``: the file's
-    (session, metadata), so that widening rounds do not open it again."""
-    from defectssft.export import line_outputs, ort_session, read_metadata
+    (session, metadata), opened once for every widening round."""
+    from defectssft.export import line_outputs
 
-    session, meta = opened if opened is not None else (ort_session(path), read_metadata(path))
+    session, meta = opened
     names = ["probs", "defect_score"]
     if with_anomaly and "anomaly_score" in {o.name for o in session.get_outputs()}:
         names.append("anomaly_score")

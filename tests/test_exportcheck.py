@@ -65,7 +65,7 @@ def _far_flip(monkeypatch, project, version):
 
     real = exportcheck._file_outputs
 
-    def nudged(path, images, thresholds, with_anomaly, opened=None):
+    def nudged(path, images, thresholds, with_anomaly, opened):
         outs, mask = real(path, images, thresholds, with_anomaly, opened)
         t = project.get_model(version)["metrics"]["test"]["operating_point"]
         ng, low = t["threshold"], t["unsure_low"]
@@ -92,7 +92,7 @@ def _edge_flip(monkeypatch, project, version) -> dict[str, float]:
     point = {"ng": ng, "unsure_low": t0 * (1 - 1e-5), "unsure_high": ng}
     real = exportcheck._file_outputs
 
-    def nudged(path, images, thresholds, with_anomaly, opened=None):
+    def nudged(path, images, thresholds, with_anomaly, opened):
         outs, mask = real(path, images, thresholds, with_anomaly, opened)
         scores = outs[1].copy()
         scores[0] = t0 * (1 - 1e-3)

@@ -195,7 +195,7 @@ def test_export_names_parts_the_novelty_rule_flips_between_torch_and_the_file(
     threshold = version_novelty(project.get_model(version)["path"]).threshold
     real = exportcheck._file_outputs
 
-    def across(path, images, thresholds, with_anomaly, opened=None):
+    def across(path, images, thresholds, with_anomaly, opened):
         outs, mask = real(path, images, thresholds, with_anomaly, opened)
         scores = outs[2].copy()
         scores[0] = threshold / 2 if scores[0] >= threshold else threshold * 2

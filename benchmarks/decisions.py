@@ -114,19 +114,29 @@ def with_novelty(verdict: str, anomaly: float, threshold: float, on_novel: str) 
     return apply_novelty(part, anomaly, NoveltyRule(threshold, on_novel), "ok").verdict
 
 
+def torch_verdicts(
+    score: np.ndarray, anomaly: np.ndarray | None, t: dict[str, float], novelty: dict | None
+) -> tuple[list[str], list[str]]:
+    """Torch's verdicts of the held-out parts: the classifier's, and the line's (with the
+    novelty rule on ``anomaly`` where the version has the head)."""
+    cls = [verdict_of(float(s), t) for s in score]
+    if novelty is None or anomaly is None:
+        return cls, cls
+    final = [
+        with_novelty(v, float(a), novelty["threshold"], novelty["on"])
+        for v, a in zip(cls, anomaly, strict=True)
+    ]
+    return cls, final
+
+
 def saved_flips(case: Path, t: dict[str, float], novelty: dict[str, Any] | None) -> dict[str, int]:
     """Verdict flips torch -> each exported file on the held-out parts: the line's recorded
     verdict against torch's (with the novelty rule on torch's anomaly scores where the file has
     the head; a file the export check refused is measured without it)."""
     z = np.load(case / "held_scores.npz")
     held = json.loads((case / "held_order.json").read_text())
-    torch_cls = [verdict_of(float(s), t) for s in z["torch_score"]]
-    torch_v = torch_cls
-    if novelty and "torch_anomaly" in z:
-        torch_v = [
-            with_novelty(v, float(a), novelty["threshold"], novelty["on"])
-            for v, a in zip(torch_cls, z["torch_anomaly"], strict=True)
-        ]
+    anomaly = z["torch_anomaly"] if "torch_anomaly" in z else None
+    torch_cls, torch_v = torch_verdicts(z["torch_score"], anomaly, t, novelty)
     out: dict[str, int] = {"n": len(torch_cls)}
     for p in ("fp32", "fp16", "int8"):
         path = case / f"line-{p}.jsonl"
@@ -157,13 +167,7 @@ def escapes_detail(case: Path, t: dict[str, float], novelty: dict[str, Any] | No
     scored, defective = z["scored"], z["defective"]
     score = z["torch_score"].astype(np.float64)
     anomaly = z["torch_anomaly"] if novelty and "torch_anomaly" in z else None
-    cls = np.asarray([verdict_of(float(s), t) for s in score], dtype=object)
-    final = cls.copy()
-    if anomaly is not None:
-        final = np.asarray(
-            [with_novelty(v, float(a), novelty["threshold"], novelty["on"])
-             for v, a in zip(cls, anomaly, strict=True)], dtype=object,
-        )  # fmt: skip
+    cls, final = (np.asarray(v, dtype=object) for v in torch_verdicts(score, anomaly, t, novelty))
     good = scored & ~defective
     esc = np.flatnonzero(scored & defective & (final == "OK"))
     out: dict[str, Any] = {"escapes": []}
@@ -493,14 +497,8 @@ def run_case(
     }
     novelty = held_anomaly(project, version, held_paths)
     out["novelty_rule"] = None if novelty is None else {"threshold": novelty[1], "on": novelty[2]}
-    torch_cls = [verdict_of(float(s), t) for s in scores]
-    torch_v = (
-        torch_cls
-        if novelty is None
-        else [
-            with_novelty(v, float(a), *novelty[1:])
-            for v, a in zip(torch_cls, novelty[0], strict=True)
-        ]
+    torch_cls, torch_v = torch_verdicts(
+        scores, None if novelty is None else novelty[0], t, out["novelty_rule"]
     )
     line: dict[str, list[str]] = {}
     line_cls: dict[str, list[str]] = {}

@@ -155,7 +155,8 @@ def escapes_detail(case: Path, t: dict[str, float], novelty: dict[str, Any] | No
     defect score (its logit, and how far below the UNSURE band) and anomaly score (over the
     head's threshold), and for each lever, the good held-out parts it would flag to catch every
     escape: the UNSURE band's lower edge at the lowest escape's score, or the anomaly head's
-    threshold at the lowest escape's anomaly score. With the anomaly score's held-out AUROC."""
+    threshold at the lowest escape's anomaly score (beside the good parts flagged now). With the
+    anomaly score's held-out AUROC."""
     from defectssft import metrics as M
     from defectssft.calibration import logit
 
@@ -170,7 +171,10 @@ def escapes_detail(case: Path, t: dict[str, float], novelty: dict[str, Any] | No
     cls, final = (np.asarray(v, dtype=object) for v in torch_verdicts(score, anomaly, t, novelty))
     good = scored & ~defective
     esc = np.flatnonzero(scored & defective & (final == "OK"))
-    out: dict[str, Any] = {"escapes": []}
+    out: dict[str, Any] = {
+        "escapes": [],
+        "good_flagged_now": [int(np.sum(good & (final != "OK"))), int(good.sum())],
+    }
     for i in esc:
         e = {
             "name": names[i],
@@ -692,13 +696,13 @@ def table(results: list[dict[str, Any]]) -> str:
         lines += [
             "",
             "The escapes (torch scores): how far below the UNSURE band, the anomaly score over "
-            "the head's threshold, and the good held-out parts flagged (NG or UNSURE) if either "
-            "lever were moved just far enough to catch every escape:",
+            "the head's threshold, and the good held-out parts flagged (NG or UNSURE) now and "
+            "if either lever were moved just far enough to catch every escape:",
             "",
             "| data set | seed | escapes: logits below the band / anomaly ÷ threshold "
-            "| anomaly AUROC (held-out) | band down to the lowest escape: good flagged "
-            "| novelty threshold down to the lowest escape: good flagged |",
-            "|---|---|---|---|---|---|",
+            "| anomaly AUROC (held-out) | good flagged now | band down to the lowest escape "
+            "| novelty threshold down to the lowest escape |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in detailed:
             d = r["escapes_detail"]
@@ -712,6 +716,7 @@ def table(results: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {r['dataset']} | {r['seed']} | {each} "
                 f"| {'—' if auroc is None else f'{auroc:.3f}'} "
+                f"| {_r(d['good_flagged_now']) if 'good_flagged_now' in d else '—'} "
                 f"| {_r(d['band_to_catch_all']['good_flagged'])} "
                 f"| {'no head' if nov is None else _r(nov['good_flagged'])} |"
             )

@@ -186,8 +186,10 @@ def escapes_detail(case: Path, t: dict[str, float], novelty: dict[str, Any] | No
         out["escapes"].append(e)
     if len(esc):
         low = float(score[esc].min())
-        out["band_to_catch_all"] = {"good_flagged": [int(np.sum(score[good] >= low)),
-                                                     int(good.sum())]}  # fmt: skip
+        out["band_to_catch_all"] = {
+            "good_flagged": [int(np.sum(good & ((score >= low) | (final != "OK")))),
+                             int(good.sum())],
+        }  # fmt: skip
         if anomaly is not None:
             a = float(anomaly[esc].min())
             out["novelty_to_catch_all"] = {

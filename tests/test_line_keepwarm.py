@@ -68,7 +68,7 @@ def test_spinner_ends_by_itself_when_the_runtime_is_killed(tmp_path):
             f"""
             import sys, time
             sys.path[:0] = {sys.path!r}
-            from defectssft_line.keepwarm import SPIN, KeepWarm
+            from defectssft_line.keepwarm import KeepWarm
             w = KeepWarm({max(os.sched_getaffinity(0))}, log=lambda m: None)
             assert w.start()
             print(w.proc.pid, flush=True)

@@ -24,6 +24,9 @@ bank and the energy), or ``--scores``.
 * ``models/vNNNN/anomaly.npz`` (the bank and the feature scores' arrays, read with
   ``allow_pickle=False``) and ``anomaly.json`` (everything else) hold it; ``load_anomaly``
   reads them (format 1 and 2 heads are the bank alone).
+* A tiled model's head (``_fit_tiled``) is the patch bank of its good parts' tiles; a part's
+  score is the maximum over its tiles and its map the tiles' maps stitched
+  (``defectssft_line.tiles``), everywhere a part is scored (``image_scorer``, the line).
 * ``AnomalyInspectionModel`` is the graph export writes when a version has the head: the
   classifier's outputs unchanged plus ``anomaly_score`` [N] and, with the bank, ``anomaly_map``
   [N, h, w] (nearest-neighbour distance as MatMul + ReduceMin: pure ONNX ops). The verdict rule
@@ -895,17 +898,45 @@ def _check_arrays(arrays: dict[str, np.ndarray], scores: list[str]) -> None:
             raise ValueError("the Mahalanobis arrays do not match each other")
 
 
+def image_scorer(
+    model: AnomalyModel, inspection: nn.Module, spec: Any
+) -> Callable[[list[Path]], np.ndarray]:
+    """Anomaly scores [N] of project image files as the line computes them: the model input
+    (``load_images``), or for a tiled model the maximum over the part's tiles
+    (``defectssft.tiling.score_image``)."""
+    from defectssft.inspection import load_images
+
+    inp = spec.input
+    if inp.tiles is None:
+        return lambda paths: model.score_images(
+            inspection, load_images(paths, inp.height, inp.width, inp.bit_depth, inp.roi)
+        )[0]
+    from defectssft.tiling import score_image
+    from defectssft_line.preprocess import ImageDecodeError
+
+    graph = model.wrap(inspection)
+    graph.with_map = False
+
+    def score(paths: list[Path]) -> np.ndarray:
+        try:
+            got = [score_image(inspection, p, spec, graph=graph).anomaly for p in paths]
+        except ImageDecodeError as e:
+            raise AnomalyError(f"cannot read project image: {e}") from e
+        return np.asarray(got, np.float32)
+
+    return score
+
+
 def evaluate_on_test(
     project,
-    inspection: nn.Module,
-    model: AnomalyModel,
-    load: Callable[[list[Path]], np.ndarray],
+    score: Callable[[list[Path]], np.ndarray],
+    threshold: float,
     ok_index: int | None,
     batch: int = 32,
 ) -> dict[str, Any]:
     """The head on the frozen test split (never fitted or calibrated on): novel rate of the test
     parts per class and, with an OK class and defective test parts, the anomaly score's AUROC
-    separating defective from good parts."""
+    separating defective from good parts (``score``: ``image_scorer``'s)."""
     from defectssft.metrics import roc_auc
 
     data = project.training_data()
@@ -913,11 +944,10 @@ def evaluate_on_test(
         return {}
     scores = []
     for i in range(0, len(data.test), batch):
-        chunk = [Path(p) for p, _ in data.test[i : i + batch]]
-        scores.append(model.score_images(inspection, load(chunk))[0])
+        scores.append(score([Path(p) for p, _ in data.test[i : i + batch]]))
     s = np.concatenate(scores)
     cls = np.array([c for _, c in data.test])
-    novel = s >= model.threshold
+    novel = s >= threshold
     out: dict[str, Any] = {
         "n": int(len(s)),
         "novel_rate": {data.classes[c]: float(novel[cls == c].mean()) for c in np.unique(cls)},
@@ -930,14 +960,13 @@ def evaluate_on_test(
 def score_unlabeled(
     project,
     model_dir: Path,
-    inspection: nn.Module,
-    model: AnomalyModel,
-    load: Callable[[list[Path]], np.ndarray],
+    score: Callable[[list[Path]], np.ndarray],
     max_images: int = DEFAULT_MAX_SCORED,
     batch: int = 32,
 ) -> int:
-    """Score the project's unlabeled images (the newest ``max_images``) with the head and store
-    them for the app's "novel" filter (``defectssft.novel_scores``); returns how many."""
+    """Score the project's unlabeled images (the newest ``max_images``) with the head
+    (``image_scorer``'s ``score``) and store them for the app's "novel" filter
+    (``defectssft.novel_scores``); returns how many."""
     from defectssft.novel_scores import save_scores
 
     data = project.training_data()
@@ -945,7 +974,7 @@ def score_unlabeled(
     ids, scores = [], []
     for i in range(0, len(pairs), batch):
         chunk = pairs[i : i + batch]
-        scores.append(model.score_images(inspection, load([Path(p) for _, p in chunk]))[0])
+        scores.append(score([Path(p) for _, p in chunk]))
         ids += [int(j) for j, _ in chunk]
     save_scores(model_dir, ids, np.concatenate(scores) if scores else np.zeros(0, np.float32))
     return len(ids)
@@ -1086,14 +1115,18 @@ def fit_project_anomaly(
     record = project.get_model(version)
     model_dir = Path(record["path"])
     inspection, spec = load_inspection(model_dir / "model.pt")
-    names = parse_scores(scores, spec.ok_index)
+    if spec.input.tiles is not None:
+        names = parse_tiled_scores(scores, peak_window, fit_flips)
+    else:
+        names = parse_scores(scores, spec.ok_index)
     plan = plan_fit(project, max_images, seed)
     h, w, depth, roi = spec.input.height, spec.input.width, spec.input.bit_depth, spec.input.roi
     if spec.input.tiles is not None:
-        raise AnomalyError(
-            "the anomaly head is not fitted for tiled models yet: the line scores their tiles "
-            "with the classifier alone"
-        )
+        return _fit_tiled(
+            project, record, inspection, spec, plan, bank_mb=bank_mb,
+            coreset_ratio=coreset_ratio, min_bank=min_bank, novel_rate=novel_rate,
+            on_novel=on_novel, smooth=smooth, seed=seed, say=say,
+        )  # fmt: skip
     want_patches = "patchcore" in names
     peak_indices = PEAK_INDICES if want_patches and peak_window else ()
     flips = FIT_FLIPS[fit_flips] if want_patches else ()
@@ -1230,8 +1263,15 @@ def fit_project_anomaly(
     model.n_held_out = int(n_held)
     model.calibrated_on = calibrated_on
     model.save(model_dir)
-    n_scored = score_unlabeled(project, model_dir, inspection, model, load)
-    test = evaluate_on_test(project, inspection, model, load, spec.ok_index)
+    score = image_scorer(model, inspection, spec)
+    n_scored = score_unlabeled(project, model_dir, score)
+    test = evaluate_on_test(project, score, model.threshold, spec.ok_index)
+    return _store_summary(project, record, model, n_unl, n_scored, test)
+
+
+def _store_summary(project, record, model: AnomalyModel, n_unl: int, n_scored: int,
+                   test: dict[str, Any]) -> AnomalyModel:  # fmt: skip
+    """The fit's summary in the version's metrics (``anomaly``), and the model."""
     summary = {
         k: v for k, v in model.info().items() if k not in ("indices", "format", "format_version")
     }
@@ -1241,6 +1281,143 @@ def fit_project_anomaly(
     model.test = test
     project.update_model_metrics(record["version"], {"anomaly": summary})
     return model
+
+
+def parse_tiled_scores(scores: Any, peak_window: int, fit_flips: str) -> list[str]:
+    """A tiled model's head: the patch bank of its tiles alone (the classifier's feature scores
+    and the energy are per tile, not per part; the map is stitched at the tiles' resolution, so
+    there is no refined peak). AnomalyError, one line, for any other choice."""
+    if scores not in (None, "auto") and parse_scores(scores, 0) != ["patchcore"]:
+        raise AnomalyError(
+            "a tiled model's anomaly head is the patch bank alone: use --scores auto or patchcore"
+        )
+    if peak_window:
+        raise AnomalyError("a tiled model's anomaly head has no refined peak: use --peak-window 0")
+    if fit_flips != "none":
+        raise AnomalyError("a tiled model's anomaly head is fit on unmirrored tiles: use "
+                           "--fit-flips none")  # fmt: skip
+    return ["patchcore"]
+
+
+def _tiled_patches(
+    inspection: nn.Module, spec: Any, path: Path, keep: int, rng: np.random.Generator
+) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """(at most ``keep`` random patch features [k, D] of all the part's tiles, the part's pooled
+    defect score, the tile's patch grid) of one image file, a batch of tiles at a time."""
+    from defectssft.tiling import roi_of, tiles_of
+    from defectssft_line import tiles as T
+    from defectssft_line.preprocess import ImageDecodeError, read_image
+
+    tiling = tiles_of(spec)
+    try:
+        source = T.tile_source(read_image(path), tiling, spec.input.bit_depth, roi_of(spec),
+                               str(path))  # fmt: skip
+    except ImageDecodeError as e:
+        raise AnomalyError(f"cannot read project image: {e}") from e
+    rows, defect, grid = [], [], (0, 0)
+    for _, tiles in T.iter_tile_batches(source, tiling):
+        f = extract_features(inspection, tiles)
+        grid = (int(f.patches.shape[1]), int(f.patches.shape[2]))
+        flat = f.patches.reshape(-1, f.patches.shape[-1])
+        rows.append(flat[rng.permutation(len(flat))[:keep]])  # bounded per batch, then per part
+        defect.append(f.defect)
+    pooled = np.concatenate(rows)
+    pooled = pooled[np.sort(rng.permutation(len(pooled))[:keep])]
+    scores = np.concatenate(defect)
+    part = T.pool(np.zeros((len(scores), 1), np.float32), scores, tiling)[1]
+    return pooled, float(part), grid
+
+
+def _fit_tiled(
+    project,
+    record: dict[str, Any],
+    inspection: nn.Module,
+    spec: Any,
+    plan: FitPlan,
+    *,
+    bank_mb: float,
+    coreset_ratio: float,
+    min_bank: int,
+    novel_rate: float,
+    on_novel: str,
+    smooth: float,
+    seed: int,
+    say: Callable[[str], None],
+) -> AnomalyModel:
+    """``fit_project_anomaly`` for a tiled model: the patch bank of the good parts' tiles (a
+    random share of each part's patches, within ``MAX_FIT_PATCHES`` in all), the part's score
+    the maximum over its tiles (``defectssft_line.tiles``), calibrated on held-out good parts
+    scored so, as the line scores them."""
+    rng = np.random.default_rng(seed)
+    model_dir = Path(record["path"])
+    keep = max(1, MAX_FIT_PATCHES // max(1, len(plan.fit) + len(plan.unlabeled_candidates)))
+    accepted: list[tuple[Path, np.ndarray]] = []
+    grid, n_unl = (0, 0), 0
+    for path in plan.fit:
+        rows, _, grid = _tiled_patches(inspection, spec, path, keep, rng)
+        accepted.append((path, rows))
+    for path in plan.unlabeled_candidates:
+        rows, defect, g = _tiled_patches(inspection, spec, path, keep, rng)
+        if defect < CONFIDENT_OK:  # the part, pooled over its tiles, called OK with confidence
+            accepted.append((path, rows))
+            grid, n_unl = g, n_unl + 1
+    if not accepted:
+        raise AnomalyError(
+            f"{project.root}: no good parts to fit the anomaly model on (the classifier calls "
+            "none of the unlabeled images OK with confidence); label some OK images"
+        )
+    held_paths, calibrated_on = list(plan.held_out), plan.calibrated_on
+    if len(held_paths) >= MIN_HELD_OUT:
+        calibrated_on = f"{len(held_paths)} {plan.calibrated_on}"
+    elif len(accepted) >= 2:  # as for untiled models: a fifth of the fit parts held back
+        n_hold = max(1, len(accepted) // 5)
+        order = rng.permutation(len(accepted))
+        held_paths = [accepted[i][0] for i in sorted(order[:n_hold])]
+        accepted = [accepted[i] for i in sorted(order[n_hold:])]
+        calibrated_on = (
+            f"{n_hold} fit images held back (fewer than {MIN_HELD_OUT} {plan.calibrated_on})"
+        )
+    else:
+        held_paths = []
+    parts = [rows for _, rows in accepted]
+    patches = np.concatenate(parts)
+    n_patches, dim = patches.shape
+    if n_patches > MAX_FIT_PATCHES:
+        patches = patches[np.sort(rng.permutation(n_patches)[:MAX_FIT_PATCHES])]
+    rows = bank_rows(len(patches), dim, bank_mb, coreset_ratio, min_bank)
+    note = ""
+    if rows < len(patches):
+        note = f"coreset of {rows} from {len(patches)} patches of {len(parts)} parts' tiles"
+        say(f"anomaly bank: {note}")
+    model = AnomalyModel(
+        bank=patches[greedy_coreset(patches, rows, seed)].astype(np.float32),
+        threshold=0.0,
+        map_size=list(grid),
+        smooth=float(smooth),
+        on_novel=on_novel,
+        scores=["patchcore"],
+        calibrated_on=calibrated_on,
+        n_fit_images=len(parts),
+        n_fit_patches=int(n_patches),
+        subsampled=note,
+        version=str(record["version"]),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    score = image_scorer(model, inspection, spec)
+    if held_paths:
+        held_scores = score(held_paths)
+    else:  # a single fit image: nothing held out; calibrated on the fit image
+        held_scores = score([accepted[0][0]])
+        calibrated_on = "the single fit image (nothing to hold out)"
+        say("anomaly threshold: only one good image, calibrated on the fit image itself")
+    model.threshold = calibrate_threshold(held_scores, novel_rate)
+    model.held_out_max = float(held_scores.max())
+    model.n_held_out = len(held_paths)
+    model.calibrated_on = calibrated_on
+    model.save(model_dir)
+    n_scored = score_unlabeled(project, model_dir, score)
+    test = evaluate_on_test(project, score, model.threshold, spec.ok_index)
+    return _store_summary(project, record, model, n_unl, n_scored, test)
 
 
 # --------------------------------------------------------------------------- export
@@ -1358,10 +1535,14 @@ def anomaly_view(
     model_dir: str | Path, image_path: str | Path, bit_depth: int | None = None
 ) -> AnomalyView:
     """The anomaly map of ``image_path`` under the version in ``model_dir`` (torch; call from a
-    worker thread). AnomalyError when the version has no head (fit one with fit-anomaly)."""
+    worker thread), computed on what the line scores: the model's region of interest, resized
+    to the input or, for a tiled model, its tiles' maps stitched (``defectssft_line.tiles``);
+    drawn over that region of the image. AnomalyError when the version has no head (fit one
+    with fit-anomaly)."""
     from defectssft.inspection import load_inspection
+    from defectssft.tiling import paste_heat, roi_of, score_image
     from defectssft_line.novelty import heat_weights, mark_peak
-    from defectssft_line.preprocess import read_image, resize, to_rgb8
+    from defectssft_line.preprocess import prepare, read_image
 
     model_dir = Path(model_dir)
     head = load_anomaly(model_dir)
@@ -1372,16 +1553,29 @@ def anomaly_view(
         )
     inspection, spec = load_inspection(model_dir / "model.pt", default_bit_depth=bit_depth)
     raw = read_image(image_path)
-    rgb = resize(to_rgb8(raw, spec.input.bit_depth), spec.input.height, spec.input.width)
-    out = torch_outputs(head.wrap(inspection), rgb[None])
-    score, peak = out[0], None
-    if len(out) < 2:  # a head of feature scores only: no map to draw
-        heat = np.zeros(raw.shape[:2], np.float32)
+    roi = roi_of(spec)
+    bx, by, bw, bh = roi.bbox if roi is not None else (0, 0, raw.shape[1], raw.shape[0])
+    graph = head.wrap(inspection)
+    inp = spec.input
+    peak = amap = None
+    if inp.tiles is not None:
+        graph.with_peak = False  # tiled heads have none
+        t = score_image(inspection, image_path, spec, graph=graph, raw=raw)
+        score, amap = float(t.anomaly), t.anomaly_map
     else:
-        heat = heat_weights(out[1][0], head.threshold, raw.shape[0], raw.shape[1])
-    if len(out) > 2:
-        size = (spec.input.height, spec.input.width)
-        heat = mark_peak(heat, out[2][0], size, out[1][0], head.threshold)
-        peak = (float(out[2][0][0]) * raw.shape[1] / size[1],
-                float(out[2][0][1]) * raw.shape[0] / size[0])  # fmt: skip
-    return AnomalyView(float(score[0]), float(head.threshold), heat, peak)
+        rgb = prepare(raw, inp.height, inp.width, inp.bit_depth, roi)
+        out = torch_outputs(graph, rgb[None])
+        score = float(out[0][0])
+        amap = out[1][0] if len(out) > 1 else None
+        peak = out[2][0] if len(out) > 2 else None
+    if amap is None:  # a head of feature scores only: no map to draw
+        return AnomalyView(score, float(head.threshold), np.zeros(raw.shape[:2], np.float32))
+    heat = heat_weights(amap, head.threshold, bh, bw)
+    shown = None
+    if peak is not None:
+        size = (inp.height, inp.width)
+        heat = mark_peak(heat, peak, size, amap, head.threshold)
+        shown = (bx + float(peak[0]) * bw / size[1], by + float(peak[1]) * bh / size[0])
+    if (bx, by, bw, bh) != (0, 0, raw.shape[1], raw.shape[0]):
+        heat = paste_heat(heat, (bx, by, bw, bh), raw.shape)
+    return AnomalyView(score, float(head.threshold), heat, shown)

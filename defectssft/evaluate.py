@@ -108,25 +108,22 @@ def head_scores(
     known: dict[int, float],
     batch_size: int = 16,
 ) -> dict[int, float]:
-    """Anomaly scores (``defectssft.anomaly``'s torch graph, as exported) of ``(image id, path)``
-    items the version's head has not scored yet (not in ``known``, which is filled). Empty for
-    a version without a head or a tiled one (no head yet)."""
-    from defectssft.anomaly import load_anomaly, torch_anomaly
-    from defectssft.inspection import load_images
+    """Anomaly scores (``defectssft.anomaly``'s torch graph, as exported; a tiled model's the
+    maximum over the part's tiles, as the line pools them) of ``(image id, path)`` items the
+    version's head has not scored yet (not in ``known``, which is filled). Empty for a version
+    without a head."""
+    from defectssft.anomaly import image_scorer, load_anomaly
 
     todo = [(i, p) for i, p in items if i not in known]
-    if not todo or spec.input.tiles is not None:
+    if not todo:
         return known
     head = load_anomaly(model_dir)
     if head is None:
         return known
-    graph = head.wrap(wrapper)
-    graph.with_map = False
-    inp = spec.input
+    score = image_scorer(head, wrapper, spec)
     for k in range(0, len(todo), batch_size):
         chunk = todo[k : k + batch_size]
-        images = load_images([p for _, p in chunk], inp.height, inp.width, inp.bit_depth, inp.roi)
-        scores, _ = torch_anomaly(graph, images, batch_size)
+        scores = score([Path(p) for _, p in chunk])
         known.update({int(i): float(a) for (i, _), a in zip(chunk, scores, strict=True)})
     return known
 
@@ -300,8 +297,6 @@ def evaluate_loaded(
     anomaly = {} if anomaly is None else anomaly
     if isinstance(novelty, str):
         novelty = version_novelty(model_dir) if model_dir is not None else None
-    if novelty is not None and spec.input.tiles is not None:
-        novelty = None  # tiled models get no head yet (defectssft.anomaly)
     wrapper = inspection_model(model, spec)
     paths = [p for p, _ in test]
     labels = np.asarray([c for _, c in test], dtype=np.int64)

@@ -557,7 +557,9 @@ def export_project_model(
         from defectssft.tiling import export_tiled
 
         return export_tiled(project, record, model, meta, spec, out, precision, thresholds,
-                            check_paths, calib_paths, max_int8_drop, recheck=recheck)  # fmt: skip
+                            check_paths, calib_paths, max_int8_drop, recheck=recheck,
+                            anomaly=load_anomaly(model_dir) if anomaly else None,
+                            anomaly_map=anomaly_map)  # fmt: skip
     check = load_images(check_paths, height, width, bit_depth, roi)
     calib = load_images(calib_paths, height, width, bit_depth, roi) if precision == "int8" else None
     result = exportcheck.checked_export(

@@ -38,7 +38,7 @@ def predict_images(
     """
     from defectssft.inspection import load_inspection, predict_arrays
     from defectssft.queries import current_model
-    from defectssft.tiling import score_paths
+    from defectssft.tiling import score_image, score_paths
     from defectssft.verdicts import store_anomaly_scores
 
     version = version or current_model(project)
@@ -49,7 +49,7 @@ def predict_images(
         model_dir / "model.pt", default_bit_depth=project.get_setting("input.bit_depth", None)
     )
     inp = spec.input
-    graph = _head_graph(model_dir, wrapper) if inp.tiles is None else None
+    graph = _head_graph(model_dir, wrapper)
     roi = Roi.from_meta(inp.roi)  # once, not per image
     if image_ids is not None:
         records = [project.get_image(i) for i in image_ids]
@@ -59,10 +59,14 @@ def predict_images(
     for start in range(0, len(records), batch_size):
         if should_stop and should_stop():
             break
-        batch, ids = [], []
+        batch, ids, tiled_anomaly = [], [], []
         for rec in records[start : start + batch_size]:
             try:
-                if inp.tiles is not None:  # scored tile by tile, pooled (defectssft.tiling)
+                if inp.tiles is not None and graph is not None:  # tiles and the head, pooled
+                    t = score_image(wrapper, rec.path, spec, graph=graph)
+                    batch.append(t.probs)
+                    tiled_anomaly.append(t.anomaly)
+                elif inp.tiles is not None:  # scored tile by tile, pooled (defectssft.tiling)
                     batch.append(score_paths(wrapper, [rec.path], spec, batch_size)[0][0])
                 else:
                     batch.append(
@@ -73,6 +77,8 @@ def predict_images(
                 skipped += 1
         if batch and inp.tiles is not None:
             project.save_predictions(version, zip(ids, np.stack(batch).tolist(), strict=True))
+            if tiled_anomaly:
+                store_anomaly_scores(model_dir, dict(zip(ids, tiled_anomaly, strict=True)))
         elif batch and graph is not None:
             probs, anomaly = _with_head(graph, np.stack(batch))
             project.save_predictions(version, zip(ids, probs.tolist(), strict=True))

@@ -46,15 +46,38 @@ def torch_predict(wrapper: Any) -> Any:
     return predict
 
 
+def head_predict(graph: Any) -> Any:
+    """uint8 NHWC batch -> (probs, scores, anomaly scores[, maps]) numpy, with the torch graph
+    of a version with an anomaly head (``defectssft.anomaly.AnomalyModel.wrap``), as exported."""
+    import torch
+
+    def predict(batch: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = graph(torch.from_numpy(np.ascontiguousarray(batch)))
+        kept = [out[0], out[2], *out[3:5]] if graph.with_map else [out[0], out[2], out[3]]
+        return [o.numpy() for o in kept]
+
+    return predict
+
+
 def score_image(
-    wrapper: Any, path: str | Path, spec: Any, batch: int = T.DEFAULT_BATCH
+    wrapper: Any,
+    path: str | Path,
+    spec: Any,
+    batch: int = T.DEFAULT_BATCH,
+    graph: Any = None,
+    raw: np.ndarray | None = None,
 ) -> TiledScore:
-    """One image file scored tile by tile and pooled (ImageDecodeError if unreadable)."""
+    """One image file (or its decoded ``raw`` pixels) scored tile by tile and pooled
+    (ImageDecodeError if unreadable); ``graph``: the version's graph with its anomaly head
+    (``head_predict``), for the part's anomaly score and map too."""
     tiling = tiles_of(spec)
     if tiling is None:
         raise TilingError("the model is not tiled (no input.tiles)")
-    source = T.tile_source(read_image(path), tiling, spec.input.bit_depth, roi_of(spec), str(path))
-    return T.score_source(torch_predict(wrapper), source, tiling, batch)
+    image = read_image(path) if raw is None else raw
+    source, size = T.sized_source(image, tiling, spec.input.bit_depth, roi_of(spec), str(path))
+    predict = torch_predict(wrapper) if graph is None else head_predict(graph)
+    return T.score_source(predict, source, tiling, batch, size)
 
 
 def score_paths(
@@ -110,10 +133,17 @@ def sample_tiles(paths: Sequence[str | Path], spec: Any, per_image: int = 4) -> 
 
 
 def check_tiled_parity(
-    wrapper: Any, onnx_path: str | Path, paths: Sequence[str | Path], spec: Any, tol: float
+    wrapper: Any,
+    onnx_path: str | Path,
+    paths: Sequence[str | Path],
+    spec: Any,
+    tol: float,
+    graph: Any = None,
 ) -> dict[str, Any]:
     """Whole parts scored by the torch graph here and by the line runtime (``LineModel``, which
-    tiles by the file's own metadata): the pooled scores must agree within ``tol``.
+    tiles by the file's own metadata): the pooled scores must agree within ``tol``; with the
+    anomaly head's torch ``graph`` the parts' anomaly scores too, within the export check's
+    bound relative to the threshold (``defectssft.anomaly.MAX_SCORE_DIFF``).
 
     TilingError when they do not, or when the file's tiling rule is not the model's."""
     from defectssft_line.model import LineModel
@@ -121,21 +151,38 @@ def check_tiled_parity(
     line = LineModel.load(onnx_path, threads=1)
     if line.tiles != tiles_of(spec) or line.roi != roi_of(spec):
         raise TilingError(f"{onnx_path}: its tiling rule or ROI is not the model's")
-    worst, n_tiles = 0.0, 0
+    if (graph is None) != (line.novelty is None):
+        raise TilingError(f"{onnx_path}: its anomaly head is not the version's")
+    worst, worst_anomaly, n_tiles = 0.0, 0.0, 0
     for p in paths:
-        ref = score_image(wrapper, p, spec)
-        got = line.score_tiles(read_image(p))
+        raw = read_image(p)
+        ref = score_image(wrapper, p, spec, graph=graph, raw=raw)
+        got = line.score_tiles(raw)
         if got.positions != ref.positions:
             raise TilingError(f"{p}: the line cut {len(got.positions)} tiles, torch cut "
                               f"{len(ref.positions)}")  # fmt: skip
         worst = max(worst, abs(got.score - ref.score))
+        if graph is not None:
+            worst_anomaly = max(worst_anomaly, abs(float(got.anomaly) - float(ref.anomaly)))
         n_tiles += len(ref.positions)
     if worst > tol:
         raise TilingError(
             f"tiled parity check failed: part scores differ by up to {worst:.4g} between torch "
             f"and the exported file (tolerance {tol:g})"
         )
-    return {"parts": len(paths), "tiles": n_tiles, "max_score_diff": worst}
+    out: dict[str, Any] = {"parts": len(paths), "tiles": n_tiles, "max_score_diff": worst}
+    if graph is not None:
+        from defectssft.anomaly import MAX_SCORE_DIFF, score_scale
+
+        precision = str(line.meta.get("precision", "fp32"))
+        rel = worst_anomaly / score_scale(graph.threshold, graph.anomaly_head.normalise)
+        if rel > MAX_SCORE_DIFF.get(precision, MAX_SCORE_DIFF["fp32"]):
+            raise TilingError(
+                f"tiled parity check failed: part anomaly scores differ by {rel:.2e} of the "
+                f"threshold between torch and the exported file; export fp32 or --no-anomaly"
+            )
+        out["max_anomaly_rel_diff"] = rel
+    return out
 
 
 def describe(spec: Any, sizes: Sequence[tuple[int, int]] = ()) -> str:
@@ -174,10 +221,13 @@ def export_tiled(
     max_int8_drop: float,
     parity_parts: int = 4,
     recheck: bool = True,
+    anomaly: Any = None,
+    anomaly_map: bool = True,
 ) -> Any:
-    """Export a tiled model: the graph checked on tiles cut by the rule (``export_onnx``), then
-    whole parts scored by torch and by the written file through the line runtime
-    (``check_tiled_parity``); only a file that passes both replaces ``out``."""
+    """Export a tiled model: the graph checked on tiles cut by the rule (``export_onnx``, with
+    the version's anomaly head when ``anomaly`` is given), then whole parts scored by torch and
+    by the written file through the line runtime (``check_tiled_parity``: the pooled defect and
+    anomaly scores); only a file that passes both replaces ``out``."""
     import os
 
     from defectssft.export import ExportError, export_onnx
@@ -194,11 +244,15 @@ def export_tiled(
         try:
             result = export_onnx(model, meta, staged, check_images=check, calib_images=calib,
                                  precision=precision, thresholds=thresholds, project=project.name,
-                                 max_int8_drop=max_int8_drop, recheck=recheck)  # fmt: skip
+                                 max_int8_drop=max_int8_drop, recheck=recheck, anomaly=anomaly,
+                                 anomaly_map=anomaly_map)  # fmt: skip
             wrapper = inspection_model(model, spec)
+            graph = None if anomaly is None else anomaly.wrap(wrapper)
+            if graph is not None:
+                graph.with_map = False
             try:
                 parity = check_tiled_parity(
-                    wrapper, staged, check_paths[:parity_parts], spec, PARITY_TOL[precision]
+                    wrapper, staged, check_paths[:parity_parts], spec, PARITY_TOL[precision], graph
                 )
             except (TilingError, ImageDecodeError) as e:
                 raise ExportError(str(e)) from e

@@ -232,21 +232,39 @@ class LineModel:
         ]
 
     def _classify_tiled(self, image: np.ndarray) -> Prediction:
-        """A tiled part's verdict; with the re-check, a part whose pooled INT8 score lies near
-        an edge is scored again, every tile, through the fp32 graph."""
+        """A tiled part's verdict (with an anomaly head: the novelty rule on the tiles' maximum
+        anomaly score, and the stitched map); with the re-check, a part whose pooled INT8
+        score lies near an edge is scored again, every tile, through the fp32 graph."""
         t = self.score_tiles(image)
+        rechecked = False
         if self.recheck is not None:
-            near = self.recheck.near(t.probs[None], self.classes, self.ok_class, self.thresholds)
+            thr = self.novelty.threshold if self.novelty is not None else None
+            anomaly = None if t.anomaly is None else np.array([t.anomaly])
+            near = self.recheck.near(t.probs[None], self.classes, self.ok_class, self.thresholds,
+                                     anomaly, thr)  # fmt: skip
             if near[0]:
-                t = self.score_tiles(image, exact=True)
-                return replace(self.decide(t.probs, t.score), rechecked=True)
-        return self.decide(t.probs, t.score)
+                t, rechecked = self.score_tiles(image, exact=True), True
+        if self.novelty is None:
+            return replace(self.decide(t.probs, t.score), rechecked=rechecked)
+        pred = decide_part(t.probs, t.score, self.classes, self.ok_class, self.thresholds,
+                           t.anomaly, self.novelty)  # fmt: skip
+        return replace(pred, anomaly_map=t.anomaly_map, rechecked=rechecked)
+
+    def _tile_outputs(self, batch: np.ndarray, exact: bool = False) -> list[np.ndarray]:
+        """``probs``, ``defect_score`` and the anomaly head's score and map (when the model has
+        them; no peak: tiled heads have none) of a batch of tiles."""
+        names = ["probs", "defect_score"]
+        if self.novelty is not None:
+            names += [n for n in self.novelty.output_names() if n != "anomaly_peak"]
+        feed = {"image": batch}
+        if exact and self.recheck is not None:
+            feed[RECHECK_INPUT] = np.array(True)
+        return self.session.run(names, feed)
 
     def score_tiles(self, image: np.ndarray, exact: bool = False) -> TiledScore:
         """A decoded image scored tile by tile (``self.tile_batch`` tiles a run) and pooled, by
         the model's tiling rule (``defectssft_line.tiles``); ``exact``: as ``predict``."""
         assert self.tiles is not None
-        source = tiles.tile_source(image, self.tiles, self.bit_depth, self.roi)
-
-        predict = partial(self.predict, exact=True) if exact else self.predict
-        return tiles.score_source(predict, source, self.tiles, self.tile_batch)
+        source, size = tiles.sized_source(image, self.tiles, self.bit_depth, self.roi)
+        predict = partial(self._tile_outputs, exact=exact)
+        return tiles.score_source(predict, source, self.tiles, self.tile_batch, size)

@@ -16,6 +16,10 @@ into the part's score. The rule is written once, here, and carried in the model'
   ``topk`` (the means over its ``top_k`` highest-scoring tiles).
 * Tiles are cut and scored in batches of ``batch`` (``iter_tile_batches``): a 20 MP frame is
   never turned into model input all at once.
+* A model with an anomaly head scores every tile too: the part's anomaly score is the maximum
+  over its tiles (whatever ``pool`` says: one novel spot makes a novel part), and the tiles'
+  anomaly maps are stitched into one map of the tiled image (``stitch``: the maximum where
+  tiles overlap, the padding cut off), which overlays stretch over the ROI as for untiled models.
 
 numpy and OpenCV only.
 """
@@ -23,7 +27,7 @@ numpy and OpenCV only.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +157,13 @@ def tile_source(
     """A decoded image -> the RGB uint8 image its tiles are cut from: the ROI
     (``preprocess.crop_roi``), RGB 8-bit (``preprocess.to_rgb8``), resized by ``scale``, sides
     shorter than a tile mirrored up to it."""
+    return sized_source(img, spec, bit_depth, roi, name)[0]
+
+
+def sized_source(
+    img: np.ndarray, spec: TileSpec, bit_depth: int = 16, roi: Any = None, name: str = "image"
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """``tile_source`` and the (rows, columns) of it that are the image, before the padding."""
     rgb = preprocess.to_rgb8(preprocess.crop_roi(img, roi, name), bit_depth)
     h, w = rgb.shape[:2]
     sh, sw = scaled_size(h, w, spec)
@@ -161,7 +172,7 @@ def tile_source(
     pad_h, pad_w = max(0, spec.height - sh), max(0, spec.width - sw)
     if pad_h or pad_w:
         rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-    return rgb
+    return rgb, (sh, sw)
 
 
 def cut(source: np.ndarray, spec: TileSpec, y: int, x: int) -> np.ndarray:
@@ -193,6 +204,39 @@ class TiledScore:
     tile: tuple[int, int]  # (y, x) of the highest-scoring tile, in the tiled image
     scores: np.ndarray  # [T] every tile's score, grid order
     positions: list[tuple[int, int]]
+    # with an anomaly head: the part's anomaly score (the tiles' maximum), every tile's, and
+    # the stitched map of the tiled image (None without the map)
+    anomaly: float | None = None
+    anomaly_scores: np.ndarray | None = None
+    anomaly_map: np.ndarray | None = None
+
+
+def stitch(
+    maps: np.ndarray,
+    positions: list[tuple[int, int]],
+    source_shape: tuple[int, int],
+    spec: TileSpec,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Tile maps [T, h, w] (each covering its ``height`` x ``width`` tile at ``positions``) ->
+    one map of the tiled image: a cell per ``height / h`` x ``width / w`` pixels, the maximum
+    where tiles overlap. ``source_shape`` is the padded image tiled (rows, columns); ``size``
+    the part of it that is the image (before padding): the map is cut to it."""
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim != 3 or len(maps) != len(positions) or not len(maps):
+        raise TileError(f"cannot stitch {maps.shape} maps at {len(positions)} tile positions")
+    mh, mw = maps.shape[1:]
+    sy, sx = spec.height / mh, spec.width / mw
+    rows = max(mh, math.ceil(source_shape[0] / sy))
+    cols = max(mw, math.ceil(source_shape[1] / sx))
+    out = np.full((rows, cols), -np.inf, np.float32)
+    for m, (y, x) in zip(maps, positions, strict=True):
+        r, c = min(round(y / sy), rows - mh), min(round(x / sx), cols - mw)
+        np.maximum(out[r : r + mh, c : c + mw], m, out=out[r : r + mh, c : c + mw])
+    out[~np.isfinite(out)] = float(maps.min())
+    if size is not None:
+        out = out[: max(1, math.ceil(size[0] / sy)), : max(1, math.ceil(size[1] / sx))]
+    return out
 
 
 def pool(probs: np.ndarray, scores: np.ndarray, spec: TileSpec) -> tuple[np.ndarray, float]:
@@ -209,20 +253,29 @@ def pool(probs: np.ndarray, scores: np.ndarray, spec: TileSpec) -> tuple[np.ndar
 
 
 def score_source(
-    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    predict: Callable[[np.ndarray], Sequence[np.ndarray]],
     source: np.ndarray,
     spec: TileSpec,
     batch: int = DEFAULT_BATCH,
+    size: tuple[int, int] | None = None,
 ) -> TiledScore:
     """Score every tile of a ``tile_source`` image with ``predict`` (uint8 batch -> (probs [b, C],
-    scores [b])), ``batch`` tiles at a time, and pool."""
-    all_probs, all_scores, positions = [], [], []
+    scores [b]), and for a model with an anomaly head also anomaly scores [b] and maybe maps
+    [b, h, w]), ``batch`` tiles at a time, and pool (the anomaly: module docstring; ``size``:
+    the image's size before padding, for the stitched map)."""
+    outs: list[list[np.ndarray]] = []
+    positions: list[tuple[int, int]] = []
     for pos, tiles in iter_tile_batches(source, spec, batch):
-        p, s = predict(tiles)
-        all_probs.append(np.asarray(p, np.float32))
-        all_scores.append(np.asarray(s, np.float32).reshape(-1))
+        outs.append([np.asarray(o, np.float32) for o in predict(tiles)])
         positions.extend(pos)
-    probs, scores = np.concatenate(all_probs), np.concatenate(all_scores)
+    got = [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+    probs, scores = got[0], got[1].reshape(-1)
     part_probs, part_score = pool(probs, scores, spec)
     best = positions[int(np.argmax(scores))]
-    return TiledScore(part_probs, part_score, best, scores, positions)
+    result = TiledScore(part_probs, part_score, best, scores, positions)
+    if len(got) > 2:
+        result.anomaly_scores = got[2].reshape(-1)
+        result.anomaly = float(result.anomaly_scores.max())
+    if len(got) > 3:
+        result.anomaly_map = stitch(got[3], positions, source.shape[:2], spec, size)
+    return result

@@ -33,6 +33,8 @@
     python benchmarks/open_set.py --skip-kolektor --quick --neu-finetune 300 --neu-unlabeled 40
     python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu \
         --no-cost --peak-window 3       # where: the refined peak on the suite
+    python benchmarks/open_set.py --max-fit 160 --tiled 128   # the tiled head at native
+                                  # resolution: KolektorSDD and the small-defect stress set
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """
@@ -747,6 +749,108 @@ def kolektor(args, log) -> dict:
     return results
 
 
+def tiled_head(ins: InspectionModel, fit: list, cal: list, test: list, tile: int,
+               smooth: float) -> dict:  # fmt: skip
+    """The product's head of a tiled model (``defectssft.anomaly._fit_tiled``'s rules) on
+    frozen features: native-resolution ``tile`` x ``tile`` tiles (overlap 0.25), a random share
+    of each fit part's patches (``MAX_FIT_PATCHES`` in all), the 1 % coreset; a part's score
+    the maximum over its tiles, its map the tiles' maps stitched (``defectssft_line.tiles``)."""
+    from defectssft.anomaly import DEFAULT_CORESET_RATIO, MAX_FIT_PATCHES
+    from defectssft_line import tiles as T
+    from defectssft_line.preprocess import read_image
+
+    spec = T.TileSpec(tile, tile, overlap=0.25)
+    rng = np.random.default_rng(0)
+    keep = max(1, MAX_FIT_PATCHES // len(fit))
+    t0 = time.time()
+    rows, n_tiles = [], 0
+    for path in fit:
+        src = T.tile_source(read_image(path), spec, 8)
+        got = []
+        for _, tiles in T.iter_tile_batches(src, spec):
+            f = extract_patches(ins, tiles, FEATURE_INDICES)[0]
+            flat = f.reshape(-1, f.shape[-1])
+            got.append(flat[rng.permutation(len(flat))[:keep]])
+            n_tiles += len(tiles)
+        got = np.concatenate(got)
+        rows.append(got[np.sort(rng.permutation(len(got))[:keep])])
+    patches = np.concatenate(rows)
+    n_rows = bank_rows(len(patches), patches.shape[1], 20.0, DEFAULT_CORESET_RATIO,
+                       DEFAULT_MIN_BANK)  # fmt: skip
+    bank = patches[greedy_coreset(patches, n_rows)]
+    fit_s = time.time() - t0
+
+    def part(path: str):
+        src, size = T.sized_source(read_image(path), spec, 8)
+        scores, maps, pos = [], [], []
+        for where, tiles in T.iter_tile_batches(src, spec):
+            m = nearest_distances(extract_patches(ins, tiles, FEATURE_INDICES)[0], bank,
+                                  smooth=smooth)  # fmt: skip
+            maps.append(m)
+            scores.append(m.reshape(len(m), -1).max(1))
+            pos += where
+        return float(np.concatenate(scores).max()), T.stitch(np.concatenate(maps), pos,
+                                                             src.shape[:2], spec, size)  # fmt: skip
+
+    t1 = time.time()
+    cal_scores = np.array([part(p)[0] for p in cal])
+    got = [part(p) for p in test]
+    return {
+        "scores": np.array([g[0] for g in got]),
+        "maps": [g[1] for g in got],
+        "threshold": calibrate_threshold(cal_scores),
+        "bank_rows": int(len(bank)),
+        "fit_tiles": n_tiles,
+        "fit_s": fit_s,
+        "score_s_per_part": (time.time() - t1) / (len(cal) + len(test)),
+    }
+
+
+def tiled(args, log) -> dict:
+    """``--tiled TILE``: the tiled head (``tiled_head``) with OK labels only, frozen features, on
+    KolektorSDD (the split of ``kolektor``: fit 160, calibrate 40, test 153) with pointing, and
+    on the small-defect stress set of ``tiles_accuracy.py`` (2,000 x 2,000 mosaics with 3-10 px
+    defects: fit on its 30 labeled good parts, calibrate on its 16 unlabeled good ones, test 20
+    good + 20 defective)."""
+    from tiles_accuracy import stress_split
+
+    ins = frozen_model()
+    out: dict = {"tile": args.tiled, "overlap": 0.25, "features": "frozen"}
+    data, test = kolektor_split(0)
+    pool_ok = [p for p, c in data.labeled if c == 0] + [
+        p for p, c in zip(data.unlabeled, data.unlabeled_truth, strict=True) if c == 0
+    ]
+    rng = np.random.default_rng(0)
+    pool_ok = [pool_ok[i] for i in rng.permutation(len(pool_ok))]
+    n_cal = len(pool_ok) // 5
+    cal, fit = pool_ok[:n_cal], pool_ok[n_cal:][: args.max_fit]
+    labels = np.array([c for _, c in test])
+    r = tiled_head(ins, fit, cal, [p for p, _ in test], args.tiled, args.smooth)
+    masks = [kolektor_mask(p) if c else np.zeros(cv2.imread(p, 0).shape, bool) for p, c in test]
+    out["kolektor"] = {
+        **binary(r["scores"], labels, r["threshold"]),
+        **{k: v for k, v in r.items() if k not in ("scores", "maps")},
+        "where": where_metrics(r["maps"], masks, labels, r["threshold"]),
+    }
+    log(f"  kolektor, tiles {args.tiled}: {out['kolektor']}")
+    if args.skip_stress:
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        sdata, stest = stress_split(Path(tmp), 0)
+        good_fit = [p for p, c in sdata.labeled if c == 0]
+        good_cal = [p for p, c in zip(sdata.unlabeled, sdata.unlabeled_truth, strict=True)
+                    if c == 0]  # fmt: skip
+        slabels = np.array([c for _, c in stest])
+        r = tiled_head(ins, good_fit, good_cal, [p for p, _ in stest], args.tiled, args.smooth)
+    out["stress"] = {
+        **binary(r["scores"], slabels, r["threshold"]),
+        **{k: v for k, v in r.items() if k not in ("scores", "maps")},
+        "test": len(stest),
+    }
+    log(f"  stress, tiles {args.tiled}: {out['stress']}")
+    return out
+
+
 def elpv(args, log) -> dict:
     """ELPV with OK labels only, per cell type: fit the bank on good cells (PROB 0.0), its
     threshold on other good cells, AUROC of good against defective (1.0) test cells; frozen
@@ -1115,6 +1219,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dump-scores", default=None, help="--neu-finetune: every score to this .npz")
     ap.add_argument("--neu-cal", type=int, default=10, help="calibration images per known class")
     ap.add_argument("--skip-kolektor", action="store_true", help="with --neu: NEU-DET only")
+    ap.add_argument(
+        "--tiled",
+        type=int,
+        default=0,
+        metavar="TILE",
+        help="instead: the tiled head at native resolution (TILE px tiles), KolektorSDD and the "
+        "small-defect stress set",
+    )
+    ap.add_argument("--skip-stress", action="store_true", help="--tiled: KolektorSDD only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)  # fmt: skip
@@ -1128,6 +1241,10 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     t0 = time.time()
+    if args.tiled:
+        payload = {"tiled": tiled(args, log), "wall_s": time.time() - t0}
+        log(f"written {write_results(args.name or f'open_set_tiled{args.tiled}', payload)}")
+        return 0
     payload = {} if args.skip_kolektor else {"kolektor": kolektor(args, log)}
     if args.neu:
         payload["neu_loco"] = neu_loco(args, log)

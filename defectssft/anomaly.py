@@ -80,6 +80,9 @@ CONFIDENT_OK = 0.05  # an unlabeled image joins the fit when its defect score is
 MIN_HELD_OUT = 5
 MAX_FIT_PATCHES = 200_000  # patches the coreset is chosen from (a random subset beyond)
 DEFAULT_MAX_SCORED = 5000  # unlabeled images scored for the app's "novel" filter
+# A tiled model's head reads at most this many tiles for its fit, and again to score held-out
+# and unlabeled parts (lite0 at 128 px: about 27 ms a tile on one core, BENCHMARKS.md "Open set")
+MAX_TILED_TILES = 20_000
 OUTPUT_NAMES = ("probs", "logits", "defect_score", "anomaly_score", "anomaly_map", "anomaly_peak")
 # The peak's coarse-to-fine refinement (``PeakHead``): finer backbone stages (stride 4), a
 # window of ``PEAK_WINDOW`` coarse patches around the coarse map's maximum, at most this many
@@ -1301,9 +1304,10 @@ def parse_tiled_scores(scores: Any, peak_window: int, fit_flips: str) -> list[st
 
 def _tiled_patches(
     inspection: nn.Module, spec: Any, path: Path, keep: int, rng: np.random.Generator
-) -> tuple[np.ndarray, float, tuple[int, int]]:
+) -> tuple[np.ndarray, float, tuple[int, int], int]:
     """(at most ``keep`` random patch features [k, D] of all the part's tiles, the part's pooled
-    defect score, the tile's patch grid) of one image file, a batch of tiles at a time."""
+    defect score, the tile's patch grid, the number of tiles) of one image file, a batch of
+    tiles at a time."""
     from defectssft.tiling import roi_of, tiles_of
     from defectssft_line import tiles as T
     from defectssft_line.preprocess import ImageDecodeError, read_image
@@ -1325,7 +1329,7 @@ def _tiled_patches(
     pooled = pooled[np.sort(rng.permutation(len(pooled))[:keep])]
     scores = np.concatenate(defect)
     part = T.pool(np.zeros((len(scores), 1), np.float32), scores, tiling)[1]
-    return pooled, float(part), grid
+    return pooled, float(part), grid, len(scores)
 
 
 def _fit_tiled(
@@ -1350,23 +1354,37 @@ def _fit_tiled(
     scored so, as the line scores them."""
     rng = np.random.default_rng(seed)
     model_dir = Path(record["path"])
-    keep = max(1, MAX_FIT_PATCHES // max(1, len(plan.fit) + len(plan.unlabeled_candidates)))
+    # the labeled good parts first, then the stream's, each in random order, while the tile
+    # budget lasts; each part gives the same share of the MAX_FIT_PATCHES patches
+    queue = [(p, False) for p in rng.permutation(np.array(plan.fit, dtype=object))] + [
+        (p, True) for p in rng.permutation(np.array(plan.unlabeled_candidates, dtype=object))
+    ]
     accepted: list[tuple[Path, np.ndarray]] = []
-    grid, n_unl = (0, 0), 0
-    for path in plan.fit:
-        rows, _, grid = _tiled_patches(inspection, spec, path, keep, rng)
-        accepted.append((path, rows))
-    for path in plan.unlabeled_candidates:
-        rows, defect, g = _tiled_patches(inspection, spec, path, keep, rng)
-        if defect < CONFIDENT_OK:  # the part, pooled over its tiles, called OK with confidence
-            accepted.append((path, rows))
-            grid, n_unl = g, n_unl + 1
+    grid, n_unl, used, read, keep = (0, 0), 0, 0, 0, MAX_FIT_PATCHES
+    for path, from_stream in queue:
+        if used >= MAX_TILED_TILES:
+            break
+        rows, defect, g, n = _tiled_patches(inspection, spec, Path(path), keep, rng)
+        if read == 0:  # the first part's grid sizes the share of the others
+            keep = max(1, MAX_FIT_PATCHES // min(len(queue), max(1, MAX_TILED_TILES // n)))
+            rows = rows[np.sort(rng.permutation(len(rows))[:keep])]
+        used, read = used + n, read + 1
+        if not from_stream or defect < CONFIDENT_OK:  # the stream's: called OK with confidence
+            accepted.append((Path(path), rows))
+            grid, n_unl = g, n_unl + from_stream
+    per_part = max(1, used // max(1, read))
+    if read < len(queue):
+        say(f"anomaly fit: {read} of {len(queue)} good-part candidates read ({used:,} tiles: "
+            f"the budget is {MAX_TILED_TILES:,})")  # fmt: skip
     if not accepted:
         raise AnomalyError(
             f"{project.root}: no good parts to fit the anomaly model on (the classifier calls "
             "none of the unlabeled images OK with confidence); label some OK images"
         )
     held_paths, calibrated_on = list(plan.held_out), plan.calibrated_on
+    most = max(MIN_HELD_OUT, MAX_TILED_TILES // per_part)  # parts the budget scores
+    if len(held_paths) > most:
+        held_paths = [held_paths[i] for i in sorted(rng.permutation(len(held_paths))[:most])]
     if len(held_paths) >= MIN_HELD_OUT:
         calibrated_on = f"{len(held_paths)} {plan.calibrated_on}"
     elif len(accepted) >= 2:  # as for untiled models: a fifth of the fit parts held back
@@ -1415,7 +1433,7 @@ def _fit_tiled(
     model.n_held_out = len(held_paths)
     model.calibrated_on = calibrated_on
     model.save(model_dir)
-    n_scored = score_unlabeled(project, model_dir, score)
+    n_scored = score_unlabeled(project, model_dir, score, max_images=min(DEFAULT_MAX_SCORED, most))
     test = evaluate_on_test(project, score, model.threshold, spec.ok_index)
     return _store_summary(project, record, model, n_unl, n_scored, test)
 

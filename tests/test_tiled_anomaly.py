@@ -197,3 +197,19 @@ def test_the_apps_map_of_an_untiled_roi_model_is_the_rois(tmp_path):
     assert view.heat[26:34, 26:34].max() > 0
     if view.peak is not None:
         assert x <= view.peak[0] <= x + w and y <= view.peak[1] <= y + h
+
+
+def test_the_tile_budget_bounds_what_a_tiled_fit_reads_and_scores(tmp_path, monkeypatch):
+    """Large frames have thousands of tiles: the fit reads good parts, and scores held-out and
+    unlabeled ones, only while ``MAX_TILED_TILES`` lasts, and says so."""
+    import defectssft.anomaly as A
+
+    monkeypatch.setattr(A, "MAX_TILED_TILES", 20)  # 9 tiles a part: 3 parts read
+    project = make_project(tmp_path, per_class=8, unlabeled=6)
+    version = _tiled_version(project)
+    said: list[str] = []
+    model = fit_project_anomaly(project, version, say=said.append)
+    assert any("3 of " in s and "27 tiles: the budget is 20" in s for s in said), said
+    assert model.n_fit_images + model.n_held_out <= 3
+    summary = project.get_model(version)["metrics"]["anomaly"]
+    assert summary["scored_unlabeled"] == A.MIN_HELD_OUT  # 20 // 9 = 2, at least 5

@@ -81,7 +81,7 @@ MIN_HELD_OUT = 5
 MAX_FIT_PATCHES = 200_000  # patches the coreset is chosen from (a random subset beyond)
 DEFAULT_MAX_SCORED = 5000  # unlabeled images scored for the app's "novel" filter
 # A tiled model's head reads at most this many tiles for its fit, and again to score held-out
-# and unlabeled parts (lite0 at 128 px: about 27 ms a tile on one core, BENCHMARKS.md "Open set")
+# and unlabeled parts (lite0 at 128 px: at most ~27 ms a tile on one core, BENCHMARKS.md "Open set")
 MAX_TILED_TILES = 20_000
 OUTPUT_NAMES = ("probs", "logits", "defect_score", "anomaly_score", "anomaly_map", "anomaly_peak")
 # The peak's coarse-to-fine refinement (``PeakHead``): finer backbone stages (stride 4), a

@@ -625,8 +625,9 @@ def binary(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     }
 
 
-def kolektor(args, log) -> dict:
-    h, w = args.height, args.width
+def kolektor_ok_only() -> tuple[list, list, list]:
+    """KolektorSDD with OK labels only: (the fixed test split, 40 calibration good parts, the
+    other good parts of the pool to fit on), shuffled with seed 0."""
     data, test = kolektor_split(0)
     pool_ok = [p for p, c in data.labeled if c == 0] + [
         p for p, c in zip(data.unlabeled, data.unlabeled_truth, strict=True) if c == 0
@@ -634,7 +635,12 @@ def kolektor(args, log) -> dict:
     rng = np.random.default_rng(0)
     pool_ok = [pool_ok[i] for i in rng.permutation(len(pool_ok))]
     n_cal = len(pool_ok) // 5
-    cal, fit = pool_ok[:n_cal], pool_ok[n_cal:]
+    return test, pool_ok[:n_cal], pool_ok[n_cal:]
+
+
+def kolektor(args, log) -> dict:
+    h, w = args.height, args.width
+    test, cal, fit = kolektor_ok_only()
     if args.quick:
         fit = fit[: args.max_fit]
     test_paths = [p for p, _ in test]
@@ -816,14 +822,8 @@ def tiled(args, log) -> dict:
 
     ins = frozen_model()
     out: dict = {"tile": args.tiled, "overlap": 0.25, "features": "frozen"}
-    data, test = kolektor_split(0)
-    pool_ok = [p for p, c in data.labeled if c == 0] + [
-        p for p, c in zip(data.unlabeled, data.unlabeled_truth, strict=True) if c == 0
-    ]
-    rng = np.random.default_rng(0)
-    pool_ok = [pool_ok[i] for i in rng.permutation(len(pool_ok))]
-    n_cal = len(pool_ok) // 5
-    cal, fit = pool_ok[:n_cal], pool_ok[n_cal:][: args.max_fit]
+    test, cal, fit = kolektor_ok_only()
+    fit = fit[: args.max_fit]
     labels = np.array([c for _, c in test])
     r = tiled_head(ins, fit, cal, [p for p, _ in test], args.tiled, args.smooth)
     masks = [kolektor_mask(p) if c else np.zeros(cv2.imread(p, 0).shape, bool) for p, c in test]

@@ -202,6 +202,30 @@ def escapes_detail(case: Path, t: dict[str, float], novelty: dict[str, Any] | No
     return out
 
 
+def held_parts(case: Path) -> dict[str, list[Any]] | None:
+    """Every held-out part's name, truth and scores (torch's defect and anomaly scores, the
+    fp32 line's verdict), from ``held_scores.npz``: kept in the results so that another rule
+    can be tried on them once the work folder is gone."""
+    path = case / "held_scores.npz"
+    if not path.exists():
+        return None
+    z = np.load(path)
+    names = json.loads((case / "held_order.json").read_text())
+    out: dict[str, list[Any]] = {
+        "name": names,
+        "defective": [bool(x) for x in z["defective"]],
+        "scored": [bool(x) for x in z["scored"]],
+        "torch_score": [float(x) for x in z["torch_score"]],
+    }
+    if "torch_anomaly" in z:
+        out["torch_anomaly"] = [float(x) for x in z["torch_anomaly"]]
+    line = case / "line-fp32.jsonl"
+    if line.exists():
+        recs = {Path(r["file"]).name: r for r in map(json.loads, line.read_text().splitlines())}
+        out["fp32_verdict"] = [recs[n]["verdict"] if n in recs else None for n in names]
+    return out
+
+
 def split_counts(project: Path) -> dict[str, dict[str, int]]:
     """Labeled images per split and class (with few labels a class may have no val/test)."""
     from defectssft.project import Project
@@ -547,6 +571,7 @@ def run_case(
     }
     out["flips"] = saved_flips(case, t, out["novelty_rule"])
     out["escapes_detail"] = escapes_detail(case, t, out["novelty_rule"])
+    out["held_parts"] = held_parts(case)
     if graded:
         g = Counter()
         for p, v in zip(proto.held, reference, strict=True):
@@ -759,6 +784,7 @@ def reanalyse(results_file: Path, work: Path, root: Path) -> int:
             (case / "held_order.json").write_text(json.dumps([q.name for q in paths]))
             r["flips"] = saved_flips(case, r["thresholds"], r.get("novelty_rule"))
             r["escapes_detail"] = escapes_detail(case, r["thresholds"], r.get("novelty_rule"))
+            r["held_parts"] = held_parts(case)
         r["candidates"] = candidates(
             project,
             version,

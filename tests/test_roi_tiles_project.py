@@ -237,5 +237,12 @@ def test_init_like_proposes_height_width_and_the_tile_grid(tmp_path, capsys):
     assert "median 500x1250 px (w x h), 3 different sizes" in out
     assert "--set input.height=192 --set input.width=96" in out  # tall parts stay tall
     assert "13x5 = 65 tiles of 128x128 px per 500x1250 image" in out
+    assert "the resize shrinks the parts 5.2x or more: a defect thinner than about 5 px" in out
+    small = tmp_path / "small"
+    small.mkdir()
+    cv2.imwrite(str(small / "s.png"), np.zeros((256, 256), np.uint8))
+    rc, out, _ = run(["init", str(tmp_path / "p3"), "--like", str(small)], capsys)
+    assert rc == 0 and "input.height=128 --set input.width=128" in out
+    assert "shrinks" not in out  # 2x: nothing to warn of
     rc, _, err = run(["init", str(tmp_path / "p2"), "--like", str(tmp_path / "none")], capsys)
     assert rc == 2 and "no such file or folder" in err and not (tmp_path / "p2").exists()

@@ -12,17 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from defectssft.errors import ProjectError
-from defectssft.inputsize import propose_input_size
+from defectssft.inputsize import propose_input_size, shrink_note
 from defectssft_line import tiles as T
 from defectssft_line.imageheader import header_size
 from defectssft_line.preprocess import is_image_name
 
 SAMPLE = 200  # image headers read at most
 HEADER_BYTES = 1 << 16
-# From this shrink factor on (the smaller of height and width), init --like says what the resize
-# erases: KolektorSDD's parts shrink 5x at the proposed 192 x 96, and what the default path passes
-# there on every seed is its thinnest cracks (BENCHMARKS.md, "Which parts escape").
-SHRINK_WARN = 3.0
 
 
 def image_files(paths: Iterable[str | Path], limit: int = SAMPLE) -> list[Path]:
@@ -77,11 +73,7 @@ def proposal(sizes: list[tuple[int, int]], side: int = 128, tile: int = 128) -> 
         f"or tiles at native resolution (defectssft train PROJECT --preset tiles): "
         f"{rows}x{cols} = {rows * cols} tiles of {tile}x{tile} px per {w}x{h} image",
     ]
-    shrink = min(h / ph, w / pw)
-    if shrink >= SHRINK_WARN:
-        lines.insert(2, (
-            f"the resize shrinks the parts {shrink:.1f}x or more: a defect thinner than about "
-            f"{shrink:.0f} px (a fine crack, a scratch) is under one input pixel and may vanish; "
-            "tiles keep every pixel"
-        ))  # fmt: skip
+    note = shrink_note(sizes, ph, pw)
+    if note:
+        lines.insert(2, note)
     return lines

@@ -32,6 +32,30 @@ def propose_input_size(
     return snap(side / math.sqrt(aspect)), snap(side * math.sqrt(aspect))
 
 
+# From this shrink factor on (the smaller of height and width), ``init --like`` and ``train`` say
+# what the resize erases: KolektorSDD's parts shrink 5x at the proposed 192 x 96, and what the
+# default path passes there on every seed is its thinnest cracks (BENCHMARKS.md, "Which parts
+# escape").
+SHRINK_WARN = 3.0
+
+
+def shrink_note(sizes: Iterable[tuple[int, int]], height: int, width: int) -> str | None:
+    """What resizing the images of ``sizes`` ((width, height) pairs; their median size) to
+    ``height`` x ``width`` erases, when it shrinks them ``SHRINK_WARN`` times or more; else None."""
+    sizes = list(sizes)
+    if not sizes or height < 1 or width < 1:
+        return None
+    ws, hs = sorted(w for w, _ in sizes), sorted(h for _, h in sizes)
+    shrink = min(hs[len(hs) // 2] / height, ws[len(ws) // 2] / width)
+    if shrink < SHRINK_WARN:
+        return None
+    return (
+        f"the resize shrinks the parts {shrink:.1f}x or more: a defect thinner than about "
+        f"{shrink:.0f} px (a fine crack, a scratch) is under one input pixel and may vanish; "
+        "tiles (--preset tiles) keep every pixel"
+    )
+
+
 def image_sizes(project) -> list[tuple[int, int]]:
     """(width, height) of every image of a project."""
     return [(int(w), int(h)) for w, h in project._con().execute("SELECT width, height FROM images")]

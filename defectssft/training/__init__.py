@@ -65,7 +65,7 @@ def _input_size(project: Any, cfg: dict[str, Any]) -> tuple[dict[str, Any], str]
     images, where the size came from). Both empty: ``defectssft.inputsize`` proposes about
     ``input.side`` squared pixels at the images' median aspect ratio; one given: the other
     follows that ratio. Values given are kept."""
-    from defectssft.inputsize import MULTIPLE, image_sizes, propose_input_size
+    from defectssft.inputsize import MULTIPLE, image_sizes, propose_input_size, shrink_note
 
     inp = cfg["input"]
     if inp["height"] is not None and inp["width"] is not None:
@@ -91,6 +91,9 @@ def _input_size(project: Any, cfg: dict[str, Any]) -> tuple[dict[str, Any], str]
     why = f"from the shape of {len(sizes)} images, median width/height {aspect:.2f}"
     if inp["height"] is None and inp["width"] is None:
         why += f", about {inp['side']}^2 px (input.side)"
+    note = shrink_note(sizes, h, w)
+    if note:
+        why += f"; {note}"
     log.info("input size %d x %d px %s", h, w, why)
     return out, why
 

@@ -170,6 +170,7 @@ class TrainDialog(QDialog):
             box.setSingleStep(32)
             box.setSpecialValueText("preset")
         self.size_note = QLabel("")
+        self.size_note.setWordWrap(True)
         self.preset.currentIndexChanged.connect(lambda _i: self.propose_size())
         size_row = QHBoxLayout()
         size_row.addWidget(self.input_h)
@@ -231,7 +232,7 @@ class TrainDialog(QDialog):
     def propose_size(self) -> None:
         """Height × width from the images' median aspect ratio at about the preset's pixel
         count (``defectssft.inputsize``); left to the preset for square-ish images."""
-        from defectssft.inputsize import image_sizes, propose_input_size
+        from defectssft.inputsize import image_sizes, propose_input_size, shrink_note
 
         try:
             from defectssft.training.config import load_preset
@@ -253,14 +254,16 @@ class TrainDialog(QDialog):
         if side < 1 or not sizes:
             return
         h, w = propose_input_size(sizes, side)
+        note = shrink_note(sizes, h, w)
+        more = f"\n{note}" if note else ""
         if max(h, w) / min(h, w) < 1.2:
             self.input_h.setValue(0)
             self.input_w.setValue(0)
-            self.size_note.setText(f"square images: the preset's {side} × {side}")
+            self.size_note.setText(f"square images: the preset's {side} × {side}{more}")
             return
         self.input_h.setValue(h)
         self.input_w.setValue(w)
-        self.size_note.setText(f"proposed: about {side}² pixels, shaped like the images")
+        self.size_note.setText(f"proposed: about {side}² pixels, shaped like the images{more}")
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)

@@ -65,6 +65,7 @@ def test_train_dialog_proposes_shape_or_the_tile_size(tmp_path, qtbot):
     qtbot.addWidget(dlg)
     dlg.preset.setCurrentText("quick")
     assert dlg.input_h.value() > dlg.input_w.value() > 0  # tall parts stay tall
+    assert "the resize shrinks the parts" in dlg.size_note.text()  # 500 px wide to 64: 7.8x
     dlg.preset.setCurrentText("tiles")
     assert (dlg.input_h.value(), dlg.input_w.value()) == (0, 0)  # the preset's 128 x 128 tiles
     assert "tiles of 128 × 128 at native resolution" in dlg.size_note.text()

@@ -1,0 +1,75 @@
+"""Which KolektorSDD defects the line passed: the held-out defects of ``decisions.py`` measured at
+native resolution, with the escapes of given results files marked.
+
+Per held-out defective part: the label polygons' area (px) and contrast (the polygons' mean grey
+level against a ring of ``--ring`` px around them, in units of the ring's standard deviation),
+ranked from the smallest / faintest. No model runs here; the escapes come from the results'
+``escapes_detail``.
+
+    .venv/bin/python benchmarks/escaped_parts.py benchmarks/results/decisions_full_kolektor_s1.json \\
+        benchmarks/results/decisions_full_kolektor_s2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import decisions as D  # noqa: E402
+import default_path as dp  # noqa: E402
+
+
+def measure(image: Path, ring: int) -> tuple[int, float]:
+    """(polygon area in px, contrast in the ring's standard deviations) of one KolektorSDD image."""
+    img = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise SystemExit(f"cannot read {image}")
+    h, w = img.shape
+    label = image.parent.parent.parent / "labels" / image.parent.name / f"{image.stem}.txt"
+    mask = np.zeros((h, w), np.uint8)
+    for line in label.read_text().splitlines():
+        xy = np.asarray(line.split()[1:], np.float64).reshape(-1, 2) * [w, h]
+        cv2.fillPoly(mask, [xy.astype(np.int32)], 1)
+    around = cv2.dilate(mask, np.ones((2 * ring + 1, 2 * ring + 1), np.uint8)) - mask
+    inside, outside = img[mask > 0].astype(np.float64), img[around > 0].astype(np.float64)
+    return int(mask.sum()), float((outside.mean() - inside.mean()) / outside.std())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", nargs="*", type=Path, help="decisions.py results (kolektor cases)")
+    ap.add_argument("--root", type=Path, default=dp.DATASETS)
+    ap.add_argument("--ring", type=int, default=10)
+    args = ap.parse_args(argv)
+    escaped: dict[str, list[str]] = {}
+    for f in args.results:
+        for r in json.loads(f.read_text())["results"]:
+            if r.get("dataset") != "kolektor":
+                continue
+            for e in (r.get("escapes_detail") or {}).get("escapes", []):
+                escaped.setdefault(e["name"], []).append(f"seed {r['seed']}")
+    proto = D.protocol("kolektor", 0, False, args.root)  # held-out parts: the same on every seed
+    rows = []
+    for part in (p for p in proto.held if p.defective):
+        area, contrast = measure(part.path, args.ring)
+        rows.append((dp._held_name(part), area, contrast))  # noqa: SLF001
+    by_area = {n: i + 1 for i, (n, _, _) in enumerate(sorted(rows, key=lambda r: r[1]))}
+    by_contrast = {n: i + 1 for i, (n, _, _) in enumerate(sorted(rows, key=lambda r: r[2]))}
+    print(
+        f"| part | area px (rank) | contrast σ (rank) | escaped | of {len(rows)} held-out defects"
+    )
+    print("|---|---|---|---|")
+    for name, area, contrast in sorted(rows, key=lambda r: r[1]):
+        print(f"| {name} | {area} ({by_area[name]}) | {contrast:.2f} ({by_contrast[name]}) | "
+              f"{', '.join(escaped.get(name, []))} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import decisions as D  # noqa: E402
 import default_path as dp  # noqa: E402
+from open_set import kolektor_mask  # noqa: E402
 
 
 def measure(image: Path, ring: int) -> tuple[int, float]:
@@ -30,12 +31,7 @@ def measure(image: Path, ring: int) -> tuple[int, float]:
     img = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise SystemExit(f"cannot read {image}")
-    h, w = img.shape
-    label = image.parent.parent.parent / "labels" / image.parent.name / f"{image.stem}.txt"
-    mask = np.zeros((h, w), np.uint8)
-    for line in label.read_text().splitlines():
-        xy = np.asarray(line.split()[1:], np.float64).reshape(-1, 2) * [w, h]
-        cv2.fillPoly(mask, [xy.astype(np.int32)], 1)
+    mask = kolektor_mask(str(image)).astype(np.uint8)
     around = cv2.dilate(mask, np.ones((2 * ring + 1, 2 * ring + 1), np.uint8)) - mask
     inside, outside = img[mask > 0].astype(np.float64), img[around > 0].astype(np.float64)
     return int(mask.sum()), float((outside.mean() - inside.mean()) / outside.std())

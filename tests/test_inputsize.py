@@ -26,7 +26,8 @@ def test_shrink_note_says_what_the_resize_erases_only_when_it_shrinks_3x():
     kolektor = [(500, 1240), (500, 1250), (510, 1260)]
     note = shrink_note(kolektor, 192, 96)  # 1250 / 192 = 6.5, 500 / 96 = 5.2: the smaller
     assert note is not None and note.startswith("the resize shrinks the parts 5.2x or more")
-    assert "thinner than about 5 px" in note and "--preset tiles" in note
+    assert "thinner than about 5 px" in note
+    assert "input.side" in note and "--preset tiles" in note  # both levers, the cheaper first
     assert shrink_note(kolektor, 512, 192) is None  # 2.4x
     assert shrink_note([(300, 300)], 96, 96) is not None  # 3.1x
     assert shrink_note([(256, 256)], 128, 128) is None

@@ -52,8 +52,8 @@ def shrink_note(sizes: Iterable[tuple[int, int]], height: int, width: int) -> st
     return (
         f"the resize shrinks the parts {shrink:.1f}x or more: a defect thinner than about "
         f"{shrink:.0f} px (a fine crack, a scratch) is under one input pixel and may vanish; "
-        "a larger input (--set input.side=N) keeps more of it, tiles (--preset tiles) keep every "
-        "pixel (BENCHMARKS.md compares them)"
+        "a larger input (input.side, or input.height / input.width) keeps more of it, tiles "
+        "(--preset tiles) keep every pixel (BENCHMARKS.md compares them)"
     )
 
 

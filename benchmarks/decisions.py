@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -462,10 +463,18 @@ def _trained(project: Path) -> bool:
 
 
 def run_case(
-    dataset: str, seed: int, quick: bool, root: Path, work: Path, reuse: bool = False
+    dataset: str,
+    seed: int,
+    quick: bool,
+    root: Path,
+    work: Path,
+    reuse: bool = False,
+    extra_sets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One data set and seed end to end; with ``reuse``, a case folder whose project already
-    holds a trained version skips init / import / train (the rest runs again)."""
+    holds a trained version skips init / import / train (the rest runs again). ``extra_sets``:
+    ``section.key=value`` settings passed to ``train`` after the protocol's own (``--set``),
+    recorded in the result as ``train_sets``."""
     proto = protocol(dataset, seed, quick, root)
     case = work / f"{dataset}-s{seed}"
     project = case / "project"
@@ -480,6 +489,8 @@ def run_case(
     sets = [a for s in (QUICK_SETS if quick else []) for a in ("--set", s)]
     if seed:
         sets += ["--set", f"train.seed={seed}"]
+    sets += [a for s in extra_sets for a in ("--set", s)]
+    out["train_sets"] = list(extra_sets)
     if not reused:
         run("defectssft", "init", project, "--classes", ",".join(proto.classes), "--ok-class", OK)
         run("defectssft", "import", project, dirs["labeled"], "--label-from", "folder")
@@ -816,6 +827,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a case whose project in --workdir already has a trained version is not retrained",
     )
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+        help="more train settings for every case (e.g. input.side=160), after the protocol's",
+    )  # fmt: skip
     ap.add_argument("--merge", nargs="+", type=Path, help="results files to merge into --name")
     ap.add_argument(
         "--reanalyse",
@@ -849,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = args.seeds if (dataset == "kolektor" or not args.kolektor_only_seeds) else [0]
         for seed in seeds:
             try:
-                r = run_case(dataset, seed, args.quick, args.root, work, args.reuse)
+                r = run_case(dataset, seed, args.quick, args.root, work, args.reuse, args.set)
             except (RuntimeError, KeyError, ValueError) as e:
                 r = {"dataset": dataset, "seed": seed, "error": str(e)}
             results.append(r)

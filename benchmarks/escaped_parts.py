@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--ssl-test",
         action="store_true",
-        help="the defects of ssl_kolektor.py's fixed test set instead of decisions.py's held-out",
+        help="the defects of ssl_kolektor.py's fixed test set instead of decisions.py's held-out "
+        "(read from ssl_kolektor.py's own data path: --root and the escapes do not apply)",
     )
     args = ap.parse_args(argv)
     escaped: dict[str, list[str]] = {}

@@ -51,13 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         "(read from ssl_kolektor.py's own data path: --root and the escapes do not apply)",
     )
     args = ap.parse_args(argv)
+    runs = [
+        (f.stem, r)
+        for f in args.results
+        for r in json.loads(f.read_text())["results"]
+        if r.get("dataset") == "kolektor"
+    ]
+    seeds = [r["seed"] for _, r in runs]
     escaped: dict[str, list[str]] = {}
-    for f in args.results:
-        for r in json.loads(f.read_text())["results"]:
-            if r.get("dataset") != "kolektor":
-                continue
-            for e in (r.get("escapes_detail") or {}).get("escapes", []):
-                escaped.setdefault(e["name"], []).append(f"seed {r['seed']}")
+    for stem, r in runs:  # a seed in two files (two settings) is named with its file
+        label = f"seed {r['seed']}" + (f" ({stem})" if seeds.count(r["seed"]) > 1 else "")
+        for e in (r.get("escapes_detail") or {}).get("escapes", []):
+            escaped.setdefault(e["name"], []).append(label)
     if args.ssl_test:  # the test split is fixed, whatever the seed
         parts = [(Path(p), "/".join(Path(p).parts[-2:])) for p, y in ssl_split(0)[1] if y == 1]
         held = "test defects (ssl_kolektor.py)"

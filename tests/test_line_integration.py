@@ -325,6 +325,43 @@ def test_a_result_pushed_out_while_on_its_way_counts_as_sent_not_dropped():
     assert s.got == [1, 3, 4] and (s.sent, s.dropped) == (3, 1)
 
 
+def test_an_inline_sink_does_not_overtake_its_queue_after_a_reconnect():
+    class Gated(Sink):
+        inline = True
+
+        def __init__(self) -> None:
+            super().__init__("gated", first_wait=0.01, max_wait=0.02)
+            self.up, self.gate = threading.Event(), threading.Event()
+            self.inside = threading.Event()
+            self.got: list[int] = []
+
+        def open(self) -> None:
+            if not self.up.is_set():
+                raise ConnectionRefusedError("refused")
+
+        def send(self, msg: dict[str, Any]) -> None:  # the worker: the queue after a reconnect
+            self.inside.set()
+            self.gate.wait(WAIT)
+            self.got.append(msg["counter"])
+
+        def write_now(self, msg: dict[str, Any]) -> None:  # the caller's thread, at once
+            self.got.append(msg["counter"])
+
+    s = Gated()
+    s.start()  # the peer is away: 1 waits in the queue
+    s.publish(result_msg(1))
+    s.up.set()
+    wait_for(s.inside.is_set)  # reconnected, and 1 is on its way from the queue
+    assert s.connected
+    s.publish(result_msg(2))  # behind 1, not written at once ahead of it
+    s.gate.set()
+    assert s.flush(WAIT)
+    s.publish(result_msg(3))  # the queue is empty again: written at once
+    assert s.got == [1, 2, 3]
+    s.close(timeout=1)
+    assert (s.sent, s.dropped) == (3, 0)
+
+
 # --------------------------------------------------------------------------- OPC UA
 
 

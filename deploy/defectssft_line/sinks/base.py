@@ -272,12 +272,16 @@ class Sink:
         self._thread.start()
 
     def publish(self, msg: dict[str, Any]) -> None:
-        """Queue ``msg``; never blocks. A full queue drops its oldest message (counted)."""
-        if self.inline and self.connected:
+        """Queue ``msg``; never blocks. A full queue drops its oldest message (counted).
+        While the queue holds messages (a reconnect drains them on the worker), new ones join
+        it rather than take the inline or direct path, so none overtakes an older one."""
+        with self._cond:
+            behind = bool(self._q)
+        if self.inline and self.connected and not behind:
             self._write_inline(msg)
             return
         loop = self._direct
-        if loop is not None:
+        if loop is not None and not behind:
             with self._cond:
                 self._inflight += 1
             try:

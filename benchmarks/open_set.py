@@ -35,6 +35,8 @@
         --no-cost --peak-window 3       # where: the refined peak on the suite
     python benchmarks/open_set.py --max-fit 160 --tiled 128   # the tiled head at native
                                   # resolution: KolektorSDD and the small-defect stress set
+    python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu \
+        --elpv --no-cost --model tf_efficientnet_lite2   # the suite on a larger backbone
 
 Results: BENCHMARKS.md ("Open set"), JSON in benchmarks/results/.
 """
@@ -1035,6 +1037,8 @@ def neu_loco_finetuned(args, log) -> dict:
     cls = {k: np.array([c for _, c in v], dtype=int) for k, v in items.items()}
     frozen = frozen_model()
     ff = {k: forward_all(frozen, v, args.layers) for k, v in imgs.items()}
+    # the default backbone's cache names as they were
+    model_tag = "" if MODEL == "tf_efficientnet_lite0" else f"_{MODEL}"
     folds: dict = {}
     dump: dict = {}
     for held, cname in enumerate(data.classes):
@@ -1043,7 +1047,7 @@ def neu_loco_finetuned(args, log) -> dict:
         remap = {c: i for i, c in enumerate(known)}
         lab = [(p, remap[c]) for p, c in data.labeled if c != held]
         cached = (
-            Path(args.cache_models, f"neu_{cname}_{args.neu_finetune}.pt")
+            Path(args.cache_models, f"neu_{cname}_{args.neu_finetune}{model_tag}.pt")
             if args.cache_models
             else None
         )
@@ -1228,9 +1232,16 @@ def main(argv: list[str] | None = None) -> int:
         "small-defect stress set",
     )
     ap.add_argument("--skip-stress", action="store_true", help="--tiled: KolektorSDD only")
+    ap.add_argument(
+        "--model",
+        default=MODEL,
+        choices=[f"tf_efficientnet_lite{i}" for i in range(3)],
+        help=f"the backbone, ImageNet weights offline (the product's default: {MODEL})",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)  # fmt: skip
+    globals()["MODEL"] = args.model
     if args.iters is None:
         args.iters = 50 if args.quick else 200
     torch.set_num_threads(args.threads)

@@ -1124,6 +1124,7 @@ def neu_loco_finetuned(args, log) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MODEL  # --model: the backbone every function here builds
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--quick", action="store_true", help="frozen features, 120 fit images, 50 timings"
@@ -1241,7 +1242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)  # fmt: skip
-    globals()["MODEL"] = args.model
+    MODEL = args.model
     if args.iters is None:
         args.iters = 50 if args.quick else 200
     torch.set_num_threads(args.threads)

@@ -462,6 +462,20 @@ def _trained(project: Path) -> bool:
     return any((project / "models").glob("v[0-9]*/model.pt"))
 
 
+def _resumable(project: Path) -> bool:
+    """An untrained case project whose training a stop interrupted (``train --resume`` goes on)."""
+    from defectssft.errors import DefectssftError
+    from defectssft.training import find_run
+
+    if not (project / "runs").is_dir() or _trained(project):
+        return False
+    try:
+        find_run(project, None)
+    except DefectssftError:
+        return False
+    return True
+
+
 def run_case(
     dataset: str,
     seed: int,
@@ -472,14 +486,17 @@ def run_case(
     extra_sets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One data set and seed end to end; with ``reuse``, a case folder whose project already
-    holds a trained version skips init / import / train (the rest runs again). ``extra_sets``:
+    holds a trained version skips init / import / train (the rest runs again), and one whose
+    training was stopped (SIGTERM: ``last.pt`` kept) continues it with ``train --resume`` (the
+    run's saved settings; a long run spread over several sittings). ``extra_sets``:
     ``section.key=value`` settings passed to ``train`` after the protocol's own (``--set``),
     recorded in the result as ``train_sets``."""
     proto = protocol(dataset, seed, quick, root)
     case = work / f"{dataset}-s{seed}"
     project = case / "project"
     reused = reuse and _trained(project)
-    if not reused:
+    resumed = reuse and _resumable(project)
+    if not reused and not resumed:
         shutil.rmtree(case, ignore_errors=True)
         case.mkdir(parents=True)
         dirs = dp.stage(proto, case)
@@ -492,12 +509,17 @@ def run_case(
     sets += [a for s in extra_sets for a in ("--set", s)]
     out["train_sets"] = list(extra_sets)
     if not reused:
-        run("defectssft", "init", project, "--classes", ",".join(proto.classes), "--ok-class", OK)
-        run("defectssft", "import", project, dirs["labeled"], "--label-from", "folder")
-        run("defectssft", "import", project, dirs["stream"])
-        _, train_text = run("defectssft", "train", project, *sets)
+        if resumed:
+            _, train_text = run("defectssft", "train", project, "--resume")
+        else:
+            classes = ",".join(proto.classes)
+            run("defectssft", "init", project, "--classes", classes, "--ok-class", OK)
+            run("defectssft", "import", project, dirs["labeled"], "--label-from", "folder")
+            run("defectssft", "import", project, dirs["stream"])
+            _, train_text = run("defectssft", "train", project, *sets)
         (case / "train_said.txt").write_text("\n".join(dp._train_said(train_text)))  # noqa: SLF001
     out["reused_training"] = reused
+    out["resumed_training"] = resumed
     said = case / "train_said.txt"
     out["train_said"] = said.read_text().splitlines() if said.exists() else []
     out["splits"] = split_counts(project)
@@ -825,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--reuse",
         action="store_true",
-        help="a case whose project in --workdir already has a trained version is not retrained",
+        help="a case whose project in --workdir already has a trained version is not retrained; "
+        "one whose training was stopped (SIGTERM) resumes it",
     )
     ap.add_argument(
         "--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE",

@@ -338,7 +338,8 @@ def test_train_command_config_error_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path, workers):
     p = tiny_project(tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [
@@ -349,14 +350,23 @@ def test_sigterm_saves_a_usable_checkpoint_and_resume_finishes(tmp_path):
         str(p.root),
         "--json-progress",
         *cli_sets(100000),
+        "--set",
+        f"train.num_workers={workers}",
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
     )
     try:
         for line in proc.stdout:
             if json.loads(line)["event"] == "step":
-                proc.send_signal(signal.SIGTERM)
+                # as a service manager stops it: the whole group, loader workers included
+                os.killpg(proc.pid, signal.SIGTERM)
                 break
         out, err = proc.communicate(timeout=120)
     finally:

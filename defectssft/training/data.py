@@ -14,6 +14,7 @@ same images and the same weak views as an uninterrupted run. Under DDP each rank
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,14 @@ class ClassBalancedSampler(SeededSampler):
         return [epoch_items[j] for j in torch.randperm(len(epoch_items), generator=g).tolist()]
 
 
+def _leave_stops_to_the_trainer(_worker_id: int) -> None:
+    """Loader workers ignore SIGINT / SIGTERM: a stop sent to the whole process group (Ctrl+C,
+    a service manager, ``kill -- -PGID``) reaches the trainer, which saves ``last.pt`` and shuts
+    the workers down, instead of killing a worker under it (a crash with no checkpoint)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def infinite_loader(
     dataset: ImageDataset,
     batch_size: int,
@@ -243,6 +252,7 @@ def infinite_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
+        worker_init_fn=_leave_stops_to_the_trainer,
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=num_workers > 0,
@@ -261,7 +271,13 @@ def eval_loader(
     roi: Any = None,
 ) -> DataLoader:
     ds = ImageDataset(items, height, width, bit_depth, roi=roi)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=_leave_stops_to_the_trainer,
+    )
 
 
 def path_items(paths: Sequence[str | Path]) -> list[tuple[str, int]]:

@@ -31,6 +31,8 @@
                                   # the suite the head's defaults are chosen on (--smooth,
                                   # --min-bank, --layers: one change at a time)
     python benchmarks/open_set.py --skip-kolektor --quick --neu-finetune 300 --neu-unlabeled 40
+    python benchmarks/open_set.py --skip-kolektor --quick --neu-finetune 300 --neu-ssl
+                                  # the fold versions semi-supervised, the novel class unlabeled
     python benchmarks/open_set.py --quick --max-fit 160 --ratios 0.01 --no-baselines --neu \
         --no-cost --peak-window 3       # where: the refined peak on the suite
     python benchmarks/open_set.py --max-fit 160 --tiled 128   # the tiled head at native
@@ -992,9 +994,12 @@ def cached_model(path: Path, num_classes: int) -> InspectionModel:
     return InspectionModel(bb.eval(), state["mean"], state["std"], ok_index=None).eval()
 
 
-def neu_finetune(classes, labeled, steps: int, size: int, run_dir: Path) -> InspectionModel:
-    """The product's training (supervised, its defaults otherwise) for ``steps`` steps on one
-    fold's known classes; no validation split, so the final EMA weights ship."""
+def neu_finetune(
+    classes, labeled, steps: int, size: int, run_dir: Path, unlabeled: list[str] | None = None
+) -> InspectionModel:
+    """The product's training for ``steps`` steps on one fold's known classes: supervised on
+    the labels, or with ``unlabeled`` images its default semi-supervised method on them too
+    (its defaults otherwise); no validation split, so the final EMA weights ship."""
     from defectssft.training.config import resolve_config
     from defectssft.training.data import TrainData
     from defectssft.training.loop import train
@@ -1003,12 +1008,14 @@ def neu_finetune(classes, labeled, steps: int, size: int, run_dir: Path) -> Insp
         overrides={
             "model": {"name": MODEL, "weights": "imagenet"},
             "input": {"height": size, "width": size},
-            "ssl": {"method": "supervised"},
+            **({} if unlabeled else {"ssl": {"method": "supervised"}}),
             "train": {"steps": steps, "eval_every": 10**9, "checkpoint_every": 10**9,
                       "log_every": 100, "num_workers": 0, "threads": 1},
         }
     )  # fmt: skip
-    data = TrainData(classes=list(classes), labeled=list(labeled), bit_depth=8)
+    data = TrainData(
+        classes=list(classes), labeled=list(labeled), unlabeled=list(unlabeled or []), bit_depth=8
+    )
     result = train(cfg, data, run_dir, handle_signals=False)
     bb = create_backbone(MODEL, len(classes))
     bb.load_state_dict(result.weights)
@@ -1022,7 +1029,9 @@ def neu_loco_finetuned(args, log) -> dict:
     normalised on ``--neu-cal`` more images of each known class (the validation split's
     stand-in). ``--neu-unlabeled N``: also fit on the stream images (N of each of the 6
     classes) the fine-tuned classifier calls a known class with confidence (top p >= 0.95,
-    the product's rule), with that class."""
+    the product's rule), with that class. ``--neu-ssl``: the version trained semi-supervised
+    (the product's default method) with the rest of the pool unlabeled, the held-out class's
+    images among them (the issue's protocol: on a line the novel defect is in the stream)."""
     size = 128
     data = neu_split(k=args.neu_k, seed=0)
     n_cls = len(data.classes)
@@ -1038,7 +1047,11 @@ def neu_loco_finetuned(args, log) -> dict:
     frozen = frozen_model()
     ff = {k: forward_all(frozen, v, args.layers) for k, v in imgs.items()}
     # the default backbone's cache names as they were
-    model_tag = "" if MODEL == "tf_efficientnet_lite0" else f"_{MODEL}"
+    model_tag = ("" if MODEL == "tf_efficientnet_lite0" else f"_{MODEL}") + (
+        "_ssl" if args.neu_ssl else ""
+    )
+    # --neu-ssl: the pool the calibration images did not take, every class (held out too)
+    ssl_pool = [p for c in range(n_cls) for p in pool[c][args.neu_cal :]] if args.neu_ssl else []
     folds: dict = {}
     dump: dict = {}
     for held, cname in enumerate(data.classes):
@@ -1056,7 +1069,7 @@ def neu_loco_finetuned(args, log) -> dict:
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 ins = neu_finetune([data.classes[c] for c in known], lab, args.neu_finetune, size,
-                                   Path(tmp) / "run")  # fmt: skip
+                                   Path(tmp) / "run", unlabeled=ssl_pool)  # fmt: skip
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 torch.save({"weights": ins.backbone.state_dict(), "mean": list(ins.mean),
@@ -1117,7 +1130,9 @@ def neu_loco_finetuned(args, log) -> dict:
         for s in folds[data.classes[0]] if isinstance(folds[data.classes[0]][s], dict)
     }  # fmt: skip
     log(f"  neu mean: {mean}")
-    return {"k": args.neu_k, "steps": args.neu_finetune, "size": size, "cal_per_class":
+    return {"k": args.neu_k, "steps": args.neu_finetune, "size": size,
+            "training": "semi-supervised" if args.neu_ssl else "supervised",
+            "unlabeled_in_training": len(ssl_pool), "cal_per_class":
             args.neu_cal, "unlabeled_per_class": args.neu_unlabeled, "test": len(test_items),
             "folds": folds, "mean": mean, "smooth": args.smooth, "min_bank": args.min_bank,
             "layers": args.layers}  # fmt: skip
@@ -1206,6 +1221,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="STEPS",
         help="NEU leave-one-class-out with the version fine-tuned per fold (every candidate score)",
+    )
+    ap.add_argument(
+        "--neu-ssl",
+        action="store_true",
+        help="--neu-finetune: train each fold semi-supervised (the product's default method) "
+        "with the rest of the pool unlabeled, the held-out class included",
     )
     ap.add_argument(
         "--fit-flips",

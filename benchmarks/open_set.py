@@ -1263,6 +1263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)  # fmt: skip
+    if args.neu_ssl and not args.neu_finetune:
+        ap.error("--neu-ssl trains the fold versions: give --neu-finetune STEPS too")
     MODEL = args.model
     if args.iters is None:
         args.iters = 50 if args.quick else 200
